@@ -1,0 +1,72 @@
+"""fewshot_priors: few-shot semantic segmentation with self-supervised query priors.
+
+The public building blocks are importable from the top level::
+
+    import fewshot_priors as fp
+    prior = fp.prior_region_map(bridge_feats, prior_feats)       # B,1,H,W
+    guided = fp.guided_region_map(query_feats, support_feats, support_mask)
+    model = fp.QGNet(backbone="resnet50", shots=1)
+
+Heavy submodules (timm models, datasets) are imported lazily on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .ops import guided_region_map, masked_average_pool, max_cosine_similarity, prior_region_map
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first attribute access)
+_LAZY = {
+    "create_backbone": "fewshot_priors.models.backbone",
+    "FrozenBackbone": "fewshot_priors.models.backbone",
+    "FEMDecoder": "fewshot_priors.models.fem",
+    "QGNet": "fewshot_priors.models.qgnet",
+    "GlobalLocalMoCo": "fewshot_priors.models.moco",
+    "MemoryQueue": "fewshot_priors.models.moco",
+    "SuperpixelPatchSampler": "fewshot_priors.superpixels",
+    "FewShotSegMeter": "fewshot_priors.metrics",
+    "PascalFewShot": "fewshot_priors.data",
+    "CocoFewShot": "fewshot_priors.data",
+    "FolderFewShot": "fewshot_priors.data",
+    "superpixel_pool": "fewshot_priors.ops.superpixel_pool",
+    "info_nce": "fewshot_priors.ops.contrastive",
+    "momentum_update": "fewshot_priors.ops.contrastive",
+}
+
+__all__ = [
+    "__version__",
+    "guided_region_map",
+    "masked_average_pool",
+    "max_cosine_similarity",
+    "prior_region_map",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fewshot_priors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import CocoFewShot, FolderFewShot, PascalFewShot
+    from .metrics import FewShotSegMeter
+    from .models.backbone import FrozenBackbone, create_backbone
+    from .models.fem import FEMDecoder
+    from .models.moco import GlobalLocalMoCo, MemoryQueue
+    from .models.qgnet import QGNet
+    from .ops.contrastive import info_nce, momentum_update
+    from .ops.superpixel_pool import superpixel_pool
+    from .superpixels import SuperpixelPatchSampler

@@ -1,0 +1,53 @@
+"""Masked average pooling (the "category guider" / support prototype)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_float, check_rank, check_same, clean_mask
+
+#: Added to the mask area in the denominator, as in PFENet's ``Weighted_GAP``.
+AREA_EPS = 5e-4
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize a float ``B, K, h, w`` mask to ``size`` (align_corners=True, as PFENet)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask, size=size, mode="bilinear", align_corners=True)
+
+
+def as_mask4d(name: str, mask: torch.Tensor, batch: int) -> torch.Tensor:
+    """Validate a ``B, 1, h, w`` or ``B, h, w`` mask and return it as float ``B, 1, h, w``."""
+    check_rank(name, mask, (3, 4), "B, 1, h, w or B, h, w")
+    if mask.dim() == 4 and mask.shape[1] != 1:
+        raise ValueError(f"`{name}` must have shape B, 1, h, w or B, h, w, got shape {tuple(mask.shape)}")
+    check_same("batch size", "features", batch, name, mask.shape[0])
+    m = clean_mask(name, mask)
+    return m if m.dim() == 4 else m.unsqueeze(1)
+
+
+def masked_average_pool(
+    features: torch.Tensor, mask: torch.Tensor, keepdim: bool = False
+) -> torch.Tensor:
+    """Average of ``features`` over the (soft) foreground of ``mask``.
+
+    Args:
+        features: ``B, C, H, W`` floating point features.
+        mask: ``B, 1, h, w`` or ``B, h, w`` with values in [0, 1] (255 = ignore,
+            treated as 0); resized bilinearly to ``H, W``.
+        keepdim: return ``B, C, 1, 1`` instead of ``B, C``.
+
+    Returns:
+        ``B, C`` (or ``B, C, 1, 1``): ``sum(f * m) / (sum(m) + 5e-4)``. An all-zero
+        mask gives a zero prototype.
+    """
+    check_float("features", features)
+    check_rank("features", features, (4,), "B, C, H, W")
+    m = as_mask4d("mask", mask, features.shape[0]).to(features.dtype)
+    m = resize_mask(m, tuple(features.shape[-2:]))
+    num = (features * m).sum(dim=(2, 3))
+    den = m.sum(dim=(2, 3)) + AREA_EPS
+    out = num / den
+    return out[..., None, None] if keepdim else out

@@ -1,0 +1,137 @@
+"""Prior and guided region maps (paper Sec. 4.2, eqs. 9-12).
+
+Both maps are "for every query position, the best cosine match among a set of
+other positions, min-max normalised per image". They differ in what the set
+is: the query's own *prior* features (self-supervised extractor) for the prior
+region map, the masked *support* features for the guided region map.
+
+Defined results for degenerate input (never NaN or inf):
+
+* all similarities equal (e.g. an all-zero support mask, constant features) -> the
+  normalised map is all zeros;
+* zero feature vectors -> cosine 0 at those positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from ._checks import check_float, check_rank, check_same, check_tensor, clean_mask
+from .pooling import resize_mask
+from .similarity import DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
+
+__all__ = ["prior_region_map", "guided_region_map"]
+
+
+def prior_region_map(
+    bridge: torch.Tensor,
+    prior: torch.Tensor,
+    eps: float = 1e-7,
+    *,
+    backend: str = "auto",
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Prior region map of the query (eqs. 9-12).
+
+    For each bridge position, the cosine similarity with every prior position
+    (``<x, p> / (|x||p| + eps)``), max over prior positions, then min-max
+    normalised per image (``(s - min) / (max - min + eps)``). Note (Sec. 4.3) the
+    map is typically *low* on objects; it is not inverted.
+
+    Args:
+        bridge: ``B, C, H, W`` query features of the supervised backbone.
+        prior: ``B, C, H', W'`` query features of the prior extractor (the spatial
+            size may differ from ``bridge``).
+        eps: numerical epsilon of the cosine and of the normalisation.
+        backend: ``"auto"``, ``"chunked"``, ``"reference"`` or ``"fused"``
+            (see :func:`~fewshot_priors.ops.max_cosine_similarity`).
+        max_chunk_bytes: memory budget for one tile of the similarity matrix.
+
+    Returns:
+        ``B, 1, H, W`` map with values in ``[0, 1]``.
+    """
+    check_float("bridge", bridge)
+    check_float("prior", prior)
+    check_rank("bridge", bridge, (4,), "B, C, H, W")
+    check_rank("prior", prior, (4,), "B, C, H', W'")
+    check_same("batch size", "bridge", bridge.shape[0], "prior", prior.shape[0])
+    check_same("channel count", "bridge", bridge.shape[1], "prior", prior.shape[1])
+    h, w = bridge.shape[-2:]
+    s = max_cosine_similarity(
+        bridge.flatten(2), prior.flatten(2), eps, backend=backend, max_chunk_bytes=max_chunk_bytes
+    )
+    return rearrange(minmax_normalize(s, eps), "b (h w) -> b 1 h w", h=h, w=w)
+
+
+def _support_and_masks(support: torch.Tensor, support_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring support to ``B, K, C, h, w`` and masks to float ``B, K, h', w'``."""
+    check_rank("support", support, (4, 5), "B, C, h, w (1-shot) or B, K, C, h, w")
+    check_tensor("support_mask", support_mask)
+    if support.dim() == 4:
+        support = support.unsqueeze(1)
+        check_rank("support_mask", support_mask, (3, 4), "B, 1, h, w or B, h, w for 1-shot support")
+        if support_mask.dim() == 4:
+            if support_mask.shape[1] != 1:
+                raise ValueError(
+                    "`support_mask` must have shape B, 1, h, w or B, h, w for a 1-shot `support` of shape "
+                    f"B, C, h, w, got {tuple(support_mask.shape)}"
+                )
+        else:
+            support_mask = support_mask.unsqueeze(1)
+    else:
+        check_rank("support_mask", support_mask, (4, 5), "B, K, h, w or B, K, 1, h, w for K-shot support")
+        if support_mask.dim() == 5:
+            if support_mask.shape[2] != 1:
+                raise ValueError(
+                    f"`support_mask` must have shape B, K, 1, h, w, got {tuple(support_mask.shape)}"
+                )
+            support_mask = support_mask.squeeze(2)
+    check_same("batch size", "support", support.shape[0], "support_mask", support_mask.shape[0])
+    check_same("shot count", "support", support.shape[1], "support_mask", support_mask.shape[1])
+    return support, clean_mask("support_mask", support_mask)
+
+
+def guided_region_map(
+    query: torch.Tensor,
+    support: torch.Tensor,
+    support_mask: torch.Tensor,
+    eps: float = 1e-7,
+    *,
+    backend: str = "auto",
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+) -> torch.Tensor:
+    """Guided region map (PFENet's training-free prior, Sec. 4.2.2).
+
+    Support features are multiplied by their mask (resized bilinearly to the
+    feature size), then for each query position the max cosine similarity over
+    all support positions is taken and min-max normalised per image. With K
+    shots the K per-shot maps are averaged.
+
+    Args:
+        query: ``B, C, H, W`` query features.
+        support: ``B, C, h, w`` (1-shot) or ``B, K, C, h, w`` support features.
+        support_mask: ``B, 1, h', w'`` / ``B, h', w'`` (1-shot) or ``B, K, h', w'``
+            foreground masks with values in [0, 1]; 255 (ignore) counts as 0.
+        eps: numerical epsilon of the cosine and of the normalisation.
+        backend, max_chunk_bytes: see :func:`prior_region_map`.
+
+    Returns:
+        ``B, 1, H, W`` map in ``[0, 1]``. An all-zero support mask gives all zeros.
+    """
+    check_float("query", query)
+    check_float("support", support)
+    check_rank("query", query, (4,), "B, C, H, W")
+    support, masks = _support_and_masks(support, support_mask)
+    b, k, c, hs, ws = support.shape
+    check_same("batch size", "query", query.shape[0], "support", b)
+    check_same("channel count", "query", query.shape[1], "support", c)
+    h, w = query.shape[-2:]
+    masks = resize_mask(masks.to(support.dtype), (hs, ws))
+    masked = support * masks.unsqueeze(2)
+    y = rearrange(masked, "b k c h w -> (b k) c (h w)")
+    x = rearrange(query, "b c h w -> b c (h w)")
+    x = x.unsqueeze(1).expand(b, k, c, h * w).reshape(b * k, c, h * w)
+    s = max_cosine_similarity(x, y, eps, backend=backend, max_chunk_bytes=max_chunk_bytes)
+    s = minmax_normalize(s, eps)
+    return rearrange(s, "(b k) (h w) -> b k h w", b=b, k=k, h=h, w=w).mean(dim=1, keepdim=True)

@@ -1,0 +1,208 @@
+"""Max-over-positions cosine similarity, the kernel behind both region maps.
+
+For every position ``n`` of ``x`` (``B, C, N``) we want
+
+    s[b, n] = max_m  <x[b, :, n], y[b, :, m]> / (|x[b, :, n]| |y[b, :, m]| + eps)
+
+A PFENet-style implementation builds the whole ``B x N x M`` similarity matrix.
+:func:`max_cosine_similarity` never does: the ``"chunked"`` backend walks over
+tiles of positions whose temporaries fit a byte budget and keeps a running max
+and argmax, and its backward pass is a gather through the argmax (the gradient
+of a max), so training keeps the memory win too. ``"reference"`` is the
+PFENet-style computation (whole matrix, autograd through ``max``), kept for
+comparisons. ``"fused"`` is the Triton kernel (CUDA only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_float, check_rank, check_same
+
+#: Default cap on the bytes of temporaries one tile of the similarity matrix may use.
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+
+#: Live temporaries per similarity element in a tile: dot products, denominators, ratios.
+_TEMPS_PER_ELEMENT = 3
+
+BACKENDS = ("auto", "chunked", "reference", "fused")
+
+
+def tile_sizes(batch: int, n: int, m: int, element_size: int, max_chunk_bytes: int) -> tuple[int, int]:
+    """Tile sizes ``(n_tile, m_tile)`` whose temporaries stay within ``max_chunk_bytes``."""
+    if max_chunk_bytes <= 0:
+        raise ValueError(f"`max_chunk_bytes` must be positive, got {max_chunk_bytes}")
+    allowed = max(1, max_chunk_bytes // (_TEMPS_PER_ELEMENT * element_size * max(batch, 1)))
+    if n * m <= allowed:
+        return n, m
+    if allowed >= n:
+        return n, max(1, min(m, allowed // n))
+    m_tile = max(1, min(m, math.isqrt(allowed)))
+    return max(1, min(n, allowed // m_tile)), m_tile
+
+
+def _cosine_tile(x: torch.Tensor, xn: torch.Tensor, y: torch.Tensor, yn: torch.Tensor, eps: float) -> torch.Tensor:
+    """``B, n, m`` cosine tile: x ``B,C,n``, xn ``B,n``, y ``B,C,m``, yn ``B,m``."""
+    dot = torch.bmm(x.transpose(1, 2), y)
+    den = xn.unsqueeze(2) * yn.unsqueeze(1)
+    den.add_(eps)
+    return dot.div_(den)
+
+
+@torch.no_grad()
+def _chunked_max(x: torch.Tensor, y: torch.Tensor, eps: float, max_chunk_bytes: int):
+    b, _, n = x.shape
+    m = y.shape[2]
+    xn = x.norm(dim=1)
+    yn = y.norm(dim=1)
+    n_tile, m_tile = tile_sizes(b, n, m, x.element_size(), max_chunk_bytes)
+    values = x.new_empty(b, n)
+    index = torch.empty(b, n, dtype=torch.long, device=x.device)
+    for n0 in range(0, n, n_tile):
+        n1 = min(n, n0 + n_tile)
+        best = None
+        best_idx = None
+        for m0 in range(0, m, m_tile):
+            m1 = min(m, m0 + m_tile)
+            tile = _cosine_tile(x[:, :, n0:n1], xn[:, n0:n1], y[:, :, m0:m1], yn[:, m0:m1], eps)
+            v, i = tile.max(dim=2)
+            i += m0
+            if best is None:
+                best, best_idx = v, i
+            else:
+                better = v > best  # strict: the first maximum wins, as in torch.max
+                best = torch.where(better, v, best)
+                best_idx = torch.where(better, i, best_idx)
+        values[:, n0:n1] = best
+        index[:, n0:n1] = best_idx
+    return values, index
+
+
+def max_cosine_backward(
+    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``s = max_m cos(x_n, y_m)`` through the argmax ``index`` (``B, N``).
+
+    With ``d = <x, y>``, ``a = |x|``, ``b = |y|`` and ``D = a b + eps``:
+    ``ds/dx = y / D - d b x / (a D^2)`` and ``ds/dy = x / D - d a y / (b D^2)``;
+    the ``x / a`` and ``y / b`` terms are taken as 0 for zero vectors.
+    """
+    g = grad.to(x.dtype)
+    ysel = torch.gather(y, 2, index.unsqueeze(1).expand(-1, y.shape[1], -1))  # B,C,N
+    a = x.norm(dim=1, keepdim=True)  # B,1,N
+    bn = ysel.norm(dim=1, keepdim=True)
+    d = (x * ysel).sum(dim=1, keepdim=True)
+    den = a * bn + eps
+    xhat = torch.where(a > 0, x / a.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    yhat = torch.where(bn > 0, ysel / bn.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(ysel))
+    g = g.unsqueeze(1)
+    grad_x = g * (ysel / den - d * bn * xhat / den**2)
+    grad_ysel = g * (x / den - d * a * yhat / den**2)
+    grad_y = torch.zeros_like(y)
+    grad_y.scatter_add_(2, index.unsqueeze(1).expand(-1, y.shape[1], -1), grad_ysel)
+    return grad_x, grad_y
+
+
+class _ChunkedMaxCosine(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, eps, max_chunk_bytes):
+        values, index = _chunked_max(x, y, eps, max_chunk_bytes)
+        ctx.save_for_backward(x, y, index)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(index)
+        return values, index
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_index):
+        x, y, index = ctx.saved_tensors
+        grad_x, grad_y = max_cosine_backward(grad_values, x, y, index, ctx.eps)
+        return (
+            grad_x if ctx.needs_input_grad[0] else None,
+            grad_y if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+        )
+
+
+def _reference_max(x: torch.Tensor, y: torch.Tensor, eps: float):
+    """PFENet-style: materialise the whole ``B, N, M`` matrix, then max."""
+    sim = torch.bmm(x.transpose(1, 2), y) / (
+        x.norm(dim=1).unsqueeze(2) * y.norm(dim=1).unsqueeze(1) + eps
+    )
+    return sim.max(dim=2)
+
+
+def _fused_available(x: torch.Tensor) -> bool:
+    if not x.is_cuda:
+        return False
+    try:
+        from . import fused  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the installed triton
+        return False
+    return fused.is_available()
+
+
+def max_cosine_similarity(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float = 1e-7,
+    *,
+    backend: str = "auto",
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    return_index: bool = False,
+):
+    """For each position of ``x``, the largest cosine similarity with any position of ``y``.
+
+    Args:
+        x: ``B, C, N`` floating point features (positions flattened).
+        y: ``B, C, M`` floating point features.
+        eps: added to ``|x||y|`` in the denominator (zero vectors give similarity 0).
+        backend: ``"auto"`` (fused Triton kernel on CUDA when available, else
+            chunked), ``"chunked"``, ``"reference"`` (whole matrix, PFENet-style)
+            or ``"fused"``.
+        max_chunk_bytes: budget for the temporaries of one tile (chunked backend).
+        return_index: also return the argmax over ``M`` (``B, N`` long).
+
+    Returns:
+        ``B, N`` similarities (and the ``B, N`` argmax if ``return_index``).
+    """
+    check_float("x", x)
+    check_float("y", y)
+    check_rank("x", x, (3,), "B, C, N")
+    check_rank("y", y, (3,), "B, C, M")
+    check_same("batch size", "x", x.shape[0], "y", y.shape[0])
+    check_same("channel count", "x", x.shape[1], "y", y.shape[1])
+    if x.shape[2] == 0 or y.shape[2] == 0:
+        raise ValueError(
+            f"`x` and `y` need at least one spatial position, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    if x.dtype != y.dtype:
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dtype), y.to(dtype)
+    if backend == "auto":
+        backend = "fused" if _fused_available(x) else "chunked"
+    if backend == "fused":
+        from . import fused
+
+        values, index = fused.max_cosine(x, y, eps)
+    elif backend == "reference":
+        values, index = _reference_max(x, y, eps)
+    else:
+        values, index = _ChunkedMaxCosine.apply(x.contiguous(), y.contiguous(), eps, max_chunk_bytes)
+    return (values, index) if return_index else values
+
+
+def minmax_normalize(s: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-image min-max normalisation (eq. 12): ``(s - min) / (max - min + eps)``.
+
+    ``s`` is ``B, N`` (or ``B, ...``: everything after the batch dim is one image).
+    All-equal values map to 0.
+    """
+    flat = s.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    return ((flat - lo) / (hi - lo + eps)).view_as(s)
