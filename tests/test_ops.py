@@ -1,0 +1,317 @@
+"""Functional ops: region maps, max-cosine similarity, masked average pooling."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import fewshot_priors as fp
+from fewshot_priors.ops import similarity
+from fewshot_priors.ops.similarity import max_cosine_similarity, minmax_normalize, tile_sizes
+
+EPS = 1e-7
+
+
+# ----------------------------------------------------------------------------- references
+def ref_max_cosine(x: torch.Tensor, y: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Plain float64 loop: x B,C,N; y B,C,M -> B,N."""
+    x, y = x.double(), y.double()
+    out = torch.empty(x.shape[0], x.shape[2], dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for n in range(x.shape[2]):
+            xv = x[b, :, n]
+            best = -float("inf")
+            for m in range(y.shape[2]):
+                yv = y[b, :, m]
+                c = float(xv @ yv) / (float(xv.norm()) * float(yv.norm()) + eps)
+                best = max(best, c)
+            out[b, n] = best
+    return out
+
+
+def ref_normalise(s: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    lo = s.min(dim=1, keepdim=True).values
+    hi = s.max(dim=1, keepdim=True).values
+    return (s - lo) / (hi - lo + eps)
+
+
+def ref_prior_map(bridge, prior):
+    b, _, h, w = bridge.shape
+    s = ref_max_cosine(bridge.flatten(2), prior.flatten(2))
+    return ref_normalise(s).view(b, 1, h, w)
+
+
+def ref_guided_map(query, support, masks):
+    """query B,C,H,W; support B,K,C,h,w; masks B,K,h,w already at support size."""
+    b, k = support.shape[:2]
+    h, w = query.shape[-2:]
+    maps = []
+    for i in range(k):
+        masked = support[:, i] * masks[:, i, None]
+        s = ref_max_cosine(query.flatten(2), masked.flatten(2))
+        maps.append(ref_normalise(s))
+    return torch.stack(maps, 1).mean(1).view(b, 1, h, w)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+# ----------------------------------------------------------------------------- correctness
+def test_prior_region_map_matches_float64_reference(gen):
+    bridge = torch.randn(2, 6, 4, 5, generator=gen)
+    prior = torch.randn(2, 6, 3, 3, generator=gen)  # different spatial size
+    out = fp.prior_region_map(bridge, prior)
+    assert out.shape == (2, 1, 4, 5)
+    torch.testing.assert_close(out.double(), ref_prior_map(bridge, prior), atol=1e-5, rtol=0)
+    assert out.min() >= 0 and out.max() <= 1
+    # per image the normalised map spans [0, 1)
+    assert torch.allclose(out.flatten(1).min(1).values, torch.zeros(2))
+    assert torch.allclose(out.flatten(1).max(1).values, torch.ones(2), atol=1e-5)
+
+
+def test_guided_region_map_matches_reference_one_and_k_shot(gen):
+    query = torch.randn(2, 5, 4, 4, generator=gen)
+    support = torch.randn(2, 3, 5, 4, 4, generator=gen)
+    masks = (torch.rand(2, 3, 4, 4, generator=gen) > 0.4).float()
+    out = fp.guided_region_map(query, support, masks)
+    torch.testing.assert_close(out.double(), ref_guided_map(query, support, masks), atol=1e-5, rtol=0)
+    # 1-shot forms: B,C,h,w with B,1,h,w or B,h,w masks
+    one = fp.guided_region_map(query, support[:, 0], masks[:, :1])
+    torch.testing.assert_close(one, fp.guided_region_map(query, support[:, 0], masks[:, 0]))
+    torch.testing.assert_close(one.double(), ref_guided_map(query, support[:, :1], masks[:, :1]), atol=1e-5, rtol=0)
+
+
+def test_k_shot_map_is_mean_of_one_shot_maps(gen):
+    query = torch.randn(1, 4, 5, 5, generator=gen)
+    support = torch.randn(1, 4, 4, 5, 5, generator=gen)
+    masks = (torch.rand(1, 4, 9, 9, generator=gen) > 0.5).float()
+    k_map = fp.guided_region_map(query, support, masks)
+    singles = [fp.guided_region_map(query, support[:, i], masks[:, i]) for i in range(4)]
+    torch.testing.assert_close(k_map, torch.stack(singles).mean(0))
+
+
+def test_support_mask_is_resized_bilinearly_to_feature_size(gen):
+    query = torch.randn(1, 3, 4, 4, generator=gen)
+    support = torch.randn(1, 3, 4, 4, generator=gen)
+    mask = (torch.rand(1, 1, 13, 11, generator=gen) > 0.5).float()
+    small = torch.nn.functional.interpolate(mask, size=(4, 4), mode="bilinear", align_corners=True)
+    expected = ref_guided_map(query, support[:, None], small)
+    torch.testing.assert_close(fp.guided_region_map(query, support, mask).double(), expected, atol=1e-5, rtol=0)
+
+
+def test_ignore_label_counts_as_background(gen):
+    query = torch.randn(1, 3, 4, 4, generator=gen)
+    support = torch.randn(1, 3, 4, 4, generator=gen)
+    mask = torch.tensor([[1, 0, 255, 1]] * 4).view(1, 4, 4)
+    as_zero = torch.where(mask == 255, 0, mask)
+    torch.testing.assert_close(
+        fp.guided_region_map(query, support, mask), fp.guided_region_map(query, support, as_zero)
+    )
+
+
+@pytest.mark.parametrize("budget", [64, 700, 5_000, 10**9])
+def test_chunked_equals_unchunked(gen, budget):
+    x = torch.randn(3, 7, 37, generator=gen, dtype=torch.float64)
+    y = torch.randn(3, 7, 23, generator=gen, dtype=torch.float64)
+    v_ref, i_ref = max_cosine_similarity(x, y, backend="reference", return_index=True)
+    v, i = max_cosine_similarity(x, y, backend="chunked", max_chunk_bytes=budget, return_index=True)
+    assert torch.equal(i, i_ref)
+    torch.testing.assert_close(v, v_ref, atol=1e-12, rtol=0)
+
+
+def test_tile_sizes_respect_budget():
+    for b, n, m, budget in [(8, 3600, 3600, 2**20), (40, 3600, 3600, 2**28), (1, 5, 7, 10**9), (2, 1000, 10, 100)]:
+        nt, mt = tile_sizes(b, n, m, 4, budget)
+        assert 1 <= nt <= n and 1 <= mt <= m
+        assert 3 * 4 * b * nt * mt <= max(budget, 3 * 4 * b)
+
+
+def test_gradcheck_chunked_max_cosine(gen):
+    x = torch.randn(2, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: max_cosine_similarity(a, b, backend="chunked", max_chunk_bytes=200), (x, y)
+    )
+
+
+def test_gradcheck_region_maps(gen):
+    bridge = torch.randn(1, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    prior = torch.randn(1, 3, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fp.prior_region_map(a, b, backend="chunked"), (bridge, prior))
+    query = torch.randn(1, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    support = torch.randn(1, 2, 3, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(1, 2, 3, 3, dtype=torch.float64)
+    mask[:, :, 0] = 0
+    assert torch.autograd.gradcheck(lambda q, s: fp.guided_region_map(q, s, mask), (query, support))
+
+
+def test_chunked_gradients_match_autograd_through_full_matrix(gen):
+    x = torch.randn(2, 5, 30, generator=gen, requires_grad=True)
+    y = torch.randn(2, 5, 20, generator=gen, requires_grad=True)
+    w = torch.randn(2, 30, generator=gen)
+    (max_cosine_similarity(x, y, backend="reference") * w).sum().backward()
+    gx, gy = x.grad.clone(), y.grad.clone()
+    x.grad = y.grad = None
+    (max_cosine_similarity(x, y, backend="chunked", max_chunk_bytes=512) * w).sum().backward()
+    torch.testing.assert_close(x.grad, gx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y.grad, gy, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- edge cases
+def test_all_zero_support_mask_gives_zero_map(gen):
+    query = torch.randn(2, 4, 5, 5, generator=gen, requires_grad=True)
+    support = torch.randn(2, 3, 4, 5, 5, generator=gen, requires_grad=True)
+    out = fp.guided_region_map(query, support, torch.zeros(2, 3, 5, 5))
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(query.grad).all() and torch.isfinite(support.grad).all()
+
+
+def test_zero_feature_vectors_and_constant_maps_are_finite(gen):
+    bridge = torch.randn(1, 4, 3, 3, generator=gen, requires_grad=True)
+    with torch.no_grad():
+        bridge[..., 0, :] = 0  # a row of zero vectors
+    prior = torch.randn(1, 4, 3, 3, generator=gen, requires_grad=True)
+    out = fp.prior_region_map(bridge, prior)
+    assert torch.isfinite(out).all()
+    # zero vectors have cosine 0 with everything (the eps keeps the division finite)
+    torch.testing.assert_close(out.double(), ref_prior_map(bridge.detach(), prior.detach()), atol=1e-5, rtol=0)
+    out.sum().backward()
+    assert torch.isfinite(bridge.grad).all() and torch.isfinite(prior.grad).all()
+    # all-equal similarities (identical features everywhere) -> zeros
+    const = torch.ones(1, 4, 3, 3)
+    assert torch.equal(fp.prior_region_map(const, const), torch.zeros(1, 1, 3, 3))
+    # all-zero features on both sides
+    zero = torch.zeros(1, 4, 3, 3)
+    assert torch.equal(fp.prior_region_map(zero, zero), torch.zeros(1, 1, 3, 3))
+
+
+def test_minmax_normalize_constant_is_zero():
+    s = torch.full((2, 5), 0.3)
+    assert torch.equal(minmax_normalize(s), torch.zeros(2, 5))
+
+
+# ----------------------------------------------------------------------------- memory bound
+class LiveBytes(TorchDispatchMode):
+    """Tracks the peak bytes of tensors created inside the mode that are alive at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.largest = 0
+        self._ptrs: set[int] = set()
+
+    def _release(self, ptr: int, nbytes: int) -> None:
+        if ptr in self._ptrs:
+            self._ptrs.discard(ptr)
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                ptr, nbytes = st.data_ptr(), st.nbytes()
+                if nbytes == 0 or ptr in self._ptrs:
+                    continue
+                self._ptrs.add(ptr)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                self.largest = max(self.largest, nbytes)
+                weakref.finalize(t, self._release, ptr, nbytes)
+        return out
+
+
+def test_peak_temporary_memory_stays_within_budget():
+    torch.manual_seed(0)
+    b, k, c, side = 2, 5, 64, 24  # a scaled-down 5-shot episode: 576 x 576 positions per shot
+    query = torch.randn(b, c, side, side)
+    support = torch.randn(b, k, c, side, side)
+    masks = torch.ones(b, k, side, side)
+    full_matrix = b * k * (side * side) ** 2 * 4
+    budget = 2**19  # 512 KiB, far below the 13 MB similarity matrix
+    assert full_matrix > 20 * budget
+    inputs = query.nbytes + support.nbytes
+    with LiveBytes() as chunked:
+        fp.guided_region_map(query, support, masks, backend="chunked", max_chunk_bytes=budget)
+    # temporaries: the tile budget plus O(inputs) copies (masked support, expanded query)
+    assert chunked.largest <= max(budget, inputs)
+    assert chunked.peak <= budget + 3 * inputs
+    with LiveBytes() as reference:
+        fp.guided_region_map(query, support, masks, backend="reference")
+    # the measurement can fail: the PFENet-style path does materialise the whole matrix
+    assert reference.largest >= full_matrix
+    assert reference.peak > budget + 3 * inputs
+
+
+# ----------------------------------------------------------------------------- masked average pooling
+def test_masked_average_pool_known_answer():
+    feats = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    mask = torch.tensor([[[1, 0], [0, 1]], [[0, 0], [0, 0]]], dtype=torch.float32)
+    out = fp.masked_average_pool(feats, mask)
+    expected0 = (feats[0, :, 0, 0] + feats[0, :, 1, 1]) / (2 + 5e-4)
+    torch.testing.assert_close(out[0], expected0)
+    assert torch.equal(out[1], torch.zeros(3))  # empty mask -> zero prototype
+    assert fp.masked_average_pool(feats, mask[:, None], keepdim=True).shape == (2, 3, 1, 1)
+
+
+def test_masked_average_pool_resizes_mask_and_has_gradient(gen):
+    feats = torch.randn(2, 4, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(2, 1, 17, 17, dtype=torch.float64)
+    out = fp.masked_average_pool(feats, mask)
+    torch.testing.assert_close(out, feats.sum((2, 3)) / (25 + 5e-4))
+    assert torch.autograd.gradcheck(lambda f: fp.masked_average_pool(f, mask), (feats,))
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, exc, words",
+    [
+        (lambda: fp.prior_region_map(torch.ones(1, 3, 4, 4, dtype=torch.long), torch.ones(1, 3, 4, 4)), TypeError, "`bridge`"),
+        (lambda: fp.prior_region_map(torch.ones(3, 4, 4), torch.ones(1, 3, 4, 4)), ValueError, "B, C, H, W"),
+        (lambda: fp.prior_region_map(torch.ones(2, 3, 4, 4), torch.ones(1, 3, 4, 4)), ValueError, "batch size"),
+        (lambda: fp.prior_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 5, 4, 4)), ValueError, "channel count"),
+        (lambda: fp.prior_region_map([[1.0]], torch.ones(1, 3, 4, 4)), TypeError, "torch.Tensor"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 2, 3, 4, 4), torch.ones(1, 3, 4, 4)), ValueError, "shot count"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4), torch.full((1, 4, 4), 2.0)), ValueError, "[0, 1]"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4), torch.full((1, 2, 4, 4), 1.0)), ValueError, "`support_mask`"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4, dtype=torch.uint8), torch.ones(1, 4, 4)), TypeError, "`support`"),
+        (lambda: fp.guided_region_map(torch.ones(2, 3, 4, 4), torch.ones(1, 3, 4, 4), torch.ones(1, 4, 4)), ValueError, "batch size"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4), torch.full((1, 4, 4), -1)), ValueError, "[0, 1]"),
+        (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4), torch.ones(2, 4, 4)), ValueError, "batch size"),
+        (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4), torch.ones(1, 2, 4, 4)), ValueError, "B, 1, h, w"),
+        (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4, dtype=torch.int32), torch.ones(1, 4, 4)), TypeError, "floating point"),
+        (lambda: max_cosine_similarity(torch.ones(1, 3, 4), torch.ones(1, 3, 4), backend="cuda"), ValueError, "`backend`"),
+        (lambda: max_cosine_similarity(torch.ones(1, 3, 0), torch.ones(1, 3, 4)), ValueError, "spatial position"),
+    ],
+)
+def test_bad_input_raises_with_helpful_message(call, exc, words):
+    with pytest.raises(exc, match=None) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_mixed_precision_inputs_are_promoted(gen):
+    x = torch.randn(1, 3, 4, generator=gen)
+    y = torch.randn(1, 3, 5, generator=gen, dtype=torch.float64)
+    assert max_cosine_similarity(x, y).dtype == torch.float64
+
+
+def test_auto_backend_uses_chunked_on_cpu(monkeypatch, gen):
+    called = {}
+    original = similarity._ChunkedMaxCosine.apply
+
+    def spy(*args):
+        called["chunked"] = True
+        return original(*args)
+
+    monkeypatch.setattr(similarity._ChunkedMaxCosine, "apply", spy)
+    max_cosine_similarity(torch.randn(1, 3, 4, generator=gen), torch.randn(1, 3, 4, generator=gen))
+    assert called == {"chunked": True}
