@@ -1,0 +1,150 @@
+"""SuperpixelPatchSampler (backends, contiguity, filters, seeding) and the on-disk cache."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fewshot_priors import superpixels as sp
+from fewshot_priors.superpixels import (
+    SuperpixelCache,
+    SuperpixelPatchSampler,
+    available_backends,
+    build_superpixel_cache,
+    filter_segments,
+)
+
+
+def blocks_image(h: int = 64, w: int = 80, seed: int = 0) -> np.ndarray:
+    """A 4x4 grid of flat, clearly different colours (+ mild noise): obvious superpixels."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(4, 4, 3))
+    img = np.kron(colours, np.ones((h // 4, w // 4, 1))).astype(np.float64)
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def assert_contiguous(labels: torch.Tensor, counts: torch.Tensor) -> None:
+    for lab, n in zip(labels, counts):
+        ids = torch.unique(lab[lab >= 0])
+        assert torch.equal(ids, torch.arange(int(n))), (ids, n)
+
+
+@pytest.mark.parametrize("backend", available_backends("slic"))
+def test_slic_backends_contiguous_and_follow_colour_blocks(backend):
+    img = blocks_image()
+    s = SuperpixelPatchSampler("slic", backend, n_segments=16, compactness=10)
+    assert s.backend == backend
+    labels, counts = s(np.stack([img, img[::-1].copy()]))
+    assert labels.dtype == torch.int64 and labels.shape == (2, 64, 80)
+    assert_contiguous(labels, counts)
+    assert (labels >= 0).all()  # no filter requested -> every pixel labelled
+    # each superpixel should be (almost) a single colour block: purity of the majority block
+    block = np.kron(np.arange(16).reshape(4, 4), np.ones((16, 20), dtype=int))
+    lab = labels[0].numpy()
+    pure = sum(np.bincount(block[lab == j]).max() for j in range(int(counts[0])))
+    assert pure / lab.size > 0.9
+
+
+def test_backends_agree_on_block_image():
+    """All SLIC backends (and Felzenszwalb) recover the 16 colour blocks (adjusted agreement)."""
+    from skimage.metrics import adapted_rand_error
+
+    img = blocks_image()
+    block = np.kron(np.arange(16).reshape(4, 4), np.ones((16, 20), dtype=int))
+    samplers = [SuperpixelPatchSampler("slic", b, n_segments=16) for b in available_backends("slic")]
+    samplers.append(SuperpixelPatchSampler("felzenszwalb", scale=200, sigma=0.5, min_size=20))
+    for s in samplers:
+        lab, _ = s(img)
+        err, _, _ = adapted_rand_error(block, lab[0].numpy())
+        assert err < 0.25, (s, err)
+
+
+def test_auto_picks_fastest_available_and_falls_back(monkeypatch):
+    s = SuperpixelPatchSampler("slic")
+    assert s.backend == available_backends("slic")[0]
+    assert SuperpixelPatchSampler("felzenszwalb").backend == "skimage"
+    monkeypatch.setattr(sp, "_fast_slic_available", lambda avx2: False)
+    monkeypatch.setattr(sp, "_warned_missing_fast_slic", False)
+    with pytest.warns(UserWarning, match="fast-slic"):
+        s2 = SuperpixelPatchSampler("slic")
+    assert s2.backend == "skimage"
+    labels, counts = s2(blocks_image())
+    assert_contiguous(labels, counts)
+
+
+def test_torch_inputs_uint8_and_float_agree():
+    img = blocks_image()
+    s = SuperpixelPatchSampler("slic", n_segments=16)
+    a, _ = s(img)
+    t8 = torch.from_numpy(img).permute(2, 0, 1)[None]
+    b, _ = s(t8)
+    c, _ = s(t8.float() / 255)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_min_area_and_max_patches_seeded():
+    lab = np.zeros((10, 10), dtype=np.int64)
+    lab[:, 5:] = 7  # area 50
+    lab[0, 0] = 3  # area 1
+    lab[9, 9] = 9  # area 1
+    out, n = filter_segments(lab, min_area=2)
+    assert n == 2 and (out[0, 0] == -1) and (out[9, 9] == -1)
+    assert set(np.unique(out)) == {-1, 0, 1}
+    many = np.arange(100).reshape(10, 10)
+    a, na = filter_segments(many, max_patches=5, rng=np.random.default_rng(1))
+    b, nb = filter_segments(many, max_patches=5, rng=np.random.default_rng(1))
+    c, _ = filter_segments(many, max_patches=5, rng=np.random.default_rng(2))
+    assert na == nb == 5 and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert set(np.unique(a)) == {-1, 0, 1, 2, 3, 4} and (a >= 0).sum() == 5
+    s1 = SuperpixelPatchSampler(n_segments=64, max_patches=4, seed=3)
+    s2 = SuperpixelPatchSampler(n_segments=64, max_patches=4, seed=3)
+    img = blocks_image()
+    l1, c1 = s1(img)
+    l2, c2 = s2(img)
+    assert torch.equal(l1, l2) and int(c1[0]) == 4
+    assert_contiguous(l1, c1)
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="method"):
+        SuperpixelPatchSampler("watershed")
+    with pytest.raises(ValueError, match="backend"):
+        SuperpixelPatchSampler("felzenszwalb", "fast-slic")
+    s = SuperpixelPatchSampler()
+    with pytest.raises(ValueError, match="images"):
+        s(np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(TypeError, match="images"):
+        s(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
+
+
+def test_cache_roundtrip_reuse_and_workers(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.jpg"
+        Image.fromarray(blocks_image(seed=i)).save(p, quality=95)
+        paths.append(p)
+    s = SuperpixelPatchSampler("slic", n_segments=16)
+    man = build_superpixel_cache(paths, tmp_path / "cache", s, progress=False)
+    m = json.loads(man.read_text())
+    assert m["format"] == "fewshot_priors.superpixel_cache" and len(m["items"]) == 3
+    cache = SuperpixelCache(tmp_path / "cache")
+    for p in paths:
+        expect = s.segment(np.asarray(Image.open(p).convert("RGB")))
+        assert np.array_equal(cache.get(p), expect)
+    assert cache.get(tmp_path / "missing.jpg") is None
+    # second build reuses every entry (files untouched)
+    mtimes = {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("*.npz")}
+    time.sleep(0.01)
+    build_superpixel_cache(paths, tmp_path / "cache", s, progress=False)
+    assert mtimes == {f: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("*.npz")}
+    # worker processes give identical files
+    build_superpixel_cache(paths, tmp_path / "cache2", s, workers=2, progress=False)
+    cache2 = SuperpixelCache(tmp_path / "cache2")
+    for p in paths:
+        assert np.array_equal(cache.get(p), cache2.get(p))
