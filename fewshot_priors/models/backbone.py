@@ -1,0 +1,510 @@
+"""Frozen timm feature extractors with the low / mid / high stages QGNet needs.
+
+:func:`create_backbone` wraps any timm model that supports ``features_only`` in a
+:class:`FrozenBackbone` that returns three stages (PFENet's layer2 / layer3 /
+layer4 for a ResNet) at a common output stride, can run its high stage alone on
+given mid-level features (PFENet computes the support layer4 from
+``layer3 x mask``), and stays frozen: no gradients, BatchNorm and dropout in eval
+mode even when the parent model is in ``train()``.
+
+Weights come from timm (``pretrained=True``, needs internet) or from a local
+file (``weights=PATH``): a timm state dict, a checkpoint dict holding one under
+``"state_dict"`` / ``"model"``, a MoCo-style checkpoint whose query encoder is
+picked out by its key prefix (``module.encoder_q.`` ...), or this project's
+prior-extractor export (a ``.safetensors`` file with metadata
+``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "PRIOR_EXTRACTOR_FORMAT"]
+
+#: ``format`` metadata value of this project's prior-extractor safetensors export.
+PRIOR_EXTRACTOR_FORMAT = "fewshot_priors.prior_extractor"
+
+#: Key prefixes stripped (in any order, repeatedly) to find a model inside a checkpoint.
+CHECKPOINT_PREFIXES = (
+    "module.",
+    "_orig_mod.",
+    "encoder_q.",
+    "query_encoder.",
+    "encoder.",
+    "backbone.",
+    "model.",
+)
+
+#: Names of projection / classifier heads found in self-supervised checkpoints. Keys
+#: under them are ignored when the feature extractor does not use them.
+HEAD_NAMES = ("fc", "head", "classifier", "pre_logits", "projector", "projection", "proj_head",
+              "mlp", "predictor", "global_head", "local_head", "global_pool")
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a timm model name (str), got {type(name).__name__}")
+    if not timm.is_model(name):
+        all_names = timm.list_models()
+        close = difflib.get_close_matches(name, all_names, n=5, cutoff=0.6)
+        stem = name.split("_")[0].rstrip("0123456789")
+        if stem and len(close) < 5:
+            close += [n for n in timm.list_models(f"*{stem}*") if n not in close][: 5 - len(close)]
+        hint = f" Did you mean one of: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown backbone `name` {name!r}: not a timm model name.{hint} "
+            "See `timm.list_models(pattern)` for the available names."
+        )
+    return name
+
+
+def _norm_key(key: str) -> str:
+    """Key in a form shared by a timm model and its features_only wrapper."""
+    return key.replace(".", "_")
+
+
+def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a checkpoint file into ``(tensors, safetensors metadata)``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {str(p)!r}")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(p), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(p)), metadata
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, corrupt files, non-tensor payloads
+        raise ValueError(
+            f"could not read backbone weights from {str(p)!r} with torch.load(weights_only=True): {e}. "
+            "Expected a .pth/.pt/.bin state dict or a .safetensors file."
+        ) from e
+    for _ in range(3):  # unwrap {"state_dict": ...} / {"model": ...} (possibly nested)
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"backbone weights file {str(p)!r} does not hold a state dict (got {type(obj).__name__})")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"backbone weights file {str(p)!r} holds no tensors")
+    return tensors, {}
+
+
+def _strip(key: str) -> tuple[tuple[str, ...], str]:
+    """Strip known wrapper prefixes; returns ``(stripped prefixes, rest)``."""
+    chain: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for prefix in CHECKPOINT_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                chain.append(prefix)
+                key = key[len(prefix):]
+                changed = True
+                break
+    return tuple(chain), key
+
+
+def _select_model_keys(state: Mapping[str, torch.Tensor], target: set[str]) -> dict[str, torch.Tensor]:
+    """Pick the sub-dict of ``state`` that best matches the ``target`` keys.
+
+    Keys are grouped by the chain of wrapper prefixes they carry (``module.encoder_q.``,
+    ``module.encoder_k.`` stays unstripped in another group, ...). The group whose
+    stripped keys overlap ``target`` most wins; ties prefer the shorter chain. The
+    other groups (momentum encoder, queues, optimiser) are dropped.
+    """
+    groups: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        chain, rest = _strip(key)
+        groups.setdefault(chain, {})[rest] = value
+    def score(item):
+        chain, keys = item
+        return (len(set(keys) & target), -len(chain), len(keys))
+
+    return dict(max(groups.items(), key=score)[1])
+
+
+def _fmt_keys(keys: Sequence[str], limit: int = 12) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def load_backbone_state_dict(
+    body: nn.Module,
+    name: str,
+    weights: str | os.PathLike,
+) -> None:
+    """Load a local checkpoint into a timm ``features_only`` module.
+
+    Args:
+        body: the features_only module (as built by :func:`timm.create_model`).
+        name: its timm model name (used to list the full model's keys).
+        weights: path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file does not match the model: missing keys (other than the
+            classifier head, which features_only does not use), unexpected keys,
+            shape mismatches, or a prior-extractor export of another architecture.
+    """
+    state, metadata = _read_checkpoint(weights)
+    if metadata.get("format") == PRIOR_EXTRACTOR_FORMAT:
+        saved = metadata.get("backbone")
+        if saved and saved != name:
+            raise ValueError(
+                f"prior-extractor weights {str(weights)!r} were exported for backbone {saved!r}, "
+                f"but the model was built as {name!r}; pass name={saved!r}"
+            )
+    with torch.device("meta"):
+        full = timm.create_model(name, pretrained=False)
+    full_shapes = {k: tuple(v.shape) for k, v in full.state_dict().items()}
+    body_sd = body.state_dict()
+    getter = type(body).__name__ == "FeatureGetterNet"
+    body_norm = {}
+    for k in body_sd:
+        nk = k[len("model."):] if getter and k.startswith("model.") else k
+        body_norm[_norm_key(nk)] = k
+    full_by_norm = {_norm_key(k): k for k in full_shapes}
+    used_full = {full_by_norm[n] for n in body_norm if n in full_by_norm}
+    if len(used_full) < len(body_norm):  # unexpected wrapper naming: compare against the body itself
+        full_shapes = {k: tuple(v.shape) for k, v in body_sd.items()}
+        full_by_norm = {_norm_key(k): k for k in full_shapes}
+        body_norm = {_norm_key(k): k for k in body_sd}
+        used_full = set(full_shapes)
+    used_roots = {k.split(".")[0] for k in used_full}
+
+    state = _select_model_keys(state, set(full_shapes))
+    provided = set(state)
+    missing = [
+        k for k in full_shapes
+        if k not in provided and k in used_full and not k.endswith("num_batches_tracked")
+    ]
+
+    def ignorable(key: str) -> bool:
+        root = key.split(".")[0]
+        return root not in used_roots and (root in HEAD_NAMES or any(k.split(".")[0] == root for k in full_shapes))
+
+    unexpected = [k for k in provided if k not in full_shapes and not ignorable(k)]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {full_shapes[k]}"
+        for k in provided
+        if k in full_shapes and tuple(state[k].shape) != full_shapes[k] and k in used_full
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_fmt_keys(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_fmt_keys(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {_fmt_keys(mismatched, 6)}")
+        raise ValueError(
+            f"backbone weights {str(weights)!r} do not match timm model {name!r}: " + "; ".join(parts)
+        )
+    new_sd = {}
+    for nk, bk in body_norm.items():
+        fk = full_by_norm.get(nk)
+        if fk is not None and fk in state:
+            new_sd[bk] = state[fk].to(body_sd[bk].dtype)
+    result = body.load_state_dict(new_sd, strict=False)
+    left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if left:  # pragma: no cover - guarded by the checks above
+        raise ValueError(f"backbone weights {str(weights)!r}: keys not loaded: {_fmt_keys(left)}")
+
+
+def _select_levels(body: nn.Module) -> tuple[int, int, int]:
+    """Indices of the (low, mid, high) levels among the body's feature levels.
+
+    The last three levels, after dropping a trailing level that is only a pooling
+    of the one before (VGG's final max-pool): ResNet -> layer2/3/4, VGG -> the
+    256/512/512-channel blocks (PFENet's VGG layer2/3/4).
+    """
+    info = body.feature_info
+    n = len(info.channels())
+    if n < 3:
+        raise ValueError(f"backbone exposes only {n} feature levels; QGNet needs three (low, mid, high)")
+    last = n - 1
+    names = info.module_name()
+    if isinstance(body, nn.ModuleDict) and last >= 3:
+        mod = body[_norm_key(names[last])] if _norm_key(names[last]) in body else None
+        if isinstance(mod, _POOLS):
+            last -= 1
+    return last - 2, last - 1, last
+
+
+# --------------------------------------------------------------------------- module
+
+
+class FrozenBackbone(nn.Module):
+    """Three-stage (low, mid, high) feature extractor around a timm ``features_only`` model.
+
+    Stages (ResNet): ``low`` = layer2, ``mid`` = layer3, ``high`` = layer4, all at
+    output stride 8 (dilated, via timm's ``output_stride``). Models that cannot be
+    dilated (VGG, ...) are run as they are and their three stages are resized
+    bilinearly (``align_corners=True``) to the size of the deepest stage whose
+    stride is ``<= output_stride`` (VGG: the 512-channel stride-8 stage), so
+    ``low``, ``mid`` and ``high`` always share one spatial size.
+
+    When ``frozen`` (the default) every parameter has ``requires_grad=False``, the
+    body is always in eval mode (BatchNorm statistics and dropout never change, even
+    after the parent calls ``.train()``) and the forward passes run under
+    ``torch.no_grad()``.
+
+    Attributes:
+        name: the timm model name.
+        channels: ``(low, mid, high)`` channel counts.
+        reductions: native strides of the three stages.
+        output_stride: the common stride of the returned features.
+        frozen: whether the module is frozen.
+        can_split: whether :meth:`forward_high` is available (timm FeatureListNet /
+            FeatureDictNet bodies, i.e. ResNets, VGG, ConvNeXt, ...).
+    """
+
+    def __init__(self, body: nn.Module, name: str, output_stride: int = 8, frozen: bool = True,
+                 levels: Sequence[int] | None = None):
+        super().__init__()
+        self.body = body
+        self.name = name
+        self.frozen = bool(frozen)
+        self.output_stride = int(output_stride)
+        lv = tuple(levels) if levels is not None else _select_levels(body)
+        if len(lv) != 3:
+            raise ValueError(f"`levels` must name three feature levels (low, mid, high), got {lv}")
+        self.levels = lv
+        info = body.feature_info
+        self.channels: tuple[int, int, int] = tuple(int(info.channels()[i]) for i in lv)  # type: ignore[assignment]
+        self.reductions: tuple[int, int, int] = tuple(int(info.reduction()[i]) for i in lv)  # type: ignore[assignment]
+        fmt = getattr(body, "output_fmt", "NCHW")
+        self._nhwc = str(getattr(fmt, "value", fmt)) == "NHWC"
+        self.resize = len(set(self.reductions)) > 1
+        small = [i for i, r in enumerate(self.reductions) if r <= self.output_stride]
+        self._anchor = small[-1] if small else 0
+        self._stages: list[list[str]] | None = None
+        if isinstance(body, nn.ModuleDict) and hasattr(body, "return_layers"):
+            by_index = {int(v): k for k, v in body.return_layers.items()}
+            names = list(body.keys())
+            cut = [names.index(by_index[i]) for i in lv]
+            self._stages = [names[: cut[0] + 1], names[cut[0] + 1: cut[1] + 1], names[cut[1] + 1: cut[2] + 1]]
+        self.can_split = self._stages is not None
+        if self.frozen:
+            for p in self.body.parameters():
+                p.requires_grad_(False)
+            self.body.eval()
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, channels={self.channels}, output_stride={self.output_stride}, "
+                f"frozen={self.frozen}, resize={self.resize}")
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Set train mode; a frozen body always stays in eval mode."""
+        super().train(mode)
+        if self.frozen:
+            self.body.eval()
+        return self
+
+    # -- internals
+    def _check_input(self, x: object) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"`x` must be a torch.Tensor image batch B, 3, H, W, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"`x` must be a floating point (normalised) image batch, got dtype {x.dtype}")
+        in_chans = getattr(self.body, "in_chans", 3)
+        if x.dim() != 4 or x.shape[1] != in_chans:
+            raise ValueError(f"`x` must have shape B, {in_chans}, H, W, got {tuple(x.shape)}")
+        return x
+
+    def _fmt(self, t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, (tuple, list)):
+            t = t[0]
+        return t.permute(0, 3, 1, 2).contiguous() if self._nhwc else t
+
+    def _run(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        assert self._stages is not None
+        if self._nhwc and stage > 0:
+            x = x.permute(0, 2, 3, 1).contiguous()
+        for n in self._stages[stage]:
+            x = self.body[n](x)
+        return self._fmt(x)
+
+    def _context(self):
+        return torch.no_grad() if self.frozen else torch.enable_grad()
+
+    @staticmethod
+    def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(t.shape[-2:]) == tuple(size):
+            return t
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+
+    # -- public API
+    def forward_low_mid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low and mid stages of an image batch.
+
+        Args:
+            x: ``B, 3, H, W`` normalised images.
+
+        Returns:
+            ``(low B, C_low, h, w, mid B, C_mid, h, w)`` at the common output stride.
+        """
+        x = self._check_input(x)
+        with self._context():
+            if self._stages is not None:
+                low = self._run(0, x)
+                mid = self._run(1, low)
+            else:
+                feats = self.body(x)
+                low, mid = (self._fmt(feats[i]) for i in self.levels[:2])
+            if self.resize:  # the anchor is low or mid (reductions grow, not all equal)
+                size = tuple((low, mid)[min(self._anchor, 1)].shape[-2:])
+                low, mid = self._resize(low, size), self._resize(mid, size)
+        return low, mid
+
+    def forward_high(self, mid: torch.Tensor) -> torch.Tensor:
+        """Run the high stage alone on (possibly masked) mid-level features.
+
+        This is how PFENet gets the support layer4: ``layer4(layer3 x mask)``.
+
+        Args:
+            mid: ``B, C_mid, h, w`` mid-level features (as from :meth:`forward_low_mid`).
+
+        Returns:
+            ``B, C_high, h, w`` high-level features (resized back to ``h, w`` for
+            backbones that are not dilated).
+
+        Raises:
+            NotImplementedError: the timm body cannot be split into stages
+                (see :attr:`can_split`).
+        """
+        if self._stages is None:
+            raise NotImplementedError(
+                f"backbone {self.name!r} ({type(self.body).__name__}) cannot run its high stage alone; "
+                "use forward(x) instead"
+            )
+        if not isinstance(mid, torch.Tensor) or not mid.is_floating_point():
+            raise TypeError("`mid` must be a floating point tensor B, C_mid, h, w")
+        if mid.dim() != 4 or mid.shape[1] != self.channels[1]:
+            raise ValueError(f"`mid` must have shape B, {self.channels[1]}, h, w, got {tuple(mid.shape)}")
+        with self._context():
+            high = self._run(2, mid)
+            if self.resize:
+                high = self._resize(high, tuple(mid.shape[-2:]))
+        return high
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All three stages.
+
+        Args:
+            x: ``B, 3, H, W`` normalised images.
+
+        Returns:
+            ``(low, mid, high)``, each ``B, C_i, h, w`` with ``h = ceil(H / 8)`` for a
+            dilated ResNet (all three share one spatial size).
+        """
+        x = self._check_input(x)
+        if self._stages is not None:
+            low, mid = self.forward_low_mid(x)
+            return low, mid, self.forward_high(mid)
+        with self._context():
+            feats = [self._fmt(feats) for feats in self.body(x)]
+            low, mid, high = (feats[i] for i in self.levels)
+            if self.resize:
+                size = tuple((low, mid, high)[self._anchor].shape[-2:])
+                low, mid, high = (self._resize(t, size) for t in (low, mid, high))
+        return low, mid, high
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def _build_body(name: str, pretrained: bool, output_stride: int) -> nn.Module:
+    def build(**kw):
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, features_only=True, **kw)
+        try:
+            return timm.create_model(name, pretrained=True, features_only=True, **kw)
+        except (TypeError, AssertionError):
+            raise
+        except Exception as e:  # network / hub errors: explain the offline route
+            raise RuntimeError(
+                f"could not load timm's pretrained weights for {name!r} ({type(e).__name__}: {e}). "
+                "Offline? Download the checkpoint elsewhere and pass `weights=PATH` "
+                "(a .safetensors/.pth timm state dict) with `pretrained=False`."
+            ) from e
+
+    if output_stride != 32:
+        try:
+            return build(output_stride=output_stride)
+        except (TypeError, AssertionError, ValueError, NotImplementedError):
+            pass  # the architecture cannot be dilated: run it as is and resize its stages
+    try:
+        return build()
+    except (TypeError, AssertionError) as e:
+        raise ValueError(
+            f"timm model {name!r} does not support features_only feature extraction: {e}"
+        ) from e
+
+
+def create_backbone(
+    name: str,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    output_stride: int = 8,
+    frozen: bool = True,
+) -> FrozenBackbone:
+    """Build a (frozen) three-stage backbone from a timm model name.
+
+    Args:
+        name: any timm model name whose model supports ``features_only`` (e.g.
+            ``"resnet50"``, ``"resnet101"``, ``"vgg16_bn"``, ``"convnext_tiny"``).
+        pretrained: load timm's pretrained weights (downloads; fails offline with a
+            message pointing to ``weights=PATH``).
+        weights: local checkpoint to load instead (see module docstring for the
+            accepted formats). Mutually exclusive with ``pretrained``.
+        output_stride: common stride of the returned features (8 as in PFENet).
+            Dilated via timm where the model supports it (ResNets), otherwise the
+            stages are resized (see :class:`FrozenBackbone`).
+        frozen: freeze the backbone (no grad, BatchNorm/dropout always in eval).
+
+    Returns:
+        A :class:`FrozenBackbone` with ``.channels == (low, mid, high)``
+        (resnet50: ``(512, 1024, 2048)``; resnet18: ``(128, 256, 512)``;
+        vgg: ``(256, 512, 512)``).
+
+    Raises:
+        ValueError: unknown model name (with close matches), bad ``output_stride``,
+            or weights that do not match the model.
+        FileNotFoundError: ``weights`` does not exist.
+        RuntimeError: ``pretrained=True`` could not download the weights.
+    """
+    name = _check_name(name)
+    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride not in (8, 16, 32):
+        raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}")
+    if weights is not None and pretrained:
+        raise ValueError("pass either `pretrained=True` (timm download) or `weights=PATH` (local file), not both")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"`weights` must be a path (str or os.PathLike), got {type(weights).__name__}")
+    body = _build_body(name, bool(pretrained), output_stride)
+    if weights is not None:
+        load_backbone_state_dict(body, name, weights)
+    return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen)

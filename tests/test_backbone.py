@@ -1,0 +1,214 @@
+"""Tests for fewshot_priors.models.backbone: stages, freezing, local weight loading."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from fewshot_priors.models.backbone import PRIOR_EXTRACTOR_FORMAT, FrozenBackbone, create_backbone
+
+
+@pytest.fixture(scope="module")
+def r18() -> FrozenBackbone:
+    torch.manual_seed(0)
+    return create_backbone("resnet18")
+
+
+def _timm_sd(name: str, seed: int) -> dict[str, torch.Tensor]:
+    """A full timm state dict (classifier head included) with random values."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    with torch.no_grad():  # make BN running stats non-default so loading them is visible
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_loaded(backbone: FrozenBackbone, sd: dict[str, torch.Tensor]) -> None:
+    got = backbone.body.state_dict()
+    for key in ("conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight"):
+        torch.testing.assert_close(got[key], sd[key], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@pytest.mark.parametrize(
+    "name, channels",
+    [("resnet18", (128, 256, 512)), ("resnet50", (512, 1024, 2048)), ("vgg11", (256, 512, 512))],
+)
+def test_channels_and_common_stride(name, channels):
+    torch.manual_seed(0)
+    bb = create_backbone(name)
+    assert bb.channels == channels
+    assert bb.name == name
+    x = torch.randn(1, 3, 65, 65)
+    low, mid, high = bb(x)
+    assert (low.shape[1], mid.shape[1], high.shape[1]) == channels
+    # one common spatial size at output stride 8 (dilated ResNet: ceil(65 / 8) = 9)
+    assert low.shape[-2:] == mid.shape[-2:] == high.shape[-2:]
+    expected = 9 if name.startswith("resnet") else 65 // 8
+    assert tuple(low.shape[-2:]) == (expected, expected)
+    # the staged API composes to the same result as forward
+    low2, mid2 = bb.forward_low_mid(x)
+    torch.testing.assert_close(low2, low)
+    torch.testing.assert_close(bb.forward_high(mid2), high)
+
+
+def test_resnet_stages_match_timm_layers(r18):
+    """low/mid/high are exactly timm's dilated layer2/layer3/layer4."""
+    ref = timm.create_model("resnet18", features_only=True, out_indices=(2, 3, 4), output_stride=8)
+    ref.load_state_dict(r18.body.state_dict())
+    ref.eval()
+    x = torch.randn(2, 3, 41, 57)
+    with torch.no_grad():
+        expected = ref(x)
+    for got, want in zip(r18(x), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_forward_high_on_masked_mid_differs(r18):
+    x = torch.randn(1, 3, 49, 49)
+    _, mid = r18.forward_low_mid(x)
+    mask = torch.zeros(1, 1, *mid.shape[-2:])
+    mask[..., 2:5, 2:5] = 1
+    high_full = r18.forward_high(mid)
+    high_masked = r18.forward_high(mid * mask)
+    assert not torch.allclose(high_full, high_masked)
+    with pytest.raises(ValueError, match="mid"):
+        r18.forward_high(torch.randn(1, 7, 5, 5))
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+def test_frozen_no_grad_and_bn_stays_eval(r18):
+    parent = torch.nn.Sequential(r18)
+    parent.train()
+    assert parent.training and r18.training
+    assert not r18.body.training
+    assert all(not m.training for m in r18.body.modules())
+    assert all(not p.requires_grad for p in r18.parameters())
+    before = {k: v.clone() for k, v in r18.body.state_dict().items()}
+    x = torch.randn(2, 3, 33, 33, requires_grad=True)
+    low, mid, high = r18(x)
+    assert not high.requires_grad  # ran under no_grad
+    after = r18.body.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+
+
+def test_unfrozen_backbone_trains():
+    bb = create_backbone("resnet18", frozen=False)
+    bb.train()
+    assert bb.body.training
+    _, _, high = bb(torch.randn(2, 3, 33, 33))
+    high.mean().backward()
+    assert bb.body.conv1.weight.grad is not None
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def test_load_plain_timm_state_dict(tmp_path):
+    sd = _timm_sd("resnet18", 1)
+    path = tmp_path / "r18.pth"
+    torch.save(sd, path)
+    bb = create_backbone("resnet18", weights=path)
+    _assert_loaded(bb, sd)
+    # wrapped in {"state_dict": ...}, head removed
+    path2 = tmp_path / "wrapped.pt"
+    torch.save({"epoch": 3, "state_dict": {k: v for k, v in sd.items() if not k.startswith("fc.")}}, path2)
+    _assert_loaded(create_backbone("resnet18", weights=str(path2)), sd)
+
+
+def test_load_moco_checkpoint(tmp_path):
+    """MoCo v2 layout: module.encoder_q.* (with MLP head), module.encoder_k.*, queue."""
+    q = _timm_sd("resnet18", 2)
+    k = _timm_sd("resnet18", 3)
+    state = {}
+    for key, value in q.items():
+        if not key.startswith("fc."):
+            state[f"module.encoder_q.{key}"] = value
+            state[f"module.encoder_k.{key}"] = k[key]
+    for key, shape in (("fc.0.weight", (512, 512)), ("fc.0.bias", (512,)), ("fc.2.weight", (128, 512))):
+        state[f"module.encoder_q.{key}"] = torch.randn(shape)
+    state["module.queue"] = torch.randn(128, 64)
+    state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    path = tmp_path / "moco.pth.tar"
+    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
+    bb = create_backbone("resnet18", weights=path)
+    _assert_loaded(bb, q)  # the query encoder, not the key encoder
+
+
+def test_load_prior_extractor_safetensors(tmp_path):
+    sd = {k: v.contiguous() for k, v in _timm_sd("resnet18", 4).items() if not k.startswith("fc.")}
+    path = tmp_path / "prior.safetensors"
+    save_file(sd, str(path), metadata={"format": PRIOR_EXTRACTOR_FORMAT, "backbone": "resnet18"})
+    bb = create_backbone("resnet18", weights=path)
+    _assert_loaded(bb, sd)
+    x = torch.randn(1, 3, 33, 33)
+    assert not torch.allclose(bb(x)[2], create_backbone("resnet18")(x)[2])
+    with pytest.raises(ValueError, match="exported for backbone 'resnet18'"):
+        create_backbone("resnet34", weights=path)
+
+
+def test_mismatched_weights_list_keys(tmp_path):
+    sd = _timm_sd("resnet18", 5)
+    bad = dict(sd)
+    del bad["layer3.0.conv1.weight"]
+    bad["layer9.extra.weight"] = torch.zeros(3)
+    bad["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    path = tmp_path / "bad.pth"
+    torch.save(bad, path)
+    with pytest.raises(ValueError) as info:
+        create_backbone("resnet18", weights=path)
+    msg = str(info.value)
+    assert "layer3.0.conv1.weight" in msg and "missing" in msg
+    assert "layer9.extra.weight" in msg and "unexpected" in msg
+    assert "conv1.weight" in msg and "shape" in msg
+    # a whole other architecture
+    path50 = tmp_path / "r50.safetensors"
+    save_file({k: v.contiguous() for k, v in _timm_sd("resnet50", 6).items()}, str(path50))
+    with pytest.raises(ValueError, match="do not match timm model 'resnet18'"):
+        create_backbone("resnet18", weights=path50)
+
+
+def test_missing_weights_file(tmp_path):
+    path = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        create_backbone("resnet18", weights=path)
+
+
+def test_bad_names_and_arguments():
+    with pytest.raises(ValueError, match=r"'resnt50'.*resnet50"):
+        create_backbone("resnt50")
+    with pytest.raises(TypeError, match="name"):
+        create_backbone(50)
+    with pytest.raises(ValueError, match="output_stride"):
+        create_backbone("resnet18", output_stride=7)
+    with pytest.raises(ValueError, match="either"):
+        create_backbone("resnet18", pretrained=True, weights="x.pth")
+
+
+def test_pretrained_offline_error_points_to_weights(monkeypatch):
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("no internet")
+        return real(*args, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match="weights=PATH"):
+        create_backbone("resnet18", pretrained=True)
+
+
+def test_bad_input_images(r18):
+    with pytest.raises(TypeError, match="floating point"):
+        r18(torch.zeros(1, 3, 33, 33, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        r18(torch.zeros(3, 33, 33))
