@@ -1,0 +1,290 @@
+"""Fused Triton max-cosine kernel: on a CUDA GPU, or on CPU through Triton's interpreter.
+
+``TRITON_INTERPRET`` must be set before ``triton`` itself is imported (triton's
+own helpers are decorated at import) and stay set while kernels run, so on a
+machine without a GPU this module re-runs itself in a child ``pytest`` process
+with ``TRITON_INTERPRET=1`` (``test_interpreted_in_subprocess``) and skips the
+in-process copies of the tests. Run the interpreted tests directly with
+``TRITON_INTERPRET=1 python3 -m pytest tests/test_fused.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fewshot_priors.ops import fused as fused_module  # noqa: E402
+from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map  # noqa: E402
+from fewshot_priors.ops.similarity import max_cosine_similarity, minmax_normalize  # noqa: E402
+
+EPS = 1e-7
+# max abs error of the min-max normalised map vs float64, per operand precision (issue 5)
+MAP_TOL = {"bf16": 1e-2, "tf32": 1e-3, "fp32": 1e-5}
+# reference top-1 minus top-2 above which the argmax must agree exactly (>> the raw cosine error)
+ARGMAX_GAP = {"bf16": 1e-2, "tf32": 1e-3, "fp32": 1e-5}
+MAP_TOL_SEEDS = {"bf16": 1, "tf32": 2, "fp32": 3}
+
+_ON_GPU = torch.cuda.is_available() and fused_module.is_available()
+_RUNNABLE = fused_module.interpreting() or _ON_GPU
+_DEVICE = "cpu" if fused_module.interpreting() else "cuda"
+
+
+@pytest.fixture()
+def fused():
+    if not _RUNNABLE:
+        pytest.skip("no GPU: run with TRITON_INTERPRET=1 (done by test_interpreted_in_subprocess)")
+    return fused_module
+
+
+def _dev(*tensors: torch.Tensor):
+    out = tuple(t.to(_DEVICE) for t in tensors)
+    return out if len(out) > 1 else out[0]
+
+
+@pytest.mark.skipif(_RUNNABLE, reason="the kernel runs in this process")
+def test_interpreted_in_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:xdist"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    # the child must really have run the kernel tests, not skipped them
+    assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-3000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert int(summary.split(" passed")[0].split()[-1]) >= 15, summary
+
+
+def reference64(x: torch.Tensor, y: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Plain float64 cosine matrix ``B, N, M``: <x, y> / (|x||y| + eps)."""
+    x, y = x.detach().cpu().double(), y.detach().cpu().double()
+    dots = torch.einsum("bcn,bcm->bnm", x, y)
+    return dots / (x.norm(dim=1)[:, :, None] * y.norm(dim=1)[:, None, :] + eps)
+
+
+def features(gen: torch.Generator, *shape: int, relu: bool) -> torch.Tensor:
+    t = torch.randn(*shape, generator=gen)
+    return t.relu() if relu else t
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("relu", [False, True], ids=["signed", "relu"])
+def test_matches_float64_reference(fused, precision, relu):
+    # 37 x 53 positions, 72 / 200 channels: none a multiple of the 16-wide interpreter tiles.
+    # Non-negative (ReLU) features have high cosines in a narrow range, which the min-max
+    # normalisation stretches: bf16 operands need a few hundred channels to stay under 1e-2 there.
+    gen = torch.Generator().manual_seed(10 * MAP_TOL_SEEDS[precision] + relu)
+    c = 200 if relu else 72
+    x = features(gen, 2, c, 37, relu=relu)
+    y = features(gen, 2, c, 53, relu=relu)
+    values, index = fused.max_cosine(*_dev(x, y), EPS, precision=precision)
+    values, index = values.cpu(), index.cpu()
+    assert values.shape == (2, 37) and values.dtype == torch.float32
+    assert index.shape == (2, 37) and index.dtype == torch.int64
+    assert torch.isfinite(values).all()
+
+    sim = reference64(x, y)
+    ref_values, _ = sim.max(dim=2)
+    map_err = (minmax_normalize(values.double(), EPS) - minmax_normalize(ref_values, EPS)).abs().max()
+    assert map_err <= MAP_TOL[precision], map_err
+    assert (values.double() - ref_values).abs().max() <= MAP_TOL[precision]
+
+    # the returned index must point at a position whose similarity is the max (up to precision) ...
+    picked = torch.gather(sim, 2, index.unsqueeze(2)).squeeze(2)
+    assert (ref_values - picked).abs().max() <= 2 * MAP_TOL[precision]
+    # ... and be exactly the reference argmax wherever the top two are clearly apart
+    top2 = sim.topk(2, dim=2).values
+    clear = (top2[..., 0] - top2[..., 1]) > ARGMAX_GAP[precision]
+    assert clear.float().mean() > 0.5  # the check below must cover most positions
+    assert torch.equal(index[clear], sim.argmax(dim=2)[clear])
+
+
+@pytest.mark.skipif(not fused_module.interpreting(), reason="the GPU rounds tf32 operands in hardware")
+def test_tf32_rounds_operands(fused):
+    # 1 + 2^-12 is not representable in tf32 (10 mantissa bits): the products must see 1.0, while the
+    # norms (float32, computed beforehand) keep it. cos = x0 y0 / (|x| |y|) with y = (1, 0).
+    a = 1.0 + 2.0**-12
+    x = torch.tensor([[[a], [1.0]]])  # B=1, C=2, N=1
+    y = torch.tensor([[[1.0], [0.0]]])  # B=1, C=2, M=1
+    norm = (a * a + 1.0) ** 0.5
+    v32, _ = fused.max_cosine(x, y, 0.0, precision="fp32")
+    vtf, _ = fused.max_cosine(x, y, 0.0, precision="tf32")
+    assert v32.item() == pytest.approx(a / norm, abs=1e-7)
+    assert vtf.item() == pytest.approx(1.0 / norm, abs=1e-7)
+
+
+def test_first_maximum_wins_across_tiles(fused):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 8, 5, generator=gen)
+    y = torch.randn(1, 8, 40, generator=gen)
+    target = x[0, :, 2] * 3.0
+    y[0, :, 3] = target  # tile 0
+    y[0, :, 21] = target  # tile 1, identical column: same dot products bit for bit
+    y[0, :, 38] = target  # tile 2 (partial)
+    values, index = fused.max_cosine(*_dev(x, y), EPS, precision="fp32")
+    assert index[0, 2].item() == 3
+    assert values[0, 2].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_edge_sizes_and_zero_vectors(fused):
+    gen = torch.Generator().manual_seed(2)
+    for b, c, n, m in [(1, 1, 1, 1), (3, 3, 5, 1), (1, 17, 16, 17)]:
+        x = torch.randn(b, c, n, generator=gen)
+        y = torch.randn(b, c, m, generator=gen)
+        values, index = fused.max_cosine(*_dev(x, y), EPS, precision="fp32")
+        values, index = values.cpu(), index.cpu()
+        ref_values, ref_index = reference64(x, y).max(dim=2)
+        torch.testing.assert_close(values.double(), ref_values, atol=1e-5, rtol=0)
+        assert torch.equal(index, ref_index)
+    # zero vectors give cosine 0, never NaN
+    x = torch.zeros(1, 4, 3)
+    y = torch.randn(1, 4, 6, generator=gen)
+    y[:, :, 2] = 0
+    values, _ = fused.max_cosine(*_dev(x, y), EPS, precision="bf16")
+    assert torch.equal(values.cpu(), torch.zeros(1, 3))
+
+
+def test_strided_and_half_inputs(fused):
+    gen = torch.Generator().manual_seed(3)
+    # B, C, N with C the fast axis (channels_last features), and a transposed B, C, M
+    x = torch.randn(2, 24, 6, 5, generator=gen).to(memory_format=torch.channels_last).flatten(2)
+    y = torch.randn(2, 30, 24, generator=gen).transpose(1, 2)
+    x, y = _dev(x, y)
+    assert not x.is_contiguous() and not y.is_contiguous()
+    values, index = fused.max_cosine(x, y, EPS, precision="fp32")
+    ref_values, ref_index = fused.max_cosine(x.contiguous(), y.contiguous(), EPS, precision="fp32")
+    torch.testing.assert_close(values, ref_values)
+    assert torch.equal(index, ref_index)
+    for dtype in (torch.float16, torch.bfloat16):
+        v, _ = fused.max_cosine(x.to(dtype), y.to(dtype), EPS)
+        assert v.dtype == dtype
+        ref = reference64(x.to(dtype), y.to(dtype)).max(dim=2).values
+        assert (v.double() - ref).abs().max() <= 1e-2
+
+
+def test_gradients_match_chunked(fused):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 20, 23, generator=gen)
+    y = torch.randn(2, 20, 31, generator=gen)
+    w = torch.randn(2, 23, generator=gen)
+    x, y, w = _dev(x, y, w)
+    grads = {}
+    for backend in ("fused", "chunked"):
+        xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
+        # the fused path of max_cosine_similarity uses the default precision; compare in fp32
+        if backend == "fused":
+            values, index = fused.max_cosine(xr, yr, EPS, precision="fp32")
+        else:
+            values, index = max_cosine_similarity(xr, yr, EPS, backend="chunked", return_index=True)
+        (values * w).sum().backward()
+        grads[backend] = (values.detach(), index, xr.grad, yr.grad)
+    vf, idf, gxf, gyf = grads["fused"]
+    vc, idc, gxc, gyc = grads["chunked"]
+    assert torch.equal(idf, idc)
+    torch.testing.assert_close(vf, vc, atol=1e-6, rtol=0)
+    assert gxf.abs().sum() > 0 and gyf.abs().sum() > 0
+    torch.testing.assert_close(gxf, gxc, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gyf, gyc, atol=1e-6, rtol=1e-5)
+
+
+def _plain_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Float64 ``B, N`` region map: max cosine, then per-image min-max."""
+    s = reference64(x, y).max(dim=2).values
+    lo, hi = s.min(dim=1, keepdim=True).values, s.max(dim=1, keepdim=True).values
+    return (s - lo) / (hi - lo + EPS)
+
+
+def test_prior_region_map_fused(fused):
+    gen = torch.Generator().manual_seed(5)
+    bridge = torch.randn(2, 32, 6, 7, generator=gen).relu()
+    prior = torch.randn(2, 32, 5, 4, generator=gen).relu()
+    bridge, prior = _dev(bridge, prior)
+    out = prior_region_map(bridge, prior, backend="fused")
+    assert out.shape == (2, 1, 6, 7)
+    expected = _plain_map(bridge.flatten(2), prior.flatten(2)).view(2, 1, 6, 7)
+    assert (out.cpu().double() - expected).abs().max() <= MAP_TOL["bf16"]
+
+    # training through the fused map: gradients agree with the chunked path (same argmax here)
+    b1, p1 = bridge.clone().requires_grad_(), prior.clone().requires_grad_()
+    b2, p2 = bridge.clone().requires_grad_(), prior.clone().requires_grad_()
+    weight = _dev(torch.randn(2, 1, 6, 7, generator=gen))
+    orig = fused.DEFAULT_PRECISION
+    fused.DEFAULT_PRECISION = "fp32"
+    try:
+        (prior_region_map(b1, p1, backend="fused") * weight).sum().backward()
+    finally:
+        fused.DEFAULT_PRECISION = orig
+    (prior_region_map(b2, p2, backend="chunked") * weight).sum().backward()
+    torch.testing.assert_close(b1.grad, b2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(p1.grad, p2.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_guided_region_map_k_shot_fused(fused):
+    gen = torch.Generator().manual_seed(6)
+    b, k, c, h, w = 2, 3, 24, 5, 6
+    query = torch.randn(b, c, h, w, generator=gen).relu()
+    support = torch.randn(b, k, c, 4, 5, generator=gen).relu()
+    masks = (torch.rand(b, k, 8, 10, generator=gen) > 0.5).float()
+    query, support, masks = _dev(query, support, masks)
+    out = guided_region_map(query, support, masks, backend="fused")
+    assert out.shape == (b, 1, h, w)
+    # plain reference: per-shot masked support, float64 map, average over shots
+    small = torch.nn.functional.interpolate(masks, size=(4, 5), mode="bilinear", align_corners=True)
+    maps = []
+    for shot in range(k):
+        y = (support[:, shot] * small[:, shot : shot + 1]).flatten(2)
+        maps.append(_plain_map(query.flatten(2), y))
+    expected = torch.stack(maps, 1).mean(1).view(b, 1, h, w)
+    assert (out.cpu().double() - expected).abs().max() <= MAP_TOL["bf16"]
+    chunked = guided_region_map(query, support, masks, backend="chunked")
+    assert (out - chunked).abs().max() <= MAP_TOL["bf16"]
+
+
+def test_bad_input(fused):
+    x = _dev(torch.randn(1, 4, 3))
+    with pytest.raises(ValueError, match="precision"):
+        fused.max_cosine(x, x, precision="fp8")
+    with pytest.raises(TypeError, match="`x`.*float64"):
+        fused.max_cosine(x.double(), x.double())
+    with pytest.raises(TypeError, match="same dtype"):
+        fused.max_cosine(x, x.half())
+    with pytest.raises(ValueError, match="`y`"):
+        fused.max_cosine(x, _dev(torch.randn(4, 3)))
+    with pytest.raises(ValueError, match="agree"):
+        fused.max_cosine(x, _dev(torch.randn(1, 5, 3)))
+
+
+@pytest.mark.skipif(fused_module.interpreting() or torch.cuda.is_available(), reason="kernel available here")
+def test_cpu_without_interpreter_falls_back():
+    assert not fused_module.is_available()
+    x = torch.randn(1, 4, 3)
+    with pytest.raises(RuntimeError, match="chunked"):
+        fused_module.max_cosine(x, x)
+    with pytest.raises(RuntimeError, match="chunked"):
+        max_cosine_similarity(x, x, backend="fused")
+    # auto never picks the fused kernel here and matches the chunked backend exactly
+    torch.testing.assert_close(
+        max_cosine_similarity(x, x, backend="auto"), max_cosine_similarity(x, x, backend="chunked")
+    )
+
+
+@pytest.mark.skipif(not fused_module.interpreting(), reason="checks the interpreter mode")
+def test_auto_on_cpu_stays_chunked_under_interpreter(fused, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("auto must not use the fused kernel on CPU tensors")
+
+    monkeypatch.setattr(fused, "max_cosine", boom)
+    x = torch.randn(1, 4, 3)
+    max_cosine_similarity(x, x, backend="auto")
