@@ -141,7 +141,7 @@ def _fused_available(x: torch.Tensor) -> bool:
         from . import fused  # noqa: F401
     except Exception:  # pragma: no cover - depends on the installed triton
         return False
-    return fused.is_available()
+    return x.dtype in fused.SUPPORTED_DTYPES and fused.is_available()
 
 
 def max_cosine_similarity(
