@@ -1,0 +1,160 @@
+"""Few-shot evaluation with the field's protocol (REFERENCE §5-6).
+
+* The RNGs are reset to the evaluation seed before every evaluation, and the
+  test episodes themselves are a function of the dataset's seed.
+* Predictions are made at the network's input size, mapped back with
+  :func:`fewshot_priors.data.restore_prediction` and scored against the label
+  at its ORIGINAL resolution (``query_mask_orig``) when the dataset provides it.
+* Under DDP each rank scores every ``world``-th episode and the meter's
+  accumulators are summed across ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from .distributed import DistInfo, dist_info, shard_indices
+from .train import seed_everything
+
+__all__ = ["collate_eval", "evaluate", "format_results", "predict_fn_from_model", "write_results"]
+
+
+def collate_eval(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack same-shaped tensors; keep lists for per-item ones (original-size labels)."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            out[key] = torch.stack(values)
+        elif all(isinstance(v, (int, float)) for v in values):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+def predict_fn_from_model(model: torch.nn.Module) -> Callable[[Mapping[str, Any]], torch.Tensor]:
+    """``batch -> B, H, W`` label prediction via ``model(...)["logits"].argmax(1)``."""
+
+    def predict(batch: Mapping[str, Any]) -> torch.Tensor:
+        out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
+        return out["logits"].argmax(1)
+
+    return predict
+
+
+def _restore(pred: torch.Tensor, batch: Mapping[str, Any], i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prediction, target) of item ``i`` at the resolution it is scored at."""
+    if "query_mask_orig" in batch:
+        from fewshot_priors.data import restore_prediction
+
+        target = batch["query_mask_orig"][i]
+        valid = batch["query_valid_hw"][i]
+        valid_hw = tuple(int(v) for v in (valid.tolist() if isinstance(valid, torch.Tensor) else valid))
+        p = restore_prediction(pred[i], valid_hw, tuple(target.shape[-2:]))
+        return p, target
+    return pred[i], batch["query_mask"][i]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module | None,
+    dataset: Dataset,
+    *,
+    class_ids: Sequence[int] | None = None,
+    seed: int = 321,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    predict_fn: Callable[[Mapping[str, Any]], torch.Tensor] | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    dist: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Score a model (or any ``predict_fn``) on every episode of ``dataset``.
+
+    Args:
+        model: the few-shot model (put in eval mode); may be None if ``predict_fn`` is given.
+        dataset: test episodes (items with ``query_image``, ``support_images``,
+            ``support_masks``, ``class_id`` and either ``query_mask_orig`` +
+            ``query_valid_hw`` or ``query_mask``).
+        class_ids: the classes averaged in mIoU (default ``dataset.class_ids``).
+        seed: RNG seed reset before the evaluation (reported in the result).
+        batch_size: episodes per forward pass.
+        num_workers: data loader workers.
+        predict_fn: ``batch -> B, H, W`` integer predictions at the input size
+            (default: argmax of ``model(...)["logits"]``). Used for baselines.
+        device: where to run (default: the model's device, else CPU).
+        progress: show a tqdm bar (rank 0 only).
+        desc: progress bar label.
+        dist: rank info (default: current process group).
+
+    Returns:
+        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed"}``.
+    """
+    from fewshot_priors.metrics import FewShotSegMeter
+
+    dist = dist or dist_info()
+    seed_everything(seed)
+    if class_ids is None:
+        class_ids = list(getattr(dataset, "class_ids"))
+    if device is None:
+        device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    device = torch.device(device)
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
+    if predict_fn is None:
+        if model is None:
+            raise ValueError("pass a `model` or a `predict_fn`")
+        predict_fn = predict_fn_from_model(model)
+
+    n = len(dataset)  # type: ignore[arg-type]
+    shard = Subset(dataset, list(shard_indices(n, dist))) if dist.distributed else dataset
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_eval)
+    meter = FewShotSegMeter(class_ids)
+    for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
+                      leave=False):
+        batch_dev = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        pred = predict_fn(batch_dev).cpu()
+        for i in range(pred.shape[0]):
+            p, t = _restore(pred, batch, i)
+            cid = batch["class_id"][i]
+            meter.update(p, t, int(cid))
+    if dist.distributed:
+        meter.all_reduce()
+    res = dict(meter.compute())
+    res["per_class_iou"] = {str(k): float(v) for k, v in dict(res["per_class_iou"]).items()}
+    res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
+    res["episodes"] = n
+    res["seed"] = seed
+    if model is not None and was_training:
+        model.train()
+    return res
+
+
+def format_results(results: Mapping[str, Any], title: str = "evaluation") -> str:
+    """Plain-text table of mIoU, FB-IoU and per-class IoU (percent)."""
+    lines = [f"{title}: {results.get('episodes', '?')} episodes, seed {results.get('seed', '?')}"]
+    lines.append(f"  {'mIoU':<10}{100 * results['miou']:7.2f}")
+    lines.append(f"  {'FB-IoU':<10}{100 * results['fbiou']:7.2f}")
+    for cid, iou in results.get("per_class_iou", {}).items():
+        lines.append(f"  class {cid:<4}{100 * iou:7.2f}")
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping[str, Any], path: str | os.PathLike, **extra: Any) -> Path:
+    """Write results (plus ``extra`` fields such as shots / checkpoint) as JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**results, **extra}, indent=2), encoding="utf-8")
+    return path

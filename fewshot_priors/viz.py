@@ -1,0 +1,150 @@
+"""Figures: the paper's Fig. 5 panel layout and training loss curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = ["denormalize", "episode_figure", "overlay_mask", "plot_loss_curve", "save_episode_figures"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """``3, H, W`` normalised tensor -> ``H, W, 3`` float array in [0, 1]."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"`image` must have shape 3, H, W, got {tuple(image.shape)}")
+    img = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+    return img.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def overlay_mask(rgb: np.ndarray, mask, color=(1.0, 0.1, 0.1), alpha: float = 0.5) -> np.ndarray:
+    """Blend ``color`` over the foreground (``mask == 1``) of an ``H, W, 3`` image; 255 drawn grey."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    out = rgb.copy()
+    fg = m == 1
+    out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color)
+    out[m == 255] = 0.5 * out[m == 255] + 0.25
+    return out
+
+
+def _map(t) -> np.ndarray:
+    t = t.detach().float().cpu() if isinstance(t, torch.Tensor) else torch.as_tensor(t).float()
+    while t.dim() > 2:
+        t = t[0]
+    return t.numpy()
+
+
+def _panels(row: Mapping) -> list[tuple[str, np.ndarray, str | None]]:
+    q = denormalize(row["query_image"])
+    panels = [("query", q, None),
+              ("support + mask", overlay_mask(denormalize(row["support_image"]), row["support_mask"]), None)]
+    if row.get("guided_map") is not None:
+        panels.append(("guided region map", _map(row["guided_map"]), "viridis"))
+    if row.get("prior_map") is not None:
+        panels.append(("prior region map", _map(row["prior_map"]), "viridis"))
+    panels.append(("prediction", overlay_mask(q, row["prediction"], color=(0.1, 0.4, 1.0)), None))
+    panels.append(("ground truth", overlay_mask(q, row["ground_truth"], color=(0.1, 0.8, 0.2)), None))
+    return panels
+
+
+def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
+    """Episodes drawn like the paper's Fig. 5, one row per episode.
+
+    Panels: query, support with its mask, guided region map, prior region map,
+    prediction, ground truth (map panels are skipped when not given).
+
+    Args:
+        rows: one dict (or a list of dicts) with keys ``query_image`` (``3, H, W``
+            normalised), ``support_image`` (``3, H', W'``, the first shot),
+            ``support_mask`` (``H', W'``, 0/1/255), ``prediction`` (``H, W``),
+            ``ground_truth`` (``H, W``, 0/1/255) and optionally ``guided_map`` /
+            ``prior_map`` (``h, w`` or ``1, h, w`` maps in [0, 1]).
+        title: optional figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    rows = [rows] if isinstance(rows, Mapping) else list(rows)
+    if not rows:
+        raise ValueError("`rows` is empty: nothing to draw")
+    all_panels = [_panels(r) for r in rows]
+    ncols = max(len(p) for p in all_panels)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.4 * ncols, 2.5 * len(rows)), squeeze=False)
+    for r, panels in enumerate(all_panels):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(panels):
+                continue
+            name, img, cmap = panels[c]
+            ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_episode_figures(rows: Sequence[Mapping] | Mapping, path: str | os.PathLike,
+                         title: str | None = None) -> Path:
+    """Draw :func:`episode_figure` and save it as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = episode_figure(rows, title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
+                    val_tags: Sequence[str] = ("val/miou",)) -> Path:
+    """Draw training loss (and validation mIoU on a second axis) against the step.
+
+    Args:
+        source: a ``scalars.csv`` path (:class:`~fewshot_priors.engine.logging.RunLogger`)
+            or a dict ``tag -> [(step, value), ...]``.
+        path: output PNG.
+        tags: loss tags drawn on the left axis.
+        val_tags: tags drawn on the right axis.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        from fewshot_priors.engine.logging import read_scalars
+
+        source = read_scalars(source)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for tag in tags:
+        if source.get(tag):
+            s, v = zip(*source[tag])
+            ax.plot(s, v, label=tag)
+            drawn = True
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    vals = [t for t in val_tags if source.get(t)]
+    if vals:
+        ax2 = ax.twinx()
+        for tag in vals:
+            s, v = zip(*source[tag])
+            ax2.plot(s, v, "o--", color="tab:green", label=tag)
+        ax2.set_ylabel("validation mIoU")
+        ax2.legend(loc="upper right", fontsize=8)
+    if drawn:
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
