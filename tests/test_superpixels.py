@@ -148,3 +148,80 @@ def test_cache_roundtrip_reuse_and_workers(tmp_path):
     cache2 = SuperpixelCache(tmp_path / "cache2")
     for p in paths:
         assert np.array_equal(cache.get(p), cache2.get(p))
+
+
+# ----------------------------------------------------------------------------- two views
+def smooth_image(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    """A smooth random colour field: every superpixel has its own, distinct mean colour."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 6, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic", align_corners=False)
+    return (img[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def patch_means(img: torch.Tensor, lab: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loop reference: mean colour (3,) of each id and whether it is present."""
+    means = torch.zeros(n, 3)
+    present = torch.zeros(n, dtype=torch.bool)
+    for j in range(n):
+        m = lab == j
+        if m.any():
+            means[j] = img[:, m].mean(1)
+            present[j] = True
+    return means, present
+
+
+@pytest.mark.parametrize("hflip_p", [0.0, 1.0])
+def test_two_views_patch_correspondence_survives_crop_flip_resize(hflip_p):
+    """Paint every superpixel of an image in its own flat colour c_j; then in both views the
+    pixels labelled j must still show c_j (up to bilinear blending at patch borders)."""
+    from fewshot_priors.augment import TwoViewAugment
+
+    labels, counts = SuperpixelPatchSampler("slic", n_segments=24, compactness=20)(smooth_image())
+    n = int(counts[0])
+    colours = torch.rand(n, 3, generator=torch.Generator().manual_seed(5))
+    x = colours[labels[0]].permute(2, 0, 1)[None]  # 1, 3, H, W float in [0, 1]
+    aug = TwoViewAugment(48, color=False, normalize=False, hflip_p=hflip_p, min_area=6)
+    matched, mismatched, n_shared = [], [], 0
+    for seed in range(4):
+        v = aug(x, labels, seed=seed)
+        for key in ("labels_a", "labels_b"):  # no label is invented; small ones dropped
+            lab = v[key][0]
+            ids = lab[lab >= 0]
+            assert set(ids.unique().tolist()) <= set(range(n))
+            assert (torch.bincount(ids, minlength=n)[ids.unique()] >= 6).all()
+        ma, pa = patch_means(v["view_a"][0], v["labels_a"][0], n)
+        mb, pb = patch_means(v["view_b"][0], v["labels_b"][0], n)
+        for means, present in ((ma, pa), (mb, pb)):
+            matched.append((means[present] - colours[present]).abs().max(1).values)
+        shared = torch.nonzero(pa & pb).flatten()
+        n_shared += len(shared)
+        if len(shared) > 1:
+            matched.append((ma[shared] - mb[shared]).abs().max(1).values)
+            mismatched.append((ma[shared] - mb[shared.roll(1)]).abs().max(1).values)
+    assert n_shared >= 8
+    matched_t, mismatched_t = torch.cat(matched), torch.cat(mismatched)
+    assert float(matched_t.median()) < 0.02 and float(matched_t.quantile(0.9)) < 0.08
+    assert float(mismatched_t.median()) > 0.2
+
+
+def test_two_views_seeded_and_validated():
+    from fewshot_priors.augment import TwoViewAugment, drop_small_segments
+
+    x = torch.rand(2, 3, 40, 50)
+    lab = torch.randint(0, 5, (2, 40, 50))
+    aug = TwoViewAugment(32)
+    a, b, c = aug(x, lab, seed=1), aug(x, lab, seed=1), aug(x, lab, seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["view_a"], c["view_a"])
+    assert not torch.equal(a["view_a"], a["view_b"])  # the two views differ
+    assert a["view_a"].shape == (2, 3, 32, 32) and a["labels_b"].shape == (2, 32, 32)
+    state = torch.random.get_rng_state()
+    aug(x, lab, seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
+    with pytest.raises(ValueError, match="labels"):
+        aug(x, lab[:, :10])
+    with pytest.raises(TypeError, match="labels"):
+        aug(x, lab.float())
+    small = torch.tensor([[[0, 0, 1], [0, 0, 2], [-1, 2, 2]]])
+    assert torch.equal(drop_small_segments(small, 2), torch.tensor([[[0, 0, -1], [0, 0, 2], [-1, 2, 2]]]))

@@ -1,0 +1,439 @@
+"""GlobalLocalMoCo: the self-supervised prior extractor (paper Sec. 4.1, Fig. 3, Table 6).
+
+A MoCo v2 pair of encoders (query encoder trained by SGD, key encoder an
+exponential moving average of it) with two InfoNCE losses:
+
+* global (Eq. 1): image embeddings of two views, negatives from a queue of
+  ``queue_size`` keys;
+* local (Eq. 2): superpixel-patch embeddings (dense features -> 1x1-conv MLP ->
+  mean per superpixel), positive = the same superpixel in the other view,
+  negatives from a second queue of ``local_queue_size`` patch keys.
+
+``loss = global_weight * L_global + local_weight * L_local`` (Eq. 3 with both 1).
+After pretraining, :meth:`GlobalLocalMoCo.export_prior_extractor` writes the
+query encoder as a safetensors file loadable by ``create_backbone(name,
+weights=path)`` / ``QGNet(prior_weights=path)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.contrastive import info_nce, momentum_update
+from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
+
+PRIOR_FORMAT = "fewshot_priors.prior_extractor"
+SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+def _dist_world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All-gather equally sized tensors along dim 0 (no gradient); identity on one process."""
+    if _dist_world() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(_dist_world())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def all_gather_variable(x: torch.Tensor) -> torch.Tensor:
+    """All-gather tensors whose dim 0 differs across ranks (pads to the max, then trims)."""
+    world = _dist_world()
+    if world == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    m = max(sizes_i)
+    pad = x.new_zeros((m, *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    out = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(out, pad)
+    return torch.cat([o[:s] for o, s in zip(out, sizes_i)])
+
+
+# ----------------------------------------------------------------------------- queue
+class MemoryQueue(nn.Module):
+    """FIFO memory of L2-normalised keys (MoCo's dictionary), stored as buffers.
+
+    The queue is a ring buffer of ``size`` rows: :meth:`enqueue` writes a batch at
+    consecutive rows starting at ``ptr``, wrapping around the end, and advances
+    ``ptr`` by the batch size modulo ``size``. Therefore ``size`` need *not* be a
+    multiple of the batch size, batches may vary in size (patch counts do), and
+    the oldest keys are always the ones replaced. A batch larger than ``size``
+    keeps only its last ``size`` keys. Under DDP the keys of all ranks are
+    all-gathered first (rank order), so every rank holds the same queue.
+
+    ``queue`` (``size, dim``) and ``ptr`` (scalar int64) are buffers, so they are
+    part of ``state_dict()`` and saved in checkpoints (exact resume).
+
+    Args:
+        dim: key dimension ``D``.
+        size: number of keys ``K``.
+        seed: seed of the random-normal initialisation (default: global RNG).
+    """
+
+    queue: torch.Tensor
+    ptr: torch.Tensor
+
+    def __init__(self, dim: int, size: int, *, seed: int | None = None) -> None:
+        super().__init__()
+        if int(dim) < 1 or int(size) < 1:
+            raise ValueError(f"`dim` and `size` must be >= 1, got dim={dim}, size={size}")
+        g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        self.register_buffer("queue", F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.queue.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.queue.shape[1]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, size={self.size}"
+
+    def negatives(self) -> torch.Tensor:
+        """A detached copy of the keys, ``K, D`` (safe to use before :meth:`enqueue`)."""
+        return self.queue.detach().clone()
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
+        """Write ``keys`` (``N, D``) over the oldest entries; all-gathered under DDP."""
+        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[1] != self.dim:
+            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
+            raise ValueError(f"`keys` must have shape N, {self.dim}, got {shape}")
+        keys = keys.detach().to(self.queue.dtype)
+        if gather:
+            keys = all_gather_variable(keys)
+        n = keys.shape[0]
+        if n == 0:
+            return
+        m = min(n, self.size)
+        start = int(self.ptr) + n - m
+        idx = (start + torch.arange(m, device=self.queue.device)) % self.size
+        self.queue.index_copy_(0, idx, keys[-m:].to(self.queue.device))
+        self.ptr.fill_((int(self.ptr) + n) % self.size)
+
+
+# ----------------------------------------------------------------------------- model
+def create_encoder(backbone: str, **kwargs: Any) -> nn.Module:
+    """A timm model without classifier (``num_classes=0``), random init.
+
+    Its ``state_dict()`` keys are those of ``timm.create_model(backbone)`` minus the
+    classifier head, which is what :func:`export_prior_extractor` writes.
+    """
+    import timm
+
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(backbone, num_classes=0, **kwargs)
+
+
+def dense_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Last-stage dense feature map ``B, C, h, w`` of a timm encoder.
+
+    CNNs return ``B, C, h, w`` from ``forward_features``; channels-last outputs
+    (``B, h, w, C``) are permuted and ViT token sequences (``B, N, C``) lose their
+    prefix tokens and are reshaped to a square grid.
+    """
+    f = encoder.forward_features(x)
+    c = getattr(encoder, "num_features", None)
+    if f.dim() == 4:
+        if c is not None and f.shape[1] != c and f.shape[-1] == c:
+            f = f.permute(0, 3, 1, 2)
+        return f.contiguous()
+    if f.dim() == 3:
+        f = f[:, getattr(encoder, "num_prefix_tokens", 0) :]
+        side = int(math.isqrt(f.shape[1]))
+        if side * side != f.shape[1]:
+            raise ValueError(f"cannot reshape {f.shape[1]} tokens to a square grid")
+        return f.transpose(1, 2).reshape(f.shape[0], f.shape[2], side, side)
+    raise ValueError(f"unsupported forward_features output shape {tuple(f.shape)}")
+
+
+class GlobalLocalMoCo(nn.Module):
+    """MoCo v2 with a global and a local (superpixel-patch) InfoNCE loss.
+
+    Args:
+        backbone: any timm model name (dense last-stage features are used).
+        dim: embedding dimension of both heads (128).
+        queue_size: global negatives ``K`` (65536).
+        local_queue_size: patch negatives ``M`` (65536).
+        momentum: key-encoder EMA momentum ``m`` (0.999).
+        temperature: InfoNCE temperature ``tau`` (0.2).
+        global_weight: weight of the global loss; ``0`` disables it (no head, no
+            computation) -> "local only" ablation of Table 6.
+        local_weight: weight of the local loss; ``0`` disables it -> "global only".
+        mlp_hidden: hidden width of both MLP heads (default: the encoder's
+            feature width, i.e. 2048 -> 2048 -> ReLU -> 128 for resnet50).
+        max_patches: ``P``, patch slots per image; label ids must be ``< P``
+            (``SuperpixelPatchSampler(max_patches=P)`` guarantees it).
+        pool_mode: ``"area"`` or ``"nearest"`` (see ``superpixel_pool``).
+        shuffle_bn: key-encoder BatchNorm de-leaking. ``"ddp"``: MoCo's shuffle-BN
+            across processes (needs ``torch.distributed``). ``"split"``: one-process
+            alternative: shuffle the key batch and run the key encoder on
+            ``bn_splits`` chunks separately, so its BN statistics come from
+            different sample subsets than the query's. ``"none"``: plain forward.
+            ``"auto"``: ``"ddp"`` when a process group with > 1 rank is initialised,
+            else ``"split"`` (falls back to ``"none"`` for batches below
+            ``2 * bn_splits``).
+        bn_splits: chunks for ``"split"`` (2).
+        seed: seed of the queues' random initialisation (the encoder/heads use the
+            global RNG: call ``torch.manual_seed`` before construction).
+        **backbone_kwargs: passed to ``timm.create_model``.
+
+    ``forward(view_a, view_b, labels_a, labels_b)`` returns a dict with ``loss``,
+    ``loss_global``, ``loss_local``, ``acc_global``, ``acc_local`` (fraction of
+    queries whose positive beats every negative) and ``num_patches`` (valid local
+    pairs). In training mode it also momentum-updates the key encoder and
+    enqueues the keys; in eval mode it only computes the losses.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        dim: int = 128,
+        queue_size: int = 65536,
+        local_queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float = 0.2,
+        global_weight: float = 1.0,
+        local_weight: float = 1.0,
+        mlp_hidden: int | None = None,
+        max_patches: int = 64,
+        pool_mode: str = "area",
+        shuffle_bn: str = "auto",
+        bn_splits: int = 2,
+        seed: int | None = 0,
+        **backbone_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if global_weight < 0 or local_weight < 0 or (global_weight == 0 and local_weight == 0):
+            raise ValueError(
+                f"`global_weight` and `local_weight` must be >= 0 and not both 0, got {global_weight}, {local_weight}"
+            )
+        if shuffle_bn not in SHUFFLE_BN_MODES:
+            raise ValueError(f"`shuffle_bn` must be one of {SHUFFLE_BN_MODES}, got {shuffle_bn!r}")
+        if pool_mode not in POOL_MODES:
+            raise ValueError(f"`pool_mode` must be one of {POOL_MODES}, got {pool_mode!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"`momentum` must be in [0, 1], got {momentum}")
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        if int(max_patches) < 1:
+            raise ValueError(f"`max_patches` must be >= 1, got {max_patches}")
+        self.backbone_name = backbone
+        self.backbone_kwargs = dict(backbone_kwargs)
+        self.dim = int(dim)
+        self.momentum = float(momentum)
+        self.temperature = float(temperature)
+        self.global_weight = float(global_weight)
+        self.local_weight = float(local_weight)
+        self.max_patches = int(max_patches)
+        self.pool_mode = pool_mode
+        self.shuffle_bn = shuffle_bn
+        self.bn_splits = int(bn_splits)
+
+        self.encoder = create_encoder(backbone, **backbone_kwargs)
+        width = int(self.encoder.num_features)
+        hidden = int(mlp_hidden or width)
+        self.global_head = (
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+            if global_weight > 0
+            else None
+        )
+        self.local_head = (
+            nn.Sequential(nn.Conv2d(width, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
+            if local_weight > 0
+            else None
+        )
+        self.key_encoder = copy.deepcopy(self.encoder)
+        self.key_global_head = copy.deepcopy(self.global_head)
+        self.key_local_head = copy.deepcopy(self.local_head)
+        for p in self._key_modules().parameters():
+            p.requires_grad_(False)
+        self.queue = MemoryQueue(dim, queue_size, seed=seed) if global_weight > 0 else None
+        self.local_queue = (
+            MemoryQueue(dim, local_queue_size, seed=None if seed is None else seed + 1) if local_weight > 0 else None
+        )
+
+    # -- helpers -----------------------------------------------------------------
+    def _query_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {k: m for k, m in (("enc", self.encoder), ("g", self.global_head), ("l", self.local_head)) if m is not None}
+        )
+
+    def _key_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict(
+            {
+                k: m
+                for k, m in (("enc", self.key_encoder), ("g", self.key_global_head), ("l", self.key_local_head))
+                if m is not None
+            }
+        )
+
+    def resolved_shuffle_bn(self, batch: int) -> str:
+        """The shuffle-BN mode actually used for a key batch of ``batch`` images."""
+        mode = self.shuffle_bn
+        if mode == "auto":
+            mode = "ddp" if _dist_world() > 1 else "split"
+        if mode == "ddp" and _dist_world() == 1:
+            raise RuntimeError("shuffle_bn='ddp' needs an initialised torch.distributed process group")
+        if mode == "split" and batch < 2 * self.bn_splits:
+            mode = "none"
+        return mode
+
+    @torch.no_grad()
+    def _key_features(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.resolved_shuffle_bn(x.shape[0])
+        if mode == "none":
+            return dense_features(self.key_encoder, x)
+        if mode == "split":
+            perm = torch.randperm(x.shape[0], device=x.device)
+            chunks = [dense_features(self.key_encoder, c) for c in x[perm].chunk(self.bn_splits)]
+            return torch.cat(chunks)[torch.argsort(perm)]
+        # MoCo's shuffle-BN across ranks
+        bs = x.shape[0]
+        x_all = concat_all_gather(x)
+        world = x_all.shape[0] // bs
+        perm = torch.randperm(x_all.shape[0], device=x.device)
+        dist.broadcast(perm, src=0)
+        rank = dist.get_rank()
+        f = dense_features(self.key_encoder, x_all[perm.view(world, -1)[rank]])
+        f_all = concat_all_gather(f)
+        return f_all[torch.argsort(perm).view(world, -1)[rank]]
+
+    # -- forward -------------------------------------------------------------------
+    def forward(
+        self,
+        view_a: torch.Tensor,
+        view_b: torch.Tensor,
+        labels_a: torch.Tensor | None = None,
+        labels_b: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Losses for query view ``view_a`` against key view ``view_b``.
+
+        Args:
+            view_a: ``B, 3, S, S`` normalised images (query view).
+            view_b: ``B, 3, S, S`` (key view).
+            labels_a: ``B, S, S`` int64 superpixel ids of view a (``-1`` = ignored);
+                required when the local loss is on.
+            labels_b: same for view b (id ``j`` = the same patch as in ``labels_a``).
+
+        Returns:
+            dict of 0-dim tensors: ``loss``, ``loss_global``, ``loss_local``,
+            ``acc_global``, ``acc_local``, ``num_patches`` (disabled terms: loss 0,
+            accuracy NaN).
+        """
+        if view_a.shape != view_b.shape or view_a.dim() != 4:
+            raise ValueError(
+                f"`view_a` and `view_b` must both be B, 3, S, S, got {tuple(view_a.shape)} and {tuple(view_b.shape)}"
+            )
+        if self.local_head is not None and (labels_a is None or labels_b is None):
+            raise ValueError("`labels_a` and `labels_b` are required when the local loss is on (local_weight > 0)")
+        feat_q = dense_features(self.encoder, view_a)
+        with torch.no_grad():
+            if self.training:
+                momentum_update(self._query_modules(), self._key_modules(), self.momentum)
+            feat_k = self._key_features(view_b)
+
+        zero = feat_q.new_zeros((), dtype=torch.float32)
+        nan = torch.full((), float("nan"), device=feat_q.device)
+        out = {"loss_global": zero, "loss_local": zero, "acc_global": nan, "acc_local": nan}
+        out["num_patches"] = torch.zeros((), dtype=torch.long, device=feat_q.device)
+        loss = zero
+        k_global = k_local = None
+        if self.global_head is not None:
+            q = F.normalize(self.global_head(feat_q.mean(dim=(2, 3))).float(), dim=1)
+            with torch.no_grad():
+                k_global = F.normalize(self.key_global_head(feat_k.mean(dim=(2, 3))).float(), dim=1)
+            r = info_nce(q, k_global, self.queue.negatives(), self.temperature, normalize=False, return_details=True)
+            out["loss_global"], out["acc_global"] = r.loss, r.accuracy
+            loss = loss + self.global_weight * r.loss
+        if self.local_head is not None:
+            P = self.max_patches
+            qp, valid_a = superpixel_pool(self.local_head(feat_q).float(), labels_a, P, self.pool_mode)
+            with torch.no_grad():
+                kp, valid_b = superpixel_pool(self.key_local_head(feat_k).float(), labels_b, P, self.pool_mode)
+            valid = valid_a & valid_b
+            q_l = F.normalize(qp[valid], dim=1)
+            k_local = F.normalize(kp[valid], dim=1)
+            r = info_nce(q_l, k_local, self.local_queue.negatives(), self.temperature, normalize=False, return_details=True)
+            out["loss_local"], out["acc_local"] = r.loss, r.accuracy
+            out["num_patches"] = valid.sum()
+            loss = loss + self.local_weight * r.loss
+        out["loss"] = loss
+        if self.training:
+            if k_global is not None:
+                self.queue.enqueue(k_global)
+            if k_local is not None:
+                self.local_queue.enqueue(k_local)
+        return out
+
+    # -- export --------------------------------------------------------------------
+    def export_prior_extractor(self, path: str | os.PathLike) -> str:
+        """Write the query encoder for QGNet; see :func:`export_prior_extractor`."""
+        return export_prior_extractor(self, path)
+
+
+def export_prior_extractor(model: GlobalLocalMoCo | nn.Module, path: str | os.PathLike, backbone: str | None = None) -> str:
+    """Save a prior extractor's encoder weights as safetensors.
+
+    Keys are exactly the ``state_dict()`` keys of ``timm.create_model(backbone)``
+    without its classifier head; metadata is
+    ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
+    ``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
+
+    Args:
+        model: a :class:`GlobalLocalMoCo` (its query encoder is written; a DDP
+            wrapper is unwrapped) or a bare timm encoder (then pass ``backbone``).
+        path: output ``.safetensors`` file (parent folders are created; written
+            atomically).
+        backbone: timm name (default: ``model.backbone_name``).
+
+    Returns:
+        The path written, as a string.
+    """
+    from safetensors.torch import save_file
+
+    model = getattr(model, "module", model)
+    encoder = model.encoder if isinstance(model, GlobalLocalMoCo) else model
+    name = backbone or getattr(model, "backbone_name", None)
+    if not name:
+        raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file written by :func:`export_prior_extractor`: ``(state_dict, metadata)``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(os.fspath(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != PRIOR_FORMAT:
+        raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
+    return load_file(os.fspath(path)), meta
