@@ -1,0 +1,140 @@
+"""Region maps: the library (fused Triton kernel on CUDA, chunked on CPU) vs PFENet's code.
+
+Sizes: on CUDA the issue's (batch 8, C = 2048, 60x60, 1- and 5-shot; C = 256; the
+COCO size batch 32 at 81x81); on CPU scaled down to fit a small machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import on_gpu, run_benchmark
+from reference import pfenet_guided_map, pfenet_prior
+
+from fewshot_priors.ops import fused
+from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
+
+# case -> (batch, channels, feature side, shots) per device type
+CASES = {
+    "guided 1-shot": {"cuda": (8, 2048, 60, 1), "cpu": (2, 256, 30, 1)},
+    "guided 5-shot": {"cuda": (8, 2048, 60, 5), "cpu": (2, 256, 30, 5)},
+    "guided 1-shot C=256": {"cuda": (8, 256, 60, 1), "cpu": (2, 64, 30, 1)},
+    "guided 1-shot COCO": {"cuda": (32, 2048, 81, 1), "cpu": (4, 256, 41, 1)},
+    "prior map": {"cuda": (8, 256, 60, 1), "cpu": (2, 256, 30, 1)},
+}
+IMPLS = ["reference", "library", "library-chunked-16MiB", "fused-tf32", "bf16-matmul"]
+SMALL_BUDGET = 16 * 2**20
+
+_DATA: dict = {}
+
+
+def _inputs(case: str, device: torch.device):
+    key = (case, device.type)
+    if key not in _DATA:
+        _DATA.clear()  # keep one case's tensors alive at a time (GPU memory)
+        b, c, side, k = CASES[case][device.type]
+        gen = torch.Generator(device=device).manual_seed(0)
+        query = torch.randn(b, c, side, side, generator=gen, device=device).relu_()
+        support = torch.randn(b, k, c, side, side, generator=gen, device=device).relu_()
+        # blobby masks: a random coarse grid upsampled, ~40 % foreground
+        coarse = torch.rand(b, k, 6, 6, generator=gen, device=device)
+        masks = (torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear") > 0.6).float()
+        _DATA[key] = (query, support, masks)
+    return _DATA[key]
+
+
+def _flops(case: str, device: torch.device) -> float:
+    b, c, side, k = CASES[case][device.type]
+    n = side * side
+    return 2.0 * b * k * n * n * c
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_region_map(benchmark, device, case, impl):
+    gpu = on_gpu(device)
+    if impl in ("fused-tf32", "bf16-matmul") and not (gpu and fused.is_available()):
+        pytest.skip("needs CUDA and Triton")
+    query, support, masks = _inputs(case, device)
+    b, c, side, k = CASES[case][device.type]
+    prior = case == "prior map"
+    support0 = support[:, 0]
+
+    if impl == "reference":
+        fn = (lambda: pfenet_prior(query, support0)) if prior else (lambda: pfenet_guided_map(query, support, masks))
+    elif impl == "bf16-matmul":
+        # the same FLOPs as one plain bf16 batched matmul: the tensor-core ceiling of this run
+        xq = query.flatten(2).transpose(1, 2).to(torch.bfloat16).repeat_interleave(k, 0).contiguous()
+        ys = support.flatten(3).flatten(0, 1).to(torch.bfloat16).contiguous()
+        fn = lambda: torch.bmm(xq, ys)  # noqa: E731
+    else:
+        kwargs = {}
+        if impl == "library-chunked-16MiB":
+            kwargs = {"backend": "chunked", "max_chunk_bytes": SMALL_BUDGET}
+        elif impl == "fused-tf32":
+            kwargs = {"backend": "fused"}
+        if prior:
+            fn = lambda: prior_region_map(query, support0, **kwargs)  # noqa: E731
+        else:
+            fn = lambda: guided_region_map(query, support if k > 1 else support0, masks, **kwargs)  # noqa: E731
+        if impl == "fused-tf32":
+            inner = fn
+
+            def fn():
+                old, fused.DEFAULT_PRECISION = fused.DEFAULT_PRECISION, "tf32"
+                try:
+                    return inner()
+                finally:
+                    fused.DEFAULT_PRECISION = old
+
+    notes = ""
+    if impl != "bf16-matmul":
+        with torch.no_grad():
+            ref = pfenet_prior(query, support0) if prior else pfenet_guided_map(query, support, masks)
+            err = (fn().float() - ref.float()).abs().max().item()
+        notes = f"max abs diff vs reference {err:.1e}"
+        if impl == "library" and gpu:
+            notes += " (fused, bf16)"
+        del ref
+
+    backend = "fused" if gpu and fused.is_available() else "chunked"
+    with torch.no_grad():
+        run_benchmark(
+            benchmark,
+            fn,
+            device,
+            group=f"region maps: {case} (B={b}, C={c}, {side}x{side}, K={k}) [{device.type}]",
+            impl=impl if impl != "library" else f"library (auto -> {backend})",
+            role="reference" if impl == "reference" else ("ceiling" if impl == "bf16-matmul" else "library"),
+            flops=_flops(case, device) if impl in ("library", "fused-tf32", "bf16-matmul") and gpu else None,
+            notes=notes,
+        )
+
+
+@pytest.mark.parametrize("impl", ["reference", "library"])
+def test_region_map_training(benchmark, device, impl):
+    """Forward + backward of a 1-shot guided map (the gradient of the max is a gather)."""
+    query, support, masks = _inputs("guided 1-shot", device)
+    b, c, side, k = CASES["guided 1-shot"][device.type]
+    q = query.clone().requires_grad_()
+    s = support[:, 0].clone().requires_grad_()
+    m = masks[:, :1]
+    weight = torch.randn(b, 1, side, side, device=device)
+
+    def step():
+        q.grad = s.grad = None
+        if impl == "reference":
+            out = pfenet_guided_map(q, s[:, None], m)
+        else:
+            out = guided_region_map(q, s, m)
+        (out * weight).sum().backward()
+        return q.grad
+
+    run_benchmark(
+        benchmark,
+        step,
+        device,
+        group=f"region maps: guided 1-shot forward+backward (B={b}, C={c}, {side}x{side}) [{device.type}]",
+        impl=impl,
+        role="reference" if impl == "reference" else "library",
+    )
