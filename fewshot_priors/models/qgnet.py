@@ -1,0 +1,373 @@
+"""QGNet: few-shot segmentation with a self-supervised prior region map (paper Fig. 2).
+
+Data flow for a query image ``Q`` and K support images ``S_k`` with masks ``M_k``::
+
+    backbone (frozen, supervised)          prior extractor (frozen, self-supervised)
+    Q   -> low, mid, high                  Q -> high'
+    S_k -> low, mid; high = f_high(mid*M)
+
+    query feature  = head_q(cat(low, mid))            (1x1 -> 256, ReLU, Dropout2d .5)
+    support feat.  = head_s(cat(low, mid))
+    category guider = mean_k masked_average_pool(support feat., M_k)
+    guided map     = guided_region_map(high_Q, high_S, M)           (PFENet's prior)
+    prior map      = prior_region_map(down_b(high_Q), down_p(high'))  (eqs. 9-12)
+    logits         = FEM(query feature, category guider, [guided, prior])
+
+``down_b`` / ``down_p`` are 3x3 conv -> 256 + ReLU + Dropout2d(0.5). The prior map is
+resized bilinearly to the mid-level size; it is *low* on objects (Sec. 4.3) and is
+not inverted: the decoder learns its sign. ``use_prior=False`` is the PFENet
+ablation (guided map only).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
+from fewshot_priors.models.fem import FEMDecoder
+from fewshot_priors.ops._checks import IGNORE_INDEX, check_float, check_same, clean_mask
+from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
+from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
+from fewshot_priors.ops.similarity import BACKENDS
+
+__all__ = ["QGNet", "FrozenModule"]
+
+
+class FrozenModule(nn.Module):
+    """Freeze an arbitrary feature extractor used as prior extractor.
+
+    The wrapped module maps ``B, 3, H, W`` images to ``B, C, h, w`` features (or a
+    list/tuple of feature maps, of which the last is used). It gets no gradient and
+    always runs in eval mode under ``torch.no_grad()``.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.module.eval()
+
+    def train(self, mode: bool = True) -> FrozenModule:
+        super().train(mode)
+        self.module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = self.module(x)
+        if isinstance(out, (list, tuple)):
+            out = out[-1]
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise ValueError(
+                "the prior extractor must map B, 3, H, W images to B, C, h, w features "
+                f"(or a list of them), got {type(out).__name__} "
+                f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}"
+            )
+        return out
+
+
+def _mid_head(in_channels: int, channels: int) -> nn.Sequential:
+    """concat(low, mid) -> 1x1 conv (no bias) -> ReLU -> Dropout2d(0.5)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(p=0.5),
+    )
+
+
+def _down(in_channels: int, channels: int) -> nn.Sequential:
+    """High-level projection before the prior map: 3x3 conv -> ReLU -> Dropout2d(0.5)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False),
+        nn.ReLU(inplace=True),
+        nn.Dropout2d(p=0.5),
+    )
+
+
+class QGNet(nn.Module):
+    """QGNet (Fig. 2): guided + prior region maps, category guider, FEM decoder.
+
+    Args:
+        backbone: timm model name of the frozen supervised backbone (``"resnet50"``,
+            ``"vgg16_bn"``, ...) or a ready :class:`FrozenBackbone`.
+        prior_backbone: the frozen prior extractor. ``None``: the same timm
+            architecture as ``backbone``, random init unless ``prior_weights`` (a
+            local checkpoint, e.g. the self-supervised encoder's export); a timm
+            name; a :class:`FrozenBackbone` (its high stage is used); or any
+            ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
+        shots: the default number of shots K (any K is accepted at run time).
+        pretrained: load timm's pretrained weights into ``backbone`` (internet).
+        weights: local checkpoint for ``backbone`` (see :func:`create_backbone`).
+        prior_weights: local checkpoint for the prior extractor.
+        use_prior: ``False`` builds the PFENet ablation: no prior extractor, the
+            decoder sees only the guided map (``n_maps=1``).
+        bins: FEM pyramid bins (ints = sizes, floats = fractions of the feature size).
+        channels: width of the decoder (256).
+        aux_weight: weight of the mean auxiliary (per-scale) loss.
+        region_map_backend: backend of the region-map ops (``"auto"``, ``"chunked"``,
+            ``"reference"``, ``"fused"``).
+        output_stride: backbone output stride (8).
+    """
+
+    def __init__(
+        self,
+        backbone: str | FrozenBackbone = "resnet50",
+        prior_backbone: str | nn.Module | None = None,
+        shots: int = 1,
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        prior_weights: str | os.PathLike | None = None,
+        use_prior: bool = True,
+        bins: Sequence[int | float] = (60, 30, 15, 8),
+        channels: int = 256,
+        aux_weight: float = 1.0,
+        region_map_backend: str = "auto",
+        output_stride: int = 8,
+    ):
+        super().__init__()
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+            raise ValueError(f"`shots` must be a positive int, got {shots!r}")
+        if region_map_backend not in BACKENDS:
+            raise ValueError(f"`region_map_backend` must be one of {BACKENDS}, got {region_map_backend!r}")
+        if float(aux_weight) < 0:
+            raise ValueError(f"`aux_weight` must be >= 0, got {aux_weight!r}")
+        self.shots = shots
+        self.use_prior = bool(use_prior)
+        self.aux_weight = float(aux_weight)
+        self.region_map_backend = region_map_backend
+
+        if isinstance(backbone, FrozenBackbone):
+            if pretrained or weights is not None:
+                raise ValueError("`pretrained` / `weights` apply to a backbone given by name, not to a module")
+            self.backbone = backbone
+        elif isinstance(backbone, str):
+            self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights,
+                                            output_stride=output_stride)
+        else:
+            raise TypeError(f"`backbone` must be a timm model name or a FrozenBackbone, got {type(backbone).__name__}")
+        low_c, mid_c, high_c = self.backbone.channels
+
+        self.prior_extractor: nn.Module | None = None
+        if self.use_prior:
+            self.prior_extractor = self._build_prior(prior_backbone, prior_weights, output_stride)
+            prior_c = self._prior_channels()
+            self.down_bridge = _down(high_c, channels)
+            self.down_prior = _down(prior_c, channels)
+        elif prior_backbone is not None or prior_weights is not None:
+            raise ValueError("`prior_backbone` / `prior_weights` given with use_prior=False")
+
+        self.query_head = _mid_head(low_c + mid_c, channels)
+        self.support_head = _mid_head(low_c + mid_c, channels)
+        self.decoder = FEMDecoder(channels=channels, n_maps=2 if self.use_prior else 1, bins=bins, num_classes=2)
+
+    # ------------------------------------------------------------------ construction
+    def _build_prior(self, prior_backbone, prior_weights, output_stride) -> nn.Module:
+        if prior_backbone is None or isinstance(prior_backbone, str):
+            name = prior_backbone if prior_backbone is not None else self.backbone.name
+            return create_backbone(name, weights=prior_weights, output_stride=output_stride)
+        if prior_weights is not None:
+            raise ValueError("`prior_weights` applies to a prior extractor given by name; load it into the module")
+        if isinstance(prior_backbone, FrozenBackbone):
+            return prior_backbone
+        if isinstance(prior_backbone, nn.Module):
+            return FrozenModule(prior_backbone)
+        raise TypeError(
+            "`prior_backbone` must be None, a timm model name, a FrozenBackbone or an nn.Module, "
+            f"got {type(prior_backbone).__name__}"
+        )
+
+    def _prior_channels(self) -> int:
+        if isinstance(self.prior_extractor, FrozenBackbone):
+            return self.prior_extractor.channels[2]
+        param = next(self.prior_extractor.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        return int(self.prior_extractor(torch.zeros(1, 3, 64, 64, device=device, dtype=dtype)).shape[1])
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that receive gradients (heads, down projections, decoder)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_inputs(query_image, support_images, support_masks, query_mask):
+        check_float("query_image", query_image)
+        if query_image.dim() != 4 or query_image.shape[1] != 3:
+            raise ValueError(f"`query_image` must have shape B, 3, H, W, got {tuple(query_image.shape)}")
+        check_float("support_images", support_images)
+        b = query_image.shape[0]
+        if support_images.dim() == 4:
+            support_images = support_images.unsqueeze(1)
+        if support_images.dim() != 5 or support_images.shape[2] != 3:
+            raise ValueError(
+                "`support_images` must have shape B, K, 3, H, W (or B, 3, H, W for 1 shot), "
+                f"got {tuple(support_images.shape)}"
+            )
+        check_same("batch size", "query_image", b, "support_images", support_images.shape[0])
+        k = support_images.shape[1]
+        if k < 1:
+            raise ValueError("`support_images` must hold at least one shot (K >= 1)")
+        if not isinstance(support_masks, torch.Tensor):
+            raise TypeError(f"`support_masks` must be a torch.Tensor, got {type(support_masks).__name__}")
+        m = support_masks
+        if m.dim() == 5 and m.shape[2] == 1:
+            m = m.squeeze(2)
+        if m.dim() == 3:
+            m = m.unsqueeze(1)
+        if m.dim() != 4 or (m.shape[1] != k and not (k == 1 and m.shape[1] == 1)):
+            raise ValueError(
+                f"`support_masks` must have shape B, K, H, W with K={k} (or B, H, W / B, 1, H, W for 1 shot), "
+                f"got {tuple(support_masks.shape)}"
+            )
+        check_same("batch size", "query_image", b, "support_masks", m.shape[0])
+        if tuple(m.shape[-2:]) != tuple(support_images.shape[-2:]):
+            raise ValueError(
+                f"`support_masks` spatial size {tuple(m.shape[-2:])} must match `support_images` "
+                f"{tuple(support_images.shape[-2:])}"
+            )
+        m = clean_mask("support_masks", m).to(device=support_images.device, dtype=support_images.dtype)
+        if query_mask is not None:
+            if not isinstance(query_mask, torch.Tensor):
+                raise TypeError(f"`query_mask` must be a torch.Tensor, got {type(query_mask).__name__}")
+            qm = query_mask.squeeze(1) if query_mask.dim() == 4 and query_mask.shape[1] == 1 else query_mask
+            if qm.dim() != 3 or qm.shape[0] != b or tuple(qm.shape[-2:]) != tuple(query_image.shape[-2:]):
+                raise ValueError(
+                    f"`query_mask` must have shape B, H, W = {(b, *query_image.shape[-2:])} "
+                    f"(or B, 1, H, W), got {tuple(query_mask.shape)}"
+                )
+            if qm.is_floating_point() and not bool((qm == qm.round()).all()):
+                raise ValueError("`query_mask` must hold integer labels 0, 1 (and 255 = ignore)")
+            qm = qm.long()
+            bad = ~((qm == 0) | (qm == 1) | (qm == IGNORE_INDEX))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"`query_mask` must hold labels 0 (background), 1 (foreground) or 255 (ignore), "
+                    f"found {qm[bad].unique()[:5].tolist()}"
+                )
+            query_mask = qm.to(query_image.device)
+        return support_images, m, query_mask
+
+    # ------------------------------------------------------------------ forward
+    def _high(self, mid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if self.backbone.can_split:
+            return self.backbone.forward_high(mid)
+        return self.backbone(image)[2]
+
+    def _prior_features(self, image: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.prior_extractor, FrozenBackbone):
+            return self.prior_extractor(image)[2]
+        return self.prior_extractor(image)
+
+    def _region_maps_context(self, device: torch.device):
+        # region maps are computed outside autocast: float16 norms of 2048-d features overflow
+        return torch.autocast(device_type=device.type, enabled=False)
+
+    def forward(
+        self,
+        query_image: torch.Tensor,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor,
+        query_mask: torch.Tensor | None = None,
+    ) -> dict:
+        """Segment the query given K annotated supports.
+
+        Args:
+            query_image: ``B, 3, H, W`` normalised query images.
+            support_images: ``B, K, 3, H', W'`` (or ``B, 3, H', W'`` for one shot).
+            support_masks: ``B, K, H', W'`` foreground masks in [0, 1] (255 = ignore,
+                treated as background); ``B, H', W'`` or ``B, 1, H', W'`` for one shot.
+            query_mask: optional ``B, H, W`` (or ``B, 1, H, W``) labels 0/1/255; when
+                given the output holds the training ``loss``.
+
+        Returns:
+            dict with ``logits`` (``B, 2, H, W``, bilinear to the input size),
+            ``aux_logits`` (list of ``B, 2, H, W``, one per FEM scale),
+            ``guided_map`` and ``prior_map`` (``B, 1, h, w`` at the mid-level feature
+            size; ``prior_map`` is ``None`` when ``use_prior=False``) and, with
+            ``query_mask``, ``loss`` = CE(logits) + aux_weight * mean_i CE(aux_i)
+            (ignore index 255).
+        """
+        support_images, masks, query_mask = self._check_inputs(
+            query_image, support_images, support_masks, query_mask
+        )
+        b, k = support_images.shape[:2]
+        size = tuple(query_image.shape[-2:])
+
+        # query: mid-level feature for the decoder, high-level for the region maps
+        q_low, q_mid = self.backbone.forward_low_mid(query_image)
+        q_high = self._high(q_mid, query_image)
+        query_feat = self.query_head(torch.cat([q_low, q_mid], dim=1))
+        feat_size = tuple(query_feat.shape[-2:])
+
+        # supports (all K shots as one batch): masked high features and prototypes
+        s_img = rearrange(support_images, "b k c h w -> (b k) c h w")
+        s_mask = rearrange(masks, "b k h w -> (b k) 1 h w")
+        s_low, s_mid = self.backbone.forward_low_mid(s_img)
+        m_mid = resize_mask(s_mask, tuple(s_mid.shape[-2:])).to(s_mid.dtype)
+        s_high = self.backbone.forward_high(s_mid * m_mid) if self.backbone.can_split else self._high(s_mid, s_img)
+        support_feat = self.support_head(torch.cat([s_low, s_mid], dim=1))
+        prototype = masked_average_pool(support_feat, s_mask)  # (b k), C
+        prototype = rearrange(prototype, "(b k) c -> b k c", b=b).mean(dim=1)
+
+        if self.use_prior:  # trainable projections run under the caller's autocast
+            bridge = self.down_bridge(q_high)
+            prior_feat = self.down_prior(self._prior_features(query_image))
+
+        with self._region_maps_context(query_image.device):
+            region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
+            s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b).to(region_dtype)
+            guided = guided_region_map(
+                q_high.to(region_dtype), s_high_k, rearrange(s_mask, "(b k) 1 h w -> b k h w", b=b),
+                backend=self.region_map_backend,
+            )
+            guided = F.interpolate(guided, size=feat_size, mode="bilinear", align_corners=True)
+            maps = [guided]
+            prior = None
+            if self.use_prior:
+                prior = prior_region_map(
+                    bridge.to(region_dtype), prior_feat.to(region_dtype), backend=self.region_map_backend
+                )
+                prior = F.interpolate(prior, size=feat_size, mode="bilinear", align_corners=True)
+                maps.append(prior)
+            region_maps = torch.cat(maps, dim=1)
+
+        logits, aux = self.decoder(query_feat, prototype.to(query_feat.dtype), region_maps.to(query_feat.dtype))
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+        aux = [F.interpolate(a, size=size, mode="bilinear", align_corners=True) for a in aux]
+        out = {"logits": logits, "aux_logits": aux, "guided_map": guided, "prior_map": prior}
+        if query_mask is not None:
+            out["loss"] = self.loss(logits, aux, query_mask)
+        return out
+
+    def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
+        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored)."""
+        if not bool((query_mask != IGNORE_INDEX).any()):
+            return logits.sum() * 0.0
+        main = F.cross_entropy(logits.float(), query_mask, ignore_index=IGNORE_INDEX)
+        if not aux_logits or self.aux_weight == 0:
+            return main
+        aux = torch.stack([F.cross_entropy(a.float(), query_mask, ignore_index=IGNORE_INDEX) for a in aux_logits])
+        return main + self.aux_weight * aux.mean()
+
+    @torch.no_grad()
+    def predict(
+        self, query_image: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
+    ) -> torch.Tensor:
+        """``B, H, W`` long predictions (0 background, 1 foreground), computed in eval mode.
+
+        The module's train/eval mode is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.forward(query_image, support_images, support_masks)["logits"]
+        finally:
+            self.train(was_training)
+        return logits.argmax(dim=1)

@@ -1,0 +1,261 @@
+"""Tests for the QGNet model (Fig. 2): shapes, wiring, freezing, training, bad input.
+
+Most tests use timm's tiny ``test_resnet`` (a real ResNet, 0.4 M parameters, dilated
+to output stride 8 like resnet50) so that the file stays fast on one CPU core.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot_priors.models.backbone import FrozenBackbone
+from fewshot_priors.models.qgnet import QGNet
+from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
+
+TINY = dict(backbone="test_resnet", bins=(6, 3, 2, 1), channels=16)
+
+
+def _episode(b=1, k=1, h=33, w=33, seed=0, hs=None, ws=None):
+    g = torch.Generator().manual_seed(seed)
+    hs, ws = hs or h, ws or w
+    q = torch.randn(b, 3, h, w, generator=g)
+    s = torch.randn(b, k, 3, hs, ws, generator=g)
+    sm = torch.zeros(b, k, hs, ws)
+    sm[..., hs // 4: 3 * hs // 4, ws // 4: 3 * ws // 4] = 1
+    qm = torch.zeros(b, h, w, dtype=torch.long)
+    qm[:, h // 3: 2 * h // 3, w // 5: 4 * w // 5] = 1
+    return q, s, sm, qm
+
+
+@pytest.fixture(scope="module")
+def tiny() -> QGNet:
+    torch.manual_seed(0)
+    return QGNet(**TINY).eval()
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("b, k, h, w", [(1, 1, 33, 33), (3, 5, 41, 37), (2, 2, 50, 64), (1, 3, 30, 45)])
+def test_output_shapes(tiny, b, k, h, w):
+    q, s, sm, qm = _episode(b, k, h, w)
+    out = tiny(q, s, sm, qm)
+    feat = (-(-h // 8), -(-w // 8))  # dilated ResNet: ceil(H / 8)
+    assert out["logits"].shape == (b, 2, h, w)
+    assert len(out["aux_logits"]) == 4 and all(a.shape == (b, 2, h, w) for a in out["aux_logits"])
+    for key in ("guided_map", "prior_map"):
+        assert out[key].shape == (b, 1, *feat)
+        assert out[key].min() >= 0 and out[key].max() <= 1
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+
+
+def test_resnet18_one_and_five_shot_shapes():
+    torch.manual_seed(0)
+    model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
+    assert model.backbone.channels == (128, 256, 512)
+    q, s, sm, _ = _episode(1, 1, 65, 65)
+    out = model(q, s[:, 0], sm[:, 0])  # 1-shot given as B,3,H,W and B,H,W
+    assert out["logits"].shape == (1, 2, 65, 65) and "loss" not in out
+    q, s, sm, _ = _episode(2, 5, 45, 45, hs=49, ws=41)  # support size differs from the query
+    assert model(q, s, sm)["logits"].shape == (2, 2, 45, 45)
+
+
+def test_one_shot_input_forms_agree(tiny):
+    q, s, sm, _ = _episode(2, 1)
+    ref = tiny(q, s, sm)["logits"]
+    torch.testing.assert_close(tiny(q, s[:, 0], sm[:, 0])["logits"], ref)
+    torch.testing.assert_close(tiny(q, s[:, 0], sm)["logits"], ref)  # B, 1, H, W mask
+    torch.testing.assert_close(tiny(q, s, sm.unsqueeze(2))["logits"], ref)  # B, K, 1, H, W
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def test_region_maps_follow_fig2(tiny):
+    """The maps equal the ops applied to the features as described in Fig. 2 / REFERENCE §2."""
+    q, s, sm, _ = _episode(2, 3, seed=1)
+    out = tiny(q, s, sm)
+    bb = tiny.backbone
+    with torch.no_grad():
+        q_high = bb(q)[2]
+        s_flat = s.flatten(0, 1)
+        _, s_mid = bb.forward_low_mid(s_flat)
+        m = F.interpolate(sm.flatten(0, 1)[:, None], size=s_mid.shape[-2:], mode="bilinear", align_corners=True)
+        s_high = bb.forward_high(s_mid * m).unflatten(0, (2, 3))
+        guided = guided_region_map(q_high, s_high, sm)
+        prior_feat = tiny.prior_extractor(q)[2]
+        prior = prior_region_map(tiny.down_bridge(q_high), tiny.down_prior(prior_feat))
+    torch.testing.assert_close(out["guided_map"], guided)
+    torch.testing.assert_close(out["prior_map"], prior)
+
+
+def test_shot_order_and_duplicate_shots(tiny):
+    q, s, sm, _ = _episode(1, 3, seed=2)
+    sm[:, 1, :5] = 1  # make the shots differ in mask too
+    ref = tiny(q, s, sm)["logits"]
+    perm = torch.tensor([2, 0, 1])
+    torch.testing.assert_close(tiny(q, s[:, perm], sm[:, perm])["logits"], ref)
+    one = tiny(q, s[:, :1], sm[:, :1])["logits"]
+    torch.testing.assert_close(tiny(q, s[:, :1].expand(-1, 4, -1, -1, -1), sm[:, :1].expand(-1, 4, -1, -1))["logits"], one)
+
+
+def test_support_ignore_label_counts_as_background(tiny):
+    q, s, sm, _ = _episode(1, 1, seed=3)
+    ignored = sm.clone()
+    ignored[..., :3, :] = 255
+    torch.testing.assert_close(tiny(q, s, ignored)["logits"], tiny(q, s, sm)["logits"])
+
+
+def test_loss_is_main_plus_mean_aux(tiny):
+    q, s, sm, qm = _episode(2, 1, seed=4)
+    qm[0, :2] = 255
+    out = tiny(q, s, sm, qm)
+    main = F.cross_entropy(out["logits"], qm, ignore_index=255)
+    aux = sum(F.cross_entropy(a, qm, ignore_index=255) for a in out["aux_logits"]) / 4
+    torch.testing.assert_close(out["loss"], main + aux)
+    all_ignored = tiny(q, s, sm, torch.full_like(qm, 255))["loss"]
+    assert all_ignored.item() == 0.0
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_step_keeps_frozen_parts_frozen():
+    torch.manual_seed(0)
+    model = QGNet(**TINY)
+    model.train()
+    frozen = {"backbone": model.backbone, "prior": model.prior_extractor}
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in frozen.items()}
+    trainable = model.trainable_parameters()
+    frozen_ids = {id(p) for m in frozen.values() for p in m.parameters()}
+    assert trainable and not frozen_ids & {id(p) for p in trainable}
+    assert len(trainable) == sum(1 for _ in model.parameters()) - len(frozen_ids)
+    start = [p.detach().clone() for p in trainable]
+    opt = torch.optim.SGD(trainable, lr=0.1)
+    q, s, sm, qm = _episode(2, 2)
+    model(q, s, sm, qm)["loss"].backward()
+    opt.step()
+    for name, m in frozen.items():
+        assert not m.body.training  # BN in eval although the model is in train()
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, before[name][k]), f"{name}.{k} changed"
+        assert all(p.grad is None for p in m.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(start, trainable) if p.grad is not None)
+    # the prior map is trained through both down projections
+    assert model.down_prior[0].weight.grad.abs().sum() > 0
+    assert model.down_bridge[0].weight.grad.abs().sum() > 0
+
+
+def test_overfits_one_episode():
+    torch.manual_seed(0)
+    model = QGNet(**TINY)
+    model.train()
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-3)
+    q, s, sm, qm = _episode(1, 1, 33, 33, seed=5)
+    qm[:] = 0
+    qm[:, :16] = 1  # foreground: the top half
+    losses = []
+    for _ in range(50):
+        opt.zero_grad()
+        loss = model(q, s, sm, qm)["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # train mode (dropout on) makes single steps noisy: compare the mean of the last five
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+    pred = model.predict(q, s, sm)
+    assert model.training  # predict restores the mode
+    assert pred.dtype == torch.long and pred.shape == (1, 33, 33)
+    assert (pred == qm).float().mean() > 0.85
+
+
+def test_autocast_cpu_bfloat16(tiny):
+    q, s, sm, qm = _episode(1, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny(q, s, sm, qm)
+    assert out["logits"].shape == (1, 2, 33, 33)
+    assert torch.isfinite(out["logits"].float()).all() and torch.isfinite(out["loss"])
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def test_use_prior_false_is_pfenet_ablation(tiny):
+    torch.manual_seed(0)
+    model = QGNet(use_prior=False, **TINY).eval()
+    assert model.prior_extractor is None and model.decoder.n_maps == 1
+    assert not hasattr(model, "down_prior") and not hasattr(model, "down_bridge")
+    q, s, sm, qm = _episode(2, 2)
+    out = model(q, s, sm, qm)
+    assert out["prior_map"] is None and out["logits"].shape == (2, 2, 33, 33)
+    n = sum(p.numel() for p in model.trainable_parameters())
+    n_full = sum(p.numel() for p in tiny.trainable_parameters())
+    down = sum(p.numel() for p in (*tiny.down_bridge.parameters(), *tiny.down_prior.parameters()))
+    assert n_full - n == down + 4 * 16  # + one more input channel per init_merge conv
+
+
+def test_custom_prior_extractor_module():
+    torch.manual_seed(0)
+    prior = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, stride=4, padding=1), torch.nn.BatchNorm2d(12))
+    model = QGNet(prior_backbone=prior, **TINY)
+    assert model.down_prior[0].in_channels == 12
+    assert all(not p.requires_grad for p in prior.parameters())
+    model.train()
+    assert not prior.training
+    q, s, sm, qm = _episode(1, 1)
+    running = prior[1].running_mean.clone()
+    out = model(q, s, sm, qm)
+    out["loss"].backward()
+    assert torch.equal(prior[1].running_mean, running)
+    assert out["prior_map"].shape == (1, 1, 5, 5)
+
+
+def test_prior_backbone_by_name_and_given_backbone():
+    from fewshot_priors.models.backbone import create_backbone
+
+    bb = create_backbone("test_resnet")
+    model = QGNet(backbone=bb, prior_backbone="test_byobnet", bins=(2, 1), channels=8)
+    assert model.backbone is bb
+    assert isinstance(model.prior_extractor, FrozenBackbone) and model.prior_extractor.name == "test_byobnet"
+    q, s, sm, _ = _episode(1, 1)
+    assert model(q, s, sm)["prior_map"].shape == (1, 1, 5, 5)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_helpful_errors(tiny):
+    q, s, sm, qm = _episode(2, 2)
+    with pytest.raises(TypeError, match="query_image"):
+        tiny(q.to(torch.uint8), s, sm)
+    with pytest.raises(ValueError, match="query_image"):
+        tiny(q[:, :1], s, sm)
+    with pytest.raises(ValueError, match="batch size"):
+        tiny(q[:1], s, sm)
+    with pytest.raises(ValueError, match="support_images"):
+        tiny(q, s[:, :, :2], sm)
+    with pytest.raises(ValueError, match=r"support_masks.*K=2"):
+        tiny(q, s, sm[:, :1])
+    with pytest.raises(ValueError, match="spatial size"):
+        tiny(q, s, sm[..., :-1])
+    with pytest.raises(ValueError, match=r"support_masks.*\[0, 1\]"):
+        tiny(q, s, sm * 3)
+    with pytest.raises(ValueError, match="query_mask"):
+        tiny(q, s, sm, qm[:, :-1])
+    with pytest.raises(ValueError, match=r"query_mask.*found \[2\]"):
+        tiny(q, s, sm, qm * 2)
+    with pytest.raises(TypeError, match="support_masks"):
+        tiny(q, s, sm.tolist())
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="shots"):
+        QGNet(shots=0, **TINY)
+    with pytest.raises(ValueError, match="region_map_backend"):
+        QGNet(region_map_backend="fast", **TINY)
+    with pytest.raises(ValueError, match="use_prior=False"):
+        QGNet(use_prior=False, prior_backbone="test_resnet", **TINY)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        QGNet(backbone="resnet5O", bins=(2, 1), channels=8)
