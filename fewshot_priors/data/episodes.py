@@ -1,0 +1,362 @@
+"""Episode sampling shared by every few-shot dataset, batching and scoring helpers.
+
+An episode (one dataset item) is a dict:
+
+* ``query_image``: float32 ``3, H, W`` (ImageNet-normalised),
+* ``query_mask``: int64 ``H, W`` with 0 / 1 / 255,
+* ``support_images``: float32 ``K, 3, H, W``; ``support_masks``: int64 ``K, H, W``,
+* ``class_id``: int (dataset class id), ``query_name``: str, ``support_names``: list[str],
+* test split only: ``query_mask_orig`` (int64 ``H0, W0``, the binary label at the
+  ORIGINAL resolution, 255 kept) and ``query_valid_hw`` (int64 ``[h, w]``, the
+  un-padded content of the ``H, W`` canvas).
+
+Every random choice of episode ``i`` comes from
+``numpy.random.default_rng([seed, epoch, i])`` (the query order from a seeded
+permutation), so the same seed gives the same episodes on any machine and with
+any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .index import Entry, ScanResult
+from .io import IGNORE_INDEX, BadDataError, read_image
+
+_ORDER_TAG = 104729  # separates the query-order stream from the per-episode streams
+_MAX_READ_RETRIES = 5
+
+
+class EpisodicDataset(Dataset):
+    """Base class: K-shot episodes over an index of (image, class) pairs.
+
+    Subclasses build the list of :class:`~fewshot_priors.data.index.Entry` and
+    the scan, then call this constructor; they implement :meth:`read_label`.
+
+    Args:
+        entries: the images of this split.
+        scan: their class pixel counts (see :func:`~fewshot_priors.data.index.scan_entries`).
+        class_ids: the classes episodes are drawn from (the fold's train or test classes).
+        shots: K, support images per episode.
+        split: ``"train"`` (reshuffled by :meth:`set_epoch`) or ``"test"``
+            (fixed episode list, adds the original-resolution label).
+        episodes: number of episodes; ``None`` = one per eligible (image, class) pair.
+        transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)``
+            (see :mod:`fewshot_priors.data.transforms`).
+        seed: seed of all episode and augmentation randomness.
+        min_pixels: a (image, class) pair is eligible when the class covers at
+            least this many pixels (2048 = 2 x 32 x 32 in the benchmarks).
+        strict: raise on bad image/label pairs instead of skipping them with a warning.
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        scan: ScanResult,
+        class_ids: Sequence[int],
+        *,
+        shots: int,
+        split: str,
+        episodes: int | None,
+        transform: Callable,
+        seed: int,
+        min_pixels: int,
+        strict: bool,
+    ) -> None:
+        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
+            raise ValueError(f"`shots` must be a positive int, got {shots!r}")
+        if split not in ("train", "test"):
+            raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+        if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
+            raise ValueError(f"`episodes` must be a positive int or None, got {episodes!r}")
+        if not isinstance(seed, int | np.integer):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"`seed` must be >= 0, got {seed}")
+        self.shots = shots
+        self.split = split
+        self.seed = int(seed)
+        self.min_pixels = int(min_pixels)
+        self.transform = transform
+        self.strict = strict
+        self.epoch = 0
+
+        self._report_bad(scan.bad)
+        self.entries = [e for e in entries if e.name in scan.counts]
+        self.fold_class_ids = [int(c) for c in class_ids]
+
+        images: dict[int, list[int]] = {c: [] for c in self.fold_class_ids}
+        for idx, e in enumerate(self.entries):
+            for c, n in scan.counts[e.name].items():
+                if c in images and n >= self.min_pixels:
+                    images[c].append(idx)
+        too_few = {c: len(v) for c, v in images.items() if len(v) < shots + 1}
+        usable = [c for c in self.fold_class_ids if c not in too_few]
+        if not usable:
+            raise ValueError(
+                f"no class of this split has the {shots + 1} eligible images a {shots}-shot "
+                f"episode needs (class id -> eligible images with >= {self.min_pixels} px: "
+                f"{too_few}); check the data, `min_pixels` or `shots`"
+            )
+        if too_few:
+            warnings.warn(
+                f"{type(self).__name__}: classes with fewer than {shots + 1} eligible images "
+                f"are left out of the episodes (class id -> eligible images): {too_few}",
+                stacklevel=3,
+            )
+        self.class_ids = usable
+        self.class_images = {c: np.asarray(images[c], dtype=np.int64) for c in usable}
+        self.pairs = sorted((i, c) for c in usable for i in images[c])
+        self._length = episodes if episodes is not None else len(self.pairs)
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ API
+    def read_label(self, entry: Entry) -> np.ndarray:
+        """``H, W`` array of dataset class ids (0 background, 255 ignore)."""
+        raise NotImplementedError
+
+    def read_image(self, entry: Entry) -> np.ndarray:
+        """``H, W, 3`` uint8 RGB image of an entry."""
+        return read_image(entry.image)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the episode order of a training epoch (no effect on the test split).
+
+        With ``persistent_workers=True`` the workers keep their own copy of the
+        dataset; index it with ``(epoch, i)`` tuples instead (e.g. from a sampler).
+        """
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"`epoch` must be a non-negative int, got {epoch!r}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def episode(self, index: int, epoch: int | None = None) -> tuple[int, int, list[int]]:
+        """The ``(query entry index, class id, support entry indices)`` of an episode."""
+        qi, c, supports, _ = self._sample(int(index), self._epoch_of(epoch))
+        return qi, c, supports
+
+    def _sample(self, index: int, epoch: int):
+        qi, c = self._query_pair(index, epoch)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        pool = self.class_images[c]
+        pool = pool[pool != qi]
+        supports = rng.choice(pool, size=self.shots, replace=False).tolist()
+        return qi, c, supports, rng
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        epoch = None
+        if isinstance(index, tuple):
+            epoch, index = index
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"episode index {index} out of range for {len(self)} episodes")
+        epoch = self._epoch_of(epoch)
+        last_err: BadDataError | None = None
+        for attempt in range(_MAX_READ_RETRIES):
+            i = (index + attempt * 7919) % len(self)
+            try:
+                return self._make_episode(i, epoch)
+            except BadDataError as err:
+                if self.strict:
+                    raise
+                warnings.warn(f"skipping episode {i}: {err}", stacklevel=2)
+                last_err = err
+        raise BadDataError(
+            f"{_MAX_READ_RETRIES} episodes in a row could not be read; last error: {last_err}"
+        )
+
+    # ------------------------------------------------------------ internals
+    def _epoch_of(self, epoch: int | None) -> int:
+        if self.split == "test":
+            return 0
+        return self.epoch if epoch is None else int(epoch)
+
+    def _query_pair(self, index: int, epoch: int) -> tuple[int, int]:
+        n = len(self.pairs)
+        cycle, j = divmod(index, n)
+        key = (epoch, cycle)
+        perm = self._perm_cache.get(key)
+        if perm is None:
+            if len(self._perm_cache) > 8:
+                self._perm_cache.clear()
+            perm = np.random.default_rng([self.seed, epoch, _ORDER_TAG, cycle]).permutation(n)
+            self._perm_cache[key] = perm
+        return self.pairs[int(perm[j])]
+
+    def _binary(self, entry: Entry, c: int) -> tuple[np.ndarray, np.ndarray]:
+        image = self.read_image(entry)
+        label = self.read_label(entry)
+        if label.shape != image.shape[:2]:
+            raise BadDataError(
+                f"image {entry.image} is {image.shape[0]}x{image.shape[1]} but its label "
+                f"{entry.label} is {label.shape[0]}x{label.shape[1]}"
+            )
+        mask = np.zeros(label.shape, dtype=np.int64)
+        mask[label == c] = 1
+        mask[label == IGNORE_INDEX] = IGNORE_INDEX
+        return image, mask
+
+    def _make_episode(self, index: int, epoch: int) -> dict[str, Any]:
+        qi, c, support_idx, rng = self._sample(index, epoch)
+        q_entry = self.entries[qi]
+        q_img, q_mask = self._binary(q_entry, c)
+        qx, qy, q_hw = self.transform(q_img, q_mask, rng)
+        s_imgs, s_masks = [], []
+        for si in support_idx:
+            img, mask = self._binary(self.entries[si], c)
+            sx, sy, _ = self.transform(img, mask, rng)
+            s_imgs.append(sx)
+            s_masks.append(sy)
+        item: dict[str, Any] = {
+            "query_image": qx,
+            "query_mask": qy,
+            "support_images": torch.stack(s_imgs),
+            "support_masks": torch.stack(s_masks),
+            "class_id": int(c),
+            "query_name": q_entry.name,
+            "support_names": [self.entries[si].name for si in support_idx],
+        }
+        if self.split == "test":
+            item["query_mask_orig"] = torch.from_numpy(q_mask)
+            item["query_valid_hw"] = torch.tensor([int(q_hw[0]), int(q_hw[1])], dtype=torch.int64)
+        return item
+
+    def _report_bad(self, bad: Mapping[str, str]) -> None:
+        if not bad:
+            return
+        listing = "\n  ".join(list(bad.values())[:10])
+        more = "" if len(bad) <= 10 else f"\n  ... and {len(bad) - 10} more"
+        msg = f"{len(bad)} image/label pair(s) cannot be used:\n  {listing}{more}"
+        if self.strict:
+            raise BadDataError(msg)
+        warnings.warn(f"{type(self).__name__}: skipping {msg}", stacklevel=3)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, shots={self.shots}, "
+            f"classes={self.class_ids}, images={len(self.entries)}, episodes={len(self)}, "
+            f"seed={self.seed})"
+        )
+
+
+_LIST_KEYS = ("query_mask_orig", "query_name", "support_names")
+
+
+def collate_episodes(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch episodes for a DataLoader (``collate_fn=collate_episodes``).
+
+    Tensors are stacked (``query_image`` -> ``B, 3, H, W``, ``support_images`` ->
+    ``B, K, 3, H, W``, ``query_valid_hw`` -> ``B, 2``), ``class_id`` becomes an
+    int64 ``B`` tensor, and ``query_mask_orig`` (different sizes), ``query_name``
+    and ``support_names`` stay lists.
+    """
+    if len(batch) == 0:
+        raise ValueError("`batch` must contain at least one episode")
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        if key in _LIST_KEYS:
+            out[key] = list(values)
+        elif isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int | np.integer):
+            out[key] = torch.tensor([int(v) for v in values], dtype=torch.int64)
+        else:
+            out[key] = list(values)
+    return out
+
+
+def _hw(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    try:
+        h, w = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a pair (h, w), got {value!r}") from None
+    if h <= 0 or w <= 0:
+        raise ValueError(f"`{name}` must be positive, got {(h, w)}")
+    return h, w
+
+
+def _restore_one(x: torch.Tensor, valid_hw: Any, orig_hw: Any) -> torch.Tensor:
+    h, w = _hw(valid_hw, "valid_hw")
+    H0, W0 = _hw(orig_hw, "orig_hw")
+    if x.is_floating_point():
+        if x.dim() != 3:
+            raise ValueError(
+                f"floating point `logits_or_pred` must be logits C, H, W (B, C, H, W batched), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if h > x.shape[-2] or w > x.shape[-1]:
+            raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape[-2:])}")
+        logits = x[None, :, :h, :w]
+        logits = F.interpolate(logits, size=(H0, W0), mode="bilinear", align_corners=False)[0]
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).long()
+        return logits.argmax(0)
+    if x.dim() != 2:
+        raise ValueError(
+            f"integer `logits_or_pred` must be a label map H, W (B, H, W batched), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if h > x.shape[-2] or w > x.shape[-1]:
+        raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape)}")
+    pred = x[:h, :w].to(torch.float32)[None, None]
+    return F.interpolate(pred, size=(H0, W0), mode="nearest")[0, 0].long()
+
+
+def restore_prediction(
+    logits_or_pred: torch.Tensor,
+    valid_hw: Any,
+    orig_hw: Any,
+) -> torch.Tensor | list[torch.Tensor]:
+    """Map a prediction on the padded test canvas back to the original label size.
+
+    The prediction is cropped to the un-padded ``[:h, :w]`` region and resized to
+    ``orig_hw``: logits bilinearly, then argmax (one channel: ``> 0``); label maps
+    with nearest neighbour.
+
+    Args:
+        logits_or_pred: float logits ``C, H, W`` or an integer/bool label map
+            ``H, W``; batched ``B, C, H, W`` / ``B, H, W`` when ``orig_hw`` is a list.
+        valid_hw: ``[h, w]`` (``query_valid_hw``), or ``B, 2`` batched.
+        orig_hw: ``(H0, W0)`` (e.g. ``query_mask_orig.shape``), or a list of them.
+
+    Returns:
+        int64 ``H0, W0`` prediction, or a list of them when batched.
+
+    Example:
+        >>> pred = restore_prediction(logits[0], batch["query_valid_hw"][0],
+        ...                           batch["query_mask_orig"][0].shape)  # doctest: +SKIP
+    """
+    if not isinstance(logits_or_pred, torch.Tensor):
+        raise TypeError(
+            f"`logits_or_pred` must be a torch.Tensor, got {type(logits_or_pred).__name__}"
+        )
+    x = logits_or_pred.detach()
+    if x.dtype == torch.bool:
+        x = x.long()
+    batched = isinstance(orig_hw, list | tuple) and len(orig_hw) > 0 and not isinstance(
+        orig_hw[0], int | np.integer
+    )
+    if isinstance(orig_hw, torch.Tensor) and orig_hw.dim() == 2:
+        batched, orig_hw = True, orig_hw.tolist()
+    if not batched:
+        return _restore_one(x, valid_hw, orig_hw)
+    if x.shape[0] != len(orig_hw) or len(valid_hw) != len(orig_hw):
+        raise ValueError(
+            f"batch size mismatch: `logits_or_pred` has {x.shape[0]}, `valid_hw` has "
+            f"{len(valid_hw)} and `orig_hw` has {len(orig_hw)} entries"
+        )
+    return [_restore_one(x[b], valid_hw[b], orig_hw[b]) for b in range(len(orig_hw))]

@@ -1,0 +1,182 @@
+"""The class -> images index: scan the labels once, cache the result as JSON.
+
+For every image the scan records its size and the number of pixels of each
+class present, so the eligibility threshold (the ``>= 2048``-pixel rule) is
+applied after loading and can be changed without a re-scan. Pairs that cannot be
+used (missing/unreadable file, image and label of different size) are recorded
+with the reason. The cache is keyed on the file list (names, sizes and
+modification times), so it is rebuilt automatically when the data change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .io import IGNORE_INDEX, BadDataError, image_size
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of a dataset: its id, image file and label source.
+
+    ``label`` is a path for on-disk label maps, or any hashable key that the
+    dataset's label reader understands (e.g. a COCO image id).
+    """
+
+    name: str
+    image: Path
+    label: object
+
+
+@dataclass
+class ScanResult:
+    """Per-image class pixel counts and the pairs that were rejected."""
+
+    counts: dict[str, dict[int, int]] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    bad: dict[str, str] = field(default_factory=dict)
+
+
+def _fingerprint(entries: Sequence[Entry], extra: str) -> str:
+    h = hashlib.sha1()
+    h.update(f"v{CACHE_VERSION}|{extra}".encode())
+    for e in entries:
+        parts = [e.name]
+        for p in (e.image, e.label):
+            if isinstance(p, Path):
+                try:
+                    st = p.stat()
+                    parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+                except OSError:
+                    parts.append(f"{p.name}:missing")
+            else:
+                parts.append(repr(p))
+        h.update("|".join(parts).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("FEWSHOT_PRIORS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fewshot_priors"
+    )
+    return Path(base)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def scan_entries(
+    entries: Sequence[Entry],
+    read_label: Callable[[Entry], np.ndarray],
+    cache_file: str | Path | None,
+    *,
+    description: str = "indexing labels",
+    extra_key: str = "",
+    check_images: bool = True,
+) -> ScanResult:
+    """Scan label maps once (with a progress bar) or load the cached scan.
+
+    Args:
+        entries: the images to index.
+        read_label: returns the ``H, W`` class-id label of an entry.
+        cache_file: JSON file for the cache; if its folder is not writable the
+            cache goes to ``$FEWSHOT_PRIORS_CACHE`` (default
+            ``~/.cache/fewshot_priors``). ``None`` disables caching.
+        description: progress bar text.
+        extra_key: anything else the result depends on (e.g. a label convention).
+        check_images: read each image header and compare its size with the label.
+
+    Returns:
+        A :class:`ScanResult`; ``counts[name][class_id]`` = foreground pixels.
+    """
+    key = _fingerprint(entries, extra_key)
+    candidates: list[Path] = []
+    if cache_file is not None:
+        cache_file = Path(cache_file)
+        digest = hashlib.sha1(str(cache_file.resolve()).encode()).hexdigest()[:16]
+        candidates = [cache_file, _default_cache_dir() / f"{digest}_{cache_file.name}"]
+        for c in candidates:
+            cached = _load_cache(c, key)
+            if cached is not None:
+                return cached
+
+    result = ScanResult()
+    for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0):
+        try:
+            label = read_label(e)
+            if check_images:
+                if not e.image.is_file():
+                    raise BadDataError(f"image file missing: {e.image}")
+                hw = image_size(e.image)
+                if hw != tuple(label.shape[:2]):
+                    raise BadDataError(
+                        f"image {e.image} is {hw[0]}x{hw[1]} but its label "
+                        f"{e.label} is {label.shape[0]}x{label.shape[1]}"
+                    )
+        except BadDataError as err:
+            result.bad[e.name] = str(err)
+            continue
+        ids, n = np.unique(label, return_counts=True)
+        result.counts[e.name] = {
+            int(i): int(c) for i, c in zip(ids, n) if i != 0 and i != IGNORE_INDEX
+        }
+        result.sizes[e.name] = (int(label.shape[0]), int(label.shape[1]))
+
+    if candidates:
+        payload = {
+            "version": CACHE_VERSION,
+            "key": key,
+            "counts": result.counts,
+            "sizes": result.sizes,
+            "bad": result.bad,
+        }
+        for c in candidates:
+            try:
+                _write_json_atomic(c, payload)
+                break
+            except OSError:
+                continue
+        else:
+            warnings.warn(f"could not write the index cache to {candidates}", stacklevel=2)
+    return result
+
+
+def _load_cache(path: Path, key: str) -> ScanResult | None:
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(payload, dict) or payload.get("key") != key:
+        return None
+    try:
+        return ScanResult(
+            counts={n: {int(k): int(v) for k, v in d.items()} for n, d in payload["counts"].items()},
+            sizes={n: (int(s[0]), int(s[1])) for n, s in payload["sizes"].items()},
+            bad=dict(payload["bad"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None

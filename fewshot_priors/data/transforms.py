@@ -1,0 +1,244 @@
+"""Joint image + mask transforms for episodes (REFERENCE §4 and §5).
+
+A transform is called as ``transform(image, mask, rng)`` with
+
+* ``image``: ``H, W, 3`` uint8 RGB array,
+* ``mask``: ``H, W`` integer array with values 0 / 1 / 255 (255 = ignore),
+* ``rng``: a :class:`numpy.random.Generator` (all randomness comes from it, so a
+  seeded generator gives the same result on every machine and worker),
+
+and returns ``(image, mask, valid_hw)``: a float32 ``3, S, S`` ImageNet-normalised
+tensor, an int64 ``S, S`` mask and the ``(h, w)`` of the un-padded content.
+
+The geometric ops run on the normalised tensor with
+:mod:`torchvision.transforms.v2.functional` (bilinear for the image, nearest for
+the mask), so "pad with the mean" is a fill of 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from .io import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TestTransform",
+    "TrainTransform",
+    "build_transforms",
+    "normalize_image",
+]
+
+
+def normalize_image(
+    image: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """``H, W, 3`` uint8 array -> ``3, H, W`` float32 normalised tensor."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"`image` must be an H, W, 3 uint8 array, got "
+            f"{getattr(image, 'shape', type(image).__name__)}"
+        )
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (t - m) / s
+
+
+def _as_mask(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape != image.shape[:2]:
+        raise ValueError(
+            f"`mask` must be H, W matching the image {image.shape[:2]}, got {mask.shape}"
+        )
+    return torch.from_numpy(mask.astype(np.int64))[None]  # 1, H, W
+
+
+def _resize_pair(img: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int], antialias: bool):
+    img = TF.resize(img, list(hw), interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+    mask = TF.resize(mask, list(hw), interpolation=InterpolationMode.NEAREST)
+    return img, mask
+
+
+class TrainTransform:
+    """The PFENet training augmentation (REFERENCE §4).
+
+    In order: random scale, random rotation (``p=rotate_p``, image padded with
+    the mean, mask with 255), Gaussian blur (``p=blur_p``), horizontal flip
+    (``p=0.5``), then a ``size x size`` random crop (padded with mean / 255 when
+    the image is smaller) that is re-drawn up to ``crop_retries`` times while
+    less than ``keep_fg`` of the foreground survives; the crop keeping the most
+    foreground is used.
+
+    Args:
+        size: output side ``S`` (473 or 321 in the paper).
+        scale: range of the isotropic scale factor (0.9-1.1 PASCAL, 0.8-1.25 COCO).
+        rotate: rotation range in degrees.
+        rotate_p: probability of rotating.
+        blur_kernel: Gaussian blur kernel size (sigma as OpenCV's default for it).
+        blur_p: probability of blurring.
+        hflip_p: probability of a horizontal flip.
+        crop_retries: extra crop draws allowed to keep the foreground.
+        keep_fg: fraction of foreground pixels a crop must keep.
+
+    Example:
+        >>> import numpy as np
+        >>> t = TrainTransform(size=64)
+        >>> img, mask, hw = t(np.zeros((80, 100, 3), np.uint8), np.zeros((80, 100)),
+        ...                   np.random.default_rng(0))
+        >>> tuple(img.shape), tuple(mask.shape), hw
+        ((3, 64, 64), (64, 64), (64, 64))
+    """
+
+    def __init__(
+        self,
+        size: int = 473,
+        scale: tuple[float, float] = (0.9, 1.1),
+        rotate: tuple[float, float] = (-10.0, 10.0),
+        rotate_p: float = 0.5,
+        blur_kernel: int = 5,
+        blur_p: float = 0.5,
+        hflip_p: float = 0.5,
+        crop_retries: int = 30,
+        keep_fg: float = 0.85,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if int(size) <= 0:
+            raise ValueError(f"`size` must be a positive int, got {size}")
+        if not (0 < scale[0] <= scale[1]):
+            raise ValueError(f"`scale` must be (low, high) with 0 < low <= high, got {scale}")
+        if blur_kernel % 2 != 1:
+            raise ValueError(f"`blur_kernel` must be odd, got {blur_kernel}")
+        self.size = int(size)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.rotate = (float(rotate[0]), float(rotate[1]))
+        self.rotate_p = rotate_p
+        self.blur_kernel = int(blur_kernel)
+        self.blur_sigma = 0.3 * ((blur_kernel - 1) * 0.5 - 1) + 0.8  # OpenCV default
+        self.blur_p = blur_p
+        self.hflip_p = hflip_p
+        self.crop_retries = int(crop_retries)
+        self.keep_fg = float(keep_fg)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate})"
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+        img = normalize_image(image, self.mean, self.std)
+        m = _as_mask(mask, image)
+        # scale
+        s = rng.uniform(*self.scale)
+        h, w = img.shape[-2:]
+        new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        if new_hw != (h, w):
+            img, m = _resize_pair(img, m, new_hw, antialias=False)
+        # rotate (fill 0 = mean after normalisation; mask fill 255)
+        if rng.random() < self.rotate_p:
+            angle = float(rng.uniform(*self.rotate))
+            img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+            m = TF.rotate(m, angle, interpolation=InterpolationMode.NEAREST, fill=IGNORE_INDEX)
+        # blur
+        if rng.random() < self.blur_p:
+            k = self.blur_kernel
+            img = TF.gaussian_blur(img, [k, k], [self.blur_sigma, self.blur_sigma])
+        # flip
+        if rng.random() < self.hflip_p:
+            img, m = TF.horizontal_flip(img), TF.horizontal_flip(m)
+        img, m = self._crop(img, m, rng)
+        return img.contiguous(), m[0].contiguous(), (self.size, self.size)
+
+    def _crop(self, img: torch.Tensor, m: torch.Tensor, rng: np.random.Generator):
+        S = self.size
+        h, w = img.shape[-2:]
+        ph, pw = max(S - h, 0), max(S - w, 0)
+        if ph or pw:  # centre padding, as PFENet
+            top, left = ph // 2, pw // 2
+            pad = [left, top, pw - left, ph - top]
+            img = TF.pad(img, pad, fill=0.0)
+            m = TF.pad(m, pad, fill=IGNORE_INDEX)
+            h, w = img.shape[-2:]
+        total_fg = int((m == 1).sum())
+        best = None
+        for _ in range(self.crop_retries + 1):
+            y = int(rng.integers(0, h - S + 1))
+            x = int(rng.integers(0, w - S + 1))
+            kept = int((m[:, y : y + S, x : x + S] == 1).sum())
+            if best is None or kept > best[0]:
+                best = (kept, y, x)
+            if total_fg == 0 or kept >= self.keep_fg * total_fg:
+                best = (kept, y, x)
+                break
+        _, y, x = best
+        return img[:, y : y + S, x : x + S], m[:, y : y + S, x : x + S]
+
+
+class TestTransform:
+    """The test transform (REFERENCE §5): longer side to ``size``, pad to a square.
+
+    The image is resized (bilinear, antialiased) so that its longer side is
+    ``size``, keeping the aspect ratio, and placed at the top-left of a
+    ``size x size`` canvas; the image is padded with the raw pixel value
+    ``pad_value`` (0 = black, before normalisation) and the mask with 255.
+    ``valid_hw`` is the resized size, so a prediction is cropped to
+    ``[:h, :w]`` and resized back to the original label size for scoring (see
+    :func:`fewshot_priors.data.restore_prediction`). No randomness is used.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        size: int = 473,
+        pad_value: float = 0.0,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if int(size) <= 0:
+            raise ValueError(f"`size` must be a positive int, got {size}")
+        self.size = int(size)
+        self.pad_value = float(pad_value)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __repr__(self) -> str:
+        return f"TestTransform(size={self.size})"
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None):
+        img = normalize_image(image, self.mean, self.std)
+        m = _as_mask(mask, image)
+        h, w = img.shape[-2:]
+        S = self.size
+        r = S / max(h, w)
+        nh, nw = min(S, max(1, int(round(h * r)))), min(S, max(1, int(round(w * r))))
+        if (nh, nw) != (h, w):
+            img, m = _resize_pair(img, m, (nh, nw), antialias=True)
+        fill = torch.tensor(
+            [(self.pad_value / 255.0 - mu) / sd for mu, sd in zip(self.mean, self.std)]
+        ).view(3, 1, 1)
+        canvas = fill.expand(3, S, S).clone()
+        canvas[:, :nh, :nw] = img
+        mcanvas = torch.full((S, S), IGNORE_INDEX, dtype=torch.int64)
+        mcanvas[:nh, :nw] = m[0]
+        return canvas, mcanvas, (nh, nw)
+
+
+def build_transforms(
+    size: int, dataset: str = "pascal"
+) -> tuple[TrainTransform, TestTransform]:
+    """The paper's (train, test) transforms for ``dataset`` ``"pascal"`` or ``"coco"``."""
+    scales = {"pascal": (0.9, 1.1), "coco": (0.8, 1.25)}
+    if dataset not in scales:
+        raise ValueError(f"`dataset` must be one of {sorted(scales)}, got {dataset!r}")
+    return TrainTransform(size, scale=scales[dataset]), TestTransform(size)
