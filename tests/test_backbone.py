@@ -212,3 +212,10 @@ def test_bad_input_images(r18):
         r18(torch.zeros(1, 3, 33, 33, dtype=torch.uint8))
     with pytest.raises(ValueError, match="B, 3, H, W"):
         r18(torch.zeros(3, 33, 33))
+
+
+def test_load_in_memory_state_dict():
+    sd = _timm_sd("resnet18", 7)
+    _assert_loaded(create_backbone("resnet18", weights=sd), sd)
+    with pytest.raises(TypeError, match="weights"):
+        create_backbone("resnet18", weights=3)

@@ -259,3 +259,18 @@ def test_bad_constructor_arguments():
         QGNet(use_prior=False, prior_backbone="test_resnet", **TINY)
     with pytest.raises(ValueError, match="unknown backbone"):
         QGNet(backbone="resnet5O", bins=(2, 1), channels=8)
+
+
+def test_prior_from_global_local_moco_encoder():
+    """A GlobalLocalMoCo becomes a frozen, dilated copy of its query encoder."""
+    from fewshot_priors.models.moco import GlobalLocalMoCo
+
+    torch.manual_seed(0)
+    moco = GlobalLocalMoCo(backbone="test_resnet", queue_size=64, local_queue_size=64)
+    model = QGNet(prior_backbone=moco, **TINY)
+    prior = model.prior_extractor
+    assert isinstance(prior, FrozenBackbone) and prior.name == "test_resnet" and prior.reductions == (8, 8, 8)
+    enc = moco.encoder.state_dict()
+    got = prior.body.state_dict()
+    assert got and all(torch.equal(v, enc[k]) for k, v in got.items())
+    assert all(p.requires_grad for p in moco.encoder.parameters())  # the MoCo model itself is untouched

@@ -154,14 +154,15 @@ def _fmt_keys(keys: Sequence[str], limit: int = 12) -> str:
 def load_backbone_state_dict(
     body: nn.Module,
     name: str,
-    weights: str | os.PathLike,
+    weights: str | os.PathLike | Mapping[str, torch.Tensor],
 ) -> None:
-    """Load a local checkpoint into a timm ``features_only`` module.
+    """Load a local checkpoint (or an in-memory state dict) into a timm ``features_only`` module.
 
     Args:
         body: the features_only module (as built by :func:`timm.create_model`).
         name: its timm model name (used to list the full model's keys).
-        weights: path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file.
+        weights: path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file, or
+            a state dict (e.g. ``timm_model.state_dict()``).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -169,7 +170,12 @@ def load_backbone_state_dict(
             classifier head, which features_only does not use), unexpected keys,
             shape mismatches, or a prior-extractor export of another architecture.
     """
-    state, metadata = _read_checkpoint(weights)
+    if isinstance(weights, Mapping):
+        state = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
+        metadata: dict[str, str] = {}
+        weights = "<state dict>"
+    else:
+        state, metadata = _read_checkpoint(weights)
     if metadata.get("format") == PRIOR_EXTRACTOR_FORMAT:
         saved = metadata.get("backbone")
         if saved and saved != name:
@@ -468,7 +474,7 @@ def _build_body(name: str, pretrained: bool, output_stride: int) -> nn.Module:
 def create_backbone(
     name: str,
     pretrained: bool = False,
-    weights: str | os.PathLike | None = None,
+    weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     output_stride: int = 8,
     frozen: bool = True,
 ) -> FrozenBackbone:
@@ -480,7 +486,8 @@ def create_backbone(
         pretrained: load timm's pretrained weights (downloads; fails offline with a
             message pointing to ``weights=PATH``).
         weights: local checkpoint to load instead (see module docstring for the
-            accepted formats). Mutually exclusive with ``pretrained``.
+            accepted formats), or an in-memory state dict with the same keys.
+            Mutually exclusive with ``pretrained``.
         output_stride: common stride of the returned features (8 as in PFENet).
             Dilated via timm where the model supports it (ResNets), otherwise the
             stages are resized (see :class:`FrozenBackbone`).
@@ -502,8 +509,8 @@ def create_backbone(
         raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}")
     if weights is not None and pretrained:
         raise ValueError("pass either `pretrained=True` (timm download) or `weights=PATH` (local file), not both")
-    if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"`weights` must be a path (str or os.PathLike), got {type(weights).__name__}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike, Mapping)):
+        raise TypeError(f"`weights` must be a path (str or os.PathLike) or a state dict, got {type(weights).__name__}")
     body = _build_body(name, bool(pretrained), output_stride)
     if weights is not None:
         load_backbone_state_dict(body, name, weights)

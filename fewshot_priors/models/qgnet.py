@@ -73,6 +73,18 @@ class FrozenModule(nn.Module):
         return out
 
 
+def _timm_architecture(module: nn.Module) -> str | None:
+    """timm name of a timm model, or of the ``encoder`` of a GlobalLocalMoCo-like wrapper."""
+    module = getattr(module, "module", module)  # DDP
+    name = getattr(module, "backbone_name", None)
+    if isinstance(name, str) and isinstance(getattr(module, "encoder", None), nn.Module):
+        return name
+    cfg = getattr(module, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and hasattr(module, "forward_features"):
+        return cfg["architecture"]
+    return None
+
+
 def _mid_head(in_channels: int, channels: int) -> nn.Sequential:
     """concat(low, mid) -> 1x1 conv (no bias) -> ReLU -> Dropout2d(0.5)."""
     return nn.Sequential(
@@ -100,7 +112,9 @@ class QGNet(nn.Module):
         prior_backbone: the frozen prior extractor. ``None``: the same timm
             architecture as ``backbone``, random init unless ``prior_weights`` (a
             local checkpoint, e.g. the self-supervised encoder's export); a timm
-            name; a :class:`FrozenBackbone` (its high stage is used); or any
+            name; a :class:`FrozenBackbone` (its high stage is used); a timm model
+            or a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` (a frozen copy
+            of its (query) encoder is built as a dilated FrozenBackbone); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
         shots: the default number of shots K (any K is accepted at run time).
         pretrained: load timm's pretrained weights into ``backbone`` (internet).
@@ -177,6 +191,10 @@ class QGNet(nn.Module):
         if isinstance(prior_backbone, FrozenBackbone):
             return prior_backbone
         if isinstance(prior_backbone, nn.Module):
+            arch = _timm_architecture(prior_backbone)
+            if arch is not None:  # a (self-supervised) timm encoder: a frozen, dilated copy of it
+                encoder = getattr(prior_backbone, "encoder", prior_backbone)
+                return create_backbone(arch, weights=encoder.state_dict(), output_stride=output_stride)
             return FrozenModule(prior_backbone)
         raise TypeError(
             "`prior_backbone` must be None, a timm model name, a FrozenBackbone or an nn.Module, "
