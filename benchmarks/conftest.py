@@ -195,7 +195,10 @@ def write_results(path: Path, benchmarks, config) -> None:
     if dev.startswith("cuda") and torch.cuda.is_available():
         device_desc = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
     else:
-        device_desc = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, " f"torch threads = {torch.get_num_threads()}"
+        device_desc = (
+            f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch threads = {torch.get_num_threads()}"
+        )
     try:
         import triton
 
@@ -210,6 +213,8 @@ def write_results(path: Path, benchmarks, config) -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- command: `{cmd}`",
         f"- torch {torch.__version__}, triton {triton_v}, python {platform.python_version()}",
+        f"- load average at the end (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())}"
+        " (other processes share the machine: CPU ratios are noisy)",
         "- time: median over the rounds; speed-up: reference median / median, same run;",
         "  peak memory: temporaries of one call, inputs excluded "
         f"({rows[0].extra_info.get('mem_method') if rows else 'n/a'}).",
@@ -234,6 +239,8 @@ def write_results(path: Path, benchmarks, config) -> None:
                 rate = flops / med / (ceiling.extra_info["flops"] / ceiling.stats.median)
                 tf += f" ({rate:.0%} of bf16 matmul)"
             notes = info.get("notes", "")
+            if info.get("episodes") and med > 0:
+                notes = f"{info['episodes'] / med:.2f} episodes/s" + (f"; {notes}" if notes else "")
             lines.append(
                 f"| {info.get('impl', b.name)} | {info.get('role', '')} | {_fmt_ms(med)} | {speed} | "
                 f"{'' if mem is None else f'{mem:.1f}'} | {tf} | {notes} |"

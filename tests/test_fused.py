@@ -52,6 +52,7 @@ def _dev(*tensors: torch.Tensor):
 def test_interpreted_in_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1")
     env.pop("PYTEST_XDIST_WORKER", None)
+    env["OMP_NUM_THREADS"] = "1"  # `make test` runs two xdist workers on two cores
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-p", "no:xdist"],
         env=env,
@@ -288,3 +289,25 @@ def test_auto_on_cpu_stays_chunked_under_interpreter(fused, monkeypatch):
     monkeypatch.setattr(fused, "max_cosine", boom)
     x = torch.randn(1, 4, 3)
     max_cosine_similarity(x, x, backend="auto")
+
+
+@pytest.mark.skipif(not _ON_GPU, reason="real sizes need the GPU")
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+@pytest.mark.parametrize("shape", [(8, 2048, 3600, 3600), (8, 256, 3600, 3600), (2, 2048, 6561, 6561)])
+def test_real_sizes_on_gpu(precision, shape):
+    """The issue's sizes on the GPU: normalised-map error vs float64 and argmax agreement."""
+    b, c, n, m = shape
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    x = torch.randn(b, c, n, generator=gen, device="cuda").relu_()
+    y = torch.randn(b, c, m, generator=gen, device="cuda").relu_()
+    values, index = fused_module.max_cosine(x, y, EPS, precision=precision)
+    ref_values = torch.empty(b, n, dtype=torch.float64, device="cuda")
+    ref_index = torch.empty(b, n, dtype=torch.long, device="cuda")
+    for i in range(b):  # one image at a time keeps the float64 matrix to N x M
+        xd, yd = x[i].double(), y[i].double()
+        sim = (xd.t() @ yd) / (xd.norm(dim=0)[:, None] * yd.norm(dim=0)[None, :] + EPS)
+        ref_values[i], ref_index[i] = sim.max(dim=1)
+        del sim
+    err = (minmax_normalize(values.double(), EPS) - minmax_normalize(ref_values, EPS)).abs().max().item()
+    assert err <= MAP_TOL[precision], err
+    assert (index == ref_index).float().mean() > 0.9
