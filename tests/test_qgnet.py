@@ -274,3 +274,20 @@ def test_prior_from_global_local_moco_encoder():
     got = prior.body.state_dict()
     assert got and all(torch.equal(v, enc[k]) for k, v in got.items())
     assert all(p.requires_grad for p in moco.encoder.parameters())  # the MoCo model itself is untouched
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_mambaout"])
+def test_other_timm_families(name):
+    """A backbone that cannot be split into stages (EfficientNet features class) and one
+    that cannot be dilated (MambaOut: stages resized to the stride-8 stage)."""
+    torch.manual_seed(0)
+    model = QGNet(name, bins=(4, 2, 1), channels=8)
+    bb = model.backbone
+    assert bb.can_split == (name != "test_efficientnet")
+    assert (name == "test_mambaout") == bb.resize
+    q, s, sm, qm = _episode(2, 2, 40, 40)
+    out = model(q, s, sm, qm)
+    out["loss"].backward()
+    assert out["logits"].shape == (2, 2, 40, 40)
+    assert out["guided_map"].shape == out["prior_map"].shape == (2, 1, 5, 5)
+    assert all(p.grad is None for p in bb.parameters())

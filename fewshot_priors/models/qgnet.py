@@ -273,10 +273,17 @@ class QGNet(nn.Module):
         return support_images, m, query_mask
 
     # ------------------------------------------------------------------ forward
-    def _high(self, mid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        if self.backbone.can_split:
-            return self.backbone.forward_high(mid)
-        return self.backbone(image)[2]
+    def _features(self, image: torch.Tensor, mask: torch.Tensor | None = None):
+        """``(low, mid, high)`` of the backbone; with ``mask`` (``N, 1, H, W``) the high
+        stage runs on ``mid x mask`` (PFENet's support layer4). Backbones that cannot
+        be split run whole on the image instead (the region-map op masks them)."""
+        if not self.backbone.can_split:
+            return self.backbone(image)
+        low, mid = self.backbone.forward_low_mid(image)
+        if mask is None:
+            return low, mid, self.backbone.forward_high(mid)
+        m = resize_mask(mask, tuple(mid.shape[-2:])).to(mid.dtype)
+        return low, mid, self.backbone.forward_high(mid * m)
 
     def _prior_features(self, image: torch.Tensor) -> torch.Tensor:
         if isinstance(self.prior_extractor, FrozenBackbone):
@@ -319,17 +326,14 @@ class QGNet(nn.Module):
         size = tuple(query_image.shape[-2:])
 
         # query: mid-level feature for the decoder, high-level for the region maps
-        q_low, q_mid = self.backbone.forward_low_mid(query_image)
-        q_high = self._high(q_mid, query_image)
+        q_low, q_mid, q_high = self._features(query_image)
         query_feat = self.query_head(torch.cat([q_low, q_mid], dim=1))
         feat_size = tuple(query_feat.shape[-2:])
 
         # supports (all K shots as one batch): masked high features and prototypes
         s_img = rearrange(support_images, "b k c h w -> (b k) c h w")
         s_mask = rearrange(masks, "b k h w -> (b k) 1 h w")
-        s_low, s_mid = self.backbone.forward_low_mid(s_img)
-        m_mid = resize_mask(s_mask, tuple(s_mid.shape[-2:])).to(s_mid.dtype)
-        s_high = self.backbone.forward_high(s_mid * m_mid) if self.backbone.can_split else self._high(s_mid, s_img)
+        s_low, s_mid, s_high = self._features(s_img, s_mask)
         support_feat = self.support_head(torch.cat([s_low, s_mid], dim=1))
         prototype = masked_average_pool(support_feat, s_mask)  # (b k), C
         prototype = rearrange(prototype, "(b k) c -> b k c", b=b).mean(dim=1)
