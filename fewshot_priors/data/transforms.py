@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
@@ -65,10 +66,29 @@ def _as_mask(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.int64))[None]  # 1, H, W
 
 
-def _resize_pair(img: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int], antialias: bool):
-    img = TF.resize(img, list(hw), interpolation=InterpolationMode.BILINEAR, antialias=antialias)
+def _resize_pair(img: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int]):
+    # antialias=True also when upscaling: same result as plain bilinear up to ~1e-5, but
+    # its kernel is bit-identical for any thread count (the non-antialiased one is not)
+    img = TF.resize(img, list(hw), interpolation=InterpolationMode.BILINEAR, antialias=True)
     mask = TF.resize(mask, list(hw), interpolation=InterpolationMode.NEAREST)
     return img, mask
+
+
+def _gaussian_blur(img: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding (as ``TF.gaussian_blur``).
+
+    Written as a fixed-order sum of shifted slices rather than a convolution so
+    that the result is bit-identical for any number of intra-op threads (the
+    DataLoader workers run single-threaded, the main process does not).
+    """
+    r = kernel // 2
+    x = torch.arange(-r, r + 1, dtype=torch.float32)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    w = (w / w.sum()).tolist()
+    out = F.pad(img[None], [r, r, r, r], mode="reflect")[0]
+    h, wd = img.shape[-2:]
+    rows = sum(w[i] * out[:, :, i : i + wd] for i in range(kernel))
+    return sum(w[i] * rows[:, i : i + h, :] for i in range(kernel))
 
 
 class TrainTransform:
@@ -144,7 +164,7 @@ class TrainTransform:
         h, w = img.shape[-2:]
         new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
         if new_hw != (h, w):
-            img, m = _resize_pair(img, m, new_hw, antialias=False)
+            img, m = _resize_pair(img, m, new_hw)
         # rotate (fill 0 = mean after normalisation; mask fill 255)
         if rng.random() < self.rotate_p:
             angle = float(rng.uniform(*self.rotate))
@@ -153,7 +173,7 @@ class TrainTransform:
         # blur
         if rng.random() < self.blur_p:
             k = self.blur_kernel
-            img = TF.gaussian_blur(img, [k, k], [self.blur_sigma, self.blur_sigma])
+            img = _gaussian_blur(img, k, self.blur_sigma)
         # flip
         if rng.random() < self.hflip_p:
             img, m = TF.horizontal_flip(img), TF.horizontal_flip(m)
@@ -223,7 +243,7 @@ class TestTransform:
         r = S / max(h, w)
         nh, nw = min(S, max(1, int(round(h * r)))), min(S, max(1, int(round(w * r))))
         if (nh, nw) != (h, w):
-            img, m = _resize_pair(img, m, (nh, nw), antialias=True)
+            img, m = _resize_pair(img, m, (nh, nw))
         fill = torch.tensor(
             [(self.pad_value / 255.0 - mu) / sd for mu, sd in zip(self.mean, self.std)]
         ).view(3, 1, 1)
