@@ -47,7 +47,7 @@ except Exception:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "is_available", "interpreting", "max_cosine"]
+__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "guided_max_cosine", "interpreting", "is_available", "max_cosine"]
 
 #: Accepted operand precisions.
 PRECISIONS = ("bf16", "tf32", "fp32")
@@ -103,21 +103,26 @@ if triton is not None:
 
     @triton.jit
     def _max_cosine_kernel(
-        x_ptr, y_ptr, xn_ptr, yn_ptr, val_ptr, idx_ptr,
-        C, N, M,
+        x_ptr, y_ptr, w_ptr, xn_ptr, yn_ptr, val_ptr, idx_ptr,
+        C, N, M, SHOTS,
         sxb, sxc, sxn, syb, syc, sym,
         eps,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, HALF_FP16: tl.constexpr, EMULATE: tl.constexpr,
+        PRECISION: tl.constexpr, HALF_FP16: tl.constexpr, HAS_W: tl.constexpr, EMULATE: tl.constexpr,
     ):  # fmt: skip
-        """One program: ``BLOCK_N`` positions of x (batch ``program_id(1)``) against all of y."""
+        """One program: ``BLOCK_N`` positions of x against all of y (batch ``program_id(1)``).
+
+        y has ``B * SHOTS`` batches; y batch ``b`` is compared with x batch ``b // SHOTS``.
+        With ``HAS_W`` column ``m`` of y is scaled by ``w[b, m]`` (``yn`` already holds ``|w y|``).
+        """
         pid_n = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
+        xb = b // SHOTS
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
-        x_base = x_ptr + b * sxb
+        x_base = x_ptr + xb * sxb
         y_base = y_ptr + b * syb
-        xn = tl.load(xn_ptr + b * N + offs_n, mask=n_ok, other=1.0)
+        xn = tl.load(xn_ptr + xb * N + offs_n, mask=n_ok, other=1.0)
 
         best = tl.full([BLOCK_N], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int64)
@@ -163,6 +168,9 @@ if triton is not None:
                 else:
                     acc = tl.dot(xt.to(tl.float32), yt.to(tl.float32), acc, input_precision="ieee")
             yn = tl.load(yn_ptr + b * M + offs_m, mask=m_ok, other=1.0)
+            if HAS_W:
+                w = tl.load(w_ptr + b * M + offs_m, mask=m_ok, other=0.0)
+                acc = acc * w[None, :]
             s = acc / (xn[:, None] * yn[None, :] + eps)
             s = tl.where(m_ok[None, :], s, float("-inf"))
             tile_best, tile_idx = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
@@ -184,29 +192,42 @@ if triton is not None:
             (128, 256, 32, 8, 3),
         ]
     ]
-    _max_cosine_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["C", "N", "M", "PRECISION", "HALF_FP16"])(
+    _max_cosine_autotuned = triton.autotune(configs=_GPU_CONFIGS, key=["C", "N", "M", "PRECISION", "HALF_FP16", "HAS_W"])(
         _max_cosine_kernel
     )
 
 
-def _launch(x: torch.Tensor, y: torch.Tensor, eps: float, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Norm pass + kernel launch: ``B, N`` float32 values and ``B, N`` int64 argmax."""
+def _launch(
+    x: torch.Tensor, y: torch.Tensor, eps: float, precision: str, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norm pass + kernel launch.
+
+    ``x`` ``B, C, N``; ``y`` ``B * S, C, M`` (``S`` shots per x batch, ``S = 1`` for the plain
+    op); ``weight`` optional ``B * S, M`` per-column scale of ``y``. Returns ``B * S, N``
+    float32 values and ``B * S, N`` int64 argmax.
+    """
     b, c, n = x.shape
-    m = y.shape[2]
+    by, _, m = y.shape
+    shots = by // b
     xn = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32).contiguous()  # B, N
-    yn = torch.linalg.vector_norm(y, dim=1, dtype=torch.float32).contiguous()  # B, M
-    values = torch.empty(b, n, dtype=torch.float32, device=x.device)
-    index = torch.empty(b, n, dtype=torch.int64, device=x.device)
-    args = (x, y, xn, yn, values, index, c, n, m, *x.stride(), *y.stride(), float(eps))
-    flags = {"PRECISION": precision, "HALF_FP16": x.dtype == torch.float16}
+    yn = torch.linalg.vector_norm(y, dim=1, dtype=torch.float32)  # B*S, M
+    if weight is not None:
+        weight = weight.to(torch.float32).contiguous()
+        yn = yn * weight.abs()  # |w y| = |w| |y|
+    yn = yn.contiguous()
+    values = torch.empty(by, n, dtype=torch.float32, device=x.device)
+    index = torch.empty(by, n, dtype=torch.int64, device=x.device)
+    w_arg = weight if weight is not None else yn  # unused pointer when HAS_W is False
+    args = (x, y, w_arg, xn, yn, values, index, c, n, m, shots, *x.stride(), *y.stride(), float(eps))
+    flags = {"PRECISION": precision, "HALF_FP16": x.dtype == torch.float16, "HAS_W": weight is not None}
     if _INTERPRET:
         block_n, block_m, block_k = 16, 16, 16
-        grid = (triton.cdiv(n, block_n), b)
+        grid = (triton.cdiv(n, block_n), by)
         _max_cosine_kernel[grid](
             *args, BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, EMULATE=True, **flags
         )
     else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)  # noqa: E731
         with torch.cuda.device(x.device):
             _max_cosine_autotuned[grid](*args, EMULATE=False, **flags)
     return values, index
@@ -235,6 +256,44 @@ class _FusedMaxCosine(torch.autograd.Function):
         )
 
 
+def _check_pair(
+    x: torch.Tensor, y: torch.Tensor, precision: str | None, shots: int = 1, names: tuple[str, str] = ("x", "y")
+) -> None:
+    """Validate ``x`` ``B, C, N`` and ``y`` ``B * shots, C, M`` for the kernel (early, named errors)."""
+    nx, ny = names
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}")
+    for name, t in ((nx, x), (ny, y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"`{name}` must be float32, float16 or bfloat16 for the fused kernel, got {t.dtype} "
+                "(use backend='chunked' for float64)"
+            )
+    for name, t in ((nx, x), (ny, y)):
+        if t.dim() != 3:
+            raise ValueError(f"`{name}` must have shape B, C, positions, got {tuple(t.shape)}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"`{nx}` and `{ny}` must have the same dtype, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"`{nx}` and `{ny}` must be on the same device, got {x.device} and {y.device}")
+    if y.shape[0] != x.shape[0] * shots or y.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"`{nx}` and `{ny}` must agree in batch size and channels, got shapes {tuple(x.shape)} and "
+            f"{tuple(y.shape)}" + (f" ({shots} shots)" if shots != 1 else "")
+        )
+    if x.shape[2] == 0 or y.shape[2] == 0:
+        raise ValueError(f"`{nx}` and `{ny}` need at least one position, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not is_available():
+        raise RuntimeError(
+            "the fused max-cosine kernel needs Triton and a CUDA GPU with compute capability >= 8.0 "
+            "(or TRITON_INTERPRET=1 set before importing fewshot_priors.ops.fused); use backend='chunked'"
+        )
+    if not _INTERPRET and not x.is_cuda:
+        raise ValueError(f"the fused kernel runs on CUDA tensors, got `{nx}` on {x.device}; use backend='chunked'")
+
+
 def max_cosine(
     x: torch.Tensor, y: torch.Tensor, eps: float = 1e-7, precision: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,36 +317,79 @@ def max_cosine(
         TypeError: unsupported dtype (e.g. float64: use the chunked backend).
         ValueError: bad shapes or ``precision``.
     """
+    _check_pair(x, y, precision)
     precision = DEFAULT_PRECISION if precision is None else precision
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}")
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"`{name}` must be float32, float16 or bfloat16 for the fused kernel, got {t.dtype} "
-                "(use backend='chunked' for float64)"
-            )
-        if t.dim() != 3:
-            raise ValueError(f"`{name}` must have shape B, C, positions, got {tuple(t.shape)}")
-    if x.dtype != y.dtype:
-        raise TypeError(f"`x` and `y` must have the same dtype, got {x.dtype} and {y.dtype}")
-    if x.device != y.device:
-        raise ValueError(f"`x` and `y` must be on the same device, got {x.device} and {y.device}")
-    if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"`x` (B, C, N) and `y` (B, C, M) must agree in B and C, got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    if x.shape[2] == 0 or y.shape[2] == 0:
-        raise ValueError(f"`x` and `y` need at least one position, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not is_available():
-        raise RuntimeError(
-            "the fused max-cosine kernel needs Triton and a CUDA GPU with compute capability >= 8.0 "
-            "(or TRITON_INTERPRET=1 set before importing fewshot_priors.ops.fused); use backend='chunked'"
-        )
-    if not _INTERPRET and not x.is_cuda:
-        raise ValueError(f"the fused kernel runs on CUDA tensors, got `x` on {x.device}; use backend='chunked'")
     if x.shape[0] == 0:
         return x.new_empty(0, x.shape[2]), torch.empty(0, x.shape[2], dtype=torch.int64, device=x.device)
     return _FusedMaxCosine.apply(x, y, float(eps), precision)
+
+
+class _FusedGuidedMaxCosine(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, support, weight, eps, precision):
+        b, k, c, m = support.shape
+        values, index = _launch(query, support.reshape(b * k, c, m), eps, precision, weight.reshape(b * k, m))
+        ctx.save_for_backward(query, support, weight, index)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(index)
+        n = query.shape[2]
+        return values.to(query.dtype).view(b, k, n), index.view(b, k, n)
+
+    @staticmethod
+    def backward(ctx, grad_values, _grad_index):
+        from .similarity import max_cosine_backward
+
+        query, support, weight, index = ctx.saved_tensors
+        b, k, c, m = support.shape
+        n = query.shape[2]
+        # gradients through the argmax of the masked support y_eff = w * y (materialised here only)
+        x_rep = query.unsqueeze(1).expand(b, k, c, n).reshape(b * k, c, n)
+        w = weight.to(support.dtype).unsqueeze(2)  # B, K, 1, M
+        y_eff = (support * w).reshape(b * k, c, m)
+        grad_x, grad_y = max_cosine_backward(grad_values.reshape(b * k, n), x_rep, y_eff, index.reshape(b * k, n), ctx.eps)
+        grad_query = grad_x.view(b, k, c, n).sum(dim=1) if ctx.needs_input_grad[0] else None
+        grad_support = grad_y.view(b, k, c, m) * w if ctx.needs_input_grad[1] else None
+        return grad_query, grad_support, None, None, None
+
+
+def guided_max_cosine(
+    query: torch.Tensor,
+    support: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-7,
+    precision: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-shot max cosine of ``query`` against mask-weighted ``support``, without copies.
+
+    The guided region map's K-shot form: for every shot ``k`` and query position ``n``,
+    ``max_m cos(query[b, :, n], weight[b, k, m] * support[b, k, :, m])``. The K shots share
+    the query (no ``B*K`` copy of it) and the mask weights are folded into the kernel
+    (no masked copy of the support), so the temporaries are the ``B, K, M`` norms.
+
+    Args:
+        query: ``B, C, N`` features.
+        support: ``B, K, C, M`` features (same dtype and device).
+        weight: ``B, K, M`` per-position weights (the support masks at feature size),
+            not differentiated.
+        eps: added to ``|x||w y|`` in the denominator (weight 0 -> similarity 0).
+        precision: see :func:`max_cosine`.
+
+    Returns:
+        ``(values, index)``: ``B, K, N`` (differentiable w.r.t. ``query`` and ``support``)
+        and the ``B, K, N`` int64 argmax over ``M``.
+    """
+    if not isinstance(support, torch.Tensor) or support.dim() != 4:
+        raise ValueError(f"`support` must be a B, K, C, M tensor, got {getattr(support, 'shape', type(support))}")
+    b, k, c, m = support.shape
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (b, k, m):
+        raise ValueError(f"`weight` must have shape B, K, M = {(b, k, m)}, got {getattr(weight, 'shape', None)}")
+    if k == 0:
+        raise ValueError("`support` must hold at least one shot (K >= 1)")
+    if not isinstance(query, torch.Tensor) or query.dim() != 3:
+        raise ValueError(f"`query` must be a B, C, N tensor, got {getattr(query, 'shape', type(query))}")
+    _check_pair(query, support.reshape(b * k, c, m), precision, shots=k, names=("query", "support"))
+    if b == 0:
+        n = query.shape[2]
+        return query.new_empty(b, k, n), torch.empty(b, k, n, dtype=torch.int64, device=query.device)
+    precision = DEFAULT_PRECISION if precision is None else precision
+    return _FusedGuidedMaxCosine.apply(query, support, weight.to(query.device).detach(), float(eps), precision)
