@@ -12,17 +12,19 @@ from conftest import on_gpu, run_benchmark
 from reference import pfenet_guided_map, pfenet_prior
 
 from fewshot_priors.ops import fused
+from fewshot_priors.ops.pooling import resize_mask
 from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
+from fewshot_priors.ops.similarity import minmax_normalize
 
 # case -> (batch, channels, feature side, shots) per device type
 CASES = {
     "guided 1-shot": {"cuda": (8, 2048, 60, 1), "cpu": (2, 256, 30, 1)},
     "guided 5-shot": {"cuda": (8, 2048, 60, 5), "cpu": (2, 256, 30, 5)},
-    "guided 1-shot C=256": {"cuda": (8, 256, 60, 1), "cpu": (2, 64, 30, 1)},
+    "guided 1-shot narrow": {"cuda": (8, 256, 60, 1), "cpu": (2, 64, 30, 1)},
     "guided 1-shot COCO": {"cuda": (32, 2048, 81, 1), "cpu": (4, 256, 41, 1)},
     "prior map": {"cuda": (8, 256, 60, 1), "cpu": (2, 256, 30, 1)},
 }
-IMPLS = ["reference", "library", "library-chunked-16MiB", "fused-tf32", "bf16-matmul"]
+IMPLS = ["reference", "library", "library-chunked-16MiB", "fused-tf32", "fused-guided", "bf16-matmul"]
 SMALL_BUDGET = 16 * 2**20
 
 _DATA: dict = {}
@@ -43,6 +45,19 @@ def _inputs(case: str, device: torch.device):
     return _DATA[key]
 
 
+def fused_guided_map(query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The guided map through :func:`fused.guided_max_cosine`: masks folded in, query shared by the shots.
+
+    What ``guided_region_map(backend="fused")`` computes, minus its ``B*K`` copies of the
+    query and of the masked support (not wired into the library yet).
+    """
+    b, k, c, h, w = support.shape
+    weight = resize_mask(masks, (h, w))
+    values, _ = fused.guided_max_cosine(query.flatten(2), support.flatten(3), weight.flatten(2))
+    s = minmax_normalize(values.flatten(0, 1), 1e-7)
+    return s.view(b, k, *query.shape[-2:]).mean(dim=1, keepdim=True)
+
+
 def _flops(case: str, device: torch.device) -> float:
     b, c, side, k = CASES[case][device.type]
     n = side * side
@@ -53,7 +68,7 @@ def _flops(case: str, device: torch.device) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_region_map(benchmark, device, case, impl):
     gpu = on_gpu(device)
-    if impl in ("fused-tf32", "bf16-matmul") and not (gpu and fused.is_available()):
+    if impl in ("fused-tf32", "fused-guided", "bf16-matmul") and not (gpu and fused.is_available()):
         pytest.skip("needs CUDA and Triton")
     query, support, masks = _inputs(case, device)
     b, c, side, k = CASES[case][device.type]
@@ -62,6 +77,10 @@ def test_region_map(benchmark, device, case, impl):
 
     if impl == "reference":
         fn = (lambda: pfenet_prior(query, support0)) if prior else (lambda: pfenet_guided_map(query, support, masks))
+    elif impl == "fused-guided":
+        if prior:
+            pytest.skip("the prior map has no masks or shots: `library` is already the plain kernel")
+        fn = lambda: fused_guided_map(query, support, masks)  # noqa: E731
     elif impl == "bf16-matmul":
         # the same FLOPs as one plain bf16 batched matmul: the tensor-core ceiling of this run
         xq = query.flatten(2).transpose(1, 2).to(torch.bfloat16).repeat_interleave(k, 0).contiguous()
@@ -106,7 +125,7 @@ def test_region_map(benchmark, device, case, impl):
             group=f"region maps: {case} (B={b}, C={c}, {side}x{side}, K={k}) [{device.type}]",
             impl=impl if impl != "library" else f"library (auto -> {backend})",
             role="reference" if impl == "reference" else ("ceiling" if impl == "bf16-matmul" else "library"),
-            flops=_flops(case, device) if impl in ("library", "fused-tf32", "bf16-matmul") and gpu else None,
+            flops=_flops(case, device) if impl in ("library", "fused-tf32", "fused-guided", "bf16-matmul") and gpu else None,
             notes=notes,
         )
 
