@@ -131,10 +131,13 @@ def _compose(
     canvas = _crop(bg, size, rng, scale=rng.uniform(0.5, 1.0))
     canvas = canvas * rng.uniform(0.7, 1.1) + rng.uniform(-0.05, 0.05, size=3)
     label = np.zeros((size, size), dtype=np.uint8)
+    # the primary object must pass the pixel rule: radius large enough for most shapes
+    r_lo = max(0.2 * size, float(np.sqrt(1.3 * min_pixels / (0.6 * np.pi))))
+    r_hi = max(0.34 * size, 1.25 * r_lo)
     for k, c in enumerate(classes):
         primary = k == len(classes) - 1
         for _ in range(20):
-            radius = size * (rng.uniform(0.2, 0.34) if primary else rng.uniform(0.1, 0.22))
+            radius = rng.uniform(r_lo, r_hi) if primary else size * rng.uniform(0.1, 0.22)
             mask = _shape_mask(size, radius, rng)
             if not primary or mask.sum() >= 1.3 * min_pixels:
                 break
