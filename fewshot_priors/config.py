@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_episodes": 1000,  # periodic validation subset (fixed seed)
         "test_episodes": 5000,  # PASCAL 5000, COCO 20000
         "scale_range": [0.9, 1.1],
+        "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
         "num_workers": 4,
         "num_classes": None,  # folder / synthetic datasets
         "fold_classes": None,  # explicit list of held-out class ids

@@ -109,13 +109,13 @@ def test_data_order_is_independent_of_workers(tmp_path):
 
 def test_sampler_covers_each_epoch_once_and_changes_order():
     s = StepBatchSampler(n=10, batch_size=3, seed=1, start_step=0, end_step=6)
-    batches = [[i for i, _ in b] for b in s]
+    batches = [[i for i, _, _ in b] for b in s]
     ep0, ep1 = sum(batches[:3], []), sum(batches[3:], [])
     assert len(set(ep0)) == 9 and len(set(ep1)) == 9  # no repeats within an epoch, last partial dropped
     assert ep0 != ep1
     # resuming mid-way yields the same batches
     s2 = StepBatchSampler(n=10, batch_size=3, seed=1, start_step=4, end_step=6)
-    assert [[i for i, _ in b] for b in s2] == batches[4:]
+    assert [[i for i, _, _ in b] for b in s2] == batches[4:]
     # two ranks split the global batch without overlap
     from fewshot_priors.engine.distributed import DistInfo
 

@@ -91,14 +91,16 @@ def evaluate(
         batch_size: episodes per forward pass.
         num_workers: data loader workers.
         predict_fn: ``batch -> B, H, W`` integer predictions at the input size
-            (default: argmax of ``model(...)["logits"]``). Used for baselines.
+            (default: argmax of ``model(...)["logits"]``), or ``batch -> {name: B, H, W}``
+            to score several predictors (a model and its baselines) in one pass.
         device: where to run (default: the model's device, else CPU).
         progress: show a tqdm bar (rank 0 only).
         desc: progress bar label.
         dist: rank info (default: current process group).
 
     Returns:
-        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed"}``.
+        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed"}``; with a dict-valued
+        ``predict_fn``, ``{name: that dict}``.
     """
     from fewshot_priors.metrics import FewShotSegMeter
 
@@ -121,25 +123,37 @@ def evaluate(
     shard = Subset(dataset, list(shard_indices(n, dist))) if dist.distributed else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_eval)
-    meter = FewShotSegMeter(class_ids)
+    meters: dict[str, Any] = {}
+    single = True
     for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
                       leave=False):
         batch_dev = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        pred = predict_fn(batch_dev).cpu()
-        for i in range(pred.shape[0]):
-            p, t = _restore(pred, batch, i)
-            cid = batch["class_id"][i]
-            meter.update(p, t, int(cid))
-    if dist.distributed:
-        meter.all_reduce()
-    res = dict(meter.compute())
-    res["per_class_iou"] = {str(k): float(v) for k, v in dict(res["per_class_iou"]).items()}
-    res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
-    res["episodes"] = n
-    res["seed"] = seed
+        preds = predict_fn(batch_dev)
+        if isinstance(preds, torch.Tensor):
+            preds = {"model": preds}
+        else:
+            single = False
+        for name, pred in preds.items():
+            meter = meters.setdefault(name, FewShotSegMeter(class_ids))
+            pred = pred.cpu()
+            for i in range(pred.shape[0]):
+                p, t = _restore(pred, batch, i)
+                meter.update(p, t, int(batch["class_id"][i]))
+    if not meters:
+        raise ValueError("the evaluation dataset is empty")
+    results = {}
+    for name, meter in meters.items():
+        if dist.distributed:
+            meter.all_reduce()
+        res = dict(meter.compute())
+        res["per_class_iou"] = {str(k): float(v) for k, v in dict(res["per_class_iou"]).items()}
+        res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
+        res["episodes"] = n
+        res["seed"] = seed
+        results[name] = res
     if model is not None and was_training:
         model.train()
-    return res
+    return results["model"] if single else results
 
 
 def format_results(results: Mapping[str, Any], title: str = "evaluation") -> str:

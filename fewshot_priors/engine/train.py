@@ -65,7 +65,7 @@ def seed_everything(seed: int) -> None:
 
 
 class StepBatchSampler(Sampler):
-    """Batches of ``(dataset index, item seed)`` as a pure function of the global step.
+    """Batches of ``(dataset index, item seed, epoch)`` as a pure function of the global step.
 
     Epoch ``e`` visits a permutation of the dataset seeded by ``(seed, e)``;
     step ``s`` takes slice ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``
@@ -105,7 +105,7 @@ class StepBatchSampler(Sampler):
         epoch, pos = divmod(step, self.steps_per_epoch)
         idx = self._permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
         slots = range(self.dist.rank, self.batch_size, self.dist.world_size)
-        return [(idx[j], derive_seed(self.seed, "item", step, j)) for j in slots]
+        return [(idx[j], derive_seed(self.seed, "item", step, j), epoch) for j in slots]
 
     def __iter__(self):
         for step in range(self.start_step, self.end_step):
@@ -116,10 +116,13 @@ class StepBatchSampler(Sampler):
 
 
 class SeededItems(Dataset):
-    """Wrap a dataset so that ``ds[(index, seed)]`` runs ``dataset[index]`` under seeded RNGs.
+    """Wrap a dataset so that ``ds[(index, seed, epoch)]`` runs under seeded RNGs.
 
     Augmentations that draw from Python ``random``, NumPy or torch become
     deterministic per item, independent of the data worker that loads it.
+    Episodic datasets with ``set_epoch`` (this library's) are indexed with
+    ``(epoch, index)`` so that every epoch gets fresh episodes and augmentation
+    without relying on per-worker dataset state.
     """
 
     def __init__(self, dataset: Dataset):
@@ -128,9 +131,11 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, seed, epoch = key
         seed_everything(seed)
+        if hasattr(self.dataset, "set_epoch"):
+            return self.dataset[(epoch, index)]
         return self.dataset[index]
 
 

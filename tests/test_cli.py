@@ -1,0 +1,131 @@
+"""Config loading / zoo and the `fewshot-priors` command line (train -> eval -> visualize)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fewshot_priors.cli import main
+from fewshot_priors.config import (
+    CONFIG_DIR,
+    DEFAULTS,
+    ConfigError,
+    available_configs,
+    load_config,
+    render_zoo_file,
+    zoo_configs,
+)
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_zoo_has_every_paper_row_and_matches_the_generator():
+    names = set(available_configs())
+    zoo = zoo_configs()
+    assert len(zoo) == 2 * 3 * 2 * 4  # dataset x backbone x size x fold
+    for name, cfg in zoo.items():
+        assert name in names
+        assert (CONFIG_DIR / f"{name}.yaml").read_text() == render_zoo_file(name, cfg), name
+    assert "demo" in names
+
+
+@pytest.mark.parametrize("name, lr, backbone, size, fold, classes", [
+    ("pascal/resnet50_473_fold0", 0.025, "resnet50", 473, 0, None),
+    ("pascal/vgg16_321_fold3", 0.025, "vgg16_bn", 321, 3, None),
+    ("coco/resnet101_473_fold2", 0.2, "resnet101", 473, 2, None),
+])
+def test_zoo_rows_resolve_with_effective_lr(name, lr, backbone, size, fold, classes):
+    cfg = load_config(name)
+    assert cfg["train"]["lr"] == lr
+    assert cfg["model"]["backbone"] == backbone
+    assert cfg["data"]["image_size"] == size and cfg["data"]["fold"] == fold
+    assert cfg["train"]["momentum"] == 0.9 and cfg["train"]["weight_decay"] == 1e-4
+    assert cfg["train"]["poly_power"] == 0.9
+    assert cfg["experiment"]["seed"] == 321
+    if size == 473:
+        assert cfg["model"]["bins"] == [60, 30, 15, 8]
+    else:
+        assert cfg["model"]["bins"] == [41, 20, 10, 5]
+    assert cfg["data"]["test_episodes"] == (5000 if name.startswith("pascal") else 20000)
+
+
+def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
+    cfg = load_config("pascal/resnet50_473_fold0", ["train.lr=0.01", "model.shots=5", "model.bins=[4, 2]",
+                                                    "model.weights=null"])
+    assert cfg["train"]["lr"] == 0.01 and cfg["model"]["shots"] == 5 and cfg["model"]["bins"] == [4, 2]
+    with pytest.raises(ConfigError, match=r"train\.'lrr'.*Did you mean 'lr'"):
+        load_config("demo", ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="section.*'trian'"):
+        load_config("demo", ["trian.lr=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("demo", ["train.lr"])
+    with pytest.raises(ConfigError, match=r"train\.batch_size must be a int"):
+        load_config("demo", ["train.batch_size=four"])
+    with pytest.raises(ConfigError, match="data.dataset must be one of"):
+        load_config("demo", ["data.dataset=imagenet"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  backbon: resnet18\n")
+    with pytest.raises(ConfigError, match="model.'backbon'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="Did you mean.*pascal/resnet50_473_fold0"):
+        load_config("pascal/resnet50_473_fold9")
+
+
+def test_config_file_with_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.5\n  epochs: 3\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain:\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg["train"]["lr"] == 0.5 and cfg["train"]["epochs"] == 7
+    assert cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_help_and_configs_listing(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "demo" in capsys.readouterr().out
+    assert main(["configs"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "pascal/resnet50_473_fold0" in listed and "coco/vgg16_321_fold1" in listed
+
+
+def test_python_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "fewshot_priors.cli", "train", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--resume" in r.stdout and "--set" in r.stdout
+
+
+def test_errors_are_reported_not_raised(capsys, tmp_path):
+    assert main(["eval", "--config", "demo", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_train_eval_visualize_round_trip(tmp_path, capsys):
+    """Train 2 steps on a tiny generated PASCAL-layout set, evaluate the checkpoint, draw Fig. 5."""
+    from fewshot_priors.data import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=12, image_size=64,
+                                      min_pixels=400, progress=False)
+    common = ["--set", f"data.root={root}", "data.image_size=64", "model.bins=[8, 4]", "model.channels=16",
+              "train.batch_size=2", "train.epochs=1", "train.log_every=1", "model.use_prior=false",
+              "data.num_workers=0", "data.min_pixels=400", f"experiment.output_dir={tmp_path / 'run'}"]
+    assert main(["train", "--config", "demo", "--max-steps", "2", "--no-progress", *common]) == 0
+    assert (tmp_path / "run" / "last.safetensors").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    out_json = tmp_path / "results.json"
+    assert main(["eval", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"), "--shots", "1",
+                 "--episodes", "6", "--seed", "7", "--output", str(out_json), "--no-progress", *common]) == 0
+    res = json.loads(out_json.read_text())
+    assert res["episodes"] == 6 and res["seed"] == 7 and res["shots"] == 1
+    assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["fbiou"] <= 1.0
+    assert set(res["per_class_iou"]) == {"1"}  # fold 0 of 4 classes holds out class 1
+    assert "mIoU" in capsys.readouterr().out
+    fig = tmp_path / "fig5.png"
+    assert main(["visualize", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"),
+                 "--episodes", "2", "--output", str(fig), *common]) == 0
+    assert fig.stat().st_size > 1000

@@ -1,0 +1,71 @@
+"""Figures: Fig. 5 panels, overlays, loss curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot_priors.data.transforms import normalize_image
+from fewshot_priors.engine.logging import RunLogger, read_scalars
+from fewshot_priors.viz import denormalize, episode_figure, overlay_mask, plot_loss_curve, save_episode_figures
+
+
+def test_denormalize_inverts_the_data_normalisation():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    back = denormalize(normalize_image(rgb))
+    np.testing.assert_allclose(back, rgb / 255.0, atol=1e-6)
+    with pytest.raises(ValueError, match="3, H, W"):
+        denormalize(torch.zeros(4, 5, 5))
+
+
+def test_overlay_touches_foreground_and_ignore_only():
+    rgb = np.zeros((4, 4, 3))
+    mask = torch.zeros(4, 4, dtype=torch.long)
+    mask[0, 0], mask[1, 1] = 1, 255
+    out = overlay_mask(rgb, mask, color=(1.0, 0.0, 0.0), alpha=0.5)
+    np.testing.assert_allclose(out[0, 0], [0.5, 0.0, 0.0])
+    np.testing.assert_allclose(out[1, 1], [0.25, 0.25, 0.25])
+    assert np.all(out[2:] == 0)
+
+
+def _row(with_maps=True):
+    g = torch.Generator().manual_seed(0)
+    row = {"query_image": torch.randn(3, 16, 16, generator=g), "support_image": torch.randn(3, 16, 16, generator=g),
+           "support_mask": torch.randint(0, 2, (16, 16), generator=g),
+           "prediction": torch.randint(0, 2, (16, 16), generator=g),
+           "ground_truth": torch.randint(0, 2, (16, 16), generator=g)}
+    if with_maps:
+        row["guided_map"] = torch.rand(1, 4, 4, generator=g)
+        row["prior_map"] = torch.rand(4, 4, generator=g)
+    return row
+
+
+def test_fig5_layout(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = episode_figure([_row(), _row()])
+    titles = [ax.get_title() for ax in fig.axes[:6]]
+    assert titles == ["query", "support + mask", "guided region map", "prior region map", "prediction",
+                      "ground truth"]
+    assert len(fig.axes) == 12
+    plt.close(fig)
+    fig = episode_figure(_row(with_maps=False))
+    assert [ax.get_title() for ax in fig.axes] == ["query", "support + mask", "prediction", "ground truth"]
+    plt.close(fig)
+    path = save_episode_figures([_row()], tmp_path / "f" / "fig5.png", title="t")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="empty"):
+        episode_figure([])
+
+
+def test_loss_curve_from_run_log(tmp_path):
+    log = RunLogger(tmp_path, tensorboard=False)
+    for s in range(1, 6):
+        log.log(s, {"train/loss": 1.0 / s})
+    log.log(5, {"val/miou": 0.4})
+    log.close()
+    sc = read_scalars(tmp_path / "scalars.csv")
+    assert sc["train/loss"] == [(s, 1.0 / s) for s in range(1, 6)] and sc["val/miou"] == [(5, 0.4)]
+    path = plot_loss_curve(tmp_path / "scalars.csv", tmp_path / "curve.png")
+    assert path.stat().st_size > 1000
