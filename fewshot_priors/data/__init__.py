@@ -9,6 +9,8 @@
 """
 
 from .episodes import EpisodicDataset, collate_episodes, restore_prediction
+from .coco import CocoFewShot, coco_fold_classes
+from .folder import FolderFewShot
 from .io import BadDataError, DataLayoutError
 from .pascal import PascalFewShot
 from .synthetic import generate_synthetic_dataset
@@ -19,11 +21,14 @@ __all__ = [
     "IMAGENET_STD",
     "BadDataError",
     "DataLayoutError",
+    "CocoFewShot",
     "EpisodicDataset",
+    "FolderFewShot",
     "PascalFewShot",
     "TestTransform",
     "TrainTransform",
     "build_transforms",
+    "coco_fold_classes",
     "collate_episodes",
     "generate_synthetic_dataset",
     "restore_prediction",

@@ -1,0 +1,242 @@
+"""COCO-20i few-shot episodes from COCO 2014 (instance json or pre-converted PNG masks)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .episodes import EpisodicDataset
+from .index import Entry, scan_entries
+from .io import IGNORE_INDEX, BadDataError, DataLayoutError, read_label
+from .transforms import TestTransform, TrainTransform
+
+COCO_LAYOUT = """expected layout under root:
+  train2014/<name>.jpg, val2014/<name>.jpg
+  annotation_format="json": annotations/instances_train2014.json, annotations/instances_val2014.json
+  annotation_format="png":  annotations/train2014/<name>.png, annotations/val2014/<name>.png
+                            (class ids 1..80 in sorted COCO category order, 0 = background,
+                             255 = ignore)"""
+
+SPLIT_STYLES = ("interleaved", "contiguous")
+CROWD_MODES = ("ignore", "include", "background")
+
+
+def coco_fold_classes(
+    fold: int, split_style: str = "interleaved", num_classes: int = 80, num_folds: int = 4
+) -> list[int]:
+    """Test classes (contiguous ids 1..num_classes) of a COCO-20i fold.
+
+    ``"interleaved"`` (default; PFENet's ``use_split_coco``): fold i tests
+    ``i+1, i+5, i+9, ...``. ``"contiguous"``: fold i tests the i-th block of
+    ``num_classes / num_folds`` classes (``20i+1 .. 20i+20`` for COCO).
+    """
+    if split_style not in SPLIT_STYLES:
+        raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {split_style!r}")
+    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ValueError(f"`fold` must be in 0..{num_folds - 1}, got {fold!r}")
+    if split_style == "interleaved":
+        return list(range(fold + 1, num_classes + 1, num_folds))
+    per = num_classes // num_folds
+    return list(range(fold * per + 1, (fold + 1) * per + 1))
+
+
+class CocoFewShot(EpisodicDataset):
+    """COCO-20i episodes (REFERENCE §5).
+
+    ``annotation_format="json"`` reads ``instances_{train,val}2014.json`` with
+    pycocotools and rasterises the instances into a class map per image: the 80
+    categories get contiguous ids 1..80 in increasing COCO category id order;
+    instances are painted largest first so that smaller objects stay visible;
+    crowd regions (``iscrowd=1``) become 255 = ignore by default (``crowd="include"``
+    paints them as their class, ``"background"`` drops them). ``"png"`` reads
+    pre-converted masks holding those contiguous ids.
+
+    Train episodes use ``train2014`` with the fold's 60 train classes, test
+    episodes ``val2014`` with its 20 test classes (20000 episodes by default).
+    The index is cached beside the annotations (see :class:`PascalFewShot`).
+
+    Args:
+        root: folder with ``train2014/``, ``val2014/`` and ``annotations/``.
+        fold: 0-3.
+        split: ``"train"`` or ``"val"`` (``"test"`` is an alias).
+        shots: K.
+        split_style: ``"interleaved"`` (default) or ``"contiguous"`` fold classes.
+        episodes: number of episodes (default 20000 for val, all pairs for train).
+        transform: see :class:`PascalFewShot`; default scale aug 0.8-1.25.
+        seed: episode / augmentation seed.
+        image_size: crop / test size of the default transforms.
+        strict: raise on unusable pairs instead of skipping them.
+        annotation_format: ``"json"`` or ``"png"``.
+        crowd: ``"ignore"`` (default), ``"include"`` or ``"background"``.
+        fold_classes: explicit test class ids (contiguous ids) of the fold.
+        min_pixels: eligibility threshold (2048).
+        cache: write/read the index cache.
+
+    Example:
+        >>> ds = CocoFewShot("/data/coco", fold=0, split="val", shots=1)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        fold: int = 0,
+        split: str = "train",
+        shots: int = 1,
+        split_style: str = "interleaved",
+        episodes: int | None = None,
+        transform: Callable | None = None,
+        seed: int = 321,
+        image_size: int = 473,
+        strict: bool = False,
+        annotation_format: str = "json",
+        crowd: str = "ignore",
+        fold_classes: Sequence[int] | None = None,
+        min_pixels: int = 2048,
+        cache: bool = True,
+    ) -> None:
+        root = Path(root)
+        split = {"test": "val"}.get(split, split)
+        if split not in ("train", "val"):
+            raise ValueError(f"`split` must be 'train' or 'val', got {split!r}")
+        if annotation_format not in ("json", "png"):
+            raise ValueError(
+                f"`annotation_format` must be 'json' or 'png', got {annotation_format!r}"
+            )
+        if crowd not in CROWD_MODES:
+            raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {crowd!r}")
+        if split_style not in SPLIT_STYLES:
+            raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {split_style!r}")
+        if not root.is_dir():
+            raise DataLayoutError(f"dataset root {root} does not exist\n{COCO_LAYOUT}")
+        self.root = root
+        self.crowd = crowd
+        self.annotation_format = annotation_format
+        image_dir = root / f"{split}2014"
+        if not image_dir.is_dir():
+            raise DataLayoutError(f"image folder {image_dir} not found\n{COCO_LAYOUT}")
+
+        if annotation_format == "json":
+            ann_file = root / "annotations" / f"instances_{split}2014.json"
+            if not ann_file.is_file():
+                raise DataLayoutError(f"annotation file {ann_file} not found\n{COCO_LAYOUT}")
+            entries, n_classes = self._load_json(ann_file, image_dir)
+            st = ann_file.stat()
+            extra = f"{ann_file.name}:{st.st_size}:{st.st_mtime_ns}|crowd={crowd}"
+            cache_file = ann_file.parent / f".fewshot_index_{split}2014_{crowd}.json"
+        else:
+            mask_dir = root / "annotations" / f"{split}2014"
+            if not mask_dir.is_dir():
+                raise DataLayoutError(f"mask folder {mask_dir} not found\n{COCO_LAYOUT}")
+            self._anns, self.category_ids = {}, []
+            entries = [
+                Entry(p.stem, image_dir / f"{p.stem}.jpg", p) for p in sorted(mask_dir.glob("*.png"))
+            ]
+            n_classes, extra = 80, "png"
+            cache_file = mask_dir.parent / f".fewshot_index_{split}2014_png.json"
+        self.num_classes = n_classes
+        if fold_classes is not None:
+            test = sorted({int(c) for c in fold_classes})
+            if not test or any(not 1 <= c <= n_classes for c in test):
+                raise ValueError(
+                    f"`fold_classes` must be class ids in 1..{n_classes}, got {list(fold_classes)}"
+                )
+        else:
+            test = coco_fold_classes(fold, split_style, n_classes)
+        self.fold, self.split_style = fold, split_style
+        self.test_class_ids = test
+        self.train_class_ids = [c for c in range(1, n_classes + 1) if c not in test]
+
+        scan = scan_entries(
+            entries,
+            self.read_label,
+            cache_file if cache else None,
+            description=f"indexing COCO {split}2014",
+            extra_key=extra,
+        )
+        is_train = split == "train"
+        if transform is None:
+            transform = (
+                TrainTransform(image_size, scale=(0.8, 1.25)) if is_train else TestTransform(image_size)
+            )
+        super().__init__(
+            entries,
+            scan,
+            self.train_class_ids if is_train else test,
+            shots=shots,
+            split="train" if is_train else "test",
+            episodes=episodes if (episodes is not None or is_train) else 20000,
+            transform=transform,
+            seed=seed,
+            min_pixels=min_pixels,
+            strict=strict,
+        )
+
+    def _load_json(self, ann_file: Path, image_dir: Path) -> tuple[list[Entry], int]:
+        try:
+            from pycocotools import mask as _  # noqa: F401
+        except ImportError as err:  # pragma: no cover - optional dependency
+            raise ImportError(
+                "CocoFewShot(annotation_format='json') needs pycocotools: "
+                "pip install 'fewshot_priors[coco]'"
+            ) from err
+        try:
+            data = json.loads(ann_file.read_text())
+            cats = sorted(int(c["id"]) for c in data["categories"])
+            images = data["images"]
+            anns = data["annotations"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataLayoutError(f"cannot parse COCO annotations {ann_file}: {err}") from err
+        self.category_ids = cats
+        contiguous = {cid: i + 1 for i, cid in enumerate(cats)}
+        per_image: dict[int, list[tuple[int, object, int, float]]] = {}
+        for a in anns:
+            cid = contiguous.get(int(a["category_id"]))
+            if cid is None:
+                continue
+            per_image.setdefault(int(a["image_id"]), []).append(
+                (cid, a["segmentation"], int(a.get("iscrowd", 0)), float(a.get("area", 0.0)))
+            )
+        self._anns = {}
+        entries = []
+        for im in sorted(images, key=lambda d: d["file_name"]):
+            iid = int(im["id"])
+            # painting order: crowd first (so instances stay on top), then largest first
+            objs = sorted(per_image.get(iid, []), key=lambda o: (-o[2], -o[3]))
+            self._anns[iid] = (int(im["height"]), int(im["width"]), objs)
+            entries.append(Entry(Path(im["file_name"]).stem, image_dir / im["file_name"], iid))
+        return entries, len(cats)
+
+    def read_label(self, entry: Entry) -> np.ndarray:
+        if self.annotation_format == "png":
+            return read_label(entry.label)
+        from pycocotools import mask as mask_utils
+
+        h, w, objs = self._anns[entry.label]
+        label = np.zeros((h, w), dtype=np.uint8)
+        for cid, seg, crowd, _ in objs:
+            if crowd and self.crowd == "background":
+                continue
+            try:
+                if isinstance(seg, list):  # polygons
+                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+                elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+                    rle = mask_utils.frPyObjects(seg, h, w)
+                else:  # compressed RLE
+                    rle = seg
+                with warnings.catch_warnings():  # numpy-2 copy= notice inside pycocotools
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    m = mask_utils.decode(rle).astype(bool)
+            except (TypeError, ValueError, AttributeError, KeyError) as err:
+                raise BadDataError(
+                    f"bad segmentation in COCO image {entry.name} (id {entry.label}): {err}"
+                ) from err
+            if m.shape != (h, w):
+                raise BadDataError(
+                    f"segmentation of COCO image {entry.name} is {m.shape}, expected {(h, w)}"
+                )
+            label[m] = IGNORE_INDEX if (crowd and self.crowd == "ignore") else cid
+        return label
