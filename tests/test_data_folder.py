@@ -1,0 +1,78 @@
+"""FolderFewShot on a tiny FSS-1000-style folder tree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _data_fixtures import write_image
+from PIL import Image
+
+from fewshot_priors.data import DataLayoutError, FolderFewShot
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+
+
+def _make(root, n=4, mask_style="255"):
+    rng = np.random.default_rng(0)
+    for ci, c in enumerate(CLASSES):
+        d = root / c
+        d.mkdir(parents=True)
+        for i in range(n):
+            write_image(d / f"{i}.jpg", rng, hw=(40, 50))
+            m = np.zeros((40, 50), np.uint8)
+            m[5 : 15 + 5 * i, 10 : 30 + ci] = 255 if mask_style == "255" else 1
+            if mask_style == "01ignore":
+                m[0, :] = 255
+            Image.fromarray(m).save(d / f"{i}.png")
+    return root
+
+
+def test_class_split_by_list_and_masks(tmp_path):
+    root = _make(tmp_path / "fss")
+    tr = FolderFewShot(root, split="train", test_classes=["cat", "eel"], image_size=32)
+    te = FolderFewShot(root, split="test", shots=2, test_classes=["cat", "eel"], image_size=32)
+    assert tr.class_ids == [1, 2, 4] and te.class_ids == [3, 5]
+    assert te.class_names[3] == "cat" and len(te) == 1000 and len(tr) == 12
+    ep = te[0]
+    name = ep["query_name"]
+    assert name.split("/")[0] in ("cat", "eel") and name not in ep["support_names"]
+    c = CLASSES.index(name.split("/")[0])
+    i = int(name.split("/")[1])
+    assert int(ep["query_mask_orig"].sum()) == (10 + 5 * i) * (20 + c)  # 0/255 -> 1
+    assert ep["support_images"].shape == (2, 3, 32, 32)
+
+
+def test_ratio_split_is_seeded_and_disjoint(tmp_path):
+    root = _make(tmp_path / "fss")
+    a = FolderFewShot(root, split="test", test_ratio=0.4, seed=1, image_size=32)
+    b = FolderFewShot(root, split="test", test_ratio=0.4, seed=1, image_size=32)
+    tr = FolderFewShot(root, split="train", test_ratio=0.4, seed=1, image_size=32)
+    assert a.class_ids == b.class_ids and len(a.class_ids) == 2
+    assert not set(a.class_ids) & set(tr.class_ids) and len(tr.class_ids) == 3
+    seeds = {tuple(FolderFewShot(root, split="test", test_ratio=0.4, seed=s).class_ids)
+             for s in range(6)}
+    assert len(seeds) > 1
+
+
+def test_01_masks_with_ignore(tmp_path):
+    root = _make(tmp_path / "fss", mask_style="01ignore")
+    te = FolderFewShot(root, split="test", test_classes=["ant"], episodes=3, image_size=32)
+    m = te[0]["query_mask_orig"]
+    assert (m[0] == 255).all() and set(torch.unique(m).tolist()) == {0, 1, 255}
+
+
+def test_errors(tmp_path):
+    with pytest.raises(DataLayoutError, match="does not exist"):
+        FolderFewShot(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataLayoutError, match="class folders"):
+        FolderFewShot(tmp_path / "empty")
+    root = _make(tmp_path / "fss")
+    with pytest.raises(ValueError, match="zebra"):
+        FolderFewShot(root, test_classes=["zebra"])
+    with pytest.raises(ValueError, match="test_ratio"):
+        FolderFewShot(root, test_ratio=1.5)
+    (root / "ant" / "2.png").unlink()  # image without mask
+    with pytest.warns(UserWarning, match="2.png"):
+        FolderFewShot(root, split="test", test_classes=["ant"], shots=1)
