@@ -53,6 +53,11 @@ def test_ratio_split_is_seeded_and_disjoint(tmp_path):
     seeds = {tuple(FolderFewShot(root, split="test", test_ratio=0.4, seed=s).class_ids)
              for s in range(6)}
     assert len(seeds) > 1
+    folds = [FolderFewShot(root, split="test", test_ratio=0.2, fold=f, seed=1).class_ids
+             for f in range(5)]
+    assert sorted(c for f in folds for c in f) == [1, 2, 3, 4, 5]  # folds partition the classes
+    with pytest.raises(ValueError, match="fold"):
+        FolderFewShot(root, split="test", test_ratio=0.2, fold=5)
 
 
 def test_01_masks_with_ignore(tmp_path):

@@ -34,6 +34,8 @@ class FolderFewShot(EpisodicDataset):
         split: ``"train"`` or ``"test"`` (``"val"`` is an alias).
         test_classes: folder names of the test classes; default: drawn by ``test_ratio``.
         test_ratio: share of classes held out for testing when ``test_classes`` is None.
+        fold: with ``test_classes=None``, which disjoint block of the seeded class
+            permutation is held out (cross-validation over classes; default 0).
         seed: seed of the class split, the episodes and the augmentation.
         image_ext: image file extension(s) to look for.
         mask_ext: mask file extension.
@@ -62,6 +64,7 @@ class FolderFewShot(EpisodicDataset):
         split: str = "train",
         test_classes: Sequence[str] | None = None,
         test_ratio: float = 0.2,
+        fold: int | None = None,
         seed: int = 321,
         image_ext: str | Sequence[str] = (".jpg", ".jpeg", ".png"),
         mask_ext: str = ".png",
@@ -103,7 +106,14 @@ class FolderFewShot(EpisodicDataset):
                     f"`test_ratio` {test_ratio} leaves no training class among {len(class_dirs)}"
                 )
             perm = np.random.default_rng([seed, 99991]).permutation(len(class_dirs))
-            test = sorted(int(i) + 1 for i in perm[:n_test])
+            f = 0 if fold is None else fold
+            n_folds = len(class_dirs) // n_test
+            if not isinstance(f, int) or not 0 <= f < n_folds:
+                raise ValueError(
+                    f"`fold` must be in 0..{n_folds - 1} for {len(class_dirs)} classes and "
+                    f"test_ratio={test_ratio}, got {fold!r}"
+                )
+            test = sorted(int(i) + 1 for i in perm[f * n_test : (f + 1) * n_test])
         self.test_class_ids = test
         self.train_class_ids = [c for c in self.class_names if c not in test]
         use = test if split == "test" else self.train_class_ids
