@@ -137,6 +137,7 @@ def run_benchmark(
     role: str = "library",
     rounds: int | None = None,
     flops: float | None = None,
+    measure_memory: bool = True,
     **extra,
 ):
     """Time ``fn`` (synchronised on CUDA) with pytest-benchmark and record peak memory.
@@ -151,7 +152,7 @@ def run_benchmark(
         return out
 
     call()  # warm-up: autotuning, lazy init, allocator caches
-    peak, how = peak_memory(call, device)
+    peak, how = peak_memory(call, device) if measure_memory else (None, "not measured")
     benchmark.group = group
     benchmark.extra_info.update(
         impl=impl,
@@ -164,7 +165,7 @@ def run_benchmark(
     )
     if rounds is None:
         rounds = 20 if device.type == "cuda" else 3
-    return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
+    return benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1 if measure_memory else 0)
 
 
 # ----------------------------------------------------------------------------- RESULTS.md
@@ -172,12 +173,29 @@ def run_benchmark(
 GPU_TARGETS = [
     "Region maps, batch 8, C = 2048, 60x60, 1-shot and 5-shot: fused >= 10x faster than the "
     "PFENet-style fp32 reference (same run), temporary memory <= 64 MiB, >= 50 % of the bf16 "
-    "matmul rate (same run) for the matmul part (groups `region maps ... [cuda]`).",
+    "matmul rate (same run) for the matmul part (groups `region maps ... [cuda]`; the `fused-guided` "
+    "row is the K-shot path with the masks folded into the kernel, `library` goes through "
+    "`guided_region_map`, which still makes B*K copies of the query and of the masked support).",
     "Region maps at C = 256 and the COCO size (batch 32, 81x81): speed-up and memory (same groups).",
+    "Fused kernel accuracy at the real sizes: `tests/test_fused.py::test_real_sizes_on_gpu` "
+    "(bf16 <= 1e-2, tf32 <= 1e-3 on the normalised map).",
     "QGNet training step and 1-shot / 5-shot inference at 473 with ResNet-50: >= 3x the "
     "episodes/s of the same model with reference region maps in fp32 (`test_bench_models.py`).",
     "GlobalLocalMoCo step: local loss <= 20 % over global-only (`test_bench_models.py`).",
-    "Data loading keeps up with the training loop at the paper's batch sizes (not benchmarked here yet).",
+    "Data loading keeps up: `data loading` episodes/s (default workers) >= the QGNet training "
+    "step's episodes/s at batch 4 (`test_bench_data.py`, compare with `test_bench_models.py`).",
+]
+# The two numbers (METHOD.md) for the headline region-map case, to judge the GPU rows against.
+GPU_FLOORS = [
+    "batch 8, 1-shot, C = 2048, 60x60: 2 * 8 * 3600^2 * 2048 = 425 GFLOP -> 0.55 ms at the "
+    "measured ~772 TFLOP/s bf16 (REFERENCE.md 8); inputs read once: 2 x 236 MB fp32 -> ~0.15 ms at "
+    "~3 TB/s. Compute-bound: floor ~0.55 ms (5-shot: ~2.8 ms); 10x over the ~10 ms reference "
+    "needs <= 1 ms, i.e. >= 55 % of the bf16 rate.",
+    "Prediction to check: with fp32 features the kernel loads fp32 tiles and rounds them to bf16 "
+    "in registers, so each 128x128x64 step moves 64 KB through L2/shared memory for 2 MFLOP "
+    "(32 FLOP/byte): it may be L2-bandwidth-bound near ~1-1.5 ms for 1-shot. bf16 features "
+    "(QGNet under bf16 autocast) halve those bytes. If the fp32 row misses 10x, the next step is "
+    "a bf16 copy of the inputs (2 x 118 MB: over the 64 MiB temporary budget) or bf16 features.",
 ]
 GPU_COMMAND = "python3 -m pytest benchmarks --results-md benchmarks/RESULTS.md"
 
@@ -254,8 +272,12 @@ def write_results(path: Path, benchmarks, config) -> None:
             "",
             *[f"- {t}" for t in GPU_TARGETS],
             "",
-            "Measure them on the H100 with (CUDA is picked automatically; the fused kernel's",
-            "correctness at real sizes is checked by `tests/test_fused.py` on the same machine):",
+            "Floors and predictions to compare the GPU numbers with:",
+            "",
+            *[f"- {t}" for t in GPU_FLOORS],
+            "",
+            "Measure on the H100 with (CUDA is picked automatically; the first command checks the",
+            "fused kernel's accuracy at the real sizes):",
             "",
             "```",
             "python3 -m pytest tests/test_fused.py -q",

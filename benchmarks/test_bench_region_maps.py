@@ -24,7 +24,10 @@ CASES = {
     "guided 1-shot COCO": {"cuda": (32, 2048, 81, 1), "cpu": (4, 256, 41, 1)},
     "prior map": {"cuda": (8, 256, 60, 1), "cpu": (2, 256, 30, 1)},
 }
-IMPLS = ["reference", "library", "library-chunked-16MiB", "fused-tf32", "fused-guided", "bf16-matmul"]
+IMPLS = [
+    "reference", "library", "library-chunked-16MiB", "fused-tf32", "fused-guided", "fused-guided-bf16-features",
+    "bf16-matmul",
+]
 SMALL_BUDGET = 16 * 2**20
 
 _DATA: dict = {}
@@ -54,7 +57,7 @@ def fused_guided_map(query: torch.Tensor, support: torch.Tensor, masks: torch.Te
     b, k, c, h, w = support.shape
     weight = resize_mask(masks, (h, w))
     values, _ = fused.guided_max_cosine(query.flatten(2), support.flatten(3), weight.flatten(2))
-    s = minmax_normalize(values.flatten(0, 1), 1e-7)
+    s = minmax_normalize(values.flatten(0, 1).float(), 1e-7)
     return s.view(b, k, *query.shape[-2:]).mean(dim=1, keepdim=True)
 
 
@@ -68,7 +71,7 @@ def _flops(case: str, device: torch.device) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_region_map(benchmark, device, case, impl):
     gpu = on_gpu(device)
-    if impl in ("fused-tf32", "fused-guided", "bf16-matmul") and not (gpu and fused.is_available()):
+    if (impl.startswith("fused") or impl == "bf16-matmul") and not (gpu and fused.is_available()):
         pytest.skip("needs CUDA and Triton")
     query, support, masks = _inputs(case, device)
     b, c, side, k = CASES[case][device.type]
@@ -77,10 +80,14 @@ def test_region_map(benchmark, device, case, impl):
 
     if impl == "reference":
         fn = (lambda: pfenet_prior(query, support0)) if prior else (lambda: pfenet_guided_map(query, support, masks))
-    elif impl == "fused-guided":
+    elif impl.startswith("fused-guided"):
         if prior:
             pytest.skip("the prior map has no masks or shots: `library` is already the plain kernel")
-        fn = lambda: fused_guided_map(query, support, masks)  # noqa: E731
+        if impl.endswith("bf16-features"):  # features as they come out of a bf16-autocast backbone
+            qb, sb = query.to(torch.bfloat16), support.to(torch.bfloat16)
+            fn = lambda: fused_guided_map(qb, sb, masks)  # noqa: E731
+        else:
+            fn = lambda: fused_guided_map(query, support, masks)  # noqa: E731
     elif impl == "bf16-matmul":
         # the same FLOPs as one plain bf16 batched matmul: the tensor-core ceiling of this run
         xq = query.flatten(2).transpose(1, 2).to(torch.bfloat16).repeat_interleave(k, 0).contiguous()
@@ -125,7 +132,7 @@ def test_region_map(benchmark, device, case, impl):
             group=f"region maps: {case} (B={b}, C={c}, {side}x{side}, K={k}) [{device.type}]",
             impl=impl if impl != "library" else f"library (auto -> {backend})",
             role="reference" if impl == "reference" else ("ceiling" if impl == "bf16-matmul" else "library"),
-            flops=_flops(case, device) if impl in ("library", "fused-tf32", "fused-guided", "bf16-matmul") and gpu else None,
+            flops=_flops(case, device) if gpu and impl not in ("reference", "library-chunked-16MiB") else None,
             notes=notes,
         )
 
