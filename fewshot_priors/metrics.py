@@ -113,7 +113,11 @@ class FewShotSegMeter:
         self.fb_union += torch.stack([union_b.sum(), union.sum()])
 
     def compute(self) -> dict[str, Any]:
-        """``{"miou", "fbiou", "per_class_iou": {class_id: iou}, "episodes"}`` (fractions in 0..1)."""
+        """Scores as fractions in 0..1.
+
+        Returns:
+            ``{"miou", "fbiou", "per_class_iou": {class_id: iou}, "episodes": count}``.
+        """
         iou = self.intersection / (self.union + _EPS)
         fb = self.fb_intersection / (self.fb_union + _EPS)
         return {

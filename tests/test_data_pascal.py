@@ -167,7 +167,9 @@ def test_index_cache_is_reused_and_invalidated(pascal_root, monkeypatch):
 
 
 def test_grey_labels_and_train_txt_fallback(tmp_path):
-    root = make_pascal(tmp_path / "p", TRAIN_SPEC, VAL_SPEC, train_list="train.txt", grey_labels=True)
+    root = make_pascal(
+        tmp_path / "p", TRAIN_SPEC, VAL_SPEC, train_list="train.txt", grey_labels=True
+    )
     tr = PascalFewShot(root, split="train", **KW)
     assert _names(tr, tr.class_images[3]) == {"t0", "t1", "t2", "t5"}
 

@@ -132,9 +132,8 @@ class CocoFewShot(EpisodicDataset):
             if not mask_dir.is_dir():
                 raise DataLayoutError(f"mask folder {mask_dir} not found\n{COCO_LAYOUT}")
             self._anns, self.category_ids = {}, []
-            entries = [
-                Entry(p.stem, image_dir / f"{p.stem}.jpg", p) for p in sorted(mask_dir.glob("*.png"))
-            ]
+            masks = sorted(mask_dir.glob("*.png"))
+            entries = [Entry(p.stem, image_dir / f"{p.stem}.jpg", p) for p in masks]
             n_classes, extra = 80, "png"
             cache_file = mask_dir.parent / f".fewshot_index_{split}2014_png.json"
         self.num_classes = n_classes
@@ -159,9 +158,10 @@ class CocoFewShot(EpisodicDataset):
         )
         is_train = split == "train"
         if transform is None:
-            transform = (
-                TrainTransform(image_size, scale=(0.8, 1.25)) if is_train else TestTransform(image_size)
-            )
+            if is_train:
+                transform = TrainTransform(image_size, scale=(0.8, 1.25))
+            else:
+                transform = TestTransform(image_size)
         super().__init__(
             entries,
             scan,

@@ -299,7 +299,9 @@ def _restore_one(x: torch.Tensor, valid_hw: Any, orig_hw: Any) -> torch.Tensor:
                 f"got shape {tuple(x.shape)}"
             )
         if h > x.shape[-2] or w > x.shape[-1]:
-            raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape[-2:])}"
+            )
         logits = x[None, :, :h, :w]
         logits = F.interpolate(logits, size=(H0, W0), mode="bilinear", align_corners=False)[0]
         if logits.shape[0] == 1:

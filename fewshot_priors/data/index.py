@@ -174,7 +174,9 @@ def _load_cache(path: Path, key: str) -> ScanResult | None:
         return None
     try:
         return ScanResult(
-            counts={n: {int(k): int(v) for k, v in d.items()} for n, d in payload["counts"].items()},
+            counts={
+                n: {int(k): int(v) for k, v in d.items()} for n, d in payload["counts"].items()
+            },
             sizes={n: (int(s[0]), int(s[1])) for n, s in payload["sizes"].items()},
             bad=dict(payload["bad"]),
         )

@@ -159,9 +159,10 @@ class PascalFewShot(EpisodicDataset):
         )
         is_train = split == "train"
         if transform is None:
-            transform = (
-                TrainTransform(image_size, scale=(0.9, 1.1)) if is_train else TestTransform(image_size)
-            )
+            if is_train:
+                transform = TrainTransform(image_size, scale=(0.9, 1.1))
+            else:
+                transform = TestTransform(image_size)
         super().__init__(
             entries,
             scan,
