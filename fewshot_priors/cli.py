@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -85,8 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="episode seed (default: eval.seed)")
 
     p = sub.add_parser("pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the pretraining command (see --help)")
+                       description="Pretrain GlobalLocalMoCo (global + superpixel-local InfoNCE) on unlabelled "
+                                   "images and export the encoder as <output-dir>/prior_extractor.safetensors "
+                                   "(pass it to training as model.prior_weights).")
+    p.add_argument("--images", required=True, help="image folder, .txt list of paths, or a glob-free path list file")
+    p.add_argument("--output-dir", default="runs/pretrain", help="run folder (default runs/pretrain)")
+    p.add_argument("--backbone", default="resnet50", help="timm encoder name (default resnet50)")
+    p.add_argument("--epochs", type=int, default=200, help="epochs (paper: 1000 PASCAL, 200 COCO)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size (lr = 0.03 x batch / 256)")
+    p.add_argument("--size", type=int, default=224, help="crop size of the two views (224)")
+    p.add_argument("--superpixels", choices=["slic", "felzenszwalb"], default="slic", help="patch method (slic)")
+    p.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="any PretrainConfig field, e.g. --set queue_size=16384 local_weight=0 num_workers=8")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -210,17 +221,28 @@ def _cmd_visualize(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    try:
-        from fewshot_priors.engine import pretrain
-    except ImportError as exc:  # pragma: no cover - depends on the installed version
-        print(f"prior-extractor pretraining is not available in this version: {exc}", file=sys.stderr)
-        return 2
-    entry = getattr(pretrain, "main", None)
-    if entry is None:  # pragma: no cover
-        print("fewshot_priors.engine.pretrain has no command-line entry point (main)", file=sys.stderr)
-        return 2
-    rc = entry(list(args.args))
-    return int(rc or 0)
+    import dataclasses
+
+    import yaml
+
+    from fewshot_priors.config import ConfigError
+    from fewshot_priors.engine.pretrain import PretrainConfig, pretrain
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    overrides = {}
+    for text in args.overrides:
+        if "=" not in text:
+            raise ConfigError(f"pretrain override {text!r} must look like field=value (e.g. queue_size=16384)")
+        key, value = text.split("=", 1)
+        if key not in fields:
+            raise ConfigError(f"unknown pretrain field {key!r}; valid: {', '.join(sorted(fields))}")
+        overrides[key] = yaml.safe_load(value)
+    res = pretrain(images=args.images, output_dir=args.output_dir, backbone=args.backbone, epochs=args.epochs,
+                   batch_size=args.batch_size, size=args.size, superpixel_method=args.superpixels,
+                   resume=bool(args.resume), progress=not args.no_progress, **overrides)
+    if res.get("prior_extractor"):
+        print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")
+    return 0
 
 
 _COMMANDS = {

@@ -129,3 +129,25 @@ def test_train_eval_visualize_round_trip(tmp_path, capsys):
     assert main(["visualize", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"),
                  "--episodes", "2", "--output", str(fig), *common]) == 0
     assert fig.stat().st_size > 1000
+
+
+def test_pretrain_command_exports_a_loadable_prior_extractor(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from fewshot_priors.models.backbone import create_backbone
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "nope=1"]) == 2
+    assert "unknown pretrain field 'nope'" in capsys.readouterr().err
+    args = ["pretrain", "--images", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "pre"),
+            "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--size", "32", "--no-progress",
+            "--set", "queue_size=8", "local_queue_size=16", "dim=8", "mlp_hidden=16", "n_segments=8",
+            "max_patches=8", "tensorboard=false"]
+    assert main(args) == 0
+    export = tmp_path / "pre" / "prior_extractor.safetensors"
+    assert export.is_file()
+    create_backbone("resnet18", weights=export)  # loads without missing / unexpected keys

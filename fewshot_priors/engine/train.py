@@ -171,10 +171,6 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _model_inputs(batch: Mapping[str, Any]) -> tuple[tuple, dict]:
-    return (batch["query_image"], batch["support_images"], batch["support_masks"]), {}
-
-
 def _autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
