@@ -240,8 +240,9 @@ class TestTransform:
         m = _as_mask(mask, image)
         h, w = img.shape[-2:]
         S = self.size
-        r = S / max(h, w)
-        nh, nw = min(S, max(1, int(round(h * r)))), min(S, max(1, int(round(w * r))))
+        # PFENet's test resize: the longer side becomes S, the other int(side * S / longer)
+        nh = S if h >= w else max(1, int(h * S / w))
+        nw = S if w >= h else max(1, int(w * S / h))
         if (nh, nw) != (h, w):
             img, m = _resize_pair(img, m, (nh, nw))
         fill = torch.tensor(
