@@ -247,3 +247,27 @@ def test_bad_arguments(pascal_root):
     ds = PascalFewShot(pascal_root, split="val", episodes=3, **KW)
     with pytest.raises(IndexError):
         ds[3]
+
+
+def test_corrupt_or_unwritable_cache_falls_back(pascal_root, tmp_path, monkeypatch):
+    PascalFewShot(pascal_root, split="train", **KW)
+    (cache,) = (pascal_root / "VOC2012").glob(".fewshot_index_*train_aug.json")
+    cache.write_text("{ truncated")
+    tr = PascalFewShot(pascal_root, split="train", **KW)  # re-scanned, not crashed
+    assert _names(tr, tr.class_images[3]) == {"t0", "t1", "t2", "t5"}
+    assert json.loads(cache.read_text())["counts"]["t1"] == {"3": 3000}
+    # a read-only data folder: the cache goes to $FEWSHOT_PRIORS_CACHE instead
+    import fewshot_priors.data.index as index_mod
+
+    real_write = index_mod._write_json_atomic
+
+    def no_write_beside_data(path, payload):
+        if pascal_root in path.parents:
+            raise PermissionError(path)
+        real_write(path, payload)
+
+    cache.unlink()
+    monkeypatch.setenv("FEWSHOT_PRIORS_CACHE", str(tmp_path / "user_cache"))
+    monkeypatch.setattr(index_mod, "_write_json_atomic", no_write_beside_data)
+    PascalFewShot(pascal_root, split="train", **KW)
+    assert not cache.exists() and len(list((tmp_path / "user_cache").glob("*.json"))) == 1

@@ -139,10 +139,9 @@ def scan_entries(
         except BadDataError as err:
             result.bad[e.name] = str(err)
             continue
-        ids, n = np.unique(label, return_counts=True)
-        result.counts[e.name] = {
-            int(i): int(c) for i, c in zip(ids, n) if i != 0 and i != IGNORE_INDEX
-        }
+        hist = np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=256)
+        hist[[0, IGNORE_INDEX]] = 0
+        result.counts[e.name] = {int(i): int(hist[i]) for i in np.flatnonzero(hist)}
         result.sizes[e.name] = (int(label.shape[0]), int(label.shape[1]))
 
     if candidates:
