@@ -60,7 +60,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Whether the kernel below was built for Triton's interpreter: TRITON_INTERPRET is
 # read when ``@triton.jit`` runs, i.e. when this module is imported.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+def _interpret_requested() -> bool:
+    if triton is None:
+        return False
+    try:  # triton's own reading of TRITON_INTERPRET (accepts 1 / true / on / yes)
+        return bool(triton.knobs.runtime.interpret)
+    except Exception:  # pragma: no cover - older triton without knobs
+        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+_INTERPRET = _interpret_requested()
 
 
 def interpreting() -> bool:
