@@ -1,0 +1,117 @@
+"""MkDocs hook: draw the Concepts page's figures with the library itself at build time.
+
+The figures are added to the site as generated files (never written into ``docs/``),
+so they always reflect the current code. Each figure is a function returning PNG
+bytes; :func:`on_files` registers them under ``figures/``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _toy_scene(size: int = 48, seed: int = 0):
+    """A query and a support scene: one elliptical object on a textured background.
+
+    Returns the query image (H, W, 3 floats), the query and support object masks
+    (H, W bool) and a torch.Generator for the toy features.
+    """
+    import numpy as np
+    import torch
+    from skimage import data
+    from skimage.draw import ellipse
+    from skimage.transform import resize
+
+    grass = resize(data.grass(), (size, size), anti_aliasing=True)
+    brick = resize(data.brick(), (size, size), anti_aliasing=True)
+
+    def mask(cy, cx, ry, rx):
+        m = np.zeros((size, size), bool)
+        rr, cc = ellipse(cy * size, cx * size, ry * size, rx * size, shape=m.shape)
+        m[rr, cc] = True
+        return m
+
+    query_mask = mask(0.55, 0.45, 0.25, 0.32)
+    support_mask = mask(0.4, 0.6, 0.3, 0.22)
+    img = np.stack([0.35 * grass, 0.55 * grass + 0.2, 0.25 * grass], -1)
+    obj = np.stack([0.75 * brick + 0.2, 0.45 * brick, 0.3 * brick], -1)
+    img[query_mask] = obj[query_mask]
+    return img.clip(0, 1), query_mask, support_mask, torch.Generator().manual_seed(seed)
+
+
+def opposite_region_maps() -> bytes:
+    """Toy version of Sec. 4.3: the guided map is high on the object, the prior map low.
+
+    Per-pixel toy features (C = 32) are drawn around two prototypes, one for
+    "background" and one for "object". The bridge and the support share that
+    feature space. The prior features keep the background prototype but move the
+    object to a new, unrelated direction: the paper's conjecture of what the
+    contrastively trained prior extractor does. The two maps are then computed
+    by :func:`fewshot_priors.prior_region_map` and :func:`fewshot_priors.guided_region_map`.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    from fewshot_priors import guided_region_map, prior_region_map
+
+    img, qmask, smask, g = _toy_scene()
+    c = 32
+    background, obj, moved = torch.randn(3, c, 1, 1, generator=g)
+
+    def features(mask, fg_proto):
+        m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+        noise = 0.6 * torch.randn(1, c, *mask.shape, generator=g)
+        return background * (1 - m) + fg_proto * m + noise
+
+    bridge = features(qmask, obj)  # supervised backbone, query
+    prior = features(qmask, moved)  # prior extractor, query
+    support = features(smask, obj)  # supervised backbone, support
+    support_mask = torch.as_tensor(smask, dtype=torch.float32)[None, None]
+
+    guided = guided_region_map(bridge, support, support_mask)[0, 0]
+    prior_map = prior_region_map(bridge, prior)[0, 0]
+
+    fig, axes = plt.subplots(1, 4, figsize=(11, 3))
+    panels = [
+        (img, "query image"),
+        (qmask, "query ground truth"),
+        (guided.numpy(), "guided region map\n(support -> query)"),
+        (prior_map.numpy(), "prior region map\n(prior -> bridge)"),
+    ]
+    for ax, (im, title) in zip(axes, panels):
+        ax.imshow(im, cmap=None if im.ndim == 3 else "viridis", vmin=0, vmax=1)
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(
+        "Toy features: object mean guided map "
+        f"{guided[torch.as_tensor(qmask)].mean():.2f} vs background {guided[~torch.as_tensor(qmask)].mean():.2f}; "
+        f"prior map {prior_map[torch.as_tensor(qmask)].mean():.2f} vs {prior_map[~torch.as_tensor(qmask)].mean():.2f}",
+        fontsize=9,
+    )
+    return _png(fig)
+
+
+FIGURES = {
+    "figures/opposite_region_maps.png": opposite_region_maps,
+}
+
+
+def on_files(files, config):
+    """Add every figure of :data:`FIGURES` to the site as a generated file."""
+    from mkdocs.structure.files import File
+
+    for uri, draw in FIGURES.items():
+        files.append(File.generated(config, uri, content=draw()))
+    return files
