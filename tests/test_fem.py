@@ -45,14 +45,18 @@ def test_biases_only_on_final_classifiers():
         assert conv.kernel_size == (1, 1) and conv.out_channels == 2
 
 
-def _reference(fem: FEMDecoder, q, proto, maps):
-    """Plain transcription of PFENet's FEM loop (REFERENCE §3), eval mode."""
+def _reference(fem: FEMDecoder, q, proto, maps, out_size=None):
+    """Plain transcription of PFENet's FEM loop (REFERENCE §3), eval mode.
+
+    ``out_size`` (PFENet: the input size): the final logits are resized from the
+    feature size, each auxiliary map straight from its bin."""
     def seq(mods, x):
         for m in mods:
             x = m(x)
         return x
 
     h, w = q.shape[-2:]
+    out_size = out_size or (h, w)
     outs, aux = [], []
     for i, b in enumerate(fem.bins):
         size = (max(1, int(h * b)), max(1, int(w * b))) if isinstance(b, float) else (b, b)
@@ -65,11 +69,12 @@ def _reference(fem: FEMDecoder, q, proto, maps):
             x = F.relu(F.conv2d(torch.cat([x, prev], 1), fem.alpha_conv[i - 1][0].weight)) + x
         beta = fem.beta_conv[i]
         x = F.relu(F.conv2d(F.relu(F.conv2d(x, beta[0].weight, padding=1)), beta[2].weight, padding=1)) + x
-        aux.append(F.interpolate(seq(fem.inner_cls[i], x), size=(h, w), mode="bilinear", align_corners=True))
+        aux.append(F.interpolate(seq(fem.inner_cls[i], x), size=out_size, mode="bilinear", align_corners=True))
         outs.append(F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True))
     x = F.relu(F.conv2d(torch.cat(outs, 1), fem.res1[0].weight))
     x = seq(fem.res2, x) + x
-    return seq(fem.cls, x), aux
+    logits = F.interpolate(seq(fem.cls, x), size=out_size, mode="bilinear", align_corners=True)
+    return logits, aux
 
 
 @pytest.mark.parametrize("bins", [(8, 4, 2, 1), (1.0, 0.5, 0.25, 0.125), (12, 3)])
@@ -88,6 +93,32 @@ def test_matches_plain_reference(bins):
         torch.testing.assert_close(a, r)
     # prototype given as B, C, 1, 1 is the same thing
     torch.testing.assert_close(fem(q, proto[..., None, None], maps)[0], logits)
+
+
+def test_output_size_resizes_aux_straight_from_each_bin():
+    """PFENet upsamples every inner_cls output from its bin directly to the input
+    size; resizing bin -> feature size -> input size (two bilinear steps) gives other
+    aux logits and so another auxiliary loss."""
+    torch.manual_seed(0)
+    fem = FEMDecoder(channels=16, n_maps=2, bins=(8, 4, 2, 1)).double().eval()
+    q = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    proto = torch.randn(2, 16, dtype=torch.float64)
+    maps = torch.rand(2, 2, 9, 11, dtype=torch.float64)
+    size = (65, 81)
+    logits, aux = fem(q, proto, maps, size=size)
+    ref_logits, ref_aux = _reference(fem, q, proto, maps, out_size=size)
+    assert logits.shape == (2, 2, *size) and all(a.shape == (2, 2, *size) for a in aux)
+    torch.testing.assert_close(logits, ref_logits)
+    for a, r in zip(aux, ref_aux):
+        torch.testing.assert_close(a, r)
+    # the two-step route is measurably different (so the check above can fail)
+    feat_aux = fem(q, proto, maps)[1]
+    two_step = F.interpolate(feat_aux[0], size=size, mode="bilinear", align_corners=True)
+    assert (two_step - aux[0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="size"):
+        fem(q, proto, maps, size=(0, 5))
+    with pytest.raises(ValueError, match="size"):
+        fem(q, proto, maps, size=65)
 
 
 def test_fraction_bins_follow_feature_size():

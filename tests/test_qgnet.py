@@ -119,6 +119,21 @@ def test_loss_is_main_plus_mean_aux(tiny):
     assert all_ignored.item() == 0.0
 
 
+def test_aux_logits_are_resized_from_each_bin_to_the_input(tiny):
+    """PFENet: inner_cls output (bin size) -> bilinear to the input size in ONE step."""
+    q, s, sm, _ = _episode(1, 1, 41, 37, seed=5)
+    captured = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: captured.append(o)) for m in tiny.decoder.inner_cls]
+    try:
+        out = tiny(q, s, sm)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [tuple(c.shape[-2:]) for c in captured] == [(6, 6), (3, 3), (2, 2), (1, 1)]
+    for c, a in zip(captured, out["aux_logits"]):
+        torch.testing.assert_close(a, F.interpolate(c, size=(41, 37), mode="bilinear", align_corners=True))
+
+
 # --------------------------------------------------------------------------- training
 
 

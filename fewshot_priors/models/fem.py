@@ -65,6 +65,13 @@ def _check_bins(bins: object) -> tuple[Bin, ...]:
     return tuple(out)
 
 
+def _check_size(size: object) -> tuple[int, int]:
+    if (isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+        raise ValueError(f"`size` must be a pair of positive ints (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 class FEMDecoder(nn.Module):
     """PFENet's Feature Enrichment Module with ``n_maps`` region maps.
 
@@ -146,7 +153,11 @@ class FEMDecoder(nn.Module):
         return query_feat, prototype, region_maps
 
     def forward(
-        self, query_feat: torch.Tensor, prototype: torch.Tensor, region_maps: torch.Tensor
+        self,
+        query_feat: torch.Tensor,
+        prototype: torch.Tensor,
+        region_maps: torch.Tensor,
+        size: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Decode the query.
 
@@ -155,15 +166,21 @@ class FEMDecoder(nn.Module):
             prototype: ``B, C`` or ``B, C, 1, 1`` support prototype (category guider).
             region_maps: ``B, n_maps, h, w`` region maps (any size; resized
                 bilinearly to every bin). QGNet's order: ``[guided, prior]``.
+            size: output ``(H_out, W_out)`` (e.g. the input image size); default
+                the feature size ``H, W``. As in PFENet, the final logits are
+                computed at the feature size and then resized, while every
+                auxiliary map is resized from its bin straight to ``size`` (one
+                bilinear resize, not two).
 
         Returns:
-            ``(logits, aux_logits)``: ``B, num_classes, H, W`` final logits at the
-            feature size, and one ``B, num_classes, H, W`` auxiliary logit map per
-            bin (upsampled to the feature size), largest bin first.
+            ``(logits, aux_logits)``: ``B, num_classes, H_out, W_out`` final logits,
+            and one ``B, num_classes, H_out, W_out`` auxiliary logit map per bin,
+            largest bin first.
         """
         query_feat, prototype, region_maps = self._check(query_feat, prototype, region_maps)
         height, width = query_feat.shape[-2:]
         feat_size = (height, width)
+        out_size = feat_size if size is None else _check_size(size)
         region_maps = region_maps.to(query_feat.dtype)
         prototype = prototype.to(query_feat.dtype)
         pyramid: list[torch.Tensor] = []
@@ -177,9 +194,12 @@ class FEMDecoder(nn.Module):
                 prev = F.interpolate(pyramid[idx - 1], size=size, mode="bilinear", align_corners=True)
                 merged = self.alpha_conv[idx - 1](torch.cat([merged, prev], dim=1)) + merged
             merged = self.beta_conv[idx](merged) + merged
-            aux.append(F.interpolate(self.inner_cls[idx](merged), size=feat_size, mode="bilinear",
+            aux.append(F.interpolate(self.inner_cls[idx](merged), size=out_size, mode="bilinear",
                                      align_corners=True))
             pyramid.append(F.interpolate(merged, size=feat_size, mode="bilinear", align_corners=True))
         x = self.res1(torch.cat(pyramid, dim=1))
         x = self.res2(x) + x
-        return self.cls(x), aux
+        logits = self.cls(x)
+        if out_size != feat_size:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+        return logits, aux

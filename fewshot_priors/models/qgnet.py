@@ -360,9 +360,9 @@ class QGNet(nn.Module):
                 maps.append(prior)
             region_maps = torch.cat(maps, dim=1)
 
-        logits, aux = self.decoder(query_feat, prototype.to(query_feat.dtype), region_maps.to(query_feat.dtype))
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
-        aux = [F.interpolate(a, size=size, mode="bilinear", align_corners=True) for a in aux]
+        logits, aux = self.decoder(
+            query_feat, prototype.to(query_feat.dtype), region_maps.to(query_feat.dtype), size=size
+        )
         out = {"logits": logits, "aux_logits": aux, "guided_map": guided, "prior_map": prior}
         if query_mask is not None:
             out["loss"] = self.loss(logits, aux, query_mask)
