@@ -19,7 +19,12 @@ from einops import rearrange
 
 from ._checks import check_float, check_rank, check_same, check_tensor, clean_mask
 from .pooling import resize_mask
-from .similarity import DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
+from .similarity import (
+    DEFAULT_MAX_CHUNK_BYTES,
+    max_cosine_similarity,
+    minmax_normalize,
+    resolve_backend,
+)
 
 __all__ = ["prior_region_map", "guided_region_map"]
 
@@ -127,11 +132,34 @@ def guided_region_map(
     check_same("batch size", "query", query.shape[0], "support", b)
     check_same("channel count", "query", query.shape[1], "support", c)
     h, w = query.shape[-2:]
+    if support.dtype != query.dtype:
+        dtype = torch.promote_types(support.dtype, query.dtype)
+        query, support = query.to(dtype), support.to(dtype)
     masks = resize_mask(masks.to(support.dtype), (hs, ws))
-    masked = support * masks.unsqueeze(2)
-    y = rearrange(masked, "b k c h w -> (b k) c (h w)")
     x = rearrange(query, "b c h w -> b c (h w)")
-    x = x.unsqueeze(1).expand(b, k, c, h * w).reshape(b * k, c, h * w)
-    s = max_cosine_similarity(x, y, eps, backend=backend, max_chunk_bytes=max_chunk_bytes)
-    s = minmax_normalize(s, eps)
-    return rearrange(s, "(b k) (h w) -> b k h w", b=b, k=k, h=h, w=w).mean(dim=1, keepdim=True)
+    if resolve_backend(backend, x) == "fused":
+        # masks folded into the kernel, query shared by the K shots: no per-shot copies
+        from . import fused
+
+        values, _ = fused.guided_max_cosine(x, support.flatten(3), masks.flatten(2), eps)
+        s = minmax_normalize(rearrange(values, "b k n -> (b k) n"), eps)
+        maps = rearrange(s, "(b k) n -> b k n", b=b, k=k)
+    else:
+        # one shot at a time: only one masked support copy is alive, the query is not copied
+        maps = torch.stack(
+            [
+                minmax_normalize(
+                    max_cosine_similarity(
+                        x,
+                        (support[:, i] * masks[:, i, None]).flatten(2),
+                        eps,
+                        backend=backend,
+                        max_chunk_bytes=max_chunk_bytes,
+                    ),
+                    eps,
+                )
+                for i in range(k)
+            ],
+            dim=1,
+        )
+    return rearrange(maps.mean(dim=1, keepdim=True), "b 1 (h w) -> b 1 h w", h=h, w=w)

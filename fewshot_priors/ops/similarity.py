@@ -144,6 +144,15 @@ def _fused_available(x: torch.Tensor) -> bool:
     return x.dtype in fused.SUPPORTED_DTYPES and fused.is_available()
 
 
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """The concrete backend ``"auto"`` stands for with features like ``x``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "fused" if _fused_available(x) else "chunked"
+    return backend
+
+
 def max_cosine_similarity(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -178,13 +187,10 @@ def max_cosine_similarity(
         raise ValueError(
             f"`x` and `y` need at least one spatial position, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
     if x.dtype != y.dtype:
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)
-    if backend == "auto":
-        backend = "fused" if _fused_available(x) else "chunked"
+    backend = resolve_backend(backend, x)
     if backend == "fused":
         from . import fused
 
@@ -200,8 +206,10 @@ def minmax_normalize(s: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Per-image min-max normalisation (eq. 12): ``(s - min) / (max - min + eps)``.
 
     ``s`` is ``B, N`` (or ``B, ...``: everything after the batch dim is one image).
-    All-equal values map to 0.
+    All-equal values map to 0. Half-precision input is normalised in float32.
     """
+    if s.dtype in (torch.float16, torch.bfloat16):
+        s = s.float()
     flat = s.flatten(1)
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
