@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from _data_fixtures import TRAIN_SPEC, VAL_SPEC, label_with_counts, make_pascal, write_image
 from torch.utils.data import DataLoader
 
@@ -16,6 +17,7 @@ from fewshot_priors.data import (
     DataLayoutError,
     PascalFewShot,
     collate_episodes,
+    TestTransform,
     restore_prediction,
 )
 from fewshot_priors.data.io import read_label, write_palette_png
@@ -143,6 +145,39 @@ def test_restore_prediction_round_trip_at_original_resolution(pascal_root):
         restore_prediction(pred[0], [300, 10], (64, 128))
     with pytest.raises(ValueError, match="logits C, H, W"):
         restore_prediction(torch.rand(8, 8), [8, 8], (8, 8))
+
+
+def _pfenet_scoring(logits, ori_label):
+    """PFENet test.py (ori_resize): pad the original label to L x L with 255, resize
+    the S x S logits to L x L (bilinear, align_corners=True), argmax."""
+    H0, W0 = ori_label.shape
+    side = max(H0, W0)
+    target = torch.full((side, side), 255, dtype=torch.long)
+    target[:H0, :W0] = ori_label
+    out = F.interpolate(logits[None], size=(side, side), mode="bilinear", align_corners=True)[0]
+    return out.argmax(0), target
+
+
+@pytest.mark.parametrize("orig", [(75, 100), (100, 61), (40, 40)])
+def test_restore_prediction_matches_pfenet_scoring(orig):
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 2, orig, generator=g)
+    img = np.zeros((*orig, 3), np.uint8)
+    _, _, valid_hw = TestTransform(33)(img, label.numpy(), None)
+    logits = F.interpolate(torch.randn(1, 2, 9, 9, generator=g), size=(33, 33), mode="bilinear")[0]
+    ours = restore_prediction(logits, valid_hw, orig)
+    ref, target = _pfenet_scoring(logits, label)
+    assert ours.shape == orig
+    valid = target != 255
+    assert torch.equal(ours, ref[: orig[0], : orig[1]])
+    assert valid[: orig[0], : orig[1]].all() and not valid[orig[0]:].any()
+    # the crop-then-resize route disagrees with PFENet on some pixels (so this test can fail)
+    h, w = valid_hw
+    crop = F.interpolate(logits[None, :, :h, :w], size=orig, mode="bilinear", align_corners=False)[0]
+    assert not torch.equal(crop.argmax(0), ours)
+    # a label map goes the same way (nearest neighbour)
+    near = F.interpolate(logits.argmax(0)[None, None].float(), size=(max(orig),) * 2, mode="nearest")
+    assert torch.equal(restore_prediction(logits.argmax(0), valid_hw, orig), near[0, 0, : orig[0], : orig[1]].long())
 
 
 def test_index_cache_is_reused_and_invalidated(pascal_root, monkeypatch):

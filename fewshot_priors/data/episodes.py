@@ -292,30 +292,38 @@ def _hw(value: Any, name: str) -> tuple[int, int]:
 def _restore_one(x: torch.Tensor, valid_hw: Any, orig_hw: Any) -> torch.Tensor:
     h, w = _hw(valid_hw, "valid_hw")
     H0, W0 = _hw(orig_hw, "orig_hw")
-    if x.is_floating_point():
-        if x.dim() != 3:
-            raise ValueError(
-                f"floating point `logits_or_pred` must be logits C, H, W (B, C, H, W batched), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if h > x.shape[-2] or w > x.shape[-1]:
-            raise ValueError(
-                f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape[-2:])}"
-            )
-        logits = x[None, :, :h, :w]
-        logits = F.interpolate(logits, size=(H0, W0), mode="bilinear", align_corners=False)[0]
-        if logits.shape[0] == 1:
-            return (logits[0] > 0).long()
-        return logits.argmax(0)
-    if x.dim() != 2:
+    floating = x.is_floating_point()
+    if floating and x.dim() != 3:
+        raise ValueError(
+            f"floating point `logits_or_pred` must be logits C, H, W (B, C, H, W batched), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if not floating and x.dim() != 2:
         raise ValueError(
             f"integer `logits_or_pred` must be a label map H, W (B, H, W batched), "
             f"got shape {tuple(x.shape)}"
         )
-    if h > x.shape[-2] or w > x.shape[-1]:
-        raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {tuple(x.shape)}")
-    pred = x[:h, :w].to(torch.float32)[None, None]
-    return F.interpolate(pred, size=(H0, W0), mode="nearest")[0, 0].long()
+    Hc, Wc = x.shape[-2:]
+    if h > Hc or w > Wc:
+        raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {(Hc, Wc)}")
+    y = x[None] if floating else x.to(torch.float32)[None, None]
+    if Hc == Wc and max(h, w) == Hc:
+        # TestTransform canvas (longer side = S, top-left, square): PFENet's scoring,
+        # i.e. resize the whole S x S canvas to L x L (L = the longer original side)
+        # and crop the original H0 x W0 from its top-left corner
+        side = max(H0, W0)
+        size, crop = (side, side), (H0, W0)
+    else:  # any other canvas: crop the content and resize it to the original size
+        y = y[..., :h, :w]
+        size, crop = (H0, W0), (H0, W0)
+    if floating:
+        logits = F.interpolate(y, size=size, mode="bilinear", align_corners=True)[0]
+        logits = logits[:, : crop[0], : crop[1]]
+        if logits.shape[0] == 1:
+            return (logits[0] > 0).long()
+        return logits.argmax(0)
+    pred = F.interpolate(y, size=size, mode="nearest")[0, 0, : crop[0], : crop[1]]
+    return pred.long()
 
 
 def restore_prediction(
@@ -325,9 +333,14 @@ def restore_prediction(
 ) -> torch.Tensor | list[torch.Tensor]:
     """Map a prediction on the padded test canvas back to the original label size.
 
-    The prediction is cropped to the un-padded ``[:h, :w]`` region and resized to
-    ``orig_hw``: logits bilinearly, then argmax (one channel: ``> 0``); label maps
-    with nearest neighbour.
+    For the square canvas of :class:`~fewshot_priors.data.TestTransform` (content
+    at the top-left, its longer side filling the canvas) this is PFENet's scoring
+    protocol exactly: the whole ``S x S`` canvas is resized to ``L x L`` with
+    ``L = max(H0, W0)`` and the top-left ``H0 x W0`` is kept. Any other canvas is
+    cropped to its un-padded ``[:h, :w]`` region and resized to ``orig_hw``.
+    Logits are resized bilinearly (``align_corners=True``, as PFENet) and then
+    argmax-ed (one channel: ``> 0``); label maps are resized with nearest
+    neighbour, which is coarser: pass logits to reproduce published numbers.
 
     Args:
         logits_or_pred: float logits ``C, H, W`` or an integer/bool label map
