@@ -265,6 +265,26 @@ def test_bad_inputs_raise_helpful_errors(tiny):
         tiny(q, s, sm.tolist())
 
 
+def test_unnormalised_or_non_finite_images_are_rejected(tiny):
+    """Float images still in 0-255 (forgotten normalisation) would run and give a silently
+    wrong answer; they must raise, as must NaN/inf."""
+    q, s, sm, _ = _episode(1, 1)
+    raw = torch.rand(1, 3, 33, 33) * 255
+    with pytest.raises(ValueError, match=r"query_image.*normalised"):
+        tiny(raw, s, sm)
+    with pytest.raises(ValueError, match=r"support_images.*normalised"):
+        tiny(q, raw[:, None], sm)
+    bad = q.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"query_image.*non-finite"):
+        tiny(bad, s, sm)
+    # properly normalised images (the extremes of ImageNet normalisation) pass
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    extremes = (torch.randint(0, 2, (1, 3, 33, 33)).float() - mean) / std
+    assert tiny(extremes, s, sm)["logits"].shape == (1, 2, 33, 33)
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="shots"):
         QGNet(shots=0, **TINY)

@@ -38,6 +38,10 @@ from fewshot_priors.ops.similarity import BACKENDS
 
 __all__ = ["QGNet", "FrozenModule"]
 
+#: Largest absolute value accepted in an input image. ImageNet-normalised pixels lie
+#: in about [-2.2, 2.7]; raw 0-255 pixels (a silent wrong answer otherwise) exceed it.
+MAX_NORMALISED_ABS = 10.0
+
 
 class FrozenModule(nn.Module):
     """Freeze an arbitrary feature extractor used as prior extractor.
@@ -215,7 +219,21 @@ class QGNet(nn.Module):
 
     # ------------------------------------------------------------------ validation
     @staticmethod
-    def _check_inputs(query_image, support_images, support_masks, query_mask):
+    def _check_normalised(name: str, images: torch.Tensor) -> None:
+        """Reject raw 0-255 pixels and NaN/inf: ImageNet-normalised images lie in about [-2.2, 2.7]."""
+        if images.numel() == 0:
+            return
+        peak = float(images.detach().abs().amax())
+        if not peak <= MAX_NORMALISED_ABS:
+            what = "non-finite values" if peak != peak or peak == float("inf") else f"max |value| {peak:.4g}"
+            raise ValueError(
+                f"`{name}` must hold normalised images (ImageNet mean/std: values within about "
+                f"[-2.2, 2.7]), got {what}; convert raw pixels with (x / 255 - mean) / std, "
+                "e.g. fewshot_priors.data.transforms.normalize_image"
+            )
+
+    @classmethod
+    def _check_inputs(cls, query_image, support_images, support_masks, query_mask):
         check_float("query_image", query_image)
         if query_image.dim() != 4 or query_image.shape[1] != 3:
             raise ValueError(f"`query_image` must have shape B, 3, H, W, got {tuple(query_image.shape)}")
@@ -232,6 +250,8 @@ class QGNet(nn.Module):
         k = support_images.shape[1]
         if k < 1:
             raise ValueError("`support_images` must hold at least one shot (K >= 1)")
+        cls._check_normalised("query_image", query_image)
+        cls._check_normalised("support_images", support_images)
         if not isinstance(support_masks, torch.Tensor):
             raise TypeError(f"`support_masks` must be a torch.Tensor, got {type(support_masks).__name__}")
         m = support_masks
@@ -304,7 +324,8 @@ class QGNet(nn.Module):
         """Segment the query given K annotated supports.
 
         Args:
-            query_image: ``B, 3, H, W`` normalised query images.
+            query_image: ``B, 3, H, W`` float query images, ImageNet-normalised
+                (raw 0-255 pixels, i.e. ``|value| > 10``, or NaN/inf raise ``ValueError``).
             support_images: ``B, K, 3, H', W'`` (or ``B, 3, H', W'`` for one shot).
             support_masks: ``B, K, H', W'`` foreground masks in [0, 1] (255 = ignore,
                 treated as background); ``B, H', W'`` or ``B, 1, H', W'`` for one shot.
