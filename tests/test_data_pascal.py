@@ -284,6 +284,40 @@ def test_bad_arguments(pascal_root):
         ds[3]
 
 
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(shots=0), "shots"),
+        (dict(shots=True), "shots"),
+        (dict(episodes=0), "episodes"),
+        (dict(seed=-1), "seed"),
+        (dict(min_pixels=0), "min_pixels"),
+        (dict(fold=4), "fold"),
+        (dict(fold=-1), "fold"),
+        (dict(fold=1.0), "fold"),
+    ],
+)
+def test_bad_arguments_fail_before_the_label_scan(pascal_root, monkeypatch, bad, match):
+    """A bad argument must fail at once, not after scanning 10k labels (PASCAL) or 120k (COCO)."""
+    import fewshot_priors.data.coco as coco_mod
+    import fewshot_priors.data.folder as folder_mod
+    import fewshot_priors.data.pascal as pascal_mod
+    from fewshot_priors.data import CocoFewShot, FolderFewShot
+
+    def no_scan(*a, **k):
+        raise AssertionError("the labels were scanned before the arguments were checked")
+
+    for mod in (pascal_mod, coco_mod, folder_mod):
+        monkeypatch.setattr(mod, "scan_entries", no_scan)
+    with pytest.raises((ValueError, TypeError), match=match):
+        PascalFewShot(pascal_root, split="val", **bad)  # default 20 classes: fold in 0..3
+    with pytest.raises((ValueError, TypeError), match=match):
+        CocoFewShot(pascal_root, split="val", **bad)
+    if "fold" not in bad:  # FolderFewShot's fold range depends on the class folders
+        with pytest.raises((ValueError, TypeError), match=match):
+            FolderFewShot(pascal_root, split="test", **bad)
+
+
 def test_corrupt_or_unwritable_cache_falls_back(pascal_root, tmp_path, monkeypatch):
     PascalFewShot(pascal_root, split="train", **KW)
     (cache,) = (pascal_root / "VOC2012").glob(".fewshot_index_*train_aug.json")

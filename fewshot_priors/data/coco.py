@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset
+from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, BadDataError, DataLayoutError, read_label
 from .transforms import TestTransform, TrainTransform
@@ -110,6 +110,9 @@ class CocoFewShot(EpisodicDataset):
             raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {crowd!r}")
         if split_style not in SPLIT_STYLES:
             raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {split_style!r}")
+        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        if fold_classes is None:
+            coco_fold_classes(fold, split_style)  # validates `fold` before the annotations are read
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{COCO_LAYOUT}")
         self.root = root

@@ -34,6 +34,31 @@ _ORDER_TAG = 104729  # separates the query-order stream from the per-episode str
 _MAX_READ_RETRIES = 5
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_episode_args(*, shots: Any, episodes: Any, seed: Any, min_pixels: Any) -> None:
+    """Validate the episode arguments shared by every dataset.
+
+    The datasets call this first, so a bad argument fails before the (possibly
+    long) label scan.
+
+    Raises:
+        TypeError / ValueError: naming the argument and the expected form.
+    """
+    if not _is_int(shots) or shots < 1:
+        raise ValueError(f"`shots` must be a positive int, got {shots!r}")
+    if episodes is not None and (not _is_int(episodes) or episodes < 1):
+        raise ValueError(f"`episodes` must be a positive int or None, got {episodes!r}")
+    if not _is_int(seed):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"`seed` must be >= 0, got {seed}")
+    if not _is_int(min_pixels) or min_pixels < 1:
+        raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {min_pixels!r}")
+
+
 class EpisodicDataset(Dataset):
     """Base class: K-shot episodes over an index of (image, class) pairs.
 
@@ -70,16 +95,9 @@ class EpisodicDataset(Dataset):
         min_pixels: int,
         strict: bool,
     ) -> None:
-        if not isinstance(shots, int) or isinstance(shots, bool) or shots < 1:
-            raise ValueError(f"`shots` must be a positive int, got {shots!r}")
+        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
-        if episodes is not None and (not isinstance(episodes, int) or episodes < 1):
-            raise ValueError(f"`episodes` must be a positive int or None, got {episodes!r}")
-        if not isinstance(seed, int | np.integer):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
-        if seed < 0:
-            raise ValueError(f"`seed` must be >= 0, got {seed}")
         self.shots = shots
         self.split = split
         self.seed = int(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset
+from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, DataLayoutError, read_label
 from .transforms import TestTransform, TrainTransform
@@ -79,6 +79,7 @@ class FolderFewShot(EpisodicDataset):
         split = {"val": "test"}.get(split, split)
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
         exts = (image_ext,) if isinstance(image_ext, str) else tuple(image_ext)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset
+from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import DataLayoutError, read_label
 from .transforms import TestTransform, TrainTransform
@@ -117,11 +117,14 @@ class PascalFewShot(EpisodicDataset):
         cache: bool = True,
     ) -> None:
         root = Path(root)
-        if not root.is_dir():
-            raise DataLayoutError(f"dataset root {root} does not exist\n{PASCAL_LAYOUT}")
         split = {"test": "val"}.get(split, split)
         if split not in ("train", "val"):
             raise ValueError(f"`split` must be 'train' or 'val', got {split!r}")
+        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        if fold_classes is None and (not isinstance(fold, int) or isinstance(fold, bool) or fold < 0):
+            raise ValueError(f"`fold` must be a non-negative int (0-3 for PASCAL-5i), got {fold!r}")
+        if not root.is_dir():
+            raise DataLayoutError(f"dataset root {root} does not exist\n{PASCAL_LAYOUT}")
         self.root = root
         self.voc_dir = voc = _resolve_voc_dir(root)
         self.meta = self._read_meta(root, voc)
