@@ -241,7 +241,6 @@ class SuperpixelPatchSampler:
         self.seed = int(seed)
         self.num_threads = int(num_threads)
         self.rng = np.random.default_rng(seed)
-        self._slic = None
         log.info("SuperpixelPatchSampler: method=%s backend=%s", method, chosen)
 
     def __repr__(self) -> str:
@@ -261,11 +260,6 @@ class SuperpixelPatchSampler:
             "sigma": self.sigma,
             "min_size": self.min_size,
         }
-
-    def __getstate__(self) -> dict[str, Any]:  # fast-slic objects do not pickle
-        state = dict(self.__dict__)
-        state["_slic"] = None
-        return state
 
     # -- single image --------------------------------------------------------------
     def segment(self, image: np.ndarray) -> np.ndarray:
@@ -287,15 +281,14 @@ class SuperpixelPatchSampler:
                 channel_axis=-1,
             )
         else:
-            if self._slic is None:
-                if self.backend == "fast-slic-avx2":
-                    from fast_slic.avx2 import SlicAvx2 as _Slic
-                else:
-                    from fast_slic import Slic as _Slic
-                self._slic = _Slic(
-                    num_components=self.n_segments, compactness=self.compactness, num_threads=self.num_threads
-                )
-            lab = self._slic.iterate(img)
+            if self.backend == "fast-slic-avx2":
+                from fast_slic.avx2 import SlicAvx2 as _Slic
+            else:
+                from fast_slic import Slic as _Slic
+            # a fresh object per image: a fast-slic object warm-starts from the clusters of
+            # its previous image, which would make results depend on the processing order
+            slic = _Slic(num_components=self.n_segments, compactness=self.compactness, num_threads=self.num_threads)
+            lab = slic.iterate(img)
         return relabel_contiguous(lab)[0]
 
     # -- batch ---------------------------------------------------------------------

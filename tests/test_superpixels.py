@@ -225,3 +225,14 @@ def test_two_views_seeded_and_validated():
         aug(x, lab.float())
     small = torch.tensor([[[0, 0, 1], [0, 0, 2], [-1, 2, 2]]])
     assert torch.equal(drop_small_segments(small, 2), torch.tensor([[[0, 0, -1], [0, 0, 2], [-1, 2, 2]]]))
+
+
+@pytest.mark.parametrize("backend", available_backends("slic"))
+def test_segmentation_does_not_depend_on_processing_order(backend):
+    """fast-slic objects warm-start from their previous image; the sampler must not."""
+    s = SuperpixelPatchSampler("slic", backend, n_segments=16)
+    a, b = blocks_image(seed=1), blocks_image(seed=2)
+    first = s.segment(b)
+    s.segment(a)
+    assert np.array_equal(s.segment(b), first)
+    assert np.array_equal(SuperpixelPatchSampler("slic", backend, n_segments=16).segment(b), first)

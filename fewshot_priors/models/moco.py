@@ -183,6 +183,9 @@ class GlobalLocalMoCo(nn.Module):
         local_weight: weight of the local loss; ``0`` disables it -> "global only".
         mlp_hidden: hidden width of both MLP heads (default: the encoder's
             feature width, i.e. 2048 -> 2048 -> ReLU -> 128 for resnet50).
+        head_norm: ``"none"`` (MoCo v2, the paper) or ``"bn"``: BatchNorm after the
+            first head layer (SimCLR / MoCo v3 style), which spreads the embeddings
+            of a random-init network and speeds up short runs.
         max_patches: ``P``, patch slots per image; label ids must be ``< P``
             (``SuperpixelPatchSampler(max_patches=P)`` guarantees it).
         pool_mode: ``"area"`` or ``"nearest"`` (see ``superpixel_pool``).
@@ -217,6 +220,7 @@ class GlobalLocalMoCo(nn.Module):
         global_weight: float = 1.0,
         local_weight: float = 1.0,
         mlp_hidden: int | None = None,
+        head_norm: str = "none",
         max_patches: int = 64,
         pool_mode: str = "area",
         shuffle_bn: str = "auto",
@@ -254,13 +258,26 @@ class GlobalLocalMoCo(nn.Module):
         self.encoder = create_encoder(backbone, **backbone_kwargs)
         width = int(self.encoder.num_features)
         hidden = int(mlp_hidden or width)
+        if head_norm not in ("none", "bn"):
+            raise ValueError(f"`head_norm` must be 'none' or 'bn', got {head_norm!r}")
+        bn = head_norm == "bn"
         self.global_head = (
-            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+            nn.Sequential(
+                nn.Linear(width, hidden, bias=not bn),
+                *([nn.BatchNorm1d(hidden)] if bn else []),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, dim),
+            )
             if global_weight > 0
             else None
         )
         self.local_head = (
-            nn.Sequential(nn.Conv2d(width, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
+            nn.Sequential(
+                nn.Conv2d(width, hidden, 1, bias=not bn),
+                *([nn.BatchNorm2d(hidden)] if bn else []),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, dim, 1),
+            )
             if local_weight > 0
             else None
         )
