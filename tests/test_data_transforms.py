@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from fewshot_priors.data.transforms import (
@@ -29,6 +30,32 @@ def test_normalize_matches_plain_formula():
     img = _img(5, 7)
     ref = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - MEAN[..., None]) / STD[..., None]
     assert torch.allclose(normalize_image(img), ref)
+
+
+@pytest.mark.parametrize("src, dst", [((375, 500), (354, 473)), ((40, 100), (20, 50)), ((17, 23), (40, 31))])
+def test_resize_is_plain_bilinear_and_thread_invariant(src, dst):
+    """PFENet resizes float images with cv2 INTER_LINEAR: half-pixel bilinear, no
+    antialiasing. torchvision's antialiased kernel blurs a 500 -> 473 downscale."""
+    from fewshot_priors.data.transforms import resize_bilinear
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, *src, generator=g)
+    ours = resize_bilinear(img, dst)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = F.interpolate(img[None].double(), size=dst, mode="bilinear", align_corners=False)[0]
+        one = resize_bilinear(img, dst)
+        torch.set_num_threads(2)
+        two = resize_bilinear(img, dst)
+    finally:
+        torch.set_num_threads(threads)
+    assert ours.shape == (3, *dst)
+    torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=0)
+    assert torch.equal(one, two)
+    if dst[0] < src[0]:  # the antialiased kernel is measurably different when downscaling
+        aa = F.interpolate(img[None], size=dst, mode="bilinear", align_corners=False, antialias=True)[0]
+        assert (aa - ours).abs().max() > 1e-2
 
 
 def test_test_transform_longer_side_and_padding():

@@ -66,10 +66,38 @@ def _as_mask(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.int64))[None]  # 1, H, W
 
 
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of a half-pixel bilinear resize along one axis.
+
+    ``src = (dst + 0.5) * n_in / n_out - 0.5`` clamped at 0, as OpenCV's
+    ``INTER_LINEAR`` and ``F.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    src = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = src.clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0, i1, (src - i0).to(torch.float32)
+
+
+def resize_bilinear(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a ``C, H, W`` float image to ``hw``, without antialiasing.
+
+    The same result as PFENet's ``cv2.resize(INTER_LINEAR)`` on float images (and
+    as ``F.interpolate(..., mode="bilinear", align_corners=False)`` up to float
+    rounding), but written as gathers and element-wise lerps so that it is
+    bit-identical for any number of intra-op threads (``F.interpolate`` is not,
+    and its ``antialias=True`` kernel blurs downscaled images, e.g. VOC's 500 px
+    sides resized to 473).
+    """
+    i0, i1, wy = _bilinear_taps(img.shape[-2], hw[0])
+    rows = img[:, i0, :] * (1.0 - wy)[None, :, None] + img[:, i1, :] * wy[None, :, None]
+    j0, j1, wx = _bilinear_taps(img.shape[-1], hw[1])
+    return rows[:, :, j0] * (1.0 - wx) + rows[:, :, j1] * wx
+
+
 def _resize_pair(img: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int]):
-    # antialias=True also when upscaling: same result as plain bilinear up to ~1e-5, but
-    # its kernel is bit-identical for any thread count (the non-antialiased one is not)
-    img = TF.resize(img, list(hw), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    """Image bilinear (as cv2 INTER_LINEAR), mask nearest (as cv2 INTER_NEAREST)."""
+    img = resize_bilinear(img, hw)
     mask = TF.resize(mask, list(hw), interpolation=InterpolationMode.NEAREST)
     return img, mask
 
@@ -208,7 +236,7 @@ class TrainTransform:
 class TestTransform:
     """The test transform (REFERENCE §5): longer side to ``size``, pad to a square.
 
-    The image is resized (bilinear, antialiased) so that its longer side is
+    The image is resized (bilinear, not antialiased, as PFENet) so that its longer side is
     ``size``, keeping the aspect ratio, and placed at the top-left of a
     ``size x size`` canvas; the image is padded with the raw pixel value
     ``pad_value`` (0 = black, before normalisation) and the mask with 255.
