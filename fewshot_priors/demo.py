@@ -226,8 +226,21 @@ def run_demo(
     t = _timer()
     say(f"pretraining the prior extractor (GlobalLocalMoCo, {BACKBONE}) on {len(train_images)} unlabelled images")
     p = preset["pretrain"]
-    pre = pretrain(images=train_images, output_dir=str(out / "prior_extractor"), backbone=BACKBONE,
-                   seed=seed, device=device, progress=progress, log_every=5, amp=True, **p)
+    pre_dir = out / "prior_extractor"
+    stamp = {"settings": p, "seed": seed, "backbone": BACKBONE, "images": len(train_images),
+             "data": d}
+    stamp_path = pre_dir / "demo_settings.json"
+    reused = False
+    if (stamp_path.is_file() and (pre_dir / "prior_extractor.safetensors").is_file()
+            and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
+        say("reusing the prior extractor pretrained by a previous run with the same settings")
+        pre = json.loads((pre_dir / "demo_result.json").read_text())
+        reused = True
+    else:
+        pre = pretrain(images=train_images, output_dir=str(pre_dir), backbone=BACKBONE,
+                       seed=seed, device=device, progress=progress, log_every=5, amp=True, **p)
+        (pre_dir / "demo_result.json").write_text(json.dumps(pre, default=str))
+        stamp_path.write_text(json.dumps(stamp))
     prior_path = pre["prior_extractor"]
     timings["pretrain"] = t()
 
@@ -306,6 +319,7 @@ def run_demo(
             "backbone": BACKBONE,
             "export": prior_path,
             "steps": pre["step"],
+            "reused_from_previous_run": reused,
             "final_loss": pre["history"][-1]["loss"] if pre["history"] else None,
             "settings": p,
         },
