@@ -103,8 +103,59 @@ def opposite_region_maps() -> bytes:
     return _png(fig)
 
 
+def two_views_and_patches() -> bytes:
+    """Global vs local positives: two augmented views of one image and matching superpixels.
+
+    SLIC patches from :class:`fewshot_priors.superpixels.SuperpixelPatchSampler`; the two
+    views from :class:`fewshot_priors.augment.TwoViewAugment`, which crops and flips the
+    label map with the image so patch ``j`` is the same region in both views.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from skimage import data
+    from skimage.segmentation import mark_boundaries
+    from skimage.transform import resize
+
+    from fewshot_priors.augment import TwoViewAugment
+    from fewshot_priors.superpixels import SuperpixelPatchSampler
+
+    img = (resize(data.chelsea(), (150, 200), anti_aliasing=True) * 255).astype(np.uint8)
+    sampler = SuperpixelPatchSampler("slic", n_segments=40, seed=0)
+    labels, counts = sampler(img)
+    aug = TwoViewAugment(size=128, normalize=False, blur_p=0.0, grayscale_p=0.0, min_area=20)
+    views = aug(torch.from_numpy(img).permute(2, 0, 1)[None], labels, seed=3)
+
+    def show(v):
+        return v[0].permute(1, 2, 0).numpy().clip(0, 1)
+
+    a, b = views["labels_a"][0].numpy(), views["labels_b"][0].numpy()
+    shared = sorted(set(np.unique(a)) & set(np.unique(b)) - {-1}, key=lambda j: -min((a == j).sum(), (b == j).sum()))
+    picks = shared[:3]
+    colours = [(1.0, 0.2, 0.2), (0.2, 0.5, 1.0), (1.0, 0.9, 0.1)]
+
+    def highlight(rgb, lab):
+        out = mark_boundaries(rgb, np.maximum(lab, 0), color=(1, 1, 1))
+        for j, c in zip(picks, colours):
+            m = lab == j
+            out[m] = 0.45 * out[m] + 0.55 * np.array(c)
+        return out
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    axes[0].imshow(mark_boundaries(img / 255.0, labels[0].numpy(), color=(1, 1, 1)))
+    axes[0].set_title(f"image + {int(counts[0])} SLIC patches", fontsize=10)
+    axes[1].imshow(highlight(show(views["view_a"]), a))
+    axes[1].set_title("view A (global positive of view B)", fontsize=10)
+    axes[2].imshow(highlight(show(views["view_b"]), b))
+    axes[2].set_title("view B: same colour = same patch\n(local positives)", fontsize=10)
+    for ax in axes:
+        ax.axis("off")
+    return _png(fig)
+
+
 FIGURES = {
     "figures/opposite_region_maps.png": opposite_region_maps,
+    "figures/two_views_and_patches.png": two_views_and_patches,
 }
 
 
