@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,9 +272,11 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     runner: torch.nn.Module = model
     if info.distributed:
         # queues are identical on every rank (all-gathered keys): do not broadcast buffers each step
-        runner = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            runner = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
 
     logger = RunLogger(out, enabled=info.is_main, tensorboard=c.tensorboard)
     if c.resume:
