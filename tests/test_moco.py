@@ -198,3 +198,60 @@ def test_export_prior_extractor_keys_match_timm(tmp_path):
     assert set(missing) == {f"{head}.weight", f"{head}.bias"} and not unexpected
     with pytest.raises(ValueError, match="backbone"):
         export_prior_extractor(enc, tmp_path / "x.safetensors")
+
+
+# ----------------------------------------------------------------------------- DDP (2 CPU processes, gloo)
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        m = tiny(shuffle_bn="ddp", queue_size=16, local_queue_size=64)
+        x, y, la, lb = batch(B=2, seed=rank)  # different data per rank
+        # (1) shuffle-BN across ranks is an exact permutation inverse (BN in eval mode)
+        m.eval()
+        exact = torch.allclose(m._key_features(y), dense_features(m.key_encoder, y), atol=1e-5, rtol=1e-5)
+        # (2) a training step enqueues the keys of *all* ranks, in rank order, on every rank
+        m.train()
+        lb[0][lb[0] == 1] = -1  # rank-dependent patch counts exercise the variable-size gather
+        if rank == 1:
+            lb[1][lb[1] == 2] = -1
+        out_d = m(x, y, la, lb)
+        sizes = [torch.zeros((), dtype=torch.long) for _ in range(world)]
+        dist.all_gather(sizes, out_d["num_patches"])
+        queues = [torch.empty_like(m.local_queue.queue) for _ in range(world)]
+        dist.all_gather(queues, m.local_queue.queue)
+        gq = [torch.empty_like(m.queue.queue) for _ in range(world)]
+        dist.all_gather(gq, m.queue.queue)
+        if rank == 0:
+            torch.save(
+                {
+                    "exact": exact,
+                    "same_local": torch.equal(queues[0], queues[1]),
+                    "same_global": torch.equal(gq[0], gq[1]),
+                    "local_ptr": int(m.local_queue.ptr),
+                    "global_ptr": int(m.queue.ptr),
+                    "sizes": [int(s) for s in sizes],
+                },
+                out,
+            )
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # spawns two processes (~10 s)
+def test_ddp_shuffle_bn_and_queue_gather(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "res.pt")
+    mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+    r = torch.load(out)
+    assert r["exact"] and r["same_local"] and r["same_global"]
+    assert r["sizes"] == [15, 14]  # 2 images x 8 patches, minus the dropped ones
+    assert r["global_ptr"] == 4 and r["local_ptr"] == (15 + 14) % 64
