@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from fewshot_priors.models.backbone import PRIOR_EXTRACTOR_FORMAT, FrozenBackbone, create_backbone
@@ -49,9 +50,10 @@ def test_channels_and_common_stride(name, channels):
     x = torch.randn(1, 3, 65, 65)
     low, mid, high = bb(x)
     assert (low.shape[1], mid.shape[1], high.shape[1]) == channels
-    # one common spatial size at output stride 8 (dilated ResNet: ceil(65 / 8) = 9)
+    # one common spatial size: output stride 8 for a dilated ResNet (ceil(65 / 8) = 9);
+    # VGG at stride 16 with ceil-mode pools as PFENet (65 -> 33 -> 17 -> 9 -> 5)
     assert low.shape[-2:] == mid.shape[-2:] == high.shape[-2:]
-    expected = 9 if name.startswith("resnet") else 65 // 8
+    expected = 9 if name.startswith("resnet") else 5
     assert tuple(low.shape[-2:]) == (expected, expected)
     # the staged API composes to the same result as forward
     low2, mid2 = bb.forward_low_mid(x)
@@ -69,6 +71,36 @@ def test_resnet_stages_match_timm_layers(r18):
         expected = ref(x)
     for got, want in zip(r18(x), expected):
         torch.testing.assert_close(got, want)
+
+
+def test_vgg_stages_match_pfenet_layers():
+    """VGG as PFENet's get_vgg16_layer: layer2 = block3 + pool, layer3 = block4 + pool,
+    layer4 = block5 (ceil-mode pools); layer2 resized to layer3's size; the support
+    layer4 is computed from layer3 x mask."""
+    torch.manual_seed(0)
+    full = timm.create_model("vgg11", pretrained=False).eval()
+    bb = create_backbone("vgg11", weights=full.state_dict())
+    assert bb.pfenet_pool_layout and bb.reductions == (8, 16, 16)
+    feats = full.features
+    for m in feats:
+        if isinstance(m, torch.nn.MaxPool2d):
+            m.ceil_mode = True
+    # vgg11 (cfg A): block3 + pool = features[6:11], block4 + pool = [11:16], block5 = [16:20]
+    layer01, layer2, layer3, layer4 = feats[:6], feats[6:11], feats[11:16], feats[16:20]
+    x = torch.randn(2, 3, 73, 89)
+    with torch.no_grad():
+        f2 = layer2(layer01(x))
+        f3 = layer3(f2)
+        f4 = layer4(f3)
+        f2 = F.interpolate(f2, size=f3.shape[-2:], mode="bilinear", align_corners=True)
+        mask = torch.zeros(2, 1, *f3.shape[-2:])
+        mask[..., 1:4, 2:5] = 1
+        f4_masked = layer4(f3 * mask)
+    assert tuple(f3.shape[-2:]) == (5, 6)  # ceil: 73 -> 37 -> 19 -> 10 -> 5, 89 -> 45 -> 23 -> 12 -> 6
+    low, mid, high = bb(x)
+    for got, want in zip((low, mid, high), (f2, f3, f4)):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(bb.forward_high(mid * mask), f4_masked)
 
 
 def test_forward_high_on_masked_mid_differs(r18):

@@ -267,11 +267,14 @@ class FrozenBackbone(nn.Module):
     """Three-stage (low, mid, high) feature extractor around a timm ``features_only`` model.
 
     Stages (ResNet): ``low`` = layer2, ``mid`` = layer3, ``high`` = layer4, all at
-    output stride 8 (dilated, via timm's ``output_stride``). Models that cannot be
-    dilated (VGG, ...) are run as they are and their three stages are resized
-    bilinearly (``align_corners=True``) to the size of the deepest stage whose
-    stride is ``<= output_stride`` (VGG: the 512-channel stride-8 stage), so
-    ``low``, ``mid`` and ``high`` always share one spatial size.
+    output stride 8 (dilated, via timm's ``output_stride``). VGG follows PFENet's
+    layering exactly: ``low`` = block 3 + max-pool, ``mid`` = block 4 + max-pool,
+    ``high`` = block 5 (pools with ``ceil_mode=True``), all at stride 16 (30 x 30 at
+    473; VGG cannot be dilated, so ``output_stride`` does not apply), ``low``
+    resized to ``mid``'s size. Other models that cannot be dilated are run as they
+    are and their three stages are resized bilinearly (``align_corners=True``) to
+    the size of the deepest stage whose stride is ``<= output_stride``, so ``low``,
+    ``mid`` and ``high`` always share one spatial size.
 
     When ``frozen`` (the default) every parameter has ``requires_grad=False``, the
     body is always in eval mode (BatchNorm statistics and dropout never change, even
@@ -286,6 +289,7 @@ class FrozenBackbone(nn.Module):
         frozen: whether the module is frozen.
         can_split: whether :meth:`forward_high` is available (timm FeatureListNet /
             FeatureDictNet bodies, i.e. ResNets, VGG, ConvNeXt, ...).
+        pfenet_pool_layout: whether PFENet's VGG layering is used (see above).
     """
 
     def __init__(self, body: nn.Module, name: str, output_stride: int = 8, frozen: bool = True,
@@ -313,11 +317,36 @@ class FrozenBackbone(nn.Module):
             names = list(body.keys())
             cut = [names.index(by_index[i]) for i in lv]
             self._stages = [names[: cut[0] + 1], names[cut[0] + 1: cut[1] + 1], names[cut[1] + 1: cut[2] + 1]]
+        self.pfenet_pool_layout = False
+        if self._stages is not None and self.resize and self._pool_led(body, self._stages):
+            self._use_pfenet_pool_layout(body)
         self.can_split = self._stages is not None
         if self.frozen:
             for p in self.body.parameters():
                 p.requires_grad_(False)
             self.body.eval()
+
+    @staticmethod
+    def _pool_led(body: nn.Module, stages: list[list[str]]) -> bool:
+        """Whether the mid and high stages start with a max-pool (VGG: timm taps the
+        features just before each pool)."""
+        return all(stage and isinstance(body[stage[0]], nn.MaxPool2d) for stage in stages[1:])
+
+    def _use_pfenet_pool_layout(self, body: nn.Module) -> None:
+        """PFENet's VGG layering (its ``get_vgg16_layer``): low = block 3 + pool (stride 8),
+        mid = block 4 + pool (stride 16), high = block 5 without its pool (stride 16);
+        max-pools with ``ceil_mode=True`` (PFENet's VGG: 473 -> 237 -> 119 -> 60 -> 30);
+        low resized to mid's size. So the support high stage runs on ``pool(block4) x mask``
+        exactly as PFENet's ``layer4(layer3 * mask)``."""
+        s0, s1, s2 = self._stages
+        self._stages = [s0 + s1[:1], s1[1:] + s2[:1], s2[1:]]
+        r = self.reductions
+        self.reductions = (2 * r[0], 2 * r[1], 2 * r[1])
+        for m in body.modules():
+            if isinstance(m, nn.MaxPool2d):
+                m.ceil_mode = True
+        self._anchor = 1
+        self.pfenet_pool_layout = True
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, channels={self.channels}, output_stride={self.output_stride}, "
