@@ -61,16 +61,46 @@ def test_channels_and_common_stride(name, channels):
     torch.testing.assert_close(bb.forward_high(mid2), high)
 
 
-def test_resnet_stages_match_timm_layers(r18):
-    """low/mid/high are exactly timm's dilated layer2/layer3/layer4."""
+def _pfenet_dilate(model):
+    """PFENet's resnet surgery: every 3x3 conv (stride 1) of layer3 / layer4 gets
+    dilation = padding = 2 / 4 (the first block included)."""
+    for stage, d in (("layer3", 2), ("layer4", 4)):
+        for m in getattr(model, stage).modules():
+            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1):
+                m.dilation, m.padding = (d, d), (d, d)
+
+
+def test_resnet_stages_match_pfenet_dilated_layers(r18):
+    """low/mid/high are timm's layer2/layer3/layer4 at stride 8, dilated as PFENet."""
     ref = timm.create_model("resnet18", features_only=True, out_indices=(2, 3, 4), output_stride=8)
     ref.load_state_dict(r18.body.state_dict())
+    _pfenet_dilate(ref)
     ref.eval()
     x = torch.randn(2, 3, 41, 57)
     with torch.no_grad():
         expected = ref(x)
     for got, want in zip(r18(x), expected):
         torch.testing.assert_close(got, want)
+
+
+def test_every_dilated_block_uses_the_stage_dilation():
+    """timm's output_stride=8 leaves layer3.0 at dilation 1 and layer4.0 at 2; PFENet
+    (REFERENCE §3) dilates all of layer3 by 2 and all of layer4 by 4."""
+    with torch.device("meta"):
+        bb = create_backbone("resnet50")
+    seen = {"layer3": set(), "layer4": set()}
+    for name, m in bb.body.named_modules():
+        stage = name.split(".")[0]
+        if stage in seen and isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3):
+            assert m.stride == (1, 1), name
+            assert m.padding == m.dilation, name
+            seen[stage].add(m.dilation)
+    assert seen == {"layer3": {(2, 2)}, "layer4": {(4, 4)}}
+    with torch.device("meta"):
+        os16 = create_backbone("resnet50", output_stride=16)
+    l4 = {m.dilation for m in os16.body.layer4.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
+    l3 = {m.dilation for m in os16.body.layer3.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
+    assert l4 == {(2, 2)} and l3 == {(1, 1)}
 
 
 def test_vgg_stages_match_pfenet_layers():

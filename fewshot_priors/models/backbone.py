@@ -500,6 +500,28 @@ def _build_body(name: str, pretrained: bool, output_stride: int) -> nn.Module:
         ) from e
 
 
+def _pfenet_dilation(body: nn.Module, output_stride: int) -> None:
+    """Dilate every block of a timm ResNet's layer3 / layer4 uniformly, as PFENet.
+
+    timm's ``output_stride`` gives the *first* block of a dilated stage the previous
+    stage's dilation (layer3.0: 1, layer4.0: 2 at stride 8). PFENet (and REFERENCE
+    §3: "layer3 dilation 2, layer4 dilation 4") sets dilation = padding = 2 / 4 on
+    every 3x3 conv of layer3 / layer4, the first block's included.
+    """
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    for stage, dilation in (("layer3", max(1, 16 // output_stride)), ("layer4", 32 // output_stride)):
+        if dilation == 1 or not isinstance(getattr(body, stage, None), nn.Module):
+            continue
+        for block in getattr(body, stage).children():
+            if not isinstance(block, (BasicBlock, Bottleneck)):
+                return  # not a plain timm ResNet stage: leave the model as timm builds it
+            for conv in block.modules():
+                if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1):
+                    conv.dilation = (dilation, dilation)
+                    conv.padding = (dilation, dilation)
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
@@ -518,8 +540,9 @@ def create_backbone(
             accepted formats), or an in-memory state dict with the same keys.
             Mutually exclusive with ``pretrained``.
         output_stride: common stride of the returned features (8 as in PFENet).
-            Dilated via timm where the model supports it (ResNets), otherwise the
-            stages are resized (see :class:`FrozenBackbone`).
+            Dilated via timm where the model supports it (ResNets: every block of
+            layer3 / layer4 dilated by 2 / 4 as PFENet, the first included),
+            otherwise the stages are resized (see :class:`FrozenBackbone`).
         frozen: freeze the backbone (no grad, BatchNorm/dropout always in eval).
 
     Returns:
@@ -541,6 +564,8 @@ def create_backbone(
     if weights is not None and not isinstance(weights, (str, os.PathLike, Mapping)):
         raise TypeError(f"`weights` must be a path (str or os.PathLike) or a state dict, got {type(weights).__name__}")
     body = _build_body(name, bool(pretrained), output_stride)
+    if output_stride < 32:
+        _pfenet_dilation(body, output_stride)
     if weights is not None:
         load_backbone_state_dict(body, name, weights)
     return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen)
