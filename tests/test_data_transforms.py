@@ -72,6 +72,16 @@ def test_test_transform_longer_side_and_padding():
     assert int((m == 1).sum()) == 5 * 15  # 10x30 object halved
 
 
+@pytest.mark.parametrize("hw, S", [((105, 231), 473), ((231, 189), 473), ((37, 407), 473), ((375, 500), 473)])
+def test_test_resize_size_is_pfenets_expression(hw, S):
+    """PFENet's test_Resize: ratio = S * 1.0 / longer; shorter side = int(shorter * ratio)."""
+    h, w = hw
+    ratio = S * 1.0 / max(h, w)
+    expected = (S, int(w * ratio)) if h >= w else (int(h * ratio), S)
+    _, _, valid = TestTransform(S)(_img(h, w), np.zeros((h, w), np.int64))
+    assert tuple(valid) == expected
+
+
 def test_train_transform_output_and_determinism():
     t = TrainTransform(size=48)
     mask = np.zeros((60, 80), np.int64)

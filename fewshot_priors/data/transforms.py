@@ -269,8 +269,10 @@ class TestTransform:
         h, w = img.shape[-2:]
         S = self.size
         # PFENet's test resize: the longer side becomes S, the other int(side * S / longer)
-        nh = S if h >= w else max(1, int(h * S / w))
-        nw = S if w >= h else max(1, int(w * S / h))
+        # (the same float expression as PFENet, int(side * (S * 1.0 / longer)): int(side * S / longer)
+        # differs by one pixel for some sizes, e.g. 105 x 231 -> 215 rows instead of 214)
+        nh = S if h >= w else max(1, int(h * (S * 1.0 / w)))
+        nw = S if w >= h else max(1, int(w * (S * 1.0 / h)))
         if (nh, nw) != (h, w):
             img, m = _resize_pair(img, m, (nh, nw))
         fill = torch.tensor(
