@@ -108,12 +108,14 @@ def test_vgg_stages_match_pfenet_layers():
     layer4 = block5 (ceil-mode pools); layer2 resized to layer3's size; the support
     layer4 is computed from layer3 x mask."""
     torch.manual_seed(0)
-    full = timm.create_model("vgg11", pretrained=False).eval()
-    bb = create_backbone("vgg11", weights=full.state_dict())
+    bb = create_backbone("vgg11")
     assert bb.pfenet_pool_layout and bb.reductions == (8, 16, 16)
-    feats = full.features
+    ref = timm.create_model("vgg11", features_only=True)  # timm's plain (floor-mode) layers
+    ref.load_state_dict(bb.body.state_dict())
+    feats = torch.nn.Sequential(*[ref[f"features_{i}"] for i in range(20)]).eval()
     for m in feats:
         if isinstance(m, torch.nn.MaxPool2d):
+            assert not m.ceil_mode
             m.ceil_mode = True
     # vgg11 (cfg A): block3 + pool = features[6:11], block4 + pool = [11:16], block5 = [16:20]
     layer01, layer2, layer3, layer4 = feats[:6], feats[6:11], feats[11:16], feats[16:20]
