@@ -265,6 +265,21 @@ def test_bad_inputs_raise_helpful_errors(tiny):
         tiny(q, s, sm.tolist())
 
 
+def test_support_mask_with_255_but_no_foreground_warns(tiny):
+    """A 0/255 binary mask image would silently become an empty shot (255 = ignore)."""
+    import warnings
+
+    q, s, sm, _ = _episode(1, 2)
+    with pytest.warns(UserWarning, match=r"\(0, 1\).*mask / 255"):
+        tiny(q, s, torch.stack([sm[:, 0], sm[:, 1] * 255], dim=1))
+    boundary = sm.clone()
+    boundary[..., 0, :] = 255  # a real mask: foreground plus an ignored border
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny(q, s, boundary)
+        tiny(q, s, sm.bool())
+
+
 def test_unnormalised_or_non_finite_images_are_rejected(tiny):
     """Float images still in 0-255 (forgotten normalisation) would run and give a silently
     wrong answer; they must raise, as must NaN/inf."""

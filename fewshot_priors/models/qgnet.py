@@ -22,6 +22,7 @@ ablation (guided map only).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -232,6 +233,24 @@ class QGNet(nn.Module):
                 "e.g. fewshot_priors.data.transforms.normalize_image"
             )
 
+    @staticmethod
+    def _warn_ignore_only_masks(masks: torch.Tensor) -> None:
+        """Warn about support masks with no foreground but some 255: most likely a 0/255
+        binary image, whose 255 means "ignore" here (so the shot would be silently empty)."""
+        if masks.dtype == torch.bool or masks.numel() == 0:
+            return
+        flat = masks.flatten(2)
+        no_fg = ~((flat > 0) & (flat != IGNORE_INDEX)).any(dim=-1)
+        ignore = (flat == IGNORE_INDEX).any(dim=-1)
+        bad = (no_fg & ignore).nonzero().tolist()
+        if bad:
+            warnings.warn(
+                f"`support_masks` (batch, shot) {[tuple(i) for i in bad[:5]]} have no foreground pixel but "
+                "contain 255, which means 'ignore' (treated as background): these shots are empty. If "
+                "your masks are 0/255 binary images, pass `mask / 255` or `mask > 127`.",
+                stacklevel=4,
+            )
+
     @classmethod
     def _check_inputs(cls, query_image, support_images, support_masks, query_mask):
         check_float("query_image", query_image)
@@ -270,7 +289,9 @@ class QGNet(nn.Module):
                 f"`support_masks` spatial size {tuple(m.shape[-2:])} must match `support_images` "
                 f"{tuple(support_images.shape[-2:])}"
             )
+        raw = m
         m = clean_mask("support_masks", m).to(device=support_images.device, dtype=support_images.dtype)
+        cls._warn_ignore_only_masks(raw)
         if query_mask is not None:
             if not isinstance(query_mask, torch.Tensor):
                 raise TypeError(f"`query_mask` must be a torch.Tensor, got {type(query_mask).__name__}")
