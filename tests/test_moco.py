@@ -18,6 +18,15 @@ from fewshot_priors.models.moco import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions run faster (and steadier on a shared 2-core box) single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------------------- MemoryQueue
 def ref_ring(size, batches, init):
     """Plain reference: write keys one by one at ptr, ptr += 1 mod size."""

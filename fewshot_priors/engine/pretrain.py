@@ -47,7 +47,7 @@ from ..data.unlabeled import UnlabeledImages, list_images
 from ..models.moco import GlobalLocalMoCo
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from .distributed import barrier, dist_info, init_distributed
+from .distributed import barrier, init_distributed
 from .logging import RunLogger
 from .train import StepBatchSampler, derive_seed, resolve_device
 
