@@ -280,6 +280,18 @@ def test_support_mask_with_255_but_no_foreground_warns(tiny):
         tiny(q, s, sm.bool())
 
 
+def test_query_mask_with_255_but_no_foreground_warns(tiny):
+    import warnings
+
+    q, s, sm, qm = _episode(1, 1)
+    with pytest.warns(UserWarning, match=r"query_mask.*mask // 255"):
+        tiny(q, s, sm, qm * 255)
+    qm[:, 0] = 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny(q, s, sm, qm)
+
+
 def test_unnormalised_or_non_finite_images_are_rejected(tiny):
     """Float images still in 0-255 (forgotten normalisation) would run and give a silently
     wrong answer; they must raise, as must NaN/inf."""

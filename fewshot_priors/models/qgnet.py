@@ -310,6 +310,15 @@ class QGNet(nn.Module):
                     f"`query_mask` must hold labels 0 (background), 1 (foreground) or 255 (ignore), "
                     f"found {qm[bad].unique()[:5].tolist()}"
                 )
+            flat = qm.flatten(1)
+            binary_image = (flat == IGNORE_INDEX).any(1) & (flat == 0).any(1) & ~(flat == 1).any(1)
+            if bool(binary_image.any()):
+                warnings.warn(
+                    f"`query_mask` items {binary_image.nonzero().flatten().tolist()[:5]} hold 0 and 255 but no "
+                    "foreground pixel (1); 255 means 'ignore': "
+                    "if it is a 0/255 binary image, pass `mask // 255` (labels 0 / 1, 255 = ignore)",
+                    stacklevel=3,
+                )
             query_mask = qm.to(query_image.device)
         return support_images, m, query_mask
 
