@@ -101,6 +101,14 @@ def test_every_dilated_block_uses_the_stage_dilation():
     l4 = {m.dilation for m in os16.body.layer4.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
     l3 = {m.dilation for m in os16.body.layer3.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)}
     assert l4 == {(2, 2)} and l3 == {(1, 1)}
+    # the public helper does the same to a full timm model (e.g. a MoCo encoder dilated for pretraining)
+    from fewshot_priors.models.backbone import pfenet_dilation
+
+    with torch.device("meta"):
+        full = timm.create_model("resnet50", output_stride=8)
+    pfenet_dilation(full, 8)
+    assert {m.dilation for m in full.layer3.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)} == {(2, 2)}
+    assert {m.dilation for m in full.layer4.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)} == {(4, 4)}
 
 
 def test_vgg_stages_match_pfenet_layers():

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "PRIOR_EXTRACTOR_FORMAT"]
+__all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "pfenet_dilation", "PRIOR_EXTRACTOR_FORMAT"]
 
 #: ``format`` metadata value of this project's prior-extractor safetensors export.
 PRIOR_EXTRACTOR_FORMAT = "fewshot_priors.prior_extractor"
@@ -500,8 +500,11 @@ def _build_body(name: str, pretrained: bool, output_stride: int) -> nn.Module:
         ) from e
 
 
-def _pfenet_dilation(body: nn.Module, output_stride: int) -> None:
-    """Dilate every block of a timm ResNet's layer3 / layer4 uniformly, as PFENet.
+def pfenet_dilation(body: nn.Module, output_stride: int) -> None:
+    """Dilate every block of a timm ResNet's layer3 / layer4 uniformly, as PFENet (in place).
+
+    Call it on any timm ResNet (full model or ``features_only``) built with
+    ``output_stride=8`` / ``16`` so that it matches :func:`create_backbone`.
 
     timm's ``output_stride`` gives the *first* block of a dilated stage the previous
     stage's dilation (layer3.0: 1, layer4.0: 2 at stride 8). PFENet (and REFERENCE
@@ -565,7 +568,7 @@ def create_backbone(
         raise TypeError(f"`weights` must be a path (str or os.PathLike) or a state dict, got {type(weights).__name__}")
     body = _build_body(name, bool(pretrained), output_stride)
     if output_stride < 32:
-        _pfenet_dilation(body, output_stride)
+        pfenet_dilation(body, output_stride)
     if weights is not None:
         load_backbone_state_dict(body, name, weights)
     return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen)
