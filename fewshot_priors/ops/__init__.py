@@ -4,16 +4,21 @@ These are the building blocks a user can call on the features of their own
 few-shot model; :mod:`fewshot_priors.models` composes them.
 """
 
+from .contrastive import info_nce, momentum_update
 from .pooling import masked_average_pool, resize_mask
 from .region_maps import guided_region_map, prior_region_map
 from .similarity import DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
+from .superpixel_pool import superpixel_pool
 
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES",
     "guided_region_map",
+    "info_nce",
     "masked_average_pool",
     "max_cosine_similarity",
     "minmax_normalize",
+    "momentum_update",
     "prior_region_map",
     "resize_mask",
+    "superpixel_pool",
 ]
