@@ -59,7 +59,7 @@ def test_resize_is_plain_bilinear_and_thread_invariant(src, dst):
 
 
 def test_test_transform_longer_side_and_padding():
-    t = TestTransform(size=50)
+    t = TestTransform(size=50, multiple_of=1)
     mask = np.zeros((40, 100), np.int64)
     mask[10:20, 30:60] = 1
     mask[0, :] = 255
@@ -78,8 +78,21 @@ def test_test_resize_size_is_pfenets_expression(hw, S):
     h, w = hw
     ratio = S * 1.0 / max(h, w)
     expected = (S, int(w * ratio)) if h >= w else (int(h * ratio), S)
-    _, _, valid = TestTransform(S)(_img(h, w), np.zeros((h, w), np.int64))
+    _, _, valid = TestTransform(S, multiple_of=1)(_img(h, w), np.zeros((h, w), np.int64))
     assert tuple(valid) == expected
+    # PFENet's Resize (resized_val=True) then floors both sides to a multiple of 8
+    img, m, valid8 = TestTransform(S)(_img(h, w), np.zeros((h, w), np.int64))
+    assert tuple(valid8) == tuple(v // 8 * 8 for v in expected)
+    assert img.shape == (3, S, S) and (m[valid8[0]:] == 255).all() and (m[:, valid8[1]:] == 255).all()
+
+
+def test_test_transform_voc_size_is_pfenets():
+    """A 375 x 500 VOC image at 473: PFENet's val Resize gives 352 x 472 (not 354 x 473)."""
+    _, m, valid = TestTransform(473)(_img(375, 500), np.zeros((375, 500), np.int64))
+    assert tuple(valid) == (352, 472)
+    assert (m[:352, :472] == 0).all() and (m[352:] == 255).all() and (m[:, 472:] == 255).all()
+    with pytest.raises(ValueError, match="multiple_of"):
+        TestTransform(473, multiple_of=0)
 
 
 def test_train_transform_output_and_determinism():

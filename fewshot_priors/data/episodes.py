@@ -325,8 +325,8 @@ def _restore_one(x: torch.Tensor, valid_hw: Any, orig_hw: Any) -> torch.Tensor:
     if h > Hc or w > Wc:
         raise ValueError(f"`valid_hw` {(h, w)} exceeds the prediction size {(Hc, Wc)}")
     y = x[None] if floating else x.to(torch.float32)[None, None]
-    if Hc == Wc and max(h, w) == Hc:
-        # TestTransform canvas (longer side = S, top-left, square): PFENet's scoring,
+    if Hc == Wc:
+        # square canvas, content at the top-left (TestTransform): PFENet's scoring,
         # i.e. resize the whole S x S canvas to L x L (L = the longer original side)
         # and crop the original H0 x W0 from its top-left corner
         side = max(H0, W0)
@@ -351,11 +351,13 @@ def restore_prediction(
 ) -> torch.Tensor | list[torch.Tensor]:
     """Map a prediction on the padded test canvas back to the original label size.
 
-    For the square canvas of :class:`~fewshot_priors.data.TestTransform` (content
-    at the top-left, its longer side filling the canvas) this is PFENet's scoring
-    protocol exactly: the whole ``S x S`` canvas is resized to ``L x L`` with
-    ``L = max(H0, W0)`` and the top-left ``H0 x W0`` is kept. Any other canvas is
-    cropped to its un-padded ``[:h, :w]`` region and resized to ``orig_hw``.
+    For a square canvas (:class:`~fewshot_priors.data.TestTransform`: content at
+    the top-left) this is PFENet's scoring protocol exactly (``ori_resize``): the
+    whole ``S x S`` canvas is resized to ``L x L`` with ``L = max(H0, W0)`` and the
+    top-left ``H0 x W0`` is kept (so, as in PFENet, the multiple-of-8 flooring of
+    the content is not undone: up to a few pixels of misalignment at the far
+    edges are part of the published protocol). Any other canvas is cropped to its
+    un-padded ``[:h, :w]`` region and resized to ``orig_hw``.
     Logits are resized bilinearly (``align_corners=True``, as PFENet) and then
     argmax-ed (one channel: ``> 0``); label maps are resized with nearest
     neighbour, which is coarser: pass logits to reproduce published numbers.

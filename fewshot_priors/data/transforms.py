@@ -234,15 +234,24 @@ class TrainTransform:
 
 
 class TestTransform:
-    """The test transform (REFERENCE §5): longer side to ``size``, pad to a square.
+    """The test transform of PFENet (REFERENCE §5): longer side to ``size``, pad to a square.
 
-    The image is resized (bilinear, not antialiased, as PFENet) so that its longer side is
-    ``size``, keeping the aspect ratio, and placed at the top-left of a
-    ``size x size`` canvas; the image is padded with the raw pixel value
-    ``pad_value`` (0 = black, before normalisation) and the mask with 255.
-    ``valid_hw`` is the resized size, so a prediction is cropped to
-    ``[:h, :w]`` and resized back to the original label size for scoring (see
-    :func:`fewshot_priors.data.restore_prediction`). No randomness is used.
+    Exactly PFENet's validation ``Resize`` (``resized_val=True``): the longer side
+    becomes ``size`` and the shorter ``int(side * (size * 1.0 / longer))``, then each
+    side is floored to a multiple of ``multiple_of`` (8; 473 -> 472, so a 500 x 375
+    VOC image becomes 472 x 352). The image is resized bilinearly (not antialiased,
+    as cv2's ``INTER_LINEAR``), placed at the top-left of a ``size x size`` canvas
+    padded with the raw pixel value ``pad_value`` (0 = black, before normalisation),
+    the mask (nearest) padded with 255. ``valid_hw`` is the resized size. Predictions
+    are scored at the original label size with
+    :func:`fewshot_priors.data.restore_prediction`. No randomness is used.
+
+    Args:
+        size: canvas side ``S`` (473).
+        pad_value: raw pixel value of the image padding.
+        multiple_of: floor both resized sides to a multiple of this (8 as PFENet; 1 keeps
+            the exact aspect-preserving size).
+        mean, std: normalisation.
     """
 
     __test__ = False  # not a pytest test class
@@ -253,26 +262,35 @@ class TestTransform:
         pad_value: float = 0.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        multiple_of: int = 8,
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"`size` must be a positive int, got {size}")
+        if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+            raise ValueError(f"`multiple_of` must be a positive int (8 as PFENet, 1 = off), got {multiple_of!r}")
         self.size = int(size)
         self.pad_value = float(pad_value)
+        self.multiple_of = multiple_of
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
-        return f"TestTransform(size={self.size})"
+        return f"TestTransform(size={self.size}, multiple_of={self.multiple_of})"
+
+    def resized_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The ``(h, w)`` an ``h x w`` image is resized to (PFENet's ``find_new_hw``)."""
+        S, k = self.size, self.multiple_of
+        # the same float expression as PFENet, int(side * (S * 1.0 / longer)); int(side * S / longer)
+        # differs by one pixel for some sizes (105 x 231 -> 215 rows instead of 214)
+        nh = S if h >= w else int(h * (S * 1.0 / w))
+        nw = S if w >= h else int(w * (S * 1.0 / h))
+        return tuple(max(1, v // k * k if v >= k else v) for v in (nh, nw))  # type: ignore[return-value]
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None):
         img = normalize_image(image, self.mean, self.std)
         m = _as_mask(mask, image)
         h, w = img.shape[-2:]
         S = self.size
-        # PFENet's test resize: the longer side becomes S, the other int(side * S / longer)
-        # (the same float expression as PFENet, int(side * (S * 1.0 / longer)): int(side * S / longer)
-        # differs by one pixel for some sizes, e.g. 105 x 231 -> 215 rows instead of 214)
-        nh = S if h >= w else max(1, int(h * (S * 1.0 / w)))
-        nw = S if w >= h else max(1, int(w * (S * 1.0 / h)))
+        nh, nw = self.resized_hw(h, w)
         if (nh, nw) != (h, w):
             img, m = _resize_pair(img, m, (nh, nw))
         fill = torch.tensor(
