@@ -121,6 +121,25 @@ def test_seed_and_epoch_control_the_episodes(pascal_root):
     assert [va.episode(i) for i in range(10)] == before
 
 
+def test_pfenet_image_sampling(pascal_root):
+    """query_sampling="images" is PFENet's SemData: one item per image with an eligible
+    class; the class is drawn among the fold classes present in it, small ones included
+    (t3 has 2047 px of class 3, t5 500 px of class 4); supports stay eligible."""
+    pairs = PascalFewShot(pascal_root, split="train", **KW)
+    imgs = PascalFewShot(pascal_root, split="train", query_sampling="images", **KW)
+    assert len(pairs) == 7 and len(imgs) == 6  # 7 eligible pairs, 6 images (t0 has two)
+    big = PascalFewShot(pascal_root, split="train", query_sampling="images", episodes=400, **KW)
+    seen = {(big.entries[q].name, c) for q, c, _ in (big.episode(i) for i in range(400))}
+    assert seen == {("t0", 3), ("t0", 4), ("t1", 3), ("t2", 3), ("t3", 3), ("t3", 4), ("t4", 4),
+                    ("t5", 3), ("t5", 4)}
+    for i in range(400):
+        q, c, sup = big.episode(i)
+        assert q not in sup and set(sup) <= set(big.class_images[c].tolist())
+    assert all("t3" != pairs.entries[q].name or c == 4 for q, c, _ in (pairs.episode(i) for i in range(7)))
+    with pytest.raises(ValueError, match="query_sampling"):
+        PascalFewShot(pascal_root, split="train", query_sampling="pfenet", **KW)
+
+
 def test_restore_prediction_round_trip_at_original_resolution(pascal_root):
     # 64x128 labels, test size 256 -> resized exactly 2x to 128x256, padded to 256x256
     ds = PascalFewShot(pascal_root, split="val", episodes=4, **{**KW, "image_size": 256})

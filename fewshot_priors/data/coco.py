@@ -75,6 +75,8 @@ class CocoFewShot(EpisodicDataset):
         fold_classes: explicit test class ids (contiguous ids) of the fold.
         min_pixels: eligibility threshold (2048).
         cache: write/read the index cache.
+        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
+            :class:`~fewshot_priors.data.EpisodicDataset`.
 
     Example:
         >>> ds = CocoFewShot("/data/coco", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -97,6 +99,7 @@ class CocoFewShot(EpisodicDataset):
         fold_classes: Sequence[int] | None = None,
         min_pixels: int = 2048,
         cache: bool = True,
+        query_sampling: str = "pairs",
     ) -> None:
         root = Path(root)
         split = {"test": "val"}.get(split, split)
@@ -110,7 +113,9 @@ class CocoFewShot(EpisodicDataset):
             raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {crowd!r}")
         if split_style not in SPLIT_STYLES:
             raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {split_style!r}")
-        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        check_episode_args(
+            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
+        )
         if fold_classes is None:
             coco_fold_classes(fold, split_style)  # validates `fold` before the annotations are read
         if not root.is_dir():
@@ -176,6 +181,7 @@ class CocoFewShot(EpisodicDataset):
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,
+            query_sampling=query_sampling,
         )
 
     def _load_json(self, ann_file: Path, image_dir: Path) -> tuple[list[Entry], int]:

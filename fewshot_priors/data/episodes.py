@@ -34,11 +34,20 @@ _ORDER_TAG = 104729  # separates the query-order stream from the per-episode str
 _MAX_READ_RETRIES = 5
 
 
+#: How query (image, class) pairs are drawn: ``"pairs"`` uniformly over the eligible
+#: pairs (each class >= min_pixels in the query); ``"images"`` as PFENet's SemData:
+#: one item per image with >= 1 eligible class, the episode's class drawn uniformly
+#: among the fold classes *present* in the image (any size; supports stay eligible).
+QUERY_SAMPLING = ("pairs", "images")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def check_episode_args(*, shots: Any, episodes: Any, seed: Any, min_pixels: Any) -> None:
+def check_episode_args(
+    *, shots: Any, episodes: Any, seed: Any, min_pixels: Any, query_sampling: Any = "pairs"
+) -> None:
     """Validate the episode arguments shared by every dataset.
 
     The datasets call this first, so a bad argument fails before the (possibly
@@ -57,6 +66,8 @@ def check_episode_args(*, shots: Any, episodes: Any, seed: Any, min_pixels: Any)
         raise ValueError(f"`seed` must be >= 0, got {seed}")
     if not _is_int(min_pixels) or min_pixels < 1:
         raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {min_pixels!r}")
+    if query_sampling not in QUERY_SAMPLING:
+        raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {query_sampling!r}")
 
 
 class EpisodicDataset(Dataset):
@@ -79,6 +90,11 @@ class EpisodicDataset(Dataset):
         min_pixels: a (image, class) pair is eligible when the class covers at
             least this many pixels (2048 = 2 x 32 x 32 in the benchmarks).
         strict: raise on bad image/label pairs instead of skipping them with a warning.
+        query_sampling: ``"pairs"`` (default: uniform over eligible (image, class)
+            pairs, the 2048-pixel rule applies to the query too) or ``"images"``
+            (PFENet's ``SemData``: uniform over images with an eligible class, the
+            class drawn among the fold classes present in the image, small ones
+            included; ``episodes=None`` then means one per image).
     """
 
     def __init__(
@@ -94,8 +110,12 @@ class EpisodicDataset(Dataset):
         seed: int,
         min_pixels: int,
         strict: bool,
+        query_sampling: str = "pairs",
     ) -> None:
-        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        check_episode_args(
+            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
+        )
+        self.query_sampling = query_sampling
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
         self.shots = shots
@@ -132,7 +152,15 @@ class EpisodicDataset(Dataset):
         self.class_ids = usable
         self.class_images = {c: np.asarray(images[c], dtype=np.int64) for c in usable}
         self.pairs = sorted((i, c) for c in usable for i in images[c])
-        self._length = episodes if episodes is not None else len(self.pairs)
+        if query_sampling == "images":  # PFENet: one item per image, its class drawn per episode
+            present = {
+                i: tuple(sorted(c for c, n in scan.counts[self.entries[i].name].items() if c in images and n > 0))
+                for i in sorted({i for i, _ in self.pairs})
+            }
+            self._queries: list = sorted(present.items())
+        else:
+            self._queries = self.pairs
+        self._length = episodes if episodes is not None else len(self._queries)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
     # ------------------------------------------------------------------ API
@@ -163,8 +191,10 @@ class EpisodicDataset(Dataset):
         return qi, c, supports
 
     def _sample(self, index: int, epoch: int):
-        qi, c = self._query_pair(index, epoch)
         rng = np.random.default_rng([self.seed, epoch, index])
+        qi, c = self._query_pair(index, epoch)
+        if self.query_sampling == "images":  # c holds the image's classes
+            c = int(c[rng.integers(len(c))])
         pool = self.class_images[c]
         pool = pool[pool != qi]
         supports = rng.choice(pool, size=self.shots, replace=False).tolist()
@@ -201,7 +231,7 @@ class EpisodicDataset(Dataset):
         return self.epoch if epoch is None else int(epoch)
 
     def _query_pair(self, index: int, epoch: int) -> tuple[int, int]:
-        n = len(self.pairs)
+        n = len(self._queries)
         cycle, j = divmod(index, n)
         key = (epoch, cycle)
         perm = self._perm_cache.get(key)
@@ -210,7 +240,7 @@ class EpisodicDataset(Dataset):
                 self._perm_cache.clear()
             perm = np.random.default_rng([self.seed, epoch, _ORDER_TAG, cycle]).permutation(n)
             self._perm_cache[key] = perm
-        return self.pairs[int(perm[j])]
+        return self._queries[int(perm[j])]
 
     def _binary(self, entry: Entry, c: int) -> tuple[np.ndarray, np.ndarray]:
         image = self.read_image(entry)

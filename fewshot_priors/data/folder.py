@@ -46,6 +46,8 @@ class FolderFewShot(EpisodicDataset):
         min_pixels: minimum foreground pixels of an eligible image (default 1).
         strict: raise on unusable pairs instead of skipping them.
         cache: write/read the index cache (``.fewshot_index.json`` in ``root``).
+        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
+            :class:`~fewshot_priors.data.EpisodicDataset`.
 
     Example:
         A folder ``my_data/`` with ``cat/001.jpg``, ``cat/001.png``, ``dog/...``::
@@ -74,12 +76,15 @@ class FolderFewShot(EpisodicDataset):
         min_pixels: int = 1,
         strict: bool = False,
         cache: bool = True,
+        query_sampling: str = "pairs",
     ) -> None:
         root = Path(root)
         split = {"val": "test"}.get(split, split)
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
-        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        check_episode_args(
+            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
+        )
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
         exts = (image_ext,) if isinstance(image_ext, str) else tuple(image_ext)
@@ -153,6 +158,7 @@ class FolderFewShot(EpisodicDataset):
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,
+            query_sampling=query_sampling,
         )
 
     def read_label(self, entry: Entry) -> np.ndarray:

@@ -91,6 +91,8 @@ class PascalFewShot(EpisodicDataset):
         num_folds: number of folds when the folds are derived from ``num_classes``.
         min_pixels: eligibility threshold (2048 = 2 x 32 x 32).
         cache: write/read the index cache.
+        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
+            :class:`~fewshot_priors.data.EpisodicDataset`.
 
     Example:
         >>> ds = PascalFewShot("/data/pascal", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -115,12 +117,15 @@ class PascalFewShot(EpisodicDataset):
         num_folds: int = 4,
         min_pixels: int = 2048,
         cache: bool = True,
+        query_sampling: str = "pairs",
     ) -> None:
         root = Path(root)
         split = {"test": "val"}.get(split, split)
         if split not in ("train", "val"):
             raise ValueError(f"`split` must be 'train' or 'val', got {split!r}")
-        check_episode_args(shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels)
+        check_episode_args(
+            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
+        )
         if fold_classes is None and (not isinstance(fold, int) or isinstance(fold, bool) or fold < 0):
             raise ValueError(f"`fold` must be a non-negative int (0-3 for PASCAL-5i), got {fold!r}")
         if not root.is_dir():
@@ -177,6 +182,7 @@ class PascalFewShot(EpisodicDataset):
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,
+            query_sampling=query_sampling,
         )
 
     def read_label(self, entry: Entry) -> np.ndarray:
