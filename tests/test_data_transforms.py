@@ -139,6 +139,23 @@ def test_crop_keeps_foreground():
     assert sum(k < 0.85 * 400 for k in kept_plain) > 10  # a single draw usually loses it
 
 
+def test_crop_uses_the_last_draw_when_none_keeps_enough():
+    """PFENet's Crop re-draws up to 31 times and keeps the LAST crop even if it lost
+    the object (it does not pick the best one)."""
+    mask = np.zeros((160, 160), np.int64)
+    mask[10:150, 10:150] = 1  # larger than the crop: no 64 crop keeps 85 %
+    img = _img(160, 160)
+    t = TrainTransform(size=64, scale=(1.0, 1.0), rotate_p=0.0, blur_p=0.0, hflip_p=0.0)
+    assert t.crop_retries == 31
+    out, m, _ = t(img, mask, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    rng.uniform(1.0, 1.0), rng.random(), rng.random(), rng.random()  # scale, rotate, blur, flip
+    draws = [(int(rng.integers(0, 97)), int(rng.integers(0, 97))) for _ in range(32)]
+    y, x = draws[-1]
+    assert torch.equal(out, normalize_image(img)[:, y : y + 64, x : x + 64])
+    assert torch.equal(m, torch.from_numpy(mask)[y : y + 64, x : x + 64])
+
+
 def test_blur_matches_torchvision():
     x = torch.randn(3, 17, 23)
     assert torch.allclose(_gaussian_blur(x, 5, 1.1), TF.gaussian_blur(x, [5, 5], [1.1, 1.1]),

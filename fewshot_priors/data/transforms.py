@@ -126,8 +126,8 @@ class TrainTransform:
     the mean, mask with 255), Gaussian blur (``p=blur_p``), horizontal flip
     (``p=0.5``), then a ``size x size`` random crop (padded with mean / 255 when
     the image is smaller) that is re-drawn up to ``crop_retries`` times while
-    less than ``keep_fg`` of the foreground survives; the crop keeping the most
-    foreground is used.
+    less than ``keep_fg`` of the foreground survives; as in PFENet the last draw
+    is used when none keeps enough.
 
     Args:
         size: output side ``S`` (473 or 321 in the paper).
@@ -137,7 +137,8 @@ class TrainTransform:
         blur_kernel: Gaussian blur kernel size (sigma as OpenCV's default for it).
         blur_p: probability of blurring.
         hflip_p: probability of a horizontal flip.
-        crop_retries: extra crop draws allowed to keep the foreground.
+        crop_retries: re-draws allowed to keep the foreground (31 as PFENet); when
+            none keeps enough, the last draw is used (as PFENet).
         keep_fg: fraction of foreground pixels a crop must keep.
 
     Example:
@@ -158,7 +159,7 @@ class TrainTransform:
         blur_kernel: int = 5,
         blur_p: float = 0.5,
         hflip_p: float = 0.5,
-        crop_retries: int = 30,
+        crop_retries: int = 31,
         keep_fg: float = 0.85,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -219,17 +220,14 @@ class TrainTransform:
             m = TF.pad(m, pad, fill=IGNORE_INDEX)
             h, w = img.shape[-2:]
         total_fg = int((m == 1).sum())
-        best = None
+        # PFENet's Crop: draw, then re-draw while < keep_fg of the foreground survives,
+        # at most crop_retries times (its `crop_cnt <= 30` loop: 31); the LAST draw is used
         for _ in range(self.crop_retries + 1):
             y = int(rng.integers(0, h - S + 1))
             x = int(rng.integers(0, w - S + 1))
             kept = int((m[:, y : y + S, x : x + S] == 1).sum())
-            if best is None or kept > best[0]:
-                best = (kept, y, x)
             if total_fg == 0 or kept >= self.keep_fg * total_fg:
-                best = (kept, y, x)
                 break
-        _, y, x = best
         return img[:, y : y + S, x : x + S], m[:, y : y + S, x : x + S]
 
 
