@@ -29,8 +29,9 @@ from torch import nn
 
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
+from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+from .backbone import pfenet_dilation
 
-PRIOR_FORMAT = "fewshot_priors.prior_extractor"
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
 
 
@@ -143,7 +144,12 @@ def create_encoder(backbone: str, **kwargs: Any) -> nn.Module:
     import timm
 
     kwargs.setdefault("pretrained", False)
-    return timm.create_model(backbone, num_classes=0, **kwargs)
+    encoder = timm.create_model(backbone, num_classes=0, **kwargs)
+    if kwargs.get("output_stride") in (8, 16):
+        # dilate as QGNet's frozen prior extractor will (create_backbone), so the
+        # features seen in pretraining are the ones the prior region map uses
+        pfenet_dilation(encoder, kwargs["output_stride"])
+    return encoder
 
 
 def dense_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
