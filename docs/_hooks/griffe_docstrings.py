@@ -4,6 +4,8 @@ Two conventions of the package's docstrings are not Google-style Markdown:
 
 * a singular ``Example:`` heading: griffe parses only ``Examples:`` as a doctest
   section; otherwise ``x[[1, 0]]`` in the example would read as a Markdown link;
+* reST literal-block markers (``text::``): the indented block already renders as
+  code in Markdown, so ``::`` becomes ``:``;
 * Sphinx roles (``:func:`~fewshot_priors.ops.max_cosine_similarity```): they become
   optional cross-references to the object's canonical path (resolved by importing
   it), rendered as links when the object is documented and as code otherwise.
@@ -17,6 +19,7 @@ import re
 import griffe
 
 _SINGULAR = re.compile(r"^(\s*)Example:[ \t]*$", re.MULTILINE)
+_LITERAL = re.compile(r"(\S)::[ \t]*$", re.MULTILINE)  # reST "text::" before a code block
 _ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|const):`([^`]+)`")
 
 
@@ -78,6 +81,8 @@ class DocstringCompat(griffe.Extension):
         value = doc.value
         if "Example:" in value:
             value = _SINGULAR.sub(r"\1Examples:", value)
+        if "::" in value:
+            value = _LITERAL.sub(r"\1:", value)
         if ":`" in value:
             value = _ROLE.sub(lambda m: _role_to_autoref(m, obj), value)
         doc.value = value
