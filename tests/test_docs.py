@@ -102,6 +102,66 @@ def test_markdown_code_blocks_run(page, tmp_path, monkeypatch):
             raise AssertionError(f"code block at {page.relative_to(ROOT)}:{line} failed: {exc!r}") from exc
 
 
+def shell_commands(text: str) -> list[list[str]]:
+    """Argument lists of the ``fewshot-priors`` / ``-m fewshot_priors.cli`` calls in ```bash blocks."""
+    import shlex
+
+    commands = []
+    for m in _FENCE.finditer(text):
+        if m.group(1) != "bash":
+            continue
+        for line in m.group(2).replace("\\\n", " ").splitlines():
+            line = re.sub(r"\$\{?fold\}?", "0", line.split("#", 1)[0])
+            line = re.sub(r"\$\{?k\}?", "1", line)
+            for marker in ("fewshot-priors ", "-m fewshot_priors.cli "):
+                if marker in line:
+                    rest = line.split(marker, 1)[1].split(";", 1)[0]
+                    commands.append(shlex.split(rest))
+                    break
+    return commands
+
+
+def test_shell_command_extraction():
+    text = (
+        "```bash\nfor fold in 0 1; do\n  fewshot-priors eval --config pascal/x_fold$fold \\\n"
+        "      --shots ${k} --output r_${fold}.json   # comment\ndone\n```\n"
+        "```python\nfewshot-priors train\n```\n"
+        "```bash\ntorchrun --nproc_per_node 2 -m fewshot_priors.cli train --config a.yaml; echo\n```\n"
+    )
+    assert shell_commands(text) == [
+        ["eval", "--config", "pascal/x_fold0", "--shots", "1", "--output", "r_0.json"],
+        ["train", "--config", "a.yaml"],
+    ]
+
+
+def test_documented_cli_commands_parse():
+    """Every CLI call shown in the docs uses real subcommands, flags, config names and --set keys."""
+    import dataclasses
+
+    from fewshot_priors.cli import build_parser
+    from fewshot_priors.config import load_config
+    from fewshot_priors.engine.pretrain import PretrainConfig
+
+    pretrain_fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    parser = build_parser()
+    seen = 0
+    for page in _pages():
+        for argv in shell_commands(page.read_text(encoding="utf-8")):
+            where = f"{page.relative_to(DOCS)}: fewshot-priors {' '.join(argv)}"
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # argparse error
+                raise AssertionError(f"does not parse: {where}") from exc
+            overrides = getattr(args, "overrides", None) or []
+            if args.command == "pretrain":
+                unknown = {o.split("=", 1)[0] for o in overrides} - pretrain_fields
+                assert not unknown, f"unknown pretrain fields {unknown}: {where}"
+            elif getattr(args, "config", None) and not args.config.endswith(".yaml"):
+                load_config(args.config, overrides)  # the name resolves and the keys exist
+            seen += 1
+    assert seen >= 8, seen
+
+
 def _nav_files(nav) -> list[str]:
     out = []
     for item in nav:
