@@ -19,4 +19,4 @@ bench: install
 	$(PYTHON) -m pytest benchmarks
 
 docs: install
-	$(PYTHON) -m mkdocs build --strict
+	OMP_NUM_THREADS=1 MPLBACKEND=Agg $(PYTHON) -m mkdocs build --strict
