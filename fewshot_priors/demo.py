@@ -127,6 +127,20 @@ def episode_rows(model: torch.nn.Module, dataset, indices: Iterable[int]) -> lis
     return rows
 
 
+def _figure_episodes(dataset, n: int) -> list[int]:
+    """The first ``n`` test episodes, taken round-robin over the held-out classes."""
+    by_class: dict[int, list[int]] = {}
+    for i in range(len(dataset)):
+        c = int(dataset.episode(i)[1]) if hasattr(dataset, "episode") else 0
+        by_class.setdefault(c, []).append(i)
+    picked: list[int] = []
+    while len(picked) < min(n, len(dataset)):
+        for idx in by_class.values():
+            if idx and len(picked) < n:
+                picked.append(idx.pop(0))
+    return sorted(picked)
+
+
 def _demo_config(root: Path, run_dir: Path, preset: Mapping, seed: int, device: str, prior: str | None,
                  use_prior: bool = True) -> dict:
     from fewshot_priors.config import load_config
@@ -281,8 +295,7 @@ def run_demo(
     figures = {}
     n_fig = preset["figure_episodes"]
     for shots, ds in datasets.items():
-        step = max(1, len(ds) // n_fig)
-        rows = episode_rows(model, ds, range(0, min(len(ds), step * n_fig), step))
+        rows = episode_rows(model, ds, _figure_episodes(ds, n_fig))
         figures[f"fig5_{shots}shot"] = str(save_episode_figures(
             rows, out / f"fig5_{shots}shot.png", title=f"QGNet demo, held-out classes, {shots}-shot"))
     figures["loss_curve"] = str(plot_loss_curve(out / "qgnet" / "scalars.csv", out / "loss_curve.png"))
