@@ -151,3 +151,27 @@ def test_grad_clip_and_best_checkpoint(tmp_path):
     assert res["best_miou"] == 0.3
     assert load_checkpoint(tmp_path / "best")["meta"]["epoch"] == 1
     assert [v["miou"] for v in res["val"]] == [0.3, 0.1]
+
+
+def test_resume_is_exact_through_the_real_loader_and_augmentation(tmp_path):
+    """Same check with PascalFewShot episodes (seeded sampling + the paper's train augmentation)."""
+    from fewshot_priors.data import PascalFewShot, collate_episodes, generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=8, image_size=64,
+                                      min_pixels=400, progress=False)
+    ds = PascalFewShot(root, fold=0, split="train", image_size=48, min_pixels=400, seed=1)
+    cfg = _cfg(tmp_path, batch_size=2, epochs=4)  # two epochs cross: set_epoch-style fresh episodes
+
+    def run(out, steps, resume=None, init_seed=0):
+        torch.manual_seed(init_seed)
+        model = ToyModel()
+        train(cfg, model=model, train_set=ds, collate_fn=collate_episodes, output_dir=out, progress=False,
+              max_steps=steps, resume=resume)
+        return model
+
+    n = len(ds) // 2 + 1  # steps per epoch + 1: the runs cross the first epoch boundary
+    full = run(tmp_path / "full", n + 2)
+    run(tmp_path / "split", n - 1)
+    resumed = run(tmp_path / "split", n + 2, resume=True, init_seed=7)
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
