@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classes against baselines, and write metrics.json + figures.")
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; for tests and smoke checks)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train QGNet without the prior region map (with vs without the prior; 2x training)")
     p.add_argument("--seed", type=int, default=321, help="seed of everything (default 321)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -115,7 +117,8 @@ def _cmd_configs(args) -> int:
 def _cmd_demo(args) -> int:
     from fewshot_priors.demo import run_demo
 
-    metrics = run_demo(args.output, quick=args.quick, seed=args.seed, device=args.device,
+    metrics = run_demo(args.output, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
+                       device=args.device,
                        progress=not args.no_progress)
     print(json.dumps(metrics.get("summary", metrics), indent=2))
     return 0
