@@ -239,3 +239,32 @@ def test_mkdocs_build_strict(tmp_path):
         assert "data:image/png;base64" in html, f"{nb}: no executed figure in the page"
     api = (site / "api" / "models" / "index.html").read_text(encoding="utf-8")
     assert "QGNet" in api and "GlobalLocalMoCo" in api
+
+
+# ----------------------------------------------------------------------------- README
+README = ROOT / "README.md"
+
+
+def test_readme_code_blocks_run(tmp_path, monkeypatch):
+    """The README's Python examples run as written."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    assert len(blocks) >= 2
+    for line, code, skipped in blocks:
+        assert not skipped
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102
+
+
+def test_readme_cli_commands_parse():
+    """Every CLI call in the README uses real subcommands, flags, config names and --set keys."""
+    from fewshot_priors.cli import build_parser
+    from fewshot_priors.config import load_config
+
+    parser = build_parser()
+    commands = shell_commands(README.read_text(encoding="utf-8"))
+    assert len(commands) >= 4
+    for argv in commands:
+        args = parser.parse_args(argv)
+        if getattr(args, "config", None) and args.command != "pretrain":
+            load_config(args.config, getattr(args, "overrides", None) or [])
