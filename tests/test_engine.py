@@ -175,3 +175,49 @@ def test_resume_is_exact_through_the_real_loader_and_augmentation(tmp_path):
     resumed = run(tmp_path / "split", n + 2, resume=True, init_seed=7)
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_evaluate_scores_logits_at_original_resolution_like_pfenet():
+    """Logits are resized bilinearly to the original label before the argmax (PFENet's
+    protocol); an integer prediction is resized with nearest neighbour."""
+    from fewshot_priors.data import restore_prediction
+    from fewshot_priors.engine.evaluate import evaluate
+    from fewshot_priors.metrics import FewShotSegMeter
+
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(3):
+        orig = (torch.rand(13, 9, generator=g) > 0.5).long()
+        items.append(
+            {
+                "query_image": torch.zeros(3, 8, 8),
+                "support_images": torch.zeros(1, 3, 8, 8),
+                "support_masks": torch.zeros(1, 8, 8, dtype=torch.long),
+                "class_id": 1,
+                "query_mask_orig": orig,
+                "query_valid_hw": torch.tensor([8, 6]),
+            }
+        )
+    logits = torch.randn(3, 2, 8, 8, generator=g)
+
+    class Episodes(torch.utils.data.Dataset):
+        class_ids = [1]
+
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            return {**items[i], "index": i}
+
+    def predict(batch):
+        return logits[batch["index"]]
+
+    res = evaluate(None, Episodes(), predict_fn=predict, progress=False)
+    meter = FewShotSegMeter([1])
+    for i, item in enumerate(items):
+        pred = restore_prediction(logits[i], [8, 6], tuple(item["query_mask_orig"].shape))
+        meter.update(pred, item["query_mask_orig"], 1)
+    assert res["miou"] == pytest.approx(float(meter.compute()["miou"]))
+    # and it is not what the argmax-then-nearest path gives on this data
+    hard = evaluate(None, Episodes(), predict_fn=lambda b: logits[b["index"]].argmax(1), progress=False)
+    assert hard["miou"] != pytest.approx(res["miou"])

@@ -42,17 +42,26 @@ def collate_eval(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def predict_fn_from_model(model: torch.nn.Module) -> Callable[[Mapping[str, Any]], torch.Tensor]:
-    """``batch -> B, H, W`` label prediction via ``model(...)["logits"].argmax(1)``."""
+    """``batch -> B, C, H, W`` logits of ``model(...)["logits"]``.
+
+    Logits (not their argmax) are returned so that the test protocol can resize
+    them bilinearly to the original label size before the argmax, as PFENet does.
+    """
 
     def predict(batch: Mapping[str, Any]) -> torch.Tensor:
         out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
-        return out["logits"].argmax(1)
+        return out["logits"].float()
 
     return predict
 
 
 def _restore(pred: torch.Tensor, batch: Mapping[str, Any], i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prediction, target) of item ``i`` at the resolution it is scored at."""
+    """(prediction, target) of item ``i`` at the resolution it is scored at.
+
+    ``pred`` is ``B, C, H, W`` float logits or ``B, H, W`` integer labels.
+    """
+    if pred.is_floating_point() and "query_mask_orig" not in batch:
+        return pred[i].argmax(0), batch["query_mask"][i]
     if "query_mask_orig" in batch:
         from fewshot_priors.data import restore_prediction
 
@@ -90,8 +99,10 @@ def evaluate(
         seed: RNG seed reset before the evaluation (reported in the result).
         batch_size: episodes per forward pass.
         num_workers: data loader workers.
-        predict_fn: ``batch -> B, H, W`` integer predictions at the input size
-            (default: argmax of ``model(...)["logits"]``), or ``batch -> {name: B, H, W}``
+        predict_fn: ``batch -> B, C, H, W`` float logits (resized bilinearly to the
+            original label size before the argmax, PFENet's protocol) or ``B, H, W``
+            integer predictions (resized with nearest neighbour) at the input size
+            (default: ``model(...)["logits"]``), or ``batch -> {name: prediction}``
             to score several predictors (a model and its baselines) in one pass.
         device: where to run (default: the model's device, else CPU).
         progress: show a tqdm bar (rank 0 only).
