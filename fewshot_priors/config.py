@@ -337,7 +337,10 @@ ZOO_DATASETS = {
 
 
 def zoo_bins(image_size: int, output_stride: int = 8) -> list[int]:
-    """FEM pyramid bins: [60, 30, 15, 8] at 473 (PFENet), else feature-size fractions 1, 1/2, 1/4, 1/8."""
+    """FEM pyramid bins: [60, 30, 15, 8] at 473 (PFENet), else feature-size fractions 1, 1/2, 1/4, 1/8.
+
+    ``output_stride`` is the backbone's: 8 for the dilated ResNets, 16 for VGG (PFENet's layering).
+    """
     if image_size == 473:
         return [60, 30, 15, 8]
     feat = (image_size - 1) // output_stride + 1
@@ -356,7 +359,8 @@ def zoo_configs() -> dict[str, dict]:
                         "experiment": {"name": f"{ds}_{paper_name}_{size}_fold{fold}", "seed": 321},
                         "data": {"dataset": ds, "root": root, "fold": fold, "image_size": size,
                                  "scale_range": scale, "test_episodes": episodes},
-                        "model": {"backbone": timm_name, "pretrained": True, "bins": zoo_bins(size),
+                        "model": {"backbone": timm_name, "pretrained": True,
+                                  "bins": zoo_bins(size, 16 if paper_name == "vgg16" else 8),
                                   "shots": 1},
                         "train": {"epochs": epochs, "batch_size": batch, "lr": lr},
                     }

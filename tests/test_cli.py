@@ -47,7 +47,9 @@ def test_zoo_rows_resolve_with_effective_lr(name, lr, backbone, size, fold, clas
     assert cfg["experiment"]["seed"] == 321
     if size == 473:
         assert cfg["model"]["bins"] == [60, 30, 15, 8]
-    else:
+    elif backbone.startswith("vgg"):  # stride 16 (PFENet's VGG layering): 21 x 21 features at 321
+        assert cfg["model"]["bins"] == [21, 10, 5, 2]
+    else:  # dilated ResNet, stride 8: 41 x 41 features at 321
         assert cfg["model"]["bins"] == [41, 20, 10, 5]
     assert cfg["data"]["test_episodes"] == (5000 if name.startswith("pascal") else 20000)
 
