@@ -1,4 +1,8 @@
-"""Figures: the paper's Fig. 5 panel layout and training loss curves (matplotlib, Agg)."""
+"""Figures: the paper's Fig. 5 panel layout and training loss curves (matplotlib).
+
+The backend is left to matplotlib (it falls back to Agg on a headless machine), so
+figures still show inline in notebooks.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 __all__ = ["denormalize", "episode_figure", "overlay_mask", "plot_loss_curve", "save_episode_figures"]
 
