@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; for tests and smoke checks)")
     p.add_argument("--ablation", action="store_true",
-                   help="also train QGNet without the prior region map (with vs without the prior; 2x training)")
+                   help="also train QGNet with a random-init prior extractor and without the prior region map, "
+                        "and score the Table-7 recall of the region maps (3x training; ablation.md)")
     p.add_argument("--seed", type=int, default=321, help="seed of everything (default 321)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -25,9 +25,11 @@
 5. **Evaluation** on the held-out classes, 1-shot and 5-shot, fixed seed, scored
    at the original label resolution, against two baselines computed on the same
    episodes: (a) the guided region map alone thresholded at 0.5, (b) predicting
-   all foreground. ``--ablation`` also trains the PFENet-style model without the
-   prior region map (``use_prior=False``) for the "with vs without the prior"
-   comparison (doubles the training time).
+   all foreground. ``--ablation`` also trains, with everything else equal, QGNet with a
+   *random-init* frozen prior extractor and the PFENet-style model without the
+   prior region map (``use_prior=False``), and scores the Table-7 recall of the
+   guided and prior region maps of each (triples the training time; ``ablation``
+   in ``metrics.json`` and ``ablation.md``).
 6. **Outputs**: ``metrics.json``, ``fig5_1shot.png`` / ``fig5_5shot.png`` (Fig. 5
    layout), ``loss_curve.png``, ``pretrain_curve.png``, the run folders with
    checkpoints, CSV and TensorBoard logs.
@@ -49,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PRESETS", "episode_rows", "run_demo"]
+__all__ = ["ABLATION_VARIANTS", "PRESETS", "ablation_markdown", "episode_rows", "run_demo"]
 
 #: Demo sizes. ``full`` is the README's ``make demo`` (< 10 min on 2 CPU cores);
 #: ``quick`` runs the same pipeline end to end in about a minute (tests).
@@ -88,11 +90,44 @@ def _upsample_map(m: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(m.float(), size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
 
 
-def _predictors(model: torch.nn.Module):
-    """``batch -> {name: B, H, W}``: the model and the two baselines, from one forward pass."""
+class _MapRecall:
+    """Table-7 recall of the guided and prior region maps over the evaluated episodes.
 
-    def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    ``prior_map (1-p)`` is the object region ``{1 - p >= alpha}`` (the prior map is
+    low on objects, Sec. 4.3); ``prior_map (p)`` is the literal ``{p >= alpha}``.
+    """
+
+    def __init__(self) -> None:
+        from fewshot_priors.analysis import RecallMeter
+
+        self.meters = {"guided_map": RecallMeter(),
+                       "prior_map (1-p)": RecallMeter(low_is_object=True),
+                       "prior_map (p)": RecallMeter(low_is_object=False)}
+
+    def update(self, out: Mapping[str, Any], query_mask: torch.Tensor) -> None:
+        label = query_mask.cpu()
+        self.meters["guided_map"].update(out["guided_map"].float().cpu(), label)
+        if out.get("prior_map") is not None:
+            for name in ("prior_map (1-p)", "prior_map (p)"):
+                self.meters[name].update(out["prior_map"].float().cpu(), label)
+
+    def compute(self) -> dict[str, Any]:
+        return {k: m.compute() for k, m in self.meters.items() if m.compute()["episodes"] > 0}
+
+
+def _predictors(model: torch.nn.Module, recall: _MapRecall | None = None, with_baselines: bool = True):
+    """``batch -> {name: B, H, W}``: the model and the two baselines, from one forward pass.
+
+    With ``recall``, the region maps of each batch are also scored against
+    ``batch["query_mask"]`` (Table 7). Without baselines it returns the model's logits.
+    """
+
+    def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | torch.Tensor:
         out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
+        if recall is not None:
+            recall.update(out, batch["query_mask"])
+        if not with_baselines:
+            return out["logits"].float()
         size = batch["query_image"].shape[-2:]
         guided = _upsample_map(out["guided_map"], size)
         return {
@@ -199,15 +234,86 @@ def _train_qgnet(cfg: Mapping, preset: Mapping, progress: bool, min_pixels: int)
     return model, res
 
 
-def _evaluate_all(model, cfg, shots, episodes, seed, min_pixels, progress, with_baselines=True):
+def _evaluate_all(model, cfg, shots, episodes, seed, min_pixels, progress, with_baselines=True, recall=None):
     from fewshot_priors.engine.build import build_dataset
-    from fewshot_priors.engine.evaluate import evaluate, predict_fn_from_model
+    from fewshot_priors.engine.evaluate import evaluate
 
     ds = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed)
-    fn = _predictors(model) if with_baselines else predict_fn_from_model(model)
+    fn = _predictors(model, recall=recall, with_baselines=with_baselines)
     res = evaluate(model, ds, seed=seed, batch_size=8, predict_fn=fn, progress=progress,
                    desc=f"eval {shots}-shot")
     return (res if with_baselines else {"model": res}), ds
+
+
+#: The ablation's models: key -> (description, prior weights: "pretrained" / None (random init), use_prior).
+ABLATION_VARIANTS: dict[str, tuple[str, str | None, bool]] = {
+    "pretrained_prior": ("QGNet, prior extractor pretrained by GlobalLocalMoCo (the demo's model)", "pretrained", True),
+    "random_prior": ("QGNet, random-init frozen prior extractor", None, True),
+    "no_prior": ("QGNet without the prior region map (PFENet-style)", None, False),
+}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def ablation_markdown(ablation: Mapping[str, Any]) -> str:
+    """Markdown tables (mIoU / FB-IoU, Table-7 recall) of the ``"ablation"`` entry of ``metrics.json``."""
+    variants = ablation["variants"]
+    lines = ["| model | 1-shot mIoU | 1-shot FB-IoU | 5-shot mIoU | 5-shot FB-IoU |",
+             "|---|---|---|---|---|"]
+    for key, v in variants.items():
+        r1, r5 = v["results"]["1-shot"], v["results"]["5-shot"]
+        lines.append(f"| {key}: {v['description']} | {_pct(r1['miou'])} | {_pct(r1['fbiou'])} | "
+                     f"{_pct(r5['miou'])} | {_pct(r5['fbiou'])} |")
+    for shots in ("1-shot", "5-shot"):
+        thr = None
+        rows = []
+        for key, v in variants.items():
+            for name, rec in v["recall"][shots].items():
+                thr = rec["thresholds"]
+                rows.append(f"| {key} | {name} | " + " | ".join(_pct(x) for x in rec["pooled"]) + " |")
+                if "area" in rec:
+                    rows.append(f"| {key} | {name}: area of R | " + " | ".join(_pct(x) for x in rec["area"]) + " |")
+        if thr is None:
+            continue
+        lines += ["", f"Recall (%) of the ground-truth query mask, {shots}, pooled over all episodes "
+                      "(object region R at threshold alpha; 'area of R' = share of the scored pixels inside R, "
+                      "which a recall alone does not penalise):", "",
+                  "| model | map | " + " | ".join(f"{a:g}" for a in thr) + " |",
+                  "|---|---|" + "---|" * len(thr)] + rows
+    return "\n".join(lines) + "\n"
+
+
+def _run_ablation(root: Path, out: Path, preset: Mapping, seed: int, device: str, prior_path: str,
+                  main: Mapping[str, Any], progress: bool, min_pixels: int, say) -> dict[str, Any]:
+    """Train and score the random-init-prior and no-prior variants; ``main`` holds the demo model's scores."""
+    variants: dict[str, Any] = {"pretrained_prior": {"description": ABLATION_VARIANTS["pretrained_prior"][0],
+                                                     **main}}
+    for key in ("random_prior", "no_prior"):
+        desc, _, use_prior = ABLATION_VARIANTS[key]
+        say(f"ablation: training {desc}")
+        cfg_v = _demo_config(root, out / f"qgnet_{key}", preset, seed, device, prior_path, use_prior=use_prior)
+        if use_prior:
+            cfg_v["model"]["prior_weights"] = None  # random init (seeded), frozen like the pretrained one
+        model_v, _ = _train_qgnet(cfg_v, preset, progress, min_pixels)
+        results, recall = {}, {}
+        for shots in (1, 5):
+            rec = _MapRecall()
+            r, _ = _evaluate_all(model_v, cfg_v, shots, preset["episodes"], seed, min_pixels, progress,
+                                 with_baselines=False, recall=rec)
+            results[f"{shots}-shot"] = r["model"]
+            recall[f"{shots}-shot"] = rec.compute()
+        variants[key] = {"description": desc, "results": results, "recall": recall}
+    return {
+        "variants": variants,
+        "recall_definition": "Recall = |R ∩ R_GT| / |R_GT| (paper Table 7); R = {map >= alpha} for the guided map, "
+                             "R = {1 - p >= alpha} ('prior_map (1-p)', the prior map is low on objects) or "
+                             "R = {p >= alpha} ('prior_map (p)'); maps resized bilinearly to the query label, "
+                             "ignore pixels (255) excluded; 'pooled' = over all GT pixels of all episodes, "
+                             "'mean' = mean of per-episode recalls; 'area' = |R| / scored pixels",
+        "same_for_all": "dataset, seed, backbone init, training schedule and test episodes",
+    }
 
 
 def run_demo(
@@ -224,8 +330,9 @@ def run_demo(
     Args:
         output: output folder (created; the generated dataset is reused if present).
         quick: use the tiny ``quick`` preset (about a minute; numbers are meaningless).
-        ablation: also train and score QGNet without the prior region map (doubles the
-            training time; default: the preset's choice, off).
+        ablation: also train and score QGNet with a random-init prior extractor and
+            without the prior region map, with Table-7 recall of the region maps
+            (triples the training time; default: the preset's choice, off).
         seed: seed of the dataset, pretraining, training and evaluation.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: show progress bars.
@@ -298,21 +405,25 @@ def run_demo(
     results: dict[str, Any] = {}
     datasets = {}
     t = _timer()
+    main_recall: dict[str, Any] = {}
     for shots in (1, 5):
         say(f"evaluating {shots}-shot on {preset['episodes']} held-out episodes (+ baselines)")
+        rec = _MapRecall()
         results[f"{shots}-shot"], datasets[shots] = _evaluate_all(
-            model, cfg, shots, preset["episodes"], seed, min_pixels, progress)
+            model, cfg, shots, preset["episodes"], seed, min_pixels, progress, recall=rec)
+        main_recall[f"{shots}-shot"] = rec.compute()
     timings["evaluate"] = t()
 
+    ablation_res = None
     if preset["ablation"] if ablation is None else ablation:
         t = _timer()
-        say("ablation: training QGNet without the prior region map (PFENet-style, use_prior=False)")
-        cfg_np = _demo_config(Path(root), out / "qgnet_no_prior", preset, seed, device, prior_path, use_prior=False)
-        model_np, _ = _train_qgnet(cfg_np, preset, progress, min_pixels)
-        for shots in (1, 5):
-            r, _ = _evaluate_all(model_np, cfg_np, shots, preset["episodes"], seed, min_pixels, progress,
-                                 with_baselines=False)
-            results[f"{shots}-shot"]["qgnet_without_prior"] = r["model"]
+        main = {"results": {k: results[k]["qgnet"] for k in results}, "recall": main_recall}
+        ablation_res = _run_ablation(Path(root), out, preset, seed, device, prior_path, main, progress,
+                                     min_pixels, say)
+        for key, name in (("random_prior", "qgnet_random_prior"), ("no_prior", "qgnet_without_prior")):
+            for k, r in ablation_res["variants"][key]["results"].items():
+                results[k][name] = r
+        (out / "ablation.md").write_text(ablation_markdown(ablation_res), encoding="utf-8")
         timings["ablation"] = t()
 
     # 6. figures + metrics ------------------------------------------------------------------
@@ -377,6 +488,8 @@ def run_demo(
             "final_loss": train_res["history"][-1]["loss"] if train_res["history"] else None,
             "config": {k: cfg[k] for k in ("model", "train")},
         },
+        "region_map_recall": main_recall,
+        "ablation": ablation_res,
         "figures": figures,
         "timings_s": timings,
         "machine": {"platform": platform.platform(), "torch": torch.__version__,

@@ -37,3 +37,54 @@ def test_quick_demo_runs_end_to_end(tmp_path):
         assert 0.0 < res["baseline_all_foreground"]["miou"] < 1.0
     assert set(metrics["dataset"]["test_classes"]).isdisjoint(metrics["dataset"]["train_classes"])
     assert isinstance(metrics["beats_baselines"], bool)
+    # Table-7 recall of the demo model's region maps: both prior conventions, recall falls with the threshold
+    for shots in ("1-shot", "5-shot"):
+        rec = metrics["region_map_recall"][shots]
+        assert set(rec) == {"guided_map", "prior_map (1-p)", "prior_map (p)"}
+        for r in rec.values():
+            assert len(r["pooled"]) == 9 and r["episodes"] > 0
+            assert all(0.0 <= x <= 1.0 for x in r["pooled"] + r["area"])
+            assert all(a >= b for a, b in zip(r["pooled"], r["pooled"][1:]))
+    assert metrics["ablation"] is None  # --ablation not given
+
+
+def test_map_recall_scores_both_prior_conventions_and_skips_a_missing_prior():
+    import torch
+
+    from fewshot_priors.demo import _MapRecall
+
+    prior = torch.tensor([[[[0.05, 0.95], [0.95, 0.95]]]])  # low on the object pixel
+    label = torch.tensor([[[1, 0], [0, 255]]])
+    rec = _MapRecall()
+    rec.update({"guided_map": 1 - prior, "prior_map": prior}, label)
+    res = rec.compute()
+    assert res["prior_map (1-p)"]["pooled"] == [1.0] * 9  # 1 - 0.05 >= every alpha
+    assert res["prior_map (p)"]["pooled"] == [0.0] * 9  # 0.05 < every alpha
+    # R = the 2 background pixels (0.95) of the 3 scored ones; the ignored pixel is not counted
+    assert res["prior_map (p)"]["area"] == pytest.approx([2 / 3] * 9)
+    assert res["guided_map"]["pooled"] == res["prior_map (1-p)"]["pooled"]
+    # no prior (use_prior=False): only the guided map is reported
+    rec = _MapRecall()
+    rec.update({"guided_map": 1 - prior, "prior_map": None}, label)
+    assert set(rec.compute()) == {"guided_map"}
+
+
+def test_ablation_markdown_lists_every_variant_and_threshold():
+    from fewshot_priors.demo import ABLATION_VARIANTS, ablation_markdown
+
+    rec = {"thresholds": [0.1, 0.5], "pooled": [0.95, 0.25], "mean": [0.9, 0.2], "area": [0.5, 0.125],
+           "episodes": 3}
+    variants = {}
+    for i, (key, (desc, _, use_prior)) in enumerate(ABLATION_VARIANTS.items()):
+        res = {"miou": 0.5 + i / 10, "fbiou": 0.7}
+        recall = {"guided_map": rec, **({"prior_map (1-p)": rec} if use_prior else {})}
+        variants[key] = {"description": desc, "results": {"1-shot": res, "5-shot": res},
+                         "recall": {"1-shot": recall, "5-shot": recall}}
+    md = ablation_markdown({"variants": variants})
+    assert set(ABLATION_VARIANTS) == {"pretrained_prior", "random_prior", "no_prior"}
+    assert "| pretrained_prior: " in md and "| 50.0 | 70.0 | 50.0 | 70.0 |" in md
+    assert "| 70.0 | 70.0 | 70.0 | 70.0 |" in md  # the third variant's mIoU
+    assert "| random_prior | prior_map (1-p) | 95.0 | 25.0 |" in md
+    assert "| no_prior | guided_map: area of R | 50.0 | 12.5 |" in md
+    assert "no_prior | prior_map" not in md
+    assert md.count("| model | map | 0.1 | 0.5 |") == 2  # 1-shot and 5-shot tables
