@@ -227,6 +227,10 @@ def test_mkdocs_build_strict(tmp_path):
     pytest.importorskip("mkdocs_jupyter")
     site = tmp_path / "site"
     env = dict(os.environ, MPLBACKEND="Agg", NO_MKDOCS_2_WARNING="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    # nbconvert's templates live under <prefix>/share/jupyter; in a venv made with
+    # --system-site-packages they are under the base interpreter's prefix
+    jupyter_path = [str(Path(sys.base_prefix) / "share" / "jupyter"), env.get("JUPYTER_PATH", "")]
+    env["JUPYTER_PATH"] = os.pathsep.join(p for p in jupyter_path if p)
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
