@@ -40,6 +40,8 @@ import os
 
 import torch
 
+from .similarity import MaxCosineFunction
+
 try:  # triton is an optional dependency (``pip install fewshot_priors[triton]``)
     import triton
     import triton.language as tl
@@ -242,27 +244,12 @@ def _launch(
     return values, index
 
 
-class _FusedMaxCosine(torch.autograd.Function):
+class _FusedMaxCosine(MaxCosineFunction):
     @staticmethod
     def forward(ctx, x, y, eps, precision):
         values, index = _launch(x, y, eps, precision)
-        ctx.save_for_backward(x, y, index)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(index)
+        MaxCosineFunction.save(ctx, x, y, index, eps)
         return values.to(x.dtype), index
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_index):
-        from .similarity import max_cosine_backward
-
-        x, y, index = ctx.saved_tensors
-        grad_x, grad_y = max_cosine_backward(grad_values, x, y, index, ctx.eps)
-        return (
-            grad_x if ctx.needs_input_grad[0] else None,
-            grad_y if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-        )
 
 
 def _check_pair(

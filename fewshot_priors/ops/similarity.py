@@ -105,14 +105,18 @@ def max_cosine_backward(
     return grad_x, grad_y
 
 
-class _ChunkedMaxCosine(torch.autograd.Function):
+class MaxCosineFunction(torch.autograd.Function):
+    """Base of the max-cosine autograd functions: the backward is a gather through the argmax.
+
+    A subclass's ``forward(ctx, x, y, eps, option)`` computes ``(values, index)`` its
+    own way and calls :meth:`save` with them.
+    """
+
     @staticmethod
-    def forward(ctx, x, y, eps, max_chunk_bytes):
-        values, index = _chunked_max(x, y, eps, max_chunk_bytes)
+    def save(ctx, x, y, index, eps):
         ctx.save_for_backward(x, y, index)
         ctx.eps = eps
         ctx.mark_non_differentiable(index)
-        return values, index
 
     @staticmethod
     def backward(ctx, grad_values, _grad_index):
@@ -124,6 +128,14 @@ class _ChunkedMaxCosine(torch.autograd.Function):
             None,
             None,
         )
+
+
+class _ChunkedMaxCosine(MaxCosineFunction):
+    @staticmethod
+    def forward(ctx, x, y, eps, max_chunk_bytes):
+        values, index = _chunked_max(x, y, eps, max_chunk_bytes)
+        MaxCosineFunction.save(ctx, x, y, index, eps)
+        return values, index
 
 
 def _reference_max(x: torch.Tensor, y: torch.Tensor, eps: float):
