@@ -179,7 +179,9 @@ class SuperpixelPatchSampler:
         min_area: segments smaller than this many pixels are set to ``-1``.
         max_patches: keep at most this many segments per image (random subset).
         seed: seed of the generator used for the random patch subset.
-        num_threads: fast-slic threads (``-1`` = all cores).
+        num_threads: fast-slic threads (``-1`` = all cores). The default 1 is nearly as
+            fast on one image (23 vs 21 ms at 473 x 473) and does not fight torch's own
+            OpenMP pool, which on a busy machine slowed pretraining steps tens of times.
 
     Example:
         >>> sampler = SuperpixelPatchSampler("slic", n_segments=64)
@@ -199,7 +201,7 @@ class SuperpixelPatchSampler:
         min_area: int = 0,
         max_patches: int | None = None,
         seed: int = 0,
-        num_threads: int = -1,
+        num_threads: int = 1,
     ) -> None:
         global _warned_missing_fast_slic
         if method not in METHODS:

@@ -213,7 +213,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         min_area=c.min_area,
         max_patches=c.max_patches,
         seed=c.seed,
-        num_threads=1 if c.num_workers else -1,
+        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
     )
     if c.cache_dir and c.build_cache:
         if info.is_main:
