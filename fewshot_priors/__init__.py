@@ -12,8 +12,9 @@ Heavy submodules (timm models, datasets) are imported lazily on first use.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from fewshot_priors._lazy import lazy_exports
 
 from .ops import guided_region_map, masked_average_pool, max_cosine_similarity, prior_region_map
 
@@ -47,17 +48,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fewshot_priors' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover

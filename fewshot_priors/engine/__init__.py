@@ -10,7 +10,7 @@ stays cheap::
 
 from __future__ import annotations
 
-import importlib
+from fewshot_priors._lazy import lazy_exports
 
 _LAZY = {
     "CheckpointError": "fewshot_priors.engine.checkpoint",
@@ -25,14 +25,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fewshot_priors.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
