@@ -17,6 +17,15 @@ def test_lazy_names_resolve_and_unknown_names_fail(package):
         mod.no_such_name  # noqa: B018
 
 
+def test_engine_functions_are_not_shadowed_by_their_submodules():
+    import fewshot_priors.engine as engine
+    import fewshot_priors.engine.evaluate
+    import fewshot_priors.engine.train  # noqa: F401
+
+    assert callable(engine.train) and engine.train.__name__ == "train"
+    assert callable(engine.evaluate) and engine.evaluate.__name__ == "evaluate"
+
+
 def test_importing_the_package_does_not_import_timm_models():
     import subprocess
     import sys

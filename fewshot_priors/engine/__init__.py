@@ -18,11 +18,15 @@ _LAZY = {
     "load_checkpoint": "fewshot_priors.engine.checkpoint",
     "capture_rng_state": "fewshot_priors.engine.checkpoint",
     "restore_rng_state": "fewshot_priors.engine.checkpoint",
-    "train": "fewshot_priors.engine.train",
-    "evaluate": "fewshot_priors.engine.evaluate",
 }
 
-__all__ = list(_LAZY)
+# ``train`` and ``evaluate`` share their names with their submodules: a lazy name would
+# be replaced by the submodule object as soon as anything imports
+# ``fewshot_priors.engine.train``, so these two are imported eagerly (torch, tqdm: cheap).
+from .evaluate import evaluate  # noqa: E402
+from .train import train  # noqa: E402
+
+__all__ = [*_LAZY, "evaluate", "train"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
