@@ -160,8 +160,9 @@ def _cmd_train(args) -> int:
             from torch.nn.parallel import DistributedDataParallel
 
             ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        train_set = build_dataset(cfg, "train")
-        val_set = build_dataset(cfg, "val", episodes=cfg["data"]["val_episodes"], seed=cfg["eval"]["seed"])
+        train_set = build_dataset(cfg, "train", progress=not args.no_progress)
+        val_set = build_dataset(cfg, "val", episodes=cfg["data"]["val_episodes"], seed=cfg["eval"]["seed"],
+                                progress=not args.no_progress)
 
         def val_fn(m):
             return evaluate(m, val_set, seed=cfg["eval"]["seed"], batch_size=cfg["eval"]["batch_size"],
@@ -190,7 +191,8 @@ def _cmd_eval(args) -> int:
         episodes = args.episodes or cfg["eval"]["episodes"] or cfg["data"]["test_episodes"]
         seed = cfg["eval"]["seed"] if args.seed is None else args.seed
         model = _load_model_for_eval(cfg, args.checkpoint)
-        dataset = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed)
+        dataset = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed,
+                                progress=not args.no_progress)
         res = evaluate(model, dataset, seed=seed, batch_size=cfg["eval"]["batch_size"],
                        progress=not args.no_progress, dist=info)
         res["shots"] = shots

@@ -359,3 +359,10 @@ def test_corrupt_or_unwritable_cache_falls_back(pascal_root, tmp_path, monkeypat
     monkeypatch.setattr(index_mod, "_write_json_atomic", no_write_beside_data)
     PascalFewShot(pascal_root, split="train", **KW)
     assert not cache.exists() and len(list((tmp_path / "user_cache").glob("*.json"))) == 1
+
+
+def test_progress_flag_controls_the_label_scan_bar(pascal_root, capsys):
+    PascalFewShot(pascal_root, split="train", cache=False, progress=False, **KW)
+    assert "indexing PASCAL" not in capsys.readouterr().err
+    PascalFewShot(pascal_root, split="train", cache=False, progress=True, **KW)
+    assert "indexing PASCAL" in capsys.readouterr().err

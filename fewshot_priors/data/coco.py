@@ -77,6 +77,7 @@ class CocoFewShot(EpisodicDataset):
         cache: write/read the index cache.
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
+        progress: show a progress bar while the labels are scanned (first use only).
 
     Example:
         >>> ds = CocoFewShot("/data/coco", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -100,6 +101,7 @@ class CocoFewShot(EpisodicDataset):
         min_pixels: int = 2048,
         cache: bool = True,
         query_sampling: str = "pairs",
+        progress: bool = True,
     ) -> None:
         root = Path(root)
         split = {"test": "val"}.get(split, split)
@@ -163,6 +165,7 @@ class CocoFewShot(EpisodicDataset):
             cache_file if cache else None,
             description=f"indexing COCO {split}2014",
             extra_key=extra,
+            progress=progress,
         )
         is_train = split == "train"
         if transform is None:

@@ -48,6 +48,7 @@ class FolderFewShot(EpisodicDataset):
         cache: write/read the index cache (``.fewshot_index.json`` in ``root``).
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
+        progress: show a progress bar while the labels are scanned (first use only).
 
     Example:
         A folder ``my_data/`` with ``cat/001.jpg``, ``cat/001.png``, ``dog/...``::
@@ -77,6 +78,7 @@ class FolderFewShot(EpisodicDataset):
         strict: bool = False,
         cache: bool = True,
         query_sampling: str = "pairs",
+        progress: bool = True,
     ) -> None:
         root = Path(root)
         split = {"val": "test"}.get(split, split)
@@ -143,6 +145,7 @@ class FolderFewShot(EpisodicDataset):
             root / f".fewshot_index_{split}.json" if cache else None,
             description="indexing class folders",
             extra_key=f"{mask_ext}|{test}",
+            progress=progress,
         )
         is_train = split == "train"
         if transform is None:

@@ -96,6 +96,7 @@ def scan_entries(
     description: str = "indexing labels",
     extra_key: str = "",
     check_images: bool = True,
+    progress: bool = True,
 ) -> ScanResult:
     """Scan label maps once (with a progress bar) or load the cached scan.
 
@@ -108,6 +109,7 @@ def scan_entries(
         description: progress bar text.
         extra_key: anything else the result depends on (e.g. a label convention).
         check_images: read each image header and compare its size with the label.
+        progress: show the progress bar of the scan.
 
     Returns:
         A :class:`ScanResult`; ``counts[name][class_id]`` = foreground pixels.
@@ -124,7 +126,7 @@ def scan_entries(
                 return cached
 
     result = ScanResult()
-    for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0):
+    for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
         try:
             label = read_label(e)
             if check_images:

@@ -93,6 +93,7 @@ class PascalFewShot(EpisodicDataset):
         cache: write/read the index cache.
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
+        progress: show a progress bar while the labels are scanned (first use only).
 
     Example:
         >>> ds = PascalFewShot("/data/pascal", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -118,6 +119,7 @@ class PascalFewShot(EpisodicDataset):
         min_pixels: int = 2048,
         cache: bool = True,
         query_sampling: str = "pairs",
+        progress: bool = True,
     ) -> None:
         root = Path(root)
         split = {"test": "val"}.get(split, split)
@@ -164,6 +166,7 @@ class PascalFewShot(EpisodicDataset):
             lambda e: read_label(e.label),
             voc / f".fewshot_index_{label_dir.name}_{list_name}.json" if cache else None,
             description=f"indexing PASCAL {list_name}",
+            progress=progress,
         )
         is_train = split == "train"
         if transform is None:
