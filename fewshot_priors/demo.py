@@ -116,7 +116,8 @@ class _MapRecall:
 
 
 def _predictors(model: torch.nn.Module, recall: _MapRecall | None = None, with_baselines: bool = True):
-    """``batch -> {name: B, H, W}``: the model and the two baselines, from one forward pass.
+    """``batch -> {name: prediction}``: the model's logits and the two baselines' label maps,
+    from one forward pass (logits are scored by bilinear resize then argmax, as PFENet).
 
     With ``recall``, the region maps of each batch are also scored against
     ``batch["query_mask"]`` (Table 7). Without baselines it returns the model's logits.
@@ -131,7 +132,7 @@ def _predictors(model: torch.nn.Module, recall: _MapRecall | None = None, with_b
         size = batch["query_image"].shape[-2:]
         guided = _upsample_map(out["guided_map"], size)
         return {
-            "qgnet": out["logits"].argmax(1),
+            "qgnet": out["logits"].float(),
             "baseline_guided_map_0.5": (guided >= 0.5).long(),
             "baseline_all_foreground": torch.ones_like(guided, dtype=torch.long),
         }
@@ -228,7 +229,7 @@ def _train_qgnet(cfg: Mapping, preset: Mapping, progress: bool, min_pixels: int)
 
     seed_everything(cfg["experiment"]["seed"])
     model = build_model(cfg).to(resolve_device(cfg["train"]["device"]))
-    train_set = build_dataset(cfg, "train")
+    train_set = build_dataset(cfg, "train", progress=progress)
     res = train(cfg, model=model, train_set=train_set, progress=progress)
     res["train_episodes_per_epoch"] = len(train_set)
     return model, res
@@ -238,7 +239,7 @@ def _evaluate_all(model, cfg, shots, episodes, seed, min_pixels, progress, with_
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.evaluate import evaluate
 
-    ds = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed)
+    ds = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed, progress=progress)
     fn = _predictors(model, recall=recall, with_baselines=with_baselines)
     res = evaluate(model, ds, seed=seed, batch_size=8, predict_fn=fn, progress=progress,
                    desc=f"eval {shots}-shot")
