@@ -12,7 +12,6 @@ import numpy as np
 from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, BadDataError, DataLayoutError, read_label
-from .transforms import TestTransform, TrainTransform
 
 COCO_LAYOUT = """expected layout under root:
   train2014/<name>.jpg, val2014/<name>.jpg
@@ -168,19 +167,17 @@ class CocoFewShot(EpisodicDataset):
             progress=progress,
         )
         is_train = split == "train"
-        if transform is None:
-            if is_train:
-                transform = TrainTransform(image_size, scale=(0.8, 1.25))
-            else:
-                transform = TestTransform(image_size)
         super().__init__(
             entries,
             scan,
             self.train_class_ids if is_train else test,
             shots=shots,
             split="train" if is_train else "test",
-            episodes=episodes if (episodes is not None or is_train) else 20000,
+            episodes=episodes,
             transform=transform,
+            image_size=image_size,
+            train_scale=(0.8, 1.25),
+            test_episodes=20000,
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,

@@ -85,7 +85,10 @@ class EpisodicDataset(Dataset):
             (fixed episode list, adds the original-resolution label).
         episodes: number of episodes; ``None`` = one per eligible (image, class) pair.
         transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)``
-            (see :mod:`fewshot_priors.data.transforms`).
+            (see :mod:`fewshot_priors.data.transforms`); ``None`` = the protocol's
+            :class:`~fewshot_priors.data.transforms.TrainTransform` (``image_size``,
+            ``train_scale``) for training, :class:`~fewshot_priors.data.transforms.TestTransform`
+            (``image_size``) for testing.
         seed: seed of all episode and augmentation randomness.
         min_pixels: a (image, class) pair is eligible when the class covers at
             least this many pixels (2048 = 2 x 32 x 32 in the benchmarks).
@@ -95,6 +98,9 @@ class EpisodicDataset(Dataset):
             (PFENet's ``SemData``: uniform over images with an eligible class, the
             class drawn among the fold classes present in the image, small ones
             included; ``episodes=None`` then means one per image).
+        image_size: input size of the default transforms.
+        train_scale: scale range of the default training augmentation.
+        test_episodes: episodes of the test split when ``episodes`` is ``None``.
     """
 
     def __init__(
@@ -106,11 +112,14 @@ class EpisodicDataset(Dataset):
         shots: int,
         split: str,
         episodes: int | None,
-        transform: Callable,
+        transform: Callable | None,
         seed: int,
         min_pixels: int,
         strict: bool,
         query_sampling: str = "pairs",
+        image_size: int = 473,
+        train_scale: tuple[float, float] = (0.9, 1.1),
+        test_episodes: int = 1000,
     ) -> None:
         check_episode_args(
             shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
@@ -118,6 +127,12 @@ class EpisodicDataset(Dataset):
         self.query_sampling = query_sampling
         if split not in ("train", "test"):
             raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
+        if transform is None:
+            from .transforms import TestTransform, TrainTransform
+
+            transform = TrainTransform(image_size, scale=train_scale) if split == "train" else TestTransform(image_size)
+        if episodes is None and split == "test":
+            episodes = test_episodes
         self.shots = shots
         self.split = split
         self.seed = int(seed)

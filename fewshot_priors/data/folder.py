@@ -10,7 +10,6 @@ import numpy as np
 from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, DataLayoutError, read_label
-from .transforms import TestTransform, TrainTransform
 
 FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
   <class_name>/<image_id>.jpg     an image
@@ -147,17 +146,16 @@ class FolderFewShot(EpisodicDataset):
             extra_key=f"{mask_ext}|{test}",
             progress=progress,
         )
-        is_train = split == "train"
-        if transform is None:
-            transform = TrainTransform(image_size) if is_train else TestTransform(image_size)
         super().__init__(
             entries,
             scan,
             use,
             shots=shots,
             split=split,
-            episodes=episodes if (episodes is not None or is_train) else 1000,
+            episodes=episodes,
             transform=transform,
+            image_size=image_size,
+            test_episodes=1000,
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,

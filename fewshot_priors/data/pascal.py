@@ -12,7 +12,6 @@ import numpy as np
 from .episodes import EpisodicDataset, check_episode_args
 from .index import Entry, scan_entries
 from .io import DataLayoutError, read_label
-from .transforms import TestTransform, TrainTransform
 
 PASCAL_LAYOUT = """expected layout under root:
   VOC2012/JPEGImages/<id>.jpg
@@ -80,7 +79,7 @@ class PascalFewShot(EpisodicDataset):
         shots: K support images per episode.
         episodes: number of episodes; default 5000 for val, all eligible pairs for train.
         transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)``;
-            default :class:`TrainTransform` (train) / :class:`TestTransform` (val).
+            default :class:`~fewshot_priors.data.transforms.TrainTransform` (train) / :class:`~fewshot_priors.data.transforms.TestTransform` (val).
         seed: seed of episodes and augmentation (321 in the paper).
         image_size: crop / test size of the default transforms.
         strict: raise on unusable image/label pairs instead of skipping them.
@@ -169,19 +168,17 @@ class PascalFewShot(EpisodicDataset):
             progress=progress,
         )
         is_train = split == "train"
-        if transform is None:
-            if is_train:
-                transform = TrainTransform(image_size, scale=(0.9, 1.1))
-            else:
-                transform = TestTransform(image_size)
         super().__init__(
             entries,
             scan,
             self.train_class_ids if is_train else test_classes,
             shots=shots,
             split="train" if is_train else "test",
-            episodes=episodes if (episodes is not None or is_train) else 5000,
+            episodes=episodes,
             transform=transform,
+            image_size=image_size,
+            train_scale=(0.9, 1.1),
+            test_episodes=5000,
             seed=seed,
             min_pixels=min_pixels,
             strict=strict,
