@@ -214,7 +214,27 @@ def test_load_moco_checkpoint(tmp_path):
     path = tmp_path / "moco.pth.tar"
     torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {}}, path)
     bb = create_backbone("resnet18", weights=path)
-    _assert_loaded(bb, q)  # the query encoder, not the key encoder
+    _assert_loaded(bb, k)  # the momentum (key) encoder by default, as the official QGNet release
+    _assert_loaded(create_backbone("resnet18", weights=path, moco_encoder="query"), q)
+    with pytest.raises(ValueError, match="moco_encoder"):
+        create_backbone("resnet18", weights=path, moco_encoder="momentum")
+    # a checkpoint holding only one encoder gives that one, whichever is asked for
+    only_q = {key: v for key, v in state.items() if "encoder_k" not in key}
+    _assert_loaded(create_backbone("resnet18", weights=only_q), q)
+
+
+def test_load_global_local_moco_state_dict():
+    """This project's GlobalLocalMoCo naming: encoder.* (query) and key_encoder.* (momentum)."""
+    from fewshot_priors.models.moco import GlobalLocalMoCo
+
+    torch.manual_seed(0)
+    moco = GlobalLocalMoCo(backbone="resnet18", queue_size=64, local_queue_size=64)
+    with torch.no_grad():
+        for p in moco.key_encoder.parameters():
+            p.add_(1.0)
+    state = moco.state_dict()
+    _assert_loaded(create_backbone("resnet18", weights=state), moco.key_encoder.state_dict())
+    _assert_loaded(create_backbone("resnet18", weights=state, moco_encoder="query"), moco.encoder.state_dict())
 
 
 def test_load_prior_extractor_safetensors(tmp_path):

@@ -209,6 +209,23 @@ def test_export_prior_extractor_keys_match_timm(tmp_path):
         export_prior_extractor(enc, tmp_path / "x.safetensors")
 
 
+def test_export_writes_the_momentum_encoder_by_default(tmp_path):
+    """The official QGNet takes MoCo's momentum encoder (encoder_k) as prior extractor."""
+    m = tiny()
+    with torch.no_grad():  # after init the key encoder is a copy of the query encoder
+        for p in m.key_encoder.parameters():
+            p.add_(torch.randn_like(p))
+    default, _ = load_prior_extractor(m.export_prior_extractor(tmp_path / "k.safetensors"))
+    query, _ = load_prior_extractor(m.export_prior_extractor(tmp_path / "q.safetensors", encoder="query"))
+    key_sd, query_sd = m.key_encoder.state_dict(), m.encoder.state_dict()
+    assert all(torch.equal(default[k], key_sd[k]) for k in key_sd)
+    assert all(torch.equal(query[k], query_sd[k]) for k in query_sd)
+    assert not torch.equal(default["conv1.weight"], query["conv1.weight"])
+    assert m.prior_encoder() is m.key_encoder and m.prior_encoder("query") is m.encoder
+    with pytest.raises(ValueError, match="encoder"):
+        m.export_prior_extractor(tmp_path / "x.safetensors", encoder="momentum")
+
+
 # ----------------------------------------------------------------------------- DDP (2 CPU processes, gloo)
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist

@@ -324,17 +324,25 @@ def test_bad_constructor_arguments():
 
 
 def test_prior_from_global_local_moco_encoder():
-    """A GlobalLocalMoCo becomes a frozen, dilated copy of its query encoder."""
+    """A GlobalLocalMoCo becomes a frozen, dilated copy of its momentum (key) encoder,
+    as the official QGNet release (MoCo's encoder_k); ``moco.encoder`` gives the query one."""
     from fewshot_priors.models.moco import GlobalLocalMoCo
 
     torch.manual_seed(0)
     moco = GlobalLocalMoCo(backbone="test_resnet", queue_size=64, local_queue_size=64)
+    with torch.no_grad():  # make the two encoders differ (after init the key encoder is a copy)
+        for p in moco.key_encoder.parameters():
+            p.add_(torch.randn_like(p))
     model = QGNet(prior_backbone=moco, **TINY)
     prior = model.prior_extractor
     assert isinstance(prior, FrozenBackbone) and prior.name == "test_resnet" and prior.reductions == (8, 8, 8)
-    enc = moco.encoder.state_dict()
-    got = prior.body.state_dict()
-    assert got and all(torch.equal(v, enc[k]) for k, v in got.items())
+    for source, other in ((moco.key_encoder, moco.encoder), (moco.encoder, moco.key_encoder)):
+        if source is moco.encoder:
+            prior = QGNet(prior_backbone=moco.encoder, **TINY).prior_extractor
+        want, unwanted = source.state_dict(), other.state_dict()
+        got = prior.body.state_dict()
+        assert got and all(torch.equal(v, want[k]) for k, v in got.items())
+        assert not all(torch.equal(v, unwanted[k]) for k, v in got.items())
     assert all(p.requires_grad for p in moco.encoder.parameters())  # the MoCo model itself is untouched
 
 

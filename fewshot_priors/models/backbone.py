@@ -13,6 +13,12 @@ file (``weights=PATH``): a timm state dict, a checkpoint dict holding one under
 picked out by its key prefix (``module.encoder_q.`` ...), or this project's
 prior-extractor export (a ``.safetensors`` file with metadata
 ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``).
+
+A MoCo checkpoint holds two encoders: the query encoder (``encoder_q`` in MoCo's
+code, ``encoder`` in :class:`~fewshot_priors.models.moco.GlobalLocalMoCo`) and the
+momentum (key) encoder (``encoder_k`` / ``key_encoder``). The momentum encoder is
+loaded by default (``moco_encoder="key"``), as the official QGNet release does for
+its prior extractor; ``moco_encoder="query"`` picks the query encoder.
 """
 
 from __future__ import annotations
@@ -27,10 +33,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "pfenet_dilation", "PRIOR_EXTRACTOR_FORMAT"]
+__all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "pfenet_dilation",
+           "PRIOR_EXTRACTOR_FORMAT", "BACKBONE_WEIGHTS_FORMAT", "MOCO_ENCODERS"]
 
 #: ``format`` metadata value of this project's prior-extractor safetensors export.
 PRIOR_EXTRACTOR_FORMAT = "fewshot_priors.prior_extractor"
+
+#: ``format`` metadata value of a converted supervised-backbone weights file (timm
+#: names, see :func:`fewshot_priors.models.convert.convert_official_checkpoint`).
+BACKBONE_WEIGHTS_FORMAT = "fewshot_priors.backbone_weights"
+
+#: The two encoders of a MoCo checkpoint, by the key prefixes that name them. The
+#: first entry (the momentum / key encoder) is the default everywhere.
+MOCO_ENCODERS: dict[str, tuple[str, ...]] = {
+    "key": ("encoder_k.", "key_encoder."),
+    "query": ("encoder_q.", "query_encoder.", "encoder."),
+}
 
 #: Key prefixes stripped (in any order, repeatedly) to find a model inside a checkpoint.
 CHECKPOINT_PREFIXES = (
@@ -38,6 +56,8 @@ CHECKPOINT_PREFIXES = (
     "_orig_mod.",
     "encoder_q.",
     "query_encoder.",
+    "encoder_k.",
+    "key_encoder.",
     "encoder.",
     "backbone.",
     "model.",
@@ -125,18 +145,40 @@ def _strip(key: str) -> tuple[tuple[str, ...], str]:
     return tuple(chain), key
 
 
-def _select_model_keys(state: Mapping[str, torch.Tensor], target: set[str]) -> dict[str, torch.Tensor]:
+def _check_moco_encoder(moco_encoder: object) -> str:
+    if moco_encoder not in MOCO_ENCODERS:
+        raise ValueError(f"`moco_encoder` must be one of {tuple(MOCO_ENCODERS)}, got {moco_encoder!r}")
+    return moco_encoder  # type: ignore[return-value]
+
+
+def _encoder_kind(chain: tuple[str, ...]) -> str | None:
+    """Which MoCo encoder a prefix chain names (``"key"`` / ``"query"``), or None."""
+    for kind, prefixes in MOCO_ENCODERS.items():
+        if any(p in prefixes for p in chain):
+            return kind
+    return None
+
+
+def _select_model_keys(
+    state: Mapping[str, torch.Tensor], target: set[str], moco_encoder: str = "key"
+) -> dict[str, torch.Tensor]:
     """Pick the sub-dict of ``state`` that best matches the ``target`` keys.
 
     Keys are grouped by the chain of wrapper prefixes they carry (``module.encoder_q.``,
-    ``module.encoder_k.`` stays unstripped in another group, ...). The group whose
-    stripped keys overlap ``target`` most wins; ties prefer the shorter chain. The
-    other groups (momentum encoder, queues, optimiser) are dropped.
+    ``module.encoder_k.``, ...). When the checkpoint holds both MoCo encoders, only the
+    groups of ``moco_encoder`` (``"key"``: the momentum encoder, ``"query"``) compete;
+    a checkpoint holding only one of them gives that one. The group whose stripped
+    keys overlap ``target`` most wins; ties prefer the shorter chain. The other groups
+    (the other encoder, queues, optimiser) are dropped.
     """
     groups: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         chain, rest = _strip(key)
         groups.setdefault(chain, {})[rest] = value
+    matching = {chain: keys for chain, keys in groups.items() if set(keys) & target}
+    if {_encoder_kind(chain) for chain in matching} >= set(MOCO_ENCODERS):  # both encoders present
+        groups = {chain: keys for chain, keys in matching.items() if _encoder_kind(chain) == moco_encoder}
+
     def score(item):
         chain, keys = item
         return (len(set(keys) & target), -len(chain), len(keys))
@@ -155,6 +197,7 @@ def load_backbone_state_dict(
     body: nn.Module,
     name: str,
     weights: str | os.PathLike | Mapping[str, torch.Tensor],
+    moco_encoder: str = "key",
 ) -> None:
     """Load a local checkpoint (or an in-memory state dict) into a timm ``features_only`` module.
 
@@ -163,6 +206,8 @@ def load_backbone_state_dict(
         name: its timm model name (used to list the full model's keys).
         weights: path to a ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file, or
             a state dict (e.g. ``timm_model.state_dict()``).
+        moco_encoder: which encoder of a MoCo checkpoint to load: ``"key"`` (the
+            momentum encoder, default, as the official QGNet) or ``"query"``.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -170,17 +215,19 @@ def load_backbone_state_dict(
             classifier head, which features_only does not use), unexpected keys,
             shape mismatches, or a prior-extractor export of another architecture.
     """
+    moco_encoder = _check_moco_encoder(moco_encoder)
     if isinstance(weights, Mapping):
         state = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
         metadata: dict[str, str] = {}
         weights = "<state dict>"
     else:
         state, metadata = _read_checkpoint(weights)
-    if metadata.get("format") == PRIOR_EXTRACTOR_FORMAT:
+    if metadata.get("format") in (PRIOR_EXTRACTOR_FORMAT, BACKBONE_WEIGHTS_FORMAT):
         saved = metadata.get("backbone")
         if saved and saved != name:
+            what = "prior-extractor" if metadata["format"] == PRIOR_EXTRACTOR_FORMAT else "backbone"
             raise ValueError(
-                f"prior-extractor weights {str(weights)!r} were exported for backbone {saved!r}, "
+                f"{what} weights {str(weights)!r} were exported for backbone {saved!r}, "
                 f"but the model was built as {name!r}; pass name={saved!r}"
             )
     with torch.device("meta"):
@@ -201,7 +248,7 @@ def load_backbone_state_dict(
         used_full = set(full_shapes)
     used_roots = {k.split(".")[0] for k in used_full}
 
-    state = _select_model_keys(state, set(full_shapes))
+    state = _select_model_keys(state, set(full_shapes), moco_encoder)
     provided = set(state)
     missing = [
         k for k in full_shapes
@@ -531,6 +578,7 @@ def create_backbone(
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     output_stride: int = 8,
     frozen: bool = True,
+    moco_encoder: str = "key",
 ) -> FrozenBackbone:
     """Build a (frozen) three-stage backbone from a timm model name.
 
@@ -547,6 +595,9 @@ def create_backbone(
             layer3 / layer4 dilated by 2 / 4 as PFENet, the first included),
             otherwise the stages are resized (see :class:`FrozenBackbone`).
         frozen: freeze the backbone (no grad, BatchNorm/dropout always in eval).
+        moco_encoder: which encoder of a MoCo checkpoint ``weights`` holds is loaded:
+            ``"key"`` (the momentum encoder, default, as the official QGNet release)
+            or ``"query"``.
 
     Returns:
         A :class:`FrozenBackbone` with ``.channels == (low, mid, high)``
@@ -566,9 +617,10 @@ def create_backbone(
         raise ValueError("pass either `pretrained=True` (timm download) or `weights=PATH` (local file), not both")
     if weights is not None and not isinstance(weights, (str, os.PathLike, Mapping)):
         raise TypeError(f"`weights` must be a path (str or os.PathLike) or a state dict, got {type(weights).__name__}")
+    moco_encoder = _check_moco_encoder(moco_encoder)
     body = _build_body(name, bool(pretrained), output_stride)
     if output_stride < 32:
         pfenet_dilation(body, output_stride)
     if weights is not None:
-        load_backbone_state_dict(body, name, weights)
+        load_backbone_state_dict(body, name, weights, moco_encoder=moco_encoder)
     return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen)

@@ -11,7 +11,9 @@ exponential moving average of it) with two InfoNCE losses:
 
 ``loss = global_weight * L_global + local_weight * L_local`` (Eq. 3 with both 1).
 After pretraining, :meth:`GlobalLocalMoCo.export_prior_extractor` writes the
-query encoder as a safetensors file loadable by ``create_backbone(name,
+momentum (key) encoder -- as the official QGNet release, which takes MoCo's
+``encoder_k`` as prior extractor -- (or, with ``encoder="query"``, the query
+encoder) as a safetensors file loadable by ``create_backbone(name,
 weights=path)`` / ``QGNet(prior_weights=path)``.
 """
 
@@ -29,6 +31,7 @@ from torch import nn
 
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
+from .backbone import MOCO_ENCODERS
 from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
 from .backbone import pfenet_dilation
 
@@ -411,12 +414,25 @@ class GlobalLocalMoCo(nn.Module):
         return out
 
     # -- export --------------------------------------------------------------------
-    def export_prior_extractor(self, path: str | os.PathLike) -> str:
-        """Write the query encoder for QGNet; see :func:`export_prior_extractor`."""
-        return export_prior_extractor(self, path)
+    def export_prior_extractor(self, path: str | os.PathLike, encoder: str = "key") -> str:
+        """Write the momentum (``"key"``, default) or ``"query"`` encoder for QGNet;
+        see :func:`export_prior_extractor`."""
+        return export_prior_extractor(self, path, encoder=encoder)
+
+    def prior_encoder(self, encoder: str = "key") -> nn.Module:
+        """The encoder used as prior extractor: the momentum encoder (``"key"``, the
+        default, as the official QGNet release) or the ``"query"`` encoder."""
+        if encoder not in MOCO_ENCODERS:
+            raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
+        return self.key_encoder if encoder == "key" else self.encoder
 
 
-def export_prior_extractor(model: GlobalLocalMoCo | nn.Module, path: str | os.PathLike, backbone: str | None = None) -> str:
+def export_prior_extractor(
+    model: GlobalLocalMoCo | nn.Module,
+    path: str | os.PathLike,
+    backbone: str | None = None,
+    encoder: str = "key",
+) -> str:
     """Save a prior extractor's encoder weights as safetensors.
 
     Keys are exactly the ``state_dict()`` keys of ``timm.create_model(backbone)``
@@ -425,23 +441,29 @@ def export_prior_extractor(model: GlobalLocalMoCo | nn.Module, path: str | os.Pa
     ``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
 
     Args:
-        model: a :class:`GlobalLocalMoCo` (its query encoder is written; a DDP
-            wrapper is unwrapped) or a bare timm encoder (then pass ``backbone``).
+        model: a :class:`GlobalLocalMoCo` (the encoder picked by ``encoder`` is
+            written; a DDP wrapper is unwrapped) or a bare timm encoder (then pass
+            ``backbone``).
         path: output ``.safetensors`` file (parent folders are created; written
             atomically).
         backbone: timm name (default: ``model.backbone_name``).
+        encoder: which encoder of a :class:`GlobalLocalMoCo` is written: ``"key"``
+            (the momentum encoder, default; the official QGNet release uses MoCo's
+            ``encoder_k``) or ``"query"``. Ignored for a bare encoder.
 
     Returns:
         The path written, as a string.
     """
     from safetensors.torch import save_file
 
+    if encoder not in MOCO_ENCODERS:
+        raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
     model = getattr(model, "module", model)
-    encoder = model.encoder if isinstance(model, GlobalLocalMoCo) else model
+    module = model.prior_encoder(encoder) if isinstance(model, GlobalLocalMoCo) else model
     name = backbone or getattr(model, "backbone_name", None)
     if not name:
         raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in encoder.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

@@ -119,7 +119,8 @@ class QGNet(nn.Module):
             local checkpoint, e.g. the self-supervised encoder's export); a timm
             name; a :class:`FrozenBackbone` (its high stage is used); a timm model
             or a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` (a frozen copy
-            of its (query) encoder is built as a dilated FrozenBackbone); or any other
+            of its momentum encoder, as the official QGNet, is built as a dilated
+            FrozenBackbone; pass ``moco.encoder`` for the query encoder); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
         shots: the default number of shots K (any K is accepted at run time).
         pretrained: load timm's pretrained weights into ``backbone`` (internet).
@@ -198,7 +199,9 @@ class QGNet(nn.Module):
         if isinstance(prior_backbone, nn.Module):
             arch = _timm_architecture(prior_backbone)
             if arch is not None:  # a (self-supervised) timm encoder: a frozen, dilated copy of it
-                encoder = getattr(prior_backbone, "encoder", prior_backbone)
+                wrapped = getattr(prior_backbone, "module", prior_backbone)
+                picker = getattr(wrapped, "prior_encoder", None)  # GlobalLocalMoCo: the momentum encoder
+                encoder = picker() if callable(picker) else getattr(wrapped, "encoder", prior_backbone)
                 return create_backbone(arch, weights=encoder.state_dict(), output_stride=output_stride)
             return FrozenModule(prior_backbone)
         raise TypeError(
