@@ -33,14 +33,15 @@ def test_zoo_has_every_paper_row_and_matches_the_generator():
 
 
 @pytest.mark.parametrize("name, lr, backbone, size, fold, classes", [
-    ("pascal/resnet50_473_fold0", 0.025, "resnet50", 473, 0, None),
+    ("pascal/resnet50_473_fold0", 0.025, "resnet50s", 473, 0, None),
     ("pascal/vgg16_321_fold3", 0.025, "vgg16_bn", 321, 3, None),
-    ("coco/resnet101_473_fold2", 0.2, "resnet101", 473, 2, None),
+    ("coco/resnet101_473_fold2", 0.2, "resnet101s", 473, 2, None),
 ])
 def test_zoo_rows_resolve_with_effective_lr(name, lr, backbone, size, fold, classes):
     cfg = load_config(name)
     assert cfg["train"]["lr"] == lr
     assert cfg["model"]["backbone"] == backbone
+    assert cfg["model"]["prior_backbone"] == "resnet50"  # QGNet's MoCo network, for every row
     assert cfg["data"]["image_size"] == size and cfg["data"]["fold"] == fold
     assert cfg["train"]["momentum"] == 0.9 and cfg["train"]["weight_decay"] == 1e-4
     assert cfg["train"]["poly_power"] == 0.9
