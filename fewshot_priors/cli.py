@@ -8,6 +8,7 @@ Subcommands::
     fewshot-priors eval --config ... --checkpoint runs/x/best --shots 1 --episodes 5000 --seed 321 --output results.json
     fewshot-priors visualize --config ... --checkpoint ... --output fig5.png [--episodes 4]
     fewshot-priors pretrain ...   (self-supervised prior extractor, see engine/pretrain.py)
+    fewshot-priors convert PFENet.pth --kind pfenet|qgnet|pfenet-backbone --output converted/x [--config ...]
 
 ``python -m fewshot_priors.cli`` works the same. Multi-GPU: run ``train`` / ``eval``
 under ``torchrun --nproc_per_node N -m fewshot_priors.cli ...``.
@@ -101,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="any PretrainConfig field, e.g. --set queue_size=16384 local_weight=0 num_workers=8")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser("convert", help="convert an official PFENet / QGNet checkpoint (or PFENet's backbone file)",
+                       description="Rename an official PFENet or QGNet checkpoint (torch .pth with 'state_dict', "
+                                   "keys 'module.*') or PFENet's backbone initialisation file (resnet50_v2.pth) "
+                                   "to this library's names and write <output>.safetensors/.json (a checkpoint for "
+                                   "`eval --checkpoint`) plus <output>.yaml (the config to evaluate it with).")
+    p.add_argument("source", help="the official .pth file")
+    p.add_argument("--kind", required=True, choices=["pfenet", "qgnet", "pfenet-backbone"],
+                   help="pfenet: PFENet (QGNet without prior); qgnet: the official QGNet; "
+                        "pfenet-backbone: PFENet's initmodel/resnet50_v2.pth-style backbone file")
+    p.add_argument("--output", required=True, help="output stem, e.g. converted/pfenet_r50_fold0")
+    p.add_argument("--bins", nargs="+", type=float, metavar="B",
+                   help="PFENet's ppm_scales of the checkpoint (values <= 1 are fractions of the feature size, "
+                        "as in PFENet); default: model.bins of the config")
+    _add_config_args(p, required=False)
     return parser
 
 
@@ -251,6 +267,20 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from fewshot_priors.engine.convert import write_converted_checkpoint
+
+    try:
+        out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
+                                         overrides=args.overrides, bins=args.bins)
+    except ValueError as exc:  # keys the name table cannot map, a checkpoint of another kind
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for what, path in out.items():
+        print(f"wrote {what}: {path}")
+    return 0
+
+
 _COMMANDS = {
     "configs": _cmd_configs,
     "demo": _cmd_demo,
@@ -258,6 +288,7 @@ _COMMANDS = {
     "eval": _cmd_eval,
     "visualize": _cmd_visualize,
     "pretrain": _cmd_pretrain,
+    "convert": _cmd_convert,
 }
 
 

@@ -18,6 +18,7 @@ _LAZY = {
     "load_checkpoint": "fewshot_priors.engine.checkpoint",
     "capture_rng_state": "fewshot_priors.engine.checkpoint",
     "restore_rng_state": "fewshot_priors.engine.checkpoint",
+    "write_converted_checkpoint": "fewshot_priors.engine.convert",
 }
 
 # ``train`` and ``evaluate`` share their names with their submodules: a lazy name would

@@ -1,4 +1,4 @@
-"""Models: frozen timm backbones, the FEM decoder and QGNet.
+"""Models: frozen timm backbones, the FEM decoder, QGNet and the official-checkpoint converter.
 
 Names are imported lazily so that ``import fewshot_priors.models.<module>`` stays
 light and independent of the other model modules.
@@ -15,6 +15,8 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
+    "convert_official_checkpoint": "fewshot_priors.models.convert",
+    "to_official_state_dict": "fewshot_priors.models.convert",
 }
 
 __all__ = list(_LAZY)
@@ -25,5 +27,6 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbone import FrozenBackbone, create_backbone
+    from .convert import convert_official_checkpoint, to_official_state_dict
     from .fem import FEMDecoder
     from .qgnet import QGNet

@@ -96,11 +96,13 @@ def _norm_key(key: str) -> str:
     return key.replace(".", "_")
 
 
-def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a checkpoint file into ``(tensors, safetensors metadata)``."""
+def _read_checkpoint(
+    path: str | os.PathLike, what: str = "backbone weights"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a checkpoint file into ``(tensors, safetensors metadata)``; ``what`` names it in errors."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {str(p)!r}")
+        raise FileNotFoundError(f"{what} file not found: {str(p)!r}")
     if p.suffix == ".safetensors":
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -112,7 +114,7 @@ def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, corrupt files, non-tensor payloads
         raise ValueError(
-            f"could not read backbone weights from {str(p)!r} with torch.load(weights_only=True): {e}. "
+            f"could not read {what} from {str(p)!r} with torch.load(weights_only=True): {e}. "
             "Expected a .pth/.pt/.bin state dict or a .safetensors file."
         ) from e
     for _ in range(3):  # unwrap {"state_dict": ...} / {"model": ...} (possibly nested)
@@ -123,10 +125,10 @@ def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
                 continue
         break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"backbone weights file {str(p)!r} does not hold a state dict (got {type(obj).__name__})")
+        raise ValueError(f"{what} file {str(p)!r} does not hold a state dict (got {type(obj).__name__})")
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"backbone weights file {str(p)!r} holds no tensors")
+        raise ValueError(f"{what} file {str(p)!r} holds no tensors")
     return tensors, {}
 
 
