@@ -81,7 +81,11 @@ class FEMDecoder(nn.Module):
             guided and the prior map; PFENet: 1).
         bins: pyramid sizes, largest first. ``int`` entries are absolute sizes (PASCAL
             at 473: ``(60, 30, 15, 8)``); ``float`` entries in ``(0, 1]`` are fractions
-            of the feature size (COCO at 641: ``(1.0, 0.5, 0.25, 0.125)``).
+            of the feature size (COCO at 641: ``(1.0, 0.5, 0.25, 0.125)``). Note: PFENet
+            reads any bin ``<= 1`` as a fraction, so its integer ``1`` is the full
+            feature size; here ``1`` is ``1 x 1`` and the full size is ``1.0``
+            (:func:`fewshot_priors.models.convert.pfenet_bins` translates PFENet's
+            ``ppm_scales``).
         num_classes: output classes (2: background / foreground).
         dropout: Dropout2d probability inside the classifiers (0.1).
     """
