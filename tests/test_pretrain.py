@@ -108,6 +108,9 @@ def test_resume_is_bit_exact(images, tmp_path):
 
     ea, eb = load_file(full["prior_extractor"]), load_file(resumed["prior_extractor"])
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    # the export is the momentum (key) encoder, as the official QGNet's prior extractor
+    assert all(torch.equal(ea[k], a[f"key_encoder.{k}"]) for k in ea)
+    assert not all(torch.equal(ea[k], a[f"encoder.{k}"]) for k in ea)
     # the export plugs into the QGNet backbone factory
     from fewshot_priors.models.backbone import create_backbone
 
@@ -143,6 +146,8 @@ def test_config_validation_and_cosine_schedule(images):
         pretrain(PretrainConfig())
     with pytest.raises(ValueError, match="batch_size"):
         pretrain(images=str(images), batch_size=64, progress=False, tensorboard=False, output_dir="/tmp/unused-x")
+    with pytest.raises(ValueError, match="export_encoder"):
+        pretrain(images=str(images), export_encoder="momentum")
     assert PretrainConfig(batch_size=512).base_lr == pytest.approx(0.06)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sch = cosine_scheduler(opt, 10)

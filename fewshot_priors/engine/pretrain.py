@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..augment import TwoViewAugment
 from ..data.unlabeled import UnlabeledImages, list_images
+from ..models.backbone import MOCO_ENCODERS
 from ..models.moco import GlobalLocalMoCo
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
@@ -116,6 +117,7 @@ class PretrainConfig:
     progress: bool = True
     resume: bool | str = False
     export_path: str | None = None
+    export_encoder: str = "key"  # the momentum encoder, as the official QGNet; "query" for the query encoder
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -174,6 +176,8 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
         raise ValueError("`images` is required: a folder of images, a .txt list of paths, or a list of paths")
     if c.batch_size < 1 or c.epochs < 1:
         raise ValueError(f"`batch_size` and `epochs` must be >= 1, got {c.batch_size}, {c.epochs}")
+    if c.export_encoder not in MOCO_ENCODERS:
+        raise ValueError(f"`export_encoder` must be one of {tuple(MOCO_ENCODERS)}, got {c.export_encoder!r}")
     return c
 
 
@@ -345,7 +349,8 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     logger.close()
     export = None
     if info.is_main and step == stop:
-        export = model.export_prior_extractor(c.export_path or out / "prior_extractor.safetensors")
+        export = model.export_prior_extractor(c.export_path or out / "prior_extractor.safetensors",
+                                              encoder=c.export_encoder)
     barrier()
     return {
         "step": step,
