@@ -163,7 +163,7 @@ def test_qgnet_round_trip_through_a_file_gives_identical_outputs(qgnet, tmp_path
     assert all(k.startswith("module.") for k in state)
     path = tmp_path / "qgnet_official.pth"
     torch.save({"epoch": 200, "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
-    sd, cfg = convert_official_checkpoint(path, kind="qgnet", bins=BINS)
+    _, cfg = convert_official_checkpoint(path, kind="qgnet", bins=BINS)
     assert cfg["model"]["backbone"] == "resnet50s" and cfg["model"]["prior_backbone"] == "resnet50"
     assert cfg["model"]["use_prior"] is True and cfg["model"]["bins"] == list(BINS)
     out = write_converted_checkpoint(path, tmp_path / "conv" / "qgnet_fold0", kind="qgnet",

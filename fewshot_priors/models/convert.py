@@ -87,9 +87,9 @@ OFFICIAL_NAMES: dict[str, dict[str, str]] = {
         "layer3": "backbone.body.layer3",
         "layer4": "backbone.body.layer4",
     },
-    # PFENet's get_vgg16_layer: layer0 = features[0:7], layer1 = [7:14], layer2 = [14:24],
-    # layer3 = [24:34], layer4 = [34:43]; "layerK.{j}" -> "features_{start + j}"
-    "vgg16_bn": {"layer0": "0", "layer1": "7", "layer2": "14", "layer3": "24", "layer4": "34"},
+    # PFENet's get_vgg16_layer: layerK = features[start:stop] ("start:stop" below), so
+    # "layerK.{j}" -> "backbone.body.features_{start + j}" (timm's features_only VGG names)
+    "vgg16_bn": {"layer0": "0:7", "layer1": "7:14", "layer2": "14:24", "layer3": "24:34", "layer4": "34:43"},
     "prior_plain_stem": {
         "layer0_unsuper.0": "prior_extractor.body.conv1",
         "layer0_unsuper.1": "prior_extractor.body.bn1",
@@ -137,7 +137,7 @@ OFFICIAL_NAMES: dict[str, dict[str, str]] = {
 #: Heads whose official input is ``cat([layer3, layer2])`` (ours: ``cat([layer2, layer3])``).
 SWAPPED_HEADS = ("down_query.0.weight", "down_supp.0.weight")
 
-#: timm names of the official networks, by (family, blocks in layer3) and stem.
+#: ResNet depth by the number of blocks in layer3.
 _RESNET_DEPTH = {6: 50, 23: 101, 36: 152}
 
 
@@ -206,8 +206,8 @@ def _blocks(state: Mapping[str, Any], stage: str) -> int:
     return len({int(m.group(1)) for k in state if (m := pat.match(k))})
 
 
-def _resnet_name(state: Mapping[str, torch.Tensor], suffix: str, where: str) -> tuple[str, bool]:
-    """timm name and deep-stem flag of the ResNet stored under ``layer*{suffix}``."""
+def _resnet_name(state: Mapping[str, torch.Tensor], suffix: str, where: str) -> str:
+    """timm name of the ResNet stored under ``layer*{suffix}`` (``"resnet50s"``: deep stem)."""
     n3 = _blocks(state, f"layer3{suffix}")
     depth = _RESNET_DEPTH.get(n3)
     if depth is None:
@@ -215,8 +215,7 @@ def _resnet_name(state: Mapping[str, torch.Tensor], suffix: str, where: str) -> 
     stem = state.get(f"layer0{suffix}.0.weight")
     if stem is None or stem.dim() != 4:
         raise ValueError(f"{where}: no stem convolution layer0{suffix}.0.weight")
-    deep = stem.shape[-1] == 3
-    return f"resnet{depth}{'s' if deep else ''}", deep
+    return f"resnet{depth}{'s' if stem.shape[-1] == 3 else ''}"
 
 
 def _detect(state: Mapping[str, torch.Tensor], kind: str, where: str) -> dict[str, Any]:
@@ -228,7 +227,7 @@ def _detect(state: Mapping[str, torch.Tensor], kind: str, where: str) -> dict[st
             raise ValueError(f"{where}: this is a full PFENet/QGNet checkpoint (it has layer0.*), "
                              "not a backbone initialisation file: use kind='pfenet' or kind='qgnet'")
         if any(k.startswith("features.") for k in state):
-            return {"backbone": "vgg16_bn", "deep": False, "vgg": True}
+            return {"backbone": "vgg16_bn", "vgg": True}
         if "conv2.weight" not in state:
             raise ValueError(f"{where}: not PFENet's deep-stem ResNet initialisation file (no conv2.weight); "
                              "a plain torchvision/timm ResNet state dict needs no conversion: pass it as "
@@ -236,7 +235,7 @@ def _detect(state: Mapping[str, torch.Tensor], kind: str, where: str) -> dict[st
         n3 = _blocks(state, "layer3")
         if n3 not in _RESNET_DEPTH:
             raise ValueError(f"{where}: layer3 has {n3} blocks; expected 6, 23 or 36")
-        return {"backbone": f"resnet{_RESNET_DEPTH[n3]}s", "deep": True, "vgg": False}
+        return {"backbone": f"resnet{_RESNET_DEPTH[n3]}s", "vgg": False}
     if not has_model:
         raise ValueError(f"{where}: no layer0.* keys: not an official PFENet/QGNet checkpoint"
                          + (" (for PFENet's backbone file use kind='pfenet-backbone')" if "conv1.weight" in state
@@ -246,12 +245,9 @@ def _detect(state: Mapping[str, torch.Tensor], kind: str, where: str) -> dict[st
     if kind == "qgnet" and not has_prior:
         raise ValueError(f"{where}: this checkpoint has no prior extractor (layer0_unsuper.*): use kind='pfenet'")
     info: dict[str, Any] = {"vgg": "layer1.0.weight" in state and "layer1.0.conv1.weight" not in state}
-    if info["vgg"]:
-        info["backbone"], info["deep"] = "vgg16_bn", False
-    else:
-        info["backbone"], info["deep"] = _resnet_name(state, "", where)
+    info["backbone"] = "vgg16_bn" if info["vgg"] else _resnet_name(state, "", where)
     if has_prior:
-        info["prior"], info["prior_deep"] = _resnet_name(state, "_unsuper", where)
+        info["prior"] = _resnet_name(state, "_unsuper", where)
     return info
 
 
@@ -273,10 +269,10 @@ def official_name_map(backbone: str, prior_backbone: str | None = None,
         return dict(OFFICIAL_NAMES["backbone_init"])
     names: dict[str, str] = {}
     if backbone.startswith("vgg"):
-        for layer, start in OFFICIAL_NAMES["vgg16_bn"].items():
-            end = {"0": 7, "7": 14, "14": 24, "24": 34, "34": 43}[start]
-            for j in range(end - int(start)):
-                names[f"{layer}.{j}"] = f"backbone.body.features_{int(start) + j}"
+        for layer, span in OFFICIAL_NAMES["vgg16_bn"].items():
+            start, stop = (int(i) for i in span.split(":"))
+            for j in range(stop - start):
+                names[f"{layer}.{j}"] = f"backbone.body.features_{start + j}"
     else:
         names.update(OFFICIAL_NAMES["resnet_deep_stem" if backbone.endswith("s") else "resnet_plain_stem"])
     if prior_backbone is not None:
@@ -378,8 +374,6 @@ def convert_official_checkpoint(
         raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}.{hint}")
     state, where = _read(source)
     info = _detect(state, kind, where)
-    model_cfg: dict[str, Any]
-
     if kind == "pfenet-backbone":
         import timm
 
@@ -389,7 +383,10 @@ def convert_official_checkpoint(
             if info["vgg"] and k.startswith("classifier."):
                 continue  # the ImageNet classifier: not part of the feature extractor
             new = _rename(k, names)
-            (unmapped.append(k) if new is None else converted.__setitem__(new, v))
+            if new is None:
+                unmapped.append(k)
+            else:
+                converted[new] = v
         with torch.device("meta"):
             full = timm.create_model(info["backbone"], pretrained=False)
         target = full.state_dict()
@@ -398,7 +395,7 @@ def convert_official_checkpoint(
         _check_complete(converted, target, unmapped, where, f"timm {info['backbone']!r}", optional)
         return converted, {"model": {"backbone": info["backbone"], "pretrained": False}}
 
-    model_cfg = {
+    model_cfg: dict[str, Any] = {
         "backbone": info["backbone"],
         "prior_backbone": info.get("prior"),
         "use_prior": kind == "qgnet",

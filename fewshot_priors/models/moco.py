@@ -31,9 +31,8 @@ from torch import nn
 
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
-from .backbone import MOCO_ENCODERS
+from .backbone import MOCO_ENCODERS, pfenet_dilation
 from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
-from .backbone import pfenet_dilation
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
 
