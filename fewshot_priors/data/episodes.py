@@ -341,8 +341,9 @@ class EpisodicDataset(Dataset):
         if self._empty_masks > 1:
             return
         what = "; ".join(f"the {role} mask of {name}" for role, name in empty)
+        verb = "has" if len(empty) == 1 else "have"
         warnings.warn(
-            f"{type(self).__name__}: class {self._class_name(c)!r}: {what} has 0 foreground pixels after "
+            f"{type(self).__name__}: class {self._class_name(c)!r}: {what} {verb} 0 foreground pixels after "
             f"{self.transform!r} (the random crop/rotation left the object out, or it is too small at this "
             "size); the episode is used as drawn, as in PFENet. Shown once per dataset; "
             "`empty_mask_episodes` counts them.",

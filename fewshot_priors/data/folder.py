@@ -295,7 +295,7 @@ def _seeded_fold(
         blocks = np.array_split(perm, num_folds)
     else:
         ratio = 0.2 if test_ratio is None else float(test_ratio)
-        n_test = max(1, int(round(n * ratio)))
+        n_test = max(1, round(n * ratio))
         if n_test >= n:
             raise ValueError(f"`test_ratio` {ratio} leaves no training class among {n} {which}")
         blocks = [perm[i * n_test : (i + 1) * n_test] for i in range(n // n_test)]

@@ -143,7 +143,7 @@ def _single_channel(im: Image.Image) -> np.ndarray:
         if arr.dtype.kind == "f":
             if not np.isfinite(arr).all():
                 raise ValueError("non-finite values")
-            if arr.max(initial=0) <= 1.0 and arr.min(initial=0) >= 0.0 and not np.isin(arr, (0.0, 1.0)).all():
+            if arr.size and arr.max() <= 1.0 and arr.min() >= 0.0 and not np.isin(arr, (0.0, 1.0)).all():
                 arr = arr * 255.0  # a soft mask in [0, 1]: threshold at 0.5 below
             arr = np.rint(arr)
         return arr.astype(np.int64)
@@ -154,7 +154,7 @@ def _single_channel(im: Image.Image) -> np.ndarray:
     else:
         arr = np.asarray(im.convert("RGBA"), dtype=np.uint8)
         colour, alpha = arr[..., :3].max(axis=-1), arr[..., 3]
-    if colour.min(initial=0) == colour.max(initial=0) and alpha.min(initial=0) != alpha.max(initial=0):
+    if colour.size and colour.min() == colour.max() and alpha.min() != alpha.max():
         return alpha.copy()  # a cut-out: the colour is flat, the mask is the alpha channel
     return colour.copy()
 
