@@ -184,8 +184,14 @@ class EpisodicDataset(Dataset):
         self.class_images = {c: np.asarray(images[c], dtype=np.int64) for c in usable}
         self.pairs = sorted((i, c) for c in usable for i in images[c])
         if query_sampling == "images":  # PFENet: one item per image, its class drawn per episode
+            def visible(name: str, c: int) -> bool:  # present at the model's size, when it is known
+                return scan.model_counts is None or scan.model_counts[name].get(c, 0) >= self.min_model_pixels
+
             present = {
-                i: tuple(sorted(c for c, n in scan.counts[self.entries[i].name].items() if c in images and n > 0))
+                i: tuple(sorted(
+                    c for c, n in scan.counts[self.entries[i].name].items()
+                    if c in images and n > 0 and visible(self.entries[i].name, c)
+                ))
                 for i in sorted({i for i, _ in self.pairs})
             }
             self._queries: list = sorted(present.items())
