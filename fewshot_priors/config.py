@@ -34,6 +34,7 @@ __all__ = [
     "CONFIG_DIR",
     "apply_overrides",
     "available_configs",
+    "check_data_keys",
     "generate_zoo",
     "load_config",
     "merge",
@@ -69,8 +70,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "scale_range": [0.9, 1.1],
         "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
         "num_workers": 4,
-        "num_classes": None,  # folder / synthetic datasets
-        "fold_classes": None,  # explicit list of held-out class ids
+        "num_classes": None,  # pascal layout only (e.g. the synthetic data): number of foreground classes
+        "fold_classes": None,  # held-out classes: ids 1..N (pascal, coco); folder names or ids (folder)
+        "num_folds": None,  # pascal: folds of num_classes (default 4); folder: seeded folds over classes
+        "test_ratio": None,  # folder: share of classes held out per seeded fold (default 0.2)
+        "min_class_images": None,  # folder: seeded folds only over classes with >= N images
+        "split_seed": None,  # folder: seed of the class split (default experiment.seed)
+        "min_model_pixels": None,  # folder: foreground px a pair keeps at image_size (default 1)
     },
     "model": {
         "backbone": "resnet50",
@@ -114,6 +120,17 @@ _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
     ("model", "weights"), ("model", "prior_weights"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
+}
+
+#: ``data`` keys that apply to some datasets only (``None`` = unset). Setting one for
+#: another dataset is an error rather than silently ignored.
+DATASET_KEYS: dict[str, tuple[str, ...]] = {
+    "num_classes": ("pascal",),
+    "num_folds": ("pascal", "folder"),
+    "test_ratio": ("folder",),
+    "min_class_images": ("folder",),
+    "split_seed": ("folder",),
+    "min_model_pixels": ("folder",),
 }
 
 _CHOICES = {
@@ -180,6 +197,7 @@ def validate(cfg: Mapping) -> dict:
                     f"({type(value).__name__})"
                 )
     c = cfg
+    check_data_keys(c["data"])
     if c["model"]["shots"] < 1:
         raise ConfigError(f"model.shots must be >= 1, got {c['model']['shots']}")
     if c["train"]["batch_size"] < 1:
@@ -187,6 +205,59 @@ def validate(cfg: Mapping) -> dict:
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
     return dict(cfg)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_data_keys(data: Mapping) -> None:
+    """Check the dataset-specific ``data`` keys: set only for a dataset they apply to, valid values.
+
+    Raises:
+        ConfigError: naming the key, the dataset and what is expected.
+    """
+    ds = data.get("dataset", DEFAULTS["data"]["dataset"])
+    for key, allowed in DATASET_KEYS.items():
+        if data.get(key) is not None and ds not in allowed:
+            raise ConfigError(
+                f"data.{key} does not apply to data.dataset={ds!r} (only to {', '.join(allowed)}); "
+                f"remove it or set it to null"
+            )
+    fc = data.get("fold_classes")
+    if fc is not None:
+        ok = isinstance(fc, (list, tuple)) and len(fc) > 0
+        if ds == "folder":
+            ok = ok and all(_is_int(v) or isinstance(v, str) for v in fc)
+            want = "a non-empty list of class folder names (or class ids 1..N)"
+        else:
+            ok = ok and all(_is_int(v) for v in fc)
+            want = "a non-empty list of class ids"
+        if not ok:
+            raise ConfigError(f"data.fold_classes must be {want} for data.dataset={ds!r}, got {fc!r}")
+    checks = {
+        "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "num_folds": (lambda v: _is_int(v) and v >= (2 if ds == "folder" else 1), "an int >= 2"),
+        "test_ratio": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+                       "a number in (0, 1)"),
+        "min_class_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "split_seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+        "min_model_pixels": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    }
+    for key, (ok, want) in checks.items():
+        v = data.get(key)
+        if v is not None and not ok(v):
+            raise ConfigError(f"data.{key} must be {want} or null, got {v!r}")
+    if ds == "folder":
+        if data.get("num_folds") is not None and data.get("test_ratio") is not None:
+            raise ConfigError("data.num_folds and data.test_ratio both set: the seeded folds take one of them")
+        if fc is not None:
+            clash = [k for k in ("num_folds", "test_ratio", "min_class_images") if data.get(k) is not None]
+            if clash:
+                raise ConfigError(
+                    f"data.fold_classes names the held-out classes; data.{clash[0]} only shapes the "
+                    "seeded folds and cannot be combined with it"
+                )
 
 
 def _parse_value(text: str) -> Any:

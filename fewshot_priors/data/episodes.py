@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .index import Entry, ScanResult
-from .io import IGNORE_INDEX, BadDataError, read_image
+from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, read_image
 
 _ORDER_TAG = 104729  # separates the query-order stream from the per-episode streams
 _MAX_READ_RETRIES = 5
@@ -101,6 +101,10 @@ class EpisodicDataset(Dataset):
         image_size: input size of the default transforms.
         train_scale: scale range of the default training augmentation.
         test_episodes: episodes of the test split when ``episodes`` is ``None``.
+        min_model_pixels: when the scan has ``model_counts`` (scanned with
+            ``model_size``), a pair is eligible only if the class also covers at
+            least this many pixels after the resize to the model's input size
+            (so thin or small objects that vanish there are never drawn).
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class EpisodicDataset(Dataset):
         image_size: int = 473,
         train_scale: tuple[float, float] = (0.9, 1.1),
         test_episodes: int = 1000,
+        min_model_pixels: int = 1,
     ) -> None:
         check_episode_args(
             shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
@@ -141,15 +146,25 @@ class EpisodicDataset(Dataset):
         self.strict = strict
         self.epoch = 0
 
+        self.min_model_pixels = int(min_model_pixels)
+        self._empty_masks = 0  # episodes whose transformed support/query mask lost all foreground
         self._report_bad(scan.bad)
         self.entries = [e for e in entries if e.name in scan.counts]
         self.fold_class_ids = [int(c) for c in class_ids]
+        self._report_notes({e.name: scan.notes[e.name] for e in self.entries if e.name in scan.notes})
 
         images: dict[int, list[int]] = {c: [] for c in self.fold_class_ids}
+        vanished: list[tuple[str, int, int, int]] = []  # (image, class, px at original size, px at model size)
         for idx, e in enumerate(self.entries):
             for c, n in scan.counts[e.name].items():
                 if c in images and n >= self.min_pixels:
-                    images[c].append(idx)
+                    n_model = n if scan.model_counts is None else scan.model_counts[e.name].get(c, 0)
+                    if n_model >= self.min_model_pixels:
+                        images[c].append(idx)
+                    else:
+                        vanished.append((e.name, c, n, n_model))
+        if vanished:
+            self._report_vanished(vanished, scan.model_size)
         too_few = {c: len(v) for c, v in images.items() if len(v) < shots + 1}
         usable = [c for c in self.fold_class_ids if c not in too_few]
         if not usable:
@@ -159,17 +174,24 @@ class EpisodicDataset(Dataset):
                 f"{too_few}); check the data, `min_pixels` or `shots`"
             )
         if too_few:
+            names = ", ".join(self._class_name(c) for c in too_few)
             warnings.warn(
                 f"{type(self).__name__}: classes with fewer than {shots + 1} eligible images "
-                f"are left out of the episodes (class id -> eligible images): {too_few}",
+                f"are left out of the episodes (class id -> eligible images): {too_few} ({names})",
                 stacklevel=3,
             )
         self.class_ids = usable
         self.class_images = {c: np.asarray(images[c], dtype=np.int64) for c in usable}
         self.pairs = sorted((i, c) for c in usable for i in images[c])
         if query_sampling == "images":  # PFENet: one item per image, its class drawn per episode
+            def visible(name: str, c: int) -> bool:  # present at the model's size, when it is known
+                return scan.model_counts is None or scan.model_counts[name].get(c, 0) >= self.min_model_pixels
+
             present = {
-                i: tuple(sorted(c for c, n in scan.counts[self.entries[i].name].items() if c in images and n > 0))
+                i: tuple(sorted(
+                    c for c, n in scan.counts[self.entries[i].name].items()
+                    if c in images and n > 0 and visible(self.entries[i].name, c)
+                ))
                 for i in sorted({i for i, _ in self.pairs})
             }
             self._queries: list = sorted(present.items())
@@ -259,7 +281,9 @@ class EpisodicDataset(Dataset):
 
     def _binary(self, entry: Entry, c: int) -> tuple[np.ndarray, np.ndarray]:
         image = self.read_image(entry)
-        label = self.read_label(entry)
+        with warnings.catch_warnings():  # already reported once, at construction
+            warnings.simplefilter("ignore", AmbiguousMaskWarning)
+            label = self.read_label(entry)
         if label.shape != image.shape[:2]:
             raise BadDataError(
                 f"image {entry.image} is {image.shape[0]}x{image.shape[1]} but its label "
@@ -275,12 +299,17 @@ class EpisodicDataset(Dataset):
         q_entry = self.entries[qi]
         q_img, q_mask = self._binary(q_entry, c)
         qx, qy, q_hw = self.transform(q_img, q_mask, rng)
+        empty = [("query", q_entry.name)] if not bool((qy == 1).any()) else []
         s_imgs, s_masks = [], []
         for si in support_idx:
             img, mask = self._binary(self.entries[si], c)
             sx, sy, _ = self.transform(img, mask, rng)
             s_imgs.append(sx)
             s_masks.append(sy)
+            if not bool((sy == 1).any()):
+                empty.append(("support", self.entries[si].name))
+        if empty:
+            self._warn_empty(empty, c)
         item: dict[str, Any] = {
             "query_image": qx,
             "query_mask": qy,
@@ -294,6 +323,56 @@ class EpisodicDataset(Dataset):
             item["query_mask_orig"] = torch.from_numpy(q_mask)
             item["query_valid_hw"] = torch.tensor([int(q_hw[0]), int(q_hw[1])], dtype=torch.int64)
         return item
+
+    def _class_name(self, c: int) -> str:
+        return str(getattr(self, "class_names", {}).get(c, c))
+
+    def _report_vanished(self, vanished: Sequence[tuple[str, int, int, int]], model_size: int | None) -> None:
+        """One warning for the pairs left out because the object vanishes at the model's size."""
+        listing = ", ".join(
+            f"{name} (class {self._class_name(c)!r}: {n} px -> {m} px)" for name, c, n, m in vanished[:5]
+        )
+        more = "" if len(vanished) <= 5 else f", ... and {len(vanished) - 5} more"
+        warnings.warn(
+            f"{type(self).__name__}: {len(vanished)} (image, class) pair(s) have >= {self.min_pixels} "
+            f"foreground px at the original resolution but fewer than {self.min_model_pixels} after the "
+            f"resize of the longer side to {model_size} px (the size the model sees); they are not drawn "
+            f"as query or support: {listing}{more}",
+            stacklevel=4,
+        )
+
+    def _warn_empty(self, empty: Sequence[tuple[str, str]], c: int) -> None:
+        """Warn (once per dataset object, i.e. once per worker) about masks the transform emptied."""
+        self._empty_masks += 1
+        if self._empty_masks > 1:
+            return
+        what = "; ".join(f"the {role} mask of {name}" for role, name in empty)
+        verb = "has" if len(empty) == 1 else "have"
+        warnings.warn(
+            f"{type(self).__name__}: class {self._class_name(c)!r}: {what} {verb} 0 foreground pixels after "
+            f"{self.transform!r} (the random crop/rotation left the object out, or it is too small at this "
+            "size); the episode is used as drawn, as in PFENet. Shown once per dataset; "
+            "`empty_mask_episodes` counts them.",
+            stacklevel=4,
+        )
+
+    @property
+    def empty_mask_episodes(self) -> int:
+        """Episodes made so far (in this process) with a support or query mask emptied by the transform."""
+        return self._empty_masks
+
+    def _report_notes(self, notes: Mapping[str, str]) -> None:
+        """One warning for the masks read with a fallback rule (ambiguous masks)."""
+        if not notes:
+            return
+        listing = "\n  ".join(list(notes.values())[:5])
+        more = "" if len(notes) <= 5 else f"\n  ... and {len(notes) - 5} more"
+        warnings.warn(
+            f"{type(self).__name__}: {len(notes)} mask(s) are ambiguous and were read with a fallback "
+            f"rule (strict=True refuses them):\n  {listing}{more}",
+            AmbiguousMaskWarning,
+            stacklevel=4,
+        )
 
     def _report_bad(self, bad: Mapping[str, str]) -> None:
         if not bad:

@@ -2,59 +2,94 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, check_episode_args
+from .episodes import EpisodicDataset, _is_int, check_episode_args
 from .index import Entry, scan_entries
-from .io import IGNORE_INDEX, DataLayoutError, read_label
+from .io import IGNORE_INDEX, DataLayoutError, read_binary_mask
 
 FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
   <class_name>/<image_id>.jpg     an image
-  <class_name>/<image_id>.png     its mask: foreground = 1 (0/1 masks) or > 127 (0/255 masks)
+  <class_name>/<image_id>.png     its mask: foreground = 1 (0/1 masks) or > 127 (0/255 masks),
+                                  any PIL mode (grey, 1-bit, palette, RGB, LA/RGBA, 16-bit)
   ... one folder per class; image and mask share the file stem"""
+
+_SPLIT_TAG = 99991  # separates the class-split stream from the episode streams
 
 
 class FolderFewShot(EpisodicDataset):
     """Episodes over a folder of class folders with image/mask pairs (FSS-1000 layout).
 
-    Classes are split at the class level: ``test_classes`` names the test
-    classes explicitly, otherwise a ``test_ratio`` share of the (sorted) class
-    folders is drawn with ``seed``. Masks are binary: a mask whose values are
-    0/1 (optionally 255 = ignore) has foreground 1; any other mask (FSS-1000's
-    0/255 masks, anti-aliased grey masks) has foreground where > 127. Class ids are
-    ``1..N`` in sorted folder-name order; ``class_names[id]`` gives the folder.
+    Class ids are ``1..N`` in sorted folder-name order; ``class_names[id]`` gives
+    the folder. Classes are split at the class level, in this order of precedence:
+
+    * ``fold_classes`` (or its older name ``test_classes``): the held-out classes,
+      as folder names or class ids ``1..N``;
+    * ``num_folds``: a seeded permutation (``split_seed``) of the candidate classes
+      cut into ``num_folds`` near-equal disjoint blocks; block ``fold`` is held out
+      (cross-validation over classes: the folds partition the candidates);
+    * otherwise ``test_ratio`` (default 0.2) of the candidates per block, block ``fold``.
+
+    The candidates of the seeded folds are the classes with at least
+    ``min_class_images`` image/mask pairs (default: every class); the other
+    classes are always training classes.
+
+    Masks are read by :func:`~fewshot_priors.data.io.read_binary_mask` (one rule
+    for every format: 0/1 masks have foreground 1 and 255 = ignore, other masks
+    foreground > 127; ambiguous masks are reported once at construction).
+
+    A (image, class) pair is drawn (as query or support) when the class covers at
+    least ``min_pixels`` pixels at the original resolution (the PASCAL/COCO rule)
+    *and* at least ``min_model_pixels`` pixels after the nearest-neighbour resize
+    of the test transform (longer side to ``image_size``), i.e. at the size the
+    model sees: thin or small objects that vanish at ``image_size`` are left out
+    (one warning lists them).
 
     Args:
         root: folder with one sub-folder per class.
         shots: K.
         split: ``"train"`` or ``"test"`` (``"val"`` is an alias).
-        test_classes: folder names of the test classes; default: drawn by ``test_ratio``.
-        test_ratio: share of classes held out for testing when ``test_classes`` is None.
-        fold: with ``test_classes=None``, which disjoint block of the seeded class
-            permutation is held out (cross-validation over classes; default 0).
-        seed: seed of the class split, the episodes and the augmentation.
+        test_classes: folder names of the test classes (older name of ``fold_classes``).
+        test_ratio: share of the candidate classes held out per fold (default 0.2);
+            not combinable with ``num_folds``.
+        fold: which block of the seeded class permutation is held out (default 0).
+        seed: seed of the episodes and the augmentation (and of the class split
+            when ``split_seed`` is None).
         image_ext: image file extension(s) to look for.
         mask_ext: mask file extension.
         episodes: number of episodes (default: one per eligible image for train,
             1000 for test).
-        transform: see :class:`PascalFewShot`; default train / test transform at ``image_size``.
-        image_size: size of the default transforms.
-        min_pixels: minimum foreground pixels of an eligible image (default 1).
-        strict: raise on unusable pairs instead of skipping them.
-        cache: write/read the index cache (``.fewshot_index.json`` in ``root``).
+        transform: see :class:`PascalFewShot`; default: for train
+            ``TrainTransform(image_size, resize_long=image_size)`` (augmentation at the
+            test scale: longer side ~ ``image_size``), for test ``TestTransform(image_size)``.
+        image_size: size of the default transforms and of the ``min_model_pixels`` rule.
+        min_pixels: minimum foreground pixels of an eligible pair at the original
+            resolution (default 1).
+        strict: raise on unusable pairs and ambiguous masks instead of skipping / warning.
+        cache: write/read the index cache (``.fewshot_index_*.json`` in ``root``, or
+            the user cache folder when ``root`` is read-only).
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
         progress: show a progress bar while the labels are scanned (first use only).
+        fold_classes: the held-out classes: folder names, or class ids ``1..N``.
+        num_folds: number of seeded folds over the candidate classes.
+        min_class_images: only classes with at least this many image/mask pairs
+            are candidates of the seeded folds (the others always train).
+        split_seed: seed of the class split (default: ``seed``); keep it fixed when
+            the episode seed changes so that train and test see the same split.
+        min_model_pixels: minimum foreground pixels of an eligible pair after the
+            resize to ``image_size`` (default 1: the object must not vanish).
 
     Example:
         A folder ``my_data/`` with ``cat/001.jpg``, ``cat/001.png``, ``dog/...``::
 
             from fewshot_priors.data import FolderFewShot, collate_episodes
-            train = FolderFewShot("my_data", shots=1, split="train", test_classes=["dog"])
-            test = FolderFewShot("my_data", shots=5, split="test", test_classes=["dog"])
+            train = FolderFewShot("my_data", shots=1, split="train", fold_classes=["dog"])
+            test = FolderFewShot("my_data", shots=5, split="test", fold_classes=["dog"])
             loader = torch.utils.data.DataLoader(test, batch_size=4,
                                                  collate_fn=collate_episodes)
     """
@@ -65,7 +100,7 @@ class FolderFewShot(EpisodicDataset):
         shots: int = 1,
         split: str = "train",
         test_classes: Sequence[str] | None = None,
-        test_ratio: float = 0.2,
+        test_ratio: float | None = None,
         fold: int | None = None,
         seed: int = 321,
         image_ext: str | Sequence[str] = (".jpg", ".jpeg", ".png"),
@@ -78,6 +113,12 @@ class FolderFewShot(EpisodicDataset):
         cache: bool = True,
         query_sampling: str = "pairs",
         progress: bool = True,
+        *,
+        fold_classes: Sequence[str | int] | None = None,
+        num_folds: int | None = None,
+        min_class_images: int | None = None,
+        split_seed: int | None = None,
+        min_model_pixels: int = 1,
     ) -> None:
         root = Path(root)
         split = {"val": "test"}.get(split, split)
@@ -86,65 +127,78 @@ class FolderFewShot(EpisodicDataset):
         check_episode_args(
             shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
         )
+        if test_classes is not None and fold_classes is not None:
+            raise ValueError("pass the held-out classes as `fold_classes` or `test_classes`, not both")
+        if isinstance(test_classes, str) or isinstance(fold_classes, str):
+            raise TypeError("`fold_classes` / `test_classes` must be a list of class names, not one string")
+        explicit = fold_classes if fold_classes is not None else test_classes
+        name = "fold_classes" if fold_classes is not None else "test_classes"
+        if explicit is None:
+            _check_fold_args(test_ratio, num_folds, fold, min_class_images)
+        elif min_class_images is not None or num_folds is not None or test_ratio is not None:
+            raise ValueError(
+                f"`{name}` names the held-out classes; `num_folds`, `test_ratio` and `min_class_images` "
+                "only shape the seeded folds and cannot be combined with it"
+            )
+        split_seed = seed if split_seed is None else split_seed
+        if not _is_int(split_seed) or split_seed < 0:
+            raise ValueError(f"`split_seed` must be a non-negative int or None, got {split_seed!r}")
+        if not _is_int(min_model_pixels) or min_model_pixels < 1:
+            raise ValueError(f"`min_model_pixels` must be a positive int (1 = must not vanish), got {min_model_pixels!r}")
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
         exts = (image_ext,) if isinstance(image_ext, str) else tuple(image_ext)
         self.root = root
         self.mask_ext = mask_ext
+        self.strict = strict
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not class_dirs:
             raise DataLayoutError(f"no class folders in {root}\n{FOLDER_LAYOUT}")
         self.class_names = {i + 1: p.name for i, p in enumerate(class_dirs)}
-        ids = {p.name: i + 1 for i, p in enumerate(class_dirs)}
-        if test_classes is not None:
-            unknown = [c for c in test_classes if c not in ids]
-            if unknown:
-                raise ValueError(
-                    f"`test_classes` {unknown} are not class folders of {root} "
-                    f"(found: {sorted(ids)[:10]}{'...' if len(ids) > 10 else ''})"
-                )
-            test = sorted(ids[c] for c in test_classes)
+
+        pairs: dict[int, list[tuple[Path, Path]]] = {}
+        for c, d in self.class_names.items():
+            pairs[c] = []
+            for img in sorted(p for p in (root / d).iterdir() if p.suffix.lower() in exts):
+                mask = img.with_suffix(mask_ext)
+                if mask != img:  # image and mask both .png: skip the mask itself
+                    pairs[c].append((img, mask))
+        self.class_image_counts = {c: sum(m.is_file() for _, m in v) for c, v in pairs.items()}
+
+        if explicit is not None:
+            test = self._resolve_classes(explicit, name)
         else:
-            if not 0 < test_ratio < 1:
-                raise ValueError(f"`test_ratio` must be in (0, 1), got {test_ratio}")
-            n_test = max(1, int(round(len(class_dirs) * test_ratio)))
-            if n_test >= len(class_dirs):
-                raise ValueError(
-                    f"`test_ratio` {test_ratio} leaves no training class among {len(class_dirs)}"
-                )
-            perm = np.random.default_rng([seed, 99991]).permutation(len(class_dirs))
-            f = 0 if fold is None else fold
-            n_folds = len(class_dirs) // n_test
-            if not isinstance(f, int) or not 0 <= f < n_folds:
-                raise ValueError(
-                    f"`fold` must be in 0..{n_folds - 1} for {len(class_dirs)} classes and "
-                    f"test_ratio={test_ratio}, got {fold!r}"
-                )
-            test = sorted(int(i) + 1 for i in perm[f * n_test : (f + 1) * n_test])
+            cands = [c for c in self.class_names if self.class_image_counts[c] >= (min_class_images or 0)]
+            test = _seeded_fold(cands, fold or 0, num_folds, test_ratio, split_seed, min_class_images)
+        self.fold = fold
         self.test_class_ids = test
         self.train_class_ids = [c for c in self.class_names if c not in test]
+        if not self.train_class_ids:
+            raise ValueError(f"every class of {root} is held out; leave some classes for training")
         use = test if split == "test" else self.train_class_ids
 
         entries, self._entry_class = [], {}
         for c in use:
-            d = class_dirs[c - 1]
-            for img in sorted(p for p in d.iterdir() if p.suffix.lower() in exts):
-                mask = img.with_suffix(mask_ext)
-                if mask == img:  # image and mask both .png: skip the mask itself
-                    continue
-                name = f"{d.name}/{img.stem}"
-                entries.append(Entry(name, img, mask))
-                self._entry_class[name] = c
+            for img, mask in pairs[c]:
+                name_ = f"{self.class_names[c]}/{img.stem}"
+                entries.append(Entry(name_, img, mask))
+                self._entry_class[name_] = c
         if not entries:
             raise DataLayoutError(f"no image/mask pairs found under {root}\n{FOLDER_LAYOUT}")
 
+        if transform is None and split == "train":  # train at the test scale (longer side ~ image_size)
+            from .transforms import TrainTransform
+
+            transform = TrainTransform(image_size, resize_long=image_size)
+        size = int(getattr(transform, "size", image_size) if transform is not None else image_size)
         scan = scan_entries(
             entries,
             self.read_label,
             root / f".fewshot_index_{split}.json" if cache else None,
             description="indexing class folders",
-            extra_key=f"{mask_ext}|{test}",
+            extra_key=f"{mask_ext}|{test}|strict={strict}",
             progress=progress,
+            model_size=size,
         )
         super().__init__(
             entries,
@@ -160,17 +214,95 @@ class FolderFewShot(EpisodicDataset):
             min_pixels=min_pixels,
             strict=strict,
             query_sampling=query_sampling,
+            min_model_pixels=min_model_pixels,
         )
 
     def read_label(self, entry: Entry) -> np.ndarray:
         """Binary mask -> class map: the entry's class id, 0 elsewhere, 255 ignored."""
-        raw = read_label(entry.label)
-        c = self._entry_class[entry.name]
-        values = np.unique(raw)
-        label = np.zeros(raw.shape, dtype=np.uint8)
-        if 1 in values and set(values.tolist()) <= {0, 1, IGNORE_INDEX}:  # 0/1(/255) mask
-            label[raw == 1] = c
-            label[raw == IGNORE_INDEX] = IGNORE_INDEX
-        else:
-            label[raw > 127] = c
+        raw = read_binary_mask(entry.label, strict=self.strict)
+        label = raw * np.uint8(self._entry_class[entry.name])
+        label[raw == IGNORE_INDEX] = IGNORE_INDEX
         return label
+
+    def _resolve_classes(self, classes: Sequence[str | int], name: str) -> list[int]:
+        """Folder names or class ids ``1..N`` -> sorted class ids."""
+        ids = {n: c for c, n in self.class_names.items()}
+        out, unknown = set(), []
+        for v in classes:
+            if _is_int(v):
+                v = int(v)
+                if str(v) in ids and ids[str(v)] != v:
+                    raise ValueError(
+                        f"`{name}` entry {v} is ambiguous: class id {v} is folder "
+                        f"{self.class_names.get(v)!r} but a folder is named {str(v)!r}; "
+                        f"quote folder names (e.g. ['{v}'])"
+                    )
+                if not 1 <= v <= len(self.class_names):
+                    unknown.append(v)
+                else:
+                    out.add(v)
+            elif isinstance(v, str) and v in ids:
+                out.add(ids[v])
+            else:
+                unknown.append(v)
+        if unknown:
+            hints = [
+                f"{u!r} -> {close}" for u in unknown if isinstance(u, str)
+                for close in [difflib.get_close_matches(u, list(ids), n=3)] if close
+            ]
+            raise ValueError(
+                f"`{name}` {unknown} are not class folders (names) or class ids 1..{len(ids)} of {self.root} "
+                f"(found: {sorted(ids)[:10]}{'...' if len(ids) > 10 else ''})"
+                + (f"; did you mean: {', '.join(hints)}" if hints else "")
+            )
+        if not out:
+            raise ValueError(f"`{name}` must name at least one class")
+        return sorted(out)
+
+
+def _check_fold_args(test_ratio, num_folds, fold, min_class_images) -> None:
+    if test_ratio is not None and num_folds is not None:
+        raise ValueError("give the seeded folds by `num_folds` or by `test_ratio`, not both")
+    if test_ratio is not None and (
+        isinstance(test_ratio, bool) or not isinstance(test_ratio, (int, float)) or not 0 < test_ratio < 1
+    ):
+        raise ValueError(f"`test_ratio` must be in (0, 1), got {test_ratio!r}")
+    if num_folds is not None and (not _is_int(num_folds) or num_folds < 2):
+        raise ValueError(f"`num_folds` must be an int >= 2, got {num_folds!r}")
+    if fold is not None and (not _is_int(fold) or fold < 0):
+        raise ValueError(f"`fold` must be a non-negative int, got {fold!r}")
+    if min_class_images is not None and (not _is_int(min_class_images) or min_class_images < 1):
+        raise ValueError(f"`min_class_images` must be a positive int or None, got {min_class_images!r}")
+
+
+def _seeded_fold(
+    candidates: Sequence[int],
+    fold: int,
+    num_folds: int | None,
+    test_ratio: float | None,
+    split_seed: int,
+    min_class_images: int | None,
+) -> list[int]:
+    """Held-out class ids: block ``fold`` of a seeded permutation of ``candidates``."""
+    n = len(candidates)
+    which = f"classes with >= {min_class_images} images" if min_class_images else "classes"
+    if n < 2:
+        raise ValueError(f"the seeded folds need at least 2 {which}, found {n}; lower `min_class_images`")
+    perm = np.random.default_rng([split_seed, _SPLIT_TAG]).permutation(n)
+    if num_folds is not None:
+        if num_folds > n:
+            raise ValueError(f"`num_folds` ({num_folds}) exceeds the {n} {which}")
+        blocks = np.array_split(perm, num_folds)
+    else:
+        ratio = 0.2 if test_ratio is None else float(test_ratio)
+        n_test = max(1, round(n * ratio))
+        if n_test >= n:
+            raise ValueError(f"`test_ratio` {ratio} leaves no training class among {n} {which}")
+        blocks = [perm[i * n_test : (i + 1) * n_test] for i in range(n // n_test)]
+    if not 0 <= fold < len(blocks):
+        raise ValueError(
+            f"`fold` must be in 0..{len(blocks) - 1} for {n} {which} and "
+            + (f"num_folds={num_folds}" if num_folds is not None else f"test_ratio={test_ratio or 0.2}")
+            + f", got {fold!r}"
+        )
+    return sorted(int(candidates[i]) for i in blocks[fold])

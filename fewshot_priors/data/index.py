@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import IGNORE_INDEX, BadDataError, image_size
+from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, image_size
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,20 @@ class Entry:
 
 @dataclass
 class ScanResult:
-    """Per-image class pixel counts and the pairs that were rejected."""
+    """Per-image class pixel counts and the pairs that were rejected.
+
+    ``model_counts`` (when the scan was given ``model_size``) holds the class pixel
+    counts after the test transform's nearest-neighbour resize (longer side to
+    ``model_size``): what the model sees. ``notes`` holds the
+    :class:`~fewshot_priors.data.io.AmbiguousMaskWarning` messages of the labels.
+    """
 
     counts: dict[str, dict[int, int]] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     bad: dict[str, str] = field(default_factory=dict)
+    model_counts: dict[str, dict[int, int]] | None = None
+    model_size: int | None = None
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def _fingerprint(entries: Sequence[Entry], extra: str) -> str:
@@ -97,6 +106,7 @@ def scan_entries(
     extra_key: str = "",
     check_images: bool = True,
     progress: bool = True,
+    model_size: int | None = None,
 ) -> ScanResult:
     """Scan label maps once (with a progress bar) or load the cached scan.
 
@@ -110,11 +120,14 @@ def scan_entries(
         extra_key: anything else the result depends on (e.g. a label convention).
         check_images: read each image header and compare its size with the label.
         progress: show the progress bar of the scan.
+        model_size: also count the class pixels of each label resized as the
+            :class:`~fewshot_priors.data.transforms.TestTransform` of this size
+            does (longer side to ``model_size``, nearest neighbour).
 
     Returns:
         A :class:`ScanResult`; ``counts[name][class_id]`` = foreground pixels.
     """
-    key = _fingerprint(entries, extra_key)
+    key = _fingerprint(entries, f"{extra_key}|model_size={model_size}")
     candidates: list[Path] = []
     if cache_file is not None:
         cache_file = Path(cache_file)
@@ -126,9 +139,22 @@ def scan_entries(
                 return cached
 
     result = ScanResult()
+    resized_hw = None
+    if model_size is not None:
+        from .transforms import TestTransform, resize_label
+
+        resized_hw = TestTransform(int(model_size)).resized_hw
+        result.model_counts, result.model_size = {}, int(model_size)
     for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
         try:
-            label = read_label(e)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AmbiguousMaskWarning)
+                label = read_label(e)
+            for w in caught:
+                if issubclass(w.category, AmbiguousMaskWarning):
+                    result.notes[e.name] = str(w.message)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             if check_images:
                 if not e.image.is_file():
                     raise BadDataError(f"image file missing: {e.image}")
@@ -145,6 +171,10 @@ def scan_entries(
         hist[[0, IGNORE_INDEX]] = 0
         result.counts[e.name] = {int(i): int(hist[i]) for i in np.flatnonzero(hist)}
         result.sizes[e.name] = (int(label.shape[0]), int(label.shape[1]))
+        if resized_hw is not None:
+            small = resize_label(np.asarray(label, dtype=np.uint8), resized_hw(*label.shape[:2]))
+            hist = np.bincount(small.ravel(), minlength=256)
+            result.model_counts[e.name] = {c: int(hist[c]) for c in result.counts[e.name]}
 
     if candidates:
         payload = {
@@ -153,6 +183,9 @@ def scan_entries(
             "counts": result.counts,
             "sizes": result.sizes,
             "bad": result.bad,
+            "model_counts": result.model_counts,
+            "model_size": result.model_size,
+            "notes": result.notes,
         }
         for c in candidates:
             try:
@@ -180,6 +213,11 @@ def _load_cache(path: Path, key: str) -> ScanResult | None:
             },
             sizes={n: (int(s[0]), int(s[1])) for n, s in payload["sizes"].items()},
             bad=dict(payload["bad"]),
+            model_counts=None if payload["model_counts"] is None else {
+                n: {int(k): int(v) for k, v in d.items()} for n, d in payload["model_counts"].items()
+            },
+            model_size=None if payload["model_size"] is None else int(payload["model_size"]),
+            notes=dict(payload["notes"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None

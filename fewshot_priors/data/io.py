@@ -8,6 +8,7 @@ colour-coded RGB labels in the VOC colour map are converted back to ids.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,10 @@ class DataLayoutError(FileNotFoundError):
 
 class BadDataError(ValueError):
     """An image/label pair cannot be used (unreadable, size mismatch, ...)."""
+
+
+class AmbiguousMaskWarning(UserWarning):
+    """A binary mask was read with a fallback rule (see :func:`read_binary_mask`)."""
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -116,6 +121,117 @@ def _rgb_to_ids(rgb: np.ndarray, path: str | Path) -> np.ndarray:
             )
         ids[k] = lookup[v]
     return ids[inv].reshape(code.shape)
+
+
+#: Share of pixels that must be 0 / 1 (or 255) for a mask with a few other values to be
+#: read as a 0/1 mask (its other values become ignore, with a warning).
+BINARY01_MIN_SHARE = 0.99
+#: A mask holding both 1 and 255 is a 0/1 mask (255 = ignore) when it has at least this many
+#: 1s per 255; fewer 1s are the edge values of an anti-aliased 0/255 mask.
+ONES_MIN_RATIO = 0.1
+
+
+def _single_channel(im: Image.Image) -> np.ndarray:
+    """One value per pixel of a mask image of any PIL mode (see :func:`read_binary_mask`)."""
+    mode = im.mode
+    if mode == "1":
+        return np.asarray(im.convert("L"), dtype=np.uint8)  # 0 / 255
+    if mode in ("P", "L"):  # palette masks: the stored index, as read_label
+        return np.asarray(im, dtype=np.uint8)
+    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise ValueError("non-finite values")
+            if arr.size and arr.max() <= 1.0 and arr.min() >= 0.0 and not np.isin(arr, (0.0, 1.0)).all():
+                arr = arr * 255.0  # a soft mask in [0, 1]: threshold at 0.5 below
+            arr = np.rint(arr)
+        return arr.astype(np.int64)
+    if mode in ("LA", "La", "PA"):
+        im = im.convert("LA")
+        arr = np.asarray(im, dtype=np.uint8)
+        colour, alpha = arr[..., 0], arr[..., 1]
+    else:
+        arr = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        colour, alpha = arr[..., :3].max(axis=-1), arr[..., 3]
+    if colour.size and colour.min() == colour.max() and alpha.min() != alpha.max():
+        return alpha.copy()  # a cut-out: the colour is flat, the mask is the alpha channel
+    return colour.copy()
+
+
+def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
+    """Read a binary mask of any storage format as an ``H, W`` uint8 array of 0 / 1 / 255.
+
+    One rule for every format:
+
+    1. One value per pixel: 1-bit images give 0/255; grey and palette images their
+       stored value (palette index, as for VOC labels); 16-bit / 32-bit / float images
+       their value (float masks in [0, 1] are scaled by 255); colour images the
+       largest of R, G, B (a red or white object on black is foreground); an image
+       with an alpha channel whose colour is flat is read from its alpha (a cut-out).
+    2. Values only in {0, 1, 255} with some 1 (and at least one 1 per ten 255s, else
+       the 1s are edge values of an anti-aliased 0/255 mask): a 0/1 mask, 255 = ignore.
+    3. The same with at least 99 % of the pixels in {0, 1, 255} (a 0/1 mask with
+       stray values): 0/1 mask; the other values become ignore (255), with an
+       :class:`AmbiguousMaskWarning`.
+    4. Otherwise foreground where the value is > 127 (0/255 masks, anti-aliased grey
+       masks, colour masks). If that leaves no foreground although non-zero values
+       exist (e.g. a 0/2 mask or a dark colour), every non-zero value is foreground,
+       with an :class:`AmbiguousMaskWarning`.
+
+    Args:
+        path: mask file.
+        strict: raise :class:`BadDataError` instead of warning in cases 3 and 4.
+
+    Returns:
+        ``H, W`` uint8 mask: 0 background, 1 foreground, 255 ignore.
+
+    Raises:
+        BadDataError: unreadable file, or an ambiguous mask with ``strict=True``.
+    """
+    try:
+        with Image.open(path) as im:
+            v = _single_channel(im)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadDataError(f"cannot read mask {path}: {err}") from err
+    out = np.zeros(v.shape, dtype=np.uint8)
+    is0, is1, is255 = v == 0, v == 1, v == IGNORE_INDEX
+    n_binary = int(is0.sum() + is1.sum() + is255.sum())
+    n1, n255 = int(is1.sum()), int(is255.sum())
+    # 1 is the foreground value unless it is a trace next to many 255s (an anti-aliased 0/255 mask)
+    has1 = n1 > 0 and n1 >= ONES_MIN_RATIO * n255
+    if has1 and n_binary == v.size:
+        out[is1] = 1
+        out[is255] = IGNORE_INDEX
+        return out
+    if has1 and n_binary >= BINARY01_MIN_SHARE * v.size:
+        stray = ~(is0 | is1 | is255)
+        values = np.unique(v[stray]).tolist()
+        msg = (
+            f"mask {path} is a 0/1 mask ({n_binary / v.size:.2%} of its pixels are 0/1/255) with "
+            f"{int(stray.sum())} pixel(s) of other values {values[:5]}{'...' if len(values) > 5 else ''}: "
+            "they are treated as ignore (255)"
+        )
+        if strict:
+            raise BadDataError(msg)
+        warnings.warn(msg, AmbiguousMaskWarning, stacklevel=2)
+        out[is1] = 1
+        out[is255 | stray] = IGNORE_INDEX
+        return out
+    fg = v > 127
+    if not fg.any() and (v > 0).any():
+        values = np.unique(v[v > 0]).tolist()
+        msg = (
+            f"mask {path} has no value > 127 but non-zero values {values[:5]}"
+            f"{'...' if len(values) > 5 else ''} (not a 0/1 or 0/255 mask): every non-zero pixel "
+            "is read as foreground"
+        )
+        if strict:
+            raise BadDataError(msg)
+        warnings.warn(msg, AmbiguousMaskWarning, stacklevel=2)
+        fg = v > 0
+    out[fg] = 1
+    return out
 
 
 def write_palette_png(path: str | Path, label: np.ndarray) -> None:

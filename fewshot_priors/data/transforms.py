@@ -95,11 +95,21 @@ def resize_bilinear(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return rows[:, :, j0] * (1.0 - wx) + rows[:, :, j1] * wx
 
 
+def _resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a ``1, H, W`` mask (as cv2 INTER_NEAREST)."""
+    return TF.resize(mask, list(hw), interpolation=InterpolationMode.NEAREST)
+
+
+def resize_label(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """``H, W`` label map resized to ``hw`` exactly as the transforms resize masks (nearest)."""
+    if tuple(hw) == tuple(label.shape):
+        return np.asarray(label)
+    return _resize_mask(torch.from_numpy(np.ascontiguousarray(label))[None], tuple(hw))[0].numpy()
+
+
 def _resize_pair(img: torch.Tensor, mask: torch.Tensor, hw: tuple[int, int]):
     """Image bilinear (as cv2 INTER_LINEAR), mask nearest (as cv2 INTER_NEAREST)."""
-    img = resize_bilinear(img, hw)
-    mask = TF.resize(mask, list(hw), interpolation=InterpolationMode.NEAREST)
-    return img, mask
+    return resize_bilinear(img, hw), _resize_mask(mask, hw)
 
 
 def _gaussian_blur(img: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
@@ -140,6 +150,13 @@ class TrainTransform:
         crop_retries: re-draws allowed to keep the foreground (31 as PFENet); when
             none keeps enough, the last draw is used (as PFENet).
         keep_fg: fraction of foreground pixels a crop must keep.
+        resize_long: if set, the random scale is relative to the image resized so
+            that its longer side is ``resize_long`` (the scale of
+            :class:`TestTransform` at that size) instead of to the original image;
+            ``None`` (PFENet, whose images are about the crop size) scales the original.
+            Folder datasets of large images use ``resize_long=size``: without it a
+            ``size`` crop of a much larger image sees a small window at a larger
+            object scale than the test episodes, and often no foreground at all.
 
     Example:
         >>> import numpy as np
@@ -163,9 +180,14 @@ class TrainTransform:
         keep_fg: float = 0.85,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize_long: int | None = None,
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"`size` must be a positive int, got {size}")
+        if resize_long is not None and (isinstance(resize_long, bool) or not isinstance(resize_long, int)
+                                        or resize_long < 1):
+            raise ValueError(f"`resize_long` must be a positive int or None, got {resize_long!r}")
+        self.resize_long = resize_long
         if not (0 < scale[0] <= scale[1]):
             raise ValueError(f"`scale` must be (low, high) with 0 < low <= high, got {scale}")
         if blur_kernel % 2 != 1:
@@ -183,7 +205,8 @@ class TrainTransform:
         self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate})"
+        extra = "" if self.resize_long is None else f", resize_long={self.resize_long}"
+        return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate}{extra})"
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         img = normalize_image(image, self.mean, self.std)
@@ -191,6 +214,8 @@ class TrainTransform:
         # scale
         s = rng.uniform(*self.scale)
         h, w = img.shape[-2:]
+        if self.resize_long is not None:
+            s *= self.resize_long / max(h, w)
         new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
         if new_hw != (h, w):
             img, m = _resize_pair(img, m, new_hw)

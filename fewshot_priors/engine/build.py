@@ -50,25 +50,41 @@ def build_dataset(
         shots: K (default ``model.shots``).
         episodes: number of episodes (default: ``data.train_episodes`` for train,
             ``data.test_episodes`` for val).
-        seed: episode seed (default ``experiment.seed``).
+        seed: episode seed (default ``experiment.seed``). The class split of a
+            folder dataset uses ``data.split_seed`` (default ``experiment.seed``),
+            so train and val/eval hold out the same classes whatever the episode seed.
         **kwargs: passed to the dataset class.
+
+    Raises:
+        ConfigError: a dataset-specific ``data`` key set for a dataset it does not
+            apply to (e.g. ``data.num_classes`` with ``dataset: folder``).
     """
     from fewshot_priors import data as fsdata
+    from fewshot_priors.config import DATASET_KEYS, check_data_keys
     from fewshot_priors.data.transforms import TestTransform, TrainTransform
 
     d = cfg["data"]
+    check_data_keys(d)
     shots = int(shots if shots is not None else cfg["model"]["shots"])
     if episodes is None:
         episodes = d["train_episodes"] if split == "train" else d["test_episodes"]
     seed = int(seed if seed is not None else cfg["experiment"]["seed"])
     size = int(d["image_size"])
-    transform = TrainTransform(size, scale=tuple(d["scale_range"])) if split == "train" else TestTransform(size)
+    # folder datasets (any image size): train at the test scale, longer side ~ image_size
+    resize_long = size if d["dataset"] == "folder" else None
+    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=resize_long)
+                 if split == "train" else TestTransform(size))
     common = dict(fold=int(d["fold"]), split=split, shots=shots, episodes=episodes, transform=transform, seed=seed,
                   min_pixels=int(d["min_pixels"]))
     if d.get("fold_classes") is not None:
         common["fold_classes"] = list(d["fold_classes"])
-    if d.get("num_classes") is not None:
-        common["num_classes"] = int(d["num_classes"])
+    # dataset-specific keys (check_data_keys refused those set for another dataset)
+    common.update({k: d[k] for k in DATASET_KEYS if d.get(k) is not None})
+    if d["dataset"] == "folder":
+        common["image_size"] = size
+        if common.get("split_seed") is None:
+            # the class split must not follow the episode seed (val/eval pass eval.seed)
+            common["split_seed"] = int(cfg["experiment"]["seed"])
     common.update(kwargs)
     if d["dataset"] == "pascal":
         return fsdata.PascalFewShot(d["root"], **common)
