@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .io import IGNORE_INDEX, BadDataError, image_size
 
 CACHE_VERSION = 1
@@ -126,7 +126,7 @@ def scan_entries(
                 return cached
 
     result = ScanResult()
-    for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
+    for e in progress_bar(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
         try:
             label = read_label(e)
             if check_images:
