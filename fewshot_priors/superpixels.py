@@ -391,7 +391,7 @@ def build_superpixel_cache(
     Returns:
         Path of the manifest.
     """
-    from tqdm.auto import tqdm
+    from ._progress import progress_bar
 
     sampler = sampler or SuperpixelPatchSampler()
     cache_dir = Path(cache_dir)
@@ -412,7 +412,7 @@ def build_superpixel_cache(
         else:
             todo.append((p, str(cache_dir / _cache_name(p))))
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="superpixels", disable=not progress or not todo)
+    bar = progress_bar(total=len(todo), desc="superpixels", disable=not progress or not todo)
     if workers and workers > 0 and len(todo) > 1:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(sampler,)) as ex:
             for (p, out), meta in zip(todo, ex.map(_cache_one, todo, chunksize=4)):

@@ -23,5 +23,7 @@ if ! $PY -c "import fast_slic" 2>/dev/null; then
     || echo "WARNING: fast-slic did not build; SuperpixelPatchSampler falls back to scikit-image SLIC" >&2
 fi
 
-# 3. The package itself (editable) with the extras for tests, docs and benchmarks.
+# 3. The package itself (editable) with the extras for tests, docs and benchmarks. The docs extra
+#    brings MathJax as a Python package (django-static-mathjax: the MathJax 3 files, no Django), so the
+#    docs build serves the math renderer itself with no npm and no CDN.
 $PIP -e ".[dev,docs,bench]"

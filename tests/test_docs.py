@@ -243,6 +243,56 @@ def test_mkdocs_build_strict(tmp_path):
         assert "data:image/png;base64" in html, f"{nb}: no executed figure in the page"
     api = (site / "api" / "models" / "index.html").read_text(encoding="utf-8")
     assert "QGNet" in api and "GlobalLocalMoCo" in api
+    _assert_site_works_offline(site)
+
+
+# what an HTML page loads: scripts, stylesheets, fonts, preconnects (not plain <a href> links)
+_LOADED = re.compile(r"<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)=\"([^\"]*)\"", re.IGNORECASE)
+# an output cell with stderr text (the notebook CSS also names that mime type, in a selector)
+_STDERR_OUTPUT = re.compile(r'<div[^>]*data-mime-type="application/vnd\.jupyter\.stderr"')
+
+
+def _mathjax_hook():
+    """The docs hook ``docs/_hooks/mathjax.py``, loaded by path (``mathjax`` is also the PyPI package's name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_docs_hook_mathjax", DOCS / "_hooks" / "mathjax.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_site_works_offline(site: Path) -> None:
+    """Every page loads only files of the site (MathJax included); notebooks show no stderr boxes."""
+    hook = _mathjax_hook()
+    SITE_DIR, SCRIPT = hook.SITE_DIR, hook.SCRIPT  # noqa: N806
+    assert (site / SITE_DIR / SCRIPT).stat().st_size > 500_000
+    assert list((site / SITE_DIR / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 20
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        remote = [u for u in _LOADED.findall(html) if re.match(r"(https?:)?//", u)]
+        assert not remote, f"{page.relative_to(site)} loads from the network: {remote}"
+    concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
+    assert f'<script src="../{SITE_DIR}/{SCRIPT}"' in concepts and 'class="arithmatex"' in concepts
+    for nb in ("region_maps", "superpixel_patches", "add_priors"):
+        html = (site / "notebooks" / nb / "index.html").read_text(encoding="utf-8")
+        assert not _STDERR_OUTPUT.search(html) and "IProgress" not in html, f"{nb}: stderr output in the page"
+
+
+def test_mathjax_hook_finds_the_local_mathjax():
+    """The docs extra's MathJax 3 is installed and the hook copies its script, fonts and LICENSE."""
+    pytest.importorskip("mkdocs")
+    hook = _mathjax_hook()
+    files = hook.mathjax_files()
+    assert files[f"{hook.SITE_DIR}/{hook.SCRIPT}"].read_text(encoding="utf-8").find("MathJax") >= 0
+    assert f"{hook.SITE_DIR}/LICENSE" in files
+    fonts = [u for u in files if u.startswith(f"{hook.SITE_DIR}/output/chtml/fonts/woff-v2/")]
+    assert len(fonts) >= 20, fonts
+    assert all(p.is_file() for p in files.values())
+    assert sum(p.stat().st_size for p in files.values()) < 5_000_000  # not the whole 35 MB package
+    assert "unpkg.com" not in (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- README

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, image_size
 
 CACHE_VERSION = 2
@@ -145,7 +145,7 @@ def scan_entries(
 
         resized_hw = TestTransform(int(model_size)).resized_hw
         result.model_counts, result.model_size = {}, int(model_size)
-    for e in tqdm(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
+    for e in progress_bar(entries, desc=description, unit="img", leave=False, mininterval=1.0, disable=not progress):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", AmbiguousMaskWarning)

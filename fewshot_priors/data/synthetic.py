@@ -28,8 +28,8 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 from skimage.segmentation import find_boundaries
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .io import IGNORE_INDEX, write_palette_png
 
 GENERATOR_VERSION = 1
@@ -248,7 +248,7 @@ def generate_synthetic_dataset(
     train, val = [], []
     idx = 0
     total = num_classes * images_per_class
-    bar = tqdm(total=total, desc="generating synthetic dataset", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc="generating synthetic dataset", disable=not progress, leave=False)
     for c in range(1, num_classes + 1):
         n_val = max(1, int(round(images_per_class * val_fraction)))
         is_val = np.zeros(images_per_class, dtype=bool)

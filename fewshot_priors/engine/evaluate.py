@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .distributed import DistInfo, dist_info, shard_indices
 from .train import seed_everything
 
@@ -136,7 +136,7 @@ def evaluate(
                         collate_fn=collate_eval)
     meters: dict[str, Any] = {}
     single = True
-    for batch in tqdm(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
+    for batch in progress_bar(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
                       leave=False):
         batch_dev = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         preds = predict_fn(batch_dev)

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..augment import TwoViewAugment
 from ..data.unlabeled import UnlabeledImages, list_images
 from ..models.backbone import MOCO_ENCODERS
@@ -311,7 +311,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     history: list[dict[str, float]] = []
     running: dict[str, list[float]] = {t: [] for t in tags}
     model.train()
-    bar = tqdm(total=stop, initial=step, desc="pretrain", disable=not (c.progress and info.is_main), dynamic_ncols=True)
+    bar = progress_bar(total=stop, initial=step, desc="pretrain", disable=not (c.progress and info.is_main), dynamic_ncols=True)
     t0 = time.perf_counter()
     saved_at = step if c.resume else -1
     for batch in loader:

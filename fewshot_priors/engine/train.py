@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from .checkpoint import capture_rng_state, checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, dist_info
 from .logging import RunLogger
@@ -290,7 +290,7 @@ def train(
 
     history: list[dict[str, float]] = []
     model.train()
-    bar = tqdm(total=stop, initial=step, desc="train", disable=not (progress and dist.is_main),
+    bar = progress_bar(total=stop, initial=step, desc="train", disable=not (progress and dist.is_main),
                dynamic_ncols=True)
     running, t0 = [], time.perf_counter()
     ckpt_every = tcfg.get("ckpt_every_steps")

@@ -28,10 +28,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._progress import import_timm
+
+timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
 
 __all__ = ["FrozenBackbone", "create_backbone", "load_backbone_state_dict", "pfenet_dilation",
            "PRIOR_EXTRACTOR_FORMAT", "BACKBONE_WEIGHTS_FORMAT", "MOCO_ENCODERS"]

@@ -143,7 +143,9 @@ def create_encoder(backbone: str, **kwargs: Any) -> nn.Module:
     Its ``state_dict()`` keys are those of ``timm.create_model(backbone)`` minus the
     classifier head, which is what :func:`export_prior_extractor` writes.
     """
-    import timm
+    from .._progress import import_timm
+
+    timm = import_timm()
 
     kwargs.setdefault("pretrained", False)
     encoder = timm.create_model(backbone, num_classes=0, **kwargs)
