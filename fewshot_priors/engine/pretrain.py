@@ -49,6 +49,7 @@ from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed
 from .logging import RunLogger
+from .rundir import prepare_run_dir
 from .train import StepBatchSampler, derive_seed, resolve_device
 
 __all__ = ["PretrainConfig", "cosine_scheduler", "pretrain"]
@@ -115,6 +116,7 @@ class PretrainConfig:
     tensorboard: bool = True
     progress: bool = True
     resume: bool | str = False
+    overwrite: bool = False  # output_dir holds a previous run: delete its files first (see engine/rundir.py)
     export_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -174,6 +176,8 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
         raise ValueError("`images` is required: a folder of images, a .txt list of paths, or a list of paths")
     if c.batch_size < 1 or c.epochs < 1:
         raise ValueError(f"`batch_size` and `epochs` must be >= 1, got {c.batch_size}, {c.epochs}")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise ValueError(f"`max_steps` must be >= 1 or None, got {c.max_steps}")
     return c
 
 
@@ -196,9 +200,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     device = resolve_device(c.device)
     if info.distributed and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    out = Path(c.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(c.output_dir, resume=bool(c.resume), overwrite=c.overwrite, kind="pretrain", dist=info)
 
     # -- data ---------------------------------------------------------------------------
     paths = list_images(c.images)
