@@ -210,3 +210,38 @@ def test_eval_prints_the_results_when_they_cannot_be_written(fake_eval, monkeypa
     res = json.loads(text)
     assert res["miou"] == 0.5 and res["checkpoint"] == "ck" and res["shots"] == 1
     assert not Path(out).exists()
+
+
+# ----------------------------------------------------------------------------- the demo's reuse
+
+
+def test_demo_reuses_a_prior_extractor_only_from_the_same_code_and_environment(tmp_path, monkeypatch):
+    """The reuse stamp changes with any package source file, the thread count and the SLIC backends
+    (a stamp of the settings alone let a stale extractor from older code through)."""
+    import shutil
+
+    import fewshot_priors
+    import fewshot_priors.superpixels as sp
+    from fewshot_priors.demo import PRESETS, _reuse_stamp
+
+    settings = PRESETS["quick"]["pretrain"]
+    copy = tmp_path / "fewshot_priors"
+    shutil.copytree(Path(fewshot_priors.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fewshot_priors, "__file__", str(copy / "__init__.py"))
+    base = _reuse_stamp(settings, "cpu")
+    assert _reuse_stamp(settings, "cpu") == base
+    assert json.loads(json.dumps(base)) == base  # compared after a JSON round trip
+    pre = copy / "engine" / "pretrain.py"
+    pre.write_text(pre.read_text() + "\n# a change to the code that trains the extractor\n")
+    assert _reuse_stamp(settings, "cpu")["source_sha256"] != base["source_sha256"]
+    pre.write_text(pre.read_text()[: -len("\n# a change to the code that trains the extractor\n")])
+    assert _reuse_stamp(settings, "cpu") == base
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert _reuse_stamp(settings, "cpu")["torch_threads"] != base["torch_threads"]
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(sp, "available_backends", lambda method="slic": ["skimage"])
+    if base["superpixel_backends"] != ["skimage"]:
+        assert _reuse_stamp(settings, "cpu") != base
