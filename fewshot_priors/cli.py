@@ -4,7 +4,8 @@ Subcommands::
 
     fewshot-priors demo --output demo_output [--quick]
     fewshot-priors configs
-    fewshot-priors train --config pascal/resnet50_473_fold0 [--set train.lr=0.01 data.root=/data/VOCdevkit] [--resume]
+    fewshot-priors train --config pascal/resnet50_473_fold0 [--set train.lr=0.01 data.root=/data/VOCdevkit]
+                         [--resume | --overwrite]
     fewshot-priors eval --config ... --checkpoint runs/x/best --shots 1 --episodes 5000 --seed 321 --output results.json
     fewshot-priors visualize --config ... --checkpoint ... --output fig5.png [--episodes 4]
     fewshot-priors pretrain ...   (self-supervised prior extractor, see engine/pretrain.py)
@@ -12,16 +13,66 @@ Subcommands::
 
 ``python -m fewshot_priors.cli`` works the same. Multi-GPU: run ``train`` / ``eval``
 under ``torchrun --nproc_per_node N -m fewshot_priors.cli ...``.
+
+Errors. Invalid arguments exit with status 2 and an argparse message. Errors of the
+user's input found later (:data:`USER_ERRORS`: bad config values, missing or corrupt
+data and checkpoints, a run folder that already holds a run, unwritable output
+paths, a non-finite loss) are printed as one ``error: ...`` line on stderr, also
+with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the traceback instead.
+Output paths are checked before the work starts; if writing results still fails
+afterwards, the results are printed to stdout first so nothing computed is lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["USER_ERRORS", "main", "build_parser"]
+
+#: Exceptions that describe a problem with the user's input or files (reported as
+#: ``error: <message>`` with exit status 2). ValueError covers ConfigError and
+#: BadDataError; OSError covers FileNotFoundError (DataLayoutError), FileExistsError
+#: (RunFolderError), NotADirectoryError, IsADirectoryError and PermissionError;
+#: CheckpointError is added in :func:`main`; FloatingPointError is a non-finite loss.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError)
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "positive integer" if low == 1 else f"integer >= {low}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
+
+
+def _check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Fail before any work if ``path`` cannot be written as a file (a folder, or under a file)."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{flag} {p} is a folder; give a file name, e.g. {p / 'results.json'}")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{flag} {p}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{flag} {p}: the folder {parent} is not writable")
+            break
+    return p
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -61,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "CSV logs, periodic validation and best/last checkpoints in experiment.output_dir.")
     _add_config_args(p)
     p.add_argument("--output-dir", help="run folder (default: experiment.output_dir from the config)")
-    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="resume exactly from CHECKPOINT (default: <output-dir>/last)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                      help="resume exactly from CHECKPOINT (default: <output-dir>/last)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="the run folder holds a previous run: delete its checkpoints and logs and start afresh "
+                           "(without --resume or --overwrite such a folder is refused)")
+    p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimisation steps (>= 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on the held-out classes",
@@ -71,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes mIoU, FB-IoU, per-class IoU, the seed and the episode count.")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `train` (stem or .safetensors)")
-    p.add_argument("--shots", type=int, help="K (default: model.shots of the config)")
-    p.add_argument("--episodes", type=int, help="number of test episodes (default: data.test_episodes)")
+    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else model.shots of the config)")
+    p.add_argument("--episodes", type=_positive_int,
+                   help="number of test episodes (default: eval.episodes, else data.test_episodes)")
     p.add_argument("--seed", type=int, help="episode seed (default: eval.seed = 321)")
-    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--num-workers", type=_nonnegative_int, help="data loader workers (default: data.num_workers)")
+    p.add_argument("--output", help="write the results as JSON to this file (checked before the evaluation)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("visualize", help="draw Fig. 5-style panels for test episodes",
@@ -83,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `train`")
     p.add_argument("--output", default="fig5.png", help="output PNG (default fig5.png)")
-    p.add_argument("--episodes", type=int, default=4, help="number of episodes (rows), default 4")
-    p.add_argument("--shots", type=int, help="K (default: model.shots)")
+    p.add_argument("--episodes", type=_positive_int, default=4, help="number of episodes (rows), default 4")
+    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else model.shots)")
     p.add_argument("--seed", type=int, help="episode seed (default: eval.seed)")
 
     p = sub.add_parser("pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
@@ -94,11 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="image folder, .txt list of paths, or a glob-free path list file")
     p.add_argument("--output-dir", default="runs/pretrain", help="run folder (default runs/pretrain)")
     p.add_argument("--backbone", default="resnet50", help="timm encoder name (default resnet50)")
-    p.add_argument("--epochs", type=int, default=200, help="epochs (paper: 1000 PASCAL, 200 COCO)")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch size (lr = 0.03 x batch / 256)")
-    p.add_argument("--size", type=int, default=224, help="crop size of the two views (224)")
+    p.add_argument("--epochs", type=_positive_int, default=200, help="epochs (paper: 1000 PASCAL, 200 COCO)")
+    p.add_argument("--batch-size", type=_positive_int, default=256,
+                   help="global batch size (lr = 0.03 x batch / 256)")
+    p.add_argument("--size", type=_positive_int, default=224, help="crop size of the two views (224)")
     p.add_argument("--superpixels", choices=["slic", "felzenszwalb"], default="slic", help="patch method (slic)")
-    p.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="the run folder holds a previous run: delete its checkpoints and logs and start afresh")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="any PretrainConfig field, e.g. --set queue_size=16384 local_weight=0 num_workers=8")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -131,6 +192,13 @@ def _cmd_configs(args) -> int:
     return 0
 
 
+def _eval_shots(cfg, shots: int | None) -> int:
+    """--shots, else eval.shots, else model.shots (None means 'not given', never 0)."""
+    if shots is not None:
+        return shots
+    return cfg["eval"]["shots"] if cfg["eval"]["shots"] is not None else cfg["model"]["shots"]
+
+
 def _cmd_demo(args) -> int:
     from fewshot_priors.demo import run_demo
 
@@ -147,9 +215,10 @@ def _load_model_for_eval(cfg, checkpoint):
     from fewshot_priors.engine.train import resolve_device
 
     # the weights come from the checkpoint: do not try to download / read backbone files
+    device = resolve_device(cfg["train"]["device"])
     model = build_model(cfg, pretrained=False, weights=None, prior_weights=None)
     load_checkpoint(checkpoint, model=model)
-    return model.to(resolve_device(cfg["train"]["device"]))
+    return model.to(device)
 
 
 def _cmd_train(args) -> int:
@@ -157,11 +226,14 @@ def _cmd_train(args) -> int:
     from fewshot_priors.engine.build import build_dataset, build_model
     from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.evaluate import evaluate
+    from fewshot_priors.engine.rundir import check_run_dir
     from fewshot_priors.engine.train import resolve_device, seed_everything, train
 
     cfg = load_config(args.config, args.overrides)
     if args.output_dir:
         cfg["experiment"]["output_dir"] = args.output_dir
+    # before the datasets are scanned: an existing run folder, or a file in the way, fails now
+    check_run_dir(cfg["experiment"]["output_dir"], resume=bool(args.resume), overwrite=args.overwrite)
     info = init_distributed()
     try:
         device = resolve_device(cfg["train"]["device"])
@@ -182,10 +254,12 @@ def _cmd_train(args) -> int:
 
         def val_fn(m):
             return evaluate(m, val_set, seed=cfg["eval"]["seed"], batch_size=cfg["eval"]["batch_size"],
-                            progress=not args.no_progress, desc="val", dist=info)
+                            num_workers=cfg["data"]["num_workers"], progress=not args.no_progress, desc="val",
+                            dist=info)
 
         res = train(cfg, model=model, train_set=train_set, val_fn=val_fn, resume=args.resume,
-                    max_steps=args.max_steps, progress=not args.no_progress, dist=info, ddp_model=ddp)
+                    overwrite=args.overwrite, max_steps=args.max_steps, progress=not args.no_progress, dist=info,
+                    ddp_model=ddp)
         if info.is_main:
             print(f"finished at step {res['step']}; best val mIoU {res['best_miou']:.4f}; "
                   f"checkpoints in {res['output_dir']}")
@@ -198,24 +272,36 @@ def _cmd_eval(args) -> int:
     from fewshot_priors.config import load_config
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
-    from fewshot_priors.engine.evaluate import evaluate, format_results, write_results
+    from fewshot_priors.engine.evaluate import evaluate, format_results, results_json, write_results
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.num_workers is not None:
+        overrides.append(f"data.num_workers={args.num_workers}")
+    cfg = load_config(args.config, overrides)
+    if args.output:
+        _check_output_file(args.output, "--output")
     info = init_distributed()
     try:
-        shots = args.shots or cfg["eval"]["shots"] or cfg["model"]["shots"]
-        episodes = args.episodes or cfg["eval"]["episodes"] or cfg["data"]["test_episodes"]
+        shots = _eval_shots(cfg, args.shots)
+        episodes = args.episodes if args.episodes is not None else (
+            cfg["eval"]["episodes"] if cfg["eval"]["episodes"] is not None else cfg["data"]["test_episodes"])
         seed = cfg["eval"]["seed"] if args.seed is None else args.seed
         model = _load_model_for_eval(cfg, args.checkpoint)
         dataset = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed,
                                 progress=not args.no_progress)
         res = evaluate(model, dataset, seed=seed, batch_size=cfg["eval"]["batch_size"],
-                       progress=not args.no_progress, dist=info)
+                       num_workers=cfg["data"]["num_workers"], progress=not args.no_progress, dist=info)
         res["shots"] = shots
         if info.is_main:
             print(format_results(res, f"{args.config} {shots}-shot"))
             if args.output:
-                write_results(res, args.output, config=str(args.config), checkpoint=str(args.checkpoint))
+                extra = {"config": str(args.config), "checkpoint": str(args.checkpoint)}
+                try:
+                    write_results(res, args.output, **extra)
+                except OSError as exc:
+                    print(results_json(res, **extra))  # the evaluation is not lost
+                    raise OSError(f"could not write {args.output} ({exc}); the results are printed above "
+                                  "as JSON") from exc
                 print(f"wrote {args.output}")
     finally:
         cleanup_distributed()
@@ -231,7 +317,8 @@ def _cmd_visualize(args) -> int:
     from fewshot_priors.viz import save_episode_figures
 
     cfg = load_config(args.config, args.overrides)
-    shots = args.shots or cfg["eval"]["shots"] or cfg["model"]["shots"]
+    _check_output_file(args.output, "--output")
+    shots = _eval_shots(cfg, args.shots)
     seed = cfg["eval"]["seed"] if args.seed is None else args.seed
     model = _load_model_for_eval(cfg, args.checkpoint)
     dataset = build_dataset(cfg, "val", shots=shots, episodes=args.episodes, seed=seed)
@@ -261,7 +348,7 @@ def _cmd_pretrain(args) -> int:
         overrides[key] = yaml.safe_load(value)
     res = pretrain(images=args.images, output_dir=args.output_dir, backbone=args.backbone, epochs=args.epochs,
                    batch_size=args.batch_size, size=args.size, superpixel_method=args.superpixels,
-                   resume=bool(args.resume), progress=not args.no_progress, **overrides)
+                   resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress, **overrides)
     if res.get("prior_extractor"):
         print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")
     return 0
@@ -299,14 +386,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
-    from fewshot_priors.config import ConfigError
     from fewshot_priors.engine.checkpoint import CheckpointError
 
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+    except (*USER_ERRORS, CheckpointError) as exc:
+        if os.environ.get("FEWSHOT_PRIORS_TRACEBACK"):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted (a `train` or `pretrain` run continues from its last checkpoint with --resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

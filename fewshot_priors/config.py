@@ -204,6 +204,13 @@ def validate(cfg: Mapping) -> dict:
         raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
+    for name, low, optional in _INT_RANGES:
+        section, key = name.split(".")
+        value = c[section][key]
+        if optional and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}{' or null' if optional else ''}, got {value!r}")
     return dict(cfg)
 
 
@@ -258,6 +265,17 @@ def check_data_keys(data: Mapping) -> None:
                     f"data.fold_classes names the held-out classes; data.{clash[0]} only shapes the "
                     "seeded folds and cannot be combined with it"
                 )
+
+
+#: Integer keys with a lower bound: (key, minimum, None allowed). A run of 0 epochs or
+#: steps would only write an untrained checkpoint; 0 shots or episodes score nothing.
+_INT_RANGES = (
+    ("train.epochs", 1, False), ("train.max_steps", 1, True), ("train.log_every", 1, False),
+    ("train.val_every", 0, False), ("train.ckpt_every_steps", 1, True),
+    ("data.image_size", 1, False), ("data.num_workers", 0, False), ("data.val_episodes", 1, False),
+    ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
+    ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
+)
 
 
 def _parse_value(text: str) -> Any:

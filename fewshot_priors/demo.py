@@ -38,6 +38,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -82,6 +84,35 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 BACKBONE = "resnet18"
+
+
+def _reuse_stamp(settings: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """Everything the pretrained prior extractor depends on besides ``settings``.
+
+    A prior extractor from an earlier run is reused only if this matches exactly: the
+    package version and a hash of every source file of the package (any code change,
+    e.g. to the encoder, the augmentation or the sampler, re-pretrains), the versions
+    of the numerical libraries, the superpixel backends present (fast-slic or
+    scikit-image give different SLIC segmentations), torch's thread count (CPU
+    reductions are not bitwise stable across thread counts) and the device.
+    """
+    import fewshot_priors
+    from fewshot_priors.engine.train import resolve_device
+    from fewshot_priors.superpixels import available_backends
+
+    package = Path(fewshot_priors.__file__).parent
+    digest = hashlib.sha256()
+    for f in sorted(package.rglob("*.py")):
+        digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    versions = {}
+    for dist in ("torch", "numpy", "scikit-image", "timm", "fast-slic", "pillow", "safetensors"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"settings": settings, "package": fewshot_priors.__version__, "source_sha256": digest.hexdigest(),
+            "libraries": versions, "superpixel_backends": available_backends("slic"),
+            "torch_threads": torch.get_num_threads(), "device": str(resolve_device(device))}
 
 
 def _timer():
@@ -233,7 +264,8 @@ def _train_qgnet(cfg: Mapping, preset: Mapping, progress: bool, min_pixels: int)
     seed_everything(cfg["experiment"]["seed"])
     model = build_model(cfg).to(resolve_device(cfg["train"]["device"]))
     train_set = build_dataset(cfg, "train", progress=progress)
-    res = train(cfg, model=model, train_set=train_set, progress=progress)
+    # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
+    res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=True)
     res["train_episodes_per_epoch"] = len(train_set)
     return model, res
 
@@ -378,7 +410,7 @@ def run_demo(
     say(f"pretraining the prior extractor (GlobalLocalMoCo, {BACKBONE}) on {len(train_images)} unlabelled images")
     p = preset["pretrain"]
     pre_dir = out / "prior_extractor"
-    stamp = {"settings": p, "seed": seed, "backbone": BACKBONE, "images": len(train_images),
+    stamp = {**_reuse_stamp(p, device), "seed": seed, "backbone": BACKBONE, "images": len(train_images),
              "data": d}
     stamp_path = pre_dir / "demo_settings.json"
     reused = False
@@ -388,7 +420,8 @@ def run_demo(
         pre = json.loads((pre_dir / "demo_result.json").read_text())
         reused = True
     else:
-        pre = pretrain(images=train_images, output_dir=str(pre_dir), backbone=BACKBONE,
+        stamp_path.unlink(missing_ok=True)  # a crash below must not leave a stamp vouching for old files
+        pre = pretrain(images=train_images, output_dir=str(pre_dir), backbone=BACKBONE, overwrite=True,
                        seed=seed, device=device, progress=progress, log_every=5, amp=True, **p)
         (pre_dir / "demo_result.json").write_text(json.dumps(pre, default=str))
         stamp_path.write_text(json.dumps(stamp))

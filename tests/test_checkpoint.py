@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from fewshot_priors.engine import checkpoint as ckpt
 from fewshot_priors.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
+    checkpoint_paths,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -155,22 +159,89 @@ def test_failure_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "c", model=_model())["meta"]["step"] == 1
 
 
-def test_crash_between_renames_is_detected(tmp_path, monkeypatch):
-    """Tensors replaced but sidecar not: the hash check catches the mix."""
+def test_interrupt_between_renames_completes_the_pair(tmp_path, monkeypatch):
+    """An exception after the tensors' rename still moves the sidecar into place: never a mixed pair."""
     save_checkpoint(tmp_path / "c", model=_model(), meta={"step": 1})
-    real = ckpt._atomic_write
+    real = ckpt.os.replace
+    calls = {"n": 0}
 
-    def write_tensors_only(path, data):
-        if path.suffix == ".json":
+    def replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the sidecar's rename, first attempt
             raise KeyboardInterrupt
-        real(path, data)
+        real(src, dst)
 
-    monkeypatch.setattr(ckpt, "_atomic_write", write_tensors_only)
+    monkeypatch.setattr(ckpt.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "c", model=_model(seed=4), meta={"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "c", model=_model())["meta"]["step"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_killed_between_renames_is_detected_then_completed(tmp_path, monkeypatch):
+    """New tensors + old sidecar + the new sidecar as a temp (what SIGKILL between the renames
+    leaves): loading refuses the mix, clean_stale_temp_files moves the sidecar into place."""
+    save_checkpoint(tmp_path / "c", model=_model(), meta={"step": 1})
+    real = ckpt.os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError("killed")  # the sidecar rename never happens (the retry fails too)
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", replace)
+    with pytest.raises(OSError, match="killed"):
         save_checkpoint(tmp_path / "c", model=_model(seed=4), meta={"step": 2})
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match="SHA-256|size"):
         load_checkpoint(tmp_path / "c")
+    (temp,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert ckpt.clean_stale_temp_files(tmp_path) == []  # written by this (live) process: kept
+    dead = temp.with_name(temp.name.replace(f".{os.getpid()}-", ".999999999-"))
+    temp.rename(dead)
+    assert ckpt.clean_stale_temp_files(tmp_path) == [dead]
+    assert load_checkpoint(tmp_path / "c", model=_model())["meta"]["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.safetensors"]
+
+
+def test_stale_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    save_checkpoint(tmp_path / "last", model=_model(), meta={"step": 1})
+    blob = b"x" * 100
+    dead = tmp_path / ".last.safetensors.999999999-abc123_x.tmp"
+    legacy_old = tmp_path / ".last.safetensors.k2j3h4g5.tmp"  # earlier versions: no pid
+    legacy_new = tmp_path / ".best.json.q9w8e7r6.tmp"
+    live = tmp_path / f".last.safetensors.{os.getpid()}-zzz.tmp"
+    bad_sidecar = tmp_path / ".last.json.999999999-abc.tmp"  # does not match the tensors: deleted
+    others = [tmp_path / "notes.tmp", tmp_path / ".hidden.tmp", tmp_path / "last.safetensors.tmp"]
+    for p in (dead, legacy_old, legacy_new, live, bad_sidecar, *others):
+        p.write_bytes(blob)
+    bad_sidecar.write_text('{"format": "fewshot_priors.checkpoint", "tensors_file": "last.safetensors", '
+                           '"bytes": 1, "sha256": "0"}')
+    old = time.time() - 3600
+    os.utime(legacy_old, (old, old))
+    removed = ckpt.clean_stale_temp_files(tmp_path)
+    assert sorted(removed) == sorted([dead, legacy_old, bad_sidecar])
+    for p in (legacy_new, live, *others):
+        assert p.exists(), p
+    assert load_checkpoint(tmp_path / "last", model=_model())["meta"]["step"] == 1
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        tensors = save_checkpoint(tmp_path / "c", model=_model(), meta={"step": 1})
+    finally:
+        os.umask(previous)
+    for p in checkpoint_paths(tensors):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640, p
+    previous = os.umask(0o002)
+    try:
+        save_checkpoint(tmp_path / "c", model=_model(), meta={"step": 2})
+    finally:
+        os.umask(previous)
+    for p in checkpoint_paths(tensors):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o664, p
 
 
 def test_unserialisable_meta_is_rejected(tmp_path):

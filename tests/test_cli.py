@@ -120,6 +120,13 @@ def test_train_eval_visualize_round_trip(tmp_path, capsys):
               "data.num_workers=0", "data.min_pixels=400", f"experiment.output_dir={tmp_path / 'run'}"]
     assert main(["train", "--config", "demo", "--max-steps", "2", "--no-progress", *common]) == 0
     assert (tmp_path / "run" / "last.safetensors").is_file() and (tmp_path / "run" / "config.yaml").is_file()
+    capsys.readouterr()
+    # the trained run is neither overwritten by a fresh run nor resumed under another schedule
+    assert main(["train", "--config", "demo", "--max-steps", "2", "--no-progress", *common]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "--config", "demo", "--resume", "--no-progress", *common, "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot resume") and "Traceback" not in err
     out_json = tmp_path / "results.json"
     assert main(["eval", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"), "--shots", "1",
                  "--episodes", "6", "--seed", "7", "--output", str(out_json), "--no-progress", *common]) == 0

@@ -12,11 +12,16 @@ A checkpoint is two files side by side:
   of the ``.safetensors`` file it belongs to.
 
 Writing is atomic per file: each file is written to a temporary file in the same
-directory, flushed and ``fsync``-ed, then moved into place with ``os.replace``
-(tensors first, sidecar last). A crash while writing leaves the previous
-checkpoint intact; a crash between the two renames is detected at load time by
-the hash check. Loading never unpickles anything: tensors come from safetensors,
-the rest from JSON.
+directory (``.<file name>.<writer pid>-<random>.tmp``), flushed and ``fsync``-ed,
+given the permissions of an ordinary new file (``0o666`` minus the umask), then
+moved into place with ``os.replace`` (tensors first, sidecar last). A crash while
+writing leaves the previous checkpoint intact (and temporary files, which
+:func:`clean_stale_temp_files` removes when the next run starts in that folder).
+Both temporary files are complete before the first rename, so a crash between
+the two renames (new tensors, old sidecar) is completed by
+:func:`clean_stale_temp_files`, and is detected by the hash check if anything
+loads the checkpoint before that. Loading never unpickles anything: tensors come
+from safetensors, the rest from JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -42,6 +48,7 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "checkpoint_paths",
+    "clean_stale_temp_files",
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
@@ -181,21 +188,156 @@ def restore_rng_state(state: Mapping) -> None:
 # --------------------------------------------------------------------------- atomic IO
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a same-directory temp file, fsync and rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+#: Temporary files of :func:`_atomic_write`: ``.<name>.<pid>-<random>.tmp`` (``<pid>-`` absent in
+#: files written by earlier versions). Group 1: the target name, group 2: the writer's pid.
+_TEMP_RE = re.compile(r"^\.(.+\.(?:safetensors|json))\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp$")
+#: A temporary file without a recorded writer is stale once it is this old (a live writer
+#: keeps touching its file; a checkpoint write takes seconds).
+_TEMP_STALE_AFTER_S = 600.0
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # pragma: no cover - no /proc: read by setting (not thread-safe, restored at once)
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """Write ``data`` to a fsync-ed temp file next to ``path``; return its name.
+
+    The file gets ``0o666 & ~umask`` like any file the user creates (``mkstemp``
+    alone would leave it ``0o600``).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+    return tmp
+
+
+def _atomic_write(*items: tuple[Path, bytes]) -> None:
+    """Write ``(path, data)`` pairs: every temp file first, then the renames in order.
+
+    Before the first rename nothing visible has changed (temp files are removed on
+    error). Once a rename has happened the rest are completed even on error, so the
+    tensors and their sidecar never stay mismatched; if a rename still fails (or the
+    process is killed between renames) the fsync-ed temp sidecar stays behind and
+    :func:`clean_stale_temp_files` completes the write later.
+    """
+    temps: list[tuple[str, Path]] = []
+    renamed = 0
+    try:
+        for path, data in items:
+            temps.append((_write_temp(path, data), path))
+        for tmp, path in temps:
+            os.replace(tmp, path)
+            renamed += 1
+    except BaseException:
+        for tmp, path in temps[renamed:]:
+            try:
+                if renamed:
+                    os.replace(tmp, path)
+                else:
+                    os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:  # pragma: no cover - platform without signal 0: assume alive (keep the file)
+        return True
+    return True
+
+
+def _complete_pending_sidecar(temp: Path, target: Path) -> bool:
+    """Move a fsync-ed temp sidecar into place if the tensors it describes already are.
+
+    That is the state a writer killed between its two renames leaves: new tensors,
+    the old sidecar, and the new sidecar as a temp file.
+    """
+    try:
+        sidecar = json.loads(temp.read_text(encoding="utf-8"))
+        tensors = temp.parent / sidecar["tensors_file"]
+        if sidecar.get("format") != FORMAT or tensors.stat().st_size != sidecar["bytes"]:
+            return False
+        if hashlib.sha256(tensors.read_bytes()).hexdigest() != sidecar["sha256"]:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    os.replace(temp, target)
+    return True
+
+
+def clean_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Finish or remove the checkpoint writes left in ``directory`` by killed writers.
+
+    Only files named like :func:`save_checkpoint`'s temporaries
+    (``.<name>.safetensors.<pid>-<random>.tmp`` / ``.<name>.json.<pid>-<random>.tmp``)
+    are considered, in ``directory`` itself (not below). One is stale when the
+    process that wrote it no longer exists on this machine, or, for files without a
+    recorded writer, when it was last modified more than 10 minutes ago; files of a
+    live writer (this process included) are kept. A stale sidecar whose tensors are
+    already in place (the writer died between its two renames) is moved into place;
+    every other stale temp file is deleted.
+
+    Returns:
+        The temp files removed or moved into place.
+    """
+    directory = Path(directory)
+    handled: list[Path] = []
+    if not directory.is_dir():
+        return handled
+    now = time.time()
+    for entry in sorted(directory.iterdir()):
+        m = _TEMP_RE.match(entry.name)
+        if m is None or not entry.is_file() or entry.is_symlink():
+            continue
+        pid = m.group(2)
+        if pid is not None:
+            stale = not _pid_alive(int(pid))
+        else:
+            try:
+                stale = now - entry.stat().st_mtime > _TEMP_STALE_AFTER_S
+            except FileNotFoundError:
+                continue
+        if not stale:
+            continue
+        target = directory / m.group(1)
+        if target.suffix == ".json" and _complete_pending_sidecar(entry, target):
+            handled.append(entry)
+            continue
+        try:
+            entry.unlink()
+            handled.append(entry)
+        except FileNotFoundError:
+            pass
+    return handled
 
 
 def _fsync_dir(path: Path) -> None:
@@ -296,8 +438,7 @@ def save_checkpoint(
     sidecar["bytes"] = len(blob)
     text = json.dumps(sidecar, indent=1, allow_nan=True).encode("utf-8")
 
-    _atomic_write(tensors_path, blob)
-    _atomic_write(sidecar_path, text)
+    _atomic_write((tensors_path, blob), (sidecar_path, text))
     _fsync_dir(tensors_path.parent)
     return tensors_path
 
@@ -331,7 +472,9 @@ def _read_verified(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
     if digest != sidecar.get("sha256"):
         raise CheckpointError(
             f"{tensors_path}: SHA-256 {digest[:12]}... does not match the sidecar's "
-            f"{str(sidecar.get('sha256'))[:12]}... (corrupt file, or tensors and sidecar from different saves)"
+            f"{str(sidecar.get('sha256'))[:12]}... (corrupt file, or tensors and sidecar from different saves; "
+            "if a save was killed, starting or resuming the run in this folder completes it: "
+            "clean_stale_temp_files)"
         )
     try:
         tensors = st_load(blob)

@@ -24,7 +24,7 @@ from .._progress import progress_bar
 from .distributed import DistInfo, dist_info, shard_indices
 from .train import seed_everything
 
-__all__ = ["collate_eval", "evaluate", "format_results", "predict_fn_from_model", "write_results"]
+__all__ = ["collate_eval", "evaluate", "format_results", "predict_fn_from_model", "results_json", "write_results"]
 
 
 def collate_eval(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -177,9 +177,14 @@ def format_results(results: Mapping[str, Any], title: str = "evaluation") -> str
     return "\n".join(lines)
 
 
+def results_json(results: Mapping[str, Any], **extra: Any) -> str:
+    """The JSON text :func:`write_results` writes: ``results`` plus ``extra`` fields."""
+    return json.dumps({**results, **extra}, indent=2)
+
+
 def write_results(results: Mapping[str, Any], path: str | os.PathLike, **extra: Any) -> Path:
     """Write results (plus ``extra`` fields such as shots / checkpoint) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**results, **extra}, indent=2), encoding="utf-8")
+    path.write_text(results_json(results, **extra), encoding="utf-8")
     return path

@@ -50,6 +50,7 @@ from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed
 from .logging import RunLogger
+from .rundir import prepare_run_dir
 from .train import StepBatchSampler, derive_seed, resolve_device
 
 __all__ = ["PretrainConfig", "cosine_scheduler", "pretrain"]
@@ -116,6 +117,7 @@ class PretrainConfig:
     tensorboard: bool = True
     progress: bool = True
     resume: bool | str = False
+    overwrite: bool = False  # output_dir holds a previous run: delete its files first (see engine/rundir.py)
     export_path: str | None = None
     export_encoder: str = "key"  # the momentum encoder, as the official QGNet; "query" for the query encoder
     extra: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +180,8 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
         raise ValueError(f"`batch_size` and `epochs` must be >= 1, got {c.batch_size}, {c.epochs}")
     if c.export_encoder not in MOCO_ENCODERS:
         raise ValueError(f"`export_encoder` must be one of {tuple(MOCO_ENCODERS)}, got {c.export_encoder!r}")
+    if c.max_steps is not None and c.max_steps < 1:
+        raise ValueError(f"`max_steps` must be >= 1 or None, got {c.max_steps}")
     return c
 
 
@@ -200,9 +204,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     device = resolve_device(c.device)
     if info.distributed and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    out = Path(c.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(c.output_dir, resume=bool(c.resume), overwrite=c.overwrite, kind="pretrain", dist=info)
 
     # -- data ---------------------------------------------------------------------------
     paths = list_images(c.images)

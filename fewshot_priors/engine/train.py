@@ -35,6 +35,7 @@ from .._progress import progress_bar
 from .checkpoint import capture_rng_state, checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, dist_info
 from .logging import RunLogger
+from .rundir import prepare_run_dir
 
 __all__ = [
     "SeededItems",
@@ -162,9 +163,24 @@ def make_poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, powe
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: an unknown device name, or a CUDA device on a machine without one.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N ({exc})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available here "
+                             "(torch.cuda.is_available() is False): use device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -180,6 +196,12 @@ def _autocast(device: torch.device, enabled: bool):
 # --------------------------------------------------------------------------- the loop
 
 
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}: a run of no steps "
+                         "would only write an untrained checkpoint")
+
+
 def train(
     cfg: Mapping,
     *,
@@ -189,6 +211,7 @@ def train(
     collate_fn: Callable | None = None,
     output_dir: str | Path | None = None,
     resume: str | Path | bool | None = None,
+    overwrite: bool = False,
     max_steps: int | None = None,
     progress: bool = True,
     dist: DistInfo | None = None,
@@ -208,8 +231,11 @@ def train(
         output_dir: run directory (default ``experiment.output_dir``); gets
             ``last.*`` / ``best.*`` checkpoints, ``scalars.csv``, ``tb/``, ``loss_curve.png``.
         resume: checkpoint to resume from, or True for ``<output_dir>/last``.
-        max_steps: stop after this global step (the schedule still spans all epochs);
-            overrides ``train.max_steps``.
+        overwrite: ``output_dir`` may hold a previous run: delete its checkpoints and
+            logs first. Without ``resume`` or ``overwrite`` a folder holding a run is
+            refused (:class:`~fewshot_priors.engine.rundir.RunFolderError`).
+        max_steps: stop after this global step, >= 1 (the schedule still spans all
+            epochs); overrides ``train.max_steps``.
         progress: show a tqdm bar (rank 0).
         dist: rank info (default: current process group).
         ddp_model: DDP wrapper of ``model`` to run the forward through (multi-process).
@@ -217,11 +243,22 @@ def train(
     Returns:
         dict with ``step``, ``epoch``, ``best_miou``, ``history`` (list of per-log-step
         dicts), ``val`` (list of validation results) and ``output_dir``.
+
+    Raises:
+        ValueError: ``train.epochs`` < 1 or a ``max_steps`` < 1, fewer episodes than a batch,
+            or a resume checkpoint trained with another number of total steps.
+        RunFolderError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     """
     tcfg = cfg["train"]
+    _check_positive("train.epochs", tcfg["epochs"])
+    if max_steps is not None:
+        _check_positive("max_steps", max_steps)
+    elif tcfg.get("max_steps") is not None:
+        _check_positive("train.max_steps", tcfg["max_steps"])
     seed = int(cfg["experiment"]["seed"])
     dist = dist or dist_info()
-    out = Path(output_dir or cfg["experiment"]["output_dir"])
+    out = prepare_run_dir(output_dir or cfg["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
+                          kind="train", dist=dist)
     device = next(model.parameters()).device
     if collate_fn is None:
         from fewshot_priors.data import collate_episodes as collate_fn  # noqa: N813
