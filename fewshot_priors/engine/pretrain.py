@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ..augment import TwoViewAugment
 from ..data.unlabeled import UnlabeledImages, list_images
+from ..data.workers import resolve_num_workers
 from ..models.moco import GlobalLocalMoCo
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
@@ -109,7 +110,7 @@ class PretrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # "auto": min(cores, 8); superpixels + views are made in the workers
     log_every: int = 10
     ckpt_every_steps: int | None = None
     tensorboard: bool = True
@@ -174,6 +175,7 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
         raise ValueError("`images` is required: a folder of images, a .txt list of paths, or a list of paths")
     if c.batch_size < 1 or c.epochs < 1:
         raise ValueError(f"`batch_size` and `epochs` must be >= 1, got {c.batch_size}, {c.epochs}")
+    resolve_num_workers(c.num_workers)  # early error for a bad value
     return c
 
 
@@ -289,7 +291,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         dataset,
         batch_sampler=batches,
         collate_fn=_collate,
-        num_workers=c.num_workers,
+        num_workers=resolve_num_workers(c.num_workers),
         pin_memory=device.type == "cuda",
     )
 
