@@ -207,6 +207,8 @@ GPU_FLOORS = [
     "leave 60 of 132 SMs busy with 128-row tiles, so expect the chunked default to be slower than "
     "`fused-padded-one-launch`, which needs 2 x 126 MB of bf16 operands.",
 ]
+# Appended verbatim to every RESULTS.md (profiles and open measurements written by hand).
+NOTES_FILE = "NOTES.md"
 GPU_COMMAND = "bash benchmarks/gpu_run.sh   # on the device machine; see the script for WHEELS and timings"
 
 
@@ -317,6 +319,9 @@ def write_results(path: Path, benchmarks, config) -> None:
             "```",
             "",
         ]
+    notes = _HERE / NOTES_FILE
+    if notes.is_file():  # hand-written sections (CPU profiles, what is left): kept across rewrites
+        lines += ["", notes.read_text().rstrip(), ""]
     path.write_text("\n".join(lines))
 
 

@@ -259,5 +259,17 @@ def test_guided_map_sizes(benchmark, device, case, shots, impl):
             role=_ROLES.get(impl, "library"),
             rounds=5 if big else None,
             flops=2.0 * b * shots * n * n * c if gpu and impl.startswith(("fused", "library")) else None,
-            notes=f"max abs diff vs PFENet fp32 {err:.1e}",
+            notes=f"max abs diff vs PFENet fp32 {err:.1e}" + _tile_note(impl, gpu),
         )
+
+
+def _tile_note(impl: str, gpu: bool) -> str:
+    """The tile config the autotuner picked for the last padded / direct launch (GPU rows only)."""
+    if not gpu or impl.startswith("reference"):
+        return ""
+    tuner = fused._max_cosine_autotuned if impl == "fused-direct" else fused._max_cosine_padded_autotuned
+    best = getattr(tuner, "best_config", None)
+    if best is None:
+        return ""
+    k = best.kwargs
+    return f"; tiles {k.get('BLOCK_N')}x{k.get('BLOCK_M')}x{k.get('BLOCK_K')}, {best.num_warps} warps, {best.num_stages} stages"

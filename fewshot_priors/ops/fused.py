@@ -13,6 +13,17 @@ cheap pass over the inputs), and folded into a running max and argmax kept in
 registers. Only ``B, N`` values and ``B, N`` indices reach memory. Temporary
 memory is the ``B, N + B, M`` norms: independent of ``N x M``.
 
+With ``precision="bf16"`` (the default) the inputs first go through one pass
+(:func:`normalize_pad`) that L2-normalises each position, rounds it to bf16 (fp16 for
+fp16 inputs) and writes it channels-last into a zero-padded layout (positions to a
+multiple of :data:`ROW_ALIGN`, channels of :data:`CHANNEL_ALIGN`), so the GEMM-shaped
+kernel loads aligned, unmasked, ``K``-contiguous tiles whatever ``N`` and ``M`` are
+(odd sizes such as 81 x 81 = 6561 positions no longer fall off the slow path); its
+epilogue restores ``<x, y> / (|x||y| + eps)`` from the float32 norms, masks padded
+columns with ``-inf`` and keeps the running max / argmax. The padded copies are made
+per chunk of whole batch items within :data:`PADDED_MAX_BYTES` (64 MiB). ``"tf32"`` and
+``"fp32"`` keep the direct kernel on the inputs' own strides.
+
 The backward pass is a gather through the argmax
 (:func:`fewshot_priors.ops.similarity.max_cosine_backward`), so training keeps
 the memory win.
