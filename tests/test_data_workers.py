@@ -23,9 +23,9 @@ def test_explicit_values_pass_through():
     assert resolve_num_workers("5") == 5  # from --set num_workers=5
 
 
-@pytest.mark.parametrize("bad", [-1, "many", 2.5, True])
-def test_bad_values_name_the_option(bad):
-    with pytest.raises(ValueError, match="num_workers"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), ("many", ValueError), (2.5, TypeError), (True, TypeError)])
+def test_bad_values_name_the_option(bad, error):
+    with pytest.raises(error, match="num_workers"):
         resolve_num_workers(bad)
 
 

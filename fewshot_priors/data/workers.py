@@ -23,11 +23,12 @@ def resolve_num_workers(value: int | str | None) -> int:
 
     Raises:
         ValueError: a negative number or another string.
+        TypeError: neither an int nor a string (e.g. a float or a bool).
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return min(available_cores(), MAX_AUTO_WORKERS)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"`num_workers` must be an int >= 0 or 'auto', got {value!r}")
+        raise TypeError(f"`num_workers` must be an int >= 0 or 'auto', got {value!r}")
     try:
         n = int(value)
     except ValueError:
