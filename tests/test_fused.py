@@ -512,6 +512,7 @@ def test_padded_kernel_compiles_to_hopper_mma():
     sig = {
         "xh_ptr": "*bf16", "yh_ptr": "*bf16", "xa_ptr": "*fp32", "ya_ptr": "*fp32", "val_ptr": "*fp32",
         "idx_ptr": "*i64", "N": "i32", "M": "i32", "NP": "i32", "MP": "i32", "CP": "i32", "SHOTS": "i32",
+        "SPLITS": "i32", "BY": "i32",
         "eps": "fp32", "BLOCK_N": "constexpr", "BLOCK_M": "constexpr", "BLOCK_K": "constexpr", "EMULATE": "constexpr",
     }  # fmt: skip
     names = list(sig)
@@ -532,3 +533,20 @@ def test_padded_kernel_compiles_to_hopper_mma():
     assert "wgmma.mma_async" in ptx
     assert "cp.async" in ptx  # software-pipelined global -> shared copies
     assert ".local" not in ptx  # no register spills to local memory
+
+
+def test_padded_support_splits_agree(fused, monkeypatch):
+    """Cutting the support positions into runs (to fill the GPU) changes no value and no index."""
+    gen = torch.Generator().manual_seed(24)
+    x = torch.randn(2, 20, 18, generator=gen)
+    y = torch.randn(2, 20, 75, generator=gen)
+    y[:, :, 70] = y[:, :, 5]  # an exact tie across runs: the first position must win
+    x, y = _dev(x, y)
+    results = {}
+    for splits in (1, 2, 5, 9):  # 9 runs of one 16-wide tile leave some runs empty (75 -> 5 tiles)
+        monkeypatch.setattr(fused, "_num_splits", lambda *args, s=splits: s)
+        results[splits] = fused._launch_padded(x, y, EPS)
+    for splits in (2, 5, 9):
+        assert torch.equal(results[splits][0], results[1][0])
+        assert torch.equal(results[splits][1], results[1][1])
+    assert not (results[1][1] == 70).any()

@@ -348,11 +348,17 @@ if triton is not None:
     @triton.jit
     def _max_cosine_padded_kernel(
         xh_ptr, yh_ptr, xa_ptr, ya_ptr, val_ptr, idx_ptr,
-        N, M, NP, MP, CP, SHOTS,
+        N, M, NP, MP, CP, SHOTS, SPLITS, BY,
         eps,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EMULATE: tl.constexpr,
     ):  # fmt: skip
-        """One program: ``BLOCK_N`` query rows against all support rows (batch ``program_id(1)``).
+        """One program: ``BLOCK_N`` query rows against split ``program_id(1)`` of the support rows
+        (batch ``program_id(2)`` of ``BY``).
+
+        The ``M`` support rows are cut into ``SPLITS`` runs of whole ``BLOCK_M`` tiles, so that a
+        launch has enough programs to fill the GPU when a chunk holds few batch items; each split
+        writes its own max / argmax to ``val[split, b, :]`` / ``idx[split, b, :]`` (``-inf`` / 0 for
+        an empty split), reduced afterwards (:func:`_reduce_splits`).
 
         ``xh`` ``B, NP, CP`` and ``yh`` ``B * SHOTS, MP, CP``: unit-norm 16-bit rows, zero padded
         (``NP``, ``MP`` multiples of every ``BLOCK_N`` / ``BLOCK_M``, ``CP`` of ``BLOCK_K``: no load
@@ -362,17 +368,21 @@ if triton is not None:
         and folds the tile into a running max / first argmax.
         """
         pid_n = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
+        split = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
         xb = b // SHOTS
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
         offs_k = tl.arange(0, BLOCK_K)
+        per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), SPLITS) * BLOCK_M
+        m_start = split * per_split
+        m_end = tl.minimum(M, m_start + per_split)
         x_ptrs = xh_ptr + xb * NP * CP + offs_n[:, None] * CP + offs_k[None, :]
         y_base = yh_ptr + b * MP * CP
         xa = tl.load(xa_ptr + xb * N + offs_n, mask=n_ok, other=0.0)
         best = tl.full([BLOCK_N], float("-inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int64)
-        for m0 in range(0, M, BLOCK_M):
+        for m0 in range(m_start, m_end, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)
             y_ptrs = y_base + offs_m[:, None] * CP + offs_k[None, :]
             acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -392,8 +402,9 @@ if triton is not None:
             better = tile_best > best  # strict: the first maximum wins, as in torch.max
             best = tl.where(better, tile_best, best)
             best_idx = tl.where(better, tile_idx.to(tl.int64) + m0, best_idx)
-        tl.store(val_ptr + b * N + offs_n, best, mask=n_ok)
-        tl.store(idx_ptr + b * N + offs_n, best_idx, mask=n_ok)
+        row = split * BY + b
+        tl.store(val_ptr + row * N + offs_n, best, mask=n_ok)
+        tl.store(idx_ptr + row * N + offs_n, best_idx, mask=n_ok)
 
     # (BLOCK_N, BLOCK_M, BLOCK_K, warps, stages); BLOCK_N, BLOCK_M <= ROW_ALIGN, BLOCK_K <= CHANNEL_ALIGN
     _PADDED_GPU_CONFIGS = [
@@ -407,7 +418,7 @@ if triton is not None:
             (128, 64, 64, 4, 4),
         ]
     ]
-    _max_cosine_padded_autotuned = triton.autotune(configs=_PADDED_GPU_CONFIGS, key=["N", "M", "CP", "SHOTS"])(
+    _max_cosine_padded_autotuned = triton.autotune(configs=_PADDED_GPU_CONFIGS, key=["N", "M", "CP", "SHOTS", "SPLITS"])(
         _max_cosine_padded_kernel
     )
 
@@ -459,14 +470,51 @@ def _normalize_pad_into(src: torch.Tensor, weight: torch.Tensor | None, out: tor
     )  # fmt: skip
 
 
+#: Aim for this many programs per multiprocessor in a padded launch (see :func:`_num_splits`).
+PROGRAMS_PER_SM = 2
+
+
+def _num_splits(n: int, m: int, rows: int, device: torch.device) -> int:
+    """How many runs to cut the support positions into, so that a launch fills the GPU.
+
+    ``cdiv(N, 128) * rows`` programs of 128 query rows; when that is under
+    :data:`PROGRAMS_PER_SM` per multiprocessor, split ``M`` (at most one split per 256 support
+    rows). The interpreter splits ``M`` into up to 3 runs of 16 (exercised by the CPU tests).
+    """
+    if _INTERPRET:
+        return max(1, min(3, triton.cdiv(m, 2 * _INTERPRET_BLOCK)))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = triton.cdiv(n, 128) * rows
+    want = triton.cdiv(PROGRAMS_PER_SM * sms, max(programs, 1))
+    return max(1, min(want, triton.cdiv(m, ROW_ALIGN)))
+
+
+def _reduce_splits(part_v: torch.Tensor, part_i: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> None:
+    """Max over the splits of ``part_v`` (``S, R, N``) into ``values`` (``R, N``), the first maximum winning.
+
+    Splits are in increasing support order, so the first split holding the maximum has the
+    smallest argmax, as one pass over all of ``M`` would return.
+    """
+    if part_v.shape[0] == 1:
+        values.copy_(part_v[0])
+        index.copy_(part_i[0])
+        return
+    best = part_v.amax(dim=0)
+    first = (part_v == best).to(torch.uint8).argmax(dim=0, keepdim=True)  # first split at the max
+    values.copy_(best)
+    index.copy_(part_i.gather(0, first)[0])
+
+
 def _launch_padded(
     x: torch.Tensor, y: torch.Tensor, eps: float, weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The padded bf16 path of :func:`_launch` (same arguments and results, ``precision="bf16"``).
 
     Per chunk of whole batch items (see :data:`PADDED_MAX_BYTES`): :func:`normalize_pad` of the
-    query and of the (weighted) support into reused buffers, then one GEMM-shaped kernel launch.
-    Temporary memory: the two padded buffers plus ``B, N`` / ``B * S, M`` float32 norms.
+    query and of the (weighted) support into reused buffers, then one GEMM-shaped kernel launch
+    (support positions split into runs when the chunk alone would leave the GPU idle,
+    :func:`_num_splits`) and the reduction over those runs. Temporary memory: the two padded
+    buffers, the float32 norms and ``splits x rows x N`` partial maxima.
     """
     b, c, n = x.shape
     by, _, m = y.shape
@@ -486,21 +534,25 @@ def _launch_padded(
         weight = weight.to(torch.float32).contiguous()
     values = torch.empty(by, n, dtype=torch.float32, device=dev)
     index = torch.empty(by, n, dtype=torch.int64, device=dev)
+    splits = _num_splits(n, m, items * shots, dev)
+    part_v = torch.empty(splits, items * shots, n, dtype=torch.float32, device=dev)
+    part_i = torch.empty(splits, items * shots, n, dtype=torch.int64, device=dev)
     with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
         for i0 in range(0, b, items):
             k = min(b, i0 + items) - i0
             s0, s1 = i0 * shots, (i0 + k) * shots
             _normalize_pad_into(x[i0 : i0 + k], None, xh, xa)
             _normalize_pad_into(y[s0:s1], None if weight is None else weight[s0:s1], yh, ya)
-            args = (xh, yh, xa, ya, values[s0:s1], index[s0:s1], n, m, np_, mp, cp, shots, float(eps))
+            args = (xh, yh, xa, ya, part_v, part_i, n, m, np_, mp, cp, shots, splits, items * shots, float(eps))
             if _INTERPRET:
-                grid = (triton.cdiv(n, _INTERPRET_BLOCK), k * shots)
+                grid = (triton.cdiv(n, _INTERPRET_BLOCK), splits, k * shots)
                 _max_cosine_padded_kernel[grid](
                     *args, BLOCK_N=_INTERPRET_BLOCK, BLOCK_M=_INTERPRET_BLOCK, BLOCK_K=_INTERPRET_BLOCK, EMULATE=True
                 )
             else:
-                grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), _k * shots)  # noqa: E731
+                grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), splits, _k * shots)  # noqa: E731
                 _max_cosine_padded_autotuned[grid](*args, EMULATE=False)
+            _reduce_splits(part_v[:, : k * shots], part_i[:, : k * shots], values[s0:s1], index[s0:s1])
     return values, index
 
 class _FusedMaxCosine(MaxCosineFunction):
