@@ -555,6 +555,7 @@ def _launch_padded(
             _reduce_splits(part_v[:, : k * shots], part_i[:, : k * shots], values[s0:s1], index[s0:s1])
     return values, index
 
+
 class _FusedMaxCosine(MaxCosineFunction):
     @staticmethod
     def forward(ctx, x, y, eps, precision):
