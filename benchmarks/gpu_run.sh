@@ -14,7 +14,8 @@
 # at most 8 files), PYTHON (default python3), TEST_FILES, BENCH_FILES (to run a subset),
 # T_TESTS / T_BENCH (seconds per step). Each step runs under `timeout`; the benchmark step gets SIGINT
 # first, so pytest still writes RESULTS.md with the rows it finished. Files under $OUT: summary.txt,
-# env.log, install.log, tests.log, bench.log, RESULTS.md, bench.json (7 files).
+# env.log, install.log, import.log, tests.log, bench.log, RESULTS.md, bench.json (8 files: the most the
+# device tool brings back).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
