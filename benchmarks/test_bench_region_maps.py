@@ -254,7 +254,7 @@ def test_guided_map_sizes(benchmark, device, case, shots, impl):
             benchmark,
             fn,
             device,
-            group=f"guided map sizes: {case} K={shots} (B={b}, C={c}, N={n}{', odd' if n % 2 else ''}) [{device.type}]",
+            group=f"guided map sizes: {case} K={shots} (B={b}, C={c}, {side}x{side}, N={n}{', odd' if n % 2 else ''}) [{device.type}]",
             impl=impl if impl != "library" else f"library (auto -> {'fused' if gpu and fused.is_available() else 'chunked'})",
             role=_ROLES.get(impl, "library"),
             rounds=5 if big else None,
