@@ -1,4 +1,5 @@
-"""Plain reference implementations, written the way the PFENet / MoCo code bases write them.
+"""Plain reference implementations, written the way the PFENet / MoCo code bases write them
+(plus the plain bf16 PyTorch version a user would write for the region maps).
 
 Only for comparison in the benchmarks (speed, memory and, where cheap, the
 numbers): the library's versions live in :mod:`fewshot_priors.ops`.
@@ -41,6 +42,32 @@ def pfenet_guided_map(query_feat: torch.Tensor, supp_feats: torch.Tensor, masks:
         supp = supp_feats[:, k]
         mask = F.interpolate(masks[:, k : k + 1], size=supp.shape[-2:], mode="bilinear", align_corners=True)
         maps.append(pfenet_prior(query_feat, supp * mask))
+    return torch.cat(maps, 1).mean(1, keepdim=True)
+
+
+def bf16_prior(query_feat: torch.Tensor, supp_feat: torch.Tensor) -> torch.Tensor:
+    """What a user would write with bf16 tensor cores: normalise in fp32, cast, ``bmm``, ``amax``.
+
+    The second reference next to :func:`pfenet_prior` (the issue's five lines): unit vectors
+    (``F.normalize``, fp32) cast to bfloat16, one batched matmul writing the ``B, M, N`` bf16
+    similarity matrix, max over the support, min-max in fp32. ``B, C, H, W`` and ``B, C, h, w``
+    (already masked) -> ``B, 1, H, W``.
+    """
+    b, _, h, w = query_feat.shape
+    q = F.normalize(query_feat.flatten(2), dim=1).to(torch.bfloat16)  # B, C, N
+    s = F.normalize(supp_feat.flatten(2), dim=1).to(torch.bfloat16)  # B, C, M
+    sim = torch.bmm(s.transpose(1, 2), q).amax(dim=1).float()  # B, N
+    lo, hi = sim.amin(1, keepdim=True), sim.amax(1, keepdim=True)
+    return ((sim - lo) / (hi - lo + COSINE_EPS)).view(b, 1, h, w)
+
+
+def bf16_guided_map(query_feat: torch.Tensor, supp_feats: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """:func:`pfenet_guided_map` with :func:`bf16_prior` per shot (same masking, same average)."""
+    maps = []
+    for k in range(supp_feats.shape[1]):
+        supp = supp_feats[:, k]
+        mask = F.interpolate(masks[:, k : k + 1], size=supp.shape[-2:], mode="bilinear", align_corners=True)
+        maps.append(bf16_prior(query_feat, supp * mask))
     return torch.cat(maps, 1).mean(1, keepdim=True)
 
 

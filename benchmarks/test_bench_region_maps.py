@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import on_gpu, run_benchmark
-from reference import pfenet_guided_map, pfenet_prior
+from reference import bf16_guided_map, bf16_prior, pfenet_guided_map, pfenet_prior
 
 from fewshot_priors.ops import fused
 from fewshot_priors.ops.pooling import resize_mask
@@ -25,10 +25,12 @@ CASES = {
     "prior map": {"cuda": (8, 256, 60, 1), "cpu": (2, 256, 30, 1)},
 }
 IMPLS = [
-    "reference", "library", "library-chunked-16MiB", "fused-tf32", "fused-guided", "fused-guided-bf16-features",
+    "reference", "reference-bf16", "library", "library-chunked-16MiB", "fused-tf32", "fused-guided", "fused-guided-bf16-features",
     "bf16-matmul",
 ]
 SMALL_BUDGET = 16 * 2**20
+# the speed-up columns of RESULTS.md are relative to these rows (see conftest.REFERENCE_ROLES)
+_ROLES = {"reference": "reference", "reference-bf16": "reference-bf16", "bf16-matmul": "ceiling"}
 
 _DATA: dict = {}
 
@@ -80,6 +82,8 @@ def test_region_map(benchmark, device, case, impl):
 
     if impl == "reference":
         fn = (lambda: pfenet_prior(query, support0)) if prior else (lambda: pfenet_guided_map(query, support, masks))
+    elif impl == "reference-bf16":
+        fn = (lambda: bf16_prior(query, support0)) if prior else (lambda: bf16_guided_map(query, support, masks))
     elif impl.startswith("fused-guided"):
         if prior:
             pytest.skip("the prior map has no masks or shots: `library` is already the plain kernel")
@@ -131,7 +135,7 @@ def test_region_map(benchmark, device, case, impl):
             device,
             group=f"region maps: {case} (B={b}, C={c}, {side}x{side}, K={k}) [{device.type}]",
             impl=impl if impl != "library" else f"library (auto -> {backend})",
-            role="reference" if impl == "reference" else ("ceiling" if impl == "bf16-matmul" else "library"),
+            role=_ROLES.get(impl, "library"),
             flops=_flops(case, device) if gpu and impl not in ("reference", "library-chunked-16MiB") else None,
             notes=notes,
         )
@@ -164,3 +168,108 @@ def test_region_map_training(benchmark, device, impl):
         impl=impl,
         role="reference" if impl == "reference" else "library",
     )
+
+
+# ----------------------------------------------------------------------------- sizes and alignment
+# The issue's sizes for the guided map against both references: 60x60 (N = 3600, rows 16-byte
+# aligned), 61x61 and 81x81 (N odd: the direct kernel's channel stride is not 16-aligned, the
+# COCO-size cliff), 119x119 (the largest feature map); batch 8, plus batch 32 at 81x81 (COCO).
+# case -> (batch, channels, feature side) per device type; each runs 1-shot and 5-shot.
+SIZE_CASES = {
+    "60x60": {"cuda": (8, 2048, 60), "cpu": (2, 64, 16)},
+    "61x61": {"cuda": (8, 2048, 61), "cpu": (2, 64, 17)},
+    "81x81": {"cuda": (8, 2048, 81), "cpu": (2, 64, 21)},
+    "81x81 B=32": {"cuda": (32, 2048, 81), "cpu": (4, 64, 21)},
+    "119x119": {"cuda": (8, 2048, 119), "cpu": (2, 64, 25)},
+}
+# library: auto (padded bf16 path on CUDA); fused-direct: the kernel on the fp32 inputs' own strides
+# (PADDED_BF16 = False); fused-padded-one-launch: the padded path without the 64 MiB batch chunks
+SIZE_IMPLS = ["reference", "reference-bf16", "library", "fused-direct", "fused-padded-one-launch"]
+
+
+class _patched:
+    """Set module attributes for the duration of one call."""
+
+    def __init__(self, module, **values):
+        self.module, self.values, self.saved = module, values, {}
+
+    def __enter__(self):
+        for k, v in self.values.items():
+            self.saved[k] = getattr(self.module, k)
+            setattr(self.module, k, v)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            setattr(self.module, k, v)
+
+
+def _size_inputs(case: str, shots: int, device: torch.device):
+    key = ("size", case, shots, device.type)
+    if key not in _DATA:
+        _DATA.clear()
+        b, c, side = SIZE_CASES[case][device.type]
+        gen = torch.Generator(device=device).manual_seed(1)
+        query = torch.randn(b, c, side, side, generator=gen, device=device).relu_()
+        support = torch.randn(b, shots, c, side, side, generator=gen, device=device).relu_()
+        coarse = torch.rand(b, shots, 6, 6, generator=gen, device=device)
+        masks = (torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear") > 0.6).float()
+        _DATA[key] = (query, support, masks)
+    return _DATA[key]
+
+
+@pytest.mark.parametrize("impl", SIZE_IMPLS)
+@pytest.mark.parametrize("shots", [1, 5])
+@pytest.mark.parametrize("case", list(SIZE_CASES))
+def test_guided_map_sizes(benchmark, device, case, shots, impl):
+    """Guided map at the issue's sizes: PFENet fp32, the plain bf16 version, the library paths."""
+    gpu = on_gpu(device)
+    if impl.startswith("fused") and not (gpu and fused.is_available()):
+        pytest.skip("needs CUDA and Triton")
+    query, support, masks = _size_inputs(case, shots, device)
+    b, c, side = SIZE_CASES[case][device.type]
+    n = side * side
+    if impl == "reference":
+        fn = lambda: pfenet_guided_map(query, support, masks)  # noqa: E731
+    elif impl == "reference-bf16":
+        fn = lambda: bf16_guided_map(query, support, masks)  # noqa: E731
+    else:
+        patch = {}
+        if impl == "fused-direct":
+            patch = {"PADDED_BF16": False}
+        elif impl == "fused-padded-one-launch":
+            patch = {"PADDED_MAX_BYTES": None}
+        backend = "fused" if impl.startswith("fused") else "auto"
+
+        def fn():
+            with _patched(fused, **patch):
+                return guided_region_map(query, support, masks, backend=backend)
+
+    with torch.no_grad():
+        ref = pfenet_guided_map(query, support, masks)
+        err = (fn().float() - ref.float()).abs().max().item()
+        del ref
+    big = gpu and b * shots * n * n * c >= 2e12  # >= ~40 ms per PFENet call: fewer rounds
+    with torch.no_grad():
+        run_benchmark(
+            benchmark,
+            fn,
+            device,
+            group=f"guided map sizes: {case} K={shots} (B={b}, C={c}, {side}x{side}, N={n}{', odd' if n % 2 else ''}) [{device.type}]",
+            impl=impl if impl != "library" else f"library (auto -> {'fused' if gpu and fused.is_available() else 'chunked'})",
+            role=_ROLES.get(impl, "library"),
+            rounds=5 if big else None,
+            flops=2.0 * b * shots * n * n * c if gpu and impl.startswith(("fused", "library")) else None,
+            notes=f"max abs diff vs PFENet fp32 {err:.1e}" + _tile_note(impl, gpu),
+        )
+
+
+def _tile_note(impl: str, gpu: bool) -> str:
+    """The tile config the autotuner picked for the last padded / direct launch (GPU rows only)."""
+    if not gpu or impl.startswith("reference"):
+        return ""
+    tuner = fused._max_cosine_autotuned if impl == "fused-direct" else fused._max_cosine_padded_autotuned
+    best = getattr(tuner, "best_config", None)
+    if best is None:
+        return ""
+    k = best.kwargs
+    return f"; tiles {k.get('BLOCK_N')}x{k.get('BLOCK_M')}x{k.get('BLOCK_K')}, {best.num_warps} warps, {best.num_stages} stages"

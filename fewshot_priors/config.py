@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from .data.workers import resolve_num_workers
+
 __all__ = [
     "ConfigError",
     "DEFAULTS",
@@ -69,7 +71,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "test_episodes": 5000,  # PASCAL 5000, COCO 20000
         "scale_range": [0.9, 1.1],
         "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
-        "num_workers": 4,
+        "num_workers": "auto",  # int >= 0, or "auto" = min(CPU cores, 8)
         "num_classes": None,  # pascal layout only (e.g. the synthetic data): number of foreground classes
         "fold_classes": None,  # held-out classes: ids 1..N (pascal, coco); folder names or ids (folder)
         "num_folds": None,  # pascal: folds of num_classes (default 4); folder: seeded folds over classes
@@ -118,7 +120,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
-    ("model", "weights"), ("model", "prior_weights"), ("train", "max_steps"), ("train", "grad_clip"),
+    ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
 }
 
@@ -204,6 +206,10 @@ def validate(cfg: Mapping) -> dict:
         raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
+    try:
+        resolve_num_workers(c["data"]["num_workers"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"data.num_workers: {err}") from None
     for name, low, optional in _INT_RANGES:
         section, key = name.split(".")
         value = c[section][key]
@@ -272,7 +278,7 @@ def check_data_keys(data: Mapping) -> None:
 _INT_RANGES = (
     ("train.epochs", 1, False), ("train.max_steps", 1, True), ("train.log_every", 1, False),
     ("train.val_every", 0, False), ("train.ckpt_every_steps", 1, True),
-    ("data.image_size", 1, False), ("data.num_workers", 0, False), ("data.val_episodes", 1, False),
+    ("data.image_size", 1, False), ("data.val_episodes", 1, False),
     ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
     ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
 )

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._progress import progress_bar
+from ..data.workers import resolve_num_workers
 from .distributed import DistInfo, dist_info, shard_indices
 from .train import seed_everything
 
@@ -81,7 +82,7 @@ def evaluate(
     class_ids: Sequence[int] | None = None,
     seed: int = 321,
     batch_size: int = 1,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     predict_fn: Callable[[Mapping[str, Any]], torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -98,7 +99,7 @@ def evaluate(
         class_ids: the classes averaged in mIoU (default ``dataset.class_ids``).
         seed: RNG seed reset before the evaluation (reported in the result).
         batch_size: episodes per forward pass.
-        num_workers: data loader workers.
+        num_workers: data loader workers (``"auto"``: ``min(cores, 8)``).
         predict_fn: ``batch -> B, C, H, W`` float logits (resized bilinearly to the
             original label size before the argmax, PFENet's protocol) or ``B, H, W``
             integer predictions (resized with nearest neighbour) at the input size
@@ -132,7 +133,7 @@ def evaluate(
 
     n = len(dataset)  # type: ignore[arg-type]
     shard = Subset(dataset, list(shard_indices(n, dist))) if dist.distributed else dataset
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=resolve_num_workers(num_workers),
                         collate_fn=collate_eval)
     meters: dict[str, Any] = {}
     single = True

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from .._progress import progress_bar
 from ..augment import TwoViewAugment
 from ..data.unlabeled import UnlabeledImages, list_images
+from ..data.workers import resolve_num_workers
 from ..models.backbone import MOCO_ENCODERS
 from ..models.moco import GlobalLocalMoCo
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
@@ -111,7 +112,7 @@ class PretrainConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # "auto": min(cores, 8); superpixels + views are made in the workers
     log_every: int = 10
     ckpt_every_steps: int | None = None
     tensorboard: bool = True
@@ -182,6 +183,7 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
         raise ValueError(f"`export_encoder` must be one of {tuple(MOCO_ENCODERS)}, got {c.export_encoder!r}")
     if c.max_steps is not None and c.max_steps < 1:
         raise ValueError(f"`max_steps` must be >= 1 or None, got {c.max_steps}")
+    resolve_num_workers(c.num_workers)  # early error for a bad value
     return c
 
 
@@ -295,7 +297,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         dataset,
         batch_sampler=batches,
         collate_fn=_collate,
-        num_workers=c.num_workers,
+        num_workers=resolve_num_workers(c.num_workers),
         pin_memory=device.type == "cuda",
     )
 

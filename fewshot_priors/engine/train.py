@@ -297,7 +297,9 @@ def train(
         save_config(cfg, out / "config.yaml")
 
     sampler = StepBatchSampler(n, tcfg["batch_size"], seed, step, stop, dist)
-    workers = int(cfg["data"].get("num_workers", 0))
+    from fewshot_priors.data.workers import resolve_num_workers
+
+    workers = resolve_num_workers(cfg["data"].get("num_workers", 0))  # "auto": min(cores, 8)
     loader = DataLoader(SeededItems(train_set), batch_sampler=sampler, collate_fn=collate_fn,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=False)

@@ -13,6 +13,17 @@ cheap pass over the inputs), and folded into a running max and argmax kept in
 registers. Only ``B, N`` values and ``B, N`` indices reach memory. Temporary
 memory is the ``B, N + B, M`` norms: independent of ``N x M``.
 
+With ``precision="bf16"`` (the default) the inputs first go through one pass
+(:func:`normalize_pad`) that L2-normalises each position, rounds it to bf16 (fp16 for
+fp16 inputs) and writes it channels-last into a zero-padded layout (positions to a
+multiple of :data:`ROW_ALIGN`, channels of :data:`CHANNEL_ALIGN`), so the GEMM-shaped
+kernel loads aligned, unmasked, ``K``-contiguous tiles whatever ``N`` and ``M`` are
+(odd sizes such as 81 x 81 = 6561 positions no longer fall off the slow path); its
+epilogue restores ``<x, y> / (|x||y| + eps)`` from the float32 norms, masks padded
+columns with ``-inf`` and keeps the running max / argmax. The padded copies are made
+per chunk of whole batch items within :data:`PADDED_MAX_BYTES` (64 MiB). ``"tf32"`` and
+``"fp32"`` keep the direct kernel on the inputs' own strides.
+
 The backward pass is a gather through the argmax
 (:func:`fewshot_priors.ops.similarity.max_cosine_backward`), so training keeps
 the memory win.
@@ -37,6 +48,7 @@ the tensor cores.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext as _nullcontext
 
 import torch
 
@@ -49,7 +61,9 @@ except Exception:  # pragma: no cover - depends on the installation
     triton = None
     tl = None
 
-__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "guided_max_cosine", "interpreting", "is_available", "max_cosine"]
+__all__ = [
+    "DEFAULT_PRECISION", "PRECISIONS", "guided_max_cosine", "interpreting", "is_available", "max_cosine", "normalize_pad",
+]
 
 #: Accepted operand precisions.
 PRECISIONS = ("bf16", "tf32", "fp32")
@@ -211,12 +225,22 @@ if triton is not None:
 def _launch(
     x: torch.Tensor, y: torch.Tensor, eps: float, precision: str, weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Norm pass + kernel launch.
+    """Kernel launch: the padded bf16 path for ``precision="bf16"`` (see :data:`PADDED_BF16`), else
+    the direct kernel on the inputs' own strides.
 
     ``x`` ``B, C, N``; ``y`` ``B * S, C, M`` (``S`` shots per x batch, ``S = 1`` for the plain
     op); ``weight`` optional ``B * S, M`` per-column scale of ``y``. Returns ``B * S, N``
     float32 values and ``B * S, N`` int64 argmax.
     """
+    if precision == "bf16" and PADDED_BF16:
+        return _launch_padded(x, y, eps, weight)
+    return _launch_direct(x, y, eps, precision, weight)
+
+
+def _launch_direct(
+    x: torch.Tensor, y: torch.Tensor, eps: float, precision: str, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Norm pass + the direct kernel (reads ``x`` / ``y`` in place, any strides); see :func:`_launch`."""
     b, c, n = x.shape
     by, _, m = y.shape
     shots = by // b
@@ -241,6 +265,294 @@ def _launch(
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)  # noqa: E731
         with torch.cuda.device(x.device):
             _max_cosine_autotuned[grid](*args, EMULATE=False, **flags)
+    return values, index
+
+
+# ----------------------------------------------------------------------------- padded bf16 path
+#: Positions (rows) of the padded operands are rounded up to a multiple of this: the largest
+#: ``BLOCK_N`` / ``BLOCK_M`` among the GPU tile configs, so no tile load needs a mask.
+ROW_ALIGN = 256
+#: Channels of the padded operands are rounded up to a multiple of this (the largest ``BLOCK_K``);
+#: rows of 64 bf16 = 128 bytes keep every tile row 16-byte aligned whatever ``C`` is.
+CHANNEL_ALIGN = 64
+#: Tile side of the interpreter (CPU tests): rows and channels are padded to it there.
+_INTERPRET_BLOCK = 16
+
+#: ``precision="bf16"`` runs through the padded path (normalise + cast + pad in one pass, then a
+#: ``K``-contiguous bf16 GEMM with the max / argmax in its epilogue). ``False``: the direct kernel.
+PADDED_BF16 = True
+#: Budget for the padded bf16 operands of one launch: the batch is processed in chunks of whole
+#: batch items (at least one) whose padded query + support copies fit it. ``None``: one launch.
+PADDED_MAX_BYTES: int | None = 64 * 2**20
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+if triton is not None:
+
+    @triton.jit
+    def _normalize_pad_kernel(
+        src_ptr, w_ptr, out_ptr, norm_ptr,
+        C, P, PP, CP,
+        ssb, ssc, ssp,
+        HAS_W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EMULATE: tl.constexpr,
+        ROUND_BF16: tl.constexpr,
+    ):  # fmt: skip
+        """One program: ``BLOCK_P`` rows of the padded ``PP, CP`` layout of batch ``program_id(1)``.
+
+        ``out[b, p, c] = f[b, p] * src[b, c, p]`` rounded to 16 bits, ``f = w / (|w| |src[b, :, p]|)``
+        (``w = 1`` without ``HAS_W``; ``f = 0`` where ``|w| |src| = 0``), and ``norm[b, p] = |w| |src|``.
+        Rows ``p >= P`` and channels ``c >= C`` are written as zeros.
+        """
+        pid = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        offs_p = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < P
+        base = src_ptr + b * ssb
+        sq = tl.zeros([BLOCK_P], tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            t = tl.load(
+                base + offs_c[:, None] * ssc + offs_p[None, :] * ssp,
+                mask=(offs_c < C)[:, None] & p_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)  # BLOCK_C, BLOCK_P
+            sq += tl.sum(t * t, axis=0)
+        a = tl.sqrt(sq)
+        if HAS_W:
+            w = tl.load(w_ptr + b * P + offs_p, mask=p_ok, other=0.0)
+            a = tl.abs(w) * a
+            f = tl.where(a > 0, w / tl.where(a > 0, a, 1.0), 0.0)
+        else:
+            f = tl.where(a > 0, 1.0 / tl.where(a > 0, a, 1.0), 0.0)
+        tl.store(norm_ptr + b * P + offs_p, a, mask=p_ok)
+        out_base = out_ptr + b * PP * CP
+        for c0 in range(0, CP, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            t = tl.load(
+                base + offs_c[:, None] * ssc + offs_p[None, :] * ssp,
+                mask=(offs_c < C)[:, None] & p_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            t = t * f[None, :]
+            if EMULATE and ROUND_BF16:  # the interpreter's float32 -> bfloat16 cast truncates
+                t = _round_bf16(t)
+            tl.store(
+                out_base + offs_p[None, :] * CP + offs_c[:, None],
+                t.to(out_ptr.dtype.element_ty),
+                mask=(offs_p < PP)[None, :],
+            )
+
+    @triton.jit
+    def _max_cosine_padded_kernel(
+        xh_ptr, yh_ptr, xa_ptr, ya_ptr, val_ptr, idx_ptr,
+        N, M, NP, MP, CP, SHOTS, SPLITS, BY,
+        eps,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EMULATE: tl.constexpr,
+    ):  # fmt: skip
+        """One program: ``BLOCK_N`` query rows against split ``program_id(1)`` of the support rows
+        (batch ``program_id(2)`` of ``BY``).
+
+        The ``M`` support rows are cut into ``SPLITS`` runs of whole ``BLOCK_M`` tiles, so that a
+        launch has enough programs to fill the GPU when a chunk holds few batch items; each split
+        writes its own max / argmax to ``val[split, b, :]`` / ``idx[split, b, :]`` (``-inf`` / 0 for
+        an empty split), reduced afterwards (:func:`_reduce_splits`).
+
+        ``xh`` ``B, NP, CP`` and ``yh`` ``B * SHOTS, MP, CP``: unit-norm 16-bit rows, zero padded
+        (``NP``, ``MP`` multiples of every ``BLOCK_N`` / ``BLOCK_M``, ``CP`` of ``BLOCK_K``: no load
+        masks); ``xa`` ``B, N`` and ``ya`` ``B * SHOTS, M`` the float32 norms. The epilogue turns
+        the dot of unit vectors into ``<x, y> / (|x||y| + eps)`` (factor ``p / (p + eps)``,
+        ``p = |x||y|``), masks the padded columns ``m >= M`` with ``-inf`` (padding never wins)
+        and folds the tile into a running max / first argmax.
+        """
+        pid_n = tl.program_id(0)
+        split = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        xb = b // SHOTS
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
+        offs_k = tl.arange(0, BLOCK_K)
+        per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), SPLITS) * BLOCK_M
+        m_start = split * per_split
+        m_end = tl.minimum(M, m_start + per_split)
+        x_ptrs = xh_ptr + xb * NP * CP + offs_n[:, None] * CP + offs_k[None, :]
+        y_base = yh_ptr + b * MP * CP
+        xa = tl.load(xa_ptr + xb * N + offs_n, mask=n_ok, other=0.0)
+        best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], tl.int64)
+        for m0 in range(m_start, m_end, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            y_ptrs = y_base + offs_m[:, None] * CP + offs_k[None, :]
+            acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+            for k0 in range(0, CP, BLOCK_K):
+                xt = tl.load(x_ptrs + k0)  # BLOCK_N, BLOCK_K
+                yt = tl.load(y_ptrs + k0)  # BLOCK_M, BLOCK_K
+                if EMULATE:  # interpreter: 16-bit x 16-bit products are exact in float32
+                    acc = tl.dot(xt.to(tl.float32), tl.trans(yt.to(tl.float32)), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xt, tl.trans(yt), acc)
+            m_ok = offs_m < M
+            ya = tl.load(ya_ptr + b * M + offs_m, mask=m_ok, other=0.0)
+            p = xa[:, None] * ya[None, :]
+            s = acc * (p / (p + eps))
+            s = tl.where(m_ok[None, :], s, float("-inf"))
+            tile_best, tile_idx = tl.max(s, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            better = tile_best > best  # strict: the first maximum wins, as in torch.max
+            best = tl.where(better, tile_best, best)
+            best_idx = tl.where(better, tile_idx.to(tl.int64) + m0, best_idx)
+        row = split * BY + b
+        tl.store(val_ptr + row * N + offs_n, best, mask=n_ok)
+        tl.store(idx_ptr + row * N + offs_n, best_idx, mask=n_ok)
+
+    # (BLOCK_N, BLOCK_M, BLOCK_K, warps, stages); BLOCK_N, BLOCK_M <= ROW_ALIGN, BLOCK_K <= CHANNEL_ALIGN
+    _PADDED_GPU_CONFIGS = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+        for bn, bm, bk, w, s in [
+            (128, 256, 64, 8, 3),
+            (256, 128, 64, 8, 3),
+            (128, 128, 64, 8, 3),
+            (128, 128, 64, 4, 4),
+            (64, 128, 64, 4, 4),
+            (128, 64, 64, 4, 4),
+        ]
+    ]
+    _max_cosine_padded_autotuned = triton.autotune(configs=_PADDED_GPU_CONFIGS, key=["N", "M", "CP", "SHOTS", "SPLITS"])(
+        _max_cosine_padded_kernel
+    )
+
+
+def normalize_pad(
+    src: torch.Tensor, weight: torch.Tensor | None = None, *, row_align: int | None = None, channel_align: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass: L2-normalise ``src``'s columns, cast to 16 bits, transpose and zero-pad.
+
+    Args:
+        src: ``B, C, P`` float32 / float16 / bfloat16 (any strides).
+        weight: optional ``B, P`` per-position weight ``w`` (column ``p`` becomes ``w src_p``).
+        row_align, channel_align: padding multiples (default :data:`ROW_ALIGN` and
+            :data:`CHANNEL_ALIGN` on the GPU, the interpreter's tile side under ``TRITON_INTERPRET``).
+
+    Returns:
+        ``(padded, norms)``: ``B, PP, CP`` (float16 for float16 input, else bfloat16) with
+        ``padded[b, p, :C] = w src[b, :, p] / |w src[b, :, p]|`` (0 for a zero column) and zeros
+        in rows ``p >= P`` and channels ``c >= C``; ``norms`` ``B, P`` float32 ``|w src[b, :, p]|``.
+    """
+    b, c, p = src.shape
+    if row_align is None:
+        row_align = _INTERPRET_BLOCK if _INTERPRET else ROW_ALIGN
+    if channel_align is None:
+        channel_align = _INTERPRET_BLOCK if _INTERPRET else CHANNEL_ALIGN
+    dtype = torch.float16 if src.dtype == torch.float16 else torch.bfloat16
+    out = torch.empty(b, _round_up(p, row_align), _round_up(c, channel_align), dtype=dtype, device=src.device)
+    norms = torch.empty(b, p, dtype=torch.float32, device=src.device)
+    _normalize_pad_into(src, weight, out, norms)
+    return out, norms
+
+
+def _normalize_pad_into(src: torch.Tensor, weight: torch.Tensor | None, out: torch.Tensor, norms: torch.Tensor) -> None:
+    """:func:`normalize_pad` into preallocated ``out`` (``>= B`` items, rows / channels padded) and ``norms``."""
+    b, c, p = src.shape
+    if b == 0:
+        return
+    pp, cp = out.shape[1], out.shape[2]
+    if _INTERPRET:
+        block_p, block_c, kwargs = _INTERPRET_BLOCK, _INTERPRET_BLOCK, {}
+    else:
+        block_p, block_c, kwargs = 32, 64, {"num_warps": 4}
+    w_arg = weight if weight is not None else norms  # unused pointer without HAS_W
+    grid = (triton.cdiv(pp, block_p), b)
+    _normalize_pad_kernel[grid](
+        src, w_arg, out, norms, c, p, pp, cp, *src.stride(),
+        HAS_W=weight is not None, BLOCK_P=block_p, BLOCK_C=block_c, EMULATE=_INTERPRET,
+        ROUND_BF16=out.dtype == torch.bfloat16, **kwargs,
+    )  # fmt: skip
+
+
+#: Aim for this many programs per multiprocessor in a padded launch (see :func:`_num_splits`).
+PROGRAMS_PER_SM = 2
+
+
+def _num_splits(n: int, m: int, rows: int, device: torch.device) -> int:
+    """How many runs to cut the support positions into, so that a launch fills the GPU.
+
+    ``cdiv(N, 128) * rows`` programs of 128 query rows; when that is under
+    :data:`PROGRAMS_PER_SM` per multiprocessor, split ``M`` (at most one split per 256 support
+    rows). The interpreter splits ``M`` into up to 3 runs of 16 (exercised by the CPU tests).
+    """
+    if _INTERPRET:
+        return max(1, min(3, triton.cdiv(m, 2 * _INTERPRET_BLOCK)))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = triton.cdiv(n, 128) * rows
+    want = triton.cdiv(PROGRAMS_PER_SM * sms, max(programs, 1))
+    return max(1, min(want, triton.cdiv(m, ROW_ALIGN)))
+
+
+def _reduce_splits(part_v: torch.Tensor, part_i: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> None:
+    """Max over the splits of ``part_v`` (``S, R, N``) into ``values`` (``R, N``), the first maximum winning.
+
+    Splits are in increasing support order, so the first split holding the maximum has the
+    smallest argmax, as one pass over all of ``M`` would return.
+    """
+    if part_v.shape[0] == 1:
+        values.copy_(part_v[0])
+        index.copy_(part_i[0])
+        return
+    best = part_v.amax(dim=0)
+    first = (part_v == best).to(torch.uint8).argmax(dim=0, keepdim=True)  # first split at the max
+    values.copy_(best)
+    index.copy_(part_i.gather(0, first)[0])
+
+
+def _launch_padded(
+    x: torch.Tensor, y: torch.Tensor, eps: float, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded bf16 path of :func:`_launch` (same arguments and results, ``precision="bf16"``).
+
+    Per chunk of whole batch items (see :data:`PADDED_MAX_BYTES`): :func:`normalize_pad` of the
+    query and of the (weighted) support into reused buffers, then one GEMM-shaped kernel launch
+    (support positions split into runs when the chunk alone would leave the GPU idle,
+    :func:`_num_splits`) and the reduction over those runs. Temporary memory: the two padded
+    buffers, the float32 norms and ``splits x rows x N`` partial maxima.
+    """
+    b, c, n = x.shape
+    by, _, m = y.shape
+    shots = by // b
+    align = _INTERPRET_BLOCK if _INTERPRET else ROW_ALIGN
+    calign = _INTERPRET_BLOCK if _INTERPRET else CHANNEL_ALIGN
+    np_, mp, cp = _round_up(n, align), _round_up(m, align), _round_up(c, calign)
+    dtype = torch.float16 if x.dtype == torch.float16 else torch.bfloat16
+    per_item = (np_ + shots * mp) * cp * 2
+    items = b if PADDED_MAX_BYTES is None else min(b, max(1, PADDED_MAX_BYTES // per_item))
+    dev = x.device
+    xh = torch.empty(items, np_, cp, dtype=dtype, device=dev)
+    yh = torch.empty(items * shots, mp, cp, dtype=dtype, device=dev)
+    xa = torch.empty(items, n, dtype=torch.float32, device=dev)
+    ya = torch.empty(items * shots, m, dtype=torch.float32, device=dev)
+    if weight is not None:
+        weight = weight.to(torch.float32).contiguous()
+    values = torch.empty(by, n, dtype=torch.float32, device=dev)
+    index = torch.empty(by, n, dtype=torch.int64, device=dev)
+    splits = _num_splits(n, m, items * shots, dev)
+    part_v = torch.empty(splits, items * shots, n, dtype=torch.float32, device=dev)
+    part_i = torch.empty(splits, items * shots, n, dtype=torch.int64, device=dev)
+    with torch.cuda.device(dev) if dev.type == "cuda" else _nullcontext():
+        for i0 in range(0, b, items):
+            k = min(b, i0 + items) - i0
+            s0, s1 = i0 * shots, (i0 + k) * shots
+            _normalize_pad_into(x[i0 : i0 + k], None, xh, xa)
+            _normalize_pad_into(y[s0:s1], None if weight is None else weight[s0:s1], yh, ya)
+            args = (xh, yh, xa, ya, part_v, part_i, n, m, np_, mp, cp, shots, splits, items * shots, float(eps))
+            if _INTERPRET:
+                grid = (triton.cdiv(n, _INTERPRET_BLOCK), splits, k * shots)
+                _max_cosine_padded_kernel[grid](
+                    *args, BLOCK_N=_INTERPRET_BLOCK, BLOCK_M=_INTERPRET_BLOCK, BLOCK_K=_INTERPRET_BLOCK, EMULATE=True
+                )
+            else:
+                grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), splits, _k * shots)  # noqa: E731
+                _max_cosine_padded_autotuned[grid](*args, EMULATE=False)
+            _reduce_splits(part_v[:, : k * shots], part_i[:, : k * shots], values[s0:s1], index[s0:s1])
     return values, index
 
 
