@@ -289,7 +289,7 @@ def test_masked_average_pool_resizes_mask_and_has_gradient(gen):
         (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4), torch.ones(1, 2, 4, 4)), ValueError, "B, 1, h, w"),
         (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4, dtype=torch.int32), torch.ones(1, 4, 4)), TypeError, "floating point"),
         (lambda: max_cosine_similarity(torch.ones(1, 3, 4), torch.ones(1, 3, 4), backend="cuda"), ValueError, "`backend`"),
-        (lambda: max_cosine_similarity(torch.ones(1, 3, 0), torch.ones(1, 3, 4)), ValueError, "spatial position"),
+        (lambda: max_cosine_similarity(torch.ones(1, 3, 0), torch.ones(1, 3, 4)), ValueError, "`x` must have a non-zero number of positions"),
     ],
 )
 def test_bad_input_raises_with_helpful_message(call, exc, words):

@@ -241,7 +241,18 @@ def _launch(
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)  # noqa: E731
         with torch.cuda.device(x.device):
             _max_cosine_autotuned[grid](*args, EMULATE=False, **flags)
-    return values, index
+    return _propagate_nonfinite(values, xn, yn, shots), index
+
+
+def _propagate_nonfinite(values: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, shots: int) -> torch.Tensor:
+    """NaN where the chunked / reference backends give NaN (``torch.max`` propagates it).
+
+    The kernel's running max skips NaN, so rows are marked from the norms instead: a
+    non-finite ``x`` column (``xn`` ``B, N``) gives NaN at its position and a non-finite
+    ``y`` column anywhere (``yn`` ``B * S, M``) gives NaN over the whole row. No host sync.
+    """
+    bad = ~torch.isfinite(xn).repeat_interleave(shots, dim=0) | ~torch.isfinite(yn).all(dim=1, keepdim=True)
+    return values.masked_fill(bad, float("nan"))
 
 
 class _FusedMaxCosine(MaxCosineFunction):
@@ -306,7 +317,8 @@ def max_cosine(
     Returns:
         ``(values, index)``: ``B, N`` similarities in ``x``'s dtype (differentiable
         w.r.t. ``x`` and ``y`` through the argmax) and the ``B, N`` int64 argmax over
-        ``M`` (the first one on exact ties).
+        ``M`` (the first one on exact ties). NaN / inf input gives NaN where the
+        other backends do (see :func:`~fewshot_priors.ops.max_cosine_similarity`).
 
     Raises:
         RuntimeError: Triton is not installed, or no CUDA GPU / interpreter is available.
