@@ -232,6 +232,11 @@ def _launch(
     args = (x, y, w_arg, xn, yn, values, index, c, n, m, shots, *x.stride(), *y.stride(), float(eps))
     flags = {"PRECISION": precision, "HALF_FP16": x.dtype == torch.float16, "HAS_W": weight is not None}
     if _INTERPRET:
+        # the interpreter's argmax (numpy nanargmax) raises on an all-NaN row; the GPU's skips NaN.
+        # Either way the NaN pattern comes from the norms (_propagate_nonfinite), so feed it finite data.
+        x, y, w_arg = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (x, y, w_arg))
+        xn_k, yn_k = (torch.nan_to_num(t, nan=1.0, posinf=1.0, neginf=1.0) for t in (xn, yn))
+        args = (x, y, w_arg, xn_k, yn_k, values, index, c, n, m, shots, *x.stride(), *y.stride(), float(eps))
         block_n, block_m, block_k = 16, 16, 16
         grid = (triton.cdiv(n, block_n), by)
         _max_cosine_kernel[grid](
