@@ -43,12 +43,13 @@ def superpixel_pool(
 
     Returns:
         ``(pooled, valid)``: ``pooled`` ``B, P, C`` (zeros for invalid slots) and
-        ``valid`` ``B, P`` bool, True where patch ``j`` has non-zero weight. NaN / inf
-        anywhere in an image's features makes every valid patch of that image NaN
-        (a dense matmul multiplies them by zero weights); invalid slots stay zero.
+        ``valid`` ``B, P`` bool, True where patch ``j`` has non-zero weight. A NaN / inf
+        anywhere in channel ``c`` of an image's features makes channel ``c`` NaN for
+        every valid patch of that image (as a dense matmul with zero weights would);
+        invalid slots stay zero.
 
     Raises:
-        TypeError / ValueError: bad dtypes or shapes (``h, w`` must be >= 1), and,
+        TypeError / ValueError: bad dtypes or shapes (``h, w`` and ``H, W`` must be >= 1), and,
         as a value check (see :func:`~fewshot_priors.ops.set_checks`), a label id
         ``>= num_segments``. With value checks off such an id is undefined behaviour.
 
@@ -59,6 +60,7 @@ def superpixel_pool(
     check_nonempty("features", features, (2, 3), "spatial size", "h, w >= 1")
     labels = check_tensor("labels", labels)
     check_rank("labels", labels, (3,), "B, H, W")
+    check_nonempty("labels", labels, (1, 2), "spatial size", "H, W >= 1")
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"`labels` must be an integer tensor of superpixel ids, got dtype {labels.dtype}")
     check_same("batch size", "features", features.shape[0], "labels", labels.shape[0])
@@ -96,4 +98,7 @@ def superpixel_pool(
     valid = total > 0
     pooled = torch.bmm(weights, features.reshape(B, C, h * w).transpose(1, 2))  # B, P, C
     pooled = pooled / total.clamp(min=1).unsqueeze(-1)
+    # a non-finite value poisons its channel for every patch of its image, whatever the matmul does with 0 * nan
+    finite = torch.isfinite(features).flatten(2).all(dim=2)  # B, C
+    pooled = pooled.masked_fill(~finite.unsqueeze(1), float("nan"))
     return pooled.masked_fill(~valid.unsqueeze(-1), 0), valid
