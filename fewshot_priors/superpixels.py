@@ -187,6 +187,8 @@ def _to_uint8_batch(images: Any) -> np.ndarray:
                 raise TypeError(f"`images` array must be uint8 (or float in [0, 1]), got dtype {arr.dtype}")
         return np.ascontiguousarray(arr)
     if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("`images` is an empty list; pass at least one image")
         return np.concatenate([_to_uint8_batch(np.asarray(im)) for im in images])
     raise TypeError(f"`images` must be a numpy array or torch tensor, got {type(images).__name__}")
 
@@ -211,6 +213,12 @@ class SuperpixelPatchSampler:
         num_threads: fast-slic threads (``-1`` = all cores). The default 1 is nearly as
             fast on one image (23 vs 21 ms at 473 x 473) and does not fight torch's own
             OpenMP pool, which on a busy machine slowed pretraining steps tens of times.
+
+    Tiny and hostile images: an image with fewer pixels than ``n_segments`` gets at
+    most one segment per pixel with every backend (fast-slic itself would kill the
+    process with SIGFPE, so it is asked for ``min(n_segments, H * W)``); an image with
+    no pixel gives an empty label map and 0 segments. Float images must be finite
+    and in ``[0, 1]``: 0-255 floats, normalised images and NaN raise ``ValueError``.
 
     Example:
         >>> sampler = SuperpixelPatchSampler("slic", n_segments=64)

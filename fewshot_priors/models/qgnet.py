@@ -404,6 +404,13 @@ class QGNet(nn.Module):
             query_mask: optional ``B, H, W`` (or ``B, 1, H, W``) labels 0/1/255; when
                 given the output holds the training ``loss``.
 
+        Images must have the dtype and device of the model's parameters (``TypeError`` /
+        ``ValueError`` naming the argument otherwise), except under ``torch.autocast``. The
+        value checks (image range, mask values, 0/255 warnings) read tensor values, i.e.
+        synchronise with the GPU; :func:`fewshot_priors.set_checks` /
+        :func:`fewshot_priors.checks_disabled` turn them off. An empty batch (``B = 0``)
+        gives empty outputs of the shapes below (and a zero ``loss``).
+
         Returns:
             dict with ``logits`` (``B, 2, H, W``, bilinear to the input size),
             ``aux_logits`` (list of ``B, 2, H, W``, one per FEM scale),
