@@ -49,9 +49,11 @@ def superpixel_pool(
         invalid slots stay zero.
 
     Raises:
-        TypeError / ValueError: bad dtypes or shapes (``h, w`` and ``H, W`` must be >= 1), and,
-        as a value check (see :func:`~fewshot_priors.ops.set_checks`), a label id
-        ``>= num_segments``. With value checks off such an id is undefined behaviour.
+        TypeError: non-float ``features`` or non-integer ``labels``.
+        ValueError: bad shapes (``h, w`` and ``H, W`` must be >= 1), ``num_segments``
+            or ``mode``, and, as a value check (see :func:`~fewshot_priors.ops.set_checks`),
+            a label id ``>= num_segments``; with value checks off such an id is
+            undefined behaviour.
 
     Memory: ``B * P * h * w`` weights in the feature dtype.
     """
