@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -264,7 +263,7 @@ def test_masked_average_pool_hostile(data, b, c, hw, mhw, dtype, keepdim, empty)
     assert mask_ok or b == 0
     assert out.shape == ((b, c, 1, 1) if keepdim else (b, c))
     out = out.flatten(1)
-    m = mask.double() if mask.dtype != torch.bool else mask.double()
+    m = mask.double()
     m = torch.where(m == 255, torch.zeros_like(m), m)
     bad = bad_images(feats)
     # a weighted mean with weights summing to <= 1: within the range of the (finite) features

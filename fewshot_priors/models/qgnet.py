@@ -32,7 +32,13 @@ from torch import nn
 
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
 from fewshot_priors.models.fem import FEMDecoder
-from fewshot_priors.ops._checks import IGNORE_INDEX, check_float, check_same, checks_enabled, clean_mask
+from fewshot_priors.ops._checks import (
+    IGNORE_INDEX,
+    check_float,
+    check_same,
+    checks_enabled,
+    clean_mask,
+)
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
 from fewshot_priors.ops.similarity import BACKENDS

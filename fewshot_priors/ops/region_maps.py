@@ -23,7 +23,15 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same, check_tensor, clean_mask
+from ._checks import (
+    check_eps,
+    check_float,
+    check_nonempty,
+    check_rank,
+    check_same,
+    check_tensor,
+    clean_mask,
+)
 from .pooling import resize_mask
 from .similarity import (
     DEFAULT_MAX_CHUNK_BYTES,

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_nonempty, check_rank, check_same, check_tensor, checks_enabled
+from ._checks import (
+    check_float,
+    check_nonempty,
+    check_rank,
+    check_same,
+    check_tensor,
+    checks_enabled,
+)
 
 POOL_MODES = ("nearest", "area")
 
