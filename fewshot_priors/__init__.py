@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from fewshot_priors._lazy import lazy_exports
 
-from .ops import guided_region_map, masked_average_pool, max_cosine_similarity, prior_region_map
+from .ops import (
+    checks_disabled,
+    checks_enabled,
+    guided_region_map,
+    masked_average_pool,
+    max_cosine_similarity,
+    prior_region_map,
+    set_checks,
+)
 
 __version__ = "0.1.0"
 
@@ -40,10 +48,13 @@ _LAZY = {
 
 __all__ = [
     "__version__",
+    "checks_disabled",
+    "checks_enabled",
     "guided_region_map",
     "masked_average_pool",
     "max_cosine_similarity",
     "prior_region_map",
+    "set_checks",
     *_LAZY,
 ]
 

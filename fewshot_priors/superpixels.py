@@ -130,6 +130,33 @@ def filter_segments(
     return out.astype(np.int64), int(keep.sum())
 
 
+#: Float images may exceed [0, 1] by this much (rounding in resizing / colour ops); it is clamped.
+UNIT_RANGE_TOL = 1e-3
+
+
+def _check_unit_range(arr: np.ndarray) -> None:
+    """Float images must be finite and within [0, 1] (up to :data:`UNIT_RANGE_TOL`).
+
+    The values are on the host already (segmentation runs on numpy), so this check is
+    always on: clamping a 0-255 or NaN image would silently give a wrong segmentation.
+    """
+    if arr.size == 0:
+        return
+    if not np.isfinite(arr).all():
+        raise ValueError("`images` holds NaN or inf values; float images must be finite, in [0, 1]")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi > 1 + UNIT_RANGE_TOL:
+        raise ValueError(
+            f"float `images` must be in [0, 1], got values up to {hi:.4g}; "
+            "for 0-255 pixels divide by 255 (or pass uint8)"
+        )
+    if lo < -UNIT_RANGE_TOL:
+        raise ValueError(
+            f"float `images` must be in [0, 1], got values down to {lo:.4g}; "
+            "undo the mean/std normalisation first (or pass uint8 RGB)"
+        )
+
+
 def _to_uint8_batch(images: Any) -> np.ndarray:
     """Images -> numpy uint8 ``B, H, W, 3`` (C-contiguous)."""
     if isinstance(images, torch.Tensor):
@@ -141,6 +168,7 @@ def _to_uint8_batch(images: Any) -> np.ndarray:
         if t.dtype == torch.uint8:
             arr = t.permute(0, 2, 3, 1).numpy()
         elif t.is_floating_point():
+            _check_unit_range(t.float().numpy())
             arr = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         else:
             raise TypeError(f"`images` tensor must be uint8 or float in [0, 1], got dtype {t.dtype}")
@@ -153,11 +181,14 @@ def _to_uint8_batch(images: Any) -> np.ndarray:
             raise ValueError(f"`images` array must have shape H, W, 3 or B, H, W, 3, got {images.shape}")
         if arr.dtype != np.uint8:
             if np.issubdtype(arr.dtype, np.floating):
+                _check_unit_range(arr)
                 arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
             else:
                 raise TypeError(f"`images` array must be uint8 (or float in [0, 1]), got dtype {arr.dtype}")
         return np.ascontiguousarray(arr)
     if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("`images` is an empty list; pass at least one image")
         return np.concatenate([_to_uint8_batch(np.asarray(im)) for im in images])
     raise TypeError(f"`images` must be a numpy array or torch tensor, got {type(images).__name__}")
 
@@ -182,6 +213,12 @@ class SuperpixelPatchSampler:
         num_threads: fast-slic threads (``-1`` = all cores). The default 1 is nearly as
             fast on one image (23 vs 21 ms at 473 x 473) and does not fight torch's own
             OpenMP pool, which on a busy machine slowed pretraining steps tens of times.
+
+    Tiny and hostile images: an image with fewer pixels than ``n_segments`` gets at
+    most one segment per pixel with every backend (fast-slic itself would kill the
+    process with SIGFPE, so it is asked for ``min(n_segments, H * W)``); an image with
+    no pixel gives an empty label map and 0 segments. Float images must be finite
+    and in ``[0, 1]``: 0-255 floats, normalised images and NaN raise ``ValueError``.
 
     Example:
         >>> sampler = SuperpixelPatchSampler("slic", n_segments=64)
@@ -265,8 +302,21 @@ class SuperpixelPatchSampler:
 
     # -- single image --------------------------------------------------------------
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """Raw superpixels of one ``H, W, 3`` uint8 image -> contiguous ``int64 H, W``."""
+        """Raw superpixels of one ``H, W, 3`` uint8 image -> contiguous ``int64 H, W``.
+
+        Tiny images are fine with every backend: an image with no pixel gives an empty
+        label map (0 segments), and fast-slic, which kills the process (SIGFPE) when
+        asked for more superpixels than the image has pixels, is asked for at most
+        ``H * W`` (so a 1 x 1 to 7 x 7 image with the default 64 segments gets one
+        segment per pixel at most, like skimage).
+        """
         img = np.ascontiguousarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"`image` must have shape H, W, 3, got {img.shape}")
+        if img.dtype != np.uint8:
+            raise TypeError(f"`image` must be uint8 RGB, got dtype {img.dtype}")
+        if img.shape[0] == 0 or img.shape[1] == 0:
+            return np.full(img.shape[:2], IGNORE, dtype=np.int64)
         if self.method == "felzenszwalb":
             from skimage.segmentation import felzenszwalb
 
@@ -289,7 +339,9 @@ class SuperpixelPatchSampler:
                 from fast_slic import Slic as _Slic
             # a fresh object per image: a fast-slic object warm-starts from the clusters of
             # its previous image, which would make results depend on the processing order
-            slic = _Slic(num_components=self.n_segments, compactness=self.compactness, num_threads=self.num_threads)
+            # fast-slic divides by zero (SIGFPE, the whole process dies) for more components than pixels
+            components = min(self.n_segments, img.shape[0] * img.shape[1])
+            slic = _Slic(num_components=components, compactness=self.compactness, num_threads=self.num_threads)
             lab = slic.iterate(img)
         return relabel_contiguous(lab)[0]
 
@@ -301,7 +353,9 @@ class SuperpixelPatchSampler:
 
         Args:
             images: numpy uint8 ``H, W, 3`` / ``B, H, W, 3`` or torch ``B, 3, H, W``
-                (uint8, or float in [0, 1]).
+                (uint8, or float in [0, 1]). Float images outside ``[0, 1]`` (beyond a
+                1e-3 tolerance, e.g. 0-255 floats or mean/std-normalised images) or
+                holding NaN / inf raise ``ValueError``; they are never clamped silently.
             rng: generator for the random ``max_patches`` subset (default: the
                 sampler's own generator seeded with ``seed``).
 

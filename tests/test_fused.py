@@ -550,3 +550,37 @@ def test_padded_support_splits_agree(fused, monkeypatch):
         assert torch.equal(results[splits][0], results[1][0])
         assert torch.equal(results[splits][1], results[1][1])
     assert not (results[1][1] == 70).any()
+
+
+def test_nan_and_inf_give_the_nan_pattern_of_the_other_backends(fused):
+    """The kernel's running max skips NaN; the result must still match torch.max's propagation."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 8, 20, generator=gen)
+    y = torch.randn(3, 8, 37, generator=gen)
+    x[0, 2, 5] = float("nan")  # one position of image 0
+    y[1, 1, 33] = float("inf")  # a late y position (last tile) of image 1: all of image 1
+    ref = max_cosine_similarity(x, y, backend="reference")
+    values, _ = fused.max_cosine(*_dev(x, y), EPS, precision="fp32")
+    assert torch.equal(torch.isnan(values.cpu()), torch.isnan(ref))
+    assert torch.isnan(ref[0, 5]) and torch.isnan(ref[1]).all() and torch.isfinite(ref[2]).all()
+    torch.testing.assert_close(values.cpu(), ref, equal_nan=True, atol=1e-5, rtol=0)
+    values16, _ = fused.max_cosine(*_dev(x, y), EPS, precision="bf16")  # the padded path: same pattern
+    assert torch.equal(torch.isnan(values16.cpu()), torch.isnan(ref))
+    # the region maps: NaN over the whole image, in every backend
+    bridge, prior = x.view(3, 8, 4, 5), y[..., :36].reshape(3, 8, 6, 6).clone()
+    prior[2, 0, 5, 5] = float("nan")
+    maps = prior_region_map(*_dev(bridge, prior), backend="fused").cpu()
+    ref_maps = prior_region_map(bridge, prior, backend="chunked", max_chunk_bytes=64)
+    assert torch.isnan(ref_maps).all()
+    assert torch.isnan(maps).all()
+    # guided, K shots, NaN outside the mask (0 * NaN = NaN in the chunked backend too)
+    q = torch.randn(2, 8, 4, 4, generator=gen)
+    s = torch.randn(2, 2, 8, 4, 4, generator=gen)
+    m = torch.zeros(2, 2, 4, 4)
+    m[..., :2, :2] = 1
+    s[1, 1, :, 3, 3] = float("nan")
+    ref_guided = guided_region_map(q, s, m, backend="chunked")
+    guided = guided_region_map(*_dev(q, s, m), backend="fused").cpu()
+    assert torch.isnan(ref_guided[1]).all() and torch.isfinite(ref_guided[0]).all()
+    assert torch.equal(torch.isnan(guided), torch.isnan(ref_guided))
+    torch.testing.assert_close(guided, ref_guided, equal_nan=True, atol=1e-2, rtol=0)

@@ -289,7 +289,7 @@ def test_masked_average_pool_resizes_mask_and_has_gradient(gen):
         (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4), torch.ones(1, 2, 4, 4)), ValueError, "B, 1, h, w"),
         (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4, dtype=torch.int32), torch.ones(1, 4, 4)), TypeError, "floating point"),
         (lambda: max_cosine_similarity(torch.ones(1, 3, 4), torch.ones(1, 3, 4), backend="cuda"), ValueError, "`backend`"),
-        (lambda: max_cosine_similarity(torch.ones(1, 3, 0), torch.ones(1, 3, 4)), ValueError, "spatial position"),
+        (lambda: max_cosine_similarity(torch.ones(1, 3, 0), torch.ones(1, 3, 4)), ValueError, "`x` must have a non-zero number of positions"),
     ],
 )
 def test_bad_input_raises_with_helpful_message(call, exc, words):
@@ -315,3 +315,161 @@ def test_auto_backend_uses_chunked_on_cpu(monkeypatch, gen):
     monkeypatch.setattr(similarity._ChunkedMaxCosine, "apply", spy)
     max_cosine_similarity(torch.randn(1, 3, 4, generator=gen), torch.randn(1, 3, 4, generator=gen))
     assert called == {"chunked": True}
+
+
+# ----------------------------------------------------------------------------- hostile values (issue 13)
+def _nan_inputs(gen):
+    """Batch of 3: image 0 has a NaN prior position, image 1 an inf bridge position, image 2 is clean."""
+    bridge = torch.randn(3, 6, 5, 7, generator=gen)
+    prior = torch.randn(3, 6, 4, 3, generator=gen)
+    prior[0, :, 2, 1] = float("nan")
+    bridge[1, 3, 0, 4] = float("inf")
+    return bridge, prior
+
+
+@pytest.mark.parametrize("budget", [1, 64, 300, 4096, similarity.DEFAULT_MAX_CHUNK_BYTES])
+def test_nan_in_prior_features_does_not_depend_on_chunk_size(gen, budget):
+    """NaN / inf make that image's map all NaN, like torch.max; never finite for one tiling only."""
+    bridge, prior = _nan_inputs(gen)
+    ref = fp.prior_region_map(bridge, prior, backend="reference")
+    out = fp.prior_region_map(bridge, prior, backend="chunked", max_chunk_bytes=budget)
+    assert torch.isnan(ref[:2]).all() and torch.isfinite(ref[2]).all()
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 100, similarity.DEFAULT_MAX_CHUNK_BYTES])
+def test_max_cosine_nan_pattern_is_the_same_for_every_backend(gen, budget):
+    x = torch.randn(2, 4, 9, generator=gen)
+    y = torch.randn(2, 4, 11, generator=gen)
+    x[0, 1, 3] = float("nan")  # one position of image 0
+    y[1, 2, 10] = float("-inf")  # the last position of image 1's y: every row of image 1
+    ref = max_cosine_similarity(x, y, backend="reference")
+    out = max_cosine_similarity(x, y, backend="chunked", max_chunk_bytes=budget)
+    expect_nan = torch.zeros(2, 9, dtype=torch.bool)
+    expect_nan[0, 3] = True
+    expect_nan[1] = True
+    assert torch.equal(torch.isnan(ref), expect_nan)
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=1e-6)
+
+
+def test_guided_map_nan_outside_the_mask_propagates_in_every_backend(gen):
+    """0 * NaN is NaN: a NaN support feature poisons its image even where the mask is 0."""
+    q = torch.randn(2, 4, 5, 5, generator=gen)
+    s = torch.randn(2, 3, 4, 5, 5, generator=gen)
+    m = torch.zeros(2, 3, 5, 5)
+    m[..., 1:4, 1:4] = 1
+    s[0, 2, :, 4, 4] = float("nan")  # outside the mask of shot 2, in the last tile
+    maps = [fp.guided_region_map(q, s, m, backend="reference")]
+    maps += [fp.guided_region_map(q, s, m, backend="chunked", max_chunk_bytes=b) for b in (1, 128)]
+    assert torch.isnan(maps[0][0]).all() and torch.isfinite(maps[0][1]).all()
+    for other in maps[1:]:
+        torch.testing.assert_close(other, maps[0], equal_nan=True, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0, -1e-7, float("nan"), float("inf"), "1e-7"])
+def test_eps_must_be_positive_and_finite(eps):
+    x = torch.randn(1, 3, 4)
+    with pytest.raises(ValueError, match="`eps`"):
+        max_cosine_similarity(x, x, eps)
+    with pytest.raises(ValueError, match="`eps`"):
+        fp.prior_region_map(x[..., None], x[..., None], eps)
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 0, 3, 4, 4), torch.ones(1, 0, 4, 4)), "`support` must hold at least one shot"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 1, 3, 4, 4), torch.ones(1, 1, 0, 4)), "`support_mask` must have a non-zero spatial size"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 0), torch.ones(1, 4, 4)), "`support` must have a non-zero spatial size"),
+        (lambda: fp.guided_region_map(torch.ones(1, 3, 0, 4), torch.ones(1, 3, 4, 4), torch.ones(1, 4, 4)), "`query` must have a non-zero spatial size"),
+        (lambda: fp.prior_region_map(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 0, 2)), "`prior` must have a non-zero spatial size"),
+        (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 4), torch.ones(1, 1, 0, 4)), "`mask` must have a non-zero spatial size"),
+        (lambda: fp.masked_average_pool(torch.ones(1, 3, 4, 0), torch.ones(1, 1, 4, 4)), "`features` must have a non-zero spatial size"),
+        (lambda: fp.superpixel_pool(torch.ones(1, 3, 0, 4), torch.zeros(1, 4, 4, dtype=torch.long), 2), "`features` must have a non-zero spatial size"),
+    ],
+)
+def test_empty_shots_and_sizes_raise_naming_the_argument(call, words):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert words in str(info.value)
+
+
+def test_empty_batch_gives_empty_maps(gen):
+    q = torch.randn(0, 4, 5, 6, generator=gen)
+    assert fp.prior_region_map(q, torch.randn(0, 4, 2, 2)).shape == (0, 1, 5, 6)
+    assert fp.guided_region_map(q, torch.randn(0, 2, 4, 3, 3), torch.ones(0, 2, 3, 3)).shape == (0, 1, 5, 6)
+    assert fp.masked_average_pool(q, torch.ones(0, 3, 3)).shape == (0, 4)
+
+
+def test_superpixel_pool_invalid_slots_stay_zero_with_nan_features():
+    feats = torch.randn(1, 3, 4, 4)
+    feats[0, :, 0, 0] = float("nan")
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    pooled, valid = fp.superpixel_pool(feats, labels, 3)
+    assert valid.tolist() == [[True, False, False]]
+    assert torch.isnan(pooled[0, 0]).all() and torch.equal(pooled[0, 1:], torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------------------- switchable value checks
+def test_set_checks_and_checks_disabled_restore_the_setting():
+    assert fp.checks_enabled()
+    with fp.checks_disabled():
+        assert not fp.checks_enabled()
+        with fp.checks_disabled():
+            assert not fp.checks_enabled()
+        assert not fp.checks_enabled()
+    assert fp.checks_enabled()
+    try:
+        fp.set_checks(False)
+        assert not fp.checks_enabled()
+    finally:
+        fp.set_checks(True)
+    with pytest.raises(TypeError, match="`enabled`"):
+        fp.set_checks("no")
+    with pytest.raises(RuntimeError), fp.checks_disabled():
+        raise RuntimeError  # restored on error too
+    assert fp.checks_enabled()
+
+
+class _SyncCounter:
+    """Counts Python-level reads of tensor values (each one a host-device sync on a GPU)."""
+
+    NAMES = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "unique")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_value_checks_are_the_only_syncs_and_can_be_switched_off(monkeypatch, gen):
+    q = torch.randn(2, 4, 5, 5, generator=gen)
+    s = torch.randn(2, 2, 4, 5, 5, generator=gen)
+    m = (torch.rand(2, 2, 5, 5, generator=gen) > 0.5).float()
+    m[0, 0, 0] = 255
+    labels = torch.randint(0, 3, (2, 10, 10), generator=gen)
+    expected = (fp.guided_region_map(q, s, m), fp.masked_average_pool(q, m[:, 0]), fp.superpixel_pool(q, labels, 3)[0])
+    counter = _SyncCounter(monkeypatch)
+
+    def run():
+        return (fp.guided_region_map(q, s, m), fp.masked_average_pool(q, m[:, 0]), fp.superpixel_pool(q, labels, 3)[0])
+
+    run()
+    assert counter.count > 0  # the value checks do read values...
+    counter.count = 0
+    with fp.checks_disabled():
+        out = run()
+    assert counter.count == 0  # ...and nothing else does
+    for a, b in zip(out, expected):
+        torch.testing.assert_close(a, b)
+    # a bad mask passes silently with checks off, and raises with them on
+    with fp.checks_disabled():
+        fp.masked_average_pool(q, torch.full((2, 5, 5), 7.0))
+    with pytest.raises(ValueError, match="`mask`"):
+        fp.masked_average_pool(q, torch.full((2, 5, 5), 7.0))

@@ -361,3 +361,59 @@ def test_other_timm_families(name):
     assert out["logits"].shape == (2, 2, 40, 40)
     assert out["guided_map"].shape == out["prior_map"].shape == (2, 1, 5, 5)
     assert all(p.grad is None for p in bb.parameters())
+
+
+# --------------------------------------------------------------------------- hostile input (issue 13)
+
+
+def test_empty_batch_gives_empty_outputs_of_the_right_shape(tiny):
+    q, s, sm, qm = _episode(0, 2, 33, 41)
+    out = tiny(q, s, sm, qm)
+    assert out["logits"].shape == (0, 2, 33, 41)
+    assert [a.shape for a in out["aux_logits"]] == [(0, 2, 33, 41)] * 4
+    assert out["guided_map"].shape == out["prior_map"].shape == (0, 1, 5, 6)
+    assert out["loss"].item() == 0.0
+    assert tiny.predict(q, s, sm).shape == (0, 33, 41)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_image_dtype_other_than_the_models_is_a_clear_early_error(tiny, dtype):
+    q, s, sm, _ = _episode(1, 1)
+    with pytest.raises(TypeError, match=r"`query_image` has dtype .*float32.*bfloat16"):
+        tiny(q.to(dtype), s.to(dtype), sm)
+    with pytest.raises(TypeError, match=r"`support_images` has dtype torch.float32 but `query_image`"):
+        tiny(q.to(dtype), s, sm)
+    # under autocast the convolutions cast the images themselves: accepted
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tiny(q.bfloat16(), s.bfloat16(), sm)["logits"].shape == (1, 2, 33, 33)
+
+
+def test_value_checks_can_be_switched_off_and_are_the_only_syncs(tiny, monkeypatch):
+    """Every Python-level read of a tensor value (a GPU sync) in forward is a value check."""
+    import fewshot_priors as fp
+
+    q, s, sm, qm = _episode(2, 2, seed=8)
+    reads = []
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "unique"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(t, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(t, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    expected = tiny(q, s, sm, qm)
+    assert reads  # the checks do read values...
+    reads.clear()
+    with fp.checks_disabled():
+        out = tiny(q, s, sm, qm)
+    assert reads == []  # ...and nothing else in forward + loss does
+    torch.testing.assert_close(out["logits"], expected["logits"])
+    torch.testing.assert_close(out["loss"], expected["loss"])
+    monkeypatch.undo()
+    # with the checks off a raw 0-255 image is not caught (documented), with them on it is
+    raw = torch.rand(2, 3, 33, 33) * 255
+    with fp.checks_disabled():
+        tiny(raw, s, sm)
+    with pytest.raises(ValueError, match="query_image"):
+        tiny(raw, s, sm)

@@ -236,3 +236,73 @@ def test_segmentation_does_not_depend_on_processing_order(backend):
     s.segment(a)
     assert np.array_equal(s.segment(b), first)
     assert np.array_equal(SuperpixelPatchSampler("slic", backend, n_segments=16).segment(b), first)
+
+
+# --------------------------------------------------------------------------- hostile input (issue 13)
+_TINY_IMAGES_SCRIPT = r"""
+import numpy as np
+from fewshot_priors.superpixels import SuperpixelPatchSampler
+rng = np.random.default_rng(0)
+for backend in {backends!r}:
+    s = SuperpixelPatchSampler("slic", backend, n_segments=64)
+    for h, w in [(1, 1), (2, 2), (3, 3), (1, 9), (5, 7), (7, 7), (0, 4), (3, 0)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        labels, counts = s(img)
+        n = int(counts[0])
+        assert labels.shape == (1, h, w) and 1 <= n <= h * w or (h * w == 0 and n == 0), (backend, h, w, n)
+        print(backend, h, w, n, flush=True)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("backend", [b for b in available_backends("slic") if b.startswith("fast-slic")])
+def test_fast_slic_on_tiny_images_does_not_kill_the_process(backend):
+    """fast-slic dies with SIGFPE when asked for more superpixels than pixels: run in a child."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _TINY_IMAGES_SCRIPT.format(backends=[backend])],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("done")
+
+
+@pytest.mark.parametrize("method", sp.METHODS)
+def test_tiny_and_empty_images_in_process(method):
+    """The skimage / Felzenszwalb backends (no crash risk): every pixel at most one segment."""
+    s = SuperpixelPatchSampler(method, "skimage", n_segments=64)
+    for h, w in [(1, 1), (2, 3), (0, 4)]:
+        labels, counts = s(np.full((h, w, 3), 100, dtype=np.uint8))
+        assert labels.shape == (1, h, w)
+        assert (1 <= int(counts[0]) <= h * w) if h * w else int(counts[0]) == 0
+        assert_contiguous(labels, counts)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_float_images_outside_unit_range_or_non_finite_are_rejected(as_tensor):
+    s = SuperpixelPatchSampler("slic", "skimage", n_segments=16)
+    img = blocks_image().astype(np.float32)  # 0-255 floats: the forgotten / 255
+
+    def call(a):
+        return s(torch.from_numpy(a).permute(2, 0, 1)[None] if as_tensor else a)
+
+    with pytest.raises(ValueError, match=r"`images` must be in \[0, 1\].*divide by 255"):
+        call(img)
+    nan = img / 255
+    nan[3, 4, 1] = np.nan
+    with pytest.raises(ValueError, match="`images` holds NaN"):
+        call(nan)
+    with pytest.raises(ValueError, match=r"down to .*normalisation"):
+        call(img / 255 - 0.5)
+    # in range (with float rounding slack) is accepted, and equals the uint8 result
+    ok = (img / 255).astype(np.float32)
+    ok[0, 0, 0] = 1 + 1e-6
+    assert torch.equal(call(ok)[0], s(blocks_image())[0])

@@ -32,7 +32,13 @@ from torch import nn
 
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
 from fewshot_priors.models.fem import FEMDecoder
-from fewshot_priors.ops._checks import IGNORE_INDEX, check_float, check_same, clean_mask
+from fewshot_priors.ops._checks import (
+    IGNORE_INDEX,
+    check_float,
+    check_same,
+    checks_enabled,
+    clean_mask,
+)
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
 from fewshot_priors.ops.similarity import BACKENDS
@@ -236,6 +242,28 @@ class QGNet(nn.Module):
                 "e.g. fewshot_priors.data.transforms.normalize_image"
             )
 
+    def _check_dtype_device(self, name: str, images: torch.Tensor) -> None:
+        """Images must match the trainable parameters' dtype (unless autocast casts them) and device."""
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if param is None:
+            return
+        if images.device != param.device:
+            raise ValueError(
+                f"`{name}` is on {images.device} but the model is on {param.device}; "
+                f"move the inputs with `.to({str(param.device)!r})` (or the model with `.to(...)`)"
+            )
+        if images.dtype != param.dtype and not torch.is_autocast_enabled(images.device.type):
+            hint = (
+                "on CPU use float32, or bfloat16 for mixed precision (`model.to(torch.bfloat16)` or "
+                "`torch.autocast('cpu', dtype=torch.bfloat16)`)"
+                if images.device.type == "cpu"
+                else "use `torch.autocast` for mixed precision"
+            )
+            raise TypeError(
+                f"`{name}` has dtype {images.dtype} but the model's parameters are {param.dtype}; pass "
+                f"{param.dtype} images or convert the model with `.to(dtype)`; {hint}"
+            )
+
     @staticmethod
     def _warn_ignore_only_masks(masks: torch.Tensor) -> None:
         """Warn about support masks with no foreground but some 255: most likely a 0/255
@@ -254,8 +282,11 @@ class QGNet(nn.Module):
                 stacklevel=4,
             )
 
-    @classmethod
-    def _check_inputs(cls, query_image, support_images, support_masks, query_mask):
+    def _check_inputs(self, query_image, support_images, support_masks, query_mask):
+        """Shape / dtype / device checks (always) and value checks (unless
+        :func:`~fewshot_priors.ops.set_checks` turned them off: they synchronise with the GPU)."""
+        cls = type(self)
+        value_checks = checks_enabled()
         check_float("query_image", query_image)
         if query_image.dim() != 4 or query_image.shape[1] != 3:
             raise ValueError(f"`query_image` must have shape B, 3, H, W, got {tuple(query_image.shape)}")
@@ -272,8 +303,19 @@ class QGNet(nn.Module):
         k = support_images.shape[1]
         if k < 1:
             raise ValueError("`support_images` must hold at least one shot (K >= 1)")
-        cls._check_normalised("query_image", query_image)
-        cls._check_normalised("support_images", support_images)
+        for name, t in (("query_image", query_image), ("support_images", support_images)):
+            if t.shape[-1] == 0 or t.shape[-2] == 0:
+                raise ValueError(f"`{name}` must have a non-zero spatial size H, W, got {tuple(t.shape)}")
+        if support_images.dtype != query_image.dtype:
+            raise TypeError(
+                f"`support_images` has dtype {support_images.dtype} but `query_image` has {query_image.dtype}; "
+                "pass both in the model's dtype"
+            )
+        self._check_dtype_device("query_image", query_image)
+        self._check_dtype_device("support_images", support_images)
+        if value_checks:
+            cls._check_normalised("query_image", query_image)
+            cls._check_normalised("support_images", support_images)
         if not isinstance(support_masks, torch.Tensor):
             raise TypeError(f"`support_masks` must be a torch.Tensor, got {type(support_masks).__name__}")
         m = support_masks
@@ -294,7 +336,8 @@ class QGNet(nn.Module):
             )
         raw = m
         m = clean_mask("support_masks", m).to(device=support_images.device, dtype=support_images.dtype)
-        cls._warn_ignore_only_masks(raw)
+        if value_checks:
+            cls._warn_ignore_only_masks(raw)
         if query_mask is not None:
             if not isinstance(query_mask, torch.Tensor):
                 raise TypeError(f"`query_mask` must be a torch.Tensor, got {type(query_mask).__name__}")
@@ -304,24 +347,29 @@ class QGNet(nn.Module):
                     f"`query_mask` must have shape B, H, W = {(b, *query_image.shape[-2:])} "
                     f"(or B, 1, H, W), got {tuple(query_mask.shape)}"
                 )
-            if qm.is_floating_point() and not bool((qm == qm.round()).all()):
+            if query_mask.dtype == torch.bool or query_mask.is_complex():
+                raise TypeError(
+                    f"`query_mask` must hold integer labels 0, 1 and 255 (ignore), got dtype {query_mask.dtype}"
+                )
+            if value_checks and qm.is_floating_point() and not bool((qm == qm.round()).all()):
                 raise ValueError("`query_mask` must hold integer labels 0, 1 (and 255 = ignore)")
             qm = qm.long()
-            bad = ~((qm == 0) | (qm == 1) | (qm == IGNORE_INDEX))
-            if bool(bad.any()):
-                raise ValueError(
-                    f"`query_mask` must hold labels 0 (background), 1 (foreground) or 255 (ignore), "
-                    f"found {qm[bad].unique()[:5].tolist()}"
-                )
-            flat = qm.flatten(1)
-            binary_image = (flat == IGNORE_INDEX).any(1) & (flat == 0).any(1) & ~(flat == 1).any(1)
-            if bool(binary_image.any()):
-                warnings.warn(
-                    f"`query_mask` items {binary_image.nonzero().flatten().tolist()[:5]} hold 0 and 255 but no "
-                    "foreground pixel (1); 255 means 'ignore': "
-                    "if it is a 0/255 binary image, pass `mask // 255` (labels 0 / 1, 255 = ignore)",
-                    stacklevel=3,
-                )
+            if value_checks:
+                bad = ~((qm == 0) | (qm == 1) | (qm == IGNORE_INDEX))
+                if bool(bad.any()):
+                    raise ValueError(
+                        f"`query_mask` must hold labels 0 (background), 1 (foreground) or 255 (ignore), "
+                        f"found {qm[bad].unique()[:5].tolist()}"
+                    )
+                flat = qm.flatten(1)
+                binary_image = (flat == IGNORE_INDEX).any(1) & (flat == 0).any(1) & ~(flat == 1).any(1)
+                if bool(binary_image.any()):
+                    warnings.warn(
+                        f"`query_mask` items {binary_image.nonzero().flatten().tolist()[:5]} hold 0 and 255 but "
+                        "no foreground pixel (1); 255 means 'ignore': "
+                        "if it is a 0/255 binary image, pass `mask // 255` (labels 0 / 1, 255 = ignore)",
+                        stacklevel=3,
+                    )
             query_mask = qm.to(query_image.device)
         return support_images, m, query_mask
 
@@ -365,6 +413,13 @@ class QGNet(nn.Module):
             query_mask: optional ``B, H, W`` (or ``B, 1, H, W``) labels 0/1/255; when
                 given the output holds the training ``loss``.
 
+        Images must have the dtype and device of the model's parameters (``TypeError`` /
+        ``ValueError`` naming the argument otherwise), except under ``torch.autocast``. The
+        value checks (image range, mask values, 0/255 warnings) read tensor values, i.e.
+        synchronise with the GPU; :func:`fewshot_priors.set_checks` /
+        :func:`fewshot_priors.checks_disabled` turn them off. An empty batch (``B = 0``)
+        gives empty outputs of the shapes below (and a zero ``loss``).
+
         Returns:
             dict with ``logits`` (``B, 2, H, W``, bilinear to the input size),
             ``aux_logits`` (list of ``B, 2, H, W``, one per FEM scale),
@@ -390,7 +445,7 @@ class QGNet(nn.Module):
         s_low, s_mid, s_high = self._features(s_img, s_mask)
         support_feat = self.support_head(torch.cat([s_low, s_mid], dim=1))
         prototype = masked_average_pool(support_feat, s_mask)  # (b k), C
-        prototype = rearrange(prototype, "(b k) c -> b k c", b=b).mean(dim=1)
+        prototype = rearrange(prototype, "(b k) c -> b k c", b=b, k=k).mean(dim=1)
 
         if self.use_prior:  # trainable projections run under the caller's autocast
             bridge = self.down_bridge(q_high)
@@ -398,9 +453,9 @@ class QGNet(nn.Module):
 
         with self._region_maps_context(query_image.device):
             region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
-            s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b).to(region_dtype)
+            s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b, k=k).to(region_dtype)
             guided = guided_region_map(
-                q_high.to(region_dtype), s_high_k, rearrange(s_mask, "(b k) 1 h w -> b k h w", b=b),
+                q_high.to(region_dtype), s_high_k, rearrange(s_mask, "(b k) 1 h w -> b k h w", b=b, k=k),
                 backend=self.region_map_backend,
             )
             guided = F.interpolate(guided, size=feat_size, mode="bilinear", align_corners=True)
@@ -423,13 +478,20 @@ class QGNet(nn.Module):
         return out
 
     def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
-        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored)."""
-        if not bool((query_mask != IGNORE_INDEX).any()):
-            return logits.sum() * 0.0
-        main = F.cross_entropy(logits.float(), query_mask, ignore_index=IGNORE_INDEX)
+        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored).
+
+        Each CE is the mean over the non-ignored pixels, computed as sum / count so that the
+        all-ignored case (and an empty batch) needs no host-device sync to give 0.
+        """
+        count = (query_mask != IGNORE_INDEX).sum().clamp(min=1)
+
+        def ce(x: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(x.float(), query_mask, ignore_index=IGNORE_INDEX, reduction="sum") / count
+
+        main = ce(logits)
         if not aux_logits or self.aux_weight == 0:
             return main
-        aux = torch.stack([F.cross_entropy(a.float(), query_mask, ignore_index=IGNORE_INDEX) for a in aux_logits])
+        aux = torch.stack([ce(a) for a in aux_logits])
         return main + self.aux_weight * aux.mean()
 
     @torch.no_grad()

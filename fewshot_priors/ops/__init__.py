@@ -4,6 +4,7 @@ These are the building blocks a user can call on the features of their own
 few-shot model; :mod:`fewshot_priors.models` composes them.
 """
 
+from ._checks import checks_disabled, checks_enabled, set_checks
 from .contrastive import info_nce, momentum_update
 from .pooling import masked_average_pool, resize_mask
 from .region_maps import guided_region_map, prior_region_map
@@ -12,6 +13,8 @@ from .superpixel_pool import superpixel_pool
 
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES",
+    "checks_disabled",
+    "checks_enabled",
     "guided_region_map",
     "info_nce",
     "masked_average_pool",
@@ -20,5 +23,6 @@ __all__ = [
     "momentum_update",
     "prior_region_map",
     "resize_mask",
+    "set_checks",
     "superpixel_pool",
 ]

@@ -3,15 +3,61 @@
 Every public op validates its arguments up front and raises a ``TypeError`` or
 ``ValueError`` that names the argument and the expected form, so that a wrong
 call fails early and loudly instead of returning a silently wrong answer.
+
+Two kinds of checks:
+
+* shape / dtype / device checks read only metadata: they are always on;
+* *value* checks (mask values in [0, 1] or 255, label ids in range, images that
+  look normalised, ...) read tensor values, which on a GPU makes the host wait
+  for the device (a synchronisation). They are on by default and can be turned
+  off globally with :func:`set_checks` or, for a block, :func:`checks_disabled`
+  once a pipeline is known to be correct. With value checks off, a bad value
+  gives an unspecified result instead of an error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 IGNORE_INDEX = 255
+
+_value_checks = True
+
+
+def set_checks(enabled: bool) -> None:
+    """Turn the value checks that synchronise with the GPU on (default) or off, globally.
+
+    Shape and dtype checks stay on either way. See also :func:`checks_disabled`.
+    """
+    global _value_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"`enabled` must be a bool, got {type(enabled).__name__}")
+    _value_checks = enabled
+
+
+def checks_enabled() -> bool:
+    """Whether the value checks (those that read tensor values) are on."""
+    return _value_checks
+
+
+@contextmanager
+def checks_disabled() -> Iterator[None]:
+    """Context manager: value checks off inside the block, previous setting restored after.
+
+    Example:
+        >>> with fewshot_priors.checks_disabled():
+        ...     out = model(query, support, masks)   # no host-device sync for input checks
+    """
+    global _value_checks
+    previous = _value_checks
+    _value_checks = False
+    try:
+        yield
+    finally:
+        _value_checks = previous
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
@@ -46,11 +92,28 @@ def check_same(
         )
 
 
+def check_nonempty(name: str, t: torch.Tensor, dims: Sequence[int], what: str, form: str) -> torch.Tensor:
+    """Require the sizes of ``dims`` of ``t`` to be > 0 (``what``: e.g. "spatial size")."""
+    if any(t.shape[d] == 0 for d in dims):
+        raise ValueError(f"`{name}` must have a non-zero {what} ({form}), got shape {tuple(t.shape)}")
+    return t
+
+
+def check_eps(eps: object) -> float:
+    """``eps`` must be a finite number > 0 (zero vectors then give cosine 0, never 0 / 0)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) < float("inf"):
+        raise ValueError(f"`eps` must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
 def clean_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
     """Validate mask values and return a float mask with ignore (255) mapped to 0.
 
     Accepted values: anything in ``[0, 1]`` (binary or soft masks) and the
-    ignore label ``255``. Boolean and integer masks are accepted.
+    ignore label ``255``. Boolean and integer masks are accepted. The value check
+    (NaN, inf and values outside ``[0, 1]`` except 255 raise ``ValueError``) is
+    skipped when :func:`checks_enabled` is False; the mapping of 255 to 0 never
+    reads values on the host.
     """
     mask = check_tensor(name, mask)
     if mask.dtype == torch.bool:
@@ -59,13 +122,12 @@ def clean_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"`{name}` must be a real-valued mask, got dtype {mask.dtype}")
     m = mask if mask.is_floating_point() else mask.float()
     ignore = m == IGNORE_INDEX
-    valid = ((m >= 0) & (m <= 1)) | ignore
-    if not bool(valid.all()):
-        bad = m[~valid]
-        raise ValueError(
-            f"`{name}` must contain values in [0, 1] (or 255 = ignore), found values such as "
-            f"{bad.flatten()[:5].tolist()}; pass a binary foreground mask for the target class"
-        )
-    if bool(ignore.any()):
-        m = torch.where(ignore, torch.zeros_like(m), m)
-    return m
+    if _value_checks:
+        valid = ((m >= 0) & (m <= 1)) | ignore
+        if not bool(valid.all()):
+            bad = m[~valid]
+            raise ValueError(
+                f"`{name}` must contain values in [0, 1] (or 255 = ignore), found values such as "
+                f"{bad.flatten()[:5].tolist()}; pass a binary foreground mask for the target class"
+            )
+    return torch.where(ignore, torch.zeros_like(m), m)

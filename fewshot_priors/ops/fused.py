@@ -256,6 +256,11 @@ def _launch_direct(
     args = (x, y, w_arg, xn, yn, values, index, c, n, m, shots, *x.stride(), *y.stride(), float(eps))
     flags = {"PRECISION": precision, "HALF_FP16": x.dtype == torch.float16, "HAS_W": weight is not None}
     if _INTERPRET:
+        # the interpreter's argmax (numpy nanargmax) raises on an all-NaN row; the GPU's skips NaN.
+        # Either way the NaN pattern comes from the norms (_propagate_nonfinite), so feed it finite data.
+        x, y, w_arg = (torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0) for t in (x, y, w_arg))
+        xn_k, yn_k = (torch.nan_to_num(t, nan=1.0, posinf=1.0, neginf=1.0) for t in (xn, yn))
+        args = (x, y, w_arg, xn_k, yn_k, values, index, c, n, m, shots, *x.stride(), *y.stride(), float(eps))
         block_n, block_m, block_k = 16, 16, 16
         grid = (triton.cdiv(n, block_n), by)
         _max_cosine_kernel[grid](
@@ -265,7 +270,18 @@ def _launch_direct(
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)  # noqa: E731
         with torch.cuda.device(x.device):
             _max_cosine_autotuned[grid](*args, EMULATE=False, **flags)
-    return values, index
+    return _propagate_nonfinite(values, xn, yn, shots), index
+
+
+def _propagate_nonfinite(values: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, shots: int) -> torch.Tensor:
+    """NaN where the chunked / reference backends give NaN (``torch.max`` propagates it).
+
+    The kernel's running max skips NaN, so rows are marked from the norms instead: a
+    non-finite ``x`` column (``xn`` ``B, N``) gives NaN at its position and a non-finite
+    ``y`` column anywhere (``yn`` ``B * S, M``) gives NaN over the whole row. No host sync.
+    """
+    bad = ~torch.isfinite(xn).repeat_interleave(shots, dim=0) | ~torch.isfinite(yn).all(dim=1, keepdim=True)
+    return values.masked_fill(bad, float("nan"))
 
 
 # ----------------------------------------------------------------------------- padded bf16 path
@@ -545,6 +561,10 @@ def _launch_padded(
             _normalize_pad_into(y[s0:s1], None if weight is None else weight[s0:s1], yh, ya)
             args = (xh, yh, xa, ya, part_v, part_i, n, m, np_, mp, cp, shots, splits, items * shots, float(eps))
             if _INTERPRET:
+                # as in _launch_direct: the interpreter's argmax raises on an all-NaN row, so it gets
+                # finite data; the NaN pattern comes from the norms below either way.
+                args = (xh.nan_to_num(0.0, 0.0, 0.0), yh.nan_to_num(0.0, 0.0, 0.0), xa.nan_to_num(1.0, 1.0, 1.0),
+                        ya.nan_to_num(1.0, 1.0, 1.0), *args[4:])
                 grid = (triton.cdiv(n, _INTERPRET_BLOCK), splits, k * shots)
                 _max_cosine_padded_kernel[grid](
                     *args, BLOCK_N=_INTERPRET_BLOCK, BLOCK_M=_INTERPRET_BLOCK, BLOCK_K=_INTERPRET_BLOCK, EMULATE=True
@@ -553,6 +573,7 @@ def _launch_padded(
                 grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), splits, _k * shots)  # noqa: E731
                 _max_cosine_padded_autotuned[grid](*args, EMULATE=False)
             _reduce_splits(part_v[:, : k * shots], part_i[:, : k * shots], values[s0:s1], index[s0:s1])
+            values[s0:s1] = _propagate_nonfinite(values[s0:s1], xa[:k], ya[: k * shots], shots)
     return values, index
 
 
@@ -618,7 +639,8 @@ def max_cosine(
     Returns:
         ``(values, index)``: ``B, N`` similarities in ``x``'s dtype (differentiable
         w.r.t. ``x`` and ``y`` through the argmax) and the ``B, N`` int64 argmax over
-        ``M`` (the first one on exact ties).
+        ``M`` (the first one on exact ties). NaN / inf input gives NaN where the
+        other backends do (see :func:`~fewshot_priors.ops.max_cosine_similarity`).
 
     Raises:
         RuntimeError: Triton is not installed, or no CUDA GPU / interpreter is available.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_rank, check_same, clean_mask
+from ._checks import check_float, check_nonempty, check_rank, check_same, clean_mask
 
 #: Added to the mask area in the denominator, as in PFENet's ``Weighted_GAP``.
 AREA_EPS = 5e-4
@@ -24,6 +24,7 @@ def as_mask4d(name: str, mask: torch.Tensor, batch: int) -> torch.Tensor:
     if mask.dim() == 4 and mask.shape[1] != 1:
         raise ValueError(f"`{name}` must have shape B, 1, h, w or B, h, w, got shape {tuple(mask.shape)}")
     check_same("batch size", "features", batch, name, mask.shape[0])
+    check_nonempty(name, mask, (-2, -1), "spatial size", "h, w >= 1")
     m = clean_mask(name, mask)
     return m if m.dim() == 4 else m.unsqueeze(1)
 
@@ -41,10 +42,16 @@ def masked_average_pool(
 
     Returns:
         ``B, C`` (or ``B, C, 1, 1``): ``sum(f * m) / (sum(m) + 5e-4)``. An all-zero
-        mask gives a zero prototype.
+        mask gives a zero prototype; NaN / inf features under the mask (or anywhere,
+        since ``0 * nan = nan``) give NaN.
+
+    Raises:
+        ValueError: bad shapes, an empty spatial size, mask values outside ``[0, 1]``
+            other than 255 (value check, see :func:`~fewshot_priors.ops.set_checks`).
     """
     check_float("features", features)
     check_rank("features", features, (4,), "B, C, H, W")
+    check_nonempty("features", features, (2, 3), "spatial size", "H, W >= 1")
     m = as_mask4d("mask", mask, features.shape[0]).to(features.dtype)
     m = resize_mask(m, tuple(features.shape[-2:]))
     num = (features * m).sum(dim=(2, 3))

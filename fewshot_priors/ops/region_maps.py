@@ -5,11 +5,17 @@ other positions, min-max normalised per image". They differ in what the set
 is: the query's own *prior* features (self-supervised extractor) for the prior
 region map, the masked *support* features for the guided region map.
 
-Defined results for degenerate input (never NaN or inf):
+Defined results for degenerate input:
 
 * all similarities equal (e.g. an all-zero support mask, constant features) -> the
   normalised map is all zeros;
-* zero feature vectors -> cosine 0 at those positions.
+* zero feature vectors -> cosine 0 at those positions;
+* NaN or inf anywhere in an image's features (including support positions outside
+  the mask) -> that image's map is all NaN, as ``torch.max`` propagates NaN. This
+  is the same for every backend and every ``max_chunk_bytes``; other images of the
+  batch are unaffected. With finite features maps are never NaN or inf;
+* an empty batch (``B = 0``) gives an empty ``0, 1, H, W`` map; empty spatial sizes
+  and ``K = 0`` shots raise ``ValueError`` naming the argument.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ._checks import check_float, check_rank, check_same, check_tensor, clean_mask
+from ._checks import (
+    check_eps,
+    check_float,
+    check_nonempty,
+    check_rank,
+    check_same,
+    check_tensor,
+    clean_mask,
+)
 from .pooling import resize_mask
 from .similarity import (
     DEFAULT_MAX_CHUNK_BYTES,
@@ -54,7 +68,8 @@ def prior_region_map(
         max_chunk_bytes: memory budget for one tile of the similarity matrix.
 
     Returns:
-        ``B, 1, H, W`` map with values in ``[0, 1]``.
+        ``B, 1, H, W`` map with values in ``[0, 1]`` (all NaN for an image whose
+        features hold NaN / inf, see the module docstring).
     """
     check_float("bridge", bridge)
     check_float("prior", prior)
@@ -62,6 +77,9 @@ def prior_region_map(
     check_rank("prior", prior, (4,), "B, C, H', W'")
     check_same("batch size", "bridge", bridge.shape[0], "prior", prior.shape[0])
     check_same("channel count", "bridge", bridge.shape[1], "prior", prior.shape[1])
+    check_nonempty("bridge", bridge, (2, 3), "spatial size", "H, W >= 1")
+    check_nonempty("prior", prior, (2, 3), "spatial size", "H', W' >= 1")
+    eps = check_eps(eps)
     h, w = bridge.shape[-2:]
     s = max_cosine_similarity(
         bridge.flatten(2), prior.flatten(2), eps, backend=backend, max_chunk_bytes=max_chunk_bytes
@@ -94,6 +112,10 @@ def _support_and_masks(support: torch.Tensor, support_mask: torch.Tensor) -> tup
             support_mask = support_mask.squeeze(2)
     check_same("batch size", "support", support.shape[0], "support_mask", support_mask.shape[0])
     check_same("shot count", "support", support.shape[1], "support_mask", support_mask.shape[1])
+    if support.shape[1] == 0:
+        raise ValueError(f"`support` must hold at least one shot (K >= 1), got shape {tuple(support.shape)}")
+    check_nonempty("support", support, (3, 4), "spatial size", "h, w >= 1")
+    check_nonempty("support_mask", support_mask, (2, 3), "spatial size", "h', w' >= 1")
     return support, clean_mask("support_mask", support_mask)
 
 
@@ -122,11 +144,20 @@ def guided_region_map(
         backend, max_chunk_bytes: see :func:`prior_region_map`.
 
     Returns:
-        ``B, 1, H, W`` map in ``[0, 1]``. An all-zero support mask gives all zeros.
+        ``B, 1, H, W`` map in ``[0, 1]``. An all-zero support mask gives all zeros;
+        NaN / inf in an image's query or support features give an all-NaN map for
+        that image (see the module docstring).
+
+    Raises:
+        ValueError: bad shapes, ``K = 0`` shots, an empty spatial size, mask values
+            outside ``[0, 1]`` other than 255 (value check, see
+            :func:`~fewshot_priors.ops.set_checks`).
     """
     check_float("query", query)
     check_float("support", support)
     check_rank("query", query, (4,), "B, C, H, W")
+    check_nonempty("query", query, (2, 3), "spatial size", "H, W >= 1")
+    eps = check_eps(eps)
     support, masks = _support_and_masks(support, support_mask)
     b, k, c, hs, ws = support.shape
     check_same("batch size", "query", query.shape[0], "support", b)

@@ -11,6 +11,12 @@ and argmax, and its backward pass is a gather through the argmax (the gradient
 of a max), so training keeps the memory win too. ``"reference"`` is the
 PFENet-style computation (whole matrix, autograd through ``max``), kept for
 comparisons. ``"fused"`` is the Triton kernel (CUDA only).
+
+Non-finite input: NaN propagates as in ``torch.max``. ``s[b, n]`` is NaN when
+``x[b, :, n]`` holds a NaN or an inf, and the whole row ``s[b, :]`` is NaN when
+any position of ``y[b]`` does (inf / inf cosines are NaN too). Every backend and
+every ``max_chunk_bytes`` gives the same NaN pattern; the argmax is unspecified
+where the value is NaN. Other batch items are unaffected.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 
 import torch
 
-from ._checks import check_float, check_rank, check_same
+from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same
 
 #: Default cap on the bytes of temporaries one tile of the similarity matrix may use.
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
@@ -72,7 +78,9 @@ def _chunked_max(x: torch.Tensor, y: torch.Tensor, eps: float, max_chunk_bytes: 
             if best is None:
                 best, best_idx = v, i
             else:
-                better = v > best  # strict: the first maximum wins, as in torch.max
+                # strict: the first maximum wins, as in torch.max; a NaN wins over numbers and
+                # stays (torch.max propagates NaN), so the result cannot depend on the tiling
+                better = (v > best) | (v.isnan() & ~best.isnan())
                 best = torch.where(better, v, best)
                 best_idx = torch.where(better, i, best_idx)
         values[:, n0:n1] = best
@@ -179,7 +187,8 @@ def max_cosine_similarity(
     Args:
         x: ``B, C, N`` floating point features (positions flattened).
         y: ``B, C, M`` floating point features.
-        eps: added to ``|x||y|`` in the denominator (zero vectors give similarity 0).
+        eps: added to ``|x||y|`` in the denominator (zero vectors give similarity 0);
+            a finite number > 0.
         backend: ``"auto"`` (fused Triton kernel on CUDA when available, else
             chunked), ``"chunked"``, ``"reference"`` (whole matrix, PFENet-style)
             or ``"fused"``.
@@ -187,7 +196,13 @@ def max_cosine_similarity(
         return_index: also return the argmax over ``M`` (``B, N`` long).
 
     Returns:
-        ``B, N`` similarities (and the ``B, N`` argmax if ``return_index``).
+        ``B, N`` similarities (and the ``B, N`` argmax if ``return_index``). NaN
+        where the input is not finite (see the module docstring), identically for
+        every backend and chunk size.
+
+    Raises:
+        TypeError: ``x`` / ``y`` not floating point tensors.
+        ValueError: bad shapes, no positions (``N`` or ``M`` = 0), ``eps <= 0``, unknown ``backend``.
     """
     check_float("x", x)
     check_float("y", y)
@@ -195,10 +210,9 @@ def max_cosine_similarity(
     check_rank("y", y, (3,), "B, C, M")
     check_same("batch size", "x", x.shape[0], "y", y.shape[0])
     check_same("channel count", "x", x.shape[1], "y", y.shape[1])
-    if x.shape[2] == 0 or y.shape[2] == 0:
-        raise ValueError(
-            f"`x` and `y` need at least one spatial position, got shapes {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+    check_nonempty("x", x, (2,), "number of positions", "N >= 1")
+    check_nonempty("y", y, (2,), "number of positions", "M >= 1")
+    eps = check_eps(eps)
     if x.dtype != y.dtype:
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)
@@ -218,7 +232,8 @@ def minmax_normalize(s: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     """Per-image min-max normalisation (eq. 12): ``(s - min) / (max - min + eps)``.
 
     ``s`` is ``B, N`` (or ``B, ...``: everything after the batch dim is one image).
-    All-equal values map to 0. Half-precision input is normalised in float32.
+    All-equal values map to 0. Half-precision input is normalised in float32. An
+    image with a NaN anywhere maps to all NaN (``min`` / ``max`` propagate NaN).
     """
     if s.dtype in (torch.float16, torch.bfloat16):
         s = s.float()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_rank, check_same, check_tensor
+from ._checks import (
+    check_float,
+    check_nonempty,
+    check_rank,
+    check_same,
+    check_tensor,
+    checks_enabled,
+)
 
 POOL_MODES = ("nearest", "area")
 
@@ -43,14 +50,26 @@ def superpixel_pool(
 
     Returns:
         ``(pooled, valid)``: ``pooled`` ``B, P, C`` (zeros for invalid slots) and
-        ``valid`` ``B, P`` bool, True where patch ``j`` has non-zero weight.
+        ``valid`` ``B, P`` bool, True where patch ``j`` has non-zero weight. A NaN / inf
+        anywhere in channel ``c`` of an image's features makes channel ``c`` NaN for
+        every valid patch of that image (as a dense matmul with zero weights would);
+        invalid slots stay zero.
+
+    Raises:
+        TypeError: non-float ``features`` or non-integer ``labels``.
+        ValueError: bad shapes (``h, w`` and ``H, W`` must be >= 1), ``num_segments``
+            or ``mode``, and, as a value check (see :func:`~fewshot_priors.ops.set_checks`),
+            a label id ``>= num_segments``; with value checks off such an id is
+            undefined behaviour.
 
     Memory: ``B * P * h * w`` weights in the feature dtype.
     """
     check_float("features", features)
     check_rank("features", features, (4,), "B, C, h, w")
+    check_nonempty("features", features, (2, 3), "spatial size", "h, w >= 1")
     labels = check_tensor("labels", labels)
     check_rank("labels", labels, (3,), "B, H, W")
+    check_nonempty("labels", labels, (1, 2), "spatial size", "H, W >= 1")
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"`labels` must be an integer tensor of superpixel ids, got dtype {labels.dtype}")
     check_same("batch size", "features", features.shape[0], "labels", labels.shape[0])
@@ -58,7 +77,7 @@ def superpixel_pool(
         raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
     if mode not in POOL_MODES:
         raise ValueError(f"`mode` must be one of {POOL_MODES}, got {mode!r}")
-    if labels.numel() and int(labels.max()) >= num_segments:
+    if checks_enabled() and labels.numel() and int(labels.max()) >= num_segments:
         raise ValueError(
             f"`labels` contains id {int(labels.max())} but `num_segments` is {num_segments}; "
             "cap the patches (SuperpixelPatchSampler(max_patches=P)) or raise num_segments"
@@ -88,4 +107,7 @@ def superpixel_pool(
     valid = total > 0
     pooled = torch.bmm(weights, features.reshape(B, C, h * w).transpose(1, 2))  # B, P, C
     pooled = pooled / total.clamp(min=1).unsqueeze(-1)
-    return pooled, valid
+    # a non-finite value poisons its channel for every patch of its image, whatever the matmul does with 0 * nan
+    finite = torch.isfinite(features).flatten(2).all(dim=2)  # B, C
+    pooled = pooled.masked_fill(~finite.unsqueeze(1), float("nan"))
+    return pooled.masked_fill(~valid.unsqueeze(-1), 0), valid
