@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -363,7 +364,14 @@ class GlobalLocalMoCo(nn.Module):
         Returns:
             dict of 0-dim tensors: ``loss``, ``loss_global``, ``loss_local``,
             ``acc_global``, ``acc_local``, ``num_patches`` (disabled terms: loss 0,
-            accuracy NaN).
+            accuracy NaN); plus the detached L2-normalised embeddings (for collapse
+            diagnostics, see :mod:`fewshot_priors.ssl_diagnostics`): ``z_global_q``,
+            ``z_global_k`` (``B, dim``) when the global loss is on, ``z_local_q``,
+            ``z_local_k`` (``num_patches, dim``) when the local loss is on.
+
+        In training mode a non-finite loss (e.g. a NaN view) is returned as is with a
+        ``RuntimeWarning``, but neither queue is updated and the query encoder's
+        BatchNorm buffers are restored, so later finite batches are unaffected.
         """
         if view_a.shape != view_b.shape or view_a.dim() != 4:
             raise ValueError(
@@ -371,6 +379,16 @@ class GlobalLocalMoCo(nn.Module):
             )
         if self.local_head is not None and (labels_a is None or labels_b is None):
             raise ValueError("`labels_a` and `labels_b` are required when the local loss is on (local_weight > 0)")
+        if self.local_head is not None:
+            want = (view_a.shape[0], *view_a.shape[2:])
+            for name, lab in (("labels_a", labels_a), ("labels_b", labels_b)):
+                if not isinstance(lab, torch.Tensor) or tuple(lab.shape) != want:
+                    got = tuple(lab.shape) if isinstance(lab, torch.Tensor) else type(lab).__name__
+                    raise ValueError(
+                        f"`{name}` must be the B, S, S superpixel map of its view, i.e. shape {want}, got {got}"
+                    )
+        # BatchNorm buffers before this batch touches them (a non-finite batch is undone below)
+        saved = [b.clone() for b in self._query_modules().buffers()] if self.training else []
         feat_q = dense_features(self.encoder, view_a)
         with torch.no_grad():
             if self.training:
@@ -389,6 +407,7 @@ class GlobalLocalMoCo(nn.Module):
                 k_global = F.normalize(self.key_global_head(feat_k.mean(dim=(2, 3))).float(), dim=1)
             r = info_nce(q, k_global, self.queue.negatives(), self.temperature, normalize=False, return_details=True)
             out["loss_global"], out["acc_global"] = r.loss, r.accuracy
+            out["z_global_q"], out["z_global_k"] = q.detach(), k_global
             loss = loss + self.global_weight * r.loss
         if self.local_head is not None:
             P = self.max_patches
@@ -401,8 +420,27 @@ class GlobalLocalMoCo(nn.Module):
             r = info_nce(q_l, k_local, self.local_queue.negatives(), self.temperature, normalize=False, return_details=True)
             out["loss_local"], out["acc_local"] = r.loss, r.accuracy
             out["num_patches"] = valid.sum()
+            out["z_local_q"], out["z_local_k"] = q_l.detach(), k_local
             loss = loss + self.local_weight * r.loss
         out["loss"] = loss
+        finite = torch.isfinite(loss.detach()).float()
+        if self.training and _dist_world() > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together (queues are gathered)
+        if self.training and not bool(finite):
+            # one non-finite batch must not poison the model for good: NaN keys in the
+            # queues would make every later loss NaN, and NaN BatchNorm running stats would
+            # break the exported encoder. Skip the enqueue, restore the query encoder's
+            # buffers, and return the loss as is (the key encoder gets them back at the next EMA).
+            with torch.no_grad():
+                for b, old in zip(self._query_modules().buffers(), saved):
+                    b.copy_(old)
+            warnings.warn(
+                f"GlobalLocalMoCo: non-finite loss ({float(loss.detach())}); this batch's keys were not enqueued "
+                "and the BatchNorm statistics were restored",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return out
         if self.training:
             if k_global is not None:
                 self.queue.enqueue(k_global)
