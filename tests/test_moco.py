@@ -314,3 +314,33 @@ def test_wrong_size_superpixel_maps_are_rejected_by_name(which):
     small[which] = (la if which == "labels_a" else lb)[:2]  # wrong batch size
     with pytest.raises(ValueError, match=f"`{which}`"):
         m(x, y, small["labels_a"], small["labels_b"])
+
+
+def test_empty_queue_yields_only_written_keys_and_keeps_the_state_dict():
+    q = MemoryQueue(4, 6, init="empty")
+    assert q.negatives().shape == (0, 4) and q.filled() == 0
+    keys = [F.normalize(torch.randn(n, 4, generator=torch.Generator().manual_seed(n)), dim=1) for n in (4, 3)]
+    q.enqueue(keys[0])
+    torch.testing.assert_close(q.negatives(), keys[0])
+    q.enqueue(keys[1])  # wraps: full now, no NaN row left
+    assert q.filled() == 6 and torch.isfinite(q.negatives()).all()
+    torch.testing.assert_close(q.negatives()[0], keys[1][2])  # the oldest row was overwritten
+    assert set(q.state_dict()) == {"queue", "ptr"}
+    r = MemoryQueue(4, 6, init="empty")
+    r.load_state_dict(q.state_dict())
+    assert torch.equal(r.negatives(), q.negatives())
+    with pytest.raises(ValueError, match="`init`"):
+        MemoryQueue(4, 6, init="zeros")
+
+
+def test_empty_queue_model_first_step_has_no_negatives_then_real_ones():
+    m = tiny(queue_init="empty").train()
+    x, y, la, lb = batch()
+    out = m(x, y, la, lb)
+    # no negatives yet: the positive is the only logit
+    assert float(out["loss_global"].detach()) == pytest.approx(0.0, abs=1e-6) and float(out["acc_global"]) == 1.0
+    assert m.queue.negatives().shape == (4, m.dim)
+    out = m(x, y, la, lb)
+    # now 4 real keys (the same images, one step older) compete with each positive
+    assert 0 < float(out["loss_global"].detach()) <= math.log1p(4) + 1 / m.temperature + 1e-4
+    assert torch.isfinite(out["loss"])

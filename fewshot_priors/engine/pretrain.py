@@ -83,6 +83,7 @@ class PretrainConfig:
     dim: int = 128
     queue_size: int = 65536
     local_queue_size: int = 65536
+    queue_init: str = "random"  # "random" (MoCo) or "empty" (only real keys are negatives)
     cap_queues: bool = False  # shorten queues longer than one epoch of keys (see queue_sizes_for)
     moco_momentum: float = 0.999
     temperature: float = 0.2
@@ -256,7 +257,7 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
         out[f"std_{part}"] = float(embedding_std(zq))
         out[f"align_{part}"] = float(alignment(zq, zk))
         out[f"unif_{part}"] = float(uniformity(zq))
-    if queue is not None:
+    if queue is not None and queue.shape[0] >= 2:
         out["std_queue"] = float(embedding_std(queue.float()))
     return out
 
@@ -340,6 +341,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         shuffle_bn=c.shuffle_bn,
         bn_splits=c.bn_splits,
         seed=derive_seed(c.seed, "queue") % (1 << 62),
+        queue_init=c.queue_init,
         **c.backbone_kwargs,
     ).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -454,7 +456,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
             running[t].append(float(res[t].detach().float()))
         local_keys += int(res["num_patches"]) * info.world_size
         if c.diag_every and step % c.diag_every == 0 and info.is_main:
-            d = batch_diagnostics(res, model.queue.queue if model.queue is not None else None)
+            d = batch_diagnostics(res, model.queue.negatives() if model.queue is not None else None)
             # share of each queue holding real keys (not its random init): the loss is
             # only comparable across steps once both are 1
             d["queue_fill"] = min(1.0, step * c.batch_size / queue_size)

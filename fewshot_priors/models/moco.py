@@ -34,6 +34,7 @@ from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
 from .backbone import pfenet_dilation
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
+QUEUE_INITS = ("random", "empty")
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -84,21 +85,32 @@ class MemoryQueue(nn.Module):
     ``queue`` (``size, dim``) and ``ptr`` (scalar int64) are buffers, so they are
     part of ``state_dict()`` and saved in checkpoints (exact resume).
 
+    ``init="random"`` (MoCo) fills the queue with random unit vectors, which act as
+    negatives until real keys replace them. ``init="empty"`` starts with NaN rows that
+    mean "not written yet": :meth:`negatives` leaves them out, so every negative is a
+    real key (an empty queue gives no negatives; the state dict is unchanged).
+
     Args:
         dim: key dimension ``D``.
         size: number of keys ``K``.
         seed: seed of the random-normal initialisation (default: global RNG).
+        init: ``"random"`` or ``"empty"``.
     """
 
     queue: torch.Tensor
     ptr: torch.Tensor
 
-    def __init__(self, dim: int, size: int, *, seed: int | None = None) -> None:
+    def __init__(self, dim: int, size: int, *, seed: int | None = None, init: str = "random") -> None:
         super().__init__()
         if int(dim) < 1 or int(size) < 1:
             raise ValueError(f"`dim` and `size` must be >= 1, got dim={dim}, size={size}")
+        if init not in QUEUE_INITS:
+            raise ValueError(f"`init` must be one of {QUEUE_INITS}, got {init!r}")
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        self.register_buffer("queue", F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1))
+        q = F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1)
+        if init == "empty":
+            q.fill_(float("nan"))
+        self.register_buffer("queue", q)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @property
@@ -112,9 +124,17 @@ class MemoryQueue(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, size={self.size}"
 
+    def filled(self) -> int:
+        """Number of rows holding keys or random init (NaN rows of an ``"empty"`` queue excluded)."""
+        # rows are written in ring order from row 0, so unwritten rows are the tail [ptr, K)
+        return self.size if not bool(torch.isnan(self.queue[-1, 0])) else int(self.ptr)
+
     def negatives(self) -> torch.Tensor:
-        """A detached copy of the keys, ``K, D`` (safe to use before :meth:`enqueue`)."""
-        return self.queue.detach().clone()
+        """A detached copy of the keys, ``K', D`` (safe to use before :meth:`enqueue`).
+
+        ``K' = K`` except for an ``init="empty"`` queue that is not full yet.
+        """
+        return self.queue[: self.filled()].detach().clone()
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
@@ -207,6 +227,11 @@ class GlobalLocalMoCo(nn.Module):
         bn_splits: chunks for ``"split"`` (2).
         seed: seed of the queues' random initialisation (the encoder/heads use the
             global RNG: call ``torch.manual_seed`` before construction).
+        queue_init: ``"random"`` (MoCo: random unit vectors serve as negatives until
+            real keys replace them) or ``"empty"`` (only real keys are negatives; see
+            :class:`MemoryQueue`). With ``"random"`` and a queue that takes many steps
+            to fill, the random negatives exert no repulsion among real embeddings, so
+            the encoder is pushed toward collapse until the queue is full.
         **backbone_kwargs: passed to ``timm.create_model``.
 
     ``forward(view_a, view_b, labels_a, labels_b)`` returns a dict with ``loss``,
@@ -233,6 +258,7 @@ class GlobalLocalMoCo(nn.Module):
         shuffle_bn: str = "auto",
         bn_splits: int = 2,
         seed: int | None = 0,
+        queue_init: str = "random",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -293,9 +319,11 @@ class GlobalLocalMoCo(nn.Module):
         self.key_local_head = copy.deepcopy(self.local_head)
         for p in self._key_modules().parameters():
             p.requires_grad_(False)
-        self.queue = MemoryQueue(dim, queue_size, seed=seed) if global_weight > 0 else None
+        self.queue = MemoryQueue(dim, queue_size, seed=seed, init=queue_init) if global_weight > 0 else None
         self.local_queue = (
-            MemoryQueue(dim, local_queue_size, seed=None if seed is None else seed + 1) if local_weight > 0 else None
+            MemoryQueue(dim, local_queue_size, seed=None if seed is None else seed + 1, init=queue_init)
+            if local_weight > 0
+            else None
         )
 
     # -- helpers -----------------------------------------------------------------
