@@ -27,11 +27,11 @@ VARIANTS = {
     "smallq_lr": {"queue_size": 64, "local_queue_size": 1024, "queue_init": "empty", "lr": 0.0075},
 }
 
-COMMON = dict(
-    backbone="resnet18", size=64, batch_size=8, epochs=3, dim=64, mlp_hidden=256, lr=0.06, moco_momentum=0.99,
-    n_segments=24, max_patches=24, log_every=2, diag_every=2, probe_every=10, probe_size=64, num_workers=1,
-    tensorboard=False, progress=False,
-)
+COMMON = {
+    "backbone": "resnet18", "size": 64, "batch_size": 8, "epochs": 3, "dim": 64, "mlp_hidden": 256, "lr": 0.06,
+    "moco_momentum": 0.99, "n_segments": 24, "max_patches": 24, "log_every": 2, "diag_every": 2,
+    "probe_every": 10, "probe_size": 64, "num_workers": 1, "tensorboard": False, "progress": False,
+}
 
 
 def main() -> None:

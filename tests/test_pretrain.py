@@ -212,3 +212,10 @@ def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert queue_sizes_for(c, 32) == (16, 64)  # short enough: untouched, silent
+        assert queue_sizes_for(c, 32, total_steps=20) == (16, 64)  # fills in 2 of 20 steps
+    with pytest.warns(UserWarning, match="fills only after 2 of 10 steps"):
+        queue_sizes_for(c, 32, total_steps=10)
+    c.queue_init = "empty"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert queue_sizes_for(c, 32, total_steps=10) == (16, 64)  # an empty queue has no random negatives

@@ -199,7 +199,7 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
     return c
 
 
-def queue_sizes_for(c: PretrainConfig, num_images: int) -> tuple[int, int]:
+def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None = None) -> tuple[int, int]:
     """The queue sizes a run on ``num_images`` images uses (warns about stale self-negatives).
 
     A queue longer than one epoch of keys (``queue_size > num_images - batch_size``)
@@ -209,6 +209,11 @@ def queue_sizes_for(c: PretrainConfig, num_images: int) -> tuple[int, int]:
     ``num_images - batch_size`` images' worth of patches (at most ``max_patches``
     each). With ``cap_queues`` such queues are shortened to those bounds (the global
     one to a multiple of ``batch_size``), otherwise only a warning is issued.
+
+    With ``total_steps`` it also warns when a ``queue_init="random"`` global queue needs
+    more than a tenth of the run to fill: until then random vectors are most of the
+    negatives, they repel nothing, and short runs drift toward collapse (use
+    ``queue_init="empty"`` or a shorter queue).
     """
     spare = max(1, num_images - c.batch_size)
     limits = {
@@ -233,6 +238,14 @@ def queue_sizes_for(c: PretrainConfig, num_images: int) -> tuple[int, int]:
                     stacklevel=3,
                 )
         sizes.append(int(size))
+    fill_steps = math.ceil(sizes[0] / c.batch_size)
+    if total_steps is not None and c.queue_init == "random" and fill_steps > 0.1 * total_steps:
+        warnings.warn(
+            f"the random-initialised queue of {sizes[0]} keys fills only after {fill_steps} of {total_steps} steps; "
+            "until then random negatives dominate the loss and push the embeddings toward collapse: "
+            "set queue_init='empty' or a smaller queue_size",
+            stacklevel=3,
+        )
     return sizes[0], sizes[1]
 
 
@@ -321,7 +334,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         raise ValueError(f"{n} images are fewer than `batch_size`={c.batch_size}")
     total_steps = steps_per_epoch * c.epochs
     stop = total_steps if c.max_steps is None else min(total_steps, int(c.max_steps))
-    queue_size, local_queue_size = queue_sizes_for(c, n)
+    queue_size, local_queue_size = queue_sizes_for(c, n, stop)
 
     # -- model / optimiser --------------------------------------------------------------
     torch.manual_seed(derive_seed(c.seed, "init"))
