@@ -233,8 +233,9 @@ def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None 
             else:
                 warnings.warn(
                     f"`{name}`={size} is longer than one epoch of keys on {num_images} images (limit {limit}): "
-                    f"each query meets ~{size / limit:.0f} stale copies of its own image among the negatives and "
-                    "the loss climbs toward log(queue size); set cap_queues=True or a smaller queue",
+                    f"once it is full, each query meets ~{size / limit:.0f} stale copies of its own image among the "
+                    "negatives and its loss cannot fall much below log(1 + copies); set cap_queues=True or a "
+                    "smaller queue",
                     stacklevel=3,
                 )
         sizes.append(int(size))
