@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
     mode.add_argument("--overwrite", action="store_true",
                       help="the run folder holds a previous run: delete its checkpoints and logs and start afresh")
+    p.add_argument("--diag-every", type=_nonnegative_int, default=0, metavar="N",
+                   help="log collapse diagnostics (embedding std, alignment, uniformity) every N steps (0 = off)")
+    p.add_argument("--probe-root", metavar="DIR",
+                   help="labelled class folders (<class>/<stem>.jpg + .png masks): log global and local kNN "
+                        "accuracy of the encoder before, during (--set probe_every=N) and after pretraining")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="any PretrainConfig field, e.g. --set queue_size=16384 local_weight=0 num_workers=8")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -348,7 +353,8 @@ def _cmd_pretrain(args) -> int:
         overrides[key] = yaml.safe_load(value)
     res = pretrain(images=args.images, output_dir=args.output_dir, backbone=args.backbone, epochs=args.epochs,
                    batch_size=args.batch_size, size=args.size, superpixel_method=args.superpixels,
-                   resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress, **overrides)
+                   resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+                   **{"diag_every": args.diag_every, "probe_root": args.probe_root, **overrides})
     if res.get("prior_extractor"):
         print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")
     return 0

@@ -14,7 +14,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-__all__ = ["denormalize", "episode_figure", "overlay_mask", "plot_loss_curve", "save_episode_figures"]
+__all__ = [
+    "denormalize",
+    "episode_figure",
+    "overlay_mask",
+    "plot_loss_curve",
+    "plot_pretrain_diagnostics",
+    "save_episode_figures",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -147,5 +154,65 @@ def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("tra
     ax.set_title("training")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+#: panels of :func:`plot_pretrain_diagnostics`: (title, [(tag, line style)], reference line key)
+_DIAG_PANELS = (
+    ("InfoNCE loss (global, local)", (("pretrain/loss_global", "-"), ("pretrain/loss_local", "--")), "log_k"),
+    ("InfoNCE top-1 (global, local)", (("pretrain/acc_global", "-"), ("pretrain/acc_local", "--")), None),
+    ("queue share holding real keys", (("diag/queue_fill", "-"), ("diag/local_queue_fill", "--")), None),
+    ("embedding std (global, local)", (("diag/std_global", "-"), ("diag/std_local", "--")), "std"),
+    ("uniformity (global, local; 0 = collapse)", (("diag/unif_global", "-"), ("diag/unif_local", "--")), None),
+    ("kNN probe accuracy (global, local)", (("probe/knn_global", "o-"), ("probe/knn_local", "s--")), "majority"),
+)
+
+
+def plot_pretrain_diagnostics(runs: Mapping[str, object], path: str | os.PathLike, *, dim: int | None = None,
+                              queue_sizes: Mapping[str, tuple[int, int]] | None = None) -> Path:
+    """Pretraining collapse diagnostics of one or more runs, one colour per run.
+
+    Panels: global/local InfoNCE loss (dotted: ``log(1 + K)`` of each run when
+    ``queue_sizes`` is given), InfoNCE top-1, queue fill, embedding std (dotted:
+    ``1 / sqrt(dim)``, the value of embeddings spread uniformly on the sphere),
+    uniformity, and the kNN probe (dotted: the majority-class baselines).
+
+    Args:
+        runs: label -> a run's ``scalars.csv`` path or ``tag -> [(step, value), ...]``
+            (what :func:`fewshot_priors.engine.logging.read_scalars` returns).
+        path: output PNG.
+        dim: embedding dimension (draws the ``1 / sqrt(dim)`` reference).
+        queue_sizes: label -> ``(queue_size, local_queue_size)`` (draws ``log(1 + K)``).
+    """
+    from fewshot_priors.engine.logging import read_scalars
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {k: read_scalars(v) if isinstance(v, (str, os.PathLike)) else v for k, v in runs.items()}
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, tags, ref) in zip(axes.flat, _DIAG_PANELS):
+        for i, (label, sc) in enumerate(data.items()):
+            color = colors[i % len(colors)]
+            for j, (tag, style) in enumerate(tags):
+                if sc.get(tag):
+                    s, v = zip(*sc[tag])
+                    ax.plot(s, v, style, color=color, ms=3, label=label if j == 0 else None)
+            if ref == "log_k" and queue_sizes and label in queue_sizes:
+                for k in queue_sizes[label]:
+                    ax.axhline(float(np.log1p(k)), color=color, ls=":", lw=1)
+            if ref == "majority":
+                for tag in ("probe/majority_global", "probe/majority_local"):
+                    if sc.get(tag) and i == 0:
+                        ax.axhline(sc[tag][0][1], color="grey", ls=":", lw=1)
+        if ref == "std" and dim:
+            ax.axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

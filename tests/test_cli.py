@@ -155,9 +155,10 @@ def test_pretrain_command_exports_a_loadable_prior_extractor(tmp_path, capsys):
     assert "unknown pretrain field 'nope'" in capsys.readouterr().err
     args = ["pretrain", "--images", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "pre"),
             "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--size", "32", "--no-progress",
-            "--set", "queue_size=8", "local_queue_size=16", "dim=8", "mlp_hidden=16", "n_segments=8",
+            "--diag-every", "1", "--set", "queue_size=8", "local_queue_size=16", "dim=8", "mlp_hidden=16", "n_segments=8",
             "max_patches=8", "tensorboard=false"]
     assert main(args) == 0
     export = tmp_path / "pre" / "prior_extractor.safetensors"
     assert export.is_file()
     create_backbone("resnet18", weights=export)  # loads without missing / unexpected keys
+    assert "1,diag/std_global," in (tmp_path / "pre" / "scalars.csv").read_text()  # --diag-every reached the loop

@@ -281,3 +281,83 @@ def test_ddp_shuffle_bn_and_queue_gather(tmp_path):
     assert r["exact"] and r["same_local"] and r["same_global"]
     assert r["sizes"] == [15, 14]  # 2 images x 8 patches, minus the dropped ones
     assert r["global_ptr"] == 4 and r["local_ptr"] == (15 + 14) % 64
+
+
+@pytest.mark.parametrize("bad_view", ["a", "b"])
+def test_one_nan_batch_does_not_poison_the_queues_or_batchnorm(bad_view):
+    m = tiny().train()
+    x, y, la, lb = batch()
+    m(x, y, la, lb)  # one clean step fills part of the queues
+    q_snap, l_snap = m.queue.queue.clone(), m.local_queue.queue.clone()
+    ptrs = (int(m.queue.ptr), int(m.local_queue.ptr))
+    bn = {n: b.clone() for n, b in m.encoder.named_buffers()}
+    xa, xb = x.clone(), y.clone()
+    (xa if bad_view == "a" else xb)[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="non-finite loss"):
+        out = m(xa, xb, la, lb)
+    assert not torch.isfinite(out["loss"])  # returned as is: the caller's NaN handling sees it
+    assert torch.equal(m.queue.queue, q_snap) and torch.equal(m.local_queue.queue, l_snap)
+    assert (int(m.queue.ptr), int(m.local_queue.ptr)) == ptrs
+    for n, b in m.encoder.named_buffers():
+        assert torch.equal(b, bn[n]), n
+    # the next clean batch is finite again, and its keys are enqueued
+    out = m(x, y, la, lb)
+    assert torch.isfinite(out["loss"]) and torch.isfinite(out["loss_global"]) and torch.isfinite(out["loss_local"])
+    assert torch.isfinite(m.queue.queue).all() and torch.isfinite(m.local_queue.queue).all()
+    assert int(m.queue.ptr) == (ptrs[0] + 4) % m.queue.size
+    m.eval()
+    assert torch.isfinite(m(x, y, la, lb)["loss"])  # eval-mode BatchNorm statistics are finite too
+
+
+def test_returns_detached_normalised_embeddings():
+    m = tiny().train()
+    x, y, la, lb = batch()
+    out = m(x, y, la, lb)
+    assert out["z_global_q"].shape == out["z_global_k"].shape == (4, m.dim)
+    assert out["z_local_q"].shape == (int(out["num_patches"]), m.dim) == out["z_local_k"].shape
+    for k in ("z_global_q", "z_global_k", "z_local_q", "z_local_k"):
+        assert not out[k].requires_grad
+        torch.testing.assert_close(out[k].norm(dim=1), torch.ones(out[k].shape[0]))
+
+
+@pytest.mark.parametrize("which", ["labels_a", "labels_b"])
+def test_wrong_size_superpixel_maps_are_rejected_by_name(which):
+    m = tiny()
+    x, y, la, lb = batch()
+    small = {"labels_a": la, "labels_b": lb}
+    small[which] = small[which][:, ::2, ::2]
+    with pytest.raises(ValueError, match=f"`{which}` must be the B, S, S superpixel map"):
+        m(x, y, small["labels_a"], small["labels_b"])
+    small[which] = (la if which == "labels_a" else lb)[:2]  # wrong batch size
+    with pytest.raises(ValueError, match=f"`{which}`"):
+        m(x, y, small["labels_a"], small["labels_b"])
+
+
+def test_empty_queue_yields_only_written_keys_and_keeps_the_state_dict():
+    q = MemoryQueue(4, 6, init="empty")
+    assert q.negatives().shape == (0, 4) and q.filled() == 0
+    keys = [F.normalize(torch.randn(n, 4, generator=torch.Generator().manual_seed(n)), dim=1) for n in (4, 3)]
+    q.enqueue(keys[0])
+    torch.testing.assert_close(q.negatives(), keys[0])
+    q.enqueue(keys[1])  # wraps: full now, no NaN row left
+    assert q.filled() == 6 and torch.isfinite(q.negatives()).all()
+    torch.testing.assert_close(q.negatives()[0], keys[1][2])  # the oldest row was overwritten
+    assert set(q.state_dict()) == {"queue", "ptr"}
+    r = MemoryQueue(4, 6, init="empty")
+    r.load_state_dict(q.state_dict())
+    assert torch.equal(r.negatives(), q.negatives())
+    with pytest.raises(ValueError, match="`init`"):
+        MemoryQueue(4, 6, init="zeros")
+
+
+def test_empty_queue_model_first_step_has_no_negatives_then_real_ones():
+    m = tiny(queue_init="empty").train()
+    x, y, la, lb = batch()
+    out = m(x, y, la, lb)
+    # no negatives yet: the positive is the only logit
+    assert float(out["loss_global"].detach()) == pytest.approx(0.0, abs=1e-6) and float(out["acc_global"]) == 1.0
+    assert m.queue.negatives().shape == (4, m.dim)
+    out = m(x, y, la, lb)
+    # now 4 real keys (the same images, one step older) compete with each positive
+    assert 0 < float(out["loss_global"].detach()) <= math.log1p(4) + 1 / m.temperature + 1e-4
+    assert torch.isfinite(out["loss"])

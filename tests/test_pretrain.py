@@ -157,3 +157,70 @@ def test_config_validation_and_cosine_schedule(images):
         opt.step()
         sch.step()
     assert lrs[0] == 1.0 and lrs[5] == pytest.approx(0.5) and all(x > y for x, y in zip(lrs, lrs[1:]))
+
+
+def make_probe(folder, n_per_class=4, size=48):
+    """Two class folders of FSS-layout pairs: <stem>.jpg + <stem>.png (255 = the class)."""
+    rng = np.random.default_rng(1)
+    for c, name in enumerate(("disc", "square")):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            bg = tuple(int(v) for v in rng.integers(0, 256, 3))
+            im, m = Image.new("RGB", (size, size), bg), Image.new("L", (size, size), 0)
+            box = [8 + i, 8, size - 8, size - 8 - i]
+            (ImageDraw.Draw(im).ellipse if c == 0 else ImageDraw.Draw(im).rectangle)(box, fill=(250, 20, 20))
+            (ImageDraw.Draw(m).ellipse if c == 0 else ImageDraw.Draw(m).rectangle)(box, fill=255)
+            im.save(folder / name / f"{name}_{i}.jpg", quality=95)
+            m.save(folder / name / f"{name}_{i}.png")
+    return folder
+
+
+def test_diagnostics_and_probe_are_logged_and_do_not_change_training(images, tmp_path):
+    probe = make_probe(tmp_path / "probe")
+    kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, max_steps=2, log_every=1, lr=0.05)
+    plain = pretrain(output_dir=str(tmp_path / "plain"), **kw)
+    diag = pretrain(output_dir=str(tmp_path / "diag"), diag_every=1, probe_root=str(probe), probe_every=1, **kw)
+    # diagnostics read the model, they never change it (eval-mode probing restores train mode)
+    a, b = load_checkpoint(plain["last"])["model_state"], load_checkpoint(diag["last"])["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain["diagnostics"] == [] and not any(r[1].startswith(("diag/", "probe/")) for r in _scalars(
+        tmp_path / "plain" / "scalars.csv"))
+    rows = _scalars(tmp_path / "diag" / "scalars.csv")
+    steps = lambda tag: [int(r[0]) for r in rows if r[1] == tag]  # noqa: E731
+    assert steps("probe/knn_global") == [0, 1, 2]  # 0 = the random-init encoder
+    assert steps("probe/knn_local") == [0, 1, 2]
+    assert steps("diag/std_global") == steps("diag/unif_local") == steps("diag/queue_fill") == [1, 2]
+    last = diag["diagnostics"][-1]
+    assert last["step"] == 2
+    assert 0 < last["diag/std_global"] <= 1 and last["diag/unif_global"] <= 0 and 0 <= last["diag/align_global"] <= 4
+    assert 0 <= last["probe/knn_global"] <= 1 and 0 <= last["probe/majority_local"] <= 1
+    assert last["diag/queue_fill"] == 1.0  # 2 steps x 4 keys fill the queue of 8
+    # the global queue of 8 random-normal rows: std ~ 1/sqrt(dim) (it is full of keys now)
+    assert last["diag/std_queue"] > 0
+
+
+def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
+    from fewshot_priors.engine.pretrain import queue_sizes_for
+
+    c = PretrainConfig(images=str(images), batch_size=8, queue_size=2048, local_queue_size=64, max_patches=16)
+    with pytest.warns(UserWarning, match="stale copies of its own image"):
+        assert queue_sizes_for(c, 32) == (2048, 64)
+    c.cap_queues = True
+    with pytest.warns(UserWarning, match="capped to 24"):
+        assert queue_sizes_for(c, 32) == (24, 64)  # 32 - 8 images, a multiple of the batch
+    c.local_queue_size = 10_000
+    with pytest.warns(UserWarning, match="local_queue_size"):
+        assert queue_sizes_for(c, 32) == (24, 24 * 16)
+    c.queue_size, c.local_queue_size = 16, 64
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert queue_sizes_for(c, 32) == (16, 64)  # short enough: untouched, silent
+        assert queue_sizes_for(c, 32, total_steps=20) == (16, 64)  # fills in 2 of 20 steps
+    with pytest.warns(UserWarning, match="fills only after 2 of 10 steps"):
+        queue_sizes_for(c, 32, total_steps=10)
+    c.queue_init = "empty"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert queue_sizes_for(c, 32, total_steps=10) == (16, 64)  # an empty queue has no random negatives

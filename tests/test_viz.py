@@ -69,3 +69,34 @@ def test_loss_curve_from_run_log(tmp_path):
     assert sc["train/loss"] == [(s, 1.0 / s) for s in range(1, 6)] and sc["val/miou"] == [(5, 0.4)]
     path = plot_loss_curve(tmp_path / "scalars.csv", tmp_path / "curve.png")
     assert path.stat().st_size > 1000
+
+
+def test_pretrain_diagnostics_figure_draws_every_panel(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from fewshot_priors.viz import plot_pretrain_diagnostics
+
+    log = RunLogger(tmp_path / "run", tensorboard=False)
+    log.log(0, {"probe/knn_global": 0.3, "probe/knn_local": 0.6, "probe/majority_global": 0.35,
+                "probe/majority_local": 0.65})
+    for s in (2, 4):
+        log.log(s, {"pretrain/loss_global": 4.0 + s, "pretrain/loss_local": 5.0, "pretrain/acc_global": 0.5,
+                    "pretrain/acc_local": 0.4, "diag/queue_fill": s / 4, "diag/local_queue_fill": 1.0,
+                    "diag/std_global": 0.05, "diag/std_local": 0.04, "diag/unif_global": -1.0,
+                    "diag/unif_local": -0.5})
+    log.close()
+    seen = []
+    orig = plt.Axes.plot
+
+    def spy(self, *a, **k):
+        seen.append(id(self))
+        return orig(self, *a, **k)
+
+    plt.Axes.plot = spy
+    try:
+        path = plot_pretrain_diagnostics({"a": tmp_path / "run" / "scalars.csv"}, tmp_path / "d.png", dim=64,
+                                         queue_sizes={"a": (64, 1024)})
+    finally:
+        plt.Axes.plot = orig
+    assert path.stat().st_size > 1000
+    assert len(set(seen)) == 6  # every panel got a curve from the log

@@ -47,14 +47,16 @@ from ..data.unlabeled import UnlabeledImages, list_images
 from ..data.workers import resolve_num_workers
 from ..models.backbone import MOCO_ENCODERS
 from ..models.moco import GlobalLocalMoCo
+from ..ssl_diagnostics import alignment, embedding_std, uniformity
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed
 from .logging import RunLogger
+from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
 from .train import StepBatchSampler, derive_seed, resolve_device
 
-__all__ = ["PretrainConfig", "cosine_scheduler", "pretrain"]
+__all__ = ["PretrainConfig", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
 
 
 @dataclass
@@ -66,6 +68,14 @@ class PretrainConfig:
     their parameters; ``cache_dir`` is used when it holds a matching cache, and
     built first when ``build_cache`` is true. Ablations (Table 6): ``global_weight=0``
     (local only) or ``local_weight=0`` (global only).
+
+    Diagnostics (off by default; see :mod:`fewshot_priors.ssl_diagnostics` and the
+    pretraining how-to): ``diag_every=N`` logs the per-dimension std, alignment and
+    uniformity of the batch's embeddings every ``N`` steps (``diag/...``);
+    ``probe_root`` (a labelled class-folder tree, see
+    :mod:`fewshot_priors.engine.probe`) adds global and local kNN accuracies of the
+    encoder (``probe/...``) before the first step (= random init), every
+    ``probe_every`` steps and after the last one.
     """
 
     images: str | list[str] | None = None
@@ -76,6 +86,8 @@ class PretrainConfig:
     dim: int = 128
     queue_size: int = 65536
     local_queue_size: int = 65536
+    queue_init: str = "random"  # "random" (MoCo) or "empty" (only real keys are negatives)
+    cap_queues: bool = False  # shorten queues longer than one epoch of keys (see queue_sizes_for)
     moco_momentum: float = 0.999
     temperature: float = 0.2
     global_weight: float = 1.0
@@ -114,6 +126,14 @@ class PretrainConfig:
     device: str = "auto"
     num_workers: int | str = "auto"  # "auto": min(cores, 8); superpixels + views are made in the workers
     log_every: int = 10
+    # collapse diagnostics (fewshot_priors.ssl_diagnostics), logged under diag/ and probe/
+    diag_every: int = 0  # batch embedding std / alignment / uniformity every N steps (0 = off)
+    probe_root: str | None = None  # labelled folder (class/<stem>.jpg + .png masks) for kNN probes
+    probe_every: int = 0  # kNN probe every N steps (0 = only before the first and after the last step)
+    probe_size: int | None = None  # probe image side (default: size)
+    probe_k: int = 20
+    probe_train_fraction: float = 0.5
+    probe_max_images: int | None = None
     ckpt_every_steps: int | None = None
     tensorboard: bool = True
     progress: bool = True
@@ -184,7 +204,86 @@ def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[s
     if c.max_steps is not None and c.max_steps < 1:
         raise ValueError(f"`max_steps` must be >= 1 or None, got {c.max_steps}")
     resolve_num_workers(c.num_workers)  # early error for a bad value
+    if c.diag_every < 0 or c.probe_every < 0:
+        raise ValueError(f"`diag_every` and `probe_every` must be >= 0, got {c.diag_every}, {c.probe_every}")
     return c
+
+
+def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None = None) -> tuple[int, int]:
+    """The queue sizes a run on ``num_images`` images uses (warns about stale self-negatives).
+
+    A queue longer than one epoch of keys (``queue_size > num_images - batch_size``)
+    holds older keys of the very images in the batch, so each query meets copies of its
+    own image among its negatives (``queue_size / num_images`` of them), and its loss
+    cannot fall much below ``log(1 + copies)``; the same holds for the patch queue with
+    ``num_images - batch_size`` images' worth of patches (at most ``max_patches``
+    each). With ``cap_queues`` such queues are shortened to those bounds (the global
+    one to a multiple of ``batch_size``), otherwise only a warning is issued.
+
+    With ``total_steps`` it also warns when a ``queue_init="random"`` global queue needs
+    more than a tenth of the run to fill: until then random vectors are most of the
+    negatives, they repel nothing, and short runs drift toward collapse (use
+    ``queue_init="empty"`` or a shorter queue).
+    """
+    spare = max(1, num_images - c.batch_size)
+    limits = {
+        "queue_size": (c.queue_size, max(c.batch_size, spare // c.batch_size * c.batch_size)),
+        "local_queue_size": (c.local_queue_size, spare * c.max_patches),
+    }
+    sizes = []
+    for name, (size, limit) in limits.items():
+        if size > limit:
+            if c.cap_queues:
+                warnings.warn(
+                    f"`{name}`={size} is longer than one epoch of keys on {num_images} images; capped to {limit} "
+                    "(cap_queues=True)",
+                    stacklevel=3,
+                )
+                size = limit
+            else:
+                warnings.warn(
+                    f"`{name}`={size} is longer than one epoch of keys on {num_images} images (limit {limit}): "
+                    f"once it is full, each query meets ~{size / limit:.0f} stale copies of its own image among the "
+                    "negatives and its loss cannot fall much below log(1 + copies); set cap_queues=True or a "
+                    "smaller queue",
+                    stacklevel=3,
+                )
+        sizes.append(int(size))
+    fill_steps = math.ceil(sizes[0] / c.batch_size)
+    if total_steps is not None and c.queue_init == "random" and fill_steps > 0.1 * total_steps:
+        warnings.warn(
+            f"the random-initialised queue of {sizes[0]} keys fills only after {fill_steps} of {total_steps} steps; "
+            "until then random negatives dominate the loss and push the embeddings toward collapse: "
+            "set queue_init='empty' or a smaller queue_size",
+            stacklevel=3,
+        )
+    return sizes[0], sizes[1]
+
+
+#: subsample of patch embeddings used for the local uniformity (all pairs are compared)
+_DIAG_MAX_ROWS = 1024
+
+
+def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | None = None) -> dict[str, float]:
+    """Collapse diagnostics of one GlobalLocalMoCo forward's embeddings (``diag/...`` tags).
+
+    ``std_*`` (per-dimension std of the normalised query embeddings; collapse -> 0,
+    healthy ~ 1/sqrt(dim)), ``align_*`` (query vs key of the same image / patch) and
+    ``unif_*`` (query embeddings), for ``global`` and ``local``; ``std_queue`` for the
+    global queue when given.
+    """
+    out: dict[str, float] = {}
+    for part in ("global", "local"):
+        zq, zk = res.get(f"z_{part}_q"), res.get(f"z_{part}_k")
+        if zq is None or zk is None or zq.shape[0] < 2:
+            continue
+        zq, zk = zq[:_DIAG_MAX_ROWS].float(), zk[:_DIAG_MAX_ROWS].float()
+        out[f"std_{part}"] = float(embedding_std(zq))
+        out[f"align_{part}"] = float(alignment(zq, zk))
+        out[f"unif_{part}"] = float(uniformity(zq))
+    if queue is not None and queue.shape[0] >= 2:
+        out["std_queue"] = float(embedding_std(queue.float()))
+    return out
 
 
 def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -198,7 +297,9 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
     Returns:
         dict with ``step``, ``total_steps``, ``history`` (one dict per log step with
         ``loss``, ``loss_global``, ``loss_local``, ``acc_global``, ``acc_local``,
-        ``num_patches``, ``lr``), ``output_dir``, ``last`` (checkpoint path),
+        ``num_patches``, ``lr``), ``diagnostics`` (one dict per diagnostic step with
+        ``step`` and the ``diag/...`` and ``probe/...`` values; empty unless
+        ``diag_every`` or ``probe_root`` is set), ``output_dir``, ``last`` (checkpoint path),
         ``prior_extractor`` (exported file, rank 0) and ``backbone``.
     """
     c = _config(cfg, overrides)
@@ -242,14 +343,15 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         raise ValueError(f"{n} images are fewer than `batch_size`={c.batch_size}")
     total_steps = steps_per_epoch * c.epochs
     stop = total_steps if c.max_steps is None else min(total_steps, int(c.max_steps))
+    queue_size, local_queue_size = queue_sizes_for(c, n, stop)
 
     # -- model / optimiser --------------------------------------------------------------
     torch.manual_seed(derive_seed(c.seed, "init"))
     model = GlobalLocalMoCo(
         c.backbone,
         dim=c.dim,
-        queue_size=c.queue_size,
-        local_queue_size=c.local_queue_size,
+        queue_size=queue_size,
+        local_queue_size=local_queue_size,
         momentum=c.moco_momentum,
         temperature=c.temperature,
         global_weight=c.global_weight,
@@ -261,6 +363,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         shuffle_bn=c.shuffle_bn,
         bn_splits=c.bn_splits,
         seed=derive_seed(c.seed, "queue") % (1 << 62),
+        queue_init=c.queue_init,
         **c.backbone_kwargs,
     ).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -311,6 +414,45 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
                 meta={"config": c.to_dict(), "step": step, "total_steps": total_steps, "kind": "pretrain"},
             )
 
+    probe = None
+    if c.probe_root and info.is_main:
+        probe = load_probe_set(
+            c.probe_root,
+            size=c.probe_size or c.size,
+            sampler=sampler,
+            max_patches=c.max_patches,
+            train_fraction=c.probe_train_fraction,
+            seed=c.seed,
+            max_images=c.probe_max_images,
+        )
+    diagnostics: list[dict[str, float]] = []
+    latest: dict[str, float] = {}
+
+    def record(at: int, values: Mapping[str, float], prefix: str) -> None:
+        if not values:
+            return
+        latest.update({f"{prefix}/{k}": v for k, v in values.items()})
+        if diagnostics and diagnostics[-1]["step"] == at:
+            diagnostics[-1].update({f"{prefix}/{k}": v for k, v in values.items()})
+        else:
+            diagnostics.append({"step": at, **{f"{prefix}/{k}": v for k, v in values.items()}})
+        logger.log(at, {f"{prefix}/{k}": v for k, v in values.items() if not math.isnan(v)})
+
+    def run_probe(at: int) -> None:
+        if probe is not None:
+            record(at, probe_encoder(model.encoder, probe, k=c.probe_k, pool_mode=c.pool_mode), "probe")
+
+    def postfix(row: Mapping[str, float]) -> dict[str, str]:
+        d = {"loss": f"{row['loss']:.3f}", "acc_g": f"{row['acc_global']:.2f}", "acc_l": f"{row['acc_local']:.2f}"}
+        for tag, short in (("diag/std_global", "std_g"), ("probe/knn_global", "knn_g"), ("probe/knn_local", "knn_l")):
+            if tag in latest:
+                d[short] = f"{latest[tag]:.3f}"
+        return d
+
+    local_keys = step * c.batch_size * c.max_patches  # patch keys enqueued so far (an upper bound after resume)
+    if step == 0:
+        run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
+
     tags = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "num_patches")
     history: list[dict[str, float]] = []
     running: dict[str, list[float]] = {t: [] for t in tags}
@@ -334,6 +476,16 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         step += 1
         for t in tags:
             running[t].append(float(res[t].detach().float()))
+        local_keys += int(res["num_patches"]) * info.world_size
+        if c.diag_every and step % c.diag_every == 0 and info.is_main:
+            d = batch_diagnostics(res, model.queue.negatives() if model.queue is not None else None)
+            # share of each queue holding real keys (not its random init): the loss is
+            # only comparable across steps once both are 1
+            d["queue_fill"] = min(1.0, step * c.batch_size / queue_size)
+            d["local_queue_fill"] = min(1.0, local_keys / local_queue_size)
+            record(step, d, "diag")
+        if c.probe_every and step % c.probe_every == 0 and step != stop:
+            run_probe(step)
         bar.update(1)
         if step % c.log_every == 0 or step == stop:
             row = {t: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan") for t, v in running.items()}
@@ -341,13 +493,15 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
             row["steps_per_s"] = len(running["loss"]) / max(1e-9, time.perf_counter() - t0)
             history.append({"step": step, **row})
             logger.log(step, {f"pretrain/{k}": v for k, v in row.items() if not math.isnan(v)})
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc_g=f"{row['acc_global']:.2f}", acc_l=f"{row['acc_local']:.2f}")
+            bar.set_postfix(postfix(row))
             running = {t: [] for t in tags}
             t0 = time.perf_counter()
         if (c.ckpt_every_steps and step % int(c.ckpt_every_steps) == 0) or step % steps_per_epoch == 0:
             save()
             saved_at = step
     bar.close()
+    if step == stop:
+        run_probe(step)
     if saved_at != step:
         save()
     logger.close()
@@ -360,6 +514,7 @@ def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides:
         "step": step,
         "total_steps": total_steps,
         "history": history,
+        "diagnostics": diagnostics,
         "output_dir": str(out),
         "last": str(checkpoint_paths(out / "last")[0]),
         "prior_extractor": export,

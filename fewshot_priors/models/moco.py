@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from .backbone import MOCO_ENCODERS, pfenet_dilation
 from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
+QUEUE_INITS = ("random", "empty")
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -85,21 +87,32 @@ class MemoryQueue(nn.Module):
     ``queue`` (``size, dim``) and ``ptr`` (scalar int64) are buffers, so they are
     part of ``state_dict()`` and saved in checkpoints (exact resume).
 
+    ``init="random"`` (MoCo) fills the queue with random unit vectors, which act as
+    negatives until real keys replace them. ``init="empty"`` starts with NaN rows that
+    mean "not written yet": :meth:`negatives` leaves them out, so every negative is a
+    real key (an empty queue gives no negatives; the state dict is unchanged).
+
     Args:
         dim: key dimension ``D``.
         size: number of keys ``K``.
         seed: seed of the random-normal initialisation (default: global RNG).
+        init: ``"random"`` or ``"empty"``.
     """
 
     queue: torch.Tensor
     ptr: torch.Tensor
 
-    def __init__(self, dim: int, size: int, *, seed: int | None = None) -> None:
+    def __init__(self, dim: int, size: int, *, seed: int | None = None, init: str = "random") -> None:
         super().__init__()
         if int(dim) < 1 or int(size) < 1:
             raise ValueError(f"`dim` and `size` must be >= 1, got dim={dim}, size={size}")
+        if init not in QUEUE_INITS:
+            raise ValueError(f"`init` must be one of {QUEUE_INITS}, got {init!r}")
         g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        self.register_buffer("queue", F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1))
+        q = F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1)
+        if init == "empty":
+            q.fill_(float("nan"))
+        self.register_buffer("queue", q)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @property
@@ -113,9 +126,17 @@ class MemoryQueue(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, size={self.size}"
 
+    def filled(self) -> int:
+        """Number of rows holding keys or random init (NaN rows of an ``"empty"`` queue excluded)."""
+        # rows are written in ring order from row 0, so unwritten rows are the tail [ptr, K)
+        return self.size if not bool(torch.isnan(self.queue[-1, 0])) else int(self.ptr)
+
     def negatives(self) -> torch.Tensor:
-        """A detached copy of the keys, ``K, D`` (safe to use before :meth:`enqueue`)."""
-        return self.queue.detach().clone()
+        """A detached copy of the keys, ``K', D`` (safe to use before :meth:`enqueue`).
+
+        ``K' = K`` except for an ``init="empty"`` queue that is not full yet.
+        """
+        return self.queue[: self.filled()].detach().clone()
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
@@ -210,6 +231,11 @@ class GlobalLocalMoCo(nn.Module):
         bn_splits: chunks for ``"split"`` (2).
         seed: seed of the queues' random initialisation (the encoder/heads use the
             global RNG: call ``torch.manual_seed`` before construction).
+        queue_init: ``"random"`` (MoCo: random unit vectors serve as negatives until
+            real keys replace them) or ``"empty"`` (only real keys are negatives; see
+            :class:`MemoryQueue`). With ``"random"`` and a queue that takes many steps
+            to fill, the random negatives exert no repulsion among real embeddings, so
+            the encoder is pushed toward collapse until the queue is full.
         **backbone_kwargs: passed to ``timm.create_model``.
 
     ``forward(view_a, view_b, labels_a, labels_b)`` returns a dict with ``loss``,
@@ -236,6 +262,7 @@ class GlobalLocalMoCo(nn.Module):
         shuffle_bn: str = "auto",
         bn_splits: int = 2,
         seed: int | None = 0,
+        queue_init: str = "random",
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -296,9 +323,11 @@ class GlobalLocalMoCo(nn.Module):
         self.key_local_head = copy.deepcopy(self.local_head)
         for p in self._key_modules().parameters():
             p.requires_grad_(False)
-        self.queue = MemoryQueue(dim, queue_size, seed=seed) if global_weight > 0 else None
+        self.queue = MemoryQueue(dim, queue_size, seed=seed, init=queue_init) if global_weight > 0 else None
         self.local_queue = (
-            MemoryQueue(dim, local_queue_size, seed=None if seed is None else seed + 1) if local_weight > 0 else None
+            MemoryQueue(dim, local_queue_size, seed=None if seed is None else seed + 1, init=queue_init)
+            if local_weight > 0
+            else None
         )
 
     # -- helpers -----------------------------------------------------------------
@@ -367,7 +396,14 @@ class GlobalLocalMoCo(nn.Module):
         Returns:
             dict of 0-dim tensors: ``loss``, ``loss_global``, ``loss_local``,
             ``acc_global``, ``acc_local``, ``num_patches`` (disabled terms: loss 0,
-            accuracy NaN).
+            accuracy NaN); plus the detached L2-normalised embeddings (for collapse
+            diagnostics, see :mod:`fewshot_priors.ssl_diagnostics`): ``z_global_q``,
+            ``z_global_k`` (``B, dim``) when the global loss is on, ``z_local_q``,
+            ``z_local_k`` (``num_patches, dim``) when the local loss is on.
+
+        In training mode a non-finite loss (e.g. a NaN view) is returned as is with a
+        ``RuntimeWarning``, but neither queue is updated and the query encoder's
+        BatchNorm buffers are restored, so later finite batches are unaffected.
         """
         if view_a.shape != view_b.shape or view_a.dim() != 4:
             raise ValueError(
@@ -375,6 +411,16 @@ class GlobalLocalMoCo(nn.Module):
             )
         if self.local_head is not None and (labels_a is None or labels_b is None):
             raise ValueError("`labels_a` and `labels_b` are required when the local loss is on (local_weight > 0)")
+        if self.local_head is not None:
+            want = (view_a.shape[0], *view_a.shape[2:])
+            for name, lab in (("labels_a", labels_a), ("labels_b", labels_b)):
+                if not isinstance(lab, torch.Tensor) or tuple(lab.shape) != want:
+                    got = tuple(lab.shape) if isinstance(lab, torch.Tensor) else type(lab).__name__
+                    raise ValueError(
+                        f"`{name}` must be the B, S, S superpixel map of its view, i.e. shape {want}, got {got}"
+                    )
+        # BatchNorm buffers before this batch touches them (a non-finite batch is undone below)
+        saved = [b.clone() for b in self._query_modules().buffers()] if self.training else []
         feat_q = dense_features(self.encoder, view_a)
         with torch.no_grad():
             if self.training:
@@ -393,6 +439,7 @@ class GlobalLocalMoCo(nn.Module):
                 k_global = F.normalize(self.key_global_head(feat_k.mean(dim=(2, 3))).float(), dim=1)
             r = info_nce(q, k_global, self.queue.negatives(), self.temperature, normalize=False, return_details=True)
             out["loss_global"], out["acc_global"] = r.loss, r.accuracy
+            out["z_global_q"], out["z_global_k"] = q.detach(), k_global
             loss = loss + self.global_weight * r.loss
         if self.local_head is not None:
             P = self.max_patches
@@ -405,8 +452,27 @@ class GlobalLocalMoCo(nn.Module):
             r = info_nce(q_l, k_local, self.local_queue.negatives(), self.temperature, normalize=False, return_details=True)
             out["loss_local"], out["acc_local"] = r.loss, r.accuracy
             out["num_patches"] = valid.sum()
+            out["z_local_q"], out["z_local_k"] = q_l.detach(), k_local
             loss = loss + self.local_weight * r.loss
         out["loss"] = loss
+        finite = torch.isfinite(loss.detach()).float()
+        if self.training and _dist_world() > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together (queues are gathered)
+        if self.training and not bool(finite):
+            # one non-finite batch must not poison the model for good: NaN keys in the
+            # queues would make every later loss NaN, and NaN BatchNorm running stats would
+            # break the exported encoder. Skip the enqueue, restore the query encoder's
+            # buffers, and return the loss as is (the key encoder gets them back at the next EMA).
+            with torch.no_grad():
+                for b, old in zip(self._query_modules().buffers(), saved):
+                    b.copy_(old)
+            warnings.warn(
+                f"GlobalLocalMoCo: non-finite loss ({float(loss.detach())}); this batch's keys were not enqueued "
+                "and the BatchNorm statistics were restored",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return out
         if self.training:
             if k_global is not None:
                 self.queue.enqueue(k_global)
