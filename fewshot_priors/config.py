@@ -83,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bins": [60, 30, 15, 8],
         "channels": 256,
         "aux_weight": 1.0,
+        "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
         "output_stride": 8,
         "region_map_backend": "auto",
     },

@@ -27,6 +27,7 @@ def build_model(cfg: Mapping, **overrides: Any) -> torch.nn.Module:
         bins=tuple(m["bins"]),
         channels=int(m["channels"]),
         aux_weight=float(m["aux_weight"]),
+        fg_weight=float(m["fg_weight"]),
         region_map_backend=m["region_map_backend"],
         output_stride=int(m["output_stride"]),
     )

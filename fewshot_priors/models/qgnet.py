@@ -21,6 +21,7 @@ ablation (guided map only).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -130,6 +131,9 @@ class QGNet(nn.Module):
         bins: FEM pyramid bins (ints = sizes, floats = fractions of the feature size).
         channels: width of the decoder (256).
         aux_weight: weight of the mean auxiliary (per-scale) loss.
+        fg_weight: weight of the foreground class in the cross-entropy losses (1 = the
+            paper's unweighted CE; > 1 counters a small foreground share, see
+            ``docs/how-to/real-images.md``).
         region_map_backend: backend of the region-map ops (``"auto"``, ``"chunked"``,
             ``"reference"``, ``"fused"``).
         output_stride: backbone output stride (8).
@@ -147,6 +151,7 @@ class QGNet(nn.Module):
         bins: Sequence[int | float] = (60, 30, 15, 8),
         channels: int = 256,
         aux_weight: float = 1.0,
+        fg_weight: float = 1.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
     ):
@@ -160,6 +165,9 @@ class QGNet(nn.Module):
         self.shots = shots
         self.use_prior = bool(use_prior)
         self.aux_weight = float(aux_weight)
+        if isinstance(fg_weight, bool) or not float(fg_weight) > 0 or not math.isfinite(float(fg_weight)):
+            raise ValueError(f"`fg_weight` must be a finite number > 0, got {fg_weight!r}")
+        self.fg_weight = float(fg_weight)
         self.region_map_backend = region_map_backend
 
         if isinstance(backbone, FrozenBackbone):
@@ -420,13 +428,18 @@ class QGNet(nn.Module):
         return out
 
     def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
-        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored)."""
+        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored);
+        class weights (1, fg_weight) (weighted mean over the pixels)."""
         if not bool((query_mask != IGNORE_INDEX).any()):
             return logits.sum() * 0.0
-        main = F.cross_entropy(logits.float(), query_mask, ignore_index=IGNORE_INDEX)
+        weight = None
+        if self.fg_weight != 1.0:
+            weight = torch.tensor([1.0, self.fg_weight], device=logits.device)
+        main = F.cross_entropy(logits.float(), query_mask, weight=weight, ignore_index=IGNORE_INDEX)
         if not aux_logits or self.aux_weight == 0:
             return main
-        aux = torch.stack([F.cross_entropy(a.float(), query_mask, ignore_index=IGNORE_INDEX) for a in aux_logits])
+        aux = torch.stack([F.cross_entropy(a.float(), query_mask, weight=weight, ignore_index=IGNORE_INDEX)
+                           for a in aux_logits])
         return main + self.aux_weight * aux.mean()
 
     @torch.no_grad()
