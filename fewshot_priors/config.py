@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "ConfigError",
-    "DEFAULTS",
     "CONFIG_DIR",
+    "DEFAULTS",
+    "ConfigError",
     "apply_overrides",
     "available_configs",
     "generate_zoo",
@@ -67,6 +67,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_episodes": 1000,  # periodic validation subset (fixed seed)
         "test_episodes": 5000,  # PASCAL 5000, COCO 20000
         "scale_range": [0.9, 1.1],
+        # training crops: resize the longer side to image_size first (TrainTransform.resize_long);
+        # null = on for `folder` (photos of any size), off for pascal/coco (PFENet's recipe)
+        "train_resize_long": None,
         "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
         "num_workers": 4,
         "num_classes": None,  # folder / synthetic datasets
@@ -113,6 +116,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
+    ("data", "train_resize_long"),
     ("model", "weights"), ("model", "prior_weights"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
 }

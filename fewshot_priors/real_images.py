@@ -46,6 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "image_size": 96,
         "min_pixels": 2048,
+        "train_min_pixels": None,
+        "train_resize_long": True,
         "pretrain": {"epochs": 12, "batch_size": 32, "size": 96, "n_segments": 24, "max_patches": 24,
                      "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
                      "lr": 0.06, "moco_momentum": 0.99},
@@ -57,6 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "image_size": 64,
         "min_pixels": 2048,
+        "train_min_pixels": None,
+        "train_resize_long": True,
         "pretrain": {"epochs": 1, "batch_size": 8, "size": 64, "n_segments": 12, "max_patches": 12,
                      "queue_size": 64, "local_queue_size": 128, "dim": 32, "mlp_hidden": 64,
                      "lr": 0.03, "moco_momentum": 0.99, "max_steps": 2},
@@ -170,15 +174,34 @@ def _config(root: Path, run_dir: Path, preset: Mapping, seed: int, device: str, 
 
 
 def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], preset: Mapping, seed: int, *,
-                    shots: int = 1, episodes: int | None = None, progress: bool = False):
+                    shots: int = 1, episodes: int | None = None, progress: bool = False,
+                    cache: dict | None = None):
+    """The fold's training episodes (``split="train"``) or test episodes; training pairs need
+    ``train_min_pixels`` px of the class (default ``min_pixels``), test pairs ``min_pixels``.
+    With ``cache`` (a dict), a dataset built with the same arguments is reused (the label scan
+    reads every mask of the split, the same for each model of a fold)."""
+    key = (str(root), split, tuple(sorted(test_classes)), seed, shots, episodes,
+           json.dumps(preset, sort_keys=True, default=str))
+    if cache is not None and key in cache:
+        ds = cache[key]
+        if split == "train":
+            ds.set_epoch(0)
+        return ds
     from fewshot_priors.data import FolderFewShot
     from fewshot_priors.data.transforms import TestTransform, TrainTransform
 
     size = int(preset["image_size"])
-    transform = TrainTransform(size, scale=(0.9, 1.1)) if split == "train" else TestTransform(size)
-    return FolderFewShot(root, shots=shots, split=split, test_classes=list(test_classes), seed=seed,
-                         episodes=episodes, transform=transform, min_pixels=int(preset["min_pixels"]),
-                         cache=False, progress=progress)
+    transform = (TrainTransform(size, scale=(0.9, 1.1), resize_long=bool(preset["train_resize_long"]))
+                 if split == "train" else TestTransform(size))
+    min_pixels = preset["min_pixels"]
+    if split == "train" and preset.get("train_min_pixels") is not None:
+        min_pixels = preset["train_min_pixels"]
+    ds = FolderFewShot(root, shots=shots, split=split, test_classes=list(test_classes), seed=seed,
+                       episodes=episodes, transform=transform, min_pixels=int(min_pixels),
+                       cache=False, progress=progress)
+    if cache is not None:
+        cache[key] = ds
+    return ds
 
 
 def train_and_evaluate(
@@ -195,6 +218,7 @@ def train_and_evaluate(
     progress: bool = False,
     with_baselines: bool = True,
     figure_episodes: int = 0,
+    dataset_cache: dict | None = None,
 ) -> dict[str, Any]:
     """Train one QGNet ``variant`` on every class but ``test_classes`` and score it on them.
 
@@ -210,9 +234,11 @@ def train_and_evaluate(
         shots: the K of the evaluations.
         with_baselines: also score the guided-map and all-foreground baselines.
         figure_episodes: draw Fig. 5 panels of this many test episodes per K.
+        dataset_cache: a dict shared by the calls of one (seed, fold): reuses its datasets.
 
     Returns:
-        ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...}``.
+        ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...,
+        "skipped": {"5-shot": why}}``: a K is skipped when no held-out class has K+1 eligible images.
     """
     from fewshot_priors.demo import _figure_episodes, _predictors, episode_rows
     from fewshot_priors.engine.build import build_model
@@ -229,13 +255,20 @@ def train_and_evaluate(
     t = _timer()
     seed_everything(seed)
     model = build_model(cfg).to(resolve_device(device))
-    train_set = _folder_dataset(root, "train", test_classes, preset, seed)
+    train_set = _folder_dataset(root, "train", test_classes, preset, seed, cache=dataset_cache)
     res = train(cfg, model=model, train_set=train_set, progress=progress)
     timings["train"] = t()
-    results, figures = {}, {}
+    results, figures, skipped = {}, {}, {}
     t = _timer()
     for k in shots:
-        ds = _folder_dataset(root, "test", test_classes, preset, seed, shots=k, episodes=int(preset["episodes"]))
+        try:
+            ds = _folder_dataset(root, "test", test_classes, preset, seed, shots=k,
+                                 episodes=int(preset["episodes"]), cache=dataset_cache)
+        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
+            if "eligible images" not in str(exc):
+                raise
+            skipped[f"{k}-shot"] = str(exc)
+            continue
         base = _predictors(model, with_baselines=with_baselines)
         fg = [0, 0]
 
@@ -269,6 +302,7 @@ def train_and_evaluate(
                   "train_classes": len(train_set.class_ids)},
         "timings_s": timings,
         "figures": figures,
+        "skipped": skipped,
     }
 
 
@@ -425,6 +459,7 @@ def run_real_images(
         for f in fold_ids:
             t = _timer()
             held = all_folds[f]
+            datasets: dict = {}
             unit: dict[str, Any] = {"seed": seed, "fold": f, "test_classes": held, "results": {}, "train": {},
                                     "timings_s": {}}
             for v in variants:
@@ -433,10 +468,12 @@ def run_real_images(
                 r = train_and_evaluate(root, held, out / f"seed{seed}" / f"fold{f}" / v, preset, seed=seed,
                                        prior_path=pre["prior_extractor"], variant=v, device=device,
                                        progress=False, with_baselines=v == "qgnet",
-                                       figure_episodes=preset["figure_episodes"] if seed == seeds[0] else 0)
+                                       figure_episodes=preset["figure_episodes"] if seed == seeds[0] else 0,
+                                       dataset_cache=datasets)
                 for shot, methods in r["results"].items():
                     unit["results"].setdefault(shot, {}).update(methods)
                 unit["train"][v] = r["train"]
+                unit["skipped"] = r["skipped"]
                 unit["timings_s"][v] = r["timings_s"]
                 if r["figures"]:
                     figures[f"fold{f}"] = r["figures"]
@@ -460,7 +497,8 @@ def run_real_images(
         "seed, and shared by that seed's folds (the paper pretrains on all PASCAL train images); the frozen "
         "supervised backbone is initialised from the same encoder (no ImageNet weights offline). "
         f"K-shot episodes need K+1 images with >= {preset['min_pixels']} px of the class (original resolution): "
-        "classes with fewer are left out of that K (see test_classes per run). mIoU = mean over the fold's "
+        "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
+        "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
         "evaluated classes of the class IoU accumulated over its episodes; each seed's number is the mean over "
         "folds; spread = over seeds."
     )

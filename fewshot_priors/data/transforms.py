@@ -140,6 +140,14 @@ class TrainTransform:
         crop_retries: re-draws allowed to keep the foreground (31 as PFENet); when
             none keeps enough, the last draw is used (as PFENet).
         keep_fg: fraction of foreground pixels a crop must keep.
+        resize_long: first resize the longer side to ``size`` (the test transform's
+            scale; the random scale then jitters around it), so the crop sees the
+            whole photo at the scale the model is tested at. PFENet's recipe
+            (``False``) scales the *original* image, which assumes photos about the
+            crop size (PASCAL ~500 px, crop 473); with photos much larger than
+            ``size`` (640-px COCO photos, a 96-px model) its crop is a zoomed-in
+            ~2 % of the photo that mostly misses the object, and the train and test
+            scales differ ~7x (docs/how-to/real-images.md).
 
     Example:
         >>> import numpy as np
@@ -163,6 +171,7 @@ class TrainTransform:
         keep_fg: float = 0.85,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        resize_long: bool = False,
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"`size` must be a positive int, got {size}")
@@ -181,9 +190,11 @@ class TrainTransform:
         self.crop_retries = int(crop_retries)
         self.keep_fg = float(keep_fg)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.resize_long = bool(resize_long)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate})"
+        return (f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate}, "
+                f"resize_long={self.resize_long})")
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         img = normalize_image(image, self.mean, self.std)
@@ -191,6 +202,8 @@ class TrainTransform:
         # scale
         s = rng.uniform(*self.scale)
         h, w = img.shape[-2:]
+        if self.resize_long:
+            s *= self.size / max(h, w)
         new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
         if new_hw != (h, w):
             img, m = _resize_pair(img, m, new_hw)

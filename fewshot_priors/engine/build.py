@@ -63,7 +63,11 @@ def build_dataset(
         episodes = d["train_episodes"] if split == "train" else d["test_episodes"]
     seed = int(seed if seed is not None else cfg["experiment"]["seed"])
     size = int(d["image_size"])
-    transform = TrainTransform(size, scale=tuple(d["scale_range"])) if split == "train" else TestTransform(size)
+    resize_long = d.get("train_resize_long")
+    if resize_long is None:  # folder datasets hold photos of any size; PASCAL/COCO follow PFENet
+        resize_long = d["dataset"] == "folder"
+    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=bool(resize_long))
+                 if split == "train" else TestTransform(size))
     common = dict(fold=int(d["fold"]), split=split, shots=shots, episodes=episodes, transform=transform, seed=seed,
                   min_pixels=int(d["min_pixels"]))
     if d.get("fold_classes") is not None:

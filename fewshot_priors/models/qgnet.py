@@ -38,7 +38,7 @@ from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
 from fewshot_priors.ops.similarity import BACKENDS
 
-__all__ = ["QGNet", "FrozenModule"]
+__all__ = ["FrozenModule", "QGNet"]
 
 #: Largest absolute value accepted in an input image. ImageNet-normalised pixels lie
 #: in about [-2.2, 2.7]; raw 0-255 pixels (a silent wrong answer otherwise) exceed it.
