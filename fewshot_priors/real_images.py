@@ -44,16 +44,16 @@ __all__ = ["PRESETS", "VARIANTS", "class_folds", "list_unique_images", "results_
 #: ``quick`` runs everything end to end in a minute or two (tests; numbers are meaningless).
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
-        "image_size": 96,
+        "image_size": 80,
         "min_pixels": 2048,
         "train_min_pixels": None,
         "train_resize_long": True,
-        "pretrain": {"epochs": 12, "batch_size": 32, "size": 96, "n_segments": 24, "max_patches": 24,
+        "pretrain": {"epochs": 4, "batch_size": 32, "size": 80, "n_segments": 24, "max_patches": 24,
                      "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
                      "lr": 0.06, "moco_momentum": 0.99},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 0.05, "max_steps": None},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "max_steps": None},
         "fg_weight": 1.0,
-        "episodes": 100,
+        "episodes": 60,
         "figure_episodes": 4,
     },
     "quick": {
