@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=int, help="prior-extractor pretraining epochs (default: the preset's)")
     p.add_argument("--episodes", type=int, help="test episodes per fold and K (default: the preset's)")
     p.add_argument("--fg-weight", type=float, help="foreground weight of the CE loss (default: the preset's)")
+    p.add_argument("--backbone-weights", help="local checkpoint of the frozen backbone (e.g. ImageNet resnet18 "
+                                             "weights); default: the seed's self-supervised encoder")
     p.add_argument("--models", nargs="+", choices=["qgnet", "qgnet_random_prior", "qgnet_without_prior"],
                    default=["qgnet", "qgnet_random_prior", "qgnet_without_prior"], help="models to train (all)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
@@ -169,6 +171,8 @@ def _cmd_real_images(args) -> int:
         over["episodes"] = args.episodes
     if args.fg_weight is not None:
         over["fg_weight"] = args.fg_weight
+    if args.backbone_weights is not None:
+        over["backbone_weights"] = args.backbone_weights
     metrics = run_real_images(args.root, args.output, seeds=args.seeds, folds=args.folds, num_folds=args.num_folds,
                               min_images=args.min_images, fold_seed=args.fold_seed, quick=args.quick,
                               preset_overrides=over, variants=args.models, device=args.device,

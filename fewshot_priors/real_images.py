@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PRESETS", "VARIANTS", "class_folds", "list_unique_images", "results_markdown", "run_real_images",
-           "train_and_evaluate"]
+__all__ = ["PRESETS", "VARIANTS", "class_folds", "class_image_counts", "list_unique_images", "results_markdown",
+           "run_real_images", "summarize", "train_and_evaluate"]
 
 #: Sizes. ``full`` fits 3 seeds x 4 folds x 3 models in about 35 min on 2 idle CPU cores;
 #: ``quick`` runs everything end to end in a minute or two (tests; numbers are meaningless).
@@ -52,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
                      "lr": 0.06, "moco_momentum": 0.99},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "max_steps": None},
+        "backbone_weights": None,
         "fg_weight": 1.0,
         "episodes": 60,
         "figure_episodes": 4,
@@ -65,6 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "queue_size": 64, "local_queue_size": 128, "dim": 32, "mlp_hidden": 64,
                      "lr": 0.03, "moco_momentum": 0.99, "max_steps": 2},
         "train": {"epochs": 1, "batch_size": 4, "lr": 0.05, "max_steps": 3},
+        "backbone_weights": None,
         "fg_weight": 1.0,
         "episodes": 6,
         "figure_episodes": 2,
@@ -228,8 +230,9 @@ def train_and_evaluate(
         out: run folder (checkpoints, logs).
         preset: sizes (see :data:`PRESETS`).
         seed: seed of the model init, training and test episodes.
-        prior_path: the exported self-supervised encoder: the frozen backbone's
-            init, and the prior extractor for ``variant="qgnet"``.
+        prior_path: the exported self-supervised encoder: the prior extractor for
+            ``variant="qgnet"``, and the frozen backbone's init unless the preset's
+            ``backbone_weights`` names a local checkpoint (e.g. ImageNet weights).
         variant: a key of :data:`VARIANTS`.
         shots: the K of the evaluations.
         with_baselines: also score the guided-map and all-foreground baselines.
@@ -249,7 +252,8 @@ def train_and_evaluate(
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
     root, out = Path(root), Path(out)
     _, prior_kind, use_prior = VARIANTS[variant]
-    cfg = _config(root, out, preset, seed, device, prior_path,
+    backbone_weights = preset.get("backbone_weights") or prior_path
+    cfg = _config(root, out, preset, seed, device, backbone_weights,
                   prior_path if prior_kind == "pretrained" else None, use_prior)
     timings: dict[str, float] = {}
     t = _timer()
@@ -515,7 +519,10 @@ def run_real_images(
         "runs": runs,
         "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
                             "backbone": BACKBONE, "shared_across_folds": True, "per_seed": pretrain_info},
-        "backbone_init": "frozen supervised backbone initialised from the seed's self-supervised encoder",
+        "backbone_init": (f"frozen supervised backbone loaded from {preset['backbone_weights']}"
+                          if preset.get("backbone_weights") else
+                          "frozen supervised backbone initialised from the seed's self-supervised encoder "
+                          "(no ImageNet weights offline)"),
         "figures": figures,
         "timings_s": timings,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},

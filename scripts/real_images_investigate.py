@@ -32,7 +32,7 @@ ap.add_argument("--root", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--name", required=True)
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--prior", default=None, help="reuse this exported prior extractor instead of pretraining")
+ap.add_argument("--prior", default=None, help="reuse this exported prior extractor instead of pretraining; \"none\": random-init backbone and prior")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
 p = copy.deepcopy(PRESETS["full"])
@@ -54,8 +54,8 @@ counts = class_image_counts(a.root)
 val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
-prior = a.prior
-if prior is None:
+prior = None if a.prior == "none" else a.prior
+if a.prior is None:
     t0, c0 = time.perf_counter(), time.process_time()
     pre = pretrain(images=list_unique_images(a.root), output_dir=str(out / f"pre_{a.name}"), backbone="resnet18",
                    seed=a.seed, device="cpu", progress=False, log_every=5, amp=True, **p["pretrain"])
