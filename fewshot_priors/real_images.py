@@ -48,13 +48,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_pixels": 2048,
         "train_min_pixels": None,
         "train_resize_long": True,
-        "pretrain": {"epochs": 4, "batch_size": 32, "size": 80, "n_segments": 24, "max_patches": 24,
+        "pretrain": {"epochs": 3, "batch_size": 32, "size": 80, "n_segments": 24, "max_patches": 24,
                      "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
                      "lr": 0.06, "moco_momentum": 0.99},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "max_steps": None},
         "backbone_weights": None,
         "fg_weight": 1.0,
-        "episodes": 60,
+        "episodes": 40,
         "figure_episodes": 4,
     },
     "quick": {
@@ -221,6 +221,7 @@ def train_and_evaluate(
     with_baselines: bool = True,
     figure_episodes: int = 0,
     dataset_cache: dict | None = None,
+    keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Train one QGNet ``variant`` on every class but ``test_classes`` and score it on them.
 
@@ -238,6 +239,7 @@ def train_and_evaluate(
         with_baselines: also score the guided-map and all-foreground baselines.
         figure_episodes: draw Fig. 5 panels of this many test episodes per K.
         dataset_cache: a dict shared by the calls of one (seed, fold): reuses its datasets.
+        keep_checkpoint: keep the trained model's ``last`` checkpoint in ``out``.
 
     Returns:
         ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...,
@@ -261,6 +263,11 @@ def train_and_evaluate(
     model = build_model(cfg).to(resolve_device(device))
     train_set = _folder_dataset(root, "train", test_classes, preset, seed, cache=dataset_cache)
     res = train(cfg, model=model, train_set=train_set, progress=progress)
+    if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); 36 per full run
+        from fewshot_priors.engine.checkpoint import checkpoint_paths
+
+        for path in checkpoint_paths(out / "last"):
+            Path(path).unlink(missing_ok=True)
     timings["train"] = t()
     results, figures, skipped = {}, {}, {}
     t = _timer()
