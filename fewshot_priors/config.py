@@ -31,9 +31,9 @@ import yaml
 from .data.workers import resolve_num_workers
 
 __all__ = [
-    "ConfigError",
-    "DEFAULTS",
     "CONFIG_DIR",
+    "DEFAULTS",
+    "ConfigError",
     "apply_overrides",
     "available_configs",
     "check_data_keys",
@@ -70,6 +70,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_episodes": 1000,  # periodic validation subset (fixed seed)
         "test_episodes": 5000,  # PASCAL 5000, COCO 20000
         "scale_range": [0.9, 1.1],
+        # training crops: resize the longer side to image_size first (TrainTransform.resize_long);
+        # null = on for `folder` (photos of any size), off for pascal/coco (PFENet's recipe)
+        "train_resize_long": None,
         "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
         "num_workers": "auto",  # int >= 0, or "auto" = min(CPU cores, 8)
         "num_classes": None,  # pascal layout only (e.g. the synthetic data): number of foreground classes
@@ -91,6 +94,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "bins": [60, 30, 15, 8],
         "channels": 256,
         "aux_weight": 1.0,
+        "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
         "output_stride": 8,
         "region_map_backend": "auto",
     },
@@ -120,6 +124,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
+    ("data", "train_resize_long"),
     ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
 }

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fewshot_priors.data.transforms import (
     IMAGENET_MEAN,
@@ -199,3 +201,26 @@ def test_resize_bilinear_is_the_plain_two_pass_lerp():
         j0, j1, wx = _bilinear_taps(53, dst[1])
         plain = rows[:, :, j0] * (1.0 - wx) + rows[:, :, j1] * wx
         assert torch.equal(resize_bilinear(img, dst), plain)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(20, 700), w=st.integers(20, 700), size=st.integers(16, 96))
+def test_train_transform_resize_long_sees_the_whole_photo_at_the_test_scale(h, w, size):
+    """resize_long: the longer side becomes `size` (no random scale here), so the crop holds the whole
+    photo, and a mask covering the left half keeps about half of the valid pixels."""
+    img = np.zeros((h, w, 3), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, : w // 2] = 1
+    t = TrainTransform(size=size, scale=(1.0, 1.0), rotate_p=0.0, blur_p=0.0, hflip_p=0.0, resize_long=size)
+    x, m, hw = t(img, mask, np.random.default_rng(0))
+    assert tuple(x.shape) == (3, size, size) and hw == (size, size)
+    valid = m != 255
+    nh, nw = round(h * size / max(h, w)), round(w * size / max(h, w))
+    assert int(valid.sum()) == max(1, nh) * max(1, nw)  # the whole resized photo, the rest padding
+    if min(nh, nw) >= 8:
+        assert float((m[valid] == 1).float().mean()) == pytest.approx(0.5, abs=1.5 / nw + 0.01)
+    # without it (PFENet), a photo much larger than the crop is cropped, not resized
+    if min(h, w) > size:
+        _, m0, _ = TrainTransform(size=size, scale=(1.0, 1.0), rotate_p=0.0, blur_p=0.0,
+                                  hflip_p=0.0)(img, mask, np.random.default_rng(0))
+        assert bool((m0 != 255).all())

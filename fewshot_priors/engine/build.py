@@ -27,6 +27,7 @@ def build_model(cfg: Mapping, **overrides: Any) -> torch.nn.Module:
         bins=tuple(m["bins"]),
         channels=int(m["channels"]),
         aux_weight=float(m["aux_weight"]),
+        fg_weight=float(m["fg_weight"]),
         region_map_backend=m["region_map_backend"],
         output_stride=int(m["output_stride"]),
     )
@@ -70,9 +71,12 @@ def build_dataset(
         episodes = d["train_episodes"] if split == "train" else d["test_episodes"]
     seed = int(seed if seed is not None else cfg["experiment"]["seed"])
     size = int(d["image_size"])
-    # folder datasets (any image size): train at the test scale, longer side ~ image_size
-    resize_long = size if d["dataset"] == "folder" else None
-    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=resize_long)
+    # folder datasets hold photos of any size: train at the test scale (longer side ~ image_size);
+    # PASCAL/COCO follow PFENet (data.train_resize_long overrides either way)
+    resize_long = d.get("train_resize_long")
+    if resize_long is None:
+        resize_long = d["dataset"] == "folder"
+    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
                  if split == "train" else TestTransform(size))
     common = dict(fold=int(d["fold"]), split=split, shots=shots, episodes=episodes, transform=transform, seed=seed,
                   min_pixels=int(d["min_pixels"]))

@@ -21,6 +21,7 @@ ablation (guided map only).
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
 from fewshot_priors.ops.similarity import BACKENDS
 
-__all__ = ["QGNet", "FrozenModule"]
+__all__ = ["FrozenModule", "QGNet"]
 
 #: Largest absolute value accepted in an input image. ImageNet-normalised pixels lie
 #: in about [-2.2, 2.7]; raw 0-255 pixels (a silent wrong answer otherwise) exceed it.
@@ -137,6 +138,9 @@ class QGNet(nn.Module):
         bins: FEM pyramid bins (ints = sizes, floats = fractions of the feature size).
         channels: width of the decoder (256).
         aux_weight: weight of the mean auxiliary (per-scale) loss.
+        fg_weight: weight of the foreground class in the cross-entropy losses (1 = the
+            paper's unweighted CE; > 1 counters a small foreground share, see
+            ``docs/how-to/real-images.md``).
         region_map_backend: backend of the region-map ops (``"auto"``, ``"chunked"``,
             ``"reference"``, ``"fused"``).
         output_stride: backbone output stride (8).
@@ -154,6 +158,7 @@ class QGNet(nn.Module):
         bins: Sequence[int | float] = (60, 30, 15, 8),
         channels: int = 256,
         aux_weight: float = 1.0,
+        fg_weight: float = 1.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
     ):
@@ -167,6 +172,9 @@ class QGNet(nn.Module):
         self.shots = shots
         self.use_prior = bool(use_prior)
         self.aux_weight = float(aux_weight)
+        if isinstance(fg_weight, bool) or not float(fg_weight) > 0 or not math.isfinite(float(fg_weight)):
+            raise ValueError(f"`fg_weight` must be a finite number > 0, got {fg_weight!r}")
+        self.fg_weight = float(fg_weight)
         self.region_map_backend = region_map_backend
 
         if isinstance(backbone, FrozenBackbone):
@@ -480,13 +488,21 @@ class QGNet(nn.Module):
     def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
         """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored).
 
-        Each CE is the mean over the non-ignored pixels, computed as sum / count so that the
-        all-ignored case (and an empty batch) needs no host-device sync to give 0.
+        Each CE is the (class-weighted, weights ``(1, fg_weight)``) mean over the non-ignored
+        pixels, computed as sum / total weight so that the all-ignored case (and an empty
+        batch) needs no host-device sync to give 0.
         """
-        count = (query_mask != IGNORE_INDEX).sum().clamp(min=1)
+        weight = None
+        if self.fg_weight == 1.0:
+            total = (query_mask != IGNORE_INDEX).sum().clamp(min=1)
+        else:
+            weight = torch.tensor([1.0, self.fg_weight], device=logits.device)
+            total = (query_mask == 0).sum() + self.fg_weight * (query_mask == 1).sum()
+            total = total.clamp(min=torch.finfo(torch.float32).tiny)  # 0 / tiny = 0 when all are ignored
 
         def ce(x: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(x.float(), query_mask, ignore_index=IGNORE_INDEX, reduction="sum") / count
+            return F.cross_entropy(x.float(), query_mask, weight=weight, ignore_index=IGNORE_INDEX,
+                                   reduction="sum") / total
 
         main = ce(logits)
         if not aux_logits or self.aux_weight == 0:

@@ -1,0 +1,213 @@
+"""The real-image path (`fewshot-priors real-images`) on real COCO photos (shared/data/coco128_seg).
+
+Skipped when the data set is absent. Set FEWSHOT_PRIORS_REAL_DATA to the folder that
+holds ``fss_layout/`` and ``index.json`` to point it elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fewshot_priors.real_images import (
+    PRESETS,
+    class_folds,
+    class_image_counts,
+    list_unique_images,
+    run_real_images,
+    summarize,
+)
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("FEWSHOT_PRIORS_REAL_DATA")
+    here = Path(__file__).resolve()
+    candidates = [Path(env)] if env else [p / "shared" / "data" / "coco128_seg" for p in here.parents[1:4]]
+    for c in candidates:
+        if (c / "fss_layout").is_dir() and (c / "index.json").is_file():
+            return c
+    return None
+
+
+DATA = _data_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="shared/data/coco128_seg is absent")
+
+
+# --------------------------------------------------------------------------- folds (no data needed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_big=st.integers(4, 40), n_small=st.integers(0, 10), num_folds=st.integers(2, 4), seed=st.integers(0, 99))
+def test_class_folds_partition_the_big_classes(n_big, n_small, num_folds, seed):
+    counts = {f"big{i}": 5 + i for i in range(n_big)} | {f"small{i}": 1 + i % 4 for i in range(n_small)}
+    folds = class_folds(counts, num_folds=num_folds, min_images=5, seed=seed)
+    flat = [c for f in folds for c in f]
+    assert sorted(flat) == sorted(c for c in counts if c.startswith("big"))  # each big class held out once
+    assert len(set(flat)) == len(flat)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert folds == class_folds(counts, num_folds=num_folds, min_images=5, seed=seed)  # deterministic
+
+
+def test_class_folds_depend_on_the_seed_and_reject_too_many_folds():
+    counts = {f"c{i}": 6 for i in range(12)}
+    assert class_folds(counts, seed=0) != class_folds(counts, seed=1)
+    with pytest.raises(ValueError, match="num_folds"):
+        class_folds({"a": 5, "b": 5, "c": 1}, num_folds=4)
+    with pytest.raises(ValueError, match="num_folds"):
+        class_folds(counts, num_folds=1)
+
+
+def test_summarize_averages_folds_then_spreads_over_seeds():
+    runs = [{"seed": s, "fold": f, "results": {"1-shot": {"m": {"miou": 0.1 * (s + 1) + 0.02 * f, "fbiou": 0.5}}}}
+            for s in (0, 1, 2) for f in (0, 1)]
+    cell = summarize(runs)["1-shot"]["m"]
+    assert cell["miou"]["values"] == pytest.approx([0.11, 0.21, 0.31])
+    assert cell["miou"]["mean"] == pytest.approx(0.21)
+    assert cell["miou"]["std"] == pytest.approx(0.1)
+    assert (cell["miou"]["min"], cell["miou"]["max"]) == pytest.approx((0.11, 0.31))
+    assert cell["fbiou"]["std"] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- real photos
+
+
+@needs_data
+def test_unique_images_and_counts_match_the_index():
+    index = json.loads((DATA / "index.json").read_text())
+    counts = class_image_counts(DATA / "fss_layout")
+    assert counts == {c: len(v) for c, v in index.items()}
+    images = list_unique_images(DATA / "fss_layout")
+    stems = [Path(p).stem for p in images]
+    assert len(stems) == len(set(stems)) == len({s for v in index.values() for s, *_ in v})
+
+
+@needs_data
+def test_masks_line_up_with_their_images():
+    """The episode's full-resolution query mask is the class's PNG for that very photo: same size as the
+    image, and its foreground share is the one index.json recorded for (class, stem)."""
+    from fewshot_priors.data import FolderFewShot
+
+    index = {c: {s: a for s, a, _ in v} for c, v in json.loads((DATA / "index.json").read_text()).items()}
+    held = ["dog", "bus"]
+    ds = FolderFewShot(DATA / "fss_layout", shots=1, split="test", test_classes=held, episodes=8, seed=0,
+                       image_size=64, min_pixels=2048, cache=False, progress=False)
+    for i in range(len(ds)):
+        ep = ds[i]
+        cls, stem = ep["query_name"].split("/")
+        assert cls in held and ds.class_names[ep["class_id"]] == cls
+        with Image.open(DATA / "fss_layout" / cls / f"{stem}.jpg") as im:
+            w, h = im.size
+        m = ep["query_mask_orig"]
+        assert tuple(m.shape) == (h, w)
+        assert float((m == 1).float().mean()) == pytest.approx(index[cls][stem], abs=2e-3)
+
+
+@needs_data
+def test_end_to_end_quick_run(tmp_path):
+    """One seed, one fold, all models, tiny sizes: the held-out classes are the fold's, every method is
+    scored for 1 and 5 shots, and the outputs are written."""
+    out = tmp_path / "run"
+    counts = class_image_counts(DATA / "fss_layout")
+    f = next(i for i, cs in enumerate(class_folds(counts)) if "person" in cs)  # person: 59 images, 5-shot-able
+    m = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], quick=True, progress=False)
+    fold = m["folds"][f"fold{f}"]
+    assert all(counts[c] >= 5 for c in fold)
+    assert not set(fold) & {c for k, cs in m["folds"].items() if k != f"fold{f}" for c in cs}
+    (run,) = m["runs"]
+    assert run["test_classes"] == fold
+    names = {"qgnet", "qgnet_random_prior", "qgnet_without_prior", "baseline_guided_map_0.5",
+             "baseline_all_foreground"}
+    for shot in ("1-shot", "5-shot"):
+        assert set(run["results"][shot]) == names
+        for r in run["results"][shot].values():
+            assert set(r["test_classes"]) <= set(fold) and r["test_classes"]
+            assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["fbiou"] <= 1.0
+        # 5-shot needs 6 images of a class: classes with exactly 5 are left out of it
+        if shot == "5-shot":
+            assert all(counts[c] >= 6 for c in run["results"][shot]["qgnet"]["test_classes"])
+    assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == PRESETS["quick"]
+    assert (out / "metrics.json").is_file() and "| 1-shot | qgnet |" in (out / "results.md").read_text()
+    assert all(Path(p).is_file() for p in m["figures"][f"fold{f}"].values())
+
+
+@needs_data
+def test_folder_training_episodes_show_the_object():
+    """Regression test of the collapse to background: with PFENet's crop (the photo at its original
+    640 px, a 64-px crop) most training queries hold no foreground pixel at all; the folder default
+    (data.train_resize_long: null -> on) resizes the photo first, so nearly every query shows its object."""
+    from fewshot_priors.config import load_config
+    from fewshot_priors.engine.build import build_dataset
+
+    def fg_fraction(resize_long):
+        cfg = load_config("demo", {"data.dataset": "folder", "data.root": str(DATA / "fss_layout"),
+                                   "data.image_size": 64, "data.train_resize_long": resize_long})
+        ds = build_dataset(cfg, "train", seed=0, cache=False, progress=False)
+        has_fg = [bool((ds[i]["query_mask"] == 1).any()) for i in range(0, 120, 4)]
+        return sum(has_fg) / len(has_fg)
+
+    assert fg_fraction(None) >= 0.9
+    assert fg_fraction(False) <= 0.7
+
+
+# --------------------------------------------------------------------------- foreground-weighted loss
+
+
+def test_fg_weight_reweights_the_cross_entropy():
+    import types
+
+    import torch
+    import torch.nn.functional as F
+
+    from fewshot_priors.models.qgnet import QGNet
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 8, 8, generator=g)
+    mask = (torch.rand(2, 8, 8, generator=g) < 0.1).long()
+    mask[0, 0, 0] = 255
+    plain = types.SimpleNamespace(fg_weight=1.0, aux_weight=0.0)
+    assert QGNet.loss(plain, logits, [], mask) == pytest.approx(float(F.cross_entropy(logits, mask, ignore_index=255)))
+    heavy = types.SimpleNamespace(fg_weight=4.0, aux_weight=0.0)
+    ce = F.cross_entropy(logits, mask, ignore_index=255, reduction="none")
+    valid = mask != 255
+    w = torch.where(mask == 1, 4.0, 1.0)[valid]
+    assert QGNet.loss(heavy, logits, [], mask) == pytest.approx(float((ce[valid] * w).sum() / w.sum()), rel=1e-5)
+    # all-background logits pay more for their missed foreground under the weight
+    bg = torch.zeros(2, 2, 8, 8)
+    bg[:, 0] = 3.0
+    assert QGNet.loss(heavy, bg, [], mask) > QGNet.loss(plain, bg, [], mask)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True])
+def test_fg_weight_must_be_positive_and_finite(bad):
+    from fewshot_priors.models.qgnet import QGNet
+
+    with pytest.raises(ValueError, match="fg_weight"):
+        QGNet("resnet18", use_prior=False, fg_weight=bad, channels=8, bins=(2, 1))
+
+
+def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
+    import fewshot_priors.real_images as ri
+    from fewshot_priors.cli import main
+
+    seen = {}
+
+    def fake(root, output, **kw):
+        seen.update(kw, root=root, output=output)
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / "results.md").write_text("table\n")
+        return {"summary": {"1-shot": {}}}
+
+    monkeypatch.setattr(ri, "run_real_images", fake)
+    assert main(["real-images", "--root", "data", "--output", str(tmp_path), "--seeds", "3", "4",
+                 "--image-size", "80", "--train-epochs", "2", "--fg-weight", "3", "--folds", "1"]) == 0
+    assert seen["seeds"] == [3, 4] and seen["folds"] == [1] and seen["root"] == "data"
+    assert seen["preset_overrides"] == {"image_size": 80, "pretrain": {"size": 80}, "train": {"epochs": 2},
+                                        "fg_weight": 3.0}
+    with pytest.raises(SystemExit):
+        main(["real-images", "--root", "data", "--models", "unet"])
