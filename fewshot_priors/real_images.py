@@ -50,7 +50,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_resize_long": True,
         "pretrain": {"epochs": 3, "batch_size": 32, "size": 80, "n_segments": 24, "max_patches": 24,
                      "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
-                     "lr": 0.06, "moco_momentum": 0.99},
+                     # a short run on ~100 photos: an empty queue (random negatives collapse the
+                     # embeddings while a random queue fills), lr 8x MoCo's 0.03 * B / 256 (16x drifted),
+                     # and the query encoder (the momentum one is still ~90 % random init after 12 steps);
+                     # measured in docs/how-to/pretrain.md ("Is it learning?")
+                     "lr": 0.03, "moco_momentum": 0.99, "queue_init": "empty", "export_encoder": "query"},
         "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "max_steps": None},
         "backbone_weights": None,
         "fg_weight": 1.0,
