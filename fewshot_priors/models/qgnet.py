@@ -285,8 +285,10 @@ class QGNet(nn.Module):
         if bad:
             warnings.warn(
                 f"`support_masks` (batch, shot) {[tuple(i) for i in bad[:5]]} have no foreground pixel but "
-                "contain 255, which means 'ignore' (treated as background): these shots are empty. If "
-                "your masks are 0/255 binary images, pass `mask / 255` or `mask > 127`.",
+                "contain 255, which means 'ignore' (treated as background): these shots are empty. Either "
+                "the object was cropped out or shrunk away by the augmentation / resize (the 255 is then "
+                "padding or boundary; the datasets' eligibility rules avoid most such episodes), or your "
+                "masks are 0/255 binary images: then pass `mask / 255` or `mask > 127`.",
                 stacklevel=4,
             )
 
@@ -374,8 +376,9 @@ class QGNet(nn.Module):
                 if bool(binary_image.any()):
                     warnings.warn(
                         f"`query_mask` items {binary_image.nonzero().flatten().tolist()[:5]} hold 0 and 255 but "
-                        "no foreground pixel (1); 255 means 'ignore': "
-                        "if it is a 0/255 binary image, pass `mask // 255` (labels 0 / 1, 255 = ignore)",
+                        "no foreground pixel (1); 255 means 'ignore'. Either the object was cropped out or "
+                        "shrunk away by the augmentation / resize (the 255 is then padding or boundary), "
+                        "or it is a 0/255 binary image: then pass `mask // 255` (labels 0 / 1, 255 = ignore)",
                         stacklevel=3,
                     )
             query_mask = qm.to(query_image.device)
