@@ -159,6 +159,13 @@ def _single_channel(im: Image.Image) -> np.ndarray:
     return colour.copy()
 
 
+def _report_ambiguous(msg: str, strict: bool) -> None:
+    """An ambiguous mask: :class:`BadDataError` with ``strict``, else an :class:`AmbiguousMaskWarning`."""
+    if strict:
+        raise BadDataError(msg)
+    warnings.warn(msg, AmbiguousMaskWarning, stacklevel=3)
+
+
 def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
     """Read a binary mask of any storage format as an ``H, W`` uint8 array of 0 / 1 / 255.
 
@@ -212,9 +219,7 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
             f"{int(stray.sum())} pixel(s) of other values {values[:5]}{'...' if len(values) > 5 else ''}: "
             "they are treated as ignore (255)"
         )
-        if strict:
-            raise BadDataError(msg)
-        warnings.warn(msg, AmbiguousMaskWarning, stacklevel=2)
+        _report_ambiguous(msg, strict)
         out[is1] = 1
         out[is255 | stray] = IGNORE_INDEX
         return out
@@ -226,9 +231,7 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
             f"{'...' if len(values) > 5 else ''} (not a 0/1 or 0/255 mask): every non-zero pixel "
             "is read as foreground"
         )
-        if strict:
-            raise BadDataError(msg)
-        warnings.warn(msg, AmbiguousMaskWarning, stacklevel=2)
+        _report_ambiguous(msg, strict)
         fg = v > 0
     out[fg] = 1
     return out
