@@ -170,12 +170,6 @@ def pfenet_bins(ppm_scales: Sequence[int | float]) -> list[int | float]:
     return out
 
 
-def _fmt(keys: Sequence[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-    return "[" + ", ".join(keys[:limit]) + more + "]"
-
-
 def _strip_module(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in state.items():
@@ -308,6 +302,8 @@ def _target(config_model: Mapping[str, Any], n_bins: int, channels: int):
 
 def _check_complete(converted: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
                     unmapped: list[str], where: str, what: str, optional: Sequence[str] = ()) -> None:
+    from fewshot_priors.models.backbone import _fmt_keys
+
     for k, v in target.items():  # BN counters are not used in eval; older checkpoints lack them
         if k not in converted and k.endswith("num_batches_tracked"):
             converted[k] = torch.zeros((), dtype=v.dtype)
@@ -318,13 +314,13 @@ def _check_complete(converted: dict[str, torch.Tensor], target: Mapping[str, tor
     if unmapped or missing or unexpected or shapes:
         parts = []
         if unmapped:
-            parts.append(f"keys with no entry in the name table ({len(unmapped)}): {_fmt(unmapped)}")
+            parts.append(f"keys with no entry in the name table ({len(unmapped)}): {_fmt_keys(unmapped, 20)}")
         if missing:
-            parts.append(f"missing ({len(missing)}): {_fmt(missing)}")
+            parts.append(f"missing ({len(missing)}): {_fmt_keys(missing, 20)}")
         if unexpected:
-            parts.append(f"mapped to names the model does not have ({len(unexpected)}): {_fmt(unexpected)}")
+            parts.append(f"mapped to names the model does not have ({len(unexpected)}): {_fmt_keys(unexpected, 20)}")
         if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {_fmt(shapes, 8)}")
+            parts.append(f"shape mismatches ({len(shapes)}): {_fmt_keys(shapes, 8)}")
         raise ValueError(
             f"cannot convert {where} to {what}: " + "; ".join(parts)
             + ". The names are in fewshot_priors.models.convert.OFFICIAL_NAMES."
