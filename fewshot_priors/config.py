@@ -28,8 +28,6 @@ from typing import Any
 
 import yaml
 
-from .data.workers import resolve_num_workers
-
 __all__ = [
     "CONFIG_DIR",
     "DEFAULTS",
@@ -211,6 +209,8 @@ def validate(cfg: Mapping) -> dict:
         raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
+    from .data.workers import resolve_num_workers  # here: importing fewshot_priors.data loads torch
+
     try:
         resolve_num_workers(c["data"]["num_workers"])
     except (TypeError, ValueError) as err:
