@@ -57,11 +57,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "name": "qgnet",
         "output_dir": None,  # default: runs/<name>
         "seed": 321,
+        "device": "auto",  # auto | cpu | cuda | cuda:N (train, eval and pretrain)
     },
     "data": {
         "dataset": "pascal",  # pascal | coco | folder
         "root": "data",  # pascal: folder holding VOC2012/; coco: the COCO 2014 root; folder: class folders
         "fold": 0,
+        "shots": 1,  # K support images per training / validation episode
         "image_size": 473,
         "split_style": "interleaved",  # coco only: interleaved | contiguous
         "train_episodes": None,  # None: one episode per eligible (image, class) pair
@@ -95,6 +97,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
         "output_stride": 8,
         "region_map_backend": "auto",
+        "max_chunk_bytes": None,  # region-map ops: memory bound of one chunk (None = the ops' default)
+        "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
     },
     "train": {
         "epochs": 200,
@@ -117,12 +121,71 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 321,
         "batch_size": 1,
     },
+    "pretrain": {
+        # self-supervised GlobalLocalMoCo pretraining of the prior extractor (engine/pretrain.py);
+        # output folder, seed and device come from `experiment`
+        "images": None,  # a folder of images, a .txt list of paths, or a list of paths
+        # model
+        "backbone": "resnet50",
+        "backbone_kwargs": {},  # e.g. {"output_stride": 8}
+        "dim": 128,
+        "queue_size": 65536,
+        "local_queue_size": 65536,
+        "queue_init": "random",  # random (MoCo) | empty (only real keys are negatives)
+        "cap_queues": False,  # shorten queues longer than one epoch of keys
+        "moco_momentum": 0.999,
+        "temperature": 0.2,
+        "global_weight": 1.0,
+        "local_weight": 1.0,
+        "mlp_hidden": None,
+        "head_norm": "none",
+        "max_patches": 32,
+        "pool_mode": "area",
+        "shuffle_bn": "auto",
+        "bn_splits": 2,
+        # superpixels + views
+        "superpixel_method": "slic",  # slic | felzenszwalb
+        "superpixel_backend": "auto",
+        "n_segments": 64,
+        "compactness": 10.0,
+        "scale": 100.0,
+        "sigma": 0.8,
+        "min_size": 50,
+        "min_area": 0,
+        "view_min_area": 4,
+        "size": 224,
+        "cache_dir": None,
+        "build_cache": False,
+        "cache_workers": 0,
+        # optimisation
+        "batch_size": 256,
+        "epochs": 200,
+        "max_steps": None,
+        "lr": None,  # None: 0.03 * batch_size / 256
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "warmup_steps": 0,
+        "amp": True,
+        "num_workers": "auto",  # superpixels + views are made in the workers
+        "log_every": 10,
+        # collapse diagnostics (ssl diagnostics), logged under diag/ and probe/
+        "diag_every": 0,
+        "probe_root": None,
+        "probe_every": 0,
+        "probe_size": None,
+        "probe_k": 20,
+        "probe_train_fraction": 0.5,
+        "probe_max_images": None,
+        "ckpt_every_steps": None,
+        "export_path": None,
+        "export_encoder": "key",  # key (momentum encoder, as the official QGNet) | query
+    },
 }
 
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
-    ("data", "train_resize_long"),
+    ("data", "train_resize_long"), ("pretrain", "num_workers"),
     ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
 }
