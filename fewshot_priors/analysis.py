@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from fewshot_priors.ops._checks import check_float, check_rank
+from .constants import IGNORE_INDEX
+from .ops._checks import check_float, check_rank
 
 __all__ = ["TABLE7_THRESHOLDS", "RecallMeter", "recall_counts", "region_map_recall"]
 
@@ -43,7 +44,7 @@ def recall_counts(
     gt_mask: torch.Tensor,
     thresholds: Sequence[float] = TABLE7_THRESHOLDS,
     low_is_object: bool = False,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image counts ``|R ∩ R_GT|`` and ``|R_GT|`` behind :func:`region_map_recall`.
 
@@ -88,7 +89,7 @@ def region_map_recall(
     gt_mask: torch.Tensor,
     thresholds: Sequence[float] = TABLE7_THRESHOLDS,
     low_is_object: bool = False,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
     """Table-7 recall ``|R ∩ R_GT| / |R_GT|`` of each image, at each threshold.
 
@@ -117,7 +118,7 @@ class RecallMeter:
     """
 
     def __init__(self, thresholds: Sequence[float] = TABLE7_THRESHOLDS, low_is_object: bool = False,
-                 ignore_index: int = 255) -> None:
+                 ignore_index: int = IGNORE_INDEX) -> None:
         self.thresholds = tuple(float(a) for a in thresholds)
         self.low_is_object = bool(low_is_object)
         self.ignore_index = int(ignore_index)

@@ -16,8 +16,7 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def blur_kernel_size(size: int) -> int:

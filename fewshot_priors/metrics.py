@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from .constants import IGNORE_INDEX
+
 __all__ = ["FewShotSegMeter"]
 
 _EPS = 1e-10
@@ -36,7 +38,7 @@ class FewShotSegMeter:
         0.5
     """
 
-    def __init__(self, class_ids: Sequence[int], ignore_index: int = 255) -> None:
+    def __init__(self, class_ids: Sequence[int], ignore_index: int = IGNORE_INDEX) -> None:
         ids = [int(c) for c in class_ids]
         if not ids:
             raise ValueError("`class_ids` must be a non-empty sequence of class ids")

@@ -14,6 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._scalars import read_scalars
+from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "denormalize",
     "episode_figure",
@@ -22,9 +25,6 @@ __all__ = [
     "plot_pretrain_diagnostics",
     "save_episode_figures",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -41,7 +41,7 @@ def overlay_mask(rgb: np.ndarray, mask, color=(1.0, 0.1, 0.1), alpha: float = 0.
     out = rgb.copy()
     fg = m == 1
     out[fg] = (1 - alpha) * out[fg] + alpha * np.asarray(color)
-    out[m == 255] = 0.5 * out[m == 255] + 0.25
+    out[m == IGNORE_INDEX] = 0.5 * out[m == IGNORE_INDEX] + 0.25
     return out
 
 
@@ -127,8 +127,6 @@ def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("tra
         val_tags: tags drawn on the right axis.
     """
     if isinstance(source, (str, os.PathLike)):
-        from fewshot_priors.engine.logging import read_scalars
-
         source = read_scalars(source)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,13 +178,11 @@ def plot_pretrain_diagnostics(runs: Mapping[str, object], path: str | os.PathLik
 
     Args:
         runs: label -> a run's ``scalars.csv`` path or ``tag -> [(step, value), ...]``
-            (what :func:`fewshot_priors.engine.logging.read_scalars` returns).
+            (what ``read_scalars`` returns).
         path: output PNG.
         dim: embedding dimension (draws the ``1 / sqrt(dim)`` reference).
         queue_sizes: label -> ``(queue_size, local_queue_size)`` (draws ``log(1 + K)``).
     """
-    from fewshot_priors.engine.logging import read_scalars
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {k: read_scalars(v) if isinstance(v, (str, os.PathLike)) else v for k, v in runs.items()}

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-IGNORE_INDEX = 255
+from ..constants import IGNORE_INDEX
 
 _value_checks = True
 
