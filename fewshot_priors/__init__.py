@@ -34,9 +34,9 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
-    "GlobalLocalMoCo": "fewshot_priors.models.moco",
-    "MemoryQueue": "fewshot_priors.models.moco",
-    "SuperpixelPatchSampler": "fewshot_priors.superpixels",
+    "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
+    "MemoryQueue": "fewshot_priors.ssl.queue",
+    "SuperpixelPatchSampler": "fewshot_priors.ssl.superpixels",
     "FewShotSegMeter": "fewshot_priors.metrics",
     "PascalFewShot": "fewshot_priors.data",
     "CocoFewShot": "fewshot_priors.data",
@@ -67,8 +67,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .metrics import FewShotSegMeter
     from .models.backbone import FrozenBackbone, create_backbone
     from .models.fem import FEMDecoder
-    from .models.moco import GlobalLocalMoCo, MemoryQueue
     from .models.qgnet import QGNet
     from .ops.contrastive import info_nce, momentum_update
     from .ops.superpixel_pool import superpixel_pool
-    from .superpixels import SuperpixelPatchSampler
+    from .ssl.moco import GlobalLocalMoCo
+    from .ssl.queue import MemoryQueue
+    from .ssl.superpixels import SuperpixelPatchSampler

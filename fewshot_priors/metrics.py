@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .constants import IGNORE_INDEX
+from .distributed import all_reduce_sum, world_size
 
 __all__ = ["FewShotSegMeter"]
 
@@ -136,19 +137,12 @@ class FewShotSegMeter:
         """Sum the accumulators over all ranks (no-op unless torch.distributed is initialised).
 
         Call it once on every rank before :meth:`compute`; afterwards each rank
-        holds the global sums.
+        holds the global sums. One :func:`~fewshot_priors.distributed.all_reduce_sum`
+        of the concatenated accumulators.
         """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        if world_size() == 1:
             return
-        flat = torch.cat(self._tensors())
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flat = flat.to(device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat = flat.cpu()
+        flat = all_reduce_sum(torch.cat(self._tensors()))
         sizes = [t.numel() for t in self._tensors()]
         parts = torch.split(flat, sizes)
         (self.intersection, self.union, self.episodes, self.fb_intersection, self.fb_union) = (

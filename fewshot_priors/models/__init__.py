@@ -1,4 +1,5 @@
-"""Models: frozen timm backbones, the FEM decoder, QGNet and the official-checkpoint converter.
+"""Models: frozen timm backbones, the FEM decoder, QGNet, the official-checkpoint converter
+and (from :mod:`fewshot_priors.ssl`) the prior extractor's pretraining model ``GlobalLocalMoCo``.
 
 Names are imported lazily so that ``import fewshot_priors.models.<module>`` stays
 light and independent of the other model modules.
@@ -15,6 +16,8 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
+    # defined in fewshot_priors.ssl (pretraining); listed here too because it is a model
+    "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
     "convert_official_checkpoint": "fewshot_priors.models.convert",
     "to_official_state_dict": "fewshot_priors.models.convert",
 }
@@ -26,6 +29,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..ssl.moco import GlobalLocalMoCo
     from .backbone import FrozenBackbone, create_backbone
     from .convert import convert_official_checkpoint, to_official_state_dict
     from .fem import FEMDecoder

@@ -25,8 +25,8 @@ per chunk of whole batch items within :data:`PADDED_MAX_BYTES` (64 MiB). ``"tf32
 ``"fp32"`` keep the direct kernel on the inputs' own strides.
 
 The backward pass is a gather through the argmax
-(:func:`fewshot_priors.ops.similarity.max_cosine_backward`), so training keeps
-the memory win.
+(:func:`fewshot_priors.ops._backward.max_cosine_backward`, shared with the chunked
+backend), so training keeps the memory win.
 
 Operand precision (``precision=``, default :data:`DEFAULT_PRECISION`):
 
@@ -52,7 +52,7 @@ from contextlib import nullcontext as _nullcontext
 
 import torch
 
-from .similarity import MaxCosineFunction
+from ._backward import MaxCosineFunction, max_cosine_backward
 
 try:  # triton is an optional dependency (``pip install fewshot_priors[triton]``)
     import triton
@@ -667,8 +667,6 @@ class _FusedGuidedMaxCosine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, _grad_index):
-        from .similarity import max_cosine_backward
-
         query, support, weight, index = ctx.saved_tensors
         b, k, c, m = support.shape
         n = query.shape[2]

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from ._backward import MaxCosineFunction, max_cosine_backward
 from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same
 
 #: Default cap on the bytes of temporaries one tile of the similarity matrix may use.
@@ -86,56 +87,6 @@ def _chunked_max(x: torch.Tensor, y: torch.Tensor, eps: float, max_chunk_bytes: 
         values[:, n0:n1] = best
         index[:, n0:n1] = best_idx
     return values, index
-
-
-def max_cosine_backward(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of ``s = max_m cos(x_n, y_m)`` through the argmax ``index`` (``B, N``).
-
-    With ``d = <x, y>``, ``a = |x|``, ``b = |y|`` and ``D = a b + eps``:
-    ``ds/dx = y / D - d b x / (a D^2)`` and ``ds/dy = x / D - d a y / (b D^2)``;
-    the ``x / a`` and ``y / b`` terms are taken as 0 for zero vectors.
-    """
-    g = grad.to(x.dtype)
-    ysel = torch.gather(y, 2, index.unsqueeze(1).expand(-1, y.shape[1], -1))  # B,C,N
-    a = x.norm(dim=1, keepdim=True)  # B,1,N
-    bn = ysel.norm(dim=1, keepdim=True)
-    d = (x * ysel).sum(dim=1, keepdim=True)
-    den = a * bn + eps
-    xhat = torch.where(a > 0, x / a.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
-    yhat = torch.where(bn > 0, ysel / bn.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(ysel))
-    g = g.unsqueeze(1)
-    grad_x = g * (ysel / den - d * bn * xhat / den**2)
-    grad_ysel = g * (x / den - d * a * yhat / den**2)
-    grad_y = torch.zeros_like(y)
-    grad_y.scatter_add_(2, index.unsqueeze(1).expand(-1, y.shape[1], -1), grad_ysel)
-    return grad_x, grad_y
-
-
-class MaxCosineFunction(torch.autograd.Function):
-    """Base of the max-cosine autograd functions: the backward is a gather through the argmax.
-
-    A subclass's ``forward(ctx, x, y, eps, option)`` computes ``(values, index)`` its
-    own way and calls :meth:`save` with them.
-    """
-
-    @staticmethod
-    def save(ctx, x, y, index, eps):
-        ctx.save_for_backward(x, y, index)
-        ctx.eps = eps
-        ctx.mark_non_differentiable(index)
-
-    @staticmethod
-    def backward(ctx, grad_values, _grad_index):
-        x, y, index = ctx.saved_tensors
-        grad_x, grad_y = max_cosine_backward(grad_values, x, y, index, ctx.eps)
-        return (
-            grad_x if ctx.needs_input_grad[0] else None,
-            grad_y if ctx.needs_input_grad[1] else None,
-            None,
-            None,
-        )
 
 
 class _ChunkedMaxCosine(MaxCosineFunction):

@@ -16,7 +16,7 @@ from typing import Any
 import kornia.augmentation as K
 import torch
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def blur_kernel_size(size: int) -> int:

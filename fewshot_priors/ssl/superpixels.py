@@ -445,7 +445,7 @@ def build_superpixel_cache(
     Returns:
         Path of the manifest.
     """
-    from ._progress import progress_bar
+    from .._progress import progress_bar
 
     sampler = sampler or SuperpixelPatchSampler()
     cache_dir = Path(cache_dir)

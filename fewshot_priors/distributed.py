@@ -1,14 +1,25 @@
-"""Distributed helpers for ``torchrun`` (DDP): init from the environment, rank info, reductions.
+"""Distributed helpers for ``torchrun`` (DDP), in one module: rank info, init, reductions, gathers.
 
 Launch any training command under ``torchrun`` and the engine picks it up::
 
     torchrun --nproc_per_node 4 -m fewshot_priors.cli train --config coco/resnet50_473_fold0
 
-Only rank 0 logs, writes checkpoints and draws progress bars; episodes are split
-across ranks by :func:`shard_indices` (rank ``r`` takes every ``world``-th index
-starting at ``r``), and metric accumulators are summed with :func:`all_reduce_sum`.
+Only rank 0 logs, writes checkpoints and draws progress bars. Who uses what:
+
+* the engine: :func:`init_distributed`, :func:`dist_info`, :func:`barrier`,
+  :func:`cleanup_distributed`, and :func:`shard_indices` to split evaluation episodes
+  across ranks (rank ``r`` takes every ``world``-th index starting at ``r``);
+* :meth:`fewshot_priors.metrics.FewShotSegMeter.all_reduce`: sums the metric
+  accumulators of all ranks with :func:`all_reduce_sum`;
+* :class:`fewshot_priors.ssl.moco.GlobalLocalMoCo` and its
+  :class:`~fewshot_priors.ssl.queue.MemoryQueue`: :func:`concat_all_gather` and
+  :func:`broadcast` (shuffle-BN across ranks), :func:`all_gather_variable` (queue keys;
+  patch counts differ per rank), :func:`all_reduce_min` (every rank skips a non-finite
+  batch together) and :func:`world_size`.
+
 Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything runs as a
-single process and these helpers are no-ops.
+single process and these helpers are no-ops (the gathers return their input).
+This is a bottom-layer module: it imports only ``torch`` and the standard library.
 """
 
 from __future__ import annotations
@@ -21,13 +32,18 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "all_gather_variable",
+    "all_reduce_min",
     "all_reduce_sum",
     "barrier",
+    "broadcast",
     "cleanup_distributed",
+    "concat_all_gather",
     "dist_info",
     "init_distributed",
     "is_main_process",
     "shard_indices",
+    "world_size",
 ]
 
 
@@ -56,7 +72,13 @@ def dist_info() -> DistInfo:
 
 
 def is_main_process() -> bool:
+    """True on rank 0 (and in a single process)."""
     return dist_info().is_main
+
+
+def world_size() -> int:
+    """Number of processes of the initialised default group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def init_distributed(backend: str | None = None) -> DistInfo:
@@ -88,11 +110,13 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the default process group if one is initialised."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op on one process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -108,7 +132,11 @@ def shard_indices(n: int, info: DistInfo | None = None) -> range:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a tensor over all ranks in place (no-op on one process); returns it."""
+    """Sum a tensor over all ranks in place (no-op on one process); returns it.
+
+    A CPU tensor under the ``nccl`` backend is reduced through a CUDA copy of it
+    (on the current device) and copied back, so callers need not move it.
+    """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         backend = dist.get_backend()
         if backend == "nccl" and t.device.type != "cuda":
@@ -118,3 +146,52 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         else:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum of a tensor over all ranks, in place (no-op on one process); returns it."""
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``t`` on every rank with rank ``src``'s copy, in place (no-op on one process); returns it."""
+    if world_size() > 1:
+        dist.broadcast(t, src=src)
+    return t
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
+    """All-gather equally sized tensors along dim 0 in rank order (no gradient).
+
+    ``N, ...`` on each rank -> ``world * N, ...``; identity on one process.
+    """
+    world = world_size()
+    if world == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def all_gather_variable(x: torch.Tensor) -> torch.Tensor:
+    """All-gather tensors whose dim 0 differs across ranks (pads to the max, then trims).
+
+    ``N_r, ...`` on rank ``r`` -> ``sum_r N_r, ...`` in rank order; identity on one process.
+    """
+    world = world_size()
+    if world == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_i = [int(s) for s in sizes]
+    m = max(sizes_i)
+    pad = x.new_zeros((m, *x.shape[1:]))
+    pad[: x.shape[0]] = x
+    out = [torch.empty_like(pad) for _ in range(world)]
+    dist.all_gather(out, pad)
+    return torch.cat([o[:s] for o, s in zip(out, sizes_i)])

@@ -15,6 +15,10 @@ momentum (key) encoder -- as the official QGNet release, which takes MoCo's
 ``encoder_k`` as prior extractor -- (or, with ``encoder="query"``, the query
 encoder) as a safetensors file loadable by ``create_backbone(name,
 weights=path)`` / ``QGNet(prior_weights=path)``.
+
+The memory queue lives in :mod:`fewshot_priors.ssl.queue`, the export in
+:mod:`fewshot_priors.ssl.export` and the all-gathers in :mod:`fewshot_priors.distributed`;
+their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -26,135 +30,38 @@ import warnings
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import (
+    all_gather_variable,
+    all_reduce_min,
+    broadcast,
+    concat_all_gather,
+    dist_info,
+    world_size,
+)
+from ..models.backbone import MOCO_ENCODERS, pfenet_dilation
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
-from .backbone import MOCO_ENCODERS, pfenet_dilation
-from .backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor
+from .queue import QUEUE_INITS, MemoryQueue
+
+__all__ = [
+    "PRIOR_FORMAT",
+    "QUEUE_INITS",
+    "SHUFFLE_BN_MODES",
+    "GlobalLocalMoCo",
+    "MemoryQueue",
+    "all_gather_variable",
+    "concat_all_gather",
+    "create_encoder",
+    "dense_features",
+    "export_prior_extractor",
+    "load_prior_extractor",
+]
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
-QUEUE_INITS = ("random", "empty")
-
-
-# ----------------------------------------------------------------------------- distributed helpers
-def _dist_world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-@torch.no_grad()
-def concat_all_gather(x: torch.Tensor) -> torch.Tensor:
-    """All-gather equally sized tensors along dim 0 (no gradient); identity on one process."""
-    if _dist_world() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(_dist_world())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def all_gather_variable(x: torch.Tensor) -> torch.Tensor:
-    """All-gather tensors whose dim 0 differs across ranks (pads to the max, then trims)."""
-    world = _dist_world()
-    if world == 1:
-        return x
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.empty_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes_i = [int(s) for s in sizes]
-    m = max(sizes_i)
-    pad = x.new_zeros((m, *x.shape[1:]))
-    pad[: x.shape[0]] = x
-    out = [torch.empty_like(pad) for _ in range(world)]
-    dist.all_gather(out, pad)
-    return torch.cat([o[:s] for o, s in zip(out, sizes_i)])
-
-
-# ----------------------------------------------------------------------------- queue
-class MemoryQueue(nn.Module):
-    """FIFO memory of L2-normalised keys (MoCo's dictionary), stored as buffers.
-
-    The queue is a ring buffer of ``size`` rows: :meth:`enqueue` writes a batch at
-    consecutive rows starting at ``ptr``, wrapping around the end, and advances
-    ``ptr`` by the batch size modulo ``size``. Therefore ``size`` need *not* be a
-    multiple of the batch size, batches may vary in size (patch counts do), and
-    the oldest keys are always the ones replaced. A batch larger than ``size``
-    keeps only its last ``size`` keys. Under DDP the keys of all ranks are
-    all-gathered first (rank order), so every rank holds the same queue.
-
-    ``queue`` (``size, dim``) and ``ptr`` (scalar int64) are buffers, so they are
-    part of ``state_dict()`` and saved in checkpoints (exact resume).
-
-    ``init="random"`` (MoCo) fills the queue with random unit vectors, which act as
-    negatives until real keys replace them. ``init="empty"`` starts with NaN rows that
-    mean "not written yet": :meth:`negatives` leaves them out, so every negative is a
-    real key (an empty queue gives no negatives; the state dict is unchanged).
-
-    Args:
-        dim: key dimension ``D``.
-        size: number of keys ``K``.
-        seed: seed of the random-normal initialisation (default: global RNG).
-        init: ``"random"`` or ``"empty"``.
-    """
-
-    queue: torch.Tensor
-    ptr: torch.Tensor
-
-    def __init__(self, dim: int, size: int, *, seed: int | None = None, init: str = "random") -> None:
-        super().__init__()
-        if int(dim) < 1 or int(size) < 1:
-            raise ValueError(f"`dim` and `size` must be >= 1, got dim={dim}, size={size}")
-        if init not in QUEUE_INITS:
-            raise ValueError(f"`init` must be one of {QUEUE_INITS}, got {init!r}")
-        g = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        q = F.normalize(torch.randn(int(size), int(dim), generator=g), dim=1)
-        if init == "empty":
-            q.fill_(float("nan"))
-        self.register_buffer("queue", q)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    @property
-    def size(self) -> int:
-        return self.queue.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.queue.shape[1]
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, size={self.size}"
-
-    def filled(self) -> int:
-        """Number of rows holding keys or random init (NaN rows of an ``"empty"`` queue excluded)."""
-        # rows are written in ring order from row 0, so unwritten rows are the tail [ptr, K)
-        return self.size if not bool(torch.isnan(self.queue[-1, 0])) else int(self.ptr)
-
-    def negatives(self) -> torch.Tensor:
-        """A detached copy of the keys, ``K', D`` (safe to use before :meth:`enqueue`).
-
-        ``K' = K`` except for an ``init="empty"`` queue that is not full yet.
-        """
-        return self.queue[: self.filled()].detach().clone()
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
-        """Write ``keys`` (``N, D``) over the oldest entries; all-gathered under DDP."""
-        if not isinstance(keys, torch.Tensor) or keys.dim() != 2 or keys.shape[1] != self.dim:
-            shape = tuple(keys.shape) if isinstance(keys, torch.Tensor) else type(keys).__name__
-            raise ValueError(f"`keys` must have shape N, {self.dim}, got {shape}")
-        keys = keys.detach().to(self.queue.dtype)
-        if gather:
-            keys = all_gather_variable(keys)
-        n = keys.shape[0]
-        if n == 0:
-            return
-        m = min(n, self.size)
-        start = int(self.ptr) + n - m
-        idx = (start + torch.arange(m, device=self.queue.device)) % self.size
-        self.queue.index_copy_(0, idx, keys[-m:].to(self.queue.device))
-        self.ptr.fill_((int(self.ptr) + n) % self.size)
 
 
 # ----------------------------------------------------------------------------- model
@@ -349,8 +256,8 @@ class GlobalLocalMoCo(nn.Module):
         """The shuffle-BN mode actually used for a key batch of ``batch`` images."""
         mode = self.shuffle_bn
         if mode == "auto":
-            mode = "ddp" if _dist_world() > 1 else "split"
-        if mode == "ddp" and _dist_world() == 1:
+            mode = "ddp" if world_size() > 1 else "split"
+        if mode == "ddp" and world_size() == 1:
             raise RuntimeError("shuffle_bn='ddp' needs an initialised torch.distributed process group")
         if mode == "split" and batch < 2 * self.bn_splits:
             mode = "none"
@@ -369,9 +276,8 @@ class GlobalLocalMoCo(nn.Module):
         bs = x.shape[0]
         x_all = concat_all_gather(x)
         world = x_all.shape[0] // bs
-        perm = torch.randperm(x_all.shape[0], device=x.device)
-        dist.broadcast(perm, src=0)
-        rank = dist.get_rank()
+        perm = broadcast(torch.randperm(x_all.shape[0], device=x.device), src=0)
+        rank = dist_info().rank
         f = dense_features(self.key_encoder, x_all[perm.view(world, -1)[rank]])
         f_all = concat_all_gather(f)
         return f_all[torch.argsort(perm).view(world, -1)[rank]]
@@ -397,7 +303,7 @@ class GlobalLocalMoCo(nn.Module):
             dict of 0-dim tensors: ``loss``, ``loss_global``, ``loss_local``,
             ``acc_global``, ``acc_local``, ``num_patches`` (disabled terms: loss 0,
             accuracy NaN); plus the detached L2-normalised embeddings (for collapse
-            diagnostics, see :mod:`fewshot_priors.ssl_diagnostics`): ``z_global_q``,
+            diagnostics, see :mod:`fewshot_priors.ssl.diagnostics`): ``z_global_q``,
             ``z_global_k`` (``B, dim``) when the global loss is on, ``z_local_q``,
             ``z_local_k`` (``num_patches, dim``) when the local loss is on.
 
@@ -456,8 +362,8 @@ class GlobalLocalMoCo(nn.Module):
             loss = loss + self.local_weight * r.loss
         out["loss"] = loss
         finite = torch.isfinite(loss.detach()).float()
-        if self.training and _dist_world() > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank skips together (queues are gathered)
+        if self.training and world_size() > 1:
+            all_reduce_min(finite)  # every rank skips together (queues are gathered)
         if self.training and not bool(finite):
             # one non-finite batch must not poison the model for good: NaN keys in the
             # queues would make every later loss NaN, and NaN BatchNorm running stats would
@@ -493,59 +399,3 @@ class GlobalLocalMoCo(nn.Module):
             raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
         return self.key_encoder if encoder == "key" else self.encoder
 
-
-def export_prior_extractor(
-    model: GlobalLocalMoCo | nn.Module,
-    path: str | os.PathLike,
-    backbone: str | None = None,
-    encoder: str = "key",
-) -> str:
-    """Save a prior extractor's encoder weights as safetensors.
-
-    Keys are exactly the ``state_dict()`` keys of ``timm.create_model(backbone)``
-    without its classifier head; metadata is
-    ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
-    ``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
-
-    Args:
-        model: a :class:`GlobalLocalMoCo` (the encoder picked by ``encoder`` is
-            written; a DDP wrapper is unwrapped) or a bare timm encoder (then pass
-            ``backbone``).
-        path: output ``.safetensors`` file (parent folders are created; written
-            atomically).
-        backbone: timm name (default: ``model.backbone_name``).
-        encoder: which encoder of a :class:`GlobalLocalMoCo` is written: ``"key"``
-            (the momentum encoder, default; the official QGNet release uses MoCo's
-            ``encoder_k``) or ``"query"``. Ignored for a bare encoder.
-
-    Returns:
-        The path written, as a string.
-    """
-    from safetensors.torch import save_file
-
-    if encoder not in MOCO_ENCODERS:
-        raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
-    model = getattr(model, "module", model)
-    module = model.prior_encoder(encoder) if isinstance(model, GlobalLocalMoCo) else model
-    name = backbone or getattr(model, "backbone_name", None)
-    if not name:
-        raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})
-    os.replace(tmp, path)
-    return path
-
-
-def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`export_prior_extractor`: ``(state_dict, metadata)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(os.fspath(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != PRIOR_FORMAT:
-        raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
-    return load_file(os.fspath(path)), meta

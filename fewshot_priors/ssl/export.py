@@ -1,0 +1,77 @@
+"""Export the pretrained encoder as a prior extractor file for QGNet, and read it back.
+
+The file is safetensors: the ``state_dict()`` of ``timm.create_model(backbone)``
+without its classifier head, with metadata
+``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
+``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..models.backbone import MOCO_ENCODERS
+from ..models.backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+
+__all__ = ["PRIOR_FORMAT", "export_prior_extractor", "load_prior_extractor"]
+
+
+def export_prior_extractor(
+    model: nn.Module,
+    path: str | os.PathLike,
+    backbone: str | None = None,
+    encoder: str = "key",
+) -> str:
+    """Save a prior extractor's encoder weights as safetensors.
+
+    Keys are exactly the ``state_dict()`` keys of ``timm.create_model(backbone)``
+    without its classifier head; metadata is
+    ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
+    ``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
+
+    Args:
+        model: a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` (the encoder picked by ``encoder`` is
+            written; a DDP wrapper is unwrapped) or a bare timm encoder (then pass
+            ``backbone``).
+        path: output ``.safetensors`` file (parent folders are created; written
+            atomically).
+        backbone: timm name (default: ``model.backbone_name``).
+        encoder: which encoder of a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` is written: ``"key"``
+            (the momentum encoder, default; the official QGNet release uses MoCo's
+            ``encoder_k``) or ``"query"``. Ignored for a bare encoder.
+
+    Returns:
+        The path written, as a string.
+    """
+    from safetensors.torch import save_file
+
+    if encoder not in MOCO_ENCODERS:
+        raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
+    model = getattr(model, "module", model)
+    # a GlobalLocalMoCo (duck-typed: this module must not import ssl.moco, which imports it)
+    module = model.prior_encoder(encoder) if callable(getattr(model, "prior_encoder", None)) else model
+    name = backbone or getattr(model, "backbone_name", None)
+    if not name:
+        raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file written by :func:`export_prior_extractor`: ``(state_dict, metadata)``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(os.fspath(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != PRIOR_FORMAT:
+        raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
+    return load_file(os.fspath(path)), meta
