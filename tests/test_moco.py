@@ -9,13 +9,9 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from fewshot_priors.models.moco import (
-    GlobalLocalMoCo,
-    MemoryQueue,
-    dense_features,
-    export_prior_extractor,
-    load_prior_extractor,
-)
+from fewshot_priors.ssl.export import export_prior_extractor, load_prior_extractor
+from fewshot_priors.ssl.moco import GlobalLocalMoCo, dense_features
+from fewshot_priors.ssl.queue import MemoryQueue
 
 
 @pytest.fixture(autouse=True)

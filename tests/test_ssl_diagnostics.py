@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fewshot_priors.ssl_diagnostics import alignment, embedding_std, knn_accuracy, uniformity
+from fewshot_priors.ssl.diagnostics import alignment, embedding_std, knn_accuracy, uniformity
 
 
 def circle(n: int) -> torch.Tensor:

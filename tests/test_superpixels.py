@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot_priors import superpixels as sp
-from fewshot_priors.superpixels import (
+from fewshot_priors.ssl import superpixels as sp
+from fewshot_priors.ssl.superpixels import (
     SuperpixelCache,
     SuperpixelPatchSampler,
     available_backends,
@@ -175,7 +175,7 @@ def patch_means(img: torch.Tensor, lab: torch.Tensor, n: int) -> tuple[torch.Ten
 def test_two_views_patch_correspondence_survives_crop_flip_resize(hflip_p):
     """Paint every superpixel of an image in its own flat colour c_j; then in both views the
     pixels labelled j must still show c_j (up to bilinear blending at patch borders)."""
-    from fewshot_priors.augment import TwoViewAugment
+    from fewshot_priors.ssl.augment import TwoViewAugment
 
     labels, counts = SuperpixelPatchSampler("slic", n_segments=24, compactness=20)(smooth_image())
     n = int(counts[0])
@@ -206,7 +206,7 @@ def test_two_views_patch_correspondence_survives_crop_flip_resize(hflip_p):
 
 
 def test_two_views_seeded_and_validated():
-    from fewshot_priors.augment import TwoViewAugment, drop_small_segments
+    from fewshot_priors.ssl.augment import TwoViewAugment, drop_small_segments
 
     x = torch.rand(2, 3, 40, 50)
     lab = torch.randint(0, 5, (2, 40, 50))
@@ -241,7 +241,7 @@ def test_segmentation_does_not_depend_on_processing_order(backend):
 # --------------------------------------------------------------------------- hostile input (issue 13)
 _TINY_IMAGES_SCRIPT = r"""
 import numpy as np
-from fewshot_priors.superpixels import SuperpixelPatchSampler
+from fewshot_priors.ssl.superpixels import SuperpixelPatchSampler
 rng = np.random.default_rng(0)
 for backend in {backends!r}:
     s = SuperpixelPatchSampler("slic", backend, n_segments=64)
