@@ -43,7 +43,7 @@ PRETRAIN_STAGES = {
     "image read": [("data/io.py", "read_image")],
     "two-view augment": [("augment.py", "__call__")],
     "dataset item total (__getitem__)": [("data/unlabeled.py", "__getitem__")],
-    "model forward (GlobalLocalMoCo)": [("models/moco.py", "forward")],
+    "model forward (GlobalLocalMoCo)": [("ssl/moco.py", "forward")],
     "patch pooling (superpixel_pool)": [("ops/superpixel_pool.py", "superpixel_pool")],
     "backward": [("torch/_tensor.py", "backward")],
     "optimizer step": [("torch/optim/sgd.py", "step")],

@@ -96,7 +96,7 @@ def test_qgnet_inference(benchmark, device, impl, shots):
 @pytest.mark.parametrize("variant", ["global only", "global + local"])
 def test_moco_step(benchmark, device, variant):
     """One GlobalLocalMoCo step (forward, backward, SGD, momentum update, enqueue), 65536 queues."""
-    moco = pytest.importorskip("fewshot_priors.models.moco")
+    moco = pytest.importorskip("fewshot_priors.ssl.moco")
     gpu = on_gpu(device)
     name, size, batch = ("resnet50", 224, 64) if gpu else ("resnet18", 128, 8)
     torch.manual_seed(0)

@@ -125,7 +125,7 @@ BACKEND_CASES = [
 @pytest.mark.parametrize("name,method,backend", BACKEND_CASES, ids=[c[0] for c in BACKEND_CASES])
 def test_superpixel_backends(benchmark, name, method, backend):
     """One 473x473 image, ~64 segments, through the library's sampler (CPU work on any machine)."""
-    sps = pytest.importorskip("fewshot_priors.superpixels")
+    sps = pytest.importorskip("fewshot_priors.ssl.superpixels")
     if backend not in sps.available_backends(method):
         pytest.skip(f"{backend} not available here")
     sampler = sps.SuperpixelPatchSampler(method, backend, n_segments=64, scale=100.0, min_size=200, num_threads=1)

@@ -106,8 +106,8 @@ def opposite_region_maps() -> bytes:
 def two_views_and_patches() -> bytes:
     """Global vs local positives: two augmented views of one image and matching superpixels.
 
-    SLIC patches from :class:`fewshot_priors.superpixels.SuperpixelPatchSampler`; the two
-    views from :class:`fewshot_priors.augment.TwoViewAugment`, which crops and flips the
+    SLIC patches from :class:`fewshot_priors.ssl.superpixels.SuperpixelPatchSampler`; the two
+    views from :class:`fewshot_priors.ssl.augment.TwoViewAugment`, which crops and flips the
     label map with the image so patch ``j`` is the same region in both views.
     """
     import matplotlib.pyplot as plt
@@ -117,8 +117,8 @@ def two_views_and_patches() -> bytes:
     from skimage.segmentation import mark_boundaries
     from skimage.transform import resize
 
-    from fewshot_priors.augment import TwoViewAugment
-    from fewshot_priors.superpixels import SuperpixelPatchSampler
+    from fewshot_priors.ssl.augment import TwoViewAugment
+    from fewshot_priors.ssl.superpixels import SuperpixelPatchSampler
 
     img = (resize(data.chelsea(), (150, 200), anti_aliasing=True) * 255).astype(np.uint8)
     sampler = SuperpixelPatchSampler("slic", n_segments=40, seed=0)
