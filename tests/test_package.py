@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("package", ["fewshot_priors", "fewshot_priors.models", "fewshot_priors.engine"])
+@pytest.mark.parametrize("package", ["fewshot_priors", "fewshot_priors.models", "fewshot_priors.engine", "fewshot_priors.ssl"])
 def test_lazy_names_resolve_and_unknown_names_fail(package):
     mod = importlib.import_module(package)
     for name, module in mod._LAZY.items():
