@@ -102,7 +102,7 @@ def test_no_ipywidgets_warning_in_a_notebook_kernel():
     used = (
         "import fewshot_priors.data, fewshot_priors.engine, fewshot_priors.engine.pretrain\n"
         "from fewshot_priors import create_backbone\n"
-        "from fewshot_priors.models.moco import create_encoder\n"
+        "from fewshot_priors.ssl.moco import create_encoder\n"
         "from fewshot_priors._progress import progress_bar\n"
         "create_backbone('resnet18'); create_encoder('resnet18')\n"
         "list(progress_bar(range(3), file=sys.stdout))\n"

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import (
-    all_gather_variable,
+    all_gather_variable,  # noqa: F401 (old models.moco name)
     all_reduce_min,
     broadcast,
     concat_all_gather,
@@ -44,22 +44,10 @@ from ..distributed import (
 from ..models.backbone import MOCO_ENCODERS, pfenet_dilation
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
-from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor
-from .queue import QUEUE_INITS, MemoryQueue
+from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor  # noqa: F401 (old models.moco names)
+from .queue import QUEUE_INITS, MemoryQueue  # noqa: F401 (old models.moco names)
 
-__all__ = [
-    "PRIOR_FORMAT",
-    "QUEUE_INITS",
-    "SHUFFLE_BN_MODES",
-    "GlobalLocalMoCo",
-    "MemoryQueue",
-    "all_gather_variable",
-    "concat_all_gather",
-    "create_encoder",
-    "dense_features",
-    "export_prior_extractor",
-    "load_prior_extractor",
-]
+__all__ = ["SHUFFLE_BN_MODES", "GlobalLocalMoCo", "create_encoder", "dense_features"]
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
 
