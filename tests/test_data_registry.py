@@ -92,8 +92,8 @@ def _reference_build_dataset(cfg, split, *, shots=None, episodes=None, seed=None
         resize_long = d["dataset"] == "folder"
     transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
                  if split == "train" else TestTransform(size))
-    common = dict(fold=int(d["fold"]), split=split, shots=shots, episodes=episodes, transform=transform, seed=seed,
-                  min_pixels=int(d["min_pixels"]))
+    common = {"fold": int(d["fold"]), "split": split, "shots": shots, "episodes": episodes, "transform": transform,
+              "seed": seed, "min_pixels": int(d["min_pixels"])}
     if d.get("fold_classes") is not None:
         common["fold_classes"] = list(d["fold_classes"])
     common.update({k: d[k] for k in keys if d.get(k) is not None})
@@ -304,8 +304,9 @@ def test_options_that_do_not_apply_are_refused_by_name(cls, tmp_path):
 @pytest.mark.parametrize("cls", BUILTINS)
 def test_shared_arguments_mean_the_same(cls, synthetic_root, folder_root, tmp_path):
     # every shared argument is accepted by keyword: failure is about the (missing) data, not the call
-    kwargs = dict(fold=0, split="val", shots=1, episodes=2, transform=None, seed=1, image_size=32,
-                  min_pixels=1, fold_classes=[1], strict=False, cache=False, query_sampling="pairs", progress=False)
+    kwargs = {"fold": 0, "split": "val", "shots": 1, "episodes": 2, "transform": None, "seed": 1, "image_size": 32,
+              "min_pixels": 1, "fold_classes": [1], "strict": False, "cache": False, "query_sampling": "pairs",
+              "progress": False}
     with pytest.raises(fsdata.DataLayoutError, match="does not exist"):
         cls(tmp_path / "missing", **kwargs)
     if cls is CocoFewShot:

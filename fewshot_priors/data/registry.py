@@ -291,8 +291,10 @@ def create_dataset(
         resize_long = bool(getattr(cls, "train_resize_long", False))
     transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
                  if split == "train" else TestTransform(size))
-    args: dict[str, Any] = dict(fold=int(d["fold"]), split=split, shots=shots, episodes=episodes,
-                                transform=transform, seed=seed, image_size=size, min_pixels=int(d["min_pixels"]))
+    args: dict[str, Any] = {
+        "fold": int(d["fold"]), "split": split, "shots": shots, "episodes": episodes, "transform": transform,
+        "seed": seed, "image_size": size, "min_pixels": int(d["min_pixels"]),
+    }
     if d.get("fold_classes") is not None:
         args["fold_classes"] = list(d["fold_classes"])
     used = _options(cls)
