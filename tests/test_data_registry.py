@@ -226,11 +226,11 @@ def test_duplicate_and_bad_registrations_are_refused(registered):
 def test_unknown_dataset_names_data_dataset_and_the_close_match(synthetic_root):
     cfg = _pascal_cfg(synthetic_root)
     cfg["data"]["dataset"] = "pascl"
-    with pytest.raises(ValueError, match=r"data.dataset 'pascl' is not a registered dataset. Did you mean "
-                                         r"'pascal'\?.*Registered: coco, folder, pascal"):
+    with pytest.raises(ValueError, match=r"data.dataset must be one of the registered datasets \(coco, folder, "
+                                         r"pascal\), got 'pascl'. Did you mean 'pascal'\?"):
         create_dataset(cfg, "val")
     cfg["data"]["dataset"] = "imagenet"
-    with pytest.raises(ValueError, match="data.dataset 'imagenet'") as err:
+    with pytest.raises(ValueError, match="data.dataset must be one of .*, got 'imagenet'") as err:
         create_dataset(cfg, "val")
     assert "Did you mean" not in str(err.value) and "register_dataset" in str(err.value)
 

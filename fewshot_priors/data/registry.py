@@ -123,8 +123,8 @@ def get_dataset_class(name: str) -> type:
         close = difflib.get_close_matches(str(name), names, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
-            f"data.dataset {name!r} is not a registered dataset.{hint} Registered: {', '.join(names)} "
-            "(register your own with fewshot_priors.data.register_dataset)"
+            f"data.dataset must be one of the registered datasets ({', '.join(names)}), got {name!r}.{hint} "
+            "Register your own with fewshot_priors.data.register_dataset."
         )
     return cls
 
