@@ -30,8 +30,8 @@ def _make(root, n=4, mask_style="255"):
 
 def test_class_split_by_list_and_masks(tmp_path):
     root = _make(tmp_path / "fss")
-    tr = FolderFewShot(root, split="train", test_classes=["cat", "eel"], image_size=32)
-    te = FolderFewShot(root, split="test", shots=2, test_classes=["cat", "eel"], image_size=32)
+    tr = FolderFewShot(root, split="train", fold_classes=["cat", "eel"], image_size=32)
+    te = FolderFewShot(root, split="test", shots=2, fold_classes=["cat", "eel"], image_size=32)
     assert tr.class_ids == [1, 2, 4] and te.class_ids == [3, 5]
     assert te.class_names[3] == "cat" and len(te) == 1000 and len(tr) == 12
     ep = te[0]
@@ -62,7 +62,7 @@ def test_ratio_split_is_seeded_and_disjoint(tmp_path):
 
 def test_01_masks_with_ignore(tmp_path):
     root = _make(tmp_path / "fss", mask_style="01ignore")
-    te = FolderFewShot(root, split="test", test_classes=["ant"], episodes=3, image_size=32)
+    te = FolderFewShot(root, split="test", fold_classes=["ant"], episodes=3, image_size=32)
     m = te[0]["query_mask_orig"]
     assert (m[0] == 255).all() and set(torch.unique(m).tolist()) == {0, 1, 255}
 
@@ -75,9 +75,9 @@ def test_errors(tmp_path):
         FolderFewShot(tmp_path / "empty")
     root = _make(tmp_path / "fss")
     with pytest.raises(ValueError, match="zebra"):
-        FolderFewShot(root, test_classes=["zebra"])
+        FolderFewShot(root, fold_classes=["zebra"])
     with pytest.raises(ValueError, match="test_ratio"):
         FolderFewShot(root, test_ratio=1.5)
     (root / "ant" / "2.png").unlink()  # image without mask
     with pytest.warns(UserWarning, match="2.png"):
-        FolderFewShot(root, split="test", test_classes=["ant"], shots=1)
+        FolderFewShot(root, split="test", fold_classes=["ant"], shots=1)

@@ -110,12 +110,13 @@ def test_class_split_does_not_follow_the_episode_seed(tmp_path):
 
 def test_python_api_keeps_test_classes_test_ratio_fold(tmp_path):
     root = _make(tmp_path / "fss")
-    a = FolderFewShot(root, split="test", test_classes=["cat"], image_size=32, progress=False)
+    with pytest.warns(DeprecationWarning, match="`test_classes` is deprecated.*`fold_classes`"):
+        a = FolderFewShot(root, split="test", test_classes=["cat"], image_size=32, progress=False)
     b = FolderFewShot(root, split="test", fold_classes=["cat"], image_size=32, progress=False)
     assert a.test_class_ids == b.test_class_ids == [3]
     c = FolderFewShot(root, split="test", test_ratio=0.3, fold=1, seed=4, image_size=32, progress=False)
     assert len(c.test_class_ids) == 2
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
         FolderFewShot(root, test_classes=["cat"], fold_classes=["cat"])
     with pytest.raises(ValueError, match="not both"):
         FolderFewShot(root, num_folds=3, test_ratio=0.2)

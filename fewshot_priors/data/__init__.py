@@ -5,18 +5,26 @@
 * :func:`collate_episodes` - ``collate_fn`` for a DataLoader,
 * :func:`restore_prediction` - map a test prediction back to the original label size,
 * :class:`TrainTransform`, :class:`TestTransform`, :func:`build_transforms`,
-* :func:`generate_synthetic_dataset` - the built-in demo dataset (PASCAL layout).
+* :func:`generate_synthetic_dataset` - the built-in demo dataset (PASCAL layout),
+* :data:`DATASETS`, :func:`register_dataset`, :func:`available_datasets`,
+  :func:`create_dataset` - the dataset registry (``data.dataset: NAME``) and the
+  config -> dataset step (see :mod:`fewshot_priors.data.registry`).
+
+Every registered dataset takes one constructor signature, documented on
+:class:`EpisodicDataset`.
 """
 
+from .registry import DATASETS, available_datasets, create_dataset, register_dataset
 from .episodes import EpisodicDataset, collate_episodes, restore_prediction
+from .pascal import PascalFewShot  # registration order: pascal, coco, folder
 from .coco import CocoFewShot, coco_fold_classes
 from .folder import FolderFewShot
 from .io import BadDataError, DataLayoutError
-from .pascal import PascalFewShot
 from .synthetic import generate_synthetic_dataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform, build_transforms
 
 __all__ = [
+    "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BadDataError",
@@ -27,9 +35,12 @@ __all__ = [
     "PascalFewShot",
     "TestTransform",
     "TrainTransform",
+    "available_datasets",
     "build_transforms",
     "coco_fold_classes",
     "collate_episodes",
+    "create_dataset",
     "generate_synthetic_dataset",
+    "register_dataset",
     "restore_prediction",
 ]

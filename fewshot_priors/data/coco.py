@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, check_episode_args
+from .episodes import EpisodicDataset, check_episode_args, legacy_positional
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, BadDataError, DataLayoutError, read_label
+from .registry import check_options, register_dataset
 
 COCO_LAYOUT = """expected layout under root:
   train2014/<name>.jpg, val2014/<name>.jpg
@@ -43,6 +44,7 @@ def coco_fold_classes(
     return list(range(fold * per + 1, (fold + 1) * per + 1))
 
 
+@register_dataset("coco")
 class CocoFewShot(EpisodicDataset):
     """COCO-20i episodes (REFERENCE §5).
 
@@ -58,50 +60,69 @@ class CocoFewShot(EpisodicDataset):
     episodes ``val2014`` with its 20 test classes (20000 episodes by default).
     The index is cached beside the annotations (see :class:`PascalFewShot`).
 
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
+    option: ``split_style``. COCO specifics:
+
     Args:
         root: folder with ``train2014/``, ``val2014/`` and ``annotations/``.
         fold: 0-3.
-        split: ``"train"`` or ``"val"`` (``"test"`` is an alias).
-        shots: K.
-        split_style: ``"interleaved"`` (default) or ``"contiguous"`` fold classes.
-        episodes: number of episodes (default 20000 for val, all pairs for train).
-        transform: see :class:`PascalFewShot`; default scale aug 0.8-1.25.
-        seed: episode / augmentation seed.
-        image_size: crop / test size of the default transforms.
-        strict: raise on unusable pairs instead of skipping them.
-        annotation_format: ``"json"`` or ``"png"``.
-        crowd: ``"ignore"`` (default), ``"include"`` or ``"background"``.
+        episodes: default 20000 for val, all pairs for train.
+        transform: default as :class:`PascalFewShot` but with scale aug 0.8-1.25.
+        min_pixels: eligibility threshold (default 2048).
         fold_classes: explicit test class ids (contiguous ids) of the fold.
-        min_pixels: eligibility threshold (2048).
+        split_style: ``"interleaved"`` (default, None) or ``"contiguous"`` fold classes.
+        strict: raise on unusable pairs instead of skipping them.
         cache: write/read the index cache.
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
         progress: show a progress bar while the labels are scanned (first use only).
+        annotation_format: ``"json"`` or ``"png"``.
+        crowd: ``"ignore"`` (default), ``"include"`` or ``"background"``.
 
     Example:
         >>> ds = CocoFewShot("/data/coco", fold=0, split="val", shots=1)  # doctest: +SKIP
     """
 
+    options = ("split_style",)
+
+    @legacy_positional(
+        "fold", "split", "shots", "split_style", "episodes", "transform", "seed", "image_size", "strict",
+        "annotation_format", "crowd", "fold_classes", "min_pixels", "cache", "query_sampling", "progress",
+    )  # fmt: skip
     def __init__(
         self,
         root: str | Path,
+        *,
         fold: int = 0,
         split: str = "train",
         shots: int = 1,
-        split_style: str = "interleaved",
         episodes: int | None = None,
         transform: Callable | None = None,
         seed: int = 321,
         image_size: int = 473,
-        strict: bool = False,
-        annotation_format: str = "json",
-        crowd: str = "ignore",
+        min_pixels: int | None = None,
         fold_classes: Sequence[int] | None = None,
-        min_pixels: int = 2048,
+        num_folds: int | None = None,
+        num_classes: int | None = None,
+        split_style: str | None = None,
+        test_ratio: float | None = None,
+        min_class_images: int | None = None,
+        split_seed: int | None = None,
+        min_model_pixels: int | None = None,
+        strict: bool = False,
         cache: bool = True,
         query_sampling: str = "pairs",
         progress: bool = True,
+        annotation_format: str = "json",
+        crowd: str = "ignore",
     ) -> None:
+        check_options(
+            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
+            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
+            min_model_pixels=min_model_pixels,
+        )
+        min_pixels = 2048 if min_pixels is None else min_pixels
+        split_style = "interleaved" if split_style is None else split_style
         root = Path(root)
         split = {"test": "val"}.get(split, split)
         if split not in ("train", "val"):

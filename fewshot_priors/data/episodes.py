@@ -18,6 +18,7 @@ any number of DataLoader workers.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -70,11 +71,112 @@ def check_episode_args(
         raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {query_sampling!r}")
 
 
+#: The shared constructor parameters of every registered dataset, in order (all
+#: keyword-only after ``root``); see :class:`EpisodicDataset`.
+SHARED_PARAMETERS: tuple[str, ...] = (
+    "root", "fold", "split", "shots", "episodes", "transform", "seed", "image_size", "min_pixels",
+    "fold_classes", "num_folds", "num_classes", "split_style", "test_ratio", "min_class_images",
+    "split_seed", "min_model_pixels", "strict", "cache", "query_sampling", "progress",
+)  # fmt: skip
+
+
+def legacy_positional(*names: str) -> Callable[[Callable], Callable]:
+    """Decorate a dataset ``__init__(self, root, *, ...)`` so that the arguments
+    after ``root`` that an older release took by position (``names``, in that
+    order) still work, with a :class:`DeprecationWarning` (for one release).
+
+    ``inspect.signature`` shows the decorated, keyword-only signature.
+    """
+
+    def decorator(init: Callable) -> Callable:
+        @functools.wraps(init)
+        def wrapper(self, *args: Any, **kwargs: Any) -> None:
+            cls = type(self).__name__
+            if len(args) > 1:
+                extra = args[1:]
+                if len(extra) > len(names):
+                    raise TypeError(
+                        f"{cls}() takes `root` and keyword arguments, got {len(args)} positional arguments"
+                    )
+                given = names[: len(extra)]
+                for n in given:
+                    if n in kwargs:
+                        raise TypeError(f"{cls}() got multiple values for argument {n!r}")
+                warnings.warn(
+                    f"{cls}: passing {', '.join(given)} by position is deprecated and will be an error in "
+                    f"the next release; pass {', '.join(f'{n}=...' for n in given)} by keyword (every "
+                    "dataset takes one keyword-only signature after `root`, see EpisodicDataset)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs.update(zip(given, extra))
+                args = args[:1]
+            init(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
 class EpisodicDataset(Dataset):
     """Base class: K-shot episodes over an index of (image, class) pairs.
 
     Subclasses build the list of :class:`~fewshot_priors.data.index.Entry` and
     the scan, then call this constructor; they implement :meth:`read_label`.
+
+    **The shared dataset signature.** Every registered dataset
+    (:class:`~fewshot_priors.data.PascalFewShot`, :class:`~fewshot_priors.data.CocoFewShot`,
+    :class:`~fewshot_priors.data.FolderFewShot`, and yours, see
+    :func:`~fewshot_priors.data.register_dataset`) is built as::
+
+        Dataset(root, *, fold=0, split="train", shots=1, episodes=None, transform=None,
+                seed=321, image_size=473, min_pixels=None, fold_classes=None,
+                num_folds=None, num_classes=None, split_style=None, test_ratio=None,
+                min_class_images=None, split_seed=None, min_model_pixels=None,
+                strict=False, cache=True, query_sampling="pairs", progress=True,
+                **dataset_specific)
+
+    so that a ``data.KEY`` of the config means the same for each dataset:
+
+    * ``root``: the dataset folder (the only positional argument).
+    * ``fold``: which block of held-out classes (ignored when ``fold_classes`` is given).
+    * ``split``: ``"train"`` (training classes, reshuffled per :meth:`set_epoch`) or
+      ``"val"`` / ``"test"`` (aliases: held-out classes, fixed episode list).
+    * ``shots``: K support images per episode.
+    * ``episodes``: number of episodes; ``None`` = the dataset's default (train:
+      one per eligible pair; test: 5000 PASCAL, 20000 COCO, 1000 folder).
+    * ``transform``: ``transform(image, mask, rng) -> (image, mask, valid_hw)``;
+      ``None`` = the dataset's default transforms at ``image_size``.
+    * ``seed``: seed of the episodes and the augmentation.
+    * ``image_size``: size of the default transforms (and of the folder's
+      ``min_model_pixels`` rule).
+    * ``min_pixels``: a pair is eligible when the class covers at least this many
+      pixels; ``None`` = the dataset's default (2048 = 2 x 32 x 32 for PASCAL/COCO
+      as in the benchmarks, 1 for folders).
+    * ``fold_classes``: the held-out classes explicitly (class ids; folder: also
+      folder names).
+    * ``strict``, ``cache``, ``query_sampling``, ``progress``: see the arguments below
+      and the subclasses.
+
+    The dataset options (:data:`~fewshot_priors.data.registry.DATASET_OPTIONS`)
+    apply to some datasets only; each class lists those it uses in ``options``
+    and refuses the others by name when they are not None:
+
+    * ``num_folds``: PASCAL: folds of ``num_classes`` (default 4); folder: seeded folds.
+    * ``num_classes``: PASCAL layout: number of foreground classes.
+    * ``split_style``: COCO: ``"interleaved"`` (default) or ``"contiguous"`` folds.
+    * ``test_ratio``, ``min_class_images``, ``split_seed``, ``min_model_pixels``:
+      folder (see :class:`~fewshot_priors.data.FolderFewShot`).
+
+    Dataset-specific arguments (not config keys) follow the shared ones:
+    PASCAL ``use_split_list``; COCO ``annotation_format``, ``crowd``; folder
+    ``image_ext``, ``mask_ext``. Arguments after ``root`` passed by position
+    (as older releases allowed) still work for one release, with a DeprecationWarning.
+
+    Class attributes read by :func:`~fewshot_priors.data.create_dataset`:
+    ``options`` (above), ``train_resize_long`` (default of
+    ``data.train_resize_long``: True for photos of any size), and by
+    :func:`~fewshot_priors.data.registry.check_data_keys`: ``fold_classes_by_name``.
 
     Args:
         entries: the images of this split.
@@ -106,6 +208,15 @@ class EpisodicDataset(Dataset):
             least this many pixels after the resize to the model's input size
             (so thin or small objects that vanish there are never drawn).
     """
+
+    #: dataset options (of DATASET_OPTIONS) this dataset uses; the others are refused
+    options: tuple[str, ...] = ()
+    #: default of data.train_resize_long in create_dataset (True: photos of any size)
+    train_resize_long: bool = False
+    #: data.fold_classes may name classes (folder names) rather than only give ids
+    fold_classes_by_name: bool = False
+    #: set by register_dataset
+    dataset_name: str | None = None
 
     def __init__(
         self,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, _is_int, check_episode_args
+from .episodes import EpisodicDataset, _is_int, check_episode_args, legacy_positional
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, DataLayoutError, read_binary_mask
+from .registry import check_options, register_dataset
 
 FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
   <class_name>/<image_id>.jpg     an image
@@ -21,13 +23,14 @@ FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
 _SPLIT_TAG = 99991  # separates the class-split stream from the episode streams
 
 
+@register_dataset("folder")
 class FolderFewShot(EpisodicDataset):
     """Episodes over a folder of class folders with image/mask pairs (FSS-1000 layout).
 
     Class ids are ``1..N`` in sorted folder-name order; ``class_names[id]`` gives
     the folder. Classes are split at the class level, in this order of precedence:
 
-    * ``fold_classes`` (or its older name ``test_classes``): the held-out classes,
+    * ``fold_classes`` (or its deprecated name ``test_classes``): the held-out classes,
       as folder names or class ids ``1..N``;
     * ``num_folds``: a seeded permutation (``split_seed``) of the candidate classes
       cut into ``num_folds`` near-equal disjoint blocks; block ``fold`` is held out
@@ -49,40 +52,43 @@ class FolderFewShot(EpisodicDataset):
     model sees: thin or small objects that vanish at ``image_size`` are left out
     (one warning lists them).
 
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
+    options: ``num_folds``, ``test_ratio``, ``min_class_images``, ``split_seed``,
+    ``min_model_pixels``. Folder specifics:
+
     Args:
         root: folder with one sub-folder per class.
-        shots: K.
-        split: ``"train"`` or ``"test"`` (``"val"`` is an alias).
-        test_classes: folder names of the test classes (older name of ``fold_classes``).
-        test_ratio: share of the candidate classes held out per fold (default 0.2);
-            not combinable with ``num_folds``.
         fold: which block of the seeded class permutation is held out (default 0).
-        seed: seed of the episodes and the augmentation (and of the class split
-            when ``split_seed`` is None).
-        image_ext: image file extension(s) to look for.
-        mask_ext: mask file extension.
+        split: ``"train"`` or ``"test"`` (``"val"`` is an alias).
         episodes: number of episodes (default: one per eligible image for train,
             1000 for test).
-        transform: see :class:`PascalFewShot`; default: for train
-            ``TrainTransform(image_size, resize_long=image_size)`` (augmentation at the
-            test scale: longer side ~ ``image_size``), for test ``TestTransform(image_size)``.
+        transform: default: for train ``TrainTransform(image_size, resize_long=image_size)``
+            (augmentation at the test scale: longer side ~ ``image_size``), for test
+            ``TestTransform(image_size)``.
+        seed: seed of the episodes and the augmentation (and of the class split
+            when ``split_seed`` is None).
         image_size: size of the default transforms and of the ``min_model_pixels`` rule.
         min_pixels: minimum foreground pixels of an eligible pair at the original
             resolution (default 1).
-        strict: raise on unusable pairs and ambiguous masks instead of skipping / warning.
-        cache: write/read the index cache (``.fewshot_index_*.json`` in ``root``, or
-            the user cache folder when ``root`` is read-only).
-        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
-            :class:`~fewshot_priors.data.EpisodicDataset`.
-        progress: show a progress bar while the labels are scanned (first use only).
         fold_classes: the held-out classes: folder names, or class ids ``1..N``.
         num_folds: number of seeded folds over the candidate classes.
+        test_ratio: share of the candidate classes held out per fold (default 0.2);
+            not combinable with ``num_folds``.
         min_class_images: only classes with at least this many image/mask pairs
             are candidates of the seeded folds (the others always train).
         split_seed: seed of the class split (default: ``seed``); keep it fixed when
             the episode seed changes so that train and test see the same split.
         min_model_pixels: minimum foreground pixels of an eligible pair after the
             resize to ``image_size`` (default 1: the object must not vanish).
+        strict: raise on unusable pairs and ambiguous masks instead of skipping / warning.
+        cache: write/read the index cache (``.fewshot_index_*.json`` in ``root``, or
+            the user cache folder when ``root`` is read-only).
+        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
+            :class:`~fewshot_priors.data.EpisodicDataset`.
+        progress: show a progress bar while the labels are scanned (first use only).
+        image_ext: image file extension(s) to look for.
+        mask_ext: mask file extension.
+        test_classes: deprecated name of ``fold_classes`` (DeprecationWarning).
 
     Example:
         A folder ``my_data/`` with ``cat/001.jpg``, ``cat/001.png``, ``dog/...``::
@@ -94,32 +100,57 @@ class FolderFewShot(EpisodicDataset):
                                                  collate_fn=collate_episodes)
     """
 
+    options = ("num_folds", "test_ratio", "min_class_images", "split_seed", "min_model_pixels")
+    train_resize_long = True  # photos of any size: train at the test scale
+    fold_classes_by_name = True
+
+    @legacy_positional(
+        "shots", "split", "test_classes", "test_ratio", "fold", "seed", "image_ext", "mask_ext", "episodes",
+        "transform", "image_size", "min_pixels", "strict", "cache", "query_sampling", "progress",
+    )  # fmt: skip
     def __init__(
         self,
         root: str | Path,
-        shots: int = 1,
+        *,
+        fold: int = 0,
         split: str = "train",
-        test_classes: Sequence[str] | None = None,
-        test_ratio: float | None = None,
-        fold: int | None = None,
-        seed: int = 321,
-        image_ext: str | Sequence[str] = (".jpg", ".jpeg", ".png"),
-        mask_ext: str = ".png",
+        shots: int = 1,
         episodes: int | None = None,
         transform: Callable | None = None,
+        seed: int = 321,
         image_size: int = 473,
-        min_pixels: int = 1,
+        min_pixels: int | None = None,
+        fold_classes: Sequence[str | int] | None = None,
+        num_folds: int | None = None,
+        num_classes: int | None = None,
+        split_style: str | None = None,
+        test_ratio: float | None = None,
+        min_class_images: int | None = None,
+        split_seed: int | None = None,
+        min_model_pixels: int | None = None,
         strict: bool = False,
         cache: bool = True,
         query_sampling: str = "pairs",
         progress: bool = True,
-        *,
-        fold_classes: Sequence[str | int] | None = None,
-        num_folds: int | None = None,
-        min_class_images: int | None = None,
-        split_seed: int | None = None,
-        min_model_pixels: int = 1,
+        image_ext: str | Sequence[str] = (".jpg", ".jpeg", ".png"),
+        mask_ext: str = ".png",
+        test_classes: Sequence[str] | None = None,
     ) -> None:
+        check_options(
+            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
+            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
+            min_model_pixels=min_model_pixels,
+        )
+        if test_classes is not None:
+            warnings.warn(
+                "FolderFewShot: `test_classes` is deprecated and will be removed in the next release; "
+                "pass the held-out classes as `fold_classes` (the name every dataset and data.fold_classes use)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        fold = 0 if fold is None else fold  # None was the default of older releases
+        min_pixels = 1 if min_pixels is None else min_pixels
+        min_model_pixels = 1 if min_model_pixels is None else min_model_pixels
         root = Path(root)
         split = {"val": "test"}.get(split, split)
         if split not in ("train", "test"):

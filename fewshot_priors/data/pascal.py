@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, check_episode_args
+from .episodes import EpisodicDataset, check_episode_args, legacy_positional
 from .index import Entry, scan_entries
 from .io import DataLayoutError, read_label
+from .registry import check_options, register_dataset
 
 PASCAL_LAYOUT = """expected layout under root:
   VOC2012/JPEGImages/<id>.jpg
@@ -56,6 +57,7 @@ def fold_test_classes(
     return list(range(fold * per + 1, (fold + 1) * per + 1))
 
 
+@register_dataset("pascal")
 class PascalFewShot(EpisodicDataset):
     """PASCAL-5i episodes (REFERENCE §5) from ``root`` on disk.
 
@@ -72,27 +74,27 @@ class PascalFewShot(EpisodicDataset):
     ``dataset.json`` in ``root`` with ``{"num_classes": N, "folds": [[...], ...]}``
     is read automatically.
 
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
+    options: ``num_classes``, ``num_folds``. PASCAL specifics:
+
     Args:
         root: folder containing ``VOC2012/`` (or the ``VOC2012`` folder itself).
         fold: fold index (0-3 for PASCAL-5i).
-        split: ``"train"`` or ``"val"`` (``"test"`` is an alias of ``"val"``).
-        shots: K support images per episode.
-        episodes: number of episodes; default 5000 for val, all eligible pairs for train.
-        transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)``;
-            default :class:`~fewshot_priors.data.transforms.TrainTransform` (train) / :class:`~fewshot_priors.data.transforms.TestTransform` (val).
-        seed: seed of episodes and augmentation (321 in the paper).
-        image_size: crop / test size of the default transforms.
-        strict: raise on unusable image/label pairs instead of skipping them.
-        use_split_list: use ``ImageSets/Segmentation`` lists; ``False`` uses every
-            label in ``SegmentationClassAug`` for both splits (classes still disjoint).
-        num_classes: number of foreground classes (default 20, or from ``dataset.json``).
+        episodes: default 5000 for val, all eligible pairs for train.
+        transform: default :class:`~fewshot_priors.data.transforms.TrainTransform`
+            (train, scale 0.9-1.1) / :class:`~fewshot_priors.data.transforms.TestTransform` (val).
+        seed: 321 in the paper.
+        min_pixels: eligibility threshold (default 2048 = 2 x 32 x 32).
         fold_classes: explicit list of test class ids of this fold.
-        num_folds: number of folds when the folds are derived from ``num_classes``.
-        min_pixels: eligibility threshold (2048 = 2 x 32 x 32).
+        num_folds: number of folds when the folds are derived from ``num_classes`` (default 4).
+        num_classes: number of foreground classes (default 20, or from ``dataset.json``).
+        strict: raise on unusable image/label pairs instead of skipping them.
         cache: write/read the index cache.
         query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
             :class:`~fewshot_priors.data.EpisodicDataset`.
         progress: show a progress bar while the labels are scanned (first use only).
+        use_split_list: use ``ImageSets/Segmentation`` lists; ``False`` uses every
+            label in ``SegmentationClassAug`` for both splits (classes still disjoint).
 
     Example:
         >>> ds = PascalFewShot("/data/pascal", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -100,9 +102,16 @@ class PascalFewShot(EpisodicDataset):
         (torch.Size([3, 473, 473]), torch.Size([1, 3, 473, 473]))
     """
 
+    options = ("num_classes", "num_folds")
+
+    @legacy_positional(
+        "fold", "split", "shots", "episodes", "transform", "seed", "image_size", "strict", "use_split_list",
+        "num_classes", "fold_classes", "num_folds", "min_pixels", "cache", "query_sampling", "progress",
+    )  # fmt: skip
     def __init__(
         self,
         root: str | Path,
+        *,
         fold: int = 0,
         split: str = "train",
         shots: int = 1,
@@ -110,16 +119,28 @@ class PascalFewShot(EpisodicDataset):
         transform: Callable | None = None,
         seed: int = 321,
         image_size: int = 473,
-        strict: bool = False,
-        use_split_list: bool = True,
-        num_classes: int | None = None,
+        min_pixels: int | None = None,
         fold_classes: Sequence[int] | None = None,
-        num_folds: int = 4,
-        min_pixels: int = 2048,
+        num_folds: int | None = None,
+        num_classes: int | None = None,
+        split_style: str | None = None,
+        test_ratio: float | None = None,
+        min_class_images: int | None = None,
+        split_seed: int | None = None,
+        min_model_pixels: int | None = None,
+        strict: bool = False,
         cache: bool = True,
         query_sampling: str = "pairs",
         progress: bool = True,
+        use_split_list: bool = True,
     ) -> None:
+        check_options(
+            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
+            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
+            min_model_pixels=min_model_pixels,
+        )
+        min_pixels = 2048 if min_pixels is None else min_pixels
+        num_folds = 4 if num_folds is None else num_folds
         root = Path(root)
         split = {"test": "val"}.get(split, split)
         if split not in ("train", "val"):
@@ -150,7 +171,7 @@ class PascalFewShot(EpisodicDataset):
             if (voc / "SegmentationClass").is_dir():
                 warnings.warn(
                     f"{label_dir} not found; using {voc / 'SegmentationClass'} (VOC labels only)",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 label_dir = voc / "SegmentationClass"
             else:

@@ -12,7 +12,7 @@ a crop of another photo. The files go through the real loader:
     root/VOC2012/ImageSets/Segmentation/{train,val}.txt
     root/dataset.json                                  (num_classes, folds, class_names)
 
-so ``PascalFewShot(root, fold, split)`` picks up the folds from ``dataset.json``
+so ``PascalFewShot(root, fold=f, split=s)`` (or ``data.dataset: pascal``) picks up the folds from ``dataset.json``
 (like PASCAL-5i: 8 classes -> fold i tests classes ``2i+1, 2i+2``).
 """
 
