@@ -76,10 +76,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 ALLOWED_CYCLES: dict[frozenset[str], str] = {}
 
 #: Modules that may still define a shared constant themselves, -> reason. Each must still be needed.
-CONSTANT_COPIES_PENDING: dict[str, str] = {
-    "fewshot_priors.data.io": "owned by the data redesign (issue 10, H5): `IGNORE_INDEX = 255` becomes "
-    "`from ..constants import IGNORE_INDEX` at the merge; delete this entry then",
-}
+CONSTANT_COPIES_PENDING: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- the checker
