@@ -12,7 +12,8 @@ from torch import nn
 from fewshot_priors.config import load_config
 from fewshot_priors.engine.checkpoint import load_checkpoint
 from fewshot_priors.engine.evaluate import collate_eval
-from fewshot_priors.engine.train import StepBatchSampler, make_poly_scheduler, train
+from fewshot_priors.engine.runtime import StepBatchSampler
+from fewshot_priors.engine.train import make_poly_scheduler, train
 
 
 class ToyEpisodes(torch.utils.data.Dataset):

@@ -17,7 +17,8 @@ from fewshot_priors.config import ConfigError, load_config
 from fewshot_priors.engine.checkpoint import load_checkpoint
 from fewshot_priors.engine.evaluate import collate_eval
 from fewshot_priors.engine.rundir import RunFolderError
-from fewshot_priors.engine.train import resolve_device, train
+from fewshot_priors.engine.runtime import resolve_device
+from fewshot_priors.engine.train import train
 from test_engine import ToyEpisodes, ToyModel, _cfg, _losses
 
 
