@@ -56,7 +56,7 @@ from .distributed import barrier, init_distributed
 from .loop import StepLoop
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
-from .runtime import Runtime, derive_seed
+from .runtime import Runtime, config_device, derive_seed
 
 __all__ = ["PretrainConfig", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
 
@@ -166,8 +166,7 @@ def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dic
             raise _unknown(unknown, list(defaults), "the `pretrain` section")
         tree = {"experiment": {**DEFAULTS["experiment"], **(cfg.get("experiment") or {})},
                 "pretrain": {**copy.deepcopy(defaults), **section}}
-        if "device" not in (cfg.get("experiment") or {}) and (cfg.get("train") or {}).get("device") is not None:
-            tree["experiment"]["device"] = cfg["train"]["device"]  # a config written before experiment.device
+        tree["experiment"]["device"] = config_device(cfg)  # falls back to a legacy train.device
         if tree["experiment"].get("output_dir") is None:
             tree["experiment"]["output_dir"] = _EXPERIMENT_FIELDS["output_dir"]
     elif isinstance(cfg, Mapping):

@@ -33,6 +33,7 @@ from .distributed import DistInfo, dist_info
 __all__ = [
     "Runtime",
     "SeededItems",
+    "config_device",
     "StepBatchSampler",
     "derive_seed",
     "resolve_device",
@@ -161,11 +162,11 @@ class SeededItems(Dataset):
 
 def config_device(cfg: Mapping) -> str:
     """The device name of a config tree: ``experiment.device``, else a legacy ``train.device``."""
-    exp = cfg.get("experiment") or {}
-    if exp.get("device") is not None:
-        return str(exp["device"])
-    legacy = (cfg.get("train") or {}).get("device")
-    return str(legacy) if legacy is not None else "auto"
+    for section in ("experiment", "train"):
+        name = (cfg.get(section) or {}).get("device")
+        if name is not None:
+            return str(name)
+    return "auto"
 
 
 @dataclass
