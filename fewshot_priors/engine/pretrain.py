@@ -301,6 +301,86 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
     return out
 
 
+def _data(p: Mapping[str, Any], seed: int, info: Any, progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
+    """The superpixel sampler (cache built first when asked) and the two-view dataset."""
+    paths = list_images(p["images"])
+    sampler = SuperpixelPatchSampler(
+        p["superpixel_method"], p["superpixel_backend"], n_segments=p["n_segments"], compactness=p["compactness"],
+        scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"], min_area=p["min_area"],
+        max_patches=p["max_patches"], seed=seed,
+        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
+    )
+    if p["cache_dir"] and p["build_cache"]:
+        if info.is_main:
+            build_superpixel_cache(paths, p["cache_dir"], sampler, workers=p["cache_workers"], progress=progress)
+        barrier()
+    dataset = UnlabeledImages(paths, size=p["size"], sampler=sampler, max_patches=p["max_patches"],
+                              cache_dir=p["cache_dir"], augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
+                              seed=seed)
+    return sampler, dataset
+
+
+def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: int) -> GlobalLocalMoCo:
+    """The GlobalLocalMoCo of the ``pretrain`` section, initialised under ``(seed, "init")``."""
+    torch.manual_seed(derive_seed(seed, "init"))
+    return GlobalLocalMoCo(
+        p["backbone"], dim=p["dim"], queue_size=queue_size, local_queue_size=local_queue_size,
+        momentum=p["moco_momentum"], temperature=p["temperature"], global_weight=p["global_weight"],
+        local_weight=p["local_weight"], mlp_hidden=p["mlp_hidden"], head_norm=p["head_norm"],
+        max_patches=p["max_patches"], pool_mode=p["pool_mode"], shuffle_bn=p["shuffle_bn"], bn_splits=p["bn_splits"],
+        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], **p["backbone_kwargs"],
+    )
+
+
+class _Monitor:
+    """Collapse diagnostics (``diag/...``) and kNN probes (``probe/...``): they read the model, never change it."""
+
+    def __init__(self, p: Mapping[str, Any], loop: StepLoop, model: GlobalLocalMoCo, probe: Any,
+                 queue_sizes: tuple[int, int], world_size: int, is_main: bool):
+        self.p, self.loop, self.model, self.probe = p, loop, model, probe
+        self.queue_size, self.local_queue_size = queue_sizes
+        self.world_size, self.is_main = world_size, is_main
+        self.diagnostics: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+        self.local_keys = loop.step * p["batch_size"] * p["max_patches"]  # patch keys enqueued (upper bound)
+
+    def record(self, at: int, values: Mapping[str, float], prefix: str) -> None:
+        if not values:
+            return
+        tagged = {f"{prefix}/{k}": v for k, v in values.items()}
+        self.latest.update(tagged)
+        if self.diagnostics and self.diagnostics[-1]["step"] == at:
+            self.diagnostics[-1].update(tagged)
+        else:
+            self.diagnostics.append({"step": at, **tagged})
+        self.loop.log(at, {k: v for k, v in tagged.items() if not math.isnan(v)})
+
+    def run_probe(self, at: int) -> None:
+        if self.probe is not None:
+            self.record(at, probe_encoder(self.model.encoder, self.probe, k=self.p["probe_k"],
+                                          pool_mode=self.p["pool_mode"]), "probe")
+
+    def after_step(self, step: int, res: Mapping[str, torch.Tensor]) -> None:
+        p = self.p
+        self.local_keys += int(res["num_patches"]) * self.world_size
+        if p["diag_every"] and step % p["diag_every"] == 0 and self.is_main:
+            d = batch_diagnostics(res, self.model.queue.negatives() if self.model.queue is not None else None)
+            # share of each queue holding real keys (not its random init): the loss is
+            # only comparable across steps once both are 1
+            d["queue_fill"] = min(1.0, step * p["batch_size"] / self.queue_size)
+            d["local_queue_fill"] = min(1.0, self.local_keys / self.local_queue_size)
+            self.record(step, d, "diag")
+        if p["probe_every"] and step % p["probe_every"] == 0 and step != self.loop.stop:
+            self.run_probe(step)
+
+    def postfix(self, row: Mapping[str, float]) -> dict[str, str]:
+        d = {"loss": f"{row['loss']:.3f}", "acc_g": f"{row['acc_global']:.2f}", "acc_l": f"{row['acc_local']:.2f}"}
+        for tag, short in (("diag/std_global", "std_g"), ("probe/knn_global", "knn_g"), ("probe/knn_local", "knn_l")):
+            if tag in self.latest:
+                d[short] = f"{self.latest[tag]:.3f}"
+        return d
+
+
 def pretrain(
     cfg: Mapping[str, Any] | None = None,
     *,
@@ -347,69 +427,20 @@ def pretrain(
     p = tree["pretrain"]
     info = init_distributed()
     rt = Runtime.from_config(tree, amp=p["amp"], dist=info)
-    seed, device = rt.seed, rt.device
     out = prepare_run_dir(tree["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
                           kind="pretrain", dist=info)
 
-    # -- data ---------------------------------------------------------------------------
-    paths = list_images(p["images"])
-    sampler = SuperpixelPatchSampler(
-        p["superpixel_method"],
-        p["superpixel_backend"],
-        n_segments=p["n_segments"],
-        compactness=p["compactness"],
-        scale=p["scale"],
-        sigma=p["sigma"],
-        min_size=p["min_size"],
-        min_area=p["min_area"],
-        max_patches=p["max_patches"],
-        seed=seed,
-        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
-    )
-    if p["cache_dir"] and p["build_cache"]:
-        if info.is_main:
-            build_superpixel_cache(paths, p["cache_dir"], sampler, workers=p["cache_workers"], progress=progress)
-        barrier()
-    dataset = UnlabeledImages(
-        paths,
-        size=p["size"],
-        sampler=sampler,
-        max_patches=p["max_patches"],
-        cache_dir=p["cache_dir"],
-        augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
-        seed=seed,
-    )
+    sampler, dataset = _data(p, rt.seed, info, progress)
     n, batch_size = len(dataset), p["batch_size"]
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{n} images are fewer than pretrain.batch_size={batch_size}")
     total_steps = steps_per_epoch * p["epochs"]
     stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
-    queue_size, local_queue_size = queue_sizes_for(p, n, stop)
-
-    # -- model / optimiser --------------------------------------------------------------
-    torch.manual_seed(derive_seed(seed, "init"))
-    model = GlobalLocalMoCo(
-        p["backbone"],
-        dim=p["dim"],
-        queue_size=queue_size,
-        local_queue_size=local_queue_size,
-        momentum=p["moco_momentum"],
-        temperature=p["temperature"],
-        global_weight=p["global_weight"],
-        local_weight=p["local_weight"],
-        mlp_hidden=p["mlp_hidden"],
-        head_norm=p["head_norm"],
-        max_patches=p["max_patches"],
-        pool_mode=p["pool_mode"],
-        shuffle_bn=p["shuffle_bn"],
-        bn_splits=p["bn_splits"],
-        seed=derive_seed(seed, "queue") % (1 << 62),
-        queue_init=p["queue_init"],
-        **p["backbone_kwargs"],
-    ).to(device)
-    params = [q for q in model.parameters() if q.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=base_lr(p), momentum=p["momentum"], weight_decay=p["weight_decay"])
+    queue_sizes = queue_sizes_for(p, n, stop)
+    model = _model(p, rt.seed, *queue_sizes).to(rt.device)
+    optimizer = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=base_lr(p),
+                                momentum=p["momentum"], weight_decay=p["weight_decay"])
     scheduler = cosine_scheduler(optimizer, total_steps, p["warmup_steps"])
 
     saved_cfg = {"experiment": tree["experiment"], "pretrain": p}
@@ -425,56 +456,24 @@ def pretrain(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
             runner = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
             )
     if info.is_main:
         (out / "config.json").write_text(json.dumps(saved_cfg, indent=1, default=str))
     loader = rt.loader(dataset, batch_size=batch_size, start_step=loop.step, end_step=stop, collate_fn=_collate,
                        num_workers=p["num_workers"], seeded_items=False)  # items take their seed themselves
 
-    # -- diagnostics and probes (read the model, never change it) ---------------------------
     probe = None
     if p["probe_root"] and info.is_main:
-        probe = load_probe_set(
-            p["probe_root"],
-            size=p["probe_size"] or p["size"],
-            sampler=sampler,
-            max_patches=p["max_patches"],
-            train_fraction=p["probe_train_fraction"],
-            seed=seed,
-            max_images=p["probe_max_images"],
-        )
-    diagnostics: list[dict[str, float]] = []
-    latest: dict[str, float] = {}
-
-    def record(at: int, values: Mapping[str, float], prefix: str) -> None:
-        if not values:
-            return
-        latest.update({f"{prefix}/{k}": v for k, v in values.items()})
-        if diagnostics and diagnostics[-1]["step"] == at:
-            diagnostics[-1].update({f"{prefix}/{k}": v for k, v in values.items()})
-        else:
-            diagnostics.append({"step": at, **{f"{prefix}/{k}": v for k, v in values.items()}})
-        loop.log(at, {f"{prefix}/{k}": v for k, v in values.items() if not math.isnan(v)})
-
-    def run_probe(at: int) -> None:
-        if probe is not None:
-            record(at, probe_encoder(model.encoder, probe, k=p["probe_k"], pool_mode=p["pool_mode"]), "probe")
-
-    def postfix(row: Mapping[str, float]) -> dict[str, str]:
-        d = {"loss": f"{row['loss']:.3f}", "acc_g": f"{row['acc_global']:.2f}", "acc_l": f"{row['acc_local']:.2f}"}
-        for tag, short in (("diag/std_global", "std_g"), ("probe/knn_global", "knn_g"), ("probe/knn_local", "knn_l")):
-            if tag in latest:
-                d[short] = f"{latest[tag]:.3f}"
-        return d
-
+        probe = load_probe_set(p["probe_root"], size=p["probe_size"] or p["size"], sampler=sampler,
+                               max_patches=p["max_patches"], train_fraction=p["probe_train_fraction"], seed=rt.seed,
+                               max_images=p["probe_max_images"])
+    monitor = _Monitor(p, loop, model, probe, queue_sizes, info.world_size, info.is_main)
     if loop.step == 0:
-        run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
+        monitor.run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
 
-    # -- the step ---------------------------------------------------------------------------
     tags = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "num_patches")
     last: dict[str, Any] = {}  # the latest forward's outputs, for the diagnostics
-    local_keys = loop.step * batch_size * p["max_patches"]  # patch keys enqueued so far (an upper bound after resume)
 
     def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
         with rt.autocast():
@@ -489,34 +488,12 @@ def pretrain(
         last["res"] = res
         return {t: float(res[t].detach().float()) for t in tags}
 
-    def after_step(step: int) -> None:
-        nonlocal local_keys
-        res = last.pop("res")
-        local_keys += int(res["num_patches"]) * info.world_size
-        if p["diag_every"] and step % p["diag_every"] == 0 and info.is_main:
-            d = batch_diagnostics(res, model.queue.negatives() if model.queue is not None else None)
-            # share of each queue holding real keys (not its random init): the loss is
-            # only comparable across steps once both are 1
-            d["queue_fill"] = min(1.0, step * batch_size / queue_size)
-            d["local_queue_fill"] = min(1.0, local_keys / local_queue_size)
-            record(step, d, "diag")
-        if p["probe_every"] and step % p["probe_every"] == 0 and step != stop:
-            run_probe(step)
-
-    history = loop.run(loader, step_fn, after_step=after_step, postfix=postfix,
-                       on_end=lambda step: run_probe(step) if step == stop else None)
+    history = loop.run(loader, step_fn, after_step=lambda step: monitor.after_step(step, last.pop("res")),
+                       postfix=monitor.postfix, on_end=lambda step: monitor.run_probe(step) if step == stop else None)
     export = None
     if info.is_main and loop.step == stop:
         export = model.export_prior_extractor(p["export_path"] or out / "prior_extractor.safetensors",
                                               encoder=p["export_encoder"])
     barrier()
-    return {
-        "step": loop.step,
-        "total_steps": total_steps,
-        "history": history,
-        "diagnostics": diagnostics,
-        "output_dir": str(out),
-        "last": loop.last_path,
-        "prior_extractor": export,
-        "backbone": p["backbone"],
-    }
+    return {"step": loop.step, "total_steps": total_steps, "history": history, "diagnostics": monitor.diagnostics,
+            "output_dir": str(out), "last": loop.last_path, "prior_extractor": export, "backbone": p["backbone"]}
