@@ -29,7 +29,13 @@ import numpy as np
 import torch
 
 from .._progress import progress_bar
-from .checkpoint import capture_rng_state, checkpoint_paths, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    capture_rng_state,
+    checkpoint_paths,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .logging import RunLogger
 from .runtime import Runtime
 

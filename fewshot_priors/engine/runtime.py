@@ -33,8 +33,8 @@ from .distributed import DistInfo, dist_info
 __all__ = [
     "Runtime",
     "SeededItems",
-    "config_device",
     "StepBatchSampler",
+    "config_device",
     "derive_seed",
     "resolve_device",
     "seed_everything",

@@ -24,16 +24,7 @@ from .loop import StepLoop
 from .rundir import prepare_run_dir
 from .runtime import Runtime
 
-__all__ = [
-    "SeededItems",
-    "StepBatchSampler",
-    "derive_seed",
-    "make_optimizer",
-    "make_poly_scheduler",
-    "resolve_device",
-    "seed_everything",
-    "train",
-]
+__all__ = ["make_optimizer", "make_poly_scheduler", "train"]
 
 #: moved to :mod:`fewshot_priors.engine.runtime` (importable from here for one release)
 _MOVED = ("SeededItems", "StepBatchSampler", "derive_seed", "resolve_device", "seed_everything")
