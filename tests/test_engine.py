@@ -12,7 +12,8 @@ from torch import nn
 from fewshot_priors.config import load_config
 from fewshot_priors.engine.checkpoint import load_checkpoint
 from fewshot_priors.engine.evaluate import collate_eval
-from fewshot_priors.engine.train import StepBatchSampler, make_poly_scheduler, train
+from fewshot_priors.engine.runtime import StepBatchSampler
+from fewshot_priors.engine.train import make_poly_scheduler, train
 
 
 class ToyEpisodes(torch.utils.data.Dataset):
@@ -221,3 +222,38 @@ def test_evaluate_scores_logits_at_original_resolution_like_pfenet():
     # and it is not what the argmax-then-nearest path gives on this data
     hard = evaluate(None, Episodes(), predict_fn=lambda b: logits[b["index"]].argmax(1), progress=False)
     assert hard["miou"] != pytest.approx(res["miou"])
+
+
+def test_runtime_reads_experiment_device_then_a_legacy_train_device():
+    import contextlib
+
+    from fewshot_priors.engine.runtime import Runtime, config_device
+
+    assert config_device({"experiment": {"device": "cpu"}, "train": {"device": "cuda"}}) == "cpu"
+    assert config_device({"experiment": {"seed": 1}, "train": {"device": "cpu"}}) == "cpu"  # an old config
+    assert config_device({"experiment": {}}) == "auto"
+    rt = Runtime.from_config({"experiment": {"seed": 3}, "train": {"device": "cpu"}}, amp=True)
+    assert rt.device == torch.device("cpu") and rt.seed == 3 and rt.dist.world_size == 1
+    assert isinstance(rt.autocast(), contextlib.nullcontext)  # bf16 autocast only on CUDA
+    rt.seed_step(4)
+    a = torch.rand(3)
+    rt.seed_step(4)
+    assert torch.equal(a, torch.rand(3))
+    rt.seed_step(5)
+    assert not torch.equal(a, torch.rand(3))
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        Runtime.from_config({"experiment": {"seed": 0, "device": "gpu"}})
+
+
+def test_moved_seeding_names_warn_at_their_old_path():
+    import importlib
+
+    import fewshot_priors.engine.runtime as runtime
+
+    old = importlib.import_module("fewshot_priors.engine.train")  # the package exports a same-named function
+
+    for name in ("SeededItems", "StepBatchSampler", "derive_seed", "resolve_device", "seed_everything"):
+        with pytest.deprecated_call(match=f"engine.runtime.{name}"):
+            assert getattr(old, name) is getattr(runtime, name)
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018

@@ -17,7 +17,8 @@ from fewshot_priors.config import ConfigError, load_config
 from fewshot_priors.engine.checkpoint import load_checkpoint
 from fewshot_priors.engine.evaluate import collate_eval
 from fewshot_priors.engine.rundir import RunFolderError
-from fewshot_priors.engine.train import resolve_device, train
+from fewshot_priors.engine.runtime import resolve_device
+from fewshot_priors.engine.train import train
 from test_engine import ToyEpisodes, ToyModel, _cfg, _losses
 
 
@@ -65,10 +66,11 @@ def test_pretrain_follows_the_same_policy_before_reading_images(tmp_path):
     from fewshot_priors.engine.pretrain import pretrain
 
     (tmp_path / "scalars.csv").write_text("step,tag,value\n")
+    cfg = {"experiment": {"output_dir": str(tmp_path)}, "pretrain": {"images": str(tmp_path / "no-images")}}
     with pytest.raises(RunFolderError, match="already holds a run"):
-        pretrain(images=str(tmp_path / "no-images"), output_dir=str(tmp_path), progress=False)
+        pretrain(cfg, progress=False)
     with pytest.raises(FileNotFoundError):  # with overwrite it gets as far as the (missing) images
-        pretrain(images=str(tmp_path / "no-images"), output_dir=str(tmp_path), progress=False, overwrite=True)
+        pretrain(cfg, progress=False, overwrite=True)
     assert not (tmp_path / "scalars.csv").exists()
 
 

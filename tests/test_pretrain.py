@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import random
 
 import numpy as np
 import pytest
@@ -10,8 +12,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from fewshot_priors.data.unlabeled import UnlabeledImages, list_images
-from fewshot_priors.engine.checkpoint import load_checkpoint
+from fewshot_priors.engine.checkpoint import checkpoint_paths, load_checkpoint
 from fewshot_priors.engine.pretrain import PretrainConfig, cosine_scheduler, pretrain
+from fewshot_priors.models.moco import GlobalLocalMoCo
 from fewshot_priors.superpixels import SuperpixelPatchSampler, build_superpixel_cache
 
 
@@ -59,9 +62,13 @@ TINY = dict(
     moco_momentum=0.9,
     max_patches=16,
     n_segments=16,
-    progress=False,
-    tensorboard=False,
 )
+
+
+def run(out, resume=None, seed=0, **fields):
+    """pretrain() with the config tree: ``fields`` is the pretrain section, out/seed the experiment's."""
+    cfg = {"experiment": {"output_dir": str(out), "seed": seed}, "pretrain": fields}
+    return pretrain(cfg, resume=resume, progress=False, tensorboard=False)
 
 
 def last_window(history, key):
@@ -74,8 +81,8 @@ def test_short_pretraining_beats_untrained_control(images, tmp_path):
     and far above the same pipeline with lr = 0 (a random encoder's features already beat
     chance, so that control is the honest baseline)."""
     kw = dict(TINY, images=str(images), max_steps=30, log_every=10)
-    trained = pretrain(lr=0.05, output_dir=str(tmp_path / "trained"), **kw)
-    control = pretrain(lr=0.0, output_dir=str(tmp_path / "control"), **kw)
+    trained = run(tmp_path / "trained", lr=0.05, **kw)
+    control = run(tmp_path / "control", lr=0.0, **kw)
     tg, tl = last_window(trained["history"], "acc_global"), last_window(trained["history"], "acc_local")
     cg, cl = last_window(control["history"], "acc_global"), last_window(control["history"], "acc_local")
     chance_g, chance_l = 1 / (1 + TINY["queue_size"]), 1 / (1 + TINY["local_queue_size"])
@@ -91,10 +98,10 @@ def _scalars(path):
 
 def test_resume_is_bit_exact(images, tmp_path):
     kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, log_every=1, lr=0.05)
-    full = pretrain(output_dir=str(tmp_path / "full"), max_steps=5, **kw)
-    part = pretrain(output_dir=str(tmp_path / "part"), max_steps=2, **kw)
+    full = run(tmp_path / "full", max_steps=5, **kw)
+    part = run(tmp_path / "part", max_steps=2, **kw)
     assert part["step"] == 2
-    resumed = pretrain(output_dir=str(tmp_path / "part"), max_steps=5, resume=True, **kw)
+    resumed = run(tmp_path / "part", max_steps=5, resume=True, **kw)
     assert resumed["step"] == full["step"] == 5
     a = load_checkpoint(full["last"])["model_state"]
     b = load_checkpoint(resumed["last"])["model_state"]
@@ -139,16 +146,30 @@ def test_dataset_items_seeded_and_cache_used(images, tmp_path):
         cached[(10, 11)]  # not in the cache -> would need segment()
 
 
-def test_config_validation_and_cosine_schedule(images):
-    with pytest.raises(ValueError, match="unknown pretrain option"):
-        pretrain(images=str(images), bogus=1)
+def test_config_validation_and_cosine_schedule(images, tmp_path):
+    with pytest.raises(ValueError, match="unknown pretrain option.*'bach_size': did you mean 'batch_size'"):
+        pretrain({"pretrain": {"images": str(images), "bach_size": 1}})
+    with pytest.raises(ValueError, match="'seed' is experiment.seed now"):
+        pretrain({"pretrain": {"images": str(images), "seed": 1}})
     with pytest.raises(ValueError, match="images"):
-        pretrain(PretrainConfig())
+        pretrain({"pretrain": {}})
     with pytest.raises(ValueError, match="batch_size"):
-        pretrain(images=str(images), batch_size=64, progress=False, tensorboard=False, output_dir="/tmp/unused-x")
+        run(tmp_path / "unused", images=str(images), batch_size=64)
     with pytest.raises(ValueError, match="export_encoder"):
+        pretrain({"pretrain": {"images": str(images), "export_encoder": "momentum"}})
+    with pytest.raises(TypeError, match="config tree"):
+        pretrain("runs/pretrain")
+    # the old forms (deprecated for one release) are checked the same way
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="unknown pretrain option"):
+        pretrain(images=str(images), bogus=1)
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="images"):
+        pretrain(PretrainConfig())
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="batch_size"):
+        pretrain(images=str(images), batch_size=64, progress=False, tensorboard=False, output_dir="/tmp/unused-x")
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="export_encoder"):
         pretrain(images=str(images), export_encoder="momentum")
-    assert PretrainConfig(batch_size=512).base_lr == pytest.approx(0.06)
+    with pytest.deprecated_call():
+        assert PretrainConfig(batch_size=512).base_lr == pytest.approx(0.06)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sch = cosine_scheduler(opt, 10)
     lrs = []
@@ -178,8 +199,8 @@ def make_probe(folder, n_per_class=4, size=48):
 def test_diagnostics_and_probe_are_logged_and_do_not_change_training(images, tmp_path):
     probe = make_probe(tmp_path / "probe")
     kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, max_steps=2, log_every=1, lr=0.05)
-    plain = pretrain(output_dir=str(tmp_path / "plain"), **kw)
-    diag = pretrain(output_dir=str(tmp_path / "diag"), diag_every=1, probe_root=str(probe), probe_every=1, **kw)
+    plain = run(tmp_path / "plain", **kw)
+    diag = run(tmp_path / "diag", diag_every=1, probe_root=str(probe), probe_every=1, **kw)
     # diagnostics read the model, they never change it (eval-mode probing restores train mode)
     a, b = load_checkpoint(plain["last"])["model_state"], load_checkpoint(diag["last"])["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -202,7 +223,8 @@ def test_diagnostics_and_probe_are_logged_and_do_not_change_training(images, tmp
 def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
     from fewshot_priors.engine.pretrain import queue_sizes_for
 
-    c = PretrainConfig(images=str(images), batch_size=8, queue_size=2048, local_queue_size=64, max_patches=16)
+    with pytest.deprecated_call():
+        c = PretrainConfig(images=str(images), batch_size=8, queue_size=2048, local_queue_size=64, max_patches=16)
     with pytest.warns(UserWarning, match="stale copies of its own image"):
         assert queue_sizes_for(c, 32) == (2048, 64)
     c.cap_queues = True
@@ -224,3 +246,92 @@ def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert queue_sizes_for(c, 32, total_steps=10) == (16, 64)  # an empty queue has no random negatives
+
+
+def test_old_call_forms_still_run_the_same_pretraining(images, tmp_path):
+    """PretrainConfig, a flat mapping of its fields and field=value keywords (deprecated) run exactly
+    what the config tree runs, with the old defaults (seed 0) and output_dir/seed/device as experiment keys."""
+    kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, max_steps=2, log_every=1, lr=0.05)
+    new = run(tmp_path / "new", **kw)
+    with pytest.deprecated_call():
+        flat = pretrain(output_dir=str(tmp_path / "flat"), progress=False, tensorboard=False, **kw)
+    with pytest.deprecated_call():
+        mapping = pretrain({**kw, "output_dir": str(tmp_path / "mapping"), "progress": False, "tensorboard": False})
+    with pytest.deprecated_call():
+        dc = pretrain(PretrainConfig(**kw, output_dir=str(tmp_path / "dc"), seed=0, progress=False,
+                                     tensorboard=False))
+    ref = load_checkpoint(new["last"])["model_state"]
+    for res in (flat, mapping, dc):
+        got = load_checkpoint(res["last"])["model_state"]
+        assert all(torch.equal(ref[k], got[k]) for k in ref)
+        assert [h["loss"] for h in res["history"]] == [h["loss"] for h in new["history"]]
+    saved = json.loads((tmp_path / "flat" / "config.json").read_text())
+    assert saved["experiment"]["seed"] == 0 and saved["experiment"]["output_dir"] == str(tmp_path / "flat")
+    assert saved["pretrain"]["batch_size"] == 4 and "seed" not in saved["pretrain"]
+    # config.json is what ran: passed back to pretrain() it repeats the run
+    again = pretrain({**saved, "experiment": {**saved["experiment"], "output_dir": str(tmp_path / "again")}},
+                     progress=False, tensorboard=False)
+    got = load_checkpoint(again["last"])["model_state"]
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def _global_rng_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def test_killed_pretraining_resumes_to_the_uninterrupted_result(images, tmp_path, monkeypatch):
+    """Killed inside step 4 (checkpoints after every step), resumed with other global RNG states:
+    same weights, queues, loss log and RNG state as the uninterrupted run, and the checkpoints
+    hold the RNG state (pretraining did not save it before)."""
+    kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, max_steps=5, log_every=1, lr=0.05,
+              ckpt_every_steps=1)
+    _global_rng_seed(0)
+    full = run(tmp_path / "full", **kw)
+
+    _global_rng_seed(0)
+    real, calls = GlobalLocalMoCo.forward, {"n": 0}
+
+    def dying(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # killed after the forward of step 4 started
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GlobalLocalMoCo, "forward", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", **kw)
+    monkeypatch.setattr(GlobalLocalMoCo, "forward", real)
+    ck = load_checkpoint(tmp_path / "run" / "last")
+    assert ck["meta"]["step"] == 3 and ck["rng_state"] is not None
+
+    _global_rng_seed(99)  # the resumed run must take its RNG streams from the checkpoint
+    resumed = run(tmp_path / "run", resume=True, **kw)
+    assert resumed["step"] == full["step"] == 5
+    a, b = load_checkpoint(full["last"]), load_checkpoint(resumed["last"])
+    assert a["model_state"].keys() == b["model_state"].keys()
+    for k in a["model_state"]:
+        assert torch.equal(a["model_state"][k], b["model_state"][k]), k
+    assert _scalars(tmp_path / "full" / "scalars.csv") == _scalars(tmp_path / "run" / "scalars.csv")
+    assert a["rng_state"] == b["rng_state"]  # python/numpy streams were restored, not re-seeded to 99
+
+
+def test_a_checkpoint_without_rng_state_still_resumes_with_a_warning(images, tmp_path):
+    """Checkpoints of the old pretraining loop hold no RNG state (and no epoch in the meta): they
+    resume with a warning, and exactly, since every random draw of a step is seeded by (seed, step)."""
+    kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, log_every=1, lr=0.05)
+    full = run(tmp_path / "full", max_steps=4, **kw)
+    run(tmp_path / "old", max_steps=2, **kw)
+    sidecar = checkpoint_paths(tmp_path / "old" / "last")[1]
+    side = json.loads(sidecar.read_text())
+    del side["rng_state"]
+    for key in ("epoch", "steps_per_epoch"):
+        del side["meta"][key]
+    sidecar.write_text(json.dumps(side))
+    assert load_checkpoint(tmp_path / "old" / "last")["rng_state"] is None
+    with pytest.warns(UserWarning, match="holds no RNG state"):
+        resumed = run(tmp_path / "old", max_steps=4, resume=True, **kw)
+    a, b = load_checkpoint(full["last"])["model_state"], load_checkpoint(resumed["last"])["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _scalars(tmp_path / "full" / "scalars.csv") == _scalars(tmp_path / "old" / "scalars.csv")

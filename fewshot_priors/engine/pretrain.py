@@ -3,155 +3,107 @@
 Usage (one process, or ``torchrun --nproc_per_node=N`` for DDP)::
 
     from fewshot_priors.engine.pretrain import pretrain
-    result = pretrain(images="data/VOC2012/JPEGImages", output_dir="runs/prior",
-                      backbone="resnet50", epochs=200, batch_size=256)
+    result = pretrain({"experiment": {"output_dir": "runs/prior", "seed": 0},
+                       "pretrain": {"images": "data/VOC2012/JPEGImages", "backbone": "resnet50",
+                                    "epochs": 200, "batch_size": 256}})
     result["prior_extractor"]   # .safetensors for QGNet(prior_weights=...)
+
+The settings are the ``pretrain`` section of the config tree (defaults:
+``fewshot_priors.config.DEFAULTS["pretrain"]``); the output folder, seed and device
+are ``experiment.output_dir``, ``experiment.seed`` and ``experiment.device``.
 
 Recipe (REFERENCE §1): SGD, lr ``0.03 * batch / 256``, momentum 0.9, weight decay
 1e-4, cosine schedule stepped per iteration, bf16 autocast on CUDA.
 
 Exact resume: the batches of step ``s`` and every item's augmentation are pure
-functions of ``(seed, s)`` (:class:`~fewshot_priors.engine.train.StepBatchSampler`),
+functions of ``(seed, s)`` (:class:`~fewshot_priors.engine.runtime.StepBatchSampler`),
 the model's own randomness (shuffle-BN permutations) runs under
 ``torch.manual_seed((seed, step, rank))``, and the ``last`` checkpoint holds the
-model *including the key encoder and both queues*, the optimizer and the
-scheduler; so a run resumed at step ``N`` equals an uninterrupted run
-bit-for-bit on CPU.
+model *including the key encoder and both queues*, the optimizer, the scheduler
+and the RNG state (:class:`~fewshot_priors.engine.loop.StepLoop`); so a run
+resumed at step ``N`` equals an uninterrupted run bit-for-bit on CPU.
 
-Outputs in ``output_dir``: ``last.safetensors/.json`` checkpoints, ``scalars.csv``
-(step, tag, value) and TensorBoard events in ``tb/``, ``config.json`` and the
-exported ``prior_extractor.safetensors``.
+Outputs in ``experiment.output_dir``: ``last.safetensors/.json`` checkpoints,
+``scalars.csv`` (step, tag, value) and TensorBoard events in ``tb/``,
+``config.json`` (the ``experiment`` and ``pretrain`` sections that ran: pass it back
+to :func:`pretrain` to repeat the run) and the exported ``prior_extractor.safetensors``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
+import difflib
 import json
 import math
 import os
-import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from .._progress import progress_bar
 from ..augment import TwoViewAugment
+from ..config import DEFAULTS
 from ..data.unlabeled import UnlabeledImages, list_images
 from ..data.workers import resolve_num_workers
 from ..models.backbone import MOCO_ENCODERS
 from ..models.moco import GlobalLocalMoCo
 from ..ssl_diagnostics import alignment, embedding_std, uniformity
 from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
-from .checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from .distributed import barrier, init_distributed
-from .logging import RunLogger
+from .loop import StepLoop
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
-from .train import StepBatchSampler, derive_seed, resolve_device
+from .runtime import Runtime, config_device, derive_seed
 
 __all__ = ["PretrainConfig", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
 
+#: PretrainConfig fields that are ``experiment`` keys now, with the defaults the old form keeps
+_EXPERIMENT_FIELDS = {"output_dir": "runs/pretrain", "seed": 0, "device": "auto"}
+#: PretrainConfig fields that are call arguments of :func:`pretrain` now
+_CALL_FIELDS = {"resume": False, "overwrite": False, "progress": True, "tensorboard": True}
 
-@dataclass
-class PretrainConfig:
-    """All settings of :func:`pretrain` (defaults = the paper's recipe at 224 px).
 
-    Data: ``images`` is a folder, a ``.txt`` list or a list of paths.
-    Superpixels: ``superpixel_method`` ``"slic"`` | ``"felzenszwalb"`` (Table 5) and
-    their parameters; ``cache_dir`` is used when it holds a matching cache, and
-    built first when ``build_cache`` is true. Ablations (Table 6): ``global_weight=0``
-    (local only) or ``local_weight=0`` (global only).
+def _field(value: Any) -> dataclasses.Field:
+    if isinstance(value, (dict, list)):
+        return dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v))
+    return dataclasses.field(default=value)
 
-    Diagnostics (off by default; see :mod:`fewshot_priors.ssl_diagnostics` and the
-    pretraining how-to): ``diag_every=N`` logs the per-dimension std, alignment and
-    uniformity of the batch's embeddings every ``N`` steps (``diag/...``);
-    ``probe_root`` (a labelled class-folder tree, see
-    :mod:`fewshot_priors.engine.probe`) adds global and local kNN accuracies of the
-    encoder (``probe/...``) before the first step (= random init), every
-    ``probe_every`` steps and after the last one.
-    """
 
-    images: str | list[str] | None = None
-    output_dir: str = "runs/pretrain"
-    # model
-    backbone: str = "resnet50"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"output_stride": 8}
-    dim: int = 128
-    queue_size: int = 65536
-    local_queue_size: int = 65536
-    queue_init: str = "random"  # "random" (MoCo) or "empty" (only real keys are negatives)
-    cap_queues: bool = False  # shorten queues longer than one epoch of keys (see queue_sizes_for)
-    moco_momentum: float = 0.999
-    temperature: float = 0.2
-    global_weight: float = 1.0
-    local_weight: float = 1.0
-    mlp_hidden: int | None = None
-    head_norm: str = "none"
-    max_patches: int = 32
-    pool_mode: str = "area"
-    shuffle_bn: str = "auto"
-    bn_splits: int = 2
-    # superpixels + views
-    superpixel_method: str = "slic"
-    superpixel_backend: str = "auto"
-    n_segments: int = 64
-    compactness: float = 10.0
-    scale: float = 100.0
-    sigma: float = 0.8
-    min_size: int = 50
-    min_area: int = 0
-    view_min_area: int = 4
-    size: int = 224
-    cache_dir: str | None = None
-    build_cache: bool = False
-    cache_workers: int = 0
-    # optimisation
-    batch_size: int = 256
-    epochs: int = 200
-    max_steps: int | None = None
-    lr: float | None = None  # default 0.03 * batch_size / 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_steps: int = 0
-    amp: bool = True
-    # run
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int | str = "auto"  # "auto": min(cores, 8); superpixels + views are made in the workers
-    log_every: int = 10
-    # collapse diagnostics (fewshot_priors.ssl_diagnostics), logged under diag/ and probe/
-    diag_every: int = 0  # batch embedding std / alignment / uniformity every N steps (0 = off)
-    probe_root: str | None = None  # labelled folder (class/<stem>.jpg + .png masks) for kNN probes
-    probe_every: int = 0  # kNN probe every N steps (0 = only before the first and after the last step)
-    probe_size: int | None = None  # probe image side (default: size)
-    probe_k: int = 20
-    probe_train_fraction: float = 0.5
-    probe_max_images: int | None = None
-    ckpt_every_steps: int | None = None
-    tensorboard: bool = True
-    progress: bool = True
-    resume: bool | str = False
-    overwrite: bool = False  # output_dir holds a previous run: delete its files first (see engine/rundir.py)
-    export_path: str | None = None
-    export_encoder: str = "key"  # the momentum encoder, as the official QGNet; "query" for the query encoder
-    extra: dict[str, Any] = field(default_factory=dict)
+def _warn_pretrain_config(self) -> None:
+    warnings.warn("PretrainConfig is deprecated: pass pretrain() the config tree, the `pretrain` section "
+                  "(fewshot_priors.config.DEFAULTS['pretrain']) with output_dir/seed/device under `experiment`",
+                  DeprecationWarning, stacklevel=3)
 
-    @property
-    def base_lr(self) -> float:
-        return float(self.lr) if self.lr is not None else 0.03 * self.batch_size / 256
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if d["images"] is not None and not isinstance(d["images"], str):
-            d["images"] = [os.fspath(p) for p in d["images"]]
-        return d
+def _to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    if d["images"] is not None and not isinstance(d["images"], str):
+        d["images"] = [os.fspath(p) for p in d["images"]]
+    return d
+
+
+#: Deprecated (one release): the flat settings of the old ``pretrain(cfg)`` form. Its fields are the
+#: ``pretrain`` section's keys (same defaults), ``output_dir``/``seed``/``device`` (now ``experiment``
+#: keys), ``resume``/``overwrite``/``progress``/``tensorboard`` (now call arguments) and ``extra``.
+PretrainConfig = dataclasses.make_dataclass(
+    "PretrainConfig",
+    [(k, Any, _field(v)) for k, v in {**DEFAULTS["pretrain"], **_EXPERIMENT_FIELDS, **_CALL_FIELDS,
+                                        "extra": {}}.items()],
+    namespace={
+        "__doc__": "Deprecated: the flat settings of the old ``pretrain(cfg)`` form (see the module docstring).",
+        "__module__": __name__,
+        "__post_init__": _warn_pretrain_config,
+        "base_lr": property(lambda self: base_lr(dataclasses.asdict(self))),
+        "to_dict": _to_dict,
+    },
+)
+
+
+def base_lr(p: Mapping[str, Any]) -> float:
+    """``pretrain.lr``, or ``0.03 * batch_size / 256`` when it is None."""
+    return float(p["lr"]) if p["lr"] is not None else 0.03 * p["batch_size"] / 256
 
 
 def cosine_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
@@ -174,43 +126,103 @@ def _collate(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> ValueError:
+    hints = []
+    for k in keys:
+        close = difflib.get_close_matches(k, valid, n=1)
+        if k in _EXPERIMENT_FIELDS:
+            hints.append(f"{k!r} is experiment.{k} now")
+        elif close:
+            hints.append(f"{k!r}: did you mean {close[0]!r}?")
+    return ValueError(f"unknown pretrain option(s) {sorted(keys)} in {where}" + (f" ({'; '.join(hints)})" if hints else "")
+                      + f"; valid options: {sorted(valid)}")
 
 
-def _config(cfg: PretrainConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> PretrainConfig:
+def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Resolve and check the settings of a :func:`pretrain` call.
+
+    Returns:
+        ``(tree, legacy_call)``: ``tree`` holds the ``experiment`` (output_dir, seed,
+        device, ...) and ``pretrain`` (every key of ``DEFAULTS["pretrain"]``) sections;
+        ``legacy_call`` the resume/overwrite/progress/tensorboard values an old-form
+        ``cfg`` carried.
+
+    Raises:
+        TypeError: ``cfg`` of another type. ValueError: unknown keys or bad values.
+    """
+    defaults = DEFAULTS["pretrain"]
+    legacy: dict[str, Any] | None = None
     if cfg is None:
-        base: dict[str, Any] = {}
+        cfg = {}
+    if isinstance(cfg, Mapping) and not cfg and overrides:  # pretrain(field=value, ...): the old form
+        legacy, what = {}, "field=value keyword arguments"
     elif isinstance(cfg, PretrainConfig):
-        base = cfg.to_dict()
+        legacy, what = cfg.to_dict(), "a PretrainConfig"
+    elif isinstance(cfg, Mapping) and ("pretrain" in cfg or "experiment" in cfg or not cfg):
+        section = dict(cfg.get("pretrain") or {})
+        unknown = [k for k in section if k not in defaults]
+        if unknown:
+            raise _unknown(unknown, list(defaults), "the `pretrain` section")
+        tree = {"experiment": {**DEFAULTS["experiment"], **(cfg.get("experiment") or {})},
+                "pretrain": {**copy.deepcopy(defaults), **section}}
+        tree["experiment"]["device"] = config_device(cfg)  # falls back to a legacy train.device
+        if tree["experiment"].get("output_dir") is None:
+            tree["experiment"]["output_dir"] = _EXPERIMENT_FIELDS["output_dir"]
     elif isinstance(cfg, Mapping):
-        base = dict(cfg.get("pretrain", cfg))
+        legacy, what = dict(cfg), "a flat mapping of PretrainConfig fields"
     else:
-        raise TypeError(f"`cfg` must be a PretrainConfig, a mapping or None, got {type(cfg).__name__}")
-    base.update(overrides)
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    unknown = sorted(set(base) - names)
-    if unknown:
-        raise ValueError(f"unknown pretrain option(s) {unknown}; valid options: {sorted(names)}")
-    c = PretrainConfig(**base)
-    if c.images is None:
-        raise ValueError("`images` is required: a folder of images, a .txt list of paths, or a list of paths")
-    if c.batch_size < 1 or c.epochs < 1:
-        raise ValueError(f"`batch_size` and `epochs` must be >= 1, got {c.batch_size}, {c.epochs}")
-    if c.export_encoder not in MOCO_ENCODERS:
-        raise ValueError(f"`export_encoder` must be one of {tuple(MOCO_ENCODERS)}, got {c.export_encoder!r}")
-    if c.max_steps is not None and c.max_steps < 1:
-        raise ValueError(f"`max_steps` must be >= 1 or None, got {c.max_steps}")
-    resolve_num_workers(c.num_workers)  # early error for a bad value
-    if c.diag_every < 0 or c.probe_every < 0:
-        raise ValueError(f"`diag_every` and `probe_every` must be >= 0, got {c.diag_every}, {c.probe_every}")
-    return c
+        raise TypeError(f"`cfg` must be a config tree (a mapping with a `pretrain` section), got {type(cfg).__name__}")
+    legacy_call: dict[str, Any] = {}
+    if legacy is not None or overrides:
+        if legacy is None:
+            what = "field=value keyword arguments"
+        else:  # the old defaults of output_dir, seed and device
+            tree = {"experiment": {**DEFAULTS["experiment"], **_EXPERIMENT_FIELDS},
+                    "pretrain": copy.deepcopy(defaults)}
+            if legacy and overrides:
+                what += " and field=value keyword arguments"
+        warnings.warn(
+            f"pretrain() with {what} is deprecated and will be removed in the next release: pass the config tree, "
+            "pretrain({'experiment': {'output_dir': ..., 'seed': ..., 'device': ...}, 'pretrain': {...}}, "
+            "resume=..., overwrite=..., progress=..., tensorboard=...)",
+            DeprecationWarning, stacklevel=3)
+        fields = {**(legacy or {}), **overrides}
+        unknown = [k for k in fields if k not in defaults and k not in _EXPERIMENT_FIELDS
+                   and k not in _CALL_FIELDS and k != "extra"]
+        if unknown:
+            raise _unknown(unknown, [*defaults, *_EXPERIMENT_FIELDS, *_CALL_FIELDS], what)
+        for k, v in fields.items():
+            if k in _EXPERIMENT_FIELDS:
+                tree["experiment"][k] = v
+            elif k in _CALL_FIELDS:
+                legacy_call[k] = v
+            elif k in defaults:
+                tree["pretrain"][k] = v
+    p, exp = tree["pretrain"], tree["experiment"]
+    exp["output_dir"] = os.fspath(exp["output_dir"])
+    if p["images"] is not None and not isinstance(p["images"], (str, os.PathLike)):
+        p["images"] = [os.fspath(x) for x in p["images"]]
+    elif p["images"] is not None:
+        p["images"] = os.fspath(p["images"])
+    if p["images"] is None:
+        raise ValueError("pretrain.images is required: a folder of images, a .txt list of paths, or a list of paths")
+    if p["batch_size"] < 1 or p["epochs"] < 1:
+        raise ValueError(f"pretrain.batch_size and pretrain.epochs must be >= 1, got {p['batch_size']}, {p['epochs']}")
+    if p["export_encoder"] not in MOCO_ENCODERS:
+        raise ValueError(f"pretrain.export_encoder must be one of {tuple(MOCO_ENCODERS)}, got {p['export_encoder']!r}")
+    if p["max_steps"] is not None and p["max_steps"] < 1:
+        raise ValueError(f"pretrain.max_steps must be >= 1 or None, got {p['max_steps']}")
+    resolve_num_workers(p["num_workers"])  # early error for a bad value
+    if p["diag_every"] < 0 or p["probe_every"] < 0:
+        raise ValueError(f"pretrain.diag_every and pretrain.probe_every must be >= 0, got {p['diag_every']}, "
+                         f"{p['probe_every']}")
+    return tree, legacy_call
 
 
-def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None = None) -> tuple[int, int]:
+def queue_sizes_for(c: Mapping[str, Any] | Any, num_images: int, total_steps: int | None = None) -> tuple[int, int]:
     """The queue sizes a run on ``num_images`` images uses (warns about stale self-negatives).
+
+    ``c`` is the ``pretrain`` section (or a deprecated :class:`PretrainConfig`).
 
     A queue longer than one epoch of keys (``queue_size > num_images - batch_size``)
     holds older keys of the very images in the batch, so each query meets copies of its
@@ -225,15 +237,17 @@ def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None 
     negatives, they repel nothing, and short runs drift toward collapse (use
     ``queue_init="empty"`` or a shorter queue).
     """
-    spare = max(1, num_images - c.batch_size)
+    if not isinstance(c, Mapping):
+        c = dataclasses.asdict(c)
+    spare = max(1, num_images - c["batch_size"])
     limits = {
-        "queue_size": (c.queue_size, max(c.batch_size, spare // c.batch_size * c.batch_size)),
-        "local_queue_size": (c.local_queue_size, spare * c.max_patches),
+        "queue_size": (c["queue_size"], max(c["batch_size"], spare // c["batch_size"] * c["batch_size"])),
+        "local_queue_size": (c["local_queue_size"], spare * c["max_patches"]),
     }
     sizes = []
     for name, (size, limit) in limits.items():
         if size > limit:
-            if c.cap_queues:
+            if c["cap_queues"]:
                 warnings.warn(
                     f"`{name}`={size} is longer than one epoch of keys on {num_images} images; capped to {limit} "
                     "(cap_queues=True)",
@@ -249,8 +263,8 @@ def queue_sizes_for(c: PretrainConfig, num_images: int, total_steps: int | None 
                     stacklevel=3,
                 )
         sizes.append(int(size))
-    fill_steps = math.ceil(sizes[0] / c.batch_size)
-    if total_steps is not None and c.queue_init == "random" and fill_steps > 0.1 * total_steps:
+    fill_steps = math.ceil(sizes[0] / c["batch_size"])
+    if total_steps is not None and c["queue_init"] == "random" and fill_steps > 0.1 * total_steps:
         warnings.warn(
             f"the random-initialised queue of {sizes[0]} keys fills only after {fill_steps} of {total_steps} steps; "
             "until then random negatives dominate the loss and push the embeddings toward collapse: "
@@ -286,237 +300,199 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
     return out
 
 
-def pretrain(cfg: PretrainConfig | Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+def _data(p: Mapping[str, Any], seed: int, info: Any, progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
+    """The superpixel sampler (cache built first when asked) and the two-view dataset."""
+    paths = list_images(p["images"])
+    sampler = SuperpixelPatchSampler(
+        p["superpixel_method"], p["superpixel_backend"], n_segments=p["n_segments"], compactness=p["compactness"],
+        scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"], min_area=p["min_area"],
+        max_patches=p["max_patches"], seed=seed,
+        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
+    )
+    if p["cache_dir"] and p["build_cache"]:
+        if info.is_main:
+            build_superpixel_cache(paths, p["cache_dir"], sampler, workers=p["cache_workers"], progress=progress)
+        barrier()
+    dataset = UnlabeledImages(paths, size=p["size"], sampler=sampler, max_patches=p["max_patches"],
+                              cache_dir=p["cache_dir"], augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
+                              seed=seed)
+    return sampler, dataset
+
+
+def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: int) -> GlobalLocalMoCo:
+    """The GlobalLocalMoCo of the ``pretrain`` section, initialised under ``(seed, "init")``."""
+    torch.manual_seed(derive_seed(seed, "init"))
+    return GlobalLocalMoCo(
+        p["backbone"], dim=p["dim"], queue_size=queue_size, local_queue_size=local_queue_size,
+        momentum=p["moco_momentum"], temperature=p["temperature"], global_weight=p["global_weight"],
+        local_weight=p["local_weight"], mlp_hidden=p["mlp_hidden"], head_norm=p["head_norm"],
+        max_patches=p["max_patches"], pool_mode=p["pool_mode"], shuffle_bn=p["shuffle_bn"], bn_splits=p["bn_splits"],
+        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], **p["backbone_kwargs"],
+    )
+
+
+class _Monitor:
+    """Collapse diagnostics (``diag/...``) and kNN probes (``probe/...``): they read the model, never change it."""
+
+    def __init__(self, p: Mapping[str, Any], loop: StepLoop, model: GlobalLocalMoCo, probe: Any,
+                 queue_sizes: tuple[int, int], world_size: int, is_main: bool):
+        self.p, self.loop, self.model, self.probe = p, loop, model, probe
+        self.queue_size, self.local_queue_size = queue_sizes
+        self.world_size, self.is_main = world_size, is_main
+        self.diagnostics: list[dict[str, float]] = []
+        self.latest: dict[str, float] = {}
+        self.local_keys = loop.step * p["batch_size"] * p["max_patches"]  # patch keys enqueued (upper bound)
+
+    def record(self, at: int, values: Mapping[str, float], prefix: str) -> None:
+        if not values:
+            return
+        tagged = {f"{prefix}/{k}": v for k, v in values.items()}
+        self.latest.update(tagged)
+        if self.diagnostics and self.diagnostics[-1]["step"] == at:
+            self.diagnostics[-1].update(tagged)
+        else:
+            self.diagnostics.append({"step": at, **tagged})
+        self.loop.log(at, {k: v for k, v in tagged.items() if not math.isnan(v)})
+
+    def run_probe(self, at: int) -> None:
+        if self.probe is not None:
+            self.record(at, probe_encoder(self.model.encoder, self.probe, k=self.p["probe_k"],
+                                          pool_mode=self.p["pool_mode"]), "probe")
+
+    def after_step(self, step: int, res: Mapping[str, torch.Tensor]) -> None:
+        p = self.p
+        self.local_keys += int(res["num_patches"]) * self.world_size
+        if p["diag_every"] and step % p["diag_every"] == 0 and self.is_main:
+            d = batch_diagnostics(res, self.model.queue.negatives() if self.model.queue is not None else None)
+            # share of each queue holding real keys (not its random init): the loss is
+            # only comparable across steps once both are 1
+            d["queue_fill"] = min(1.0, step * p["batch_size"] / self.queue_size)
+            d["local_queue_fill"] = min(1.0, self.local_keys / self.local_queue_size)
+            self.record(step, d, "diag")
+        if p["probe_every"] and step % p["probe_every"] == 0 and step != self.loop.stop:
+            self.run_probe(step)
+
+    def postfix(self, row: Mapping[str, float]) -> dict[str, str]:
+        d = {"loss": f"{row['loss']:.3f}", "acc_g": f"{row['acc_global']:.2f}", "acc_l": f"{row['acc_local']:.2f}"}
+        for tag, short in (("diag/std_global", "std_g"), ("probe/knn_global", "knn_g"), ("probe/knn_local", "knn_l")):
+            if tag in self.latest:
+                d[short] = f"{self.latest[tag]:.3f}"
+        return d
+
+
+def pretrain(
+    cfg: Mapping[str, Any] | None = None,
+    *,
+    resume: bool | str | os.PathLike | None = None,
+    overwrite: bool | None = None,
+    progress: bool | None = None,
+    tensorboard: bool | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Pretrain a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` prior extractor.
 
     Args:
-        cfg: a :class:`PretrainConfig`, a mapping of its fields (a full config with a
-            ``pretrain`` section also works) or None.
-        **overrides: field values that replace those of ``cfg``.
+        cfg: the config tree: its ``pretrain`` section (merged over
+            ``fewshot_priors.config.DEFAULTS["pretrain"]``; ``images`` is required) and
+            ``experiment.output_dir`` (default ``runs/pretrain``), ``experiment.seed``,
+            ``experiment.device``. Deprecated for one release: a :class:`PretrainConfig`
+            or a flat mapping of its fields.
+        resume: continue from ``<output_dir>/last`` (True) or from this checkpoint.
+        overwrite: ``output_dir`` may hold a previous run: delete its files first
+            (see :mod:`fewshot_priors.engine.rundir`). Default False.
+        progress: show a progress bar (rank 0). Default True.
+        tensorboard: also write TensorBoard events. Default True.
+        **overrides: deprecated for one release: ``PretrainConfig`` field values that
+            replace those of ``cfg`` (``output_dir``/``seed``/``device`` go to ``experiment``).
 
     Returns:
         dict with ``step``, ``total_steps``, ``history`` (one dict per log step with
         ``loss``, ``loss_global``, ``loss_local``, ``acc_global``, ``acc_local``,
-        ``num_patches``, ``lr``), ``diagnostics`` (one dict per diagnostic step with
-        ``step`` and the ``diag/...`` and ``probe/...`` values; empty unless
+        ``num_patches``, ``lr``, ``steps_per_s``), ``diagnostics`` (one dict per diagnostic
+        step with ``step`` and the ``diag/...`` and ``probe/...`` values; empty unless
         ``diag_every`` or ``probe_root`` is set), ``output_dir``, ``last`` (checkpoint path),
         ``prior_extractor`` (exported file, rank 0) and ``backbone``.
+
+    Raises:
+        ValueError: unknown keys, bad values, fewer images than a batch, or a resume
+            checkpoint of another number of total steps.
+        RunFolderError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     """
-    c = _config(cfg, overrides)
+    tree, legacy = _config(cfg, overrides)
+    resume = legacy.get("resume", False) if resume is None else resume
+    overwrite = bool(legacy.get("overwrite", False) if overwrite is None else overwrite)
+    progress = bool(legacy.get("progress", True) if progress is None else progress)
+    tensorboard = bool(legacy.get("tensorboard", True) if tensorboard is None else tensorboard)
+    p = tree["pretrain"]
     info = init_distributed()
-    device = resolve_device(c.device)
-    if info.distributed and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    out = prepare_run_dir(c.output_dir, resume=bool(c.resume), overwrite=c.overwrite, kind="pretrain", dist=info)
+    rt = Runtime.from_config(tree, amp=p["amp"], dist=info)
+    out = prepare_run_dir(tree["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
+                          kind="pretrain", dist=info)
 
-    # -- data ---------------------------------------------------------------------------
-    paths = list_images(c.images)
-    sampler = SuperpixelPatchSampler(
-        c.superpixel_method,
-        c.superpixel_backend,
-        n_segments=c.n_segments,
-        compactness=c.compactness,
-        scale=c.scale,
-        sigma=c.sigma,
-        min_size=c.min_size,
-        min_area=c.min_area,
-        max_patches=c.max_patches,
-        seed=c.seed,
-        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
-    )
-    if c.cache_dir and c.build_cache:
-        if info.is_main:
-            build_superpixel_cache(paths, c.cache_dir, sampler, workers=c.cache_workers, progress=c.progress)
-        barrier()
-    dataset = UnlabeledImages(
-        paths,
-        size=c.size,
-        sampler=sampler,
-        max_patches=c.max_patches,
-        cache_dir=c.cache_dir,
-        augment=TwoViewAugment(c.size, min_area=c.view_min_area),
-        seed=c.seed,
-    )
-    n = len(dataset)
-    steps_per_epoch = n // c.batch_size
+    sampler, dataset = _data(p, rt.seed, info, progress)
+    n, batch_size = len(dataset), p["batch_size"]
+    steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{n} images are fewer than `batch_size`={c.batch_size}")
-    total_steps = steps_per_epoch * c.epochs
-    stop = total_steps if c.max_steps is None else min(total_steps, int(c.max_steps))
-    queue_size, local_queue_size = queue_sizes_for(c, n, stop)
+        raise ValueError(f"{n} images are fewer than pretrain.batch_size={batch_size}")
+    total_steps = steps_per_epoch * p["epochs"]
+    stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
+    queue_sizes = queue_sizes_for(p, n, stop)
+    model = _model(p, rt.seed, *queue_sizes).to(rt.device)
+    optimizer = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=base_lr(p),
+                                momentum=p["momentum"], weight_decay=p["weight_decay"])
+    scheduler = cosine_scheduler(optimizer, total_steps, p["warmup_steps"])
 
-    # -- model / optimiser --------------------------------------------------------------
-    torch.manual_seed(derive_seed(c.seed, "init"))
-    model = GlobalLocalMoCo(
-        c.backbone,
-        dim=c.dim,
-        queue_size=queue_size,
-        local_queue_size=local_queue_size,
-        momentum=c.moco_momentum,
-        temperature=c.temperature,
-        global_weight=c.global_weight,
-        local_weight=c.local_weight,
-        mlp_hidden=c.mlp_hidden,
-        head_norm=c.head_norm,
-        max_patches=c.max_patches,
-        pool_mode=c.pool_mode,
-        shuffle_bn=c.shuffle_bn,
-        bn_splits=c.bn_splits,
-        seed=derive_seed(c.seed, "queue") % (1 << 62),
-        queue_init=c.queue_init,
-        **c.backbone_kwargs,
-    ).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=c.base_lr, momentum=c.momentum, weight_decay=c.weight_decay)
-    scheduler = cosine_scheduler(optimizer, total_steps, c.warmup_steps)
-
-    step = 0
-    if c.resume:
-        ck_path = out / "last" if c.resume is True else Path(c.resume)
-        ck = load_checkpoint(ck_path, model=model, optimizer=optimizer, scheduler=scheduler, map_location=device)
-        step = int(ck["meta"]["step"])
-        if int(ck["meta"].get("total_steps", total_steps)) != total_steps:
-            raise ValueError(
-                f"cannot resume {ck_path}: it was run with {ck['meta']['total_steps']} total steps, this config gives "
-                f"{total_steps} (images, batch_size or epochs changed)"
-            )
+    saved_cfg = {"experiment": tree["experiment"], "pretrain": p}
+    loop = StepLoop(rt, out, model=model, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
+                    steps_per_epoch=steps_per_epoch, stop=stop, config=saved_cfg, prefix="pretrain",
+                    log_every=p["log_every"], ckpt_every=p["ckpt_every_steps"], progress=progress,
+                    tensorboard=tensorboard, meta=lambda: {"kind": "pretrain"},
+                    changed="images, batch_size or epochs changed")
+    loop.start(resume)
     runner: torch.nn.Module = model
     if info.distributed:
         # queues are identical on every rank (all-gathered keys): do not broadcast buffers each step
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
             runner = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
             )
-
-    logger = RunLogger(out, enabled=info.is_main, tensorboard=c.tensorboard)
-    if c.resume:
-        logger.truncate_after(step)
     if info.is_main:
-        (out / "config.json").write_text(json.dumps(c.to_dict(), indent=1, default=str))
-
-    batches = StepBatchSampler(n, c.batch_size, c.seed, step, stop, info)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=batches,
-        collate_fn=_collate,
-        num_workers=resolve_num_workers(c.num_workers),
-        pin_memory=device.type == "cuda",
-    )
-
-    def save() -> None:
-        if info.is_main:
-            save_checkpoint(
-                out / "last",
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                meta={"config": c.to_dict(), "step": step, "total_steps": total_steps, "kind": "pretrain"},
-            )
+        (out / "config.json").write_text(json.dumps(saved_cfg, indent=1, default=str))
+    loader = rt.loader(dataset, batch_size=batch_size, start_step=loop.step, end_step=stop, collate_fn=_collate,
+                       num_workers=p["num_workers"], seeded_items=False)  # items take their seed themselves
 
     probe = None
-    if c.probe_root and info.is_main:
-        probe = load_probe_set(
-            c.probe_root,
-            size=c.probe_size or c.size,
-            sampler=sampler,
-            max_patches=c.max_patches,
-            train_fraction=c.probe_train_fraction,
-            seed=c.seed,
-            max_images=c.probe_max_images,
-        )
-    diagnostics: list[dict[str, float]] = []
-    latest: dict[str, float] = {}
-
-    def record(at: int, values: Mapping[str, float], prefix: str) -> None:
-        if not values:
-            return
-        latest.update({f"{prefix}/{k}": v for k, v in values.items()})
-        if diagnostics and diagnostics[-1]["step"] == at:
-            diagnostics[-1].update({f"{prefix}/{k}": v for k, v in values.items()})
-        else:
-            diagnostics.append({"step": at, **{f"{prefix}/{k}": v for k, v in values.items()}})
-        logger.log(at, {f"{prefix}/{k}": v for k, v in values.items() if not math.isnan(v)})
-
-    def run_probe(at: int) -> None:
-        if probe is not None:
-            record(at, probe_encoder(model.encoder, probe, k=c.probe_k, pool_mode=c.pool_mode), "probe")
-
-    def postfix(row: Mapping[str, float]) -> dict[str, str]:
-        d = {"loss": f"{row['loss']:.3f}", "acc_g": f"{row['acc_global']:.2f}", "acc_l": f"{row['acc_local']:.2f}"}
-        for tag, short in (("diag/std_global", "std_g"), ("probe/knn_global", "knn_g"), ("probe/knn_local", "knn_l")):
-            if tag in latest:
-                d[short] = f"{latest[tag]:.3f}"
-        return d
-
-    local_keys = step * c.batch_size * c.max_patches  # patch keys enqueued so far (an upper bound after resume)
-    if step == 0:
-        run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
+    if p["probe_root"] and info.is_main:
+        probe = load_probe_set(p["probe_root"], size=p["probe_size"] or p["size"], sampler=sampler,
+                               max_patches=p["max_patches"], train_fraction=p["probe_train_fraction"], seed=rt.seed,
+                               max_images=p["probe_max_images"])
+    monitor = _Monitor(p, loop, model, probe, queue_sizes, info.world_size, info.is_main)
+    if loop.step == 0:
+        monitor.run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
 
     tags = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "num_patches")
-    history: list[dict[str, float]] = []
-    running: dict[str, list[float]] = {t: [] for t in tags}
-    model.train()
-    bar = progress_bar(total=stop, initial=step, desc="pretrain", disable=not (c.progress and info.is_main), dynamic_ncols=True)
-    t0 = time.perf_counter()
-    saved_at = step if c.resume else -1
-    for batch in loader:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        torch.manual_seed(derive_seed(c.seed, "step", step, info.rank))
-        with _autocast(device, c.amp):
+    last: dict[str, Any] = {}  # the latest forward's outputs, for the diagnostics
+
+    def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
+        with rt.autocast():
             res = runner(batch["view_a"], batch["view_b"], batch["labels_a"], batch["labels_b"])
         loss = res["loss"].float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        step += 1
-        for t in tags:
-            running[t].append(float(res[t].detach().float()))
-        local_keys += int(res["num_patches"]) * info.world_size
-        if c.diag_every and step % c.diag_every == 0 and info.is_main:
-            d = batch_diagnostics(res, model.queue.negatives() if model.queue is not None else None)
-            # share of each queue holding real keys (not its random init): the loss is
-            # only comparable across steps once both are 1
-            d["queue_fill"] = min(1.0, step * c.batch_size / queue_size)
-            d["local_queue_fill"] = min(1.0, local_keys / local_queue_size)
-            record(step, d, "diag")
-        if c.probe_every and step % c.probe_every == 0 and step != stop:
-            run_probe(step)
-        bar.update(1)
-        if step % c.log_every == 0 or step == stop:
-            row = {t: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else float("nan") for t, v in running.items()}
-            row["lr"] = lr
-            row["steps_per_s"] = len(running["loss"]) / max(1e-9, time.perf_counter() - t0)
-            history.append({"step": step, **row})
-            logger.log(step, {f"pretrain/{k}": v for k, v in row.items() if not math.isnan(v)})
-            bar.set_postfix(postfix(row))
-            running = {t: [] for t in tags}
-            t0 = time.perf_counter()
-        if (c.ckpt_every_steps and step % int(c.ckpt_every_steps) == 0) or step % steps_per_epoch == 0:
-            save()
-            saved_at = step
-    bar.close()
-    if step == stop:
-        run_probe(step)
-    if saved_at != step:
-        save()
-    logger.close()
+        last["res"] = res
+        return {t: float(res[t].detach().float()) for t in tags}
+
+    history = loop.run(loader, step_fn, after_step=lambda step: monitor.after_step(step, last.pop("res")),
+                       postfix=monitor.postfix, on_end=lambda step: monitor.run_probe(step) if step == stop else None)
     export = None
-    if info.is_main and step == stop:
-        export = model.export_prior_extractor(c.export_path or out / "prior_extractor.safetensors",
-                                              encoder=c.export_encoder)
+    if info.is_main and loop.step == stop:
+        export = model.export_prior_extractor(p["export_path"] or out / "prior_extractor.safetensors",
+                                              encoder=p["export_encoder"])
     barrier()
-    return {
-        "step": step,
-        "total_steps": total_steps,
-        "history": history,
-        "diagnostics": diagnostics,
-        "output_dir": str(out),
-        "last": str(checkpoint_paths(out / "last")[0]),
-        "prior_extractor": export,
-        "backbone": c.backbone,
-    }
+    return {"step": loop.step, "total_steps": total_steps, "history": history, "diagnostics": monitor.diagnostics,
+            "output_dir": str(out), "last": loop.last_path, "prior_extractor": export, "backbone": p["backbone"]}
