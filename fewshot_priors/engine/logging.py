@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from .._scalars import SCALARS_HEADER, read_scalars, scalar_rows
 
 __all__ = ["RunLogger", "read_scalars"]
 
@@ -32,7 +33,7 @@ class RunLogger:
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
         if new:
-            self._csv.writerow(["step", "tag", "value"])
+            self._csv.writerow(SCALARS_HEADER)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -57,10 +58,10 @@ class RunLogger:
         if not self.enabled or not self.csv_path.exists():
             return
         self._file.close()
-        rows = [r for r in _rows(self.csv_path) if int(r[0]) <= step]
+        rows = [r for r in scalar_rows(self.csv_path) if int(r[0]) <= step]
         with open(self.csv_path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["step", "tag", "value"])
+            w.writerow(SCALARS_HEADER)
             w.writerows(rows)
         self._file = open(self.csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
@@ -71,19 +72,3 @@ class RunLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def _rows(path: Path):
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        yield from reader
-
-
-def read_scalars(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Read a ``scalars.csv`` back as ``tag -> [(step, value), ...]`` (non-finite values kept)."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for step, tag, value in _rows(Path(path)):
-        v = float(value)
-        out.setdefault(tag, []).append((int(step), v if not math.isnan(v) else float("nan")))
-    return out

@@ -43,15 +43,15 @@ from typing import Any
 
 import torch
 
-from ..augment import TwoViewAugment
 from ..config import DEFAULTS
 from ..data.unlabeled import UnlabeledImages, list_images
 from ..data.workers import resolve_num_workers
+from ..distributed import barrier, init_distributed
 from ..models.backbone import MOCO_ENCODERS
-from ..models.moco import GlobalLocalMoCo
-from ..ssl_diagnostics import alignment, embedding_std, uniformity
-from ..superpixels import SuperpixelPatchSampler, build_superpixel_cache
-from .distributed import barrier, init_distributed
+from ..ssl.augment import TwoViewAugment
+from ..ssl.diagnostics import alignment, embedding_std, uniformity
+from ..ssl.moco import GlobalLocalMoCo
+from ..ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
 from .loop import StepLoop
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir

@@ -28,10 +28,10 @@ from PIL import Image
 
 from ..data.io import read_image
 from ..data.transforms import normalize_image
-from ..models.moco import dense_features
 from ..ops.superpixel_pool import superpixel_pool
-from ..ssl_diagnostics import knn_accuracy
-from ..superpixels import SuperpixelPatchSampler, filter_segments
+from ..ssl.diagnostics import knn_accuracy
+from ..ssl.moco import dense_features
+from ..ssl.superpixels import SuperpixelPatchSampler, filter_segments
 
 __all__ = ["ProbeSet", "load_probe_set", "probe_encoder"]
 

@@ -21,8 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..distributed import DistInfo, barrier, dist_info
 from .checkpoint import checkpoint_paths, clean_stale_temp_files
-from .distributed import DistInfo, barrier, dist_info
 
 __all__ = ["RUN_FILES", "RunFolderError", "check_run_dir", "prepare_run_dir", "run_files"]
 

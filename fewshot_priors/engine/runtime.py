@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .distributed import DistInfo, dist_info
+from ..distributed import DistInfo, dist_info
 
 __all__ = [
     "Runtime",

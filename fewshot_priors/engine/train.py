@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .distributed import DistInfo, dist_info
+from ..distributed import DistInfo, dist_info
 from .loop import StepLoop
 from .rundir import prepare_run_dir
 from .runtime import Runtime
