@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fewshot_priors.config import load_config
-from fewshot_priors.engine.distributed import DistInfo, all_reduce_sum, dist_info, shard_indices
+from fewshot_priors.distributed import DistInfo, all_reduce_sum, dist_info, shard_indices
 from fewshot_priors.engine.evaluate import collate_eval
 from fewshot_priors.engine.train import train
 
@@ -60,7 +60,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
+    from fewshot_priors.distributed import cleanup_distributed, init_distributed
 
     info = init_distributed("gloo")
     try:
@@ -77,8 +77,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         all_reduce_sum(counts)
         metrics = None
         try:
-            from fewshot_priors.engine.evaluate import evaluate
             import fewshot_priors.metrics  # noqa: F401
+            from fewshot_priors.engine.evaluate import evaluate
 
             metrics = evaluate(model, Episodes(), seed=1, batch_size=3, progress=False, dist=info)
         except ImportError:

@@ -118,7 +118,7 @@ def test_sampler_covers_each_epoch_once_and_changes_order():
     s2 = StepBatchSampler(n=10, batch_size=3, seed=1, start_step=4, end_step=6)
     assert [[i for i, _, _ in b] for b in s2] == batches[4:]
     # two ranks split the global batch without overlap
-    from fewshot_priors.engine.distributed import DistInfo
+    from fewshot_priors.distributed import DistInfo
 
     r0 = StepBatchSampler(10, 4, 1, 0, 2, DistInfo(0, 2)).batch(1)
     r1 = StepBatchSampler(10, 4, 1, 0, 2, DistInfo(1, 2)).batch(1)

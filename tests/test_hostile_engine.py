@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine import ToyEpisodes, ToyModel, _cfg, _losses
 
 from fewshot_priors.cli import main
 from fewshot_priors.config import ConfigError, load_config
@@ -19,7 +20,6 @@ from fewshot_priors.engine.evaluate import collate_eval
 from fewshot_priors.engine.rundir import RunFolderError
 from fewshot_priors.engine.runtime import resolve_device
 from fewshot_priors.engine.train import train
-from test_engine import ToyEpisodes, ToyModel, _cfg, _losses
 
 
 def _train(cfg, out, init_seed=0, **kw):
@@ -223,7 +223,7 @@ def test_demo_reuses_a_prior_extractor_only_from_the_same_code_and_environment(t
     import shutil
 
     import fewshot_priors
-    import fewshot_priors.superpixels as sp
+    import fewshot_priors.ssl.superpixels as sp
     from fewshot_priors.demo import PRESETS, _reuse_stamp
 
     settings = PRESETS["quick"]["pretrain"]

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from fewshot_priors.data.unlabeled import UnlabeledImages, list_images
 from fewshot_priors.engine.checkpoint import checkpoint_paths, load_checkpoint
 from fewshot_priors.engine.pretrain import PretrainConfig, cosine_scheduler, pretrain
-from fewshot_priors.models.moco import GlobalLocalMoCo
-from fewshot_priors.superpixels import SuperpixelPatchSampler, build_superpixel_cache
+from fewshot_priors.ssl.moco import GlobalLocalMoCo
+from fewshot_priors.ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
 
 
 def make_images(folder, n=32, size=64, seed=0):
