@@ -5,7 +5,7 @@ The public building blocks are importable from the top level::
     import fewshot_priors as fp
     prior = fp.prior_region_map(bridge_feats, prior_feats)       # B,1,H,W
     guided = fp.guided_region_map(query_feats, support_feats, support_mask)
-    model = fp.QGNet(backbone="resnet50", shots=1)
+    model = fp.create_qgnet(backbone="resnet50")   # or fp.QGNet(...)
 
 Heavy submodules (timm models, datasets) are imported lazily on first use.
 """
@@ -34,6 +34,9 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
+    "create_qgnet": "fewshot_priors.models.factory",
+    "GuidedRegionMap": "fewshot_priors.ops.modules",
+    "PriorRegionMap": "fewshot_priors.ops.modules",
     "GlobalLocalMoCo": "fewshot_priors.models.moco",
     "MemoryQueue": "fewshot_priors.models.moco",
     "SuperpixelPatchSampler": "fewshot_priors.superpixels",
@@ -68,7 +71,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.backbone import FrozenBackbone, create_backbone
     from .models.fem import FEMDecoder
     from .models.moco import GlobalLocalMoCo, MemoryQueue
+    from .models.factory import create_qgnet
     from .models.qgnet import QGNet
+    from .ops.modules import GuidedRegionMap, PriorRegionMap
     from .ops.contrastive import info_nce, momentum_update
     from .ops.superpixel_pool import superpixel_pool
     from .superpixels import SuperpixelPatchSampler

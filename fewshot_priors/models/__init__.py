@@ -15,6 +15,10 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
+    "create_qgnet": "fewshot_priors.models.factory",
+    "save_pretrained": "fewshot_priors.models.hub",
+    "from_pretrained": "fewshot_priors.models.hub",
+    "load_backbone_state_dict": "fewshot_priors.models.weights",
     "convert_official_checkpoint": "fewshot_priors.models.convert",
     "to_official_state_dict": "fewshot_priors.models.convert",
 }
@@ -28,5 +32,8 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from .backbone import FrozenBackbone, create_backbone
     from .convert import convert_official_checkpoint, to_official_state_dict
+    from .factory import create_qgnet
     from .fem import FEMDecoder
+    from .hub import from_pretrained, save_pretrained
+    from .weights import load_backbone_state_dict
     from .qgnet import QGNet
