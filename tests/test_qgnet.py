@@ -53,7 +53,8 @@ def test_output_shapes(tiny, b, k, h, w):
 
 def test_resnet18_one_and_five_shot_shapes():
     torch.manual_seed(0)
-    model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
+    with pytest.warns(DeprecationWarning, match="shots"):  # deprecated, ignored: K comes from the data
+        model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
     assert model.backbone.channels == (128, 256, 512)
     q, s, sm, _ = _episode(1, 1, 65, 65)
     out = model(q, s[:, 0], sm[:, 0])  # 1-shot given as B,3,H,W and B,H,W
