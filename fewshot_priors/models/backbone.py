@@ -192,6 +192,24 @@ class FrozenBackbone(nn.Module):
         return (f"name={self.name!r}, channels={self.channels}, output_stride={self.output_stride}, "
                 f"frozen={self.frozen}, resize={self.resize}")
 
+    def save_pretrained(self, folder: str | os.PathLike):
+        """Write ``folder/config.json`` + ``folder/model.safetensors`` (see
+        :func:`fewshot_priors.models.hub.save_pretrained`); e.g. to share a prior extractor."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_repo_id: str | os.PathLike, **overrides) -> FrozenBackbone:
+        """A backbone from a :meth:`save_pretrained` folder or a Hugging Face Hub repo id
+        (see :func:`fewshot_priors.models.hub.from_pretrained`)."""
+        from .hub import from_pretrained
+
+        model = from_pretrained(folder_or_repo_id, **overrides)
+        if not isinstance(model, cls):
+            raise TypeError(f"{str(folder_or_repo_id)!r} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
     def train(self, mode: bool = True) -> FrozenBackbone:
         """Set train mode; a frozen body always stays in eval mode."""
         super().train(mode)
