@@ -561,6 +561,9 @@ def test_per_call_check_inputs_switch(tiny):
         tiny(q[:, :2], s, sm, check_inputs=False)
     with pytest.raises(TypeError, match="check_inputs"):
         tiny(q, s, sm, check_inputs="no")
+    assert tiny.predict(raw, s, sm, check_inputs=False).shape == (2, 33, 33)  # skipped for this call only
+    with pytest.raises(ValueError, match="query_image.*normalised"):
+        tiny.predict(raw, s, sm)
 
 
 def test_support_mask_is_cleaned_once(tiny, monkeypatch):

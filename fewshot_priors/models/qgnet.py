@@ -118,6 +118,11 @@ def _down(in_channels: int, channels: int) -> nn.Sequential:
 class QGNet(nn.Module):
     """QGNet (Fig. 2): guided + prior region maps, category guider, FEM decoder.
 
+    Both region maps are computed outside autocast in float32 (or the features' dtype
+    if wider); their outputs are resized bilinearly to the mid-level size. The
+    region-map modules have no parameters, so the state-dict keys are the same whichever
+    backend / chunk size / eps is chosen, or whichever parameter-free module replaces them.
+
     Args:
         backbone: timm model name of the frozen supervised backbone (``"resnet50"``,
             ``"vgg16_bn"``, ...) or a ready :class:`FrozenBackbone`.
@@ -163,11 +168,6 @@ class QGNet(nn.Module):
             ``query_feat`` ``B, channels, h, w``, ``prototype`` ``B, channels`` and
             ``region_maps`` ``B, n_maps, h, w`` (guided, then prior); returns
             ``(logits, aux_logits)``: ``B, 2, H, W`` and a list of ``B, 2, H, W``.
-
-        Both region maps are computed outside autocast in float32 (or the features'
-        dtype if wider); their outputs are resized bilinearly to the mid-level size.
-        The region-map modules have no parameters, so the state-dict keys are the same
-        whichever backend / chunk size / eps is chosen.
     """
 
     def __init__(
@@ -495,16 +495,21 @@ class QGNet(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, query_image: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
+        self,
+        query_image: torch.Tensor,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor,
+        *,
+        check_inputs: bool | None = None,
     ) -> torch.Tensor:
         """``B, H, W`` long predictions (0 background, 1 foreground), computed in eval mode.
 
-        The module's train/eval mode is restored afterwards.
+        The module's train/eval mode is restored afterwards. ``check_inputs``: as :meth:`forward`.
         """
         was_training = self.training
         self.eval()
         try:
-            logits = self.forward(query_image, support_images, support_masks)["logits"]
+            logits = self.forward(query_image, support_images, support_masks, check_inputs=check_inputs)["logits"]
         finally:
             self.train(was_training)
         return logits.argmax(dim=1)
