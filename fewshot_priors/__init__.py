@@ -5,7 +5,7 @@ The public building blocks are importable from the top level::
     import fewshot_priors as fp
     prior = fp.prior_region_map(bridge_feats, prior_feats)       # B,1,H,W
     guided = fp.guided_region_map(query_feats, support_feats, support_mask)
-    model = fp.QGNet(backbone="resnet50", shots=1)
+    model = fp.create_qgnet(backbone="resnet50")   # or fp.QGNet(...)
 
 Heavy submodules (timm models, datasets) are imported lazily on first use.
 """
@@ -34,6 +34,9 @@ _LAZY = {
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
+    "create_qgnet": "fewshot_priors.models.factory",
+    "GuidedRegionMap": "fewshot_priors.ops.modules",
+    "PriorRegionMap": "fewshot_priors.ops.modules",
     "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
     "MemoryQueue": "fewshot_priors.ssl.queue",
     "SuperpixelPatchSampler": "fewshot_priors.ssl.superpixels",
@@ -66,9 +69,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .data import CocoFewShot, FolderFewShot, PascalFewShot
     from .metrics import FewShotSegMeter
     from .models.backbone import FrozenBackbone, create_backbone
+    from .models.factory import create_qgnet
     from .models.fem import FEMDecoder
     from .models.qgnet import QGNet
     from .ops.contrastive import info_nce, momentum_update
+    from .ops.modules import GuidedRegionMap, PriorRegionMap
     from .ops.superpixel_pool import superpixel_pool
     from .ssl.moco import GlobalLocalMoCo
     from .ssl.queue import MemoryQueue

@@ -225,7 +225,7 @@ def test_load_moco_checkpoint(tmp_path):
 
 def test_load_global_local_moco_state_dict():
     """This project's GlobalLocalMoCo naming: encoder.* (query) and key_encoder.* (momentum)."""
-    from fewshot_priors.models.moco import GlobalLocalMoCo
+    from fewshot_priors.ssl.moco import GlobalLocalMoCo
 
     torch.manual_seed(0)
     moco = GlobalLocalMoCo(backbone="resnet18", queue_size=64, local_queue_size=64)
@@ -311,3 +311,14 @@ def test_load_in_memory_state_dict():
     _assert_loaded(create_backbone("resnet18", weights=sd), sd)
     with pytest.raises(TypeError, match="weights"):
         create_backbone("resnet18", weights=3)
+
+
+def test_weight_parsing_lives_in_models_weights_and_stays_importable_from_backbone():
+    from fewshot_priors.models import backbone, weights
+
+    for name in ("load_backbone_state_dict", "_read_checkpoint", "_fmt_keys", "MOCO_ENCODERS",
+                 "PRIOR_EXTRACTOR_FORMAT", "BACKBONE_WEIGHTS_FORMAT", "CHECKPOINT_PREFIXES", "HEAD_NAMES"):
+        assert getattr(backbone, name) is getattr(weights, name), name
+    assert weights.load_backbone_state_dict.__module__ == "fewshot_priors.models.weights"
+    assert not any(isinstance(v, type) and issubclass(v, torch.nn.Module) for v in vars(weights).values()
+                   if getattr(v, "__module__", None) == weights.__name__)

@@ -473,3 +473,55 @@ def test_value_checks_are_the_only_syncs_and_can_be_switched_off(monkeypatch, ge
         fp.masked_average_pool(q, torch.full((2, 5, 5), 7.0))
     with pytest.raises(ValueError, match="`mask`"):
         fp.masked_average_pool(q, torch.full((2, 5, 5), 7.0))
+
+
+# ----------------------------------------------------------------------------- module wrappers
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+def test_region_map_modules_equal_functional_ops(backend):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 8, 5, 6, generator=g)
+    s = torch.randn(2, 3, 8, 4, 4, generator=g)
+    m = (torch.rand(2, 3, 7, 7, generator=g) > 0.5).float()
+    m[0, 0, 0, 0] = 255.0  # ignore label: cleaned the same way by both
+    kw = dict(backend=backend, max_chunk_bytes=64)
+    guided = fp.GuidedRegionMap(eps=1e-5, **kw)
+    assert torch.equal(guided(q, s, m), fp.guided_region_map(q, s, m, 1e-5, **kw))
+    # the private fast path QGNet uses (mask cleaned once upstream) gives the same bits
+    clean = torch.where(m == 255, torch.zeros_like(m), m)
+    assert torch.equal(guided._forward_clean(q, s, clean), guided(q, s, m))
+    bridge, prior = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 8, 3, 4, generator=g)
+    prior_map = fp.PriorRegionMap(eps=1e-5, **kw)
+    assert torch.equal(prior_map(bridge, prior), fp.prior_region_map(bridge, prior, 1e-5, **kw))
+
+
+def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
+    guided, prior_map = fp.GuidedRegionMap(), fp.PriorRegionMap()
+    assert guided.max_chunk_bytes == fp.ops.DEFAULT_MAX_CHUNK_BYTES and guided.backend == "auto"
+    assert guided.eps == 1e-7 and prior_map.max_chunk_bytes == fp.ops.DEFAULT_MAX_CHUNK_BYTES
+    assert not list(guided.state_dict()) and not list(prior_map.state_dict())
+    assert "backend='auto'" in repr(guided) and "max_chunk_bytes=" in repr(prior_map)
+    q = torch.randn(1, 4, 3, 3, requires_grad=True)
+    s = torch.randn(1, 4, 3, 3, requires_grad=True)
+    guided(q, s, torch.ones(1, 3, 3)).sum().backward()
+    assert q.grad is not None and s.grad is not None and q.grad.abs().sum() > 0
+    b = torch.randn(1, 4, 3, 3, requires_grad=True)
+    p = torch.randn(1, 4, 2, 2, requires_grad=True)
+    prior_map(b, p).sum().backward()
+    assert b.grad.abs().sum() > 0 and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"backend": "chunkd"}, r"`backend` must be one of .*did you mean 'chunked'"),
+        ({"backend": 3}, r"`backend` must be one of"),
+        ({"max_chunk_bytes": 0}, r"`max_chunk_bytes` must be a positive int"),
+        ({"max_chunk_bytes": True}, r"`max_chunk_bytes`"),
+        ({"max_chunk_bytes": 1.5}, r"`max_chunk_bytes`"),
+        ({"eps": 0.0}, r"`eps` must be a finite number > 0"),
+    ],
+)
+@pytest.mark.parametrize("cls", ["GuidedRegionMap", "PriorRegionMap"])
+def test_region_map_modules_name_bad_arguments_at_construction(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(fp, cls)(**kwargs)

@@ -53,7 +53,8 @@ def test_output_shapes(tiny, b, k, h, w):
 
 def test_resnet18_one_and_five_shot_shapes():
     torch.manual_seed(0)
-    model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
+    with pytest.warns(DeprecationWarning, match="shots"):  # deprecated, ignored: K comes from the data
+        model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
     assert model.backbone.channels == (128, 256, 512)
     q, s, sm, _ = _episode(1, 1, 65, 65)
     out = model(q, s[:, 0], sm[:, 0])  # 1-shot given as B,3,H,W and B,H,W
@@ -326,7 +327,7 @@ def test_bad_constructor_arguments():
 def test_prior_from_global_local_moco_encoder():
     """A GlobalLocalMoCo becomes a frozen, dilated copy of its momentum (key) encoder,
     as the official QGNet release (MoCo's encoder_k); ``moco.encoder`` gives the query one."""
-    from fewshot_priors.models.moco import GlobalLocalMoCo
+    from fewshot_priors.ssl.moco import GlobalLocalMoCo
 
     torch.manual_seed(0)
     moco = GlobalLocalMoCo(backbone="test_resnet", queue_size=64, local_queue_size=64)
@@ -417,3 +418,175 @@ def test_value_checks_can_be_switched_off_and_are_the_only_syncs(tiny, monkeypat
         tiny(raw, s, sm)
     with pytest.raises(ValueError, match="query_image"):
         tiny(raw, s, sm)
+
+
+# --------------------------------------------------------------------------- composition (issue 10)
+STATE_PREFIXES = {"backbone", "prior_extractor", "down_bridge", "down_prior", "query_head", "support_head", "decoder"}
+
+
+def test_region_map_modules_add_no_state_dict_keys(tiny):
+    from fewshot_priors.ops import GuidedRegionMap, PriorRegionMap
+
+    assert isinstance(tiny.guided_map, GuidedRegionMap) and isinstance(tiny.prior_map, PriorRegionMap)
+    assert {k.split(".")[0] for k in tiny.state_dict()} == STATE_PREFIXES
+    ablation = QGNet(use_prior=False, **TINY)
+    assert ablation.prior_map is None
+    assert {k.split(".")[0] for k in ablation.state_dict()} == STATE_PREFIXES - {"prior_extractor", "down_bridge",
+                                                                                   "down_prior"}
+
+
+def test_backend_chunk_size_and_eps_reach_the_region_map_modules():
+    model = QGNet(region_map_backend="reference", max_chunk_bytes=4096, eps=1e-5, **TINY)
+    for part in (model.guided_map, model.prior_map):
+        assert (part.backend, part.max_chunk_bytes, part.eps) == ("reference", 4096, 1e-5)
+    assert model.region_map_backend == "reference"
+    default = QGNet(**TINY)
+    from fewshot_priors.ops import DEFAULT_MAX_CHUNK_BYTES
+
+    assert default.guided_map.max_chunk_bytes == DEFAULT_MAX_CHUNK_BYTES and default.prior_map.eps == 1e-7
+    with pytest.raises(ValueError, match="max_chunk_bytes"):
+        QGNet(max_chunk_bytes=0, **TINY)
+    with pytest.raises(ValueError, match=r"region_map_backend.*did you mean 'chunked'"):
+        QGNet(region_map_backend="chunkd", **TINY)
+
+
+def test_eps_changes_the_maps_and_chunk_size_does_not(tiny):
+    q, s, sm, _ = _episode(2, 2)
+    ref = tiny(q, s, sm)
+    state = tiny.state_dict()
+    torch.manual_seed(0)
+    small = QGNet(region_map_backend="chunked", max_chunk_bytes=256, **TINY).eval()
+    small.load_state_dict(state)
+    torch.testing.assert_close(small(q, s, sm)["guided_map"], ref["guided_map"])
+    coarse = QGNet(eps=0.5, **TINY).eval()
+    coarse.load_state_dict(state)
+    assert not torch.allclose(coarse(q, s, sm)["guided_map"], ref["guided_map"])
+
+
+def test_shots_is_deprecated_and_ignored():
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"shots.*deprecated"):
+        with_shots = QGNet(shots=5, **TINY).eval()
+    torch.manual_seed(0)
+    plain = QGNet(**TINY).eval()
+    q, s, sm, _ = _episode(1, 2)
+    assert torch.equal(with_shots(q, s, sm)["logits"], plain(q, s, sm)["logits"])
+    assert not hasattr(plain, "shots")
+
+
+def test_swap_region_maps_and_decoder_without_subclassing(tiny):
+    calls = {}
+
+    class ConstantGuided(torch.nn.Module):
+        def forward(self, query, support, support_mask):
+            calls["guided"] = (query.shape, support.shape, support_mask.shape, support_mask.max().item())
+            return torch.full((query.shape[0], 1, *query.shape[-2:]), 0.25)
+
+    class ZeroPrior(torch.nn.Module):
+        def forward(self, bridge, prior):
+            calls["prior"] = (bridge.shape, prior.shape)
+            return torch.zeros(bridge.shape[0], 1, *bridge.shape[-2:])
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Conv2d(16 + 2, 2, 1)
+
+        def forward(self, query_feat, prototype, region_maps, size):
+            calls["decoder"] = (query_feat.shape, prototype.shape, region_maps.shape, size)
+            x = torch.cat([query_feat + prototype[..., None, None], region_maps], 1)
+            return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False), []
+
+    model = QGNet(guided_map=ConstantGuided(), prior_map=ZeroPrior(), decoder=Decoder(), **TINY).eval()
+    q, s, sm, qm = _episode(2, 3, 33, 33)
+    sm[0, 0, 0, 0] = 255  # cleaned before the custom module sees it
+    out = model(q, s, sm, qm)
+    assert out["logits"].shape == (2, 2, 33, 33) and out["aux_logits"] == [] and torch.isfinite(out["loss"])
+    assert torch.equal(out["guided_map"], torch.full((2, 1, 5, 5), 0.25)) and out["prior_map"].abs().sum() == 0
+    qs, ss, ms, mmax = calls["guided"]
+    assert qs[0] == 2 and ss[:2] == (2, 3) and ms == (2, 3, 33, 33) and mmax == 1.0
+    assert calls["decoder"][1:] == ((2, 16), (2, 2, 5, 5), (33, 33))
+    assert {k.split(".")[0] for k in model.state_dict()} == STATE_PREFIXES
+    assert model.config is None  # custom parts: not describable by a config
+    with pytest.raises(TypeError, match="decoder"):
+        QGNet(decoder=lambda *a: a, **TINY)
+    with pytest.raises(ValueError, match="prior_map.*use_prior=False"):
+        QGNet(use_prior=False, prior_map=ZeroPrior(), **TINY)
+
+
+class _SyncCounter:
+    """Counts host reads of tensor values (``aten._local_scalar_dense``: .item(), bool(t), ...)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    counter.n += 1
+                return func(*args, **(kwargs or {}))
+
+        self.n, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_per_call_check_inputs_switch(tiny):
+    import fewshot_priors as fp
+
+    q, s, sm, qm = _episode(2, 2)
+    with _SyncCounter() as checked:
+        ref = tiny(q, s, sm, qm)
+    with _SyncCounter() as unchecked:
+        out = tiny(q, s, sm, qm, check_inputs=False)
+    assert checked.n > 0 and unchecked.n == 0  # the value checks are the only host reads of a forward
+    assert torch.equal(out["logits"], ref["logits"]) and torch.equal(out["loss"], ref["loss"])
+    raw = q * 100
+    tiny(raw, s, sm, check_inputs=False)  # value check skipped for this call only
+    with pytest.raises(ValueError, match="query_image.*normalised"):
+        tiny(raw, s, sm)
+    with fp.checks_disabled():
+        tiny(raw, s, sm)  # global flag off, check_inputs=None follows it
+        with pytest.raises(ValueError, match="query_image.*normalised"):
+            tiny(raw, s, sm, check_inputs=True)  # per call on beats the global flag
+        with pytest.raises(ValueError, match="support_masks.*values in"):
+            tiny(q, s, sm * 3, check_inputs=True)
+        assert not fp.checks_enabled()  # restored after the forced check
+    with pytest.raises(ValueError, match="query_image"):  # shape checks stay on
+        tiny(q[:, :2], s, sm, check_inputs=False)
+    with pytest.raises(TypeError, match="check_inputs"):
+        tiny(q, s, sm, check_inputs="no")
+    assert tiny.predict(raw, s, sm, check_inputs=False).shape == (2, 33, 33)  # skipped for this call only
+    with pytest.raises(ValueError, match="query_image.*normalised"):
+        tiny.predict(raw, s, sm)
+
+
+def test_support_mask_is_cleaned_once(tiny, monkeypatch):
+    from fewshot_priors.models import checks
+    from fewshot_priors.ops import _checks, pooling, region_maps
+
+    seen = []
+
+    def counting(name, mask):
+        seen.append(name)
+        return _checks.clean_mask(name, mask)
+
+    for module in (checks, pooling, region_maps):
+        monkeypatch.setattr(module, "clean_mask", counting)
+    q, s, sm, _ = _episode(2, 3)
+    sm[:, :, 0] = 255
+    out = tiny(q, s, sm)
+    assert seen == ["support_masks"]
+    monkeypatch.undo()
+    # and the result is the ops' own, which clean the mask themselves
+    with torch.no_grad():
+        q_high = tiny._features(q)[2]
+        s_high = tiny._features(s.flatten(0, 1), sm.flatten(0, 1)[:, None].clamp(max=1) * (sm.flatten(0, 1)[:, None] != 255))[2]
+        ref = guided_region_map(q_high, s_high.unflatten(0, (2, 3)), sm)
+    torch.testing.assert_close(out["guided_map"], F.interpolate(ref, size=out["guided_map"].shape[-2:],
+                                                                mode="bilinear", align_corners=True))

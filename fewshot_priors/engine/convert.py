@@ -57,8 +57,8 @@ def write_converted_checkpoint(
         fewshot_priors.config.ConfigError: a bad base config or override.
     """
     from fewshot_priors.config import apply_overrides, load_config, merge, save_config, validate
-    from fewshot_priors.models.backbone import BACKBONE_WEIGHTS_FORMAT
     from fewshot_priors.models.convert import convert_official_checkpoint
+    from fewshot_priors.models.weights import BACKBONE_WEIGHTS_FORMAT
 
     from .build import build_model
     from .checkpoint import checkpoint_paths, save_checkpoint

@@ -47,7 +47,7 @@ from ..config import DEFAULTS
 from ..data.unlabeled import UnlabeledImages, list_images
 from ..data.workers import resolve_num_workers
 from ..distributed import barrier, init_distributed
-from ..models.backbone import MOCO_ENCODERS
+from ..models.weights import MOCO_ENCODERS
 from ..ssl.augment import TwoViewAugment
 from ..ssl.diagnostics import alignment, embedding_std, uniformity
 from ..ssl.moco import GlobalLocalMoCo

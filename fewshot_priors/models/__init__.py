@@ -18,6 +18,10 @@ _LAZY = {
     "QGNet": "fewshot_priors.models.qgnet",
     # defined in fewshot_priors.ssl (pretraining); listed here too because it is a model
     "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
+    "create_qgnet": "fewshot_priors.models.factory",
+    "save_pretrained": "fewshot_priors.models.hub",
+    "from_pretrained": "fewshot_priors.models.hub",
+    "load_backbone_state_dict": "fewshot_priors.models.weights",
     "convert_official_checkpoint": "fewshot_priors.models.convert",
     "to_official_state_dict": "fewshot_priors.models.convert",
 }
@@ -32,5 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..ssl.moco import GlobalLocalMoCo
     from .backbone import FrozenBackbone, create_backbone
     from .convert import convert_official_checkpoint, to_official_state_dict
+    from .factory import create_qgnet
     from .fem import FEMDecoder
+    from .hub import from_pretrained, save_pretrained
     from .qgnet import QGNet
+    from .weights import load_backbone_state_dict

@@ -189,7 +189,7 @@ def _read(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> tuple[dict[
         return _strip_module(tensors), "<state dict>"
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"`source` must be a path or a state dict, got {type(source).__name__}")
-    from fewshot_priors.models.backbone import _read_checkpoint
+    from fewshot_priors.models.weights import _read_checkpoint
 
     state, _ = _read_checkpoint(source, what="official checkpoint")
     return _strip_module(state), os.fspath(source)
@@ -302,7 +302,7 @@ def _target(config_model: Mapping[str, Any], n_bins: int, channels: int):
 
 def _check_complete(converted: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor],
                     unmapped: list[str], where: str, what: str, optional: Sequence[str] = ()) -> None:
-    from fewshot_priors.models.backbone import _fmt_keys
+    from fewshot_priors.models.weights import _fmt_keys
 
     for k, v in target.items():  # BN counters are not used in eval; older checkpoints lack them
         if k not in converted and k.endswith("num_batches_tracked"):

@@ -17,6 +17,14 @@ Data flow for a query image ``Q`` and K support images ``S_k`` with masks ``M_k`
 resized bilinearly to the mid-level size; it is *low* on objects (Sec. 4.3) and is
 not inverted: the decoder learns its sign. ``use_prior=False`` is the PFENet
 ablation (guided map only).
+
+The model is composed from parts: ``backbone``, ``prior_extractor``, the region-map
+modules ``guided_map`` (:class:`~fewshot_priors.ops.GuidedRegionMap`) and ``prior_map``
+(:class:`~fewshot_priors.ops.PriorRegionMap`), and ``decoder`` (:class:`FEMDecoder`).
+Any of the last three can be replaced by a module with the same call signature (see
+:class:`QGNet`) without subclassing. :func:`~fewshot_priors.models.create_qgnet` builds
+a QGNet from the config's ``model`` section; :meth:`QGNet.save_pretrained` /
+:meth:`QGNet.from_pretrained` share a trained model with its configuration.
 """
 
 from __future__ import annotations
@@ -31,24 +39,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
+from fewshot_priors.models.checks import MAX_NORMALISED_ABS, resolve_check_inputs
+from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
-from fewshot_priors.ops._checks import (
-    IGNORE_INDEX,
-    check_float,
-    check_same,
-    checks_enabled,
-    clean_mask,
-)
-from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
-from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
-from fewshot_priors.ops.similarity import BACKENDS
+from fewshot_priors.models.qgnet_config import qgnet_kwargs
+from fewshot_priors.ops._checks import IGNORE_INDEX
+from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
+from fewshot_priors.ops.pooling import _masked_average_pool_clean, resize_mask
 
-__all__ = ["FrozenModule", "QGNet"]
-
-#: Largest absolute value accepted in an input image. ImageNet-normalised pixels lie
-#: in about [-2.2, 2.7]; raw 0-255 pixels (a silent wrong answer otherwise) exceed it.
-MAX_NORMALISED_ABS = 10.0
+__all__ = ["MAX_NORMALISED_ABS", "FrozenModule", "QGNet"]
 
 
 class FrozenModule(nn.Module):
@@ -115,8 +116,13 @@ def _down(in_channels: int, channels: int) -> nn.Sequential:
     )
 
 
-class QGNet(nn.Module):
+class QGNet(PretrainedMixin, nn.Module):
     """QGNet (Fig. 2): guided + prior region maps, category guider, FEM decoder.
+
+    Both region maps are computed outside autocast in float32 (or the features' dtype
+    if wider); their outputs are resized bilinearly to the mid-level size. The
+    region-map modules have no parameters, so the state-dict keys are the same whichever
+    backend / chunk size / eps is chosen, or whichever parameter-free module replaces them.
 
     Args:
         backbone: timm model name of the frozen supervised backbone (``"resnet50"``,
@@ -129,7 +135,8 @@ class QGNet(nn.Module):
             of its momentum encoder, as the official QGNet, is built as a dilated
             FrozenBackbone; pass ``moco.encoder`` for the query encoder); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
-        shots: the default number of shots K (any K is accepted at run time).
+        shots: deprecated and ignored (K comes from the data; any K is accepted at run
+            time). Passing it warns ``DeprecationWarning``; it goes in the next release.
         pretrained: load timm's pretrained weights into ``backbone`` (internet).
         weights: local checkpoint for ``backbone`` (see :func:`create_backbone`).
         prior_weights: local checkpoint for the prior extractor.
@@ -142,15 +149,33 @@ class QGNet(nn.Module):
             paper's unweighted CE; > 1 counters a small foreground share, see
             ``docs/how-to/real-images.md``).
         region_map_backend: backend of the region-map ops (``"auto"``, ``"chunked"``,
-            ``"reference"``, ``"fused"``).
+            ``"reference"``, ``"fused"``), checked by the region-map modules.
         output_stride: backbone output stride (8).
+        max_chunk_bytes: memory budget of one similarity tile of the region-map ops
+            (``None`` = :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`).
+        eps: epsilon of the region maps' cosine and min-max normalisation.
+        guided_map: replaces the default ``GuidedRegionMap(region_map_backend,
+            max_chunk_bytes, eps)``. Called as ``guided_map(query, support, support_mask)``
+            with ``query`` ``B, C, h, w`` (the query's high-level backbone features),
+            ``support`` ``B, K, C, hs, ws`` (the supports' masked high-level features) and
+            ``support_mask`` a float ``B, K, H', W'`` mask in [0, 1] at the support image
+            size (255 already mapped to 0); returns ``B, 1, h, w``.
+        prior_map: replaces the default ``PriorRegionMap(...)`` (only with
+            ``use_prior=True``). Called as ``prior_map(bridge, prior)`` with ``bridge``
+            ``B, channels, h, w`` and ``prior`` ``B, channels, h', w'`` (the two 3x3
+            projections); returns ``B, 1, h, w``.
+        decoder: replaces the default ``FEMDecoder(channels, n_maps, bins)``. Called as
+            ``decoder(query_feat, prototype, region_maps, size=(H, W))`` with
+            ``query_feat`` ``B, channels, h, w``, ``prototype`` ``B, channels`` and
+            ``region_maps`` ``B, n_maps, h, w`` (guided, then prior); returns
+            ``(logits, aux_logits)``: ``B, 2, H, W`` and a list of ``B, 2, H, W``.
     """
 
     def __init__(
         self,
         backbone: str | FrozenBackbone = "resnet50",
         prior_backbone: str | nn.Module | None = None,
-        shots: int = 1,
+        shots: int | None = None,
         pretrained: bool = False,
         weights: str | os.PathLike | None = None,
         prior_weights: str | os.PathLike | None = None,
@@ -161,21 +186,48 @@ class QGNet(nn.Module):
         fg_weight: float = 1.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
+        max_chunk_bytes: int | None = None,
+        eps: float = 1e-7,
+        *,
+        guided_map: nn.Module | None = None,
+        prior_map: nn.Module | None = None,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-            raise ValueError(f"`shots` must be a positive int, got {shots!r}")
-        if region_map_backend not in BACKENDS:
-            raise ValueError(f"`region_map_backend` must be one of {BACKENDS}, got {region_map_backend!r}")
+        if shots is not None:
+            if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+                raise ValueError(f"`shots` must be a positive int, got {shots!r}")
+            warnings.warn(
+                "QGNet(shots=...) is deprecated and ignored: K comes from the support images of each call "
+                "(set data.shots / eval.shots in the config); the argument goes in the next release",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if float(aux_weight) < 0:
             raise ValueError(f"`aux_weight` must be >= 0, got {aux_weight!r}")
-        self.shots = shots
         self.use_prior = bool(use_prior)
         self.aux_weight = float(aux_weight)
         if isinstance(fg_weight, bool) or not float(fg_weight) > 0 or not math.isfinite(float(fg_weight)):
             raise ValueError(f"`fg_weight` must be a finite number > 0, got {fg_weight!r}")
         self.fg_weight = float(fg_weight)
-        self.region_map_backend = region_map_backend
+        for name, part in (("guided_map", guided_map), ("prior_map", prior_map), ("decoder", decoder)):
+            if part is not None and not isinstance(part, nn.Module):
+                raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
+        if prior_map is not None and not self.use_prior:
+            raise ValueError("`prior_map` given with use_prior=False (the ablation has no prior map)")
+        # region-map modules first: they check region_map_backend / max_chunk_bytes / eps (and hold no
+        # parameters, so building them here draws no random numbers before the backbone's init)
+        try:
+            default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps) if guided_map is None else None
+            default_prior = (
+                PriorRegionMap(region_map_backend, max_chunk_bytes, eps)
+                if self.use_prior and prior_map is None
+                else None
+            )
+        except ValueError as err:  # the module names its own argument `backend`; ours is region_map_backend
+            if "`backend`" not in str(err):
+                raise
+            raise ValueError(f"`region_map_backend`: {err}") from None
 
         if isinstance(backbone, FrozenBackbone):
             if pretrained or weights is not None:
@@ -199,7 +251,76 @@ class QGNet(nn.Module):
 
         self.query_head = _mid_head(low_c + mid_c, channels)
         self.support_head = _mid_head(low_c + mid_c, channels)
-        self.decoder = FEMDecoder(channels=channels, n_maps=2 if self.use_prior else 1, bins=bins, num_classes=2)
+        self.decoder = (
+            FEMDecoder(channels=channels, n_maps=2 if self.use_prior else 1, bins=bins, num_classes=2)
+            if decoder is None
+            else decoder
+        )
+        self.guided_map = default_guided if guided_map is None else guided_map
+        self.prior_map: nn.Module | None = default_prior if prior_map is None else prior_map
+        self.config = self._describe(
+            backbone=self.backbone.name, prior_backbone=prior_backbone, pretrained=bool(pretrained),
+            weights=weights, prior_weights=prior_weights, bins=bins, channels=int(channels),
+            output_stride=output_stride,
+        )
+
+    @property
+    def region_map_backend(self) -> str | None:
+        """Backend of the default guided region map (``None`` for a custom one)."""
+        return getattr(self.guided_map, "backend", None)
+
+    def _describe(self, *, backbone, prior_backbone, pretrained, weights, prior_weights, bins, channels,
+                  output_stride) -> dict | None:
+        """The config ``model`` section that rebuilds this architecture, or ``None`` when a
+        part is a custom module that a config cannot name (then :meth:`save_pretrained` refuses)."""
+        maps = [self.guided_map] + ([self.prior_map] if self.use_prior else [])
+        if any(type(m) not in (GuidedRegionMap, PriorRegionMap) for m in maps):
+            return None
+        if type(self.decoder) is not FEMDecoder:
+            return None
+        if prior_backbone is not None and not isinstance(prior_backbone, str):
+            if not isinstance(self.prior_extractor, FrozenBackbone):
+                return None  # an arbitrary frozen module: not describable by a name
+            prior_backbone = self.prior_extractor.name
+            if self.prior_extractor.output_stride != self.backbone.output_stride:
+                return None
+        if self.backbone.output_stride != output_stride:
+            output_stride = self.backbone.output_stride  # a FrozenBackbone passed in sets the stride
+        g = self.guided_map
+        return {
+            "backbone": backbone,
+            "prior_backbone": prior_backbone,
+            "pretrained": pretrained,
+            "weights": None if weights is None else str(weights),
+            "prior_weights": None if prior_weights is None or not isinstance(prior_weights, (str, os.PathLike))
+            else str(prior_weights),
+            "use_prior": self.use_prior,
+            "bins": list(self.decoder.bins),
+            "channels": channels,
+            "aux_weight": self.aux_weight,
+            "fg_weight": self.fg_weight,
+            "output_stride": int(output_stride),
+            "region_map_backend": g.backend,
+            "max_chunk_bytes": g.max_chunk_bytes,
+            "eps": g.eps,
+        }
+
+    PRETRAINED_FORMAT = QGNET_FORMAT
+
+    def _pretrained_config(self) -> dict:
+        if self.config is None:
+            raise ValueError(
+                "this QGNet has a part a config cannot name (a custom guided_map / prior_map / decoder or "
+                "an arbitrary prior-extractor module), so it cannot be saved with save_pretrained; save "
+                "its state_dict() and rebuild it in code, or use the default parts"
+            )
+        return dict(self.config)
+
+    @classmethod
+    def _from_pretrained_config(cls, config: dict, overrides: dict) -> QGNet:
+        # the weights come from model.safetensors: never re-read weight files or download timm weights
+        config.update(weights=None, prior_weights=None, pretrained=False)
+        return cls(**qgnet_kwargs(config, **overrides))
 
     # ------------------------------------------------------------------ construction
     def _build_prior(self, prior_backbone, prior_weights, output_stride) -> nn.Module:
@@ -235,155 +356,6 @@ class QGNet(nn.Module):
         """Parameters that receive gradients (heads, down projections, decoder)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_normalised(name: str, images: torch.Tensor) -> None:
-        """Reject raw 0-255 pixels and NaN/inf: ImageNet-normalised images lie in about [-2.2, 2.7]."""
-        if images.numel() == 0:
-            return
-        peak = float(images.detach().abs().amax())
-        if not peak <= MAX_NORMALISED_ABS:
-            what = "non-finite values" if peak != peak or peak == float("inf") else f"max |value| {peak:.4g}"
-            raise ValueError(
-                f"`{name}` must hold normalised images (ImageNet mean/std: values within about "
-                f"[-2.2, 2.7]), got {what}; convert raw pixels with (x / 255 - mean) / std, "
-                "e.g. fewshot_priors.data.transforms.normalize_image"
-            )
-
-    def _check_dtype_device(self, name: str, images: torch.Tensor) -> None:
-        """Images must match the trainable parameters' dtype (unless autocast casts them) and device."""
-        param = next((p for p in self.parameters() if p.is_floating_point()), None)
-        if param is None:
-            return
-        if images.device != param.device:
-            raise ValueError(
-                f"`{name}` is on {images.device} but the model is on {param.device}; "
-                f"move the inputs with `.to({str(param.device)!r})` (or the model with `.to(...)`)"
-            )
-        if images.dtype != param.dtype and not torch.is_autocast_enabled(images.device.type):
-            hint = (
-                "on CPU use float32, or bfloat16 for mixed precision (`model.to(torch.bfloat16)` or "
-                "`torch.autocast('cpu', dtype=torch.bfloat16)`)"
-                if images.device.type == "cpu"
-                else "use `torch.autocast` for mixed precision"
-            )
-            raise TypeError(
-                f"`{name}` has dtype {images.dtype} but the model's parameters are {param.dtype}; pass "
-                f"{param.dtype} images or convert the model with `.to(dtype)`; {hint}"
-            )
-
-    @staticmethod
-    def _warn_ignore_only_masks(masks: torch.Tensor) -> None:
-        """Warn about support masks with no foreground but some 255: most likely a 0/255
-        binary image, whose 255 means "ignore" here (so the shot would be silently empty)."""
-        if masks.dtype == torch.bool or masks.numel() == 0:
-            return
-        flat = masks.flatten(2)
-        no_fg = ~((flat > 0) & (flat != IGNORE_INDEX)).any(dim=-1)
-        ignore = (flat == IGNORE_INDEX).any(dim=-1)
-        bad = (no_fg & ignore).nonzero().tolist()
-        if bad:
-            warnings.warn(
-                f"`support_masks` (batch, shot) {[tuple(i) for i in bad[:5]]} have no foreground pixel but "
-                "contain 255, which means 'ignore' (treated as background): these shots are empty. Either "
-                "the object was cropped out or shrunk away by the augmentation / resize (the 255 is then "
-                "padding or boundary; the datasets' eligibility rules avoid most such episodes), or your "
-                "masks are 0/255 binary images: then pass `mask / 255` or `mask > 127`.",
-                stacklevel=4,
-            )
-
-    def _check_inputs(self, query_image, support_images, support_masks, query_mask):
-        """Shape / dtype / device checks (always) and value checks (unless
-        :func:`~fewshot_priors.ops.set_checks` turned them off: they synchronise with the GPU)."""
-        cls = type(self)
-        value_checks = checks_enabled()
-        check_float("query_image", query_image)
-        if query_image.dim() != 4 or query_image.shape[1] != 3:
-            raise ValueError(f"`query_image` must have shape B, 3, H, W, got {tuple(query_image.shape)}")
-        check_float("support_images", support_images)
-        b = query_image.shape[0]
-        if support_images.dim() == 4:
-            support_images = support_images.unsqueeze(1)
-        if support_images.dim() != 5 or support_images.shape[2] != 3:
-            raise ValueError(
-                "`support_images` must have shape B, K, 3, H, W (or B, 3, H, W for 1 shot), "
-                f"got {tuple(support_images.shape)}"
-            )
-        check_same("batch size", "query_image", b, "support_images", support_images.shape[0])
-        k = support_images.shape[1]
-        if k < 1:
-            raise ValueError("`support_images` must hold at least one shot (K >= 1)")
-        for name, t in (("query_image", query_image), ("support_images", support_images)):
-            if t.shape[-1] == 0 or t.shape[-2] == 0:
-                raise ValueError(f"`{name}` must have a non-zero spatial size H, W, got {tuple(t.shape)}")
-        if support_images.dtype != query_image.dtype:
-            raise TypeError(
-                f"`support_images` has dtype {support_images.dtype} but `query_image` has {query_image.dtype}; "
-                "pass both in the model's dtype"
-            )
-        self._check_dtype_device("query_image", query_image)
-        self._check_dtype_device("support_images", support_images)
-        if value_checks:
-            cls._check_normalised("query_image", query_image)
-            cls._check_normalised("support_images", support_images)
-        if not isinstance(support_masks, torch.Tensor):
-            raise TypeError(f"`support_masks` must be a torch.Tensor, got {type(support_masks).__name__}")
-        m = support_masks
-        if m.dim() == 5 and m.shape[2] == 1:
-            m = m.squeeze(2)
-        if m.dim() == 3:
-            m = m.unsqueeze(1)
-        if m.dim() != 4 or (m.shape[1] != k and not (k == 1 and m.shape[1] == 1)):
-            raise ValueError(
-                f"`support_masks` must have shape B, K, H, W with K={k} (or B, H, W / B, 1, H, W for 1 shot), "
-                f"got {tuple(support_masks.shape)}"
-            )
-        check_same("batch size", "query_image", b, "support_masks", m.shape[0])
-        if tuple(m.shape[-2:]) != tuple(support_images.shape[-2:]):
-            raise ValueError(
-                f"`support_masks` spatial size {tuple(m.shape[-2:])} must match `support_images` "
-                f"{tuple(support_images.shape[-2:])}"
-            )
-        raw = m
-        m = clean_mask("support_masks", m).to(device=support_images.device, dtype=support_images.dtype)
-        if value_checks:
-            cls._warn_ignore_only_masks(raw)
-        if query_mask is not None:
-            if not isinstance(query_mask, torch.Tensor):
-                raise TypeError(f"`query_mask` must be a torch.Tensor, got {type(query_mask).__name__}")
-            qm = query_mask.squeeze(1) if query_mask.dim() == 4 and query_mask.shape[1] == 1 else query_mask
-            if qm.dim() != 3 or qm.shape[0] != b or tuple(qm.shape[-2:]) != tuple(query_image.shape[-2:]):
-                raise ValueError(
-                    f"`query_mask` must have shape B, H, W = {(b, *query_image.shape[-2:])} "
-                    f"(or B, 1, H, W), got {tuple(query_mask.shape)}"
-                )
-            if query_mask.dtype == torch.bool or query_mask.is_complex():
-                raise TypeError(
-                    f"`query_mask` must hold integer labels 0, 1 and 255 (ignore), got dtype {query_mask.dtype}"
-                )
-            if value_checks and qm.is_floating_point() and not bool((qm == qm.round()).all()):
-                raise ValueError("`query_mask` must hold integer labels 0, 1 (and 255 = ignore)")
-            qm = qm.long()
-            if value_checks:
-                bad = ~((qm == 0) | (qm == 1) | (qm == IGNORE_INDEX))
-                if bool(bad.any()):
-                    raise ValueError(
-                        f"`query_mask` must hold labels 0 (background), 1 (foreground) or 255 (ignore), "
-                        f"found {qm[bad].unique()[:5].tolist()}"
-                    )
-                flat = qm.flatten(1)
-                binary_image = (flat == IGNORE_INDEX).any(1) & (flat == 0).any(1) & ~(flat == 1).any(1)
-                if bool(binary_image.any()):
-                    warnings.warn(
-                        f"`query_mask` items {binary_image.nonzero().flatten().tolist()[:5]} hold 0 and 255 but "
-                        "no foreground pixel (1); 255 means 'ignore'. Either the object was cropped out or "
-                        "shrunk away by the augmentation / resize (the 255 is then padding or boundary), "
-                        "or it is a 0/255 binary image: then pass `mask // 255` (labels 0 / 1, 255 = ignore)",
-                        stacklevel=3,
-                    )
-            query_mask = qm.to(query_image.device)
-        return support_images, m, query_mask
-
     # ------------------------------------------------------------------ forward
     def _features(self, image: torch.Tensor, mask: torch.Tensor | None = None):
         """``(low, mid, high)`` of the backbone; with ``mask`` (``N, 1, H, W``) the high
@@ -406,12 +378,21 @@ class QGNet(nn.Module):
         # region maps are computed outside autocast: float16 norms of 2048-d features overflow
         return torch.autocast(device_type=device.type, enabled=False)
 
+    def _guided(self, query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The guided map of already-validated input (``masks`` cleaned by :func:`check_inputs`):
+        the default module skips its checks and mask cleaning, a custom one is simply called."""
+        if type(self.guided_map).forward is GuidedRegionMap.forward:
+            return self.guided_map._forward_clean(query, support, masks)
+        return self.guided_map(query, support, masks)
+
     def forward(
         self,
         query_image: torch.Tensor,
         support_images: torch.Tensor,
         support_masks: torch.Tensor,
         query_mask: torch.Tensor | None = None,
+        *,
+        check_inputs: bool | None = None,
     ) -> dict:
         """Segment the query given K annotated supports.
 
@@ -427,8 +408,10 @@ class QGNet(nn.Module):
         Images must have the dtype and device of the model's parameters (``TypeError`` /
         ``ValueError`` naming the argument otherwise), except under ``torch.autocast``. The
         value checks (image range, mask values, 0/255 warnings) read tensor values, i.e.
-        synchronise with the GPU; :func:`fewshot_priors.set_checks` /
-        :func:`fewshot_priors.checks_disabled` turn them off. An empty batch (``B = 0``)
+        synchronise with the GPU; ``check_inputs=False`` turns them off for this call,
+        :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled` globally
+        (``check_inputs=None``, the default, follows the global flag; ``True`` forces them
+        on). Shape / dtype / device checks always run. An empty batch (``B = 0``)
         gives empty outputs of the shapes below (and a zero ``loss``).
 
         Returns:
@@ -439,8 +422,10 @@ class QGNet(nn.Module):
             ``query_mask``, ``loss`` = CE(logits) + aux_weight * mean_i CE(aux_i)
             (ignore index 255).
         """
-        support_images, masks, query_mask = self._check_inputs(
-            query_image, support_images, support_masks, query_mask
+        # the support masks come back cleaned (255 -> 0) once: the ops below do not clean them again
+        support_images, masks, query_mask = validate_inputs(
+            self, query_image, support_images, support_masks, query_mask,
+            value_checks=resolve_check_inputs(check_inputs),
         )
         b, k = support_images.shape[:2]
         size = tuple(query_image.shape[-2:])
@@ -455,7 +440,7 @@ class QGNet(nn.Module):
         s_mask = rearrange(masks, "b k h w -> (b k) 1 h w")
         s_low, s_mid, s_high = self._features(s_img, s_mask)
         support_feat = self.support_head(torch.cat([s_low, s_mid], dim=1))
-        prototype = masked_average_pool(support_feat, s_mask)  # (b k), C
+        prototype = _masked_average_pool_clean(support_feat, s_mask)  # (b k), C
         prototype = rearrange(prototype, "(b k) c -> b k c", b=b, k=k).mean(dim=1)
 
         if self.use_prior:  # trainable projections run under the caller's autocast
@@ -465,17 +450,12 @@ class QGNet(nn.Module):
         with self._region_maps_context(query_image.device):
             region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
             s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b, k=k).to(region_dtype)
-            guided = guided_region_map(
-                q_high.to(region_dtype), s_high_k, rearrange(s_mask, "(b k) 1 h w -> b k h w", b=b, k=k),
-                backend=self.region_map_backend,
-            )
+            guided = self._guided(q_high.to(region_dtype), s_high_k, masks)
             guided = F.interpolate(guided, size=feat_size, mode="bilinear", align_corners=True)
             maps = [guided]
             prior = None
             if self.use_prior:
-                prior = prior_region_map(
-                    bridge.to(region_dtype), prior_feat.to(region_dtype), backend=self.region_map_backend
-                )
+                prior = self.prior_map(bridge.to(region_dtype), prior_feat.to(region_dtype))
                 prior = F.interpolate(prior, size=feat_size, mode="bilinear", align_corners=True)
                 maps.append(prior)
             region_maps = torch.cat(maps, dim=1)
@@ -515,16 +495,21 @@ class QGNet(nn.Module):
 
     @torch.no_grad()
     def predict(
-        self, query_image: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
+        self,
+        query_image: torch.Tensor,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor,
+        *,
+        check_inputs: bool | None = None,
     ) -> torch.Tensor:
         """``B, H, W`` long predictions (0 background, 1 foreground), computed in eval mode.
 
-        The module's train/eval mode is restored afterwards.
+        The module's train/eval mode is restored afterwards. ``check_inputs``: as :meth:`forward`.
         """
         was_training = self.training
         self.eval()
         try:
-            logits = self.forward(query_image, support_images, support_masks)["logits"]
+            logits = self.forward(query_image, support_images, support_masks, check_inputs=check_inputs)["logits"]
         finally:
             self.train(was_training)
         return logits.argmax(dim=1)

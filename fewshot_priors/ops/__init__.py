@@ -6,13 +6,17 @@ few-shot model; :mod:`fewshot_priors.models` composes them.
 
 from ._checks import checks_disabled, checks_enabled, set_checks
 from .contrastive import info_nce, momentum_update
+from .modules import GuidedRegionMap, PriorRegionMap
 from .pooling import masked_average_pool, resize_mask
 from .region_maps import guided_region_map, prior_region_map
-from .similarity import DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
+from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
 from .superpixel_pool import superpixel_pool
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_MAX_CHUNK_BYTES",
+    "GuidedRegionMap",
+    "PriorRegionMap",
     "checks_disabled",
     "checks_enabled",
     "guided_region_map",

@@ -52,9 +52,15 @@ def masked_average_pool(
     check_float("features", features)
     check_rank("features", features, (4,), "B, C, H, W")
     check_nonempty("features", features, (2, 3), "spatial size", "H, W >= 1")
-    m = as_mask4d("mask", mask, features.shape[0]).to(features.dtype)
-    m = resize_mask(m, tuple(features.shape[-2:]))
+    out = _masked_average_pool_clean(features, as_mask4d("mask", mask, features.shape[0]))
+    return out[..., None, None] if keepdim else out
+
+
+def _masked_average_pool_clean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_average_pool` (``B, C``) on validated input: ``features`` ``B, C, H, W``
+    and a ``B, 1, h, w`` mask already cleaned (values in [0, 1], no 255). No checks, no
+    cleaning: for callers (QGNet) that cleaned the mask once; same result bit for bit."""
+    m = resize_mask(mask.to(features.dtype), tuple(features.shape[-2:]))
     num = (features * m).sum(dim=(2, 3))
     den = m.sum(dim=(2, 3)) + AREA_EPS
-    out = num / den
-    return out[..., None, None] if keepdim else out
+    return num / den

@@ -162,6 +162,26 @@ def guided_region_map(
     b, k, c, hs, ws = support.shape
     check_same("batch size", "query", query.shape[0], "support", b)
     check_same("channel count", "query", query.shape[1], "support", c)
+    return _guided_region_map_clean(query, support, masks, eps, backend=backend, max_chunk_bytes=max_chunk_bytes)
+
+
+def _guided_region_map_clean(
+    query: torch.Tensor,
+    support: torch.Tensor,
+    masks: torch.Tensor,
+    eps: float,
+    *,
+    backend: str,
+    max_chunk_bytes: int,
+) -> torch.Tensor:
+    """:func:`guided_region_map` on validated input: no argument checks, no mask cleaning.
+
+    ``query`` ``B, C, H, W``; ``support`` ``B, K, C, h, w``; ``masks`` a float ``B, K, h', w'``
+    mask already cleaned by :func:`~fewshot_priors.ops._checks.clean_mask` (values in [0, 1],
+    no 255); ``eps`` a float > 0. For callers (QGNet) that validated and cleaned the
+    support mask once already: the result is the public function's, bit for bit.
+    """
+    b, k, _, hs, ws = support.shape
     h, w = query.shape[-2:]
     if support.dtype != query.dtype:
         dtype = torch.promote_types(support.dtype, query.dtype)

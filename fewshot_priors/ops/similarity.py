@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ._backward import MaxCosineFunction, max_cosine_backward
+from ._backward import MaxCosineFunction
 from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same
 
 #: Default cap on the bytes of temporaries one tile of the similarity matrix may use.

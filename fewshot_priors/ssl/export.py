@@ -13,8 +13,8 @@ import os
 import torch
 from torch import nn
 
-from ..models.backbone import MOCO_ENCODERS
-from ..models.backbone import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+from ..models.weights import MOCO_ENCODERS
+from ..models.weights import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
 
 __all__ = ["PRIOR_FORMAT", "export_prior_extractor", "load_prior_extractor"]
 

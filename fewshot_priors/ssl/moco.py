@@ -41,7 +41,8 @@ from ..distributed import (
     dist_info,
     world_size,
 )
-from ..models.backbone import MOCO_ENCODERS, pfenet_dilation
+from ..models.backbone import pfenet_dilation
+from ..models.weights import MOCO_ENCODERS
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
 from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor  # noqa: F401 (old models.moco names)

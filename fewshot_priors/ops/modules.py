@@ -1,0 +1,108 @@
+"""Thin ``nn.Module`` wrappers over the region-map ops (kornia style).
+
+Each module holds the options of its functional op (``backend``, ``max_chunk_bytes``,
+``eps``), validates them once at construction and calls the op in ``forward``; it has
+no parameters and no buffers, so it adds nothing to a ``state_dict``. The result is
+exactly the functional op's::
+
+    GuidedRegionMap(backend="chunked")(q, s, m) == guided_region_map(q, s, m, backend="chunked")
+
+:class:`~fewshot_priors.models.qgnet.QGNet` holds one of each (``guided_map`` and
+``prior_map``); pass your own module with the same call signature to swap a part.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+from ._checks import check_eps
+from .region_maps import _guided_region_map_clean, guided_region_map, prior_region_map
+from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES
+
+__all__ = ["GuidedRegionMap", "PriorRegionMap", "check_backend", "check_max_chunk_bytes"]
+
+
+def check_backend(backend: object, name: str = "backend") -> str:
+    """``backend`` if it is one of :data:`~fewshot_priors.ops.similarity.BACKENDS`, else a
+    ``ValueError`` naming ``name`` and suggesting the closest valid backend."""
+    if isinstance(backend, str) and backend in BACKENDS:
+        return backend
+    close = difflib.get_close_matches(str(backend), BACKENDS, n=1) if isinstance(backend, str) else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"`{name}` must be one of {BACKENDS}, got {backend!r}{hint}")
+
+
+def check_max_chunk_bytes(value: object, name: str = "max_chunk_bytes") -> int:
+    """``None`` -> :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`; else a positive int
+    (``ValueError`` naming ``name`` otherwise). The one place ``None`` is resolved."""
+    if value is None:
+        return DEFAULT_MAX_CHUNK_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int (bytes) or None (default), got {value!r}")
+    return int(value)
+
+
+class _RegionMapBase(nn.Module):
+    def __init__(self, backend: str = "auto", max_chunk_bytes: int | None = None, eps: float = 1e-7):
+        super().__init__()
+        self.backend = check_backend(backend)
+        self.max_chunk_bytes = check_max_chunk_bytes(max_chunk_bytes)
+        self.eps = check_eps(eps)
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, max_chunk_bytes={self.max_chunk_bytes}, eps={self.eps:g}"
+
+
+class GuidedRegionMap(_RegionMapBase):
+    """Module form of :func:`~fewshot_priors.ops.guided_region_map` (PFENet's prior).
+
+    Args:
+        backend: ``"auto"``, ``"chunked"``, ``"reference"`` or ``"fused"`` (see
+            :func:`~fewshot_priors.ops.max_cosine_similarity`); checked here.
+        max_chunk_bytes: memory budget of one similarity tile; ``None`` = the ops'
+            :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`.
+        eps: epsilon of the cosine and of the min-max normalisation (finite, > 0).
+
+    Shape:
+        - query: ``B, C, H, W`` query features.
+        - support: ``B, C, h, w`` (1 shot) or ``B, K, C, h, w``.
+        - support_mask: ``B, 1, h', w'`` / ``B, h', w'`` (1 shot) or ``B, K, h', w'``,
+          values in [0, 1] (255 = ignore, counted as 0).
+        - output: ``B, 1, H, W`` map in [0, 1] (mean of the K per-shot maps).
+
+    Raises:
+        ValueError: at construction, a bad ``backend`` / ``max_chunk_bytes`` / ``eps``
+            (named, with a suggestion for a misspelt backend); at call time, what
+            :func:`~fewshot_priors.ops.guided_region_map` raises.
+    """
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
+        return guided_region_map(
+            query, support, support_mask, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes
+        )
+
+    def _forward_clean(self, query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for validated input (``support`` ``B, K, C, h, w``, ``masks`` a
+        float ``B, K, h', w'`` mask already cleaned): skips the checks and the mask cleaning."""
+        return _guided_region_map_clean(
+            query, support, masks, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes
+        )
+
+
+class PriorRegionMap(_RegionMapBase):
+    """Module form of :func:`~fewshot_priors.ops.prior_region_map` (paper eqs. 9-12).
+
+    Args:
+        backend, max_chunk_bytes, eps: as :class:`GuidedRegionMap`.
+
+    Shape:
+        - bridge: ``B, C, H, W`` query features of the supervised backbone.
+        - prior: ``B, C, H', W'`` query features of the prior extractor.
+        - output: ``B, 1, H, W`` map in [0, 1] (typically *low* on objects).
+    """
+
+    def forward(self, bridge: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        return prior_region_map(bridge, prior, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes)
