@@ -13,26 +13,14 @@ exactly the functional op's::
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
 from ._checks import check_eps
 from .region_maps import _guided_region_map_clean, guided_region_map, prior_region_map
-from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES
+from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, check_backend  # noqa: F401  (re-exported)
 
 __all__ = ["GuidedRegionMap", "PriorRegionMap", "check_backend", "check_max_chunk_bytes"]
-
-
-def check_backend(backend: object, name: str = "backend") -> str:
-    """``backend`` if it is one of :data:`~fewshot_priors.ops.similarity.BACKENDS`, else a
-    ``ValueError`` naming ``name`` and suggesting the closest valid backend."""
-    if isinstance(backend, str) and backend in BACKENDS:
-        return backend
-    close = difflib.get_close_matches(str(backend), BACKENDS, n=1) if isinstance(backend, str) else []
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"`{name}` must be one of {BACKENDS}, got {backend!r}{hint}")
 
 
 def check_max_chunk_bytes(value: object, name: str = "max_chunk_bytes") -> int:

@@ -21,6 +21,7 @@ where the value is NaN. Other batch items are unaffected.
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
@@ -115,10 +116,19 @@ def _fused_available(x: torch.Tensor) -> bool:
     return x.dtype in fused.SUPPORTED_DTYPES and fused.is_available()
 
 
+def check_backend(backend: object, name: str = "backend") -> str:
+    """``backend`` if it is one of :data:`~fewshot_priors.ops.similarity.BACKENDS`, else a
+    ``ValueError`` naming ``name`` and suggesting the closest valid backend."""
+    if isinstance(backend, str) and backend in BACKENDS:
+        return backend
+    close = difflib.get_close_matches(str(backend), BACKENDS, n=1) if isinstance(backend, str) else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"`{name}` must be one of {BACKENDS}, got {backend!r}{hint}")
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """The concrete backend ``"auto"`` stands for with features like ``x``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "auto":
         return "fused" if _fused_available(x) else "chunked"
     return backend
