@@ -18,7 +18,15 @@ from typing import Any
 
 import yaml
 
-from .schema import DEFAULTS, DEPRECATED_KEYS, ConfigError, _unknown, merge, migrate_deprecated, validate
+from .schema import (
+    DEFAULTS,
+    DEPRECATED_KEYS,
+    ConfigError,
+    _unknown,
+    merge,
+    migrate_deprecated,
+    validate,
+)
 
 __all__ = [
     "CONFIG_DIR",

@@ -20,11 +20,11 @@ from typing import Any
 
 __all__ = [
     "DATASET_KEYS",
-    "choices",
     "DEFAULTS",
     "DEPRECATED_KEYS",
     "ConfigError",
     "check_data_keys",
+    "choices",
     "merge",
     "migrate_deprecated",
     "resolve_shots",
@@ -358,7 +358,9 @@ def validate(cfg: Mapping) -> dict:
         raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
-    from fewshot_priors.data.workers import resolve_num_workers  # here: importing fewshot_priors.data loads torch
+    from fewshot_priors.data.workers import (
+        resolve_num_workers,  # here: importing fewshot_priors.data loads torch
+    )
 
     for name in ("data.num_workers", "pretrain.num_workers"):
         section, key = name.split(".")
