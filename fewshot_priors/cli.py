@@ -467,12 +467,9 @@ def _cmd_pretrain(args) -> int:
 def _cmd_convert(args) -> int:
     from fewshot_priors.engine.convert import write_converted_checkpoint
 
-    try:
-        out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
-                                         overrides=args.overrides, bins=args.bins)
-    except ValueError as exc:  # keys the name table cannot map, a checkpoint of another kind
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # keys the name table cannot map, a checkpoint of another kind: ValueError, reported by main()
+    out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
+                                     overrides=args.overrides, bins=args.bins)
     for what, path in out.items():
         print(f"wrote {what}: {path}")
     return 0
