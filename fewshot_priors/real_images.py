@@ -212,7 +212,7 @@ def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], cfg: Ma
     min_pixels = d["min_pixels"]
     if split == "train" and study["train_min_pixels"] is not None:
         min_pixels = study["train_min_pixels"]
-    ds = FolderFewShot(root, shots=shots, split=split, test_classes=list(test_classes), seed=seed,
+    ds = FolderFewShot(root, shots=shots, split=split, fold_classes=list(test_classes), seed=seed,
                        episodes=episodes, transform=transform, image_size=size, min_pixels=int(min_pixels),
                        cache=False, progress=progress)
     if cache is not None:

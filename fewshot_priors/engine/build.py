@@ -141,10 +141,13 @@ def run_pretrain(
     Returns:
         :func:`fewshot_priors.engine.pretrain.pretrain`'s result dict.
     """
+    import inspect
+
     from fewshot_priors.engine import pretrain as mod
 
     e = cfg["experiment"]
     call = {"resume": resume, "overwrite": overwrite, "progress": progress, "tensorboard": tensorboard}
-    if hasattr(mod, "_config"):  # the PretrainConfig API: the experiment values are fields
+    if "tensorboard" not in inspect.signature(mod.pretrain).parameters:
+        # the former pretrain(PretrainConfig | mapping, **fields): output folder, seed and device are fields
         call.update(output_dir=e["output_dir"], seed=e["seed"], device=e["device"])
     return mod.pretrain(cfg, **call)
