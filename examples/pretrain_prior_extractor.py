@@ -1,6 +1,6 @@
 """Pretrain QGNet's prior extractor (GlobalLocalMoCo) on a folder of unlabeled images.
 
-Paper recipe (REFERENCE §1) on one GPU or many::
+The paper's recipe (SGD, lr 0.03 x batch / 256, cosine schedule, 224-px views) on one GPU or many::
 
     python examples/pretrain_prior_extractor.py --images data/VOC2012/JPEGImages \\
         --output runs/prior_r50 --backbone resnet50 --epochs 1000 --batch-size 256

@@ -33,7 +33,7 @@ if args.prior_weights:
 cfg = load_config(f"pascal/{args.backbone}_{args.size}_fold{args.fold}", overrides)
 
 seed_everything(cfg["experiment"]["seed"])
-model = build_model(cfg).to(resolve_device(cfg["train"]["device"]))
+model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
 train_set = build_dataset(cfg, "train")
 val_set = build_dataset(cfg, "val", episodes=cfg["data"]["val_episodes"], seed=cfg["eval"]["seed"])
 result = train(cfg, model=model, train_set=train_set, resume=args.resume or None,

@@ -9,8 +9,12 @@ Subcommands::
                          [--resume | --overwrite]
     fewshot-priors eval --config ... --checkpoint runs/x/best --shots 1 --episodes 5000 --seed 321 --output results.json
     fewshot-priors visualize --config ... --checkpoint ... --output fig5.png [--episodes 4]
-    fewshot-priors pretrain ...   (self-supervised prior extractor, see engine/pretrain.py)
+    fewshot-priors pretrain --images DIR [--config ...] [--set pretrain.queue_size=16384 ...]
     fewshot-priors convert PFENet.pth --kind pfenet|qgnet|pfenet-backbone --output converted/x [--config ...]
+
+Every command that runs something takes ``--set section.key=value`` (any key of
+:data:`fewshot_priors.config.DEFAULTS`); its flags are shortcuts for config keys.
+This module only parses: arguments -> one config tree -> one call.
 
 ``python -m fewshot_priors.cli`` works the same. Multi-GPU: run ``train`` / ``eval``
 under ``torchrun --nproc_per_node N -m fewshot_priors.cli ...``.
@@ -33,7 +37,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["USER_ERRORS", "main", "build_parser"]
+__all__ = ["USER_ERRORS", "build_parser", "main"]
 
 #: Exceptions that describe a problem with the user's input or files (reported as
 #: ``error: <message>`` with exit status 2). ValueError covers ConfigError and
@@ -80,8 +84,12 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required,
                    help="shipped config name (see `fewshot-priors configs`, e.g. pascal/resnet50_473_fold0) "
                         "or a YAML file")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override config values, e.g. --set train.lr=0.01 model.shots=5 data.root=/data/VOCdevkit")
+    _add_set_arg(p)
+
+
+def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.lr=0.01 data.shots=5 data.root=/data/VOCdevkit"):
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE",
+                   help=f"override config values (any key of `fewshot-priors configs`' files), e.g. --set {example}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
                         "and score the Table-7 recall of the region maps (3x training; ablation.md)")
-    p.add_argument("--seed", type=int, default=321, help="seed of everything (default 321)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--seed", type=int, help="seed of everything (experiment.seed; default 321)")
+    p.add_argument("--device", help="cpu, cuda or auto (experiment.device; default auto)")
+    _add_set_arg(p, "train.epochs=6 eval.episodes=100 (config demo/full, or demo/quick with --quick)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("real-images", help="cross-validate QGNet and baselines on your own folder dataset",
@@ -123,16 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes with fewer images are never held out (default 5)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the class-to-fold split (default 0)")
     p.add_argument("--quick", action="store_true", help="tiny preset (a minute or two; numbers are meaningless)")
-    p.add_argument("--image-size", type=int, help="input size (default: the preset's)")
-    p.add_argument("--train-epochs", type=int, help="QGNet training epochs (default: the preset's)")
-    p.add_argument("--pretrain-epochs", type=int, help="prior-extractor pretraining epochs (default: the preset's)")
-    p.add_argument("--episodes", type=int, help="test episodes per fold and K (default: the preset's)")
-    p.add_argument("--fg-weight", type=float, help="foreground weight of the CE loss (default: the preset's)")
+    p.add_argument("--image-size", type=int, help="input size: data.image_size, pretrain.size and model.bins "
+                                                 "(feature-size fractions) (default: the preset's)")
+    p.add_argument("--train-epochs", type=int, help="QGNet training epochs: train.epochs (default: the preset's)")
+    p.add_argument("--pretrain-epochs", type=int, help="prior-extractor pretraining epochs: pretrain.epochs "
+                                                      "(default: the preset's)")
+    p.add_argument("--episodes", type=int, help="test episodes per fold and K: eval.episodes (default: the preset's)")
+    p.add_argument("--fg-weight", type=float, help="foreground weight of the CE loss: model.fg_weight "
+                                                  "(default: the preset's)")
     p.add_argument("--backbone-weights", help="local checkpoint of the frozen backbone (e.g. ImageNet resnet18 "
-                                             "weights); default: the seed's self-supervised encoder")
+                                             "weights): model.weights; default: the seed's self-supervised encoder")
     p.add_argument("--models", nargs="+", choices=["qgnet", "qgnet_random_prior", "qgnet_without_prior"],
                    default=["qgnet", "qgnet_random_prior", "qgnet_without_prior"], help="models to train (all)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--device", help="cpu, cuda or auto (experiment.device; default auto)")
+    _add_set_arg(p, "train.lr=0.02 pretrain.epochs=5 (config real_images/full, or real_images/quick with --quick)")
     p.add_argument("--no-progress", action="store_true", help="hide progress lines")
 
     sub.add_parser("configs", help="list the shipped configs (the paper's table rows and the demo)")
@@ -156,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes mIoU, FB-IoU, per-class IoU, the seed and the episode count.")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `train` (stem or .safetensors)")
-    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else model.shots of the config)")
+    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else data.shots of the config)")
     p.add_argument("--episodes", type=_positive_int,
                    help="number of test episodes (default: eval.episodes, else data.test_episodes)")
     p.add_argument("--seed", type=int, help="episode seed (default: eval.seed = 321)")
@@ -171,32 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `train`")
     p.add_argument("--output", default="fig5.png", help="output PNG (default fig5.png)")
     p.add_argument("--episodes", type=_positive_int, default=4, help="number of episodes (rows), default 4")
-    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else model.shots)")
+    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else data.shots)")
     p.add_argument("--seed", type=int, help="episode seed (default: eval.seed)")
 
     p = sub.add_parser("pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
                        description="Pretrain GlobalLocalMoCo (global + superpixel-local InfoNCE) on unlabelled "
                                    "images and export the encoder as <output-dir>/prior_extractor.safetensors "
                                    "(pass it to training as model.prior_weights).")
-    p.add_argument("--images", required=True, help="image folder, .txt list of paths, or a glob-free path list file")
-    p.add_argument("--output-dir", default="runs/pretrain", help="run folder (default runs/pretrain)")
-    p.add_argument("--backbone", default="resnet50", help="timm encoder name (default resnet50)")
-    p.add_argument("--epochs", type=_positive_int, default=200, help="epochs (paper: 1000 PASCAL, 200 COCO)")
-    p.add_argument("--batch-size", type=_positive_int, default=256,
-                   help="global batch size (lr = 0.03 x batch / 256)")
-    p.add_argument("--size", type=_positive_int, default=224, help="crop size of the two views (224)")
-    p.add_argument("--superpixels", choices=["slic", "felzenszwalb"], default="slic", help="patch method (slic)")
+    p.add_argument("--config", help="config whose pretrain and experiment sections are used (shipped name or "
+                                    "YAML file; default: the defaults)")
+    p.add_argument("--images", help="image folder, .txt list of paths, or a glob-free path list file "
+                                    "(pretrain.images; required unless the config sets it)")
+    p.add_argument("--output-dir", help="run folder (experiment.output_dir; default runs/pretrain without --config)")
+    p.add_argument("--backbone", help="timm encoder name (pretrain.backbone, default resnet50)")
+    p.add_argument("--epochs", type=_positive_int, help="pretrain.epochs (default 200; paper: 1000 PASCAL, 200 COCO)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="global batch size, pretrain.batch_size (default 256; lr = 0.03 x batch / 256)")
+    p.add_argument("--size", type=_positive_int, help="crop size of the two views, pretrain.size (default 224)")
+    p.add_argument("--superpixels", choices=["slic", "felzenszwalb"],
+                   help="patch method, pretrain.superpixel_method (default slic)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
     mode.add_argument("--overwrite", action="store_true",
                       help="the run folder holds a previous run: delete its checkpoints and logs and start afresh")
-    p.add_argument("--diag-every", type=_nonnegative_int, default=0, metavar="N",
-                   help="log collapse diagnostics (embedding std, alignment, uniformity) every N steps (0 = off)")
+    p.add_argument("--diag-every", type=_nonnegative_int, metavar="N",
+                   help="log collapse diagnostics (embedding std, alignment, uniformity) every N steps "
+                        "(pretrain.diag_every; 0 = off)")
     p.add_argument("--probe-root", metavar="DIR",
                    help="labelled class folders (<class>/<stem>.jpg + .png masks): log global and local kNN "
-                        "accuracy of the encoder before, during (--set probe_every=N) and after pretraining")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="any PretrainConfig field, e.g. --set queue_size=16384 local_weight=0 num_workers=8")
+                        "accuracy of the encoder before, during (--set pretrain.probe_every=N) and after pretraining")
+    _add_set_arg(p, "pretrain.queue_size=16384 pretrain.local_weight=0 experiment.seed=0 (a bare FIELD=VALUE "
+                    "is read as pretrain.FIELD, deprecated)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("convert", help="convert an official PFENet / QGNet checkpoint (or PFENet's backbone file)",
@@ -227,43 +246,41 @@ def _cmd_configs(args) -> int:
     return 0
 
 
-def _eval_shots(cfg, shots: int | None) -> int:
-    """--shots, else eval.shots, else model.shots (None means 'not given', never 0)."""
-    if shots is not None:
-        return shots
-    return cfg["eval"]["shots"] if cfg["eval"]["shots"] is not None else cfg["model"]["shots"]
+def _dotted(overrides) -> dict:
+    """``--set`` items -> ``{"section.key": value}`` (parsed, deprecated keys moved, unknown keys refused)."""
+    from fewshot_priors.config import parse_overrides
+
+    return {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
 
 
 def _cmd_demo(args) -> int:
     from fewshot_priors.demo import run_demo
 
     metrics = run_demo(args.output, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
-                       device=args.device,
-                       progress=not args.no_progress)
+                       device=args.device, progress=not args.no_progress, overrides=args.overrides)
     print(json.dumps(metrics.get("summary", metrics), indent=2))
     return 0
 
 
 def _cmd_real_images(args) -> int:
+    from fewshot_priors.config import fraction_bins
     from fewshot_priors.real_images import run_real_images
 
-    over: dict = {}
+    flags = {
+        ("data.image_size", "pretrain.size"): args.image_size,
+        ("train.epochs",): args.train_epochs,
+        ("pretrain.epochs",): args.pretrain_epochs,
+        ("eval.episodes",): args.episodes,
+        ("model.fg_weight",): args.fg_weight,
+        ("model.weights",): args.backbone_weights,
+    }
+    over = {key: value for keys, value in flags.items() if value is not None for key in keys}
     if args.image_size is not None:
-        over["image_size"] = args.image_size
-        over["pretrain"] = {"size": args.image_size}
-    if args.train_epochs is not None:
-        over["train"] = {"epochs": args.train_epochs}
-    if args.pretrain_epochs is not None:
-        over.setdefault("pretrain", {})["epochs"] = args.pretrain_epochs
-    if args.episodes is not None:
-        over["episodes"] = args.episodes
-    if args.fg_weight is not None:
-        over["fg_weight"] = args.fg_weight
-    if args.backbone_weights is not None:
-        over["backbone_weights"] = args.backbone_weights
+        over["model.bins"] = fraction_bins(args.image_size)
+    over.update(_dotted(args.overrides))
     metrics = run_real_images(args.root, args.output, seeds=args.seeds, folds=args.folds, num_folds=args.num_folds,
                               min_images=args.min_images, fold_seed=args.fold_seed, quick=args.quick,
-                              preset_overrides=over, variants=args.models, device=args.device,
+                              overrides=over, variants=args.models, device=args.device,
                               progress=not args.no_progress)
     print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
     return 0 if metrics["summary"] else 1
@@ -275,7 +292,7 @@ def _load_model_for_eval(cfg, checkpoint):
     from fewshot_priors.engine.train import resolve_device
 
     # the weights come from the checkpoint: do not try to download / read backbone files
-    device = resolve_device(cfg["train"]["device"])
+    device = resolve_device(cfg["experiment"]["device"])
     model = build_model(cfg, pretrained=False, weights=None, prior_weights=None)
     load_checkpoint(checkpoint, model=model)
     return model.to(device)
@@ -296,7 +313,7 @@ def _cmd_train(args) -> int:
     check_run_dir(cfg["experiment"]["output_dir"], resume=bool(args.resume), overwrite=args.overwrite)
     info = init_distributed()
     try:
-        device = resolve_device(cfg["train"]["device"])
+        device = resolve_device(cfg["experiment"]["device"])
         if device.type == "cuda" and info.distributed:
             import torch
 
@@ -329,7 +346,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from fewshot_priors.config import load_config
+    from fewshot_priors.config import load_config, resolve_shots
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.evaluate import evaluate, format_results, results_json, write_results
@@ -342,7 +359,7 @@ def _cmd_eval(args) -> int:
         _check_output_file(args.output, "--output")
     info = init_distributed()
     try:
-        shots = _eval_shots(cfg, args.shots)
+        shots = resolve_shots(cfg, "eval", args.shots)
         episodes = args.episodes if args.episodes is not None else (
             cfg["eval"]["episodes"] if cfg["eval"]["episodes"] is not None else cfg["data"]["test_episodes"])
         seed = cfg["eval"]["seed"] if args.seed is None else args.seed
@@ -371,14 +388,14 @@ def _cmd_eval(args) -> int:
 def _cmd_visualize(args) -> int:
     import torch
 
-    from fewshot_priors.config import load_config
-    from fewshot_priors.demo import episode_rows
+    from fewshot_priors.config import load_config, resolve_shots
     from fewshot_priors.engine.build import build_dataset
+    from fewshot_priors.report import episode_rows
     from fewshot_priors.viz import save_episode_figures
 
     cfg = load_config(args.config, args.overrides)
     _check_output_file(args.output, "--output")
-    shots = _eval_shots(cfg, args.shots)
+    shots = resolve_shots(cfg, "eval", args.shots)
     seed = cfg["eval"]["seed"] if args.seed is None else args.seed
     model = _load_model_for_eval(cfg, args.checkpoint)
     dataset = build_dataset(cfg, "val", shots=shots, episodes=args.episodes, seed=seed)
@@ -389,27 +406,59 @@ def _cmd_visualize(args) -> int:
     return 0
 
 
-def _cmd_pretrain(args) -> int:
-    import dataclasses
+#: Former PretrainConfig fields that are not ``pretrain`` keys: where a bare ``--set FIELD=VALUE`` goes.
+_PRETRAIN_MOVED = {"output_dir": "experiment.output_dir", "seed": "experiment.seed", "device": "experiment.device"}
 
-    import yaml
+
+def _pretrain_overrides(items) -> tuple[list[str], dict]:
+    """Split ``--set`` items: ``section.key=value`` stays; a bare ``FIELD=VALUE`` (the former pretrain
+    syntax, deprecated) becomes ``pretrain.FIELD=VALUE`` (``tensorboard`` a call argument)."""
+    import warnings
 
     from fewshot_priors.config import ConfigError
-    from fewshot_priors.engine.pretrain import PretrainConfig, pretrain
 
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    overrides = {}
-    for text in args.overrides:
-        if "=" not in text:
-            raise ConfigError(f"pretrain override {text!r} must look like field=value (e.g. queue_size=16384)")
-        key, value = text.split("=", 1)
-        if key not in fields:
-            raise ConfigError(f"unknown pretrain field {key!r}; valid: {', '.join(sorted(fields))}")
-        overrides[key] = yaml.safe_load(value)
-    res = pretrain(images=args.images, output_dir=args.output_dir, backbone=args.backbone, epochs=args.epochs,
-                   batch_size=args.batch_size, size=args.size, superpixel_method=args.superpixels,
-                   resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
-                   **{"diag_every": args.diag_every, "probe_root": args.probe_root, **overrides})
+    out, call = [], {}
+    for text in items:
+        key, sep, value = text.partition("=")
+        if not sep or "." in key:
+            out.append(text)
+            continue
+        key = key.strip()
+        new = _PRETRAIN_MOVED.get(key, f"pretrain.{key}")
+        warnings.warn(f"--set {key}={value} is deprecated: write --set {new}={value}" if key != "tensorboard" else
+                      "--set tensorboard=... is deprecated: use --no-tensorboard", DeprecationWarning, stacklevel=2)
+        if key == "tensorboard":
+            import yaml
+
+            flag = yaml.safe_load(value)
+            if not isinstance(flag, bool):
+                raise ConfigError(f"tensorboard must be true or false, got {value!r}")
+            call["tensorboard"] = flag
+        elif key in ("resume", "overwrite", "progress"):
+            raise ConfigError(f"--set {key}=... is not a config key: use the --{key} flag")
+        else:
+            out.append(f"{new}={value}")
+    return out, call
+
+
+def _cmd_pretrain(args) -> int:
+    from fewshot_priors.config import ConfigError, load_config
+    from fewshot_priors.engine.build import run_pretrain
+
+    overrides, call = _pretrain_overrides(args.overrides)
+    flags = {"pretrain.images": args.images, "experiment.output_dir": args.output_dir,
+             "pretrain.backbone": args.backbone, "pretrain.epochs": args.epochs, "pretrain.batch_size": args.batch_size,
+             "pretrain.size": args.size, "pretrain.superpixel_method": args.superpixels,
+             "pretrain.diag_every": args.diag_every, "pretrain.probe_root": args.probe_root}
+    over = {k: v for k, v in flags.items() if v is not None}
+    over.update(_dotted(overrides))
+    if args.config is None and "experiment.output_dir" not in over:
+        over["experiment.output_dir"] = "runs/pretrain"
+    cfg = load_config(args.config, over)
+    if cfg["pretrain"]["images"] is None:
+        raise ConfigError("pretrain.images is not set: pass --images (a folder, a .txt list of paths)")
+    res = run_pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+                       tensorboard=call.get("tensorboard", not args.no_tensorboard))
     if res.get("prior_extractor"):
         print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")
     return 0
@@ -418,12 +467,9 @@ def _cmd_pretrain(args) -> int:
 def _cmd_convert(args) -> int:
     from fewshot_priors.engine.convert import write_converted_checkpoint
 
-    try:
-        out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
-                                         overrides=args.overrides, bins=args.bins)
-    except ValueError as exc:  # keys the name table cannot map, a checkpoint of another kind
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # keys the name table cannot map, a checkpoint of another kind: ValueError, reported by main()
+    out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
+                                     overrides=args.overrides, bins=args.bins)
     for what, path in out.items():
         print(f"wrote {what}: {path}")
     return 0

@@ -30,6 +30,11 @@
    prior region map (``use_prior=False``), and scores the Table-7 recall of the
    guided and prior region maps of each (triples the training time; ``ablation``
    in ``metrics.json`` and ``ablation.md``).
+Every setting is in the shipped config ``demo/full`` (``--quick``: ``demo/quick``),
+``fewshot_priors/configs/demo/*.yaml``: those files are exactly what runs; the demo
+fills in only the run-time paths (output folder, dataset root, the pretrained
+encoder) and ``--seed`` / ``--device``. ``--set section.key=value`` changes any key.
+
 6. **Outputs**: ``metrics.json``, ``fig5_1shot.png`` / ``fig5_5shot.png`` (Fig. 5
    layout), ``loss_curve.png``, ``pretrain_curve.png``, the run folders with
    checkpoints, CSV and TensorBoard logs.
@@ -45,45 +50,45 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-__all__ = ["ABLATION_VARIANTS", "PRESETS", "ablation_markdown", "episode_rows", "run_demo"]
+from .report import MapRecall as _MapRecall
+from .report import ablation_markdown, episode_rows
+from .report import figure_episodes as _figure_episodes
+from .report import pct as _pct  # noqa: F401  (the name before fewshot_priors.report)
+from .report import predictors as _predictors
 
-#: Demo sizes. ``full`` is the README's ``make demo`` (< 10 min on 2 CPU cores);
-#: ``quick`` runs the same pipeline end to end in about a minute (tests). The demo
-#: pretrains for a few dozen steps only, where the momentum encoder still lags far
-#: behind (after 90 steps at momentum 0.99, 0.99^90 = 40 % of it is still the random
-#: init), so it exports the query encoder.
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {
-        "data": {"num_classes": 12, "images_per_class": 40, "image_size": 96, "min_pixels": 1024},
-        "pretrain": {"epochs": 6, "batch_size": 32, "size": 96, "n_segments": 24, "max_patches": 24,
-                     "queue_size": 2048, "local_queue_size": 4096, "dim": 64, "mlp_hidden": 256,
-                     "lr": 0.06, "moco_momentum": 0.99, "export_encoder": "query"},
-        "train": {"epochs": 12, "batch_size": 8, "lr": 0.1},
-        "episodes": 300,
-        "ablation": False,
-        "figure_episodes": 4,
-    },
-    "quick": {
-        "data": {"num_classes": 4, "images_per_class": 20, "image_size": 64, "min_pixels": 400},
-        "pretrain": {"epochs": 1, "batch_size": 8, "size": 64, "n_segments": 12, "max_patches": 12,
-                     "queue_size": 64, "local_queue_size": 128, "dim": 32, "mlp_hidden": 64,
-                     "lr": 0.03, "moco_momentum": 0.99, "max_steps": 3, "export_encoder": "query"},
-        "train": {"epochs": 1, "batch_size": 4, "lr": 0.02, "max_steps": 4},
-        "episodes": 8,
-        "ablation": False,
-        "figure_episodes": 2,
-    },
-}
+__all__ = ["ABLATION_VARIANTS", "ablation_markdown", "demo_config", "episode_rows", "run_demo"]
 
-BACKBONE = "resnet18"
+#: The shipped configs of the demo's presets (``fewshot_priors/configs/demo/<preset>.yaml``).
+PRESET_CONFIGS = {"full": "demo/full", "quick": "demo/quick"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PRESETS":  # the dict of preset overrides this module held before the YAML presets
+        warnings.warn("fewshot_priors.demo.PRESETS is deprecated: the presets are the configs demo/full and "
+                      "demo/quick (fewshot_priors.config.load_config)", DeprecationWarning, stacklevel=2)
+        from fewshot_priors.config import load_config
+
+        return {k: load_config(v) for k, v in PRESET_CONFIGS.items()}
+    if name == "BACKBONE":
+        warnings.warn("fewshot_priors.demo.BACKBONE is deprecated: read pretrain.backbone / model.backbone of "
+                      "the demo config", DeprecationWarning, stacklevel=2)
+        return "resnet18"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def demo_config(quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
+    """The demo's config: ``demo/quick`` or ``demo/full`` with ``section.key=value`` overrides."""
+    from fewshot_priors.config import load_config
+
+    return load_config(PRESET_CONFIGS["quick" if quick else "full"], overrides)
 
 
 def _reuse_stamp(settings: Mapping[str, Any], device: str) -> dict[str, Any]:
@@ -120,84 +125,6 @@ def _timer():
     return lambda: round(time.perf_counter() - start, 2)
 
 
-def _upsample_map(m: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(m.float(), size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
-
-
-class _MapRecall:
-    """Table-7 recall of the guided and prior region maps over the evaluated episodes.
-
-    ``prior_map (1-p)`` is the object region ``{1 - p >= alpha}`` (the prior map is
-    low on objects, Sec. 4.3); ``prior_map (p)`` is the literal ``{p >= alpha}``.
-    """
-
-    def __init__(self) -> None:
-        from fewshot_priors.analysis import RecallMeter
-
-        self.meters = {"guided_map": RecallMeter(),
-                       "prior_map (1-p)": RecallMeter(low_is_object=True),
-                       "prior_map (p)": RecallMeter(low_is_object=False)}
-
-    def update(self, out: Mapping[str, Any], query_mask: torch.Tensor) -> None:
-        label = query_mask.cpu()
-        self.meters["guided_map"].update(out["guided_map"].float().cpu(), label)
-        if out.get("prior_map") is not None:
-            for name in ("prior_map (1-p)", "prior_map (p)"):
-                self.meters[name].update(out["prior_map"].float().cpu(), label)
-
-    def compute(self) -> dict[str, Any]:
-        return {k: m.compute() for k, m in self.meters.items() if m.compute()["episodes"] > 0}
-
-
-def _predictors(model: torch.nn.Module, recall: _MapRecall | None = None, with_baselines: bool = True):
-    """``batch -> {name: prediction}``: the model's logits and the two baselines' label maps,
-    from one forward pass (logits are scored by bilinear resize then argmax, as PFENet).
-
-    With ``recall``, the region maps of each batch are also scored against
-    ``batch["query_mask"]`` (Table 7). Without baselines it returns the model's logits.
-    """
-
-    def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | torch.Tensor:
-        out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
-        if recall is not None:
-            recall.update(out, batch["query_mask"])
-        if not with_baselines:
-            return out["logits"].float()
-        size = batch["query_image"].shape[-2:]
-        guided = _upsample_map(out["guided_map"], size)
-        return {
-            "qgnet": out["logits"].float(),
-            "baseline_guided_map_0.5": (guided >= 0.5).long(),
-            "baseline_all_foreground": torch.ones_like(guided, dtype=torch.long),
-        }
-
-    return predict
-
-
-@torch.no_grad()
-def episode_rows(model: torch.nn.Module, dataset, indices: Iterable[int]) -> list[dict[str, Any]]:
-    """Fig. 5 rows (see :func:`fewshot_priors.viz.episode_figure`) for some episodes of ``dataset``."""
-    model.eval()
-    device = next(model.parameters()).device
-    rows = []
-    for i in indices:
-        ep = dataset[i]
-        out = model(ep["query_image"][None].to(device), ep["support_images"][None].to(device),
-                    ep["support_masks"][None].to(device))
-        size = ep["query_image"].shape[-2:]
-        pm = out.get("prior_map")
-        rows.append({
-            "query_image": ep["query_image"],
-            "support_image": ep["support_images"][0],
-            "support_mask": ep["support_masks"][0],
-            "guided_map": _upsample_map(out["guided_map"], size)[0].cpu(),
-            "prior_map": _upsample_map(pm, size)[0].cpu() if pm is not None else None,
-            "prediction": out["logits"].argmax(1)[0].cpu(),
-            "ground_truth": ep["query_mask"],
-        })
-    return rows
-
-
 def _write_training_list(voc: Path, train_names: list[str], held_out: list[int]) -> int:
     """Write ``train_aug.txt`` (preferred by the loader) with the training images free of held-out classes.
 
@@ -217,52 +144,25 @@ def _write_training_list(voc: Path, train_names: list[str], held_out: list[int])
     return len(keep)
 
 
-def _figure_episodes(dataset, n: int) -> list[int]:
-    """The first ``n`` test episodes, taken round-robin over the held-out classes."""
-    by_class: dict[int, list[int]] = {}
-    for i in range(len(dataset)):
-        c = int(dataset.episode(i)[1]) if hasattr(dataset, "episode") else 0
-        by_class.setdefault(c, []).append(i)
-    picked: list[int] = []
-    while len(picked) < min(n, len(dataset)):
-        for idx in by_class.values():
-            if idx and len(picked) < n:
-                picked.append(idx.pop(0))
-    return sorted(picked)
+def _run_config(cfg: Mapping, run_dir: Path, root: Path, prior: str | None, use_prior: bool = True) -> dict:
+    """``cfg`` with the run-time values: the run folder, the dataset root, the encoder's weights."""
+    from fewshot_priors.config import validate
+
+    c = copy.deepcopy(dict(cfg))
+    c["experiment"]["output_dir"] = str(run_dir)
+    c["data"]["root"] = str(root)
+    c["model"]["weights"] = prior
+    c["model"]["prior_weights"] = prior if use_prior else None
+    c["model"]["use_prior"] = use_prior
+    return validate(c)
 
 
-def _demo_config(root: Path, run_dir: Path, preset: Mapping, seed: int, device: str, prior: str | None,
-                 use_prior: bool = True) -> dict:
-    from fewshot_priors.config import load_config
-
-    t = preset["train"]
-    d = preset["data"]
-    overrides = {
-        "experiment.seed": seed,
-        "experiment.output_dir": str(run_dir),
-        "data.root": str(root),
-        "data.image_size": d["image_size"],
-        "data.min_pixels": d["min_pixels"],
-        "train.epochs": t["epochs"],
-        "train.batch_size": t["batch_size"],
-        "train.lr": t["lr"],
-        "train.max_steps": t.get("max_steps"),
-        "train.device": device,
-        "model.weights": prior,
-        "model.prior_weights": prior if use_prior else None,
-        "model.use_prior": use_prior,
-    }
-    feat = (d["image_size"] - 1) // 8 + 1
-    overrides["model.bins"] = [feat, max(1, feat // 2), max(1, feat // 4), max(1, feat // 8)]
-    return load_config("demo", overrides)
-
-
-def _train_qgnet(cfg: Mapping, preset: Mapping, progress: bool, min_pixels: int) -> tuple[torch.nn.Module, dict]:
+def _train_qgnet(cfg: Mapping, progress: bool) -> tuple[torch.nn.Module, dict]:
     from fewshot_priors.engine.build import build_dataset, build_model
     from fewshot_priors.engine.train import resolve_device, seed_everything, train
 
     seed_everything(cfg["experiment"]["seed"])
-    model = build_model(cfg).to(resolve_device(cfg["train"]["device"]))
+    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
     train_set = build_dataset(cfg, "train", progress=progress)
     # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
     res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=True)
@@ -270,13 +170,14 @@ def _train_qgnet(cfg: Mapping, preset: Mapping, progress: bool, min_pixels: int)
     return model, res
 
 
-def _evaluate_all(model, cfg, shots, episodes, seed, min_pixels, progress, with_baselines=True, recall=None):
+def _evaluate_all(model, cfg, shots, progress, with_baselines=True, recall=None):
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.evaluate import evaluate
 
-    ds = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed, progress=progress)
+    seed = cfg["experiment"]["seed"]
+    ds = build_dataset(cfg, "val", shots=shots, episodes=cfg["eval"]["episodes"], seed=seed, progress=progress)
     fn = _predictors(model, recall=recall, with_baselines=with_baselines)
-    res = evaluate(model, ds, seed=seed, batch_size=8, predict_fn=fn, progress=progress,
+    res = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=fn, progress=progress,
                    desc=f"eval {shots}-shot")
     return (res if with_baselines else {"model": res}), ds
 
@@ -289,55 +190,22 @@ ABLATION_VARIANTS: dict[str, tuple[str, str | None, bool]] = {
 }
 
 
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
-
-
-def ablation_markdown(ablation: Mapping[str, Any]) -> str:
-    """Markdown tables (mIoU / FB-IoU, Table-7 recall) of the ``"ablation"`` entry of ``metrics.json``."""
-    variants = ablation["variants"]
-    lines = ["| model | 1-shot mIoU | 1-shot FB-IoU | 5-shot mIoU | 5-shot FB-IoU |",
-             "|---|---|---|---|---|"]
-    for key, v in variants.items():
-        r1, r5 = v["results"]["1-shot"], v["results"]["5-shot"]
-        lines.append(f"| {key}: {v['description']} | {_pct(r1['miou'])} | {_pct(r1['fbiou'])} | "
-                     f"{_pct(r5['miou'])} | {_pct(r5['fbiou'])} |")
-    for shots in ("1-shot", "5-shot"):
-        thr = None
-        rows = []
-        for key, v in variants.items():
-            for name, rec in v["recall"][shots].items():
-                thr = rec["thresholds"]
-                rows.append(f"| {key} | {name} | " + " | ".join(_pct(x) for x in rec["pooled"]) + " |")
-                if "area" in rec:
-                    rows.append(f"| {key} | {name}: area of R | " + " | ".join(_pct(x) for x in rec["area"]) + " |")
-        if thr is None:
-            continue
-        lines += ["", f"Recall (%) of the ground-truth query mask, {shots}, pooled over all episodes "
-                      "(object region R at threshold alpha; 'area of R' = share of the scored pixels inside R, "
-                      "which a recall alone does not penalise):", "",
-                  "| model | map | " + " | ".join(f"{a:g}" for a in thr) + " |",
-                  "|---|---|" + "---|" * len(thr)] + rows
-    return "\n".join(lines) + "\n"
-
-
-def _run_ablation(root: Path, out: Path, preset: Mapping, seed: int, device: str, prior_path: str,
-                  main: Mapping[str, Any], progress: bool, min_pixels: int, say) -> dict[str, Any]:
+def _run_ablation(cfg: Mapping, root: Path, out: Path, prior_path: str, main: Mapping[str, Any], progress: bool,
+                  say) -> dict[str, Any]:
     """Train and score the random-init-prior and no-prior variants; ``main`` holds the demo model's scores."""
     variants: dict[str, Any] = {"pretrained_prior": {"description": ABLATION_VARIANTS["pretrained_prior"][0],
                                                      **main}}
     for key in ("random_prior", "no_prior"):
         desc, _, use_prior = ABLATION_VARIANTS[key]
         say(f"ablation: training {desc}")
-        cfg_v = _demo_config(root, out / f"qgnet_{key}", preset, seed, device, prior_path, use_prior=use_prior)
+        cfg_v = _run_config(cfg, out / f"qgnet_{key}", root, prior_path, use_prior=use_prior)
         if use_prior:
             cfg_v["model"]["prior_weights"] = None  # random init (seeded), frozen like the pretrained one
-        model_v, _ = _train_qgnet(cfg_v, preset, progress, min_pixels)
+        model_v, _ = _train_qgnet(cfg_v, progress)
         results, recall = {}, {}
         for shots in (1, 5):
             rec = _MapRecall()
-            r, _ = _evaluate_all(model_v, cfg_v, shots, preset["episodes"], seed, min_pixels, progress,
-                                 with_baselines=False, recall=rec)
+            r, _ = _evaluate_all(model_v, cfg_v, shots, progress, with_baselines=False, recall=rec)
             results[f"{shots}-shot"] = r["model"]
             recall[f"{shots}-shot"] = rec.compute()
         variants[key] = {"description": desc, "results": results, "recall": recall}
@@ -357,9 +225,10 @@ def run_demo(
     *,
     quick: bool = False,
     ablation: bool | None = None,
-    seed: int = 321,
-    device: str = "auto",
+    seed: int | None = None,
+    device: str | None = None,
     progress: bool = True,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and write ``metrics.json`` + figures under ``output``.
 
@@ -368,26 +237,36 @@ def run_demo(
         quick: use the tiny ``quick`` preset (about a minute; numbers are meaningless).
         ablation: also train and score QGNet with a random-init prior extractor and
             without the prior region map, with Table-7 recall of the region maps
-            (triples the training time; default: the preset's choice, off).
-        seed: seed of the dataset, pretraining, training and evaluation.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+            (triples the training time; default: ``study.ablation`` of the config, off).
+        seed: seed of the dataset, pretraining, training and evaluation
+            (default: ``experiment.seed`` of the config, 321).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device``, auto).
         progress: show progress bars.
+        overrides: ``section.key=value`` changes to the preset's config (``demo/full`` or ``demo/quick``).
 
     Returns:
         The content of ``metrics.json``.
     """
+    from fewshot_priors.config import parse_overrides
     from fewshot_priors.data import generate_synthetic_dataset
-    from fewshot_priors.engine.pretrain import pretrain
+    from fewshot_priors.engine.build import run_pretrain
     from fewshot_priors.viz import plot_loss_curve, save_episode_figures
 
     preset_name = "quick" if quick else "full"
-    preset = copy.deepcopy(PRESETS[preset_name])
+    over = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
+    if seed is not None:
+        over["experiment.seed"] = seed
+    if device is not None:
+        over["experiment.device"] = device
+    if ablation is not None:
+        over["study.ablation"] = bool(ablation)
+    cfg = demo_config(quick, over)
+    seed, device = cfg["experiment"]["seed"], cfg["experiment"]["device"]
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     total = _timer()
     timings: dict[str, float] = {}
-    d = preset["data"]
-    min_pixels = int(d["min_pixels"])
+    d, study = cfg["data"], cfg["study"]
 
     def say(msg: str) -> None:
         if progress:
@@ -395,10 +274,11 @@ def run_demo(
 
     # 1. data ------------------------------------------------------------------------------
     t = _timer()
-    say(f"generating the dataset ({d['num_classes']} classes x {d['images_per_class']} images) in {out / 'data'}")
-    root = generate_synthetic_dataset(out / "data", num_classes=d["num_classes"],
-                                      images_per_class=d["images_per_class"], image_size=d["image_size"],
-                                      seed=seed, min_pixels=min_pixels, progress=progress)
+    say(f"generating the dataset ({study['num_classes']} classes x {study['images_per_class']} images) "
+        f"in {out / 'data'}")
+    root = generate_synthetic_dataset(out / "data", num_classes=study["num_classes"],
+                                      images_per_class=study["images_per_class"], image_size=d["image_size"],
+                                      seed=seed, min_pixels=int(d["min_pixels"]), progress=progress)
     meta = json.loads((Path(root) / "dataset.json").read_text())
     voc = Path(root) / "VOC2012"
     train_names = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
@@ -407,11 +287,13 @@ def run_demo(
 
     # 2. self-supervised prior extractor ---------------------------------------------------
     t = _timer()
-    say(f"pretraining the prior extractor (GlobalLocalMoCo, {BACKBONE}) on {len(train_images)} unlabelled images")
-    p = preset["pretrain"]
+    p = cfg["pretrain"]
+    say(f"pretraining the prior extractor (GlobalLocalMoCo, {p['backbone']}) on {len(train_images)} "
+        "unlabelled images")
     pre_dir = out / "prior_extractor"
-    stamp = {**_reuse_stamp(p, device), "seed": seed, "backbone": BACKBONE, "images": len(train_images),
-             "data": d}
+    stamp = {**_reuse_stamp(p, device), "seed": seed, "images": len(train_images),
+             "data": {"image_size": d["image_size"], "min_pixels": d["min_pixels"], "num_classes": study["num_classes"],
+                      "images_per_class": study["images_per_class"]}}
     stamp_path = pre_dir / "demo_settings.json"
     reused = False
     if (stamp_path.is_file() and (pre_dir / "prior_extractor.safetensors").is_file()
@@ -421,8 +303,10 @@ def run_demo(
         reused = True
     else:
         stamp_path.unlink(missing_ok=True)  # a crash below must not leave a stamp vouching for old files
-        pre = pretrain(images=train_images, output_dir=str(pre_dir), backbone=BACKBONE, overwrite=True,
-                       seed=seed, device=device, progress=progress, log_every=5, amp=True, **p)
+        pcfg = copy.deepcopy(cfg)
+        pcfg["pretrain"]["images"] = train_images
+        pcfg["experiment"]["output_dir"] = str(pre_dir)
+        pre = run_pretrain(pcfg, overwrite=True, progress=progress)
         (pre_dir / "demo_result.json").write_text(json.dumps(pre, default=str))
         stamp_path.write_text(json.dumps(stamp))
     prior_path = pre["prior_extractor"]
@@ -430,12 +314,13 @@ def run_demo(
 
     # 3-4. QGNet -------------------------------------------------------------------------
     t = _timer()
-    cfg = _demo_config(Path(root), out / "qgnet", preset, seed, device, prior_path)
+    preset_cfg = cfg
+    cfg = _run_config(preset_cfg, out / "qgnet", Path(root), prior_path)
     train_classes = [c for c in range(1, meta["num_classes"] + 1) if c not in meta["folds"][cfg["data"]["fold"]]]
     say(f"training QGNet on classes {train_classes}; held-out classes {meta['folds'][cfg['data']['fold']]}")
     kept = _write_training_list(voc, train_names, meta["folds"][cfg["data"]["fold"]])
     say(f"training list: {kept} of {len(train_names)} training images contain no held-out class")
-    model, train_res = _train_qgnet(cfg, preset, progress, min_pixels)
+    model, train_res = _train_qgnet(cfg, progress)
     timings["train_qgnet"] = t()
 
     # 5. evaluation ---------------------------------------------------------------------------
@@ -444,19 +329,18 @@ def run_demo(
     t = _timer()
     main_recall: dict[str, Any] = {}
     for shots in (1, 5):
-        say(f"evaluating {shots}-shot on {preset['episodes']} held-out episodes (+ baselines)")
+        say(f"evaluating {shots}-shot on {cfg['eval']['episodes']} held-out episodes (+ baselines)")
         rec = _MapRecall()
         results[f"{shots}-shot"], datasets[shots] = _evaluate_all(
-            model, cfg, shots, preset["episodes"], seed, min_pixels, progress, recall=rec)
+            model, cfg, shots, progress, recall=rec)
         main_recall[f"{shots}-shot"] = rec.compute()
     timings["evaluate"] = t()
 
     ablation_res = None
-    if preset["ablation"] if ablation is None else ablation:
+    if study["ablation"]:
         t = _timer()
         main = {"results": {k: results[k]["qgnet"] for k in results}, "recall": main_recall}
-        ablation_res = _run_ablation(Path(root), out, preset, seed, device, prior_path, main, progress,
-                                     min_pixels, say)
+        ablation_res = _run_ablation(preset_cfg, Path(root), out, prior_path, main, progress, say)
         for key, name in (("random_prior", "qgnet_random_prior"), ("no_prior", "qgnet_without_prior")):
             for k, r in ablation_res["variants"][key]["results"].items():
                 results[k][name] = r
@@ -466,7 +350,7 @@ def run_demo(
     # 6. figures + metrics ------------------------------------------------------------------
     t = _timer()
     figures = {}
-    n_fig = preset["figure_episodes"]
+    n_fig = study["figure_episodes"]
     for shots, ds in datasets.items():
         rows = episode_rows(model, ds, _figure_episodes(ds, n_fig))
         figures[f"fig5_{shots}shot"] = str(save_episode_figures(
@@ -504,11 +388,11 @@ def run_demo(
             "protocol": "strict: QGNet trains only on images with no held-out class (train_aug.txt); "
                         "the prior extractor pretrains on all training images without labels",
             "image_size": d["image_size"],
-            "test_episodes": preset["episodes"],
+            "test_episodes": cfg["eval"]["episodes"],
         },
         "prior_extractor": {
             "method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised, no labels",
-            "backbone": BACKBONE,
+            "backbone": p["backbone"],
             "export": prior_path,
             "steps": pre["step"],
             "reused_from_previous_run": reused,
@@ -524,6 +408,7 @@ def run_demo(
             "episodes_per_epoch": train_res["train_episodes_per_epoch"],
             "final_loss": train_res["history"][-1]["loss"] if train_res["history"] else None,
             "config": {k: cfg[k] for k in ("model", "train")},
+            "preset_config": PRESET_CONFIGS[preset_name],
         },
         "region_map_recall": main_recall,
         "ablation": ablation_res,

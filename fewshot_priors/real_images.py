@@ -26,58 +26,79 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
-import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["PRESETS", "VARIANTS", "class_folds", "class_image_counts", "list_unique_images", "results_markdown",
-           "run_real_images", "summarize", "train_and_evaluate"]
+from .report import pct as _pct
+from .report import results_markdown, summarize
+from .report import spread as _spread  # noqa: F401  (the name before fewshot_priors.report)
 
-#: Sizes. ``full`` fits 3 seeds x 4 folds x 3 models in about 35 min on 2 idle CPU cores;
-#: ``quick`` runs everything end to end in a minute or two (tests; numbers are meaningless).
-PRESETS: dict[str, dict[str, Any]] = {
-    "full": {
-        "image_size": 80,
-        "min_pixels": 2048,
-        "train_min_pixels": None,
-        "train_resize_long": True,
-        "pretrain": {"epochs": 3, "batch_size": 32, "size": 80, "n_segments": 24, "max_patches": 24,
-                     "queue_size": 1024, "local_queue_size": 2048, "dim": 64, "mlp_hidden": 256,
-                     # a short run on ~100 photos: an empty queue (random negatives collapse the
-                     # embeddings while a random queue fills), lr 8x MoCo's 0.03 * B / 256 (16x drifted),
-                     # and the query encoder (the momentum one is still ~90 % random init after 12 steps);
-                     # measured in docs/how-to/pretrain.md ("Is it learning?")
-                     "lr": 0.03, "moco_momentum": 0.99, "queue_init": "empty", "export_encoder": "query"},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "max_steps": None},
-        "backbone_weights": None,
-        "fg_weight": 1.0,
-        "episodes": 40,
-        "figure_episodes": 4,
-    },
-    "quick": {
-        "image_size": 64,
-        "min_pixels": 2048,
-        "train_min_pixels": None,
-        "train_resize_long": True,
-        "pretrain": {"epochs": 1, "batch_size": 8, "size": 64, "n_segments": 12, "max_patches": 12,
-                     "queue_size": 64, "local_queue_size": 128, "dim": 32, "mlp_hidden": 64,
-                     "lr": 0.03, "moco_momentum": 0.99, "max_steps": 2},
-        "train": {"epochs": 1, "batch_size": 4, "lr": 0.05, "max_steps": 3},
-        "backbone_weights": None,
-        "fg_weight": 1.0,
-        "episodes": 6,
-        "figure_episodes": 2,
-    },
+__all__ = ["VARIANTS", "class_folds", "class_image_counts", "legacy_preset_overrides", "list_unique_images",
+           "real_images_config", "results_markdown", "run_real_images", "summarize", "train_and_evaluate"]
+
+#: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``): ``full``
+#: fits 3 seeds x 4 folds x 3 models in about 35 min on 2 idle CPU cores; ``quick`` runs everything end
+#: to end in a minute or two (tests; numbers are meaningless). The files are exactly what runs.
+PRESET_CONFIGS = {"full": "real_images/full", "quick": "real_images/quick"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PRESETS":  # the dict of preset sizes this module held before the YAML presets
+        warnings.warn("fewshot_priors.real_images.PRESETS is deprecated: the presets are the configs "
+                      "real_images/full and real_images/quick (see real_images_config)", DeprecationWarning,
+                      stacklevel=2)
+        return {k: real_images_config(k == "quick") for k in PRESET_CONFIGS}
+    if name == "BACKBONE":
+        warnings.warn("fewshot_priors.real_images.BACKBONE is deprecated: read pretrain.backbone / model.backbone "
+                      "of the config", DeprecationWarning, stacklevel=2)
+        return "resnet18"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: The keys of the former ``PRESETS`` dicts -> config keys (``preset_overrides``, deprecated).
+_LEGACY_PRESET_KEYS = {
+    "image_size": "data.image_size", "min_pixels": "data.min_pixels", "train_min_pixels": "study.train_min_pixels",
+    "train_resize_long": "data.train_resize_long", "backbone_weights": "model.weights",
+    "fg_weight": "model.fg_weight", "episodes": "eval.episodes", "figure_episodes": "study.figure_episodes",
 }
 
-BACKBONE = "resnet18"
+
+def legacy_preset_overrides(preset: Mapping[str, Any]) -> dict[str, Any]:
+    """A former preset dict (``{"image_size": 80, "train": {"epochs": 2}, ...}``) as ``section.key`` overrides.
+
+    ``image_size`` also sets ``model.bins`` to the feature-size fractions, as the former presets did.
+
+    Raises:
+        ValueError: an unknown preset entry.
+    """
+    from fewshot_priors.config import fraction_bins
+
+    out: dict[str, Any] = {}
+    for k, v in preset.items():
+        if k in ("train", "pretrain") and isinstance(v, Mapping):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        elif k in _LEGACY_PRESET_KEYS:
+            out[_LEGACY_PRESET_KEYS[k]] = v
+            if k == "image_size":
+                out["model.bins"] = fraction_bins(int(v))
+        else:
+            raise ValueError(f"unknown preset entry {k!r}; valid: {sorted([*_LEGACY_PRESET_KEYS, 'train', 'pretrain'])}")
+    return out
+
+
+def real_images_config(quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
+    """The study's config: ``real_images/quick`` or ``real_images/full`` with ``section.key=value`` overrides."""
+    from fewshot_priors.config import load_config
+
+    return load_config(PRESET_CONFIGS["quick" if quick else "full"], overrides)
+
 
 #: The compared models: key -> (description, prior: "pretrained" / "random" / None, use_prior).
 VARIANTS: dict[str, tuple[str, str | None, bool]] = {
@@ -149,45 +170,33 @@ def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int =
     return [sorted(big[int(i)] for i in perm[f::num_folds]) for f in range(num_folds)]
 
 
-def _config(root: Path, run_dir: Path, preset: Mapping, seed: int, device: str, backbone_weights: str | None,
-            prior_weights: str | None, use_prior: bool) -> dict:
-    from fewshot_priors.config import load_config
+def _run_config(cfg: Mapping, root: Path, run_dir: Path, seed: int, backbone_weights: str | None,
+                prior_weights: str | None, use_prior: bool) -> dict:
+    """``cfg`` with the run-time values: seed, run folder, dataset root and the encoders' weights."""
+    from fewshot_priors.config import validate
 
-    t = preset["train"]
-    size = int(preset["image_size"])
-    feat = (size - 1) // 8 + 1
-    overrides = {
-        "experiment.name": "real_images",
-        "experiment.seed": seed,
-        "experiment.output_dir": str(run_dir),
-        "data.dataset": "folder",
-        "data.root": str(root),
-        "data.image_size": size,
-        "data.min_pixels": int(preset["min_pixels"]),
-        "train.epochs": t["epochs"],
-        "train.batch_size": t["batch_size"],
-        "train.lr": t["lr"],
-        "train.max_steps": t.get("max_steps"),
-        "train.device": device,
-        "train.log_every": 5,
-        "model.weights": backbone_weights,
-        "model.prior_weights": prior_weights if use_prior else None,
-        "model.use_prior": use_prior,
-        "model.fg_weight": float(preset["fg_weight"]),
-        "model.bins": [feat, max(1, feat // 2), max(1, feat // 4), max(1, feat // 8)],
-    }
-    return load_config("demo", overrides)
+    c = copy.deepcopy(dict(cfg))
+    c["experiment"].update(seed=int(seed), output_dir=str(run_dir))
+    c["data"]["root"] = str(root)
+    c["model"].update(weights=backbone_weights, prior_weights=prior_weights if use_prior else None,
+                      use_prior=use_prior)
+    return validate(c)
 
 
-def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], preset: Mapping, seed: int, *,
+def _is_legacy_preset(cfg: Mapping) -> bool:
+    return "experiment" not in cfg
+
+
+def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], cfg: Mapping, seed: int, *,
                     shots: int = 1, episodes: int | None = None, progress: bool = False,
                     cache: dict | None = None):
     """The fold's training episodes (``split="train"``) or test episodes; training pairs need
-    ``train_min_pixels`` px of the class (default ``min_pixels``), test pairs ``min_pixels``.
+    ``study.train_min_pixels`` px of the class (default ``data.min_pixels``), test pairs ``data.min_pixels``.
     With ``cache`` (a dict), a dataset built with the same arguments is reused (the label scan
     reads every mask of the split, the same for each model of a fold)."""
+    d, study = cfg["data"], cfg["study"]
     key = (str(root), split, tuple(sorted(test_classes)), seed, shots, episodes,
-           json.dumps(preset, sort_keys=True, default=str))
+           json.dumps([d, study], sort_keys=True, default=str))
     if cache is not None and key in cache:
         ds = cache[key]
         if split == "train":
@@ -196,13 +205,14 @@ def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], preset:
     from fewshot_priors.data import FolderFewShot
     from fewshot_priors.data.transforms import TestTransform, TrainTransform
 
-    size = int(preset["image_size"])
-    transform = (TrainTransform(size, scale=(0.9, 1.1), resize_long=size if preset["train_resize_long"] else None)
+    size = int(d["image_size"])
+    resize_long = d["train_resize_long"] is not False  # null = on for folder datasets (see engine/build.py)
+    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
                  if split == "train" else TestTransform(size))
-    min_pixels = preset["min_pixels"]
-    if split == "train" and preset.get("train_min_pixels") is not None:
-        min_pixels = preset["train_min_pixels"]
-    ds = FolderFewShot(root, shots=shots, split=split, test_classes=list(test_classes), seed=seed,
+    min_pixels = d["min_pixels"]
+    if split == "train" and study["train_min_pixels"] is not None:
+        min_pixels = study["train_min_pixels"]
+    ds = FolderFewShot(root, shots=shots, split=split, fold_classes=list(test_classes), seed=seed,
                        episodes=episodes, transform=transform, image_size=size, min_pixels=int(min_pixels),
                        cache=False, progress=progress)
     if cache is not None:
@@ -214,13 +224,13 @@ def train_and_evaluate(
     root: str | Path,
     test_classes: Sequence[str],
     out: str | Path,
-    preset: Mapping[str, Any],
+    cfg: Mapping[str, Any],
     *,
     seed: int,
     prior_path: str | None,
     variant: str = "qgnet",
     shots: Sequence[int] = (1, 5),
-    device: str = "auto",
+    device: str | None = None,
     progress: bool = False,
     with_baselines: bool = True,
     figure_episodes: int = 0,
@@ -233,13 +243,15 @@ def train_and_evaluate(
         root: the folder dataset.
         test_classes: held-out class folder names (never seen in training).
         out: run folder (checkpoints, logs).
-        preset: sizes (see :data:`PRESETS`).
+        cfg: the study's config (:func:`real_images_config`; a former preset dict is
+            still accepted, deprecated).
         seed: seed of the model init, training and test episodes.
         prior_path: the exported self-supervised encoder: the prior extractor for
-            ``variant="qgnet"``, and the frozen backbone's init unless the preset's
-            ``backbone_weights`` names a local checkpoint (e.g. ImageNet weights).
+            ``variant="qgnet"``, and the frozen backbone's init unless the config's
+            ``model.weights`` names a local checkpoint (e.g. ImageNet weights).
         variant: a key of :data:`VARIANTS`.
         shots: the K of the evaluations.
+        device: default ``experiment.device`` of ``cfg``.
         with_baselines: also score the guided-map and all-foreground baselines.
         figure_episodes: draw Fig. 5 panels of this many test episodes per K.
         dataset_cache: a dict shared by the calls of one (seed, fold): reuses its datasets.
@@ -249,23 +261,31 @@ def train_and_evaluate(
         ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...,
         "skipped": {"5-shot": why}}``: a K is skipped when no held-out class has K+1 eligible images.
     """
-    from fewshot_priors.demo import _figure_episodes, _predictors, episode_rows
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.train import resolve_device, seed_everything, train
+    from fewshot_priors.report import episode_rows, predictors
+    from fewshot_priors.report import figure_episodes as pick_figure_episodes
 
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
+    if _is_legacy_preset(cfg):
+        warnings.warn("train_and_evaluate: a preset dict is deprecated; pass the config of real_images_config()",
+                      DeprecationWarning, stacklevel=2)
+        cfg = real_images_config(overrides=legacy_preset_overrides(cfg))
+    if device is not None:
+        cfg = copy.deepcopy(dict(cfg))
+        cfg["experiment"]["device"] = device
     root, out = Path(root), Path(out)
     _, prior_kind, use_prior = VARIANTS[variant]
-    backbone_weights = preset.get("backbone_weights") or prior_path
-    cfg = _config(root, out, preset, seed, device, backbone_weights,
-                  prior_path if prior_kind == "pretrained" else None, use_prior)
+    backbone_weights = cfg["model"]["weights"] or prior_path
+    cfg = _run_config(cfg, root, out, seed, backbone_weights, prior_path if prior_kind == "pretrained" else None,
+                      use_prior)
     timings: dict[str, float] = {}
     t = _timer()
     seed_everything(seed)
-    model = build_model(cfg).to(resolve_device(device))
-    train_set = _folder_dataset(root, "train", test_classes, preset, seed, cache=dataset_cache)
+    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
+    train_set = _folder_dataset(root, "train", test_classes, cfg, seed, cache=dataset_cache)
     res = train(cfg, model=model, train_set=train_set, progress=progress)
     if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); 36 per full run
         from fewshot_priors.engine.checkpoint import checkpoint_paths
@@ -277,14 +297,14 @@ def train_and_evaluate(
     t = _timer()
     for k in shots:
         try:
-            ds = _folder_dataset(root, "test", test_classes, preset, seed, shots=k,
-                                 episodes=int(preset["episodes"]), cache=dataset_cache)
+            ds = _folder_dataset(root, "test", test_classes, cfg, seed, shots=k,
+                                 episodes=int(cfg["eval"]["episodes"]), cache=dataset_cache)
         except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
             if "eligible images" not in str(exc):
                 raise
             skipped[f"{k}-shot"] = str(exc)
             continue
-        base = _predictors(model, with_baselines=with_baselines)
+        base = predictors(model, with_baselines=with_baselines)
         fg = [0, 0]
 
         def fn(batch, base=base, fg=fg):
@@ -294,7 +314,7 @@ def train_and_evaluate(
             fg[1] += logits[:, 0].numel()
             return pred
 
-        r = evaluate(model, ds, seed=seed, batch_size=8, predict_fn=fn, progress=progress,
+        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=fn, progress=progress,
                      desc=f"{variant} {k}-shot")
         r = r if with_baselines else {"model": r}
         r[variant] = r.pop("qgnet" if with_baselines else "model")
@@ -305,7 +325,7 @@ def train_and_evaluate(
         if figure_episodes:
             from fewshot_priors.viz import save_episode_figures
 
-            rows = episode_rows(model, ds, _figure_episodes(ds, figure_episodes))
+            rows = episode_rows(model, ds, pick_figure_episodes(ds, figure_episodes))
             figures[f"{k}-shot"] = str(save_episode_figures(
                 rows, out / f"fig5_{k}shot.png",
                 title=f"QGNet on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
@@ -321,57 +341,6 @@ def train_and_evaluate(
     }
 
 
-def _spread(xs: Sequence[float]) -> dict[str, Any]:
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    if not xs:
-        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
-    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-            "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
-
-
-def summarize(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per shot and method: the fold-averaged mIoU / FB-IoU of each seed, and their mean, std, min-max.
-
-    ``runs`` holds one entry per (seed, fold) with ``results[shot][method] = {"miou", "fbiou"}``.
-    A method's seed value is the mean over the folds of that seed (PASCAL-5i style).
-    """
-    table: dict[str, dict[str, Any]] = {}
-    seeds = sorted({r["seed"] for r in runs})
-    for r in runs:
-        for shot, methods in r["results"].items():
-            for name, m in methods.items():
-                cell = table.setdefault(shot, {}).setdefault(name, {"per_seed": {s: {"miou": [], "fbiou": []}
-                                                                                  for s in seeds}})
-                cell["per_seed"][r["seed"]]["miou"].append(m["miou"])
-                cell["per_seed"][r["seed"]]["fbiou"].append(m["fbiou"])
-    for methods in table.values():
-        for cell in methods.values():
-            per_seed = {s: {k: statistics.fmean(v) for k, v in d.items() if v} for s, d in cell["per_seed"].items()
-                        if d["miou"]}
-            cell["folds_per_seed"] = {s: len(d["miou"]) for s, d in cell["per_seed"].items()}
-            cell["per_seed"] = per_seed
-            cell["miou"] = _spread([d["miou"] for d in per_seed.values()])
-            cell["fbiou"] = _spread([d["fbiou"] for d in per_seed.values()])
-    return table
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
-
-
-def results_markdown(summary: Mapping[str, Any], header: str = "") -> str:
-    """Markdown table (mean ± std [min-max] over seeds, %) of :func:`summarize`'s output."""
-    lines = [header] if header else []
-    lines += ["| shots | method | mIoU mean ± std [min-max] | FB-IoU mean ± std [min-max] | seeds |",
-              "|---|---|---|---|---|"]
-    for shot, methods in summary.items():
-        for name, cell in methods.items():
-            m, f = cell["miou"], cell["fbiou"]
-            lines.append(f"| {shot} | {name} | {_pct(m['mean'])} ± {_pct(m['std'])} [{_pct(m['min'])}-{_pct(m['max'])}] "
-                         f"| {_pct(f['mean'])} ± {_pct(f['std'])} [{_pct(f['min'])}-{_pct(f['max'])}] | {m['n']} |")
-    return "\n".join(lines) + "\n"
-
-
 def run_real_images(
     root: str | Path,
     output: str | Path = "real_images_output",
@@ -384,8 +353,9 @@ def run_real_images(
     quick: bool = False,
     preset_overrides: Mapping[str, Any] | None = None,
     variants: Sequence[str] = tuple(VARIANTS),
-    device: str = "auto",
+    device: str | None = None,
     progress: bool = True,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pretrain, train and cross-validate QGNet on a folder dataset; write ``metrics.json``,
     ``results.md`` and Fig. 5 panels under ``output``.
@@ -401,27 +371,32 @@ def run_real_images(
         min_images: classes with fewer images are training-only.
         fold_seed: seed of the class-to-fold split (the same for every training seed).
         quick: the tiny ``quick`` preset (a minute or two; numbers are meaningless).
-        preset_overrides: top-level preset entries to replace (``image_size``,
-            ``episodes``, ``fg_weight``, ...) and ``train`` / ``pretrain`` sub-dicts to merge.
+        preset_overrides: deprecated: entries of the former preset dicts (``image_size``,
+            ``episodes``, ``fg_weight``, ``train`` / ``pretrain`` sub-dicts), see
+            :func:`legacy_preset_overrides`; use ``overrides``.
         variants: which models of :data:`VARIANTS` to train.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device`` of the config).
         progress: print progress lines (per unit, with elapsed time and an estimate of the rest).
+        overrides: ``section.key=value`` changes to the preset's config (``real_images/full`` or
+            ``real_images/quick``), e.g. ``{"train.epochs": 4, "data.image_size": 96}``.
 
     Returns:
         The content of ``metrics.json``.
     """
-    from fewshot_priors.engine.pretrain import pretrain
+    from fewshot_priors.config import parse_overrides
+    from fewshot_priors.engine.build import run_pretrain
 
     root, out = Path(root), Path(output)
     preset_name = "quick" if quick else "full"
-    preset = copy.deepcopy(PRESETS[preset_name])
-    for k, v in (preset_overrides or {}).items():
-        if k not in preset:
-            raise ValueError(f"unknown preset entry {k!r}; valid: {sorted(preset)}")
-        if isinstance(preset[k], dict):
-            preset[k].update(v)
-        else:
-            preset[k] = v
+    over: dict[str, Any] = {}
+    if preset_overrides:
+        warnings.warn("run_real_images(preset_overrides=...) is deprecated: use overrides={'section.key': value}",
+                      DeprecationWarning, stacklevel=2)
+        over.update(legacy_preset_overrides(preset_overrides))
+    over.update({f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()})
+    if device is not None:
+        over["experiment.device"] = device
+    cfg = real_images_config(quick, over)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {list(variants)}")
@@ -454,17 +429,19 @@ def run_real_images(
     for seed in seeds:
         t = _timer()
         pre_dir = out / f"seed{seed}" / "prior_extractor"
-        stamp = {"settings": preset["pretrain"], "seed": seed, "backbone": BACKBONE, "images": len(images)}
+        stamp = {"settings": cfg["pretrain"], "seed": seed, "images": len(images)}
         stamp_path = pre_dir / "settings.json"
         if (stamp_path.is_file() and (pre_dir / "result.json").is_file()
                 and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
             say(f"seed {seed}: reusing the prior extractor pretrained by a previous run with the same settings")
             pre = json.loads((pre_dir / "result.json").read_text())
         else:
-            say(f"seed {seed}: pretraining the prior extractor (GlobalLocalMoCo, {BACKBONE}) on all "
+            say(f"seed {seed}: pretraining the prior extractor (GlobalLocalMoCo, {cfg['pretrain']['backbone']}) on all "
                 f"{len(images)} unlabelled images (shared by the folds of this seed)")
-            pre = pretrain(images=images, output_dir=str(pre_dir), backbone=BACKBONE, seed=seed, device=device,
-                           progress=progress, log_every=5, amp=True, **preset["pretrain"])
+            pcfg = copy.deepcopy(cfg)
+            pcfg["pretrain"]["images"] = images
+            pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
+            pre = run_pretrain(pcfg, progress=progress)
             pre_dir.mkdir(parents=True, exist_ok=True)
             (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
             stamp_path.write_text(json.dumps(stamp))
@@ -480,10 +457,10 @@ def run_real_images(
             for v in variants:
                 say(f"seed {seed} fold {f} ({done + 1}/{units_total}): training {v} on {len(counts) - len(held)} "
                     f"classes, held out {held}")
-                r = train_and_evaluate(root, held, out / f"seed{seed}" / f"fold{f}" / v, preset, seed=seed,
-                                       prior_path=pre["prior_extractor"], variant=v, device=device,
+                r = train_and_evaluate(root, held, out / f"seed{seed}" / f"fold{f}" / v, cfg, seed=seed,
+                                       prior_path=pre["prior_extractor"], variant=v,
                                        progress=False, with_baselines=v == "qgnet",
-                                       figure_episodes=preset["figure_episodes"] if seed == seeds[0] else 0,
+                                       figure_episodes=cfg["study"]["figure_episodes"] if seed == seeds[0] else 0,
                                        dataset_cache=datasets)
                 for shot, methods in r["results"].items():
                     unit["results"].setdefault(shot, {}).update(methods)
@@ -511,7 +488,7 @@ def run_real_images(
         "The prior extractor is pretrained self-supervised (no labels) on all unique images of the folder, once per "
         "seed, and shared by that seed's folds (the paper pretrains on all PASCAL train images); the frozen "
         "supervised backbone is initialised from the same encoder (no ImageNet weights offline). "
-        f"K-shot episodes need K+1 images with >= {preset['min_pixels']} px of the class (original resolution): "
+        f"K-shot episodes need K+1 images with >= {cfg['data']['min_pixels']} px of the class (original resolution): "
         "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
         "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
         "evaluated classes of the class IoU accumulated over its episodes; each seed's number is the mean over "
@@ -520,7 +497,8 @@ def run_real_images(
     metrics = {
         "root": str(root),
         "preset": preset_name,
-        "settings": preset,
+        "settings": cfg,
+        "preset_config": PRESET_CONFIGS[preset_name],
         "seeds": seeds,
         "protocol": protocol,
         "folds": {f"fold{i}": c for i, c in enumerate(all_folds)},
@@ -529,9 +507,9 @@ def run_real_images(
         "summary": summary,
         "runs": runs,
         "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
-                            "backbone": BACKBONE, "shared_across_folds": True, "per_seed": pretrain_info},
-        "backbone_init": (f"frozen supervised backbone loaded from {preset['backbone_weights']}"
-                          if preset.get("backbone_weights") else
+                            "backbone": cfg["pretrain"]["backbone"], "shared_across_folds": True, "per_seed": pretrain_info},
+        "backbone_init": (f"frozen supervised backbone loaded from {cfg['model']['weights']}"
+                          if cfg["model"]["weights"] else
                           "frozen supervised backbone initialised from the seed's self-supervised encoder "
                           "(no ImageNet weights offline)"),
         "figures": figures,

@@ -19,11 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from fewshot_priors.engine.pretrain import pretrain
+from fewshot_priors.engine.build import run_pretrain
 from fewshot_priors.real_images import (
-    PRESETS,
     class_image_counts,
+    legacy_preset_overrides,
     list_unique_images,
+    real_images_config,
     train_and_evaluate,
 )
 
@@ -35,21 +36,25 @@ ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--prior", default=None, help="reuse this exported prior extractor instead of pretraining; \"none\": random-init backbone and prior")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
-p = copy.deepcopy(PRESETS["full"])
 kv = dict(x.split("=", 1) for x in a.kv)
 variant = kv.pop("variant", "qgnet")
+over = {}
+short = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
+         "pretrain_epochs": "pretrain.epochs"}
 for k, v in kv.items():
     v = json.loads(v)
-    if k in ("lr", "epochs", "max_steps", "batch_size"):
-        p["train"][k] = v
-    elif k == "pretrain_epochs":
-        p["pretrain"]["epochs"] = v
-    elif k == "image_size":
-        p["image_size"] = p["pretrain"]["size"] = v
-    elif k in p:
-        p[k] = v
-    else:
-        raise SystemExit(f"unknown key {k!r}")
+    if "." in k:  # any config key, section.key=value
+        over[k] = v
+    elif k in short:
+        over[short[k]] = v
+    else:  # the former preset entries (image_size also sets pretrain.size)
+        try:
+            over.update(legacy_preset_overrides({k: v}))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        if k == "image_size":
+            over["pretrain.size"] = v
+cfg = real_images_config(overrides=over)
 counts = class_image_counts(a.root)
 val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
 out = Path(a.out)
@@ -57,13 +62,15 @@ out.mkdir(parents=True, exist_ok=True)
 prior = None if a.prior == "none" else a.prior
 if a.prior is None:
     t0, c0 = time.perf_counter(), time.process_time()
-    pre = pretrain(images=list_unique_images(a.root), output_dir=str(out / f"pre_{a.name}"), backbone="resnet18",
-                   seed=a.seed, device="cpu", progress=False, log_every=5, amp=True, **p["pretrain"])
+    pcfg = copy.deepcopy(cfg)
+    pcfg["pretrain"]["images"] = list_unique_images(a.root)
+    pcfg["experiment"].update(output_dir=str(out / f"pre_{a.name}"), seed=a.seed, device="cpu")
+    pre = run_pretrain(pcfg, progress=False)
     prior = pre["prior_extractor"]
     print("pretrain", pre["step"], "steps", round(time.perf_counter() - t0, 1), "s wall",
           round(time.process_time() - c0, 1), "s cpu; last log", pre["history"][-1], flush=True)
 t1, c1 = time.perf_counter(), time.process_time()
-r = train_and_evaluate(a.root, val, out / a.name, p, seed=a.seed, prior_path=prior, shots=(1,), variant=variant)
+r = train_and_evaluate(a.root, val, out / a.name, cfg, seed=a.seed, prior_path=prior, shots=(1,), variant=variant)
 res = r["results"]["1-shot"]
 line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"]["steps"],
         "final_loss": r["train"]["final_loss"], "timings": r["timings_s"],

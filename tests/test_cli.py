@@ -56,9 +56,11 @@ def test_zoo_rows_resolve_with_effective_lr(name, lr, backbone, size, fold, clas
 
 
 def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
-    cfg = load_config("pascal/resnet50_473_fold0", ["train.lr=0.01", "model.shots=5", "model.bins=[4, 2]",
-                                                    "model.weights=null"])
-    assert cfg["train"]["lr"] == 0.01 and cfg["model"]["shots"] == 5 and cfg["model"]["bins"] == [4, 2]
+    with pytest.warns(DeprecationWarning, match=r"model\.shots is deprecated: use data\.shots"):
+        cfg = load_config("pascal/resnet50_473_fold0", ["train.lr=0.01", "model.shots=5", "model.bins=[4, 2]",
+                                                        "model.weights=null"])
+    assert cfg["train"]["lr"] == 0.01 and cfg["data"]["shots"] == 5 and cfg["model"]["bins"] == [4, 2]
+    assert "shots" not in cfg["model"]  # moved, not copied
     with pytest.raises(ConfigError, match=r"train\.'lrr'.*Did you mean 'lr'"):
         load_config("demo", ["train.lrr=1"])
     with pytest.raises(ConfigError, match="section.*'trian'"):
@@ -151,14 +153,32 @@ def test_pretrain_command_exports_a_loadable_prior_extractor(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
-    assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "nope=1"]) == 2
-    assert "unknown pretrain field 'nope'" in capsys.readouterr().err
+    assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "pretrain.nope=1"]) == 2
+    assert "unknown config key pretrain.'nope'" in capsys.readouterr().err
+    with pytest.warns(DeprecationWarning, match="pretrain.nope"):  # the former bare FIELD=VALUE
+        assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "nope=1"]) == 2
+    assert "unknown config key pretrain.'nope'" in capsys.readouterr().err
     args = ["pretrain", "--images", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "pre"),
             "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--size", "32", "--no-progress",
-            "--diag-every", "1", "--set", "queue_size=8", "local_queue_size=16", "dim=8", "mlp_hidden=16", "n_segments=8",
-            "max_patches=8", "tensorboard=false"]
+            "--diag-every", "1", "--set", "pretrain.queue_size=8", "pretrain.local_queue_size=16", "pretrain.dim=8",
+            "pretrain.mlp_hidden=16", "pretrain.n_segments=8", "pretrain.max_patches=8", "--no-tensorboard"]
     assert main(args) == 0
     export = tmp_path / "pre" / "prior_extractor.safetensors"
     assert export.is_file()
     create_backbone("resnet18", weights=export)  # loads without missing / unexpected keys
     assert "1,diag/std_global," in (tmp_path / "pre" / "scalars.csv").read_text()  # --diag-every reached the loop
+
+
+def test_every_command_takes_set_and_bare_pretrain_fields_map_to_the_pretrain_section():
+    from fewshot_priors.cli import _pretrain_overrides, build_parser
+
+    parser = build_parser()
+    required = {"train": ["--config", "demo"], "eval": ["--config", "demo", "--checkpoint", "x"],
+                "visualize": ["--config", "demo", "--checkpoint", "x"], "pretrain": [], "demo": [],
+                "real-images": ["--root", "r"], "convert": ["x.pth", "--kind", "qgnet", "--output", "o"]}
+    for command, args in required.items():
+        ns = parser.parse_args([command, *args, "--set", "train.lr=0.5", "--set", "data.shots=2"])
+        assert ns.overrides == ["train.lr=0.5", "data.shots=2"], command
+    with pytest.warns(DeprecationWarning, match="pretrain.queue_size"):
+        items, call = _pretrain_overrides(["queue_size=8", "train.lr=1", "seed=3", "tensorboard=false"])
+    assert items == ["pretrain.queue_size=8", "train.lr=1", "experiment.seed=3"] and call == {"tensorboard": False}

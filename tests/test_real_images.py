@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fewshot_priors.real_images import (
-    PRESETS,
     class_folds,
     class_image_counts,
     list_unique_images,
+    real_images_config,
     run_real_images,
     summarize,
 )
@@ -131,7 +131,7 @@ def test_end_to_end_quick_run(tmp_path):
         # 5-shot needs 6 images of a class: classes with exactly 5 are left out of it
         if shot == "5-shot":
             assert all(counts[c] >= 6 for c in run["results"][shot]["qgnet"]["test_classes"])
-    assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == PRESETS["quick"]
+    assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == real_images_config(quick=True)
     assert (out / "metrics.json").is_file() and "| 1-shot | qgnet |" in (out / "results.md").read_text()
     assert all(Path(p).is_file() for p in m["figures"][f"fold{f}"].values())
 
@@ -207,7 +207,30 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
     assert main(["real-images", "--root", "data", "--output", str(tmp_path), "--seeds", "3", "4",
                  "--image-size", "80", "--train-epochs", "2", "--fg-weight", "3", "--folds", "1"]) == 0
     assert seen["seeds"] == [3, 4] and seen["folds"] == [1] and seen["root"] == "data"
-    assert seen["preset_overrides"] == {"image_size": 80, "pretrain": {"size": 80}, "train": {"epochs": 2},
-                                        "fg_weight": 3.0}
+    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "model.bins": [10, 5, 2, 1],
+                                 "train.epochs": 2, "model.fg_weight": 3.0}
     with pytest.raises(SystemExit):
         main(["real-images", "--root", "data", "--models", "unet"])
+
+
+def test_presets_are_the_shipped_yaml_and_former_preset_dicts_map_to_config_keys():
+    import warnings
+
+    from fewshot_priors.real_images import legacy_preset_overrides
+
+    quick, full = real_images_config(quick=True), real_images_config()
+    assert quick["data"]["dataset"] == full["data"]["dataset"] == "folder"
+    assert full["data"]["image_size"] == 80 and full["model"]["bins"] == [10, 5, 2, 1]
+    assert full["pretrain"]["queue_init"] == "empty" and full["pretrain"]["export_encoder"] == "query"
+    assert quick["eval"]["episodes"] == 6 and full["eval"]["episodes"] == 40
+    over = legacy_preset_overrides({"image_size": 96, "train": {"epochs": 3}, "episodes": 5, "backbone_weights": "w"})
+    assert over == {"data.image_size": 96, "model.bins": [12, 6, 3, 1], "train.epochs": 3, "eval.episodes": 5,
+                    "model.weights": "w"}
+    with pytest.raises(ValueError, match="unknown preset entry 'imagesize'"):
+        legacy_preset_overrides({"imagesize": 3})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from fewshot_priors import real_images
+
+        assert real_images.PRESETS["quick"] == quick
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)

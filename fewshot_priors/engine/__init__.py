@@ -1,7 +1,9 @@
 """Training, evaluation, checkpointing and distributed helpers.
 
-Submodules are imported on first use so that ``import fewshot_priors.engine``
-stays cheap::
+``train`` and ``evaluate`` are imported with the package (see below: they share their
+names with their submodules, so they cannot be lazy; this loads torch and
+:mod:`fewshot_priors.data`); the checkpoint and conversion helpers listed in ``_LAZY``
+are imported on first use::
 
     from fewshot_priors.engine.checkpoint import save_checkpoint, load_checkpoint
     from fewshot_priors.engine.train import train

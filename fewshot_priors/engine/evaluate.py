@@ -1,4 +1,4 @@
-"""Few-shot evaluation with the field's protocol (REFERENCE §5-6).
+"""Few-shot evaluation with the field's protocol (PFENet's test protocol, used by QGNet).
 
 * The RNGs are reset to the evaluation seed before every evaluation, and the
   test episodes themselves are a function of the dataset's seed.

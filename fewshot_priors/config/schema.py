@@ -1,49 +1,35 @@
-"""Experiment configs: YAML files, named lookup, command-line overrides, validation.
+"""The config schema: every section and key with its default, the allowed choices and ranges,
+and :func:`validate` -- the one place where a config tree is checked.
 
-Every run is described by one nested dict with the sections ``experiment``,
-``data``, ``model``, ``train`` and ``eval`` (see :data:`DEFAULTS` for every key
-and its default). Config files only need the keys they change; they are merged
-over the defaults. Unknown keys and wrongly typed values are rejected with an
-error naming the key.
+Sections: ``experiment`` (name, output folder, seed, device), ``data`` (dataset, folds, K),
+``model`` (QGNet, read by :func:`fewshot_priors.models.factory.create_qgnet`), ``train``,
+``eval``, ``pretrain`` (self-supervised prior extractor, :func:`fewshot_priors.engine.pretrain.pretrain`)
+and ``study`` (settings only the demo and the real-images study read).
 
-The configs of every row of the paper's tables ship with the package and are
-addressed by name (``fewshot-priors configs`` lists them)::
-
-    cfg = load_config("pascal/resnet50_473_fold0", overrides=["train.lr=0.01", "model.shots=5"])
-
-The zoo is generated from one template by :func:`generate_zoo`
-(``python -m fewshot_priors.config --generate``); a test checks that the shipped
-files match it.
+Deprecated keys (moved at load time with a :class:`DeprecationWarning` naming the new key):
+``model.shots`` -> ``data.shots``, ``train.device`` -> ``experiment.device``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
-import os
+import warnings
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 __all__ = [
-    "CONFIG_DIR",
+    "DATASET_KEYS",
     "DEFAULTS",
+    "DEPRECATED_KEYS",
     "ConfigError",
-    "apply_overrides",
-    "available_configs",
     "check_data_keys",
-    "generate_zoo",
-    "load_config",
+    "choices",
     "merge",
-    "resolve_config_path",
+    "migrate_deprecated",
+    "resolve_shots",
     "validate",
-    "zoo_configs",
 ]
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -90,7 +76,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weights": None,  # local supervised-backbone weights file
         "prior_weights": None,  # self-supervised prior extractor (engine/pretrain.py export)
         "use_prior": True,
-        "shots": 1,
         "bins": [60, 30, 15, 8],
         "channels": 256,
         "aux_weight": 1.0,
@@ -113,10 +98,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_every": 1,  # epochs between validations (0 = never)
         "ckpt_every_steps": None,  # extra `last` checkpoints inside an epoch
         "log_every": 10,
-        "device": "auto",
     },
     "eval": {
-        "shots": None,  # None: model.shots
+        "shots": None,  # None: data.shots
         "episodes": None,  # None: data.test_episodes
         "seed": 321,
         "batch_size": 1,
@@ -180,6 +164,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "export_path": None,
         "export_encoder": "key",  # key (momentum encoder, as the official QGNet) | query
     },
+    "study": {
+        # read only by the demo (fewshot_priors/demo.py) and the real-images study
+        # (fewshot_priors/real_images.py); train / eval / pretrain ignore this section
+        "num_classes": 12,  # demo: classes of the generated dataset
+        "images_per_class": 40,  # demo: images per class of the generated dataset
+        "ablation": False,  # demo: also train the random-prior and no-prior models (Table 7 recall)
+        "figure_episodes": 4,  # Fig. 5 rows per K
+        "train_min_pixels": None,  # real-images: eligibility of training pairs (None: data.min_pixels)
+    },
+}
+
+#: Deprecated keys and where their value moves at load time (with a DeprecationWarning).
+DEPRECATED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "shots"): ("data", "shots"),
+    ("train", "device"): ("experiment", "device"),
 }
 
 #: Keys whose value may be any of several types (beyond None defaults).
@@ -188,6 +187,10 @@ _FREE_KEYS = {
     ("data", "train_resize_long"), ("pretrain", "num_workers"),
     ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
+    ("model", "max_chunk_bytes"), ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
+    ("pretrain", "max_steps"), ("pretrain", "cache_dir"), ("pretrain", "probe_root"), ("pretrain", "probe_size"),
+    ("pretrain", "probe_max_images"), ("pretrain", "ckpt_every_steps"), ("pretrain", "export_path"),
+    ("study", "train_min_pixels"),
 }
 
 #: ``data`` keys that apply to some datasets only (``None`` = unset). Setting one for
@@ -201,11 +204,40 @@ DATASET_KEYS: dict[str, tuple[str, ...]] = {
     "min_model_pixels": ("folder",),
 }
 
-_CHOICES = {
+#: Fixed choices of string keys.
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("data", "dataset"): ("pascal", "coco", "folder"),
     ("data", "split_style"): ("interleaved", "contiguous"),
-    ("model", "region_map_backend"): ("auto", "chunked", "reference", "fused"),
+    ("pretrain", "superpixel_method"): ("slic", "felzenszwalb"),
+    ("pretrain", "queue_init"): ("random", "empty"),
 }
+
+#: Choices defined by the layer that uses them: (module, attribute). Imported only when a
+#: value differs from its default (the modules load torch; the default is always valid).
+_IMPORTED_CHOICES: dict[tuple[str, str], tuple[str, str]] = {
+    ("model", "region_map_backend"): ("fewshot_priors.ops.similarity", "BACKENDS"),
+    ("pretrain", "pool_mode"): ("fewshot_priors.ops.superpixel_pool", "POOL_MODES"),
+    ("pretrain", "shuffle_bn"): ("fewshot_priors.models.moco", "SHUFFLE_BN_MODES"),
+    ("pretrain", "head_norm"): ("fewshot_priors.models.moco", "HEAD_NORMS"),
+    ("pretrain", "export_encoder"): ("fewshot_priors.models.backbone", "MOCO_ENCODERS"),
+}
+#: Used while fewshot_priors.models.moco does not export HEAD_NORMS (GlobalLocalMoCo checks this pair).
+_FALLBACK_CHOICES = {("pretrain", "head_norm"): ("none", "bn")}
+
+
+def choices(section: str, key: str) -> tuple[str, ...] | None:
+    """The allowed values of ``section.key``, or None if it is not a choice key."""
+    if (section, key) in _CHOICES:
+        return _CHOICES[(section, key)]
+    if (section, key) in _IMPORTED_CHOICES:
+        import importlib
+
+        module, attr = _IMPORTED_CHOICES[(section, key)]
+        found = getattr(importlib.import_module(module), attr, None)
+        if found is None:
+            return _FALLBACK_CHOICES[(section, key)]
+        return tuple(found)
+    return None
 
 
 # --------------------------------------------------------------------------- merging / validation
@@ -229,12 +261,64 @@ def _unknown(key: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys here: {', '.join(valid)}")
 
 
+def migrate_deprecated(cfg: Mapping, where: str = "", *, full: bool = False) -> dict:
+    """Move the deprecated keys of :data:`DEPRECATED_KEYS` to their new place (a copy).
+
+    Apply it to what a user wrote (a file, overrides), before merging over the defaults.
+    Warns a :class:`DeprecationWarning` naming the new key. With ``full=True`` (a tree
+    already merged over :data:`DEFAULTS`) a new key still at its default counts as unset.
+
+    Raises:
+        ConfigError: both the old and the new key are set, to different values.
+    """
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    for (sec, key), (new_sec, new_key) in DEPRECATED_KEYS.items():
+        if not isinstance(out.get(sec), Mapping) or key not in out[sec]:
+            continue
+        value = out[sec].pop(key)
+        warnings.warn(f"{where}config key {sec}.{key} is deprecated: use {new_sec}.{new_key}",
+                      DeprecationWarning, stacklevel=3)
+        target = out.setdefault(new_sec, {})
+        if not isinstance(target, Mapping):
+            continue  # validate reports the malformed section
+        unset = full and target.get(new_key) == DEFAULTS[new_sec][new_key]
+        if new_key in target and target[new_key] != value and not unset:
+            raise ConfigError(f"{where}{sec}.{key}={value!r} (deprecated) and {new_sec}.{new_key}="
+                              f"{target[new_key]!r} are both set and differ: keep only {new_sec}.{new_key}")
+        target[new_key] = value
+    return out
+
+
+def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None) -> int:
+    """K of an episode: the one place where the number of shots is decided.
+
+    Args:
+        cfg: full config.
+        purpose: ``"train"`` / ``"val"`` (``data.shots``) or ``"eval"`` (``eval.shots``,
+            else ``data.shots``).
+        shots: an explicit K (a command-line ``--shots``); wins when not None.
+
+    Raises:
+        ConfigError: an unknown ``purpose`` or a K < 1.
+    """
+    if purpose not in ("train", "val", "test", "eval"):
+        raise ConfigError(f"`purpose` must be 'train', 'val', 'test' or 'eval', got {purpose!r}")
+    if shots is None and purpose == "eval":
+        shots = cfg["eval"].get("shots")
+    if shots is None:
+        shots = cfg["data"]["shots"]
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ConfigError(f"shots must be an integer >= 1, got {shots!r}")
+    return int(shots)
+
+
 def validate(cfg: Mapping) -> dict:
-    """Check every key and value type of a full config.
+    """Check every key and value type of a full config (deprecated keys are moved first).
 
     Raises:
         ConfigError: unknown section/key, wrong type, or a value outside its choices.
     """
+    cfg = migrate_deprecated(cfg, full=True)
     for section, values in cfg.items():
         if section not in DEFAULTS:
             raise _unknown(section, DEFAULTS, "section ")
@@ -245,8 +329,12 @@ def validate(cfg: Mapping) -> dict:
                 raise _unknown(key, DEFAULTS[section], f"{section}.")
             default = DEFAULTS[section][key]
             name = f"{section}.{key}"
-            if (section, key) in _CHOICES and value not in _CHOICES[(section, key)]:
-                raise ConfigError(f"{name} must be one of {_CHOICES[(section, key)]}, got {value!r}")
+            if value != default:
+                allowed = choices(section, key)
+                if allowed is not None and value not in allowed:
+                    close = difflib.get_close_matches(str(value), allowed, n=1)
+                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    raise ConfigError(f"{name} must be one of {allowed}, got {value!r}.{hint}")
             if default is None or (section, key) in _FREE_KEYS:
                 continue
             if isinstance(default, bool):
@@ -266,18 +354,25 @@ def validate(cfg: Mapping) -> dict:
                 )
     c = cfg
     check_data_keys(c["data"])
-    if c["model"]["shots"] < 1:
-        raise ConfigError(f"model.shots must be >= 1, got {c['model']['shots']}")
     if c["train"]["batch_size"] < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
     if c["train"]["lr"] <= 0:
         raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
-    from .data.workers import resolve_num_workers  # here: importing fewshot_priors.data loads torch
+    from fewshot_priors.data.workers import (
+        resolve_num_workers,  # here: importing fewshot_priors.data loads torch
+    )
 
-    try:
-        resolve_num_workers(c["data"]["num_workers"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"data.num_workers: {err}") from None
+    for name in ("data.num_workers", "pretrain.num_workers"):
+        section, key = name.split(".")
+        try:
+            resolve_num_workers(c[section][key])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {err}") from None
+    for name in ("pretrain.lr",):
+        section, key = name.split(".")
+        v = c[section][key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"{name} must be a number > 0 or null, got {v!r}")
     for name, low, optional in _INT_RANGES:
         section, key = name.split(".")
         value = c[section][key]
@@ -349,228 +444,17 @@ _INT_RANGES = (
     ("data.image_size", 1, False), ("data.val_episodes", 1, False),
     ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
     ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
+    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, True),
+    ("pretrain.dim", 1, False), ("pretrain.queue_size", 1, False), ("pretrain.local_queue_size", 1, False),
+    ("pretrain.mlp_hidden", 1, True), ("pretrain.max_patches", 1, False), ("pretrain.bn_splits", 1, False),
+    ("pretrain.n_segments", 1, False), ("pretrain.min_size", 0, False), ("pretrain.min_area", 0, False),
+    ("pretrain.view_min_area", 0, False), ("pretrain.size", 1, False), ("pretrain.cache_workers", 0, False),
+    ("pretrain.batch_size", 1, False), ("pretrain.epochs", 1, False), ("pretrain.max_steps", 1, True),
+    ("pretrain.warmup_steps", 0, False), ("pretrain.log_every", 1, False), ("pretrain.diag_every", 0, False),
+    ("pretrain.probe_every", 0, False), ("pretrain.probe_size", 1, True), ("pretrain.probe_k", 1, False),
+    ("pretrain.probe_max_images", 1, True), ("pretrain.ckpt_every_steps", 1, True),
+    ("study.num_classes", 1, False), ("study.images_per_class", 1, False), ("study.figure_episodes", 0, False),
+    ("study.train_min_pixels", 1, True),
 )
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(cfg: Mapping, overrides: Iterable[str] | Mapping[str, Any] | None) -> dict:
-    """Apply ``section.key=value`` overrides (values parsed as YAML: ``0.01``, ``[1, 2]``, ``null``).
-
-    Raises:
-        ConfigError: malformed override or unknown key.
-    """
-    out = copy.deepcopy(dict(cfg))
-    if not overrides:
-        return out
-    items = overrides.items() if isinstance(overrides, Mapping) else []
-    if not isinstance(overrides, Mapping):
-        parsed = []
-        for text in overrides:
-            if "=" not in text:
-                raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=0.01)")
-            key, value = text.split("=", 1)
-            parsed.append((key.strip(), _parse_value(value.strip())))
-        items = parsed
-    for dotted, value in items:
-        parts = dotted.split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"override key {dotted!r} must be section.key (e.g. train.lr)")
-        section, key = parts
-        if section not in DEFAULTS:
-            raise _unknown(section, DEFAULTS, "section ")
-        if key not in DEFAULTS[section]:
-            raise _unknown(key, DEFAULTS[section], f"{section}.")
-        out.setdefault(section, {})[key] = value
-    return out
-
-
-# --------------------------------------------------------------------------- files and names
-
-
-def available_configs() -> list[str]:
-    """Names of the shipped configs (``pascal/resnet50_473_fold0``, ``demo``, ...)."""
-    return sorted(
-        p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
-        for p in CONFIG_DIR.rglob("*.yaml")
-        if not p.name.startswith("_")
-    )
-
-
-def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
-    """Find a config file by path or by shipped name.
-
-    Raises:
-        ConfigError: neither an existing file nor a shipped name (close names suggested).
-    """
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    name = str(name_or_path).removesuffix(".yaml")
-    candidate = CONFIG_DIR / f"{name}.yaml"
-    if candidate.is_file():
-        return candidate
-    names = available_configs()
-    close = difflib.get_close_matches(name, names, n=5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        f"config {str(name_or_path)!r} is neither a file nor a shipped config name.{hint} "
-        "List them with `fewshot-priors configs`."
-    )
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
-    base = data.pop("_base_", None)
-    if base is None:
-        return data
-    merged: dict = {}
-    for b in [base] if isinstance(base, str) else base:
-        bp = (path.parent / b).resolve()
-        if bp in seen:
-            raise ConfigError(f"{path}: circular _base_ include of {bp}")
-        if not bp.is_file():
-            raise ConfigError(f"{path}: _base_ file {b!r} not found (looked at {bp})")
-        merged = merge(merged, _read_yaml(bp, seen + (bp,)))
-    return merge(merged, data)
-
-
-def load_config(
-    name_or_path: str | os.PathLike | None = None,
-    overrides: Iterable[str] | Mapping[str, Any] | None = None,
-) -> dict:
-    """Load a config by shipped name or path, merged over :data:`DEFAULTS`, overrides applied.
-
-    Args:
-        name_or_path: ``"pascal/resnet50_473_fold0"``, ``"demo"``, a YAML path, or None
-            for the defaults alone.
-        overrides: ``["train.lr=0.01", "model.shots=5"]`` or ``{"train.lr": 0.01}``.
-
-    Returns:
-        The full, validated config dict (``experiment.output_dir`` filled in).
-    """
-    cfg = copy.deepcopy(DEFAULTS)
-    if name_or_path is not None:
-        path = resolve_config_path(name_or_path)
-        data = _read_yaml(path)
-        validate(merge(DEFAULTS, data))  # report unknown keys against the file
-        cfg = merge(cfg, data)
-    cfg = validate(apply_overrides(cfg, overrides))
-    if cfg["experiment"]["output_dir"] is None:
-        cfg["experiment"]["output_dir"] = str(Path("runs") / cfg["experiment"]["name"])
-    return cfg
-
-
-def save_config(cfg: Mapping, path: str | os.PathLike) -> Path:
-    """Write a config as YAML (used to record the effective config of a run)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")
-    return path
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-# --------------------------------------------------------------------------- the paper's zoo
-
-#: Paper backbone name -> timm name of the supervised feature extractor. PFENet and
-#: QGNet use VGG16 with BatchNorm and a *deep-stem* ResNet (three 3x3 convs
-#: 3 -> 64 -> 64 -> 128, BN + ReLU each, max-pool; layer1 takes 128 channels; plain
-#: 1x1 strided downsample): timm's ``resnet50s`` / ``resnet101s``, not ``resnet50``.
-ZOO_BACKBONES = {"vgg16": "vgg16_bn", "resnet50": "resnet50s", "resnet101": "resnet101s"}
-#: The prior extractor of every row: QGNet's self-supervised (MoCo) network is a plain
-#: ResNet-50 (7x7 stem), whatever the supervised backbone.
-ZOO_PRIOR_BACKBONE = "resnet50"
-ZOO_SIZES = (321, 473)
-ZOO_DATASETS = {
-    # dataset: (root, scale range, effective lr, batch size, epochs, test episodes)
-    "pascal": ("data/VOCdevkit", [0.9, 1.1], 0.025, 4, 200, 5000),
-    "coco": ("data/coco", [0.8, 1.25], 0.2, 32, 50, 20000),
-}
-
-
-def zoo_bins(image_size: int, output_stride: int = 8) -> list[int]:
-    """FEM pyramid bins: [60, 30, 15, 8] at 473 (PFENet), else feature-size fractions 1, 1/2, 1/4, 1/8.
-
-    ``output_stride`` is the backbone's: 8 for the dilated ResNets, 16 for VGG (PFENet's layering).
-    """
-    if image_size == 473:
-        return [60, 30, 15, 8]
-    feat = (image_size - 1) // output_stride + 1
-    return [feat, max(1, feat // 2), max(1, feat // 4), max(1, feat // 8)]
-
-
-def zoo_configs() -> dict[str, dict]:
-    """The paper's table rows as ``name -> partial config`` (what the shipped YAML files hold)."""
-    out = {}
-    for ds, (root, scale, lr, batch, epochs, episodes) in ZOO_DATASETS.items():
-        for paper_name, timm_name in ZOO_BACKBONES.items():
-            for size in ZOO_SIZES:
-                for fold in range(4):
-                    name = f"{ds}/{paper_name}_{size}_fold{fold}"
-                    out[name] = {
-                        "experiment": {"name": f"{ds}_{paper_name}_{size}_fold{fold}", "seed": 321},
-                        "data": {"dataset": ds, "root": root, "fold": fold, "image_size": size,
-                                 "scale_range": scale, "test_episodes": episodes},
-                        "model": {"backbone": timm_name, "prior_backbone": ZOO_PRIOR_BACKBONE,
-                                  "pretrained": True,
-                                  "bins": zoo_bins(size, 16 if paper_name == "vgg16" else 8),
-                                  "shots": 1},
-                        "train": {"epochs": epochs, "batch_size": batch, "lr": lr},
-                    }
-    return out
-
-
-_ZOO_HEADER = (
-    "# Generated by `python -m fewshot_priors.config --generate` from fewshot_priors/config.py; do not edit.\n"
-    "# Paper row: {name}. Keys not listed take the defaults of fewshot_priors.config.DEFAULTS.\n"
-    "# Effective SGD learning rate written out (REFERENCE: PASCAL 0.025, COCO 0.2), poly power 0.9.\n"
-    "# Backbone: PFENet's deep-stem ResNet (timm resnet50s / resnet101s) or VGG16-BN; prior extractor: a plain\n"
-    "# ResNet-50 (QGNet's MoCo network), loaded from model.prior_weights.\n"
-)
-
-
-def render_zoo_file(name: str, cfg: Mapping) -> str:
-    return _ZOO_HEADER.format(name=name) + yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
-
-
-def generate_zoo(directory: str | os.PathLike = CONFIG_DIR) -> list[Path]:
-    """(Re)write the zoo YAML files under ``directory``; returns the written paths."""
-    written = []
-    for name, cfg in zoo_configs().items():
-        path = Path(directory) / f"{name}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_zoo_file(name, cfg), encoding="utf-8")
-        written.append(path)
-    return written
-
-
-def _main(argv: list[str] | None = None) -> None:  # pragma: no cover - maintenance entry point
-    parser = argparse.ArgumentParser(description="Maintain the shipped config zoo.")
-    parser.add_argument("--generate", action="store_true", help="rewrite configs/{pascal,coco}/*.yaml")
-    args = parser.parse_args(argv)
-    if args.generate:
-        for p in generate_zoo():
-            print(p)
-    else:
-        print("\n".join(available_configs()))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _main()

@@ -1,0 +1,131 @@
+"""The config package: schema (one validator), deprecated keys, K resolution, shipped presets, entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from fewshot_priors.config import DEFAULTS, ConfigError, load_config, resolve_shots, validate
+
+
+def test_deprecated_keys_move_with_a_warning_naming_the_new_key(tmp_path):
+    assert "shots" not in DEFAULTS["model"] and "device" not in DEFAULTS["train"]
+    f = tmp_path / "old.yaml"
+    f.write_text("model:\n  shots: 5\ntrain:\n  device: cpu\n")
+    with pytest.warns(DeprecationWarning) as rec:
+        cfg = load_config(f)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "use data.shots" in msgs and "use experiment.device" in msgs
+    assert cfg["data"]["shots"] == 5 and cfg["experiment"]["device"] == "cpu"
+    assert "shots" not in cfg["model"] and "device" not in cfg["train"]
+    with pytest.warns(DeprecationWarning, match="experiment.device"):
+        assert load_config(None, {"train.device": "cpu"})["experiment"]["device"] == "cpu"
+
+
+def test_old_and_new_key_both_set_and_different_is_an_error(tmp_path):
+    f = tmp_path / "both.yaml"
+    f.write_text("model:\n  shots: 5\ndata:\n  shots: 2\n")
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="both set and differ.*data.shots"):
+        load_config(f)
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="experiment.device"):
+        load_config(None, ["train.device=cpu", "experiment.device=cuda"])
+    # the same value twice is fine
+    with pytest.warns(DeprecationWarning):
+        assert load_config(None, ["model.shots=3", "data.shots=3"])["data"]["shots"] == 3
+    # a base file's new key is overridden by the child's old key
+    (tmp_path / "base.yaml").write_text("data:\n  shots: 2\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel:\n  shots: 4\n")
+    with pytest.warns(DeprecationWarning):
+        assert load_config(tmp_path / "child.yaml")["data"]["shots"] == 4
+
+
+def test_validate_moves_old_keys_of_a_full_tree():
+    cfg = load_config()
+    cfg["model"]["shots"] = 5
+    with pytest.warns(DeprecationWarning):
+        out = validate(cfg)
+    assert out["data"]["shots"] == 5 and "shots" not in out["model"]
+
+
+def test_resolve_shots_is_the_one_rule():
+    cfg = load_config(None, {"data.shots": 3})
+    assert resolve_shots(cfg, "train") == resolve_shots(cfg, "val") == resolve_shots(cfg, "eval") == 3
+    cfg["eval"]["shots"] = 5
+    assert resolve_shots(cfg, "eval") == 5 and resolve_shots(cfg, "train") == 3
+    assert resolve_shots(cfg, "eval", 1) == 1 and resolve_shots(cfg, "train", 2) == 2
+    with pytest.raises(ConfigError, match="purpose"):
+        resolve_shots(cfg, "evaluation")
+    with pytest.raises(ConfigError, match=">= 1"):
+        resolve_shots(cfg, "train", 0)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("pretrain.superpixel_method=slick", r"superpixel_method must be one of.*Did you mean 'slic'"),
+    ("pretrain.queue_init=zeros", "queue_init must be one of"),
+    ("pretrain.export_encoder=momentum", "export_encoder must be one of"),
+    ("pretrain.shuffle_bn=yes", "shuffle_bn must be one of"),
+    ("pretrain.pool_mode=max", "pool_mode must be one of"),
+    ("pretrain.head_norm=ln", "head_norm must be one of"),
+    ("model.region_map_backend=cuda", "region_map_backend must be one of"),
+    ("pretrain.dim=0", "pretrain.dim must be an integer >= 1"),
+    ("pretrain.max_steps=0", "pretrain.max_steps must be an integer >= 1 or null"),
+    ("pretrain.lr=-1", "pretrain.lr must be a number > 0"),
+    ("pretrain.num_workers=many", "pretrain.num_workers"),
+    ("data.shots=0", "data.shots must be an integer >= 1"),
+    ("model.max_chunk_bytes=0", "model.max_chunk_bytes must be an integer >= 1"),
+    ("study.figure_episodes=-1", "study.figure_episodes"),
+])
+def test_schema_rejects_bad_values_naming_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_choices_come_from_the_layer_that_defines_them():
+    from fewshot_priors.config import choices
+    from fewshot_priors.ops.similarity import BACKENDS
+    from fewshot_priors.ops.superpixel_pool import POOL_MODES
+
+    assert choices("model", "region_map_backend") == tuple(BACKENDS)
+    assert choices("pretrain", "pool_mode") == tuple(POOL_MODES)
+    for good in ("felzenszwalb", "empty"):
+        key = "superpixel_method" if good == "felzenszwalb" else "queue_init"
+        assert load_config(None, {f"pretrain.{key}": good})["pretrain"][key] == good
+
+
+@pytest.mark.parametrize("name", ["demo", "demo/full", "demo/quick", "real_images/full", "real_images/quick"])
+def test_presets_are_full_config_trees(name):
+    """The preset files hold every key (what runs is what the file says), so they stay in step with DEFAULTS."""
+    import yaml
+
+    from fewshot_priors.config import resolve_config_path
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no deprecated key in a shipped file
+        cfg = load_config(name)
+    if name != "demo":
+        raw = yaml.safe_load(resolve_config_path(name).read_text())
+        assert {s: set(v) for s, v in raw.items()} == {s: set(v) for s, v in DEFAULTS.items()}
+    assert cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] == "resnet18"
+
+
+def test_demo_presets_hold_what_the_demo_runs():
+    full, quick, legacy = load_config("demo/full"), load_config("demo/quick"), load_config("demo")
+    assert legacy == {**full, "experiment": {**full["experiment"], "output_dir": "runs/demo"}}
+    assert full["train"]["epochs"] == 12 and full["train"]["lr"] == 0.1 and full["model"]["bins"] == [12, 6, 3, 1]
+    assert quick["train"]["max_steps"] == 4 and quick["pretrain"]["max_steps"] == 3
+    assert full["eval"]["episodes"] == 300 and quick["eval"]["episodes"] == 8
+    from fewshot_priors import demo
+
+    with pytest.warns(DeprecationWarning, match="demo/full"):
+        assert demo.PRESETS["quick"] == quick
+
+
+def test_python_m_config_lists_and_the_zoo_module_is_importable():
+    r = subprocess.run([sys.executable, "-m", "fewshot_priors.config"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "demo/quick" in r.stdout.split() and "pascal/resnet50_473_fold0" in r.stdout.split()
+    from fewshot_priors.config import zoo
+
+    assert zoo.fraction_bins(96) == [12, 6, 3, 1] and zoo.zoo_bins(473) == [60, 30, 15, 8]
