@@ -13,7 +13,8 @@ import argparse
 from fewshot_priors.config import load_config
 from fewshot_priors.engine.build import build_dataset, build_model
 from fewshot_priors.engine.evaluate import evaluate
-from fewshot_priors.engine.train import resolve_device, seed_everything, train
+from fewshot_priors.engine.runtime import resolve_device, seed_everything
+from fewshot_priors.engine.train import train
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--root", required=True)

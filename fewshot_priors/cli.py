@@ -289,7 +289,7 @@ def _cmd_real_images(args) -> int:
 def _load_model_for_eval(cfg, checkpoint):
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.checkpoint import load_checkpoint
-    from fewshot_priors.engine.train import resolve_device
+    from fewshot_priors.engine.runtime import resolve_device
 
     # the weights come from the checkpoint: do not try to download / read backbone files
     device = resolve_device(cfg["experiment"]["device"])
@@ -300,11 +300,12 @@ def _load_model_for_eval(cfg, checkpoint):
 
 def _cmd_train(args) -> int:
     from fewshot_priors.config import load_config
+    from fewshot_priors.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.build import build_dataset, build_model
-    from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.rundir import check_run_dir
-    from fewshot_priors.engine.train import resolve_device, seed_everything, train
+    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
     if args.output_dir:
@@ -347,8 +348,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from fewshot_priors.config import load_config, resolve_shots
+    from fewshot_priors.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.build import build_dataset
-    from fewshot_priors.engine.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.evaluate import evaluate, format_results, results_json, write_results
 
     overrides = list(args.overrides)
@@ -443,7 +444,7 @@ def _pretrain_overrides(items) -> tuple[list[str], dict]:
 
 def _cmd_pretrain(args) -> int:
     from fewshot_priors.config import ConfigError, load_config
-    from fewshot_priors.engine.build import run_pretrain
+    from fewshot_priors.engine.pretrain import pretrain
 
     overrides, call = _pretrain_overrides(args.overrides)
     flags = {"pretrain.images": args.images, "experiment.output_dir": args.output_dir,
@@ -457,7 +458,7 @@ def _cmd_pretrain(args) -> int:
     cfg = load_config(args.config, over)
     if cfg["pretrain"]["images"] is None:
         raise ConfigError("pretrain.images is not set: pass --images (a folder, a .txt list of paths)")
-    res = run_pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
+    res = pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
                        tensorboard=call.get("tensorboard", not args.no_tensorboard))
     if res.get("prior_extractor"):
         print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")

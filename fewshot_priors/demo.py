@@ -9,7 +9,7 @@
    PASCAL-5i: the model trains on the fold's training classes and is scored on
    its held-out classes only.
 2. **Prior extractor** (paper Sec. 4.1). :func:`~fewshot_priors.engine.pretrain.pretrain`
-   trains a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` (global + SLIC-superpixel
+   trains a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` (global + SLIC-superpixel
    local InfoNCE) on the training images without labels and exports its encoder.
 3. **The supervised backbone.** The paper's backbone is ImageNet-pretrained and
    frozen. No pretrained weights exist offline, and a frozen *random* ResNet gives
@@ -102,8 +102,8 @@ def _reuse_stamp(settings: Mapping[str, Any], device: str) -> dict[str, Any]:
     reductions are not bitwise stable across thread counts) and the device.
     """
     import fewshot_priors
-    from fewshot_priors.engine.train import resolve_device
-    from fewshot_priors.superpixels import available_backends
+    from fewshot_priors.engine.runtime import resolve_device
+    from fewshot_priors.ssl.superpixels import available_backends
 
     package = Path(fewshot_priors.__file__).parent
     digest = hashlib.sha256()
@@ -159,7 +159,8 @@ def _run_config(cfg: Mapping, run_dir: Path, root: Path, prior: str | None, use_
 
 def _train_qgnet(cfg: Mapping, progress: bool) -> tuple[torch.nn.Module, dict]:
     from fewshot_priors.engine.build import build_dataset, build_model
-    from fewshot_priors.engine.train import resolve_device, seed_everything, train
+    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.train import train
 
     seed_everything(cfg["experiment"]["seed"])
     model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
@@ -249,7 +250,7 @@ def run_demo(
     """
     from fewshot_priors.config import parse_overrides
     from fewshot_priors.data import generate_synthetic_dataset
-    from fewshot_priors.engine.build import run_pretrain
+    from fewshot_priors.engine.pretrain import pretrain
     from fewshot_priors.viz import plot_loss_curve, save_episode_figures
 
     preset_name = "quick" if quick else "full"
@@ -306,7 +307,7 @@ def run_demo(
         pcfg = copy.deepcopy(cfg)
         pcfg["pretrain"]["images"] = train_images
         pcfg["experiment"]["output_dir"] = str(pre_dir)
-        pre = run_pretrain(pcfg, overwrite=True, progress=progress)
+        pre = pretrain(pcfg, overwrite=True, progress=progress)
         (pre_dir / "demo_result.json").write_text(json.dumps(pre, default=str))
         stamp_path.write_text(json.dumps(stamp))
     prior_path = pre["prior_extractor"]

@@ -3,7 +3,7 @@
 ``fewshot-priors real-images --root PATH`` (or :func:`run_real_images`) runs, for each seed:
 
 1. **Prior extractor.** :func:`~fewshot_priors.engine.pretrain.pretrain` trains a
-   :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` on *all* unique images of
+   :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` on *all* unique images of
    the folder without labels (the paper pretrains on all PASCAL train images); it
    is shared by the folds of the seed. As in the demo, the frozen supervised
    backbone is initialised from this self-supervised encoder (no ImageNet weights
@@ -263,7 +263,8 @@ def train_and_evaluate(
     """
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.evaluate import evaluate
-    from fewshot_priors.engine.train import resolve_device, seed_everything, train
+    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.train import train
     from fewshot_priors.report import episode_rows, predictors
     from fewshot_priors.report import figure_episodes as pick_figure_episodes
 
@@ -384,7 +385,7 @@ def run_real_images(
         The content of ``metrics.json``.
     """
     from fewshot_priors.config import parse_overrides
-    from fewshot_priors.engine.build import run_pretrain
+    from fewshot_priors.engine.pretrain import pretrain
 
     root, out = Path(root), Path(output)
     preset_name = "quick" if quick else "full"
@@ -441,7 +442,7 @@ def run_real_images(
             pcfg = copy.deepcopy(cfg)
             pcfg["pretrain"]["images"] = images
             pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
-            pre = run_pretrain(pcfg, progress=progress)
+            pre = pretrain(pcfg, progress=progress)
             pre_dir.mkdir(parents=True, exist_ok=True)
             (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
             stamp_path.write_text(json.dumps(stamp))

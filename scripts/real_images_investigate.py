@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from fewshot_priors.engine.build import run_pretrain
+from fewshot_priors.engine.pretrain import pretrain
 from fewshot_priors.real_images import (
     class_image_counts,
     legacy_preset_overrides,
@@ -65,7 +65,7 @@ if a.prior is None:
     pcfg = copy.deepcopy(cfg)
     pcfg["pretrain"]["images"] = list_unique_images(a.root)
     pcfg["experiment"].update(output_dir=str(out / f"pre_{a.name}"), seed=a.seed, device="cpu")
-    pre = run_pretrain(pcfg, progress=False)
+    pre = pretrain(pcfg, progress=False)
     prior = pre["prior_extractor"]
     print("pretrain", pre["step"], "steps", round(time.perf_counter() - t0, 1), "s wall",
           round(time.process_time() - c0, 1), "s cpu; last log", pre["history"][-1], flush=True)

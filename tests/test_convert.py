@@ -280,11 +280,11 @@ def test_cli_convert(pfenet_vgg, tmp_path, capsys):
     torch.save({"state_dict": to_official_state_dict(pfenet_vgg)}, path)
     out = tmp_path / "out" / "pfenet_vgg16_fold1"
     rc = main(["convert", str(path), "--kind", "pfenet", "--output", str(out), "--config", "pascal/vgg16_473_fold1",
-               "--bins", "6", "3", "2", "1", "--set", "model.shots=5"])
+               "--bins", "6", "3", "2", "1", "--set", "data.shots=5"])
     assert rc == 0, capsys.readouterr()
     cfg = load_config(f"{out}.yaml")
     assert cfg["model"]["bins"] == [6, 3, 2, 1.0] and cfg["model"]["use_prior"] is False
-    assert cfg["model"]["shots"] == 5 and cfg["data"]["fold"] == 1
+    assert cfg["data"]["shots"] == 5 and cfg["data"]["fold"] == 1
     model = build_model(cfg)
     load_checkpoint(out, model=model)
     # PFENet's bin 1 is the full feature size (1.0 here), not FEMDecoder's int 1 (1 x 1)

@@ -154,8 +154,10 @@ def test_documented_cli_commands_parse():
                 raise AssertionError(f"does not parse: {where}") from exc
             overrides = getattr(args, "overrides", None) or []
             if args.command == "pretrain":
-                unknown = {o.split("=", 1)[0] for o in overrides} - pretrain_fields
-                assert not unknown, f"unknown pretrain fields {unknown}: {where}"
+                bare = [o for o in overrides if "." not in o.split("=", 1)[0]]
+                assert not bare, f"deprecated --set FIELD=VALUE (write pretrain.FIELD=VALUE) {bare}: {where}"
+                assert {o.split("=", 1)[0].split(".")[1] for o in overrides} <= pretrain_fields | {"seed", "device"}
+                load_config(args.config, overrides)
             elif getattr(args, "config", None) and not args.config.endswith(".yaml"):
                 load_config(args.config, overrides)  # the name resolves and the keys exist
             seen += 1

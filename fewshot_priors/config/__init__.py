@@ -31,7 +31,6 @@ from .loading import (
     save_config,
 )
 from .schema import (
-    DATASET_KEYS,
     DEFAULTS,
     DEPRECATED_KEYS,
     ConfigError,
@@ -83,3 +82,11 @@ __all__ = [
     "zoo_bins",
     "zoo_configs",
 ]
+
+
+def __getattr__(name: str):
+    if name == "DATASET_KEYS":
+        from . import schema
+
+        return schema.DATASET_KEYS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -193,20 +193,8 @@ _FREE_KEYS = {
     ("study", "train_min_pixels"),
 }
 
-#: ``data`` keys that apply to some datasets only (``None`` = unset). Setting one for
-#: another dataset is an error rather than silently ignored.
-DATASET_KEYS: dict[str, tuple[str, ...]] = {
-    "num_classes": ("pascal",),
-    "num_folds": ("pascal", "folder"),
-    "test_ratio": ("folder",),
-    "min_class_images": ("folder",),
-    "split_seed": ("folder",),
-    "min_model_pixels": ("folder",),
-}
-
 #: Fixed choices of string keys.
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("data", "dataset"): ("pascal", "coco", "folder"),
     ("data", "split_style"): ("interleaved", "contiguous"),
     ("pretrain", "superpixel_method"): ("slic", "felzenszwalb"),
     ("pretrain", "queue_init"): ("random", "empty"),
@@ -217,12 +205,10 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _IMPORTED_CHOICES: dict[tuple[str, str], tuple[str, str]] = {
     ("model", "region_map_backend"): ("fewshot_priors.ops.similarity", "BACKENDS"),
     ("pretrain", "pool_mode"): ("fewshot_priors.ops.superpixel_pool", "POOL_MODES"),
-    ("pretrain", "shuffle_bn"): ("fewshot_priors.models.moco", "SHUFFLE_BN_MODES"),
-    ("pretrain", "head_norm"): ("fewshot_priors.models.moco", "HEAD_NORMS"),
-    ("pretrain", "export_encoder"): ("fewshot_priors.models.backbone", "MOCO_ENCODERS"),
+    ("pretrain", "shuffle_bn"): ("fewshot_priors.ssl.moco", "SHUFFLE_BN_MODES"),
+    ("pretrain", "head_norm"): ("fewshot_priors.ssl.moco", "HEAD_NORMS"),
+    ("pretrain", "export_encoder"): ("fewshot_priors.models.weights", "MOCO_ENCODERS"),
 }
-#: Used while fewshot_priors.models.moco does not export HEAD_NORMS (GlobalLocalMoCo checks this pair).
-_FALLBACK_CHOICES = {("pretrain", "head_norm"): ("none", "bn")}
 
 
 def choices(section: str, key: str) -> tuple[str, ...] | None:
@@ -233,10 +219,7 @@ def choices(section: str, key: str) -> tuple[str, ...] | None:
         import importlib
 
         module, attr = _IMPORTED_CHOICES[(section, key)]
-        found = getattr(importlib.import_module(module), attr, None)
-        if found is None:
-            return _FALLBACK_CHOICES[(section, key)]
-        return tuple(found)
+        return tuple(getattr(importlib.import_module(module), attr))
     return None
 
 
@@ -388,52 +371,26 @@ def _is_int(v: Any) -> bool:
 
 
 def check_data_keys(data: Mapping) -> None:
-    """Check the dataset-specific ``data`` keys: set only for a dataset they apply to, valid values.
+    """Check the ``data`` section against its dataset: a registered ``data.dataset``,
+    dataset-specific keys set only for a dataset they apply to, valid values (the rules live
+    in :func:`fewshot_priors.data.registry.check_data_keys`; here they raise ConfigError).
 
     Raises:
         ConfigError: naming the key, the dataset and what is expected.
     """
-    ds = data.get("dataset", DEFAULTS["data"]["dataset"])
-    for key, allowed in DATASET_KEYS.items():
-        if data.get(key) is not None and ds not in allowed:
-            raise ConfigError(
-                f"data.{key} does not apply to data.dataset={ds!r} (only to {', '.join(allowed)}); "
-                f"remove it or set it to null"
-            )
-    fc = data.get("fold_classes")
-    if fc is not None:
-        ok = isinstance(fc, (list, tuple)) and len(fc) > 0
-        if ds == "folder":
-            ok = ok and all(_is_int(v) or isinstance(v, str) for v in fc)
-            want = "a non-empty list of class folder names (or class ids 1..N)"
-        else:
-            ok = ok and all(_is_int(v) for v in fc)
-            want = "a non-empty list of class ids"
-        if not ok:
-            raise ConfigError(f"data.fold_classes must be {want} for data.dataset={ds!r}, got {fc!r}")
-    checks = {
-        "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "num_folds": (lambda v: _is_int(v) and v >= (2 if ds == "folder" else 1), "an int >= 2"),
-        "test_ratio": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
-                       "a number in (0, 1)"),
-        "min_class_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "split_seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-        "min_model_pixels": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    }
-    for key, (ok, want) in checks.items():
-        v = data.get(key)
-        if v is not None and not ok(v):
-            raise ConfigError(f"data.{key} must be {want} or null, got {v!r}")
-    if ds == "folder":
-        if data.get("num_folds") is not None and data.get("test_ratio") is not None:
-            raise ConfigError("data.num_folds and data.test_ratio both set: the seeded folds take one of them")
-        if fc is not None:
-            clash = [k for k in ("num_folds", "test_ratio", "min_class_images") if data.get(k) is not None]
-            if clash:
-                raise ConfigError(
-                    f"data.fold_classes names the held-out classes; data.{clash[0]} only shapes the "
-                    "seeded folds and cannot be combined with it"
-                )
+    from fewshot_priors.data.registry import (
+        check_data_keys as check,  # here: fewshot_priors.data loads torch
+    )
+
+    check(data, error=ConfigError)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DATASET_KEYS":  # moved: fewshot_priors.data.registry.dataset_keys(), built from the registry
+        from fewshot_priors.data.registry import dataset_keys
+
+        return dataset_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Integer keys with a lower bound: (key, minimum, None allowed). A run of 0 epochs or

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..augment import TwoViewAugment
-from ..superpixels import SuperpixelCache, SuperpixelPatchSampler
+from ..ssl.augment import TwoViewAugment
+from ..ssl.superpixels import SuperpixelCache, SuperpixelPatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class UnlabeledImages(Dataset):
     """Two MoCo v2 views of each image with their superpixel label maps.
 
     Superpixels come from ``cache_dir`` (written by
-    :func:`~fewshot_priors.superpixels.build_superpixel_cache` with the same sampler
+    :func:`~fewshot_priors.ssl.superpixels.build_superpixel_cache` with the same sampler
     settings) when the image is there, else they are computed on the fly. Each
     item then gets the sampler's ``min_area`` filter and a random subset of at most
     ``max_patches`` patches (ids ``0..P-1``), and two augmented views.

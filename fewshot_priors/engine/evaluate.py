@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .._progress import progress_bar
 from ..data.workers import resolve_num_workers
 from ..distributed import DistInfo, dist_info, shard_indices
-from .train import seed_everything
+from .runtime import seed_everything
 
 __all__ = ["collate_eval", "evaluate", "format_results", "predict_fn_from_model", "results_json", "write_results"]
 

@@ -389,7 +389,7 @@ def pretrain(
     tensorboard: bool | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Pretrain a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` prior extractor.
+    """Pretrain a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` prior extractor.
 
     Args:
         cfg: the config tree: its ``pretrain`` section (merged over

@@ -176,7 +176,7 @@ class Runtime:
     Attributes:
         device: where the model and the batches live.
         seed: the run seed (``experiment.seed``); every other seed derives from it.
-        dist: rank info (:class:`~fewshot_priors.engine.distributed.DistInfo`).
+        dist: rank info (:class:`~fewshot_priors.distributed.DistInfo`).
         amp: bf16 autocast on CUDA (ignored on CPU).
     """
 

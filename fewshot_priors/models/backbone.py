@@ -15,7 +15,7 @@ prior-extractor export (a ``.safetensors`` file with metadata
 ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``).
 
 A MoCo checkpoint holds two encoders: the query encoder (``encoder_q`` in MoCo's
-code, ``encoder`` in :class:`~fewshot_priors.models.moco.GlobalLocalMoCo`) and the
+code, ``encoder`` in :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo`) and the
 momentum (key) encoder (``encoder_k`` / ``key_encoder``). The momentum encoder is
 loaded by default (``moco_encoder="key"``), as the official QGNet release does for
 its prior extractor; ``moco_encoder="query"`` picks the query encoder.

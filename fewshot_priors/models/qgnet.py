@@ -131,7 +131,7 @@ class QGNet(PretrainedMixin, nn.Module):
             architecture as ``backbone``, random init unless ``prior_weights`` (a
             local checkpoint, e.g. the self-supervised encoder's export); a timm
             name; a :class:`FrozenBackbone` (its high stage is used); a timm model
-            or a :class:`~fewshot_priors.models.moco.GlobalLocalMoCo` (a frozen copy
+            or a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` (a frozen copy
             of its momentum encoder, as the official QGNet, is built as a dilated
             FrozenBackbone; pass ``moco.encoder`` for the query encoder); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).

@@ -51,6 +51,8 @@ from .queue import QUEUE_INITS, MemoryQueue  # noqa: F401 (old models.moco names
 __all__ = ["SHUFFLE_BN_MODES", "GlobalLocalMoCo", "create_encoder", "dense_features"]
 
 SHUFFLE_BN_MODES = ("auto", "ddp", "split", "none")
+#: Projection-head normalisation: "none" (MoCo v2, the paper) or "bn".
+HEAD_NORMS = ("none", "bn")
 
 
 # ----------------------------------------------------------------------------- model
@@ -191,8 +193,8 @@ class GlobalLocalMoCo(nn.Module):
         self.encoder = create_encoder(backbone, **backbone_kwargs)
         width = int(self.encoder.num_features)
         hidden = int(mlp_hidden or width)
-        if head_norm not in ("none", "bn"):
-            raise ValueError(f"`head_norm` must be 'none' or 'bn', got {head_norm!r}")
+        if head_norm not in HEAD_NORMS:
+            raise ValueError(f"`head_norm` must be one of {HEAD_NORMS}, got {head_norm!r}")
         bn = head_norm == "bn"
         self.global_head = (
             nn.Sequential(
