@@ -257,3 +257,51 @@ def test_moved_seeding_names_warn_at_their_old_path():
             assert getattr(old, name) is getattr(runtime, name)
     with pytest.raises(AttributeError):
         old.no_such_name  # noqa: B018
+
+
+class _RecordsChecks(ToyModel):
+    """ToyModel that records whether the value checks were on when it ran (as QGNet reads the flag)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, *args, **kwargs):
+        from fewshot_priors.ops import checks_enabled
+
+        self.seen.append(checks_enabled())
+        return super().forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("check_inputs", [False, True])
+def test_training_step_value_checks_follow_train_check_inputs(tmp_path, check_inputs):
+    from fewshot_priors.ops import checks_enabled
+
+    torch.manual_seed(0)
+    model = _RecordsChecks()
+    cfg = _cfg(tmp_path, epochs=1, check_inputs=check_inputs)
+    train(cfg, model=model, train_set=ToyEpisodes(), collate_fn=collate_eval, progress=False)
+    assert model.seen and set(model.seen) == {check_inputs}
+    assert checks_enabled()  # the global flag is restored after the step
+
+
+def test_qgnet_training_step_skips_value_checks_unless_asked(tmp_path):
+    """Raw 0-255 query pixels: QGNet's value check raises only when train.check_inputs is on."""
+    from fewshot_priors.models import create_qgnet
+
+    class Raw(ToyEpisodes):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            item["query_image"] = item["query_image"] * 0 + 128.0
+            item["support_masks"] = item["support_masks"].clamp(max=1)
+            return item
+
+    def run(check):
+        torch.manual_seed(0)
+        model = create_qgnet(backbone="resnet18", use_prior=False, bins=[2, 1], channels=8)
+        cfg = _cfg(tmp_path / str(check), epochs=1, batch_size=2, check_inputs=check)
+        return train(cfg, model=model, train_set=Raw(n=2, size=32), collate_fn=collate_eval, progress=False)
+
+    assert run(False)["step"] == 1
+    with pytest.raises(ValueError, match="query_image"):
+        run(True)

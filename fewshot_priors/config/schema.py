@@ -98,6 +98,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "val_every": 1,  # epochs between validations (0 = never)
         "ckpt_every_steps": None,  # extra `last` checkpoints inside an epoch
         "log_every": 10,
+        # value checks of the model's inputs inside the training step (they synchronise with the
+        # GPU; fewshot_priors.set_checks); the datasets' items are valid, so off by default
+        "check_inputs": False,
     },
     "eval": {
         "shots": None,  # None: data.shots

@@ -10,6 +10,7 @@ step loop, logging, checkpoints and exact resume from :class:`~.loop.StepLoop`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..distributed import DistInfo, dist_info
+from ..ops import checks_disabled
 from .loop import StepLoop
 from .rundir import prepare_run_dir
 from .runtime import Runtime
@@ -158,9 +160,10 @@ def train(
     runner = ddp_model if ddp_model is not None else model
     clip = float(tcfg["grad_clip"]) if tcfg.get("grad_clip") else None
     val_every = int(tcfg["val_every"] or 0)
+    check_inputs = bool(tcfg.get("check_inputs", False))  # value checks sync with the GPU: off in the hot loop
 
     def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
-        with rt.autocast():
+        with rt.autocast(), contextlib.nullcontext() if check_inputs else checks_disabled():
             outputs = runner(batch["query_image"], batch["support_images"], batch["support_masks"],
                              query_mask=batch["query_mask"])
         loss = outputs["loss"].float()
