@@ -21,7 +21,7 @@ def _qgnet_setup(device: torch.device, shots: int, backend: str, fast: bool):
     gpu = on_gpu(device)
     name, size, batch = ("resnet50", 473, 8) if gpu else ("resnet18", 241, 1)
     torch.manual_seed(0)
-    model = qg.QGNet(backbone=name, shots=shots, pretrained=False, region_map_backend=backend).to(device)
+    model = qg.QGNet(backbone=name, pretrained=False, region_map_backend=backend).to(device)
     g = torch.Generator(device=device).manual_seed(0)
     query = torch.randn(batch, 3, size, size, generator=g, device=device)
     support = torch.randn(batch, shots, 3, size, size, generator=g, device=device)

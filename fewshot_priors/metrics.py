@@ -1,4 +1,4 @@
-"""Few-shot segmentation metrics: mIoU and FB-IoU exactly as REFERENCE §6.
+"""Few-shot segmentation metrics: mIoU and FB-IoU exactly as PFENet computes them (docs/how-to/reproduce.md).
 
 * mIoU: for each class, the foreground intersection and union are summed over
   all episodes of that class; ``IoU_c = sum I / (sum U + 1e-10)``; mIoU is the

@@ -82,7 +82,7 @@ def _reference_build_dataset(cfg, split, *, shots=None, episodes=None, seed=None
     """engine/build.py::build_dataset as it was before the registry (frozen copy)."""
     keys = ("num_classes", "num_folds", "test_ratio", "min_class_images", "split_seed", "min_model_pixels")
     d = cfg["data"]
-    shots = int(shots if shots is not None else cfg["model"]["shots"])
+    shots = int(shots if shots is not None else cfg["data"]["shots"])  # was model.shots (moved to data.shots)
     if episodes is None:
         episodes = d["train_episodes"] if split == "train" else d["test_episodes"]
     seed = int(seed if seed is not None else cfg["experiment"]["seed"])
@@ -159,9 +159,9 @@ def test_create_dataset_matches_the_former_build_dataset_for_folders(folder_root
 
 
 def test_shots_come_from_data_shots_else_model_shots(synthetic_root):
-    cfg = _pascal_cfg(synthetic_root, "data.shots=2", "model.shots=1")
+    cfg = _pascal_cfg(synthetic_root, "data.shots=2")
     assert create_dataset(cfg, "val", progress=False).shots == 2
-    del cfg["data"]["shots"]  # a config from before data.shots
+    del cfg["data"]["shots"]  # a config from before data.shots (e.g. in an old checkpoint's meta)
     cfg["model"]["shots"] = 3
     assert create_dataset(cfg, "val", progress=False).shots == 3
 

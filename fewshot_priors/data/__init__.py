@@ -18,7 +18,7 @@ from .coco import CocoFewShot, coco_fold_classes
 from .episodes import EpisodicDataset, collate_episodes, restore_prediction
 from .folder import FolderFewShot
 from .io import BadDataError, DataLayoutError
-from .pascal import PascalFewShot  # registration order: pascal, coco, folder
+from .pascal import PascalFewShot
 from .registry import DATASETS, available_datasets, create_dataset, register_dataset
 from .synthetic import generate_synthetic_dataset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform, build_transforms

@@ -46,7 +46,7 @@ def coco_fold_classes(
 
 @register_dataset("coco")
 class CocoFewShot(EpisodicDataset):
-    """COCO-20i episodes (REFERENCE §5).
+    """COCO-20i episodes (PFENet's protocol, docs/how-to/reproduce.md).
 
     ``annotation_format="json"`` reads ``instances_{train,val}2014.json`` with
     pycocotools and rasterises the instances into a class map per image: the 80

@@ -59,7 +59,7 @@ def fold_test_classes(
 
 @register_dataset("pascal")
 class PascalFewShot(EpisodicDataset):
-    """PASCAL-5i episodes (REFERENCE §5) from ``root`` on disk.
+    """PASCAL-5i episodes (PFENet's protocol, docs/how-to/reproduce.md) from ``root`` on disk.
 
     The class -> images index is built once by scanning the labels (progress bar)
     and cached as ``.fewshot_index_<list>.json`` beside the data; an (image,

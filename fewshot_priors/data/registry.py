@@ -131,7 +131,12 @@ def get_dataset_class(name: str) -> type:
 
 def dataset_keys() -> dict[str, tuple[str, ...]]:
     """Dataset-specific ``data`` keys (null = unset) -> the registered datasets they apply to."""
-    return {key: tuple(n for n, c in DATASETS.items() if key in _options(c)) for key in _NULL_DEFAULT_OPTIONS}
+    names = sorted(DATASETS, key=lambda n: (_BUILTIN_ORDER.index(n) if n in _BUILTIN_ORDER else len(_BUILTIN_ORDER), n))
+    return {key: tuple(n for n in names if key in _options(DATASETS[n])) for key in _NULL_DEFAULT_OPTIONS}
+
+
+#: Order of the built-in datasets in messages (independent of the order their modules were imported).
+_BUILTIN_ORDER = ("pascal", "coco", "folder")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Joint image + mask transforms for episodes (REFERENCE §4 and §5).
+"""Joint image + mask transforms for episodes (PFENet's training and test recipes).
 
 A transform is called as ``transform(image, mask, rng)`` with
 
@@ -129,7 +129,7 @@ def _gaussian_blur(img: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor
 
 
 class TrainTransform:
-    """The PFENet training augmentation (REFERENCE §4).
+    """The PFENet training augmentation (its official code).
 
     In order: random scale, random rotation (``p=rotate_p``, image padded with
     the mean, mask with 255), Gaussian blur (``p=blur_p``), horizontal flip
@@ -256,7 +256,7 @@ class TrainTransform:
 
 
 class TestTransform:
-    """The test transform of PFENet (REFERENCE §5): longer side to ``size``, pad to a square.
+    """The test transform of PFENet (its official code): longer side to ``size``, pad to a square.
 
     Exactly PFENet's validation ``Resize`` (``resized_val=True``): the longer side
     becomes ``size`` and the shorter ``int(side * (size * 1.0 / longer))``, then each

@@ -12,7 +12,7 @@ The settings are the ``pretrain`` section of the config tree (defaults:
 ``fewshot_priors.config.DEFAULTS["pretrain"]``); the output folder, seed and device
 are ``experiment.output_dir``, ``experiment.seed`` and ``experiment.device``.
 
-Recipe (REFERENCE §1): SGD, lr ``0.03 * batch / 256``, momentum 0.9, weight decay
+Recipe (the paper's MoCo v2 setting, docs/how-to/pretrain.md): SGD, lr ``0.03 * batch / 256``, momentum 0.9, weight decay
 1e-4, cosine schedule stepped per iteration, bf16 autocast on CUDA.
 
 Exact resume: the batches of step ``s`` and every item's augmentation are pure

@@ -1,4 +1,4 @@
-"""Episodic training of a few-shot segmentation model (REFERENCE §4), exactly resumable.
+"""Episodic training of a few-shot segmentation model (PFENet's recipe, docs/how-to/reproduce.md), exactly resumable.
 
 The loop is model-agnostic: any module whose ``forward(query_image, support_images,
 support_masks, query_mask=...)`` returns a dict with a ``"loss"`` works (QGNet does).
@@ -46,7 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 def make_optimizer(params, cfg_train: Mapping) -> torch.optim.SGD:
-    """SGD with the config's effective LR, momentum and weight decay (REFERENCE §4)."""
+    """SGD with the config's effective LR, momentum and weight decay (PFENet's recipe)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")

@@ -1,4 +1,4 @@
-"""FEM decoder: PFENet's Feature Enrichment Module (REFERENCE §3).
+"""FEM decoder: PFENet's Feature Enrichment Module (as in the official PFENet code).
 
 Per pyramid scale (bin), the query feature is adaptive-average-pooled to the bin,
 concatenated with the expanded support prototype and the region maps resized to
