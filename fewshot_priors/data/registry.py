@@ -229,7 +229,8 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
                 )
 
 
-def _config_shots(cfg: Mapping) -> int:
+def config_shots(cfg: Mapping) -> int:
+    """K of a config's episodes: ``data.shots`` (a tree from before it: ``model.shots``)."""
     data = cfg["data"]
     if data.get("shots") is not None:
         return data["shots"]
@@ -284,7 +285,7 @@ def create_dataset(
     d = cfg["data"]
     check_data_keys(d)
     cls = get_dataset_class(d.get("dataset", "pascal"))
-    shots = int(shots if shots is not None else _config_shots(cfg))
+    shots = int(shots if shots is not None else config_shots(cfg))
     if episodes is None:
         episodes = d["train_episodes"] if split == "train" else d["test_episodes"]
     seed = int(seed if seed is not None else cfg["experiment"]["seed"])
