@@ -44,6 +44,8 @@ _LAZY = {
     "PascalFewShot": "fewshot_priors.data",
     "CocoFewShot": "fewshot_priors.data",
     "FolderFewShot": "fewshot_priors.data",
+    "create_dataset": "fewshot_priors.data",
+    "register_dataset": "fewshot_priors.data",
     "superpixel_pool": "fewshot_priors.ops.superpixel_pool",
     "info_nce": "fewshot_priors.ops.contrastive",
     "momentum_update": "fewshot_priors.ops.contrastive",
@@ -66,7 +68,7 @@ __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import CocoFewShot, FolderFewShot, PascalFewShot
+    from .data import CocoFewShot, FolderFewShot, PascalFewShot, create_dataset, register_dataset
     from .metrics import FewShotSegMeter
     from .models.backbone import FrozenBackbone, create_backbone
     from .models.factory import create_qgnet

@@ -5,6 +5,7 @@ names with their submodules, so they cannot be lazy; this loads torch and
 :mod:`fewshot_priors.data`); the checkpoint and conversion helpers listed in ``_LAZY``
 are imported on first use::
 
+    from fewshot_priors.engine import Runtime, StepLoop       # one runtime, one step loop
     from fewshot_priors.engine.checkpoint import save_checkpoint, load_checkpoint
     from fewshot_priors.engine.train import train
     from fewshot_priors.engine.evaluate import evaluate
@@ -21,6 +22,10 @@ _LAZY = {
     "capture_rng_state": "fewshot_priors.engine.checkpoint",
     "restore_rng_state": "fewshot_priors.engine.checkpoint",
     "write_converted_checkpoint": "fewshot_priors.engine.convert",
+    "Runtime": "fewshot_priors.engine.runtime",
+    "StepLoop": "fewshot_priors.engine.loop",
+    "build_model": "fewshot_priors.engine.build",
+    "build_dataset": "fewshot_priors.engine.build",
 }
 
 # ``train`` and ``evaluate`` share their names with their submodules: a lazy name would
