@@ -10,7 +10,7 @@ Not a test: run it by hand and paste the tables into ``benchmarks/RESULTS.md``::
 layout, the paper's 473 train transform) and their collation, in the main process;
 the time is split into stages by the cumulative time of the functions that own them.
 ``pretrain``: cProfile of a tiny ``pretrain()`` run (``resnet10t``, 320 px images, 96 px views, batch 4,
-``num_workers=0`` as in ``PretrainConfig``): data (superpixels, two-view augment),
+``num_workers=0``, the old ``PretrainConfig`` default): data (superpixels, two-view augment),
 model forward / backward. ``workers``: wall time of the train loader at 0, 1, 2, ...
 workers (up to the machine's cores).
 """
@@ -140,16 +140,20 @@ def profile_pretrain(steps: int) -> None:
 
         root = generate_synthetic_dataset(Path(tmp) / "syn", num_classes=4, images_per_class=6, image_size=320, progress=False)
         images = sorted(str(p) for p in Path(root).rglob("*.jpg"))
-        kw = dict(
+        section = dict(
             images=images, backbone="resnet10t", size=96, batch_size=4, max_steps=steps, epochs=100,
-            queue_size=16, local_queue_size=64, max_patches=8, n_segments=32, device="cpu", num_workers=0,
-            progress=False, tensorboard=False, log_every=1, output_dir=str(Path(tmp) / "run"),
+            queue_size=16, local_queue_size=64, max_patches=8, n_segments=32, num_workers=0, log_every=1,
         )  # fmt: skip
-        pretrain(**dict(kw, max_steps=1, output_dir=str(Path(tmp) / "warm")))  # warm-up: imports, timm
+
+        def tree(out: str, **over) -> dict:
+            return {"experiment": {"output_dir": str(Path(tmp) / out), "seed": 0, "device": "cpu"},
+                    "pretrain": dict(section, **over)}
+
+        pretrain(tree("warm", max_steps=1), progress=False, tensorboard=False)  # warm-up: imports, timm
         prof = cProfile.Profile()
         t0 = time.perf_counter()
         prof.enable()
-        pretrain(**kw)
+        pretrain(tree("run"), progress=False, tensorboard=False)
         prof.disable()
         wall = time.perf_counter() - t0
     stats = pstats.Stats(prof)

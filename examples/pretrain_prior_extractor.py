@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from fewshot_priors.engine.pretrain import pretrain
 
-    cfg = dict(
+    # the `pretrain` section of the config tree (fewshot_priors.config.DEFAULTS["pretrain"])
+    section = dict(
         images=args.images,
-        output_dir=args.output,
         backbone=args.backbone,
         size=args.size,
         epochs=args.epochs,
@@ -96,22 +96,20 @@ def main(argv: list[str] | None = None) -> dict:
         global_weight=0.0 if args.local_only else 1.0,
         local_weight=0.0 if args.global_only else 1.0,
         amp=not args.no_amp,
-        resume=args.resume,
-        seed=args.seed,
-        progress=not args.no_progress,
     )
     if args.output_stride:
-        cfg["backbone_kwargs"] = {"output_stride": args.output_stride}
+        section["backbone_kwargs"] = {"output_stride": args.output_stride}
     if args.demo:
         images = make_demo_images(Path(args.output) / "demo_images")
         # tiny settings that show learning within ~30 CPU steps (tests/test_pretrain.py): queues smaller
         # than one pass over the 64 images (no stale copies of the same image as negatives), fast EMA
-        cfg.update(images=str(images), backbone="resnet10t", backbone_kwargs={"output_stride": 8}, size=48,
+        section.update(images=str(images), backbone="resnet10t", backbone_kwargs={"output_stride": 8}, size=48,
                    epochs=4, batch_size=8, queue_size=8, local_queue_size=64, moco_momentum=0.9,
                    lr=0.05, max_patches=16, n_segments=16, dim=32, mlp_hidden=64)
-    if not cfg["images"]:
+    if not section["images"]:
         ap.error("--images is required (or use --demo)")
-    result = pretrain(**cfg)
+    cfg = {"experiment": {"output_dir": args.output, "seed": args.seed}, "pretrain": section}
+    result = pretrain(cfg, resume=args.resume, progress=not args.no_progress)
     if result["history"]:
         last = result["history"][-1]
         print(f"step {result['step']}/{result['total_steps']}: loss {last['loss']:.3f} "

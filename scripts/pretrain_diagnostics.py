@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-#: label -> PretrainConfig overrides
+#: label -> overrides of the ``pretrain`` section
 VARIANTS = {
     "bigq": {"queue_size": 2048, "local_queue_size": 4096},  # the demo's queues, longer than the data
     "smallq": {"queue_size": 64, "local_queue_size": 1024},  # shorter than one epoch of keys
@@ -30,7 +30,7 @@ VARIANTS = {
 COMMON = {
     "backbone": "resnet18", "size": 64, "batch_size": 8, "epochs": 3, "dim": 64, "mlp_hidden": 256, "lr": 0.06,
     "moco_momentum": 0.99, "n_segments": 24, "max_patches": 24, "log_every": 2, "diag_every": 2,
-    "probe_every": 10, "probe_size": 64, "num_workers": 1, "tensorboard": False, "progress": False,
+    "probe_every": 10, "probe_size": 64, "num_workers": 1,
 }
 
 
@@ -49,9 +49,10 @@ def main() -> None:
         from fewshot_priors.engine.pretrain import pretrain
 
         for name in args.variants:
-            pretrain(images=args.images, output_dir=str(out / name), probe_root=args.probe_root,
-                     cache_dir=str(out / "spcache"), build_cache=True, max_steps=args.steps,
-                     **COMMON, **VARIANTS[name])
+            section = {"images": args.images, "probe_root": args.probe_root, "cache_dir": str(out / "spcache"),
+                       "build_cache": True, "max_steps": args.steps, **COMMON, **VARIANTS[name]}
+            pretrain({"experiment": {"output_dir": str(out / name), "seed": 0}, "pretrain": section},
+                     progress=False, tensorboard=False)
     from fewshot_priors.viz import plot_pretrain_diagnostics
 
     runs = {n: out / n / "scalars.csv" for n in args.variants if (out / n / "scalars.csv").is_file()}

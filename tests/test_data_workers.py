@@ -30,8 +30,10 @@ def test_bad_values_name_the_option(bad, error):
 
 
 def test_pretrain_defaults_to_auto_and_checks_early():
-    from fewshot_priors.engine.pretrain import PretrainConfig, _config
+    from fewshot_priors.config import DEFAULTS
+    from fewshot_priors.engine.pretrain import _config
 
-    assert PretrainConfig().num_workers == "auto"
+    assert DEFAULTS["pretrain"]["num_workers"] == "auto"
+    assert _config({"pretrain": {"images": "unused"}}, {})[0]["pretrain"]["num_workers"] == "auto"
     with pytest.raises(ValueError, match="num_workers"):
-        _config(None, {"images": "unused", "num_workers": -2})
+        _config({"pretrain": {"images": "unused", "num_workers": -2}}, {})

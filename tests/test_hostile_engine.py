@@ -148,7 +148,7 @@ def test_cli_reports_bad_values_devices_and_paths_as_errors(tmp_path, capsys):
     ]
     if not torch.cuda.is_available():
         cases.append((["train", "--config", "demo", "--output-dir", str(tmp_path / "r"),
-                       "--set", "train.device=cuda"], "no CUDA GPU"))
+                       "--set", "experiment.device=cuda"], "no CUDA GPU"))
     for argv, needle in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -191,7 +191,7 @@ def test_eval_num_workers_reaches_the_evaluation(fake_eval, tmp_path):
 
 def test_eval_defaults_come_from_the_config_not_from_falsy_checks(fake_eval):
     assert main(["eval", "--config", "demo", "--checkpoint", "x", "--set", "eval.episodes=7",
-                 "data.test_episodes=9", "model.shots=2"]) == 0
+                 "data.test_episodes=9", "data.shots=2"]) == 0
     assert fake_eval["dataset"]["episodes"] == 7 and fake_eval["dataset"]["shots"] == 2
     assert main(["eval", "--config", "demo", "--checkpoint", "x", "--episodes", "4", "--shots", "5"]) == 0
     assert fake_eval["dataset"]["episodes"] == 4 and fake_eval["dataset"]["shots"] == 5
@@ -224,9 +224,9 @@ def test_demo_reuses_a_prior_extractor_only_from_the_same_code_and_environment(t
 
     import fewshot_priors
     import fewshot_priors.ssl.superpixels as sp
-    from fewshot_priors.demo import PRESETS, _reuse_stamp
+    from fewshot_priors.demo import _reuse_stamp, demo_config
 
-    settings = PRESETS["quick"]["pretrain"]
+    settings = demo_config(quick=True)["pretrain"]
     copy = tmp_path / "fewshot_priors"
     shutil.copytree(Path(fewshot_priors.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(fewshot_priors, "__file__", str(copy / "__init__.py"))
