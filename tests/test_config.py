@@ -72,7 +72,7 @@ def test_resolve_shots_is_the_one_rule():
     ("model.region_map_backend=cuda", "region_map_backend must be one of"),
     ("pretrain.dim=0", "pretrain.dim must be an integer >= 1"),
     ("pretrain.max_steps=0", "pretrain.max_steps must be an integer >= 1 or null"),
-    ("pretrain.lr=-1", "pretrain.lr must be a number > 0"),
+    ("pretrain.lr=-1", "pretrain.lr must be a number >= 0"),
     ("pretrain.num_workers=many", "pretrain.num_workers"),
     ("data.shots=0", "data.shots must be an integer >= 1"),
     ("model.max_chunk_bytes=0", "model.max_chunk_bytes must be an integer >= 1"),

@@ -148,7 +148,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "epochs": 200,
         "max_steps": None,
-        "lr": None,  # None: 0.03 * batch_size / 256
+        "lr": None,  # None: 0.03 * batch_size / 256 (0: the encoder stays at its init, a control run)
         "momentum": 0.9,
         "weight_decay": 1e-4,
         "warmup_steps": 0,
@@ -356,11 +356,11 @@ def validate(cfg: Mapping) -> dict:
             resolve_num_workers(c[section][key])
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{name}: {err}") from None
-    for name in ("pretrain.lr",):
+    for name in ("pretrain.lr",):  # 0 is allowed: a frozen-encoder control run (tests/test_pretrain.py)
         section, key = name.split(".")
         v = c[section][key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            raise ConfigError(f"{name} must be a number > 0 or null, got {v!r}")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            raise ConfigError(f"{name} must be a number >= 0 or null, got {v!r}")
     for name, low, optional in _INT_RANGES:
         section, key = name.split(".")
         value = c[section][key]

@@ -43,11 +43,9 @@ from typing import Any
 
 import torch
 
-from ..config import DEFAULTS
+from ..config import DEFAULTS, ConfigError, merge, validate
 from ..data.unlabeled import UnlabeledImages, list_images
-from ..data.workers import resolve_num_workers
 from ..distributed import barrier, init_distributed
-from ..models.weights import MOCO_ENCODERS
 from ..ssl.augment import TwoViewAugment
 from ..ssl.diagnostics import alignment, embedding_std, uniformity
 from ..ssl.moco import GlobalLocalMoCo
@@ -148,7 +146,10 @@ def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         ``cfg`` carried.
 
     Raises:
-        TypeError: ``cfg`` of another type. ValueError: unknown keys or bad values.
+        TypeError: ``cfg`` of another type. ValueError: unknown keys (with hints for the old
+        forms). ConfigError (a ValueError): a value the schema rejects
+        (:func:`fewshot_priors.config.validate`, the one place of the value checks) or no
+        ``pretrain.images``.
     """
     defaults = DEFAULTS["pretrain"]
     legacy: dict[str, Any] | None = None
@@ -200,22 +201,15 @@ def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dic
                 tree["pretrain"][k] = v
     p, exp = tree["pretrain"], tree["experiment"]
     exp["output_dir"] = os.fspath(exp["output_dir"])
+    exp["device"] = "auto" if exp.get("device") is None else str(exp["device"])  # a legacy torch.device
     if p["images"] is not None and not isinstance(p["images"], (str, os.PathLike)):
         p["images"] = [os.fspath(x) for x in p["images"]]
     elif p["images"] is not None:
         p["images"] = os.fspath(p["images"])
-    if p["images"] is None:
-        raise ValueError("pretrain.images is required: a folder of images, a .txt list of paths, or a list of paths")
-    if p["batch_size"] < 1 or p["epochs"] < 1:
-        raise ValueError(f"pretrain.batch_size and pretrain.epochs must be >= 1, got {p['batch_size']}, {p['epochs']}")
-    if p["export_encoder"] not in MOCO_ENCODERS:
-        raise ValueError(f"pretrain.export_encoder must be one of {tuple(MOCO_ENCODERS)}, got {p['export_encoder']!r}")
-    if p["max_steps"] is not None and p["max_steps"] < 1:
-        raise ValueError(f"pretrain.max_steps must be >= 1 or None, got {p['max_steps']}")
-    resolve_num_workers(p["num_workers"])  # early error for a bad value
-    if p["diag_every"] < 0 or p["probe_every"] < 0:
-        raise ValueError(f"pretrain.diag_every and pretrain.probe_every must be >= 0, got {p['diag_every']}, "
-                         f"{p['probe_every']}")
+    if p["images"] is None:  # optional in a config file, required to run
+        raise ConfigError("pretrain.images is required: a folder of images, a .txt list of paths, or a list of paths")
+    # the value checks are the schema's (one place): the two sections that run, over the defaults
+    validate(merge(DEFAULTS, {"experiment": exp, "pretrain": p}))
     return tree, legacy_call
 
 
