@@ -206,7 +206,7 @@ def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], cfg: Ma
     from fewshot_priors.data.transforms import TestTransform, TrainTransform
 
     size = int(d["image_size"])
-    resize_long = d["train_resize_long"] is not False  # null = on for folder datasets (see engine/build.py)
+    resize_long = d["train_resize_long"] is not False  # null = on for folder datasets (see data/registry.create_dataset)
     transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
                  if split == "train" else TestTransform(size))
     min_pixels = d["min_pixels"]

@@ -1,6 +1,5 @@
 """The ``save_pretrained`` folder format and :class:`PretrainedMixin` (no model imports).
 
-
 A pretrained folder (the convention of timm and Hugging Face models) holds::
 
     config.json        {"format": "fewshot_priors.qgnet" | "fewshot_priors.frozen_backbone",

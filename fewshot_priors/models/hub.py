@@ -1,24 +1,12 @@
 """Share trained models with their configuration: ``save_pretrained`` / ``from_pretrained``.
 
-A pretrained folder (the convention of timm and Hugging Face models) holds::
-
-    config.json        {"format": "fewshot_priors.qgnet" | "fewshot_priors.frozen_backbone",
-                        "version": 1, "fewshot_priors_version": "...", "model": {...}}
-    model.safetensors  the model's state dict
-
-For a :class:`~fewshot_priors.models.qgnet.QGNet`, ``"model"`` is the config ``model``
-section that rebuilds the architecture (:attr:`QGNet.config`, fed to
-:func:`~fewshot_priors.models.create_qgnet`); for the prior extractor (a
-:class:`~fewshot_priors.models.backbone.FrozenBackbone`) it is the
-:func:`~fewshot_priors.models.backbone.create_backbone` arguments. Weight files named in
-the config (``weights`` / ``prior_weights``, ``pretrained``) are provenance only: the
-weights come from ``model.safetensors`` and those files are never read again.
-
-Both files are written atomically (a temporary file moved into place with
-``os.replace``; the weights first, ``config.json`` last), so a folder with a
-``config.json`` is complete. :func:`from_pretrained` accepts a local folder, or a
-Hugging Face Hub repo id (``"owner/name"``, when no such folder exists), downloaded
-with ``huggingface_hub.snapshot_download`` (an optional dependency).
+The functions here take or return any model of this package that can be shared: a
+:class:`~fewshot_priors.models.qgnet.QGNet` or the prior extractor (a
+:class:`~fewshot_priors.models.backbone.FrozenBackbone`); the classes carry the same
+methods (``QGNet.from_pretrained(...)``). The folder holds ``config.json`` and
+``model.safetensors``, written atomically; see :mod:`fewshot_priors.models._pretrained`
+for the format. A folder that does not exist and looks like ``"owner/name"`` is fetched
+from the Hugging Face Hub (``huggingface_hub``, an optional dependency).
 """
 
 from __future__ import annotations
