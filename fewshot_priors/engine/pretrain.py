@@ -90,7 +90,10 @@ PretrainConfig = dataclasses.make_dataclass(
     [(k, Any, _field(v)) for k, v in {**DEFAULTS["pretrain"], **_EXPERIMENT_FIELDS, **_CALL_FIELDS,
                                         "extra": {}}.items()],
     namespace={
-        "__doc__": "Deprecated: the flat settings of the old ``pretrain(cfg)`` form (see the module docstring).",
+        "__doc__": "Deprecated: the flat settings of the old ``pretrain(cfg)`` form: every key of the config's "
+                   "``pretrain`` section (``fewshot_priors.config.DEFAULTS['pretrain']``, same defaults) plus "
+                   "``output_dir``, ``seed`` and ``device`` (now ``experiment.*``) and the call arguments "
+                   "``resume``, ``overwrite``, ``progress``, ``tensorboard``. Pass the config tree instead.",
         "__module__": __name__,
         "__post_init__": _warn_pretrain_config,
         "base_lr": property(lambda self: base_lr(dataclasses.asdict(self))),
