@@ -289,10 +289,10 @@ def _cmd_real_images(args) -> int:
 def _load_model_for_eval(cfg, checkpoint):
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.checkpoint import load_checkpoint
-    from fewshot_priors.engine.runtime import resolve_device
+    from fewshot_priors.engine.runtime import Runtime
 
     # the weights come from the checkpoint: do not try to download / read backbone files
-    device = resolve_device(cfg["experiment"]["device"])
+    device = Runtime.from_config(cfg).device  # experiment.device (cuda:<local_rank> under DDP)
     model = build_model(cfg, pretrained=False, weights=None, prior_weights=None)
     load_checkpoint(checkpoint, model=model)
     return model.to(device)
@@ -304,7 +304,7 @@ def _cmd_train(args) -> int:
     from fewshot_priors.engine.build import build_dataset, build_model
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.rundir import check_run_dir
-    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
@@ -314,18 +314,10 @@ def _cmd_train(args) -> int:
     check_run_dir(cfg["experiment"]["output_dir"], resume=bool(args.resume), overwrite=args.overwrite)
     info = init_distributed()
     try:
-        device = resolve_device(cfg["experiment"]["device"])
-        if device.type == "cuda" and info.distributed:
-            import torch
-
-            device = torch.device("cuda", info.local_rank)
-        seed_everything(cfg["experiment"]["seed"])
-        model = build_model(cfg).to(device)
-        ddp = None
-        if info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        rt = Runtime.from_config(cfg, dist=info)  # experiment.device (cuda:<local_rank> under DDP), seed
+        seed_everything(rt.seed)
+        model = build_model(cfg).to(rt.device)
+        ddp = rt.wrap_ddp(model)
         train_set = build_dataset(cfg, "train", progress=not args.no_progress)
         val_set = build_dataset(cfg, "val", episodes=cfg["data"]["val_episodes"], seed=cfg["eval"]["seed"],
                                 progress=not args.no_progress)

@@ -305,3 +305,13 @@ def test_qgnet_training_step_skips_value_checks_unless_asked(tmp_path):
     assert run(False)["step"] == 1
     with pytest.raises(ValueError, match="query_image"):
         run(True)
+
+
+def test_runtime_wraps_in_ddp_only_in_a_multi_process_run():
+    from fewshot_priors.distributed import DistInfo
+    from fewshot_priors.engine.runtime import Runtime
+
+    cfg = load_config(None, {"experiment.device": "cpu"})
+    model = nn.Linear(2, 2)
+    rt = Runtime.from_config(cfg, dist=DistInfo(rank=0, world_size=1, local_rank=0))
+    assert rt.device == torch.device("cpu") and rt.wrap_ddp(model) is None

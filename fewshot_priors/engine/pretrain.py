@@ -446,14 +446,10 @@ def pretrain(
                     tensorboard=tensorboard, meta=lambda: {"kind": "pretrain"},
                     changed="images, batch_size or epochs changed")
     loop.start(resume)
-    runner: torch.nn.Module = model
-    if info.distributed:
-        # queues are identical on every rank (all-gathered keys): do not broadcast buffers each step
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-            runner = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False
-            )
+    # queues are identical on every rank (all-gathered keys): do not broadcast buffers each step
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        runner: torch.nn.Module = rt.wrap_ddp(model, broadcast_buffers=False) or model
     if info.is_main:
         (out / "config.json").write_text(json.dumps(saved_cfg, indent=1, default=str))
     loader = rt.loader(dataset, batch_size=batch_size, start_step=loop.step, end_step=stop, collate_fn=_collate,

@@ -207,6 +207,16 @@ class Runtime:
                 dev = torch.device("cuda", dist.local_rank)
         return cls(device=dev, seed=int(cfg["experiment"]["seed"]), dist=dist, amp=bool(amp))
 
+    def wrap_ddp(self, model: torch.nn.Module, **kwargs: Any) -> torch.nn.Module | None:
+        """A ``DistributedDataParallel`` wrapper of ``model`` on :attr:`device` when this is a
+        multi-process run, else None (run the model itself). ``kwargs`` go to DDP."""
+        if not self.dist.distributed:
+            return None
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, **kwargs)
+
     def seed_step(self, step: int) -> None:
         """Seed torch for the model's own randomness in global step ``step`` (per rank)."""
         torch.manual_seed(derive_seed(self.seed, "step", step, self.dist.rank))
