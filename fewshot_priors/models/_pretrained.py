@@ -87,7 +87,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
     except ImportError as err:
         raise ImportError(
             f"{repo_id!r} is not a local folder, and loading it from the Hugging Face Hub needs "
-            "huggingface_hub: `pip install huggingface_hub`"
+            "huggingface_hub: `pip install huggingface_hub` (or `pip install 'fewshot_priors[hub]'`)"
         ) from err
     try:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
