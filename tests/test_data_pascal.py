@@ -16,8 +16,8 @@ from fewshot_priors.data import (
     BadDataError,
     DataLayoutError,
     PascalFewShot,
-    collate_episodes,
     TestTransform,
+    collate_episodes,
     restore_prediction,
 )
 from fewshot_priors.data.io import read_label, write_palette_png

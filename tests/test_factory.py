@@ -11,8 +11,8 @@ import torch
 import fewshot_priors as fp
 from fewshot_priors.config import DEFAULTS
 from fewshot_priors.models import create_qgnet
-from fewshot_priors.models.qgnet_config import IGNORED_KEYS, MODEL_KEYS
 from fewshot_priors.models.qgnet import QGNet
+from fewshot_priors.models.qgnet_config import IGNORED_KEYS, MODEL_KEYS
 
 TINY = {"backbone": "test_resnet", "bins": [6, 3, 2, 1], "channels": 16}
 

@@ -8,7 +8,13 @@ import torch
 
 from fewshot_priors.data.transforms import normalize_image
 from fewshot_priors.engine.logging import RunLogger, read_scalars
-from fewshot_priors.viz import denormalize, episode_figure, overlay_mask, plot_loss_curve, save_episode_figures
+from fewshot_priors.viz import (
+    denormalize,
+    episode_figure,
+    overlay_mask,
+    plot_loss_curve,
+    save_episode_figures,
+)
 
 
 def test_denormalize_inverts_the_data_normalisation():

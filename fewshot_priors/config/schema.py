@@ -292,7 +292,9 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
     if shots is None and purpose == "eval":
         shots = cfg["eval"].get("shots")
     if shots is None:
-        from fewshot_priors.data.registry import config_shots  # the data K rule (and old trees' model.shots)
+        from fewshot_priors.data.registry import (
+            config_shots,  # the data K rule (and old trees' model.shots)
+        )
 
         shots = config_shots(cfg)
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:

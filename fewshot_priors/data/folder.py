@@ -178,22 +178,15 @@ class FolderFewShot(EpisodicDataset):
             raise ValueError(f"`min_model_pixels` must be a positive int (1 = must not vanish), got {min_model_pixels!r}")
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
-        exts = (image_ext,) if isinstance(image_ext, str) else tuple(image_ext)
         self.root = root
         self.mask_ext = mask_ext
         self.strict = strict
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = class_folders(root)
         if not class_dirs:
             raise DataLayoutError(f"no class folders in {root}\n{FOLDER_LAYOUT}")
         self.class_names = {i + 1: p.name for i, p in enumerate(class_dirs)}
 
-        pairs: dict[int, list[tuple[Path, Path]]] = {}
-        for c, d in self.class_names.items():
-            pairs[c] = []
-            for img in sorted(p for p in (root / d).iterdir() if p.suffix.lower() in exts):
-                mask = img.with_suffix(mask_ext)
-                if mask != img:  # image and mask both .png: skip the mask itself
-                    pairs[c].append((img, mask))
+        pairs = {c: image_mask_pairs(root / d, image_ext, mask_ext) for c, d in self.class_names.items()}
         self.class_image_counts = {c: sum(m.is_file() for _, m in v) for c, v in pairs.items()}
 
         if explicit is not None:
@@ -289,6 +282,53 @@ class FolderFewShot(EpisodicDataset):
         if not out:
             raise ValueError(f"`{name}` must name at least one class")
         return sorted(out)
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def class_folders(root: str | Path) -> list[Path]:
+    """The class folders of a folder dataset: its sub-folders (not hidden), sorted by name."""
+    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_mask_pairs(
+    folder: str | Path, image_ext: str | Sequence[str] = IMAGE_EXTS, mask_ext: str = ".png"
+) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` candidates of a class folder, sorted by file name: every file with an
+    ``image_ext`` extension (any case) and its ``<stem><mask_ext>``, which may not exist; a
+    file that would be its own mask (both ``.png``) is left out."""
+    exts = (image_ext,) if isinstance(image_ext, str) else tuple(image_ext)
+    out = []
+    for img in sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts):
+        mask = img.with_suffix(mask_ext)
+        if mask != img:  # image and mask both .png: skip the mask itself
+            out.append((img, mask))
+    return out
+
+
+def class_image_counts(root: str | Path) -> dict[str, int]:
+    """``{class folder: number of image/mask pairs}`` of a folder dataset.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"`root` {root} is not a folder")
+    return {d.name: sum(m.is_file() for _, m in image_mask_pairs(d)) for d in class_folders(root)}
+
+
+def list_unique_images(root: str | Path) -> list[str]:
+    """Every image with a mask of the folder dataset once (the same photo may sit in several class
+    folders; they are told apart by file stem, the first class folder wins), sorted by stem: e.g. an
+    unlabelled pretraining set."""
+    seen: dict[str, str] = {}
+    for d in class_folders(root):
+        for img, mask in image_mask_pairs(d):
+            if mask.is_file():
+                seen.setdefault(img.stem, str(img))
+    return [seen[k] for k in sorted(seen)]
 
 
 def _check_fold_args(test_ratio, num_folds, fold, min_class_images) -> None:

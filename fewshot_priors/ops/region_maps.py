@@ -40,7 +40,7 @@ from .similarity import (
     resolve_backend,
 )
 
-__all__ = ["prior_region_map", "guided_region_map"]
+__all__ = ["guided_region_map", "prior_region_map"]
 
 
 def prior_region_map(
