@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -58,11 +57,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .report import MapRecall as _MapRecall
 from .report import ablation_markdown, episode_rows
 from .report import figure_episodes as _figure_episodes
 from .report import pct as _pct  # noqa: F401  (the name before fewshot_priors.report)
-from .report import predictors as _predictors
+from .study import run_config, train_and_score
+from .study import timer as _timer
 
 __all__ = ["ABLATION_VARIANTS", "ablation_markdown", "demo_config", "episode_rows", "run_demo"]
 
@@ -120,11 +119,6 @@ def _reuse_stamp(settings: Mapping[str, Any], device: str) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "device": str(resolve_device(device))}
 
 
-def _timer():
-    start = time.perf_counter()
-    return lambda: round(time.perf_counter() - start, 2)
-
-
 def _write_training_list(voc: Path, train_names: list[str], held_out: list[int]) -> int:
     """Write ``train_aug.txt`` (preferred by the loader) with the training images free of held-out classes.
 
@@ -144,45 +138,6 @@ def _write_training_list(voc: Path, train_names: list[str], held_out: list[int])
     return len(keep)
 
 
-def _run_config(cfg: Mapping, run_dir: Path, root: Path, prior: str | None, use_prior: bool = True) -> dict:
-    """``cfg`` with the run-time values: the run folder, the dataset root, the encoder's weights."""
-    from fewshot_priors.config import validate
-
-    c = copy.deepcopy(dict(cfg))
-    c["experiment"]["output_dir"] = str(run_dir)
-    c["data"]["root"] = str(root)
-    c["model"]["weights"] = prior
-    c["model"]["prior_weights"] = prior if use_prior else None
-    c["model"]["use_prior"] = use_prior
-    return validate(c)
-
-
-def _train_qgnet(cfg: Mapping, progress: bool) -> tuple[torch.nn.Module, dict]:
-    from fewshot_priors.engine.build import build_dataset, build_model
-    from fewshot_priors.engine.runtime import resolve_device, seed_everything
-    from fewshot_priors.engine.train import train
-
-    seed_everything(cfg["experiment"]["seed"])
-    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
-    train_set = build_dataset(cfg, "train", progress=progress)
-    # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
-    res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=True)
-    res["train_episodes_per_epoch"] = len(train_set)
-    return model, res
-
-
-def _evaluate_all(model, cfg, shots, progress, with_baselines=True, recall=None):
-    from fewshot_priors.engine.build import build_dataset
-    from fewshot_priors.engine.evaluate import evaluate
-
-    seed = cfg["experiment"]["seed"]
-    ds = build_dataset(cfg, "val", shots=shots, episodes=cfg["eval"]["episodes"], seed=seed, progress=progress)
-    fn = _predictors(model, recall=recall, with_baselines=with_baselines)
-    res = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=fn, progress=progress,
-                   desc=f"eval {shots}-shot")
-    return (res if with_baselines else {"model": res}), ds
-
-
 #: The ablation's models: key -> (description, prior weights: "pretrained" / None (random init), use_prior).
 ABLATION_VARIANTS: dict[str, tuple[str, str | None, bool]] = {
     "pretrained_prior": ("QGNet, prior extractor pretrained by GlobalLocalMoCo (the demo's model)", "pretrained", True),
@@ -199,17 +154,12 @@ def _run_ablation(cfg: Mapping, root: Path, out: Path, prior_path: str, main: Ma
     for key in ("random_prior", "no_prior"):
         desc, _, use_prior = ABLATION_VARIANTS[key]
         say(f"ablation: training {desc}")
-        cfg_v = _run_config(cfg, out / f"qgnet_{key}", root, prior_path, use_prior=use_prior)
-        if use_prior:
-            cfg_v["model"]["prior_weights"] = None  # random init (seeded), frozen like the pretrained one
-        model_v, _ = _train_qgnet(cfg_v, progress)
-        results, recall = {}, {}
-        for shots in (1, 5):
-            rec = _MapRecall()
-            r, _ = _evaluate_all(model_v, cfg_v, shots, progress, with_baselines=False, recall=rec)
-            results[f"{shots}-shot"] = r["model"]
-            recall[f"{shots}-shot"] = rec.compute()
-        variants[key] = {"description": desc, "results": results, "recall": recall}
+        # random_prior: a random-init (seeded) prior extractor, frozen like the pretrained one
+        cfg_v = run_config(cfg, output_dir=out / f"qgnet_{key}", root=root, weights=prior_path, prior_weights=None,
+                           use_prior=use_prior)
+        run = train_and_score(cfg_v, with_baselines=False, recall=True, overwrite=True, progress=progress)
+        variants[key] = {"description": desc, "results": {k: r["qgnet"] for k, r in run.results.items()},
+                         "recall": run.recall}
     return {
         "variants": variants,
         "recall_definition": "Recall = |R ∩ R_GT| / |R_GT| (paper Table 7); R = {map >= alpha} for the guided map, "
@@ -316,26 +266,18 @@ def run_demo(
     # 3-4. QGNet -------------------------------------------------------------------------
     t = _timer()
     preset_cfg = cfg
-    cfg = _run_config(preset_cfg, out / "qgnet", Path(root), prior_path)
+    cfg = run_config(preset_cfg, output_dir=out / "qgnet", root=root, weights=prior_path, prior_weights=prior_path)
     train_classes = [c for c in range(1, meta["num_classes"] + 1) if c not in meta["folds"][cfg["data"]["fold"]]]
     say(f"training QGNet on classes {train_classes}; held-out classes {meta['folds'][cfg['data']['fold']]}")
     kept = _write_training_list(voc, train_names, meta["folds"][cfg["data"]["fold"]])
     say(f"training list: {kept} of {len(train_names)} training images contain no held-out class")
-    model, train_res = _train_qgnet(cfg, progress)
-    timings["train_qgnet"] = t()
-
-    # 5. evaluation ---------------------------------------------------------------------------
-    results: dict[str, Any] = {}
-    datasets = {}
-    t = _timer()
-    main_recall: dict[str, Any] = {}
-    for shots in (1, 5):
-        say(f"evaluating {shots}-shot on {cfg['eval']['episodes']} held-out episodes (+ baselines)")
-        rec = _MapRecall()
-        results[f"{shots}-shot"], datasets[shots] = _evaluate_all(
-            model, cfg, shots, progress, recall=rec)
-        main_recall[f"{shots}-shot"] = rec.compute()
-    timings["evaluate"] = t()
+    prepared = t()
+    # 5. evaluation on the held-out classes, with the baselines -------------------------------------
+    # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
+    run = train_and_score(cfg, recall=True, overwrite=True, progress=progress, say=say)
+    model, train_res, results, datasets, main_recall = run.model, run.train, run.results, run.datasets, run.recall
+    timings["train_qgnet"] = round(prepared + run.timings_s["train"], 2)
+    timings["evaluate"] = run.timings_s["evaluate"]
 
     ablation_res = None
     if study["ablation"]:
@@ -406,7 +348,7 @@ def run_demo(
         ),
         "training": {
             "steps": train_res["step"],
-            "episodes_per_epoch": train_res["train_episodes_per_epoch"],
+            "episodes_per_epoch": train_res["episodes_per_epoch"],
             "final_loss": train_res["history"][-1]["loss"] if train_res["history"] else None,
             "config": {k: cfg[k] for k in ("model", "train")},
             "preset_config": PRESET_CONFIGS[preset_name],

@@ -19,7 +19,8 @@ layer  modules (``fewshot_priors.`` + name or package)                   may imp
        layers 1 and 2); the deprecated aliases ``superpixels``,
        ``augment``, ``ssl_diagnostics``
 3      ``config``, ``engine``                                           0 - 3
-4      ``cli``, ``demo``, ``real_images``, ``__main__``                  0 - 4
+4      ``cli``, ``demo``, ``real_images``, ``study``, ``report``,       0 - 4
+       ``__main__``
 =====  ===============================================================  ====================
 
 Within a layer modules may import each other, but no set of modules may import each
@@ -67,6 +68,7 @@ LAYERS: dict[str, int] = {
     "demo": 4,
     "real_images": 4,
     "report": 4,  # the tables and recall meter shared by demo and real_images
+    "study": 4,  # run config + train one variant + score it 1-/5-shot, shared by demo and real_images
 }
 
 #: Allowed upward imports, (importer, imported) -> reason. Each must still be needed.

@@ -51,7 +51,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
 def test_map_recall_scores_both_prior_conventions_and_skips_a_missing_prior():
     import torch
 
-    from fewshot_priors.demo import _MapRecall
+    from fewshot_priors.report import MapRecall as _MapRecall
 
     prior = torch.tensor([[[[0.05, 0.95], [0.95, 0.95]]]])  # low on the object pixel
     label = torch.tensor([[[1, 0], [0, 255]]])

@@ -1,0 +1,199 @@
+"""The one path the demo and the real-images study share: a run config from a preset tree, then
+train one QGNet variant and score it 1-/5-shot on the held-out classes, with the baselines.
+
+:mod:`fewshot_priors.demo` and :mod:`fewshot_priors.real_images` only orchestrate: they make
+their data and prior extractor, then call :func:`run_config` and :func:`train_and_score` once per
+model; :mod:`fewshot_priors.report` turns the scores into tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ScoredVariant", "cached_dataset", "run_config", "timer", "train_and_score"]
+
+
+def timer() -> Callable[[], float]:
+    """A stopwatch: ``t = timer(); ...; t()`` -> seconds since ``timer()``, rounded to 0.01 s."""
+    start = time.perf_counter()
+    return lambda: round(time.perf_counter() - start, 2)
+
+
+def run_config(
+    cfg: Mapping,
+    *,
+    output_dir: str | Path,
+    root: str | Path,
+    weights: str | None,
+    prior_weights: str | None,
+    use_prior: bool = True,
+    seed: int | None = None,
+) -> dict:
+    """A copy of the preset tree ``cfg`` with the run-time values, validated.
+
+    Args:
+        cfg: the study's full config tree.
+        output_dir: the run folder (``experiment.output_dir``).
+        root: the dataset root (``data.root``).
+        weights: the frozen backbone's weights (``model.weights``).
+        prior_weights: the prior extractor's weights (``model.prior_weights``; None = random init);
+            ignored (None) without the prior.
+        use_prior: ``model.use_prior``.
+        seed: ``experiment.seed`` (default: keep the tree's).
+    """
+    from fewshot_priors.config import validate
+
+    c = copy.deepcopy(dict(cfg))
+    if seed is not None:
+        c["experiment"]["seed"] = int(seed)
+    c["experiment"]["output_dir"] = str(output_dir)
+    c["data"]["root"] = str(root)
+    c["model"].update(weights=weights, prior_weights=prior_weights if use_prior else None, use_prior=use_prior)
+    return validate(c)
+
+
+def cached_dataset(cfg: Mapping, split: str, memo: dict | None = None, **kwargs: Any):
+    """:func:`~fewshot_priors.engine.build.build_dataset` ``(cfg, split, **kwargs)``; with ``memo``
+    (a dict), a dataset built from the same ``data`` section, seed and arguments is reused (its
+    label scan reads every mask of the split; the models of one fold share it). A reused training
+    set is rewound to epoch 0."""
+    from fewshot_priors.engine.build import build_dataset
+
+    key = None
+    if memo is not None:
+        key = (split, json.dumps([cfg["data"], cfg["experiment"]["seed"], kwargs], sort_keys=True, default=str))
+        if key in memo:
+            ds = memo[key]
+            if split == "train" and hasattr(ds, "set_epoch"):
+                ds.set_epoch(0)
+            return ds
+    ds = build_dataset(cfg, split, **kwargs)
+    if memo is not None:
+        memo[key] = ds
+    return ds
+
+
+@dataclass
+class ScoredVariant:
+    """What :func:`train_and_score` returns.
+
+    Attributes:
+        model: the trained model (eval mode after scoring).
+        train: :func:`~fewshot_priors.engine.train.train`'s result plus ``episodes_per_epoch``.
+        train_set: the training episodes.
+        results: ``{"1-shot": {"qgnet": metrics, baseline name: metrics, ...}}`` (the
+            baselines only with ``with_baselines``).
+        datasets: ``{K: test episodes}`` of the scored K.
+        recall: ``{"1-shot": Table-7 recall of the region maps}`` (with ``recall=True``).
+        foreground_share: ``{"1-shot": share of the query pixels the model predicts foreground}``.
+        skipped: ``{"5-shot": why}``: K not scored (``skip_ineligible``).
+        timings_s: ``{"train": s, "evaluate": s}``.
+    """
+
+    model: torch.nn.Module
+    train: dict[str, Any]
+    train_set: Any
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasets: dict[int, Any] = field(default_factory=dict)
+    recall: dict[str, Any] = field(default_factory=dict)
+    foreground_share: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def train_and_score(
+    cfg: Mapping,
+    *,
+    shots: Sequence[int] = (1, 5),
+    with_baselines: bool = True,
+    recall: bool = False,
+    dataset_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    dataset_cache: dict | None = None,
+    skip_ineligible: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    label: str = "eval",
+    say: Callable[[str], None] | None = None,
+) -> ScoredVariant:
+    """Train the QGNet of the run config ``cfg`` (see :func:`run_config`) on its training classes,
+    then score it K-shot on the held-out classes for each K of ``shots``.
+
+    The model, seeded by ``experiment.seed``, is built on ``experiment.device`` and trained on
+    ``build_dataset(cfg, "train")``; each K is scored on ``eval.episodes`` episodes of
+    ``build_dataset(cfg, "val")`` (episode and evaluation seed ``experiment.seed``, batches of
+    ``eval.batch_size``), with the baselines of :func:`fewshot_priors.report.predictors` on the
+    same forward passes.
+
+    Args:
+        cfg: a run config.
+        shots: the K of the evaluations.
+        with_baselines: also score the guided-map and all-foreground baselines.
+        recall: also measure the Table-7 recall of the region maps (:class:`~fewshot_priors.report.MapRecall`).
+        dataset_kwargs: ``{"train": {...}, "val": {...}}``: extra arguments of the datasets
+            (e.g. ``min_pixels``, ``cache``).
+        dataset_cache: a dict shared by calls on the same data: reuses their datasets (:func:`cached_dataset`).
+        skip_ineligible: a K for which no held-out class has the K+1 eligible images an episode
+            needs is recorded in ``skipped`` instead of raising.
+        overwrite: the run folder may hold a previous run (replaced).
+        progress: progress bars.
+        label: the progress bars' label (``"<label> <K>-shot"``).
+        say: called with a line before each evaluation.
+    """
+    from fewshot_priors.engine.build import build_model
+    from fewshot_priors.engine.evaluate import evaluate
+    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.train import train
+    from fewshot_priors.report import MapRecall, predictors
+
+    kw = dataset_kwargs or {}
+    seed = cfg["experiment"]["seed"]
+    t = timer()
+    seed_everything(seed)
+    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
+    train_set = cached_dataset(cfg, "train", dataset_cache, progress=progress, **kw.get("train", {}))
+    res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=overwrite)
+    res["episodes_per_epoch"] = len(train_set)
+    run = ScoredVariant(model=model, train=res, train_set=train_set)
+    run.timings_s["train"] = t()
+    t = timer()
+    for k in shots:
+        name = f"{k}-shot"
+        try:
+            ds = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"], seed=seed,
+                                progress=progress, **kw.get("val", {}))
+        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
+            if not skip_ineligible or "eligible images" not in str(exc):
+                raise
+            run.skipped[name] = str(exc)
+            continue
+        if say is not None:
+            say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
+        meter = MapRecall() if recall else None
+        base = predictors(model, recall=meter, with_baselines=with_baselines)
+        fg = [0, 0]
+
+        def predict(batch, base=base, fg=fg):
+            pred = base(batch)
+            logits = pred["qgnet"] if with_baselines else pred
+            fg[0] += int((logits.argmax(1) == 1).sum())
+            fg[1] += logits[:, 0].numel()
+            return pred
+
+        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=predict,
+                     progress=progress, desc=f"{label} {name}")
+        run.results[name] = r if with_baselines else {"qgnet": r}
+        run.datasets[k] = ds
+        run.foreground_share[name] = fg[0] / max(fg[1], 1)
+        if meter is not None:
+            run.recall[name] = meter.compute()
+    run.timings_s["evaluate"] = t()
+    return run
+
