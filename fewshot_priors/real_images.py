@@ -27,18 +27,20 @@ from __future__ import annotations
 import copy
 import json
 import platform
-import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .data.folder import IMAGE_EXTS, class_image_counts, list_unique_images  # noqa: F401  (public here too)
 from .report import pct as _pct
 from .report import results_markdown, summarize
 from .report import spread as _spread  # noqa: F401  (the name before fewshot_priors.report)
+from .study import run_config, train_and_score
+from .study import timer as _timer
 
 __all__ = ["VARIANTS", "class_folds", "class_image_counts", "legacy_preset_overrides", "list_unique_images",
            "real_images_config", "results_markdown", "run_real_images", "summarize", "train_and_evaluate"]
@@ -109,44 +111,6 @@ VARIANTS: dict[str, tuple[str, str | None, bool]] = {
 BASELINES = {"baseline_guided_map_0.5": "guided region map (of the pretrained-prior QGNet) thresholded at 0.5",
              "baseline_all_foreground": "every pixel foreground"}
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-
-
-def _timer() -> Callable[[], float]:
-    start = time.perf_counter()
-    return lambda: round(time.perf_counter() - start, 2)
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _pairs(d: Path, mask_ext: str = ".png") -> list[Path]:
-    """Images of a class folder that have a mask (``<stem><mask_ext>``, not the image itself)."""
-    out = []
-    for p in sorted(d.iterdir()):
-        if p.suffix.lower() in IMAGE_EXTS and p.with_suffix(mask_ext) != p and p.with_suffix(mask_ext).is_file():
-            out.append(p)
-    return out
-
-
-def class_image_counts(root: str | Path) -> dict[str, int]:
-    """``{class folder: number of image/mask pairs}`` of a folder dataset."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"`root` {root} is not a folder")
-    return {d.name: len(_pairs(d)) for d in _class_dirs(root)}
-
-
-def list_unique_images(root: str | Path) -> list[str]:
-    """Every image of the folder dataset once (the same photo may sit in several class folders;
-    they are told apart by file stem), sorted by stem: the unlabelled pretraining set."""
-    seen: dict[str, str] = {}
-    for d in _class_dirs(Path(root)):
-        for p in _pairs(d):
-            seen.setdefault(p.stem, str(p))
-    return [seen[k] for k in sorted(seen)]
-
 
 def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int = 5, seed: int = 0) -> list[list[str]]:
     """Split the classes with ``>= min_images`` images into ``num_folds`` seeded folds.
@@ -170,54 +134,8 @@ def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int =
     return [sorted(big[int(i)] for i in perm[f::num_folds]) for f in range(num_folds)]
 
 
-def _run_config(cfg: Mapping, root: Path, run_dir: Path, seed: int, backbone_weights: str | None,
-                prior_weights: str | None, use_prior: bool) -> dict:
-    """``cfg`` with the run-time values: seed, run folder, dataset root and the encoders' weights."""
-    from fewshot_priors.config import validate
-
-    c = copy.deepcopy(dict(cfg))
-    c["experiment"].update(seed=int(seed), output_dir=str(run_dir))
-    c["data"]["root"] = str(root)
-    c["model"].update(weights=backbone_weights, prior_weights=prior_weights if use_prior else None,
-                      use_prior=use_prior)
-    return validate(c)
-
-
 def _is_legacy_preset(cfg: Mapping) -> bool:
     return "experiment" not in cfg
-
-
-def _folder_dataset(root: Path, split: str, test_classes: Sequence[str], cfg: Mapping, seed: int, *,
-                    shots: int = 1, episodes: int | None = None, progress: bool = False,
-                    cache: dict | None = None):
-    """The fold's training episodes (``split="train"``) or test episodes; training pairs need
-    ``study.train_min_pixels`` px of the class (default ``data.min_pixels``), test pairs ``data.min_pixels``.
-    With ``cache`` (a dict), a dataset built with the same arguments is reused (the label scan
-    reads every mask of the split, the same for each model of a fold)."""
-    d, study = cfg["data"], cfg["study"]
-    key = (str(root), split, tuple(sorted(test_classes)), seed, shots, episodes,
-           json.dumps([d, study], sort_keys=True, default=str))
-    if cache is not None and key in cache:
-        ds = cache[key]
-        if split == "train":
-            ds.set_epoch(0)
-        return ds
-    from fewshot_priors.data import FolderFewShot
-    from fewshot_priors.data.transforms import TestTransform, TrainTransform
-
-    size = int(d["image_size"])
-    resize_long = d["train_resize_long"] is not False  # null = on for folder datasets (see data/registry.create_dataset)
-    transform = (TrainTransform(size, scale=tuple(d["scale_range"]), resize_long=size if resize_long else None)
-                 if split == "train" else TestTransform(size))
-    min_pixels = d["min_pixels"]
-    if split == "train" and study["train_min_pixels"] is not None:
-        min_pixels = study["train_min_pixels"]
-    ds = FolderFewShot(root, shots=shots, split=split, fold_classes=list(test_classes), seed=seed,
-                       episodes=episodes, transform=transform, image_size=size, min_pixels=int(min_pixels),
-                       cache=False, progress=progress)
-    if cache is not None:
-        cache[key] = ds
-    return ds
 
 
 def train_and_evaluate(
@@ -261,11 +179,7 @@ def train_and_evaluate(
         ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...,
         "skipped": {"5-shot": why}}``: a K is skipped when no held-out class has K+1 eligible images.
     """
-    from fewshot_priors.engine.build import build_model
-    from fewshot_priors.engine.evaluate import evaluate
-    from fewshot_priors.engine.runtime import resolve_device, seed_everything
-    from fewshot_priors.engine.train import train
-    from fewshot_priors.report import episode_rows, predictors
+    from fewshot_priors.report import episode_rows
     from fewshot_priors.report import figure_episodes as pick_figure_episodes
 
     if variant not in VARIANTS:
@@ -279,66 +193,47 @@ def train_and_evaluate(
         cfg["experiment"]["device"] = device
     root, out = Path(root), Path(out)
     _, prior_kind, use_prior = VARIANTS[variant]
-    backbone_weights = cfg["model"]["weights"] or prior_path
-    cfg = _run_config(cfg, root, out, seed, backbone_weights, prior_path if prior_kind == "pretrained" else None,
-                      use_prior)
-    timings: dict[str, float] = {}
-    t = _timer()
-    seed_everything(seed)
-    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
-    train_set = _folder_dataset(root, "train", test_classes, cfg, seed, cache=dataset_cache)
-    res = train(cfg, model=model, train_set=train_set, progress=progress)
+    cfg = run_config(cfg, output_dir=out, root=root, seed=seed, weights=cfg["model"]["weights"] or prior_path,
+                     prior_weights=prior_path if prior_kind == "pretrained" else None, use_prior=use_prior)
+    # the datasets come from the run config (engine.build_dataset): the held-out classes are data.fold_classes
+    # (so the run folder's config names them too); training pairs need study.train_min_pixels px of the
+    # class (default data.min_pixels), test pairs data.min_pixels; no label-index cache files are written
+    cfg["data"]["fold_classes"] = list(test_classes)
+    train_min = cfg["study"]["train_min_pixels"]
+    train_kw = {"cache": False} if train_min is None else {"cache": False, "min_pixels": int(train_min)}
+    run = train_and_score(cfg, shots=shots, with_baselines=with_baselines, progress=progress, label=variant,
+                          dataset_kwargs={"train": train_kw, "val": {"cache": False}}, dataset_cache=dataset_cache,
+                          skip_ineligible=True)
     if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); 36 per full run
         from fewshot_priors.engine.checkpoint import checkpoint_paths
 
         for path in checkpoint_paths(out / "last"):
             Path(path).unlink(missing_ok=True)
-    timings["train"] = t()
-    results, figures, skipped = {}, {}, {}
-    t = _timer()
-    for k in shots:
-        try:
-            ds = _folder_dataset(root, "test", test_classes, cfg, seed, shots=k,
-                                 episodes=int(cfg["eval"]["episodes"]), cache=dataset_cache)
-        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
-            if "eligible images" not in str(exc):
-                raise
-            skipped[f"{k}-shot"] = str(exc)
-            continue
-        base = predictors(model, with_baselines=with_baselines)
-        fg = [0, 0]
-
-        def fn(batch, base=base, fg=fg):
-            pred = base(batch)
-            logits = pred["qgnet"] if with_baselines else pred
-            fg[0] += int((logits.argmax(1) == 1).sum())
-            fg[1] += logits[:, 0].numel()
-            return pred
-
-        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=fn, progress=progress,
-                     desc=f"{variant} {k}-shot")
-        r = r if with_baselines else {"model": r}
-        r[variant] = r.pop("qgnet" if with_baselines else "model")
-        r[variant]["predicted_foreground_share"] = fg[0] / max(fg[1], 1)
+    results, figures = {}, {}
+    for name, r in run.results.items():
+        r[variant] = r.pop("qgnet")
+        r[variant]["predicted_foreground_share"] = run.foreground_share[name]
+        ds = run.datasets[int(name.split("-")[0])]
         for v in r.values():
             v["test_classes"] = [ds.class_names[c] for c in ds.class_ids]
-        results[f"{k}-shot"] = r
-        if figure_episodes:
-            from fewshot_priors.viz import save_episode_figures
+        results[name] = r
+    if figure_episodes:
+        from fewshot_priors.viz import save_episode_figures
 
-            rows = episode_rows(model, ds, pick_figure_episodes(ds, figure_episodes))
+        for k, ds in run.datasets.items():
+            rows = episode_rows(run.model, ds, pick_figure_episodes(ds, figure_episodes))
             figures[f"{k}-shot"] = str(save_episode_figures(
                 rows, out / f"fig5_{k}shot.png",
                 title=f"QGNet on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
-    timings["evaluate"] = t()
+    res = run.train
     return {
         "results": results,
-        "train": {"steps": res["step"], "episodes_per_epoch": len(train_set),
+        "train": {"steps": res["step"], "episodes_per_epoch": res["episodes_per_epoch"],
                   "final_loss": res["history"][-1]["loss"] if res["history"] else None,
-                  "train_classes": len(train_set.class_ids)},
-        "timings_s": timings,
+                  "train_classes": len(run.train_set.class_ids)},
+        "timings_s": run.timings_s,
         "figures": figures,
-        "skipped": skipped,
+        "skipped": run.skipped,
     }
 
 

@@ -57,7 +57,7 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("study", "images_per_class"): ["fewshot_priors.demo:run_demo"],
     ("study", "ablation"): ["fewshot_priors.demo:run_demo"],
     ("study", "figure_episodes"): ["fewshot_priors.demo:run_demo", "fewshot_priors.real_images:run_real_images"],
-    ("study", "train_min_pixels"): ["fewshot_priors.real_images:_folder_dataset"],
+    ("study", "train_min_pixels"): ["fewshot_priors.real_images:train_and_evaluate"],
 }
 
 
