@@ -293,6 +293,14 @@ def run_real_images(
     if device is not None:
         over["experiment.device"] = device
     cfg = real_images_config(quick, over)
+    # the study sets data.fold_classes per fold itself: keys that shape other folds would only fail
+    # when the first dataset is built, after pretraining -- refuse them now
+    clash = [k for k in ("fold_classes", "num_folds", "test_ratio", "min_class_images") if cfg["data"].get(k) is not None]
+    if clash:
+        from fewshot_priors.config import ConfigError
+
+        raise ConfigError(f"data.{clash[0]} cannot be set for the real-images study: it holds out each of its own "
+                          "class folds in turn (use --num-folds / --min-images / --fold-seed / --folds instead)")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {list(variants)}")

@@ -234,3 +234,16 @@ def test_presets_are_the_shipped_yaml_and_former_preset_dicts_map_to_config_keys
 
         assert real_images.PRESETS["quick"] == quick
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+@pytest.mark.parametrize("key", ["data.num_folds=3", "data.test_ratio=0.3", "data.min_class_images=2",
+                                 "data.fold_classes=[cat]"])
+def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):
+    """The study holds out its own folds: such a key fails at once, not after pretraining."""
+    from fewshot_priors.config import ConfigError
+    from fewshot_priors.real_images import run_real_images
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=key.split("=")[0]):
+        run_real_images(tmp_path / "no_such_root", out, quick=True, overrides=[key], progress=False)
+    assert not out.exists()
