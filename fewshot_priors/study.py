@@ -149,31 +149,35 @@ def train_and_score(
     """
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.evaluate import evaluate
-    from fewshot_priors.engine.runtime import resolve_device, seed_everything
+    from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
     from fewshot_priors.report import MapRecall, predictors
 
     kw = dataset_kwargs or {}
     seed = cfg["experiment"]["seed"]
+    # the held-out episodes first: a K without eligible images (or any data error) fails before training
+    val_sets: dict[int, Any] = {}
+    skipped: dict[str, str] = {}
+    for k in shots:
+        try:
+            val_sets[k] = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"],
+                                         seed=seed, progress=progress, **kw.get("val", {}))
+        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
+            if not skip_ineligible or "eligible images" not in str(exc):
+                raise
+            skipped[f"{k}-shot"] = str(exc)
     t = timer()
     seed_everything(seed)
-    model = build_model(cfg).to(resolve_device(cfg["experiment"]["device"]))
+    model = build_model(cfg).to(Runtime.from_config(cfg).device)
     train_set = cached_dataset(cfg, "train", dataset_cache, progress=progress, **kw.get("train", {}))
     res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=overwrite)
     res["episodes_per_epoch"] = len(train_set)
     run = ScoredVariant(model=model, train=res, train_set=train_set)
     run.timings_s["train"] = t()
+    run.skipped.update(skipped)
     t = timer()
-    for k in shots:
+    for k, ds in val_sets.items():
         name = f"{k}-shot"
-        try:
-            ds = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"], seed=seed,
-                                progress=progress, **kw.get("val", {}))
-        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
-            if not skip_ineligible or "eligible images" not in str(exc):
-                raise
-            run.skipped[name] = str(exc)
-            continue
         if say is not None:
             say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
         meter = MapRecall() if recall else None

@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "_lazy": 0,
     "_progress": 0,
     "_scalars": 0,
+    "_io": 0,
     "distributed": 0,
     "ops": 1,
     "models": 2,

@@ -88,3 +88,31 @@ def test_ablation_markdown_lists_every_variant_and_threshold():
     assert "| no_prior | guided_map: area of R | 50.0 | 12.5 |" in md
     assert "no_prior | prior_map" not in md
     assert md.count("| model | map | 0.1 | 0.5 |") == 2  # 1-shot and 5-shot tables
+
+
+def test_held_out_episodes_are_built_before_training(monkeypatch):
+    """A K without eligible held-out images fails before any training step, not after it."""
+    import sys
+
+    import fewshot_priors.engine.train  # noqa: F401  (the package attribute `train` is the function)
+    from fewshot_priors import study
+
+    engine_train = sys.modules["fewshot_priors.engine.train"]
+    from fewshot_priors.demo import demo_config
+
+    calls = []
+
+    def fake_dataset(cfg, split, memo=None, **kwargs):
+        calls.append((split, kwargs.get("shots")))
+        if split == "val" and kwargs.get("shots") == 5:
+            raise ValueError("no held-out class has the 6 eligible images a 5-shot episode needs")
+        return object()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the held-out episodes were built")
+
+    monkeypatch.setattr(study, "cached_dataset", fake_dataset)
+    monkeypatch.setattr(engine_train, "train", no_training)
+    with pytest.raises(ValueError, match="eligible images"):
+        study.train_and_score(demo_config(quick=True), shots=(1, 5))
+    assert calls == [("val", 1), ("val", 5)]

@@ -315,3 +315,12 @@ def test_runtime_wraps_in_ddp_only_in_a_multi_process_run():
     model = nn.Linear(2, 2)
     rt = Runtime.from_config(cfg, dist=DistInfo(rank=0, world_size=1, local_rank=0))
     assert rt.device == torch.device("cpu") and rt.wrap_ddp(model) is None
+
+
+def test_resume_refuses_a_checkpoint_with_another_epoch_length(tmp_path):
+    """Same total steps, different steps per epoch (other data order and epoch ends): not the same run."""
+    cfg = _cfg(tmp_path, epochs=2, batch_size=4)  # 12 episodes: 3 steps x 2 epochs = 6 steps
+    _run(cfg, tmp_path / "a", max_steps=2)
+    other = _cfg(tmp_path, epochs=1, batch_size=2)  # 6 steps x 1 epoch = 6 steps
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        _run(other, tmp_path / "a", resume=True)

@@ -88,3 +88,13 @@ def test_bad_values_reach_qgnet_errors():
         create_qgnet(_section(region_map_backend="fast"))
     with pytest.raises(TypeError, match="model_cfg"):
         create_qgnet(["backbone"])
+
+
+def test_a_models_config_names_every_model_key_and_rebuilds_it():
+    """QGNet.config (what save_pretrained writes) and MODEL_KEYS must not drift apart."""
+    from fewshot_priors.models import create_qgnet
+
+    model = create_qgnet(backbone="resnet18", bins=[2, 1], channels=8, eps=1e-6, max_chunk_bytes=1 << 20)
+    assert set(model.config) == set(MODEL_KEYS)
+    again = create_qgnet(model.config)
+    assert again.config == model.config

@@ -71,7 +71,9 @@ class Model(nn.Module):
 
 count = {"n": 0}
 if kind == "write":  # killed while writing a checkpoint's temp file (half of it on disk)
-    real_write = ckpt._write_temp
+    import fewshot_priors._io as fio
+
+    real_write = fio.write_temp
 
     def write(path, data):
         count["n"] += 1
@@ -82,7 +84,7 @@ if kind == "write":  # killed while writing a checkpoint's temp file (half of it
             os._exit(137)
         return real_write(path, data)
 
-    ckpt._write_temp = write
+    fio.write_temp = write
 if kind == "replace":  # killed just before a rename: odd = before the tensors', even = between the two
     real_replace = os.replace
 

@@ -590,3 +590,14 @@ def test_support_mask_is_cleaned_once(tiny, monkeypatch):
         ref = guided_region_map(q_high, s_high.unflatten(0, (2, 3)), sm)
     torch.testing.assert_close(out["guided_map"], F.interpolate(ref, size=out["guided_map"].shape[-2:],
                                                                 mode="bilinear", align_corners=True))
+
+
+@pytest.mark.parametrize("kw, name", [({"region_map_backend": "bogus"}, "region_map_backend"),
+                                      ({"max_chunk_bytes": -5}, "max_chunk_bytes"), ({"eps": -1.0}, "eps")])
+def test_region_map_options_are_checked_even_when_custom_parts_leave_them_unused(kw, name):
+    class Guided(torch.nn.Module):
+        def forward(self, query, support, mask):
+            return torch.zeros(query.shape[0], 1, *query.shape[-2:])
+
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        QGNet(backbone="resnet18", guided_map=Guided(), use_prior=False, bins=(2, 1), channels=8, **kw)

@@ -231,10 +231,11 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
 
 def config_shots(cfg: Mapping) -> int:
     """K of a config's episodes: ``data.shots`` (a tree from before it: ``model.shots``)."""
-    data = cfg["data"]
-    if data.get("shots") is not None:
-        return data["shots"]
-    return cfg["model"]["shots"]  # configs from before data.shots
+    for section in ("data", "model"):  # model.shots: a tree from before data.shots (an old checkpoint's meta)
+        shots = (cfg.get(section) or {}).get("shots")
+        if shots is not None:
+            return shots
+    raise ValueError("the config sets no number of shots: set data.shots (or pass shots=)")
 
 
 def create_dataset(

@@ -32,7 +32,6 @@ import json
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +42,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+
+from .._io import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -187,6 +188,8 @@ def restore_rng_state(state: Mapping) -> None:
 
 # --------------------------------------------------------------------------- atomic IO
 
+_atomic_write = atomic_write  # the shared writer (fewshot_priors._io)
+
 
 #: Temporary files of :func:`_atomic_write`: ``.<name>.<pid>-<random>.tmp`` (``<pid>-`` absent in
 #: files written by earlier versions). Group 1: the target name, group 2: the writer's pid.
@@ -194,71 +197,6 @@ _TEMP_RE = re.compile(r"^\.(.+\.(?:safetensors|json))\.(?:(\d+)-)?[A-Za-z0-9_]+\
 #: A temporary file without a recorded writer is stale once it is this old (a live writer
 #: keeps touching its file; a checkpoint write takes seconds).
 _TEMP_STALE_AFTER_S = 600.0
-
-
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # pragma: no cover - no /proc: read by setting (not thread-safe, restored at once)
-    os.umask(mask)  # pragma: no cover
-    return mask  # pragma: no cover
-
-
-def _write_temp(path: Path, data: bytes) -> str:
-    """Write ``data`` to a fsync-ed temp file next to ``path``; return its name.
-
-    The file gets ``0o666 & ~umask`` like any file the user creates (``mkstemp``
-    alone would leave it ``0o600``).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            os.fsync(f.fileno())
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return tmp
-
-
-def _atomic_write(*items: tuple[Path, bytes]) -> None:
-    """Write ``(path, data)`` pairs: every temp file first, then the renames in order.
-
-    Before the first rename nothing visible has changed (temp files are removed on
-    error). Once a rename has happened the rest are completed even on error, so the
-    tensors and their sidecar never stay mismatched; if a rename still fails (or the
-    process is killed between renames) the fsync-ed temp sidecar stays behind and
-    :func:`clean_stale_temp_files` completes the write later.
-    """
-    temps: list[tuple[str, Path]] = []
-    renamed = 0
-    try:
-        for path, data in items:
-            temps.append((_write_temp(path, data), path))
-        for tmp, path in temps:
-            os.replace(tmp, path)
-            renamed += 1
-    except BaseException:
-        for tmp, path in temps[renamed:]:
-            try:
-                if renamed:
-                    os.replace(tmp, path)
-                else:
-                    os.unlink(tmp)
-            except OSError:
-                pass
-        raise
 
 
 def _pid_alive(pid: int) -> bool:

@@ -13,7 +13,9 @@ caller (:func:`~fewshot_priors.engine.train.train`,
   (:class:`~fewshot_priors.engine.logging.RunLogger`) and shown on the progress bar;
 * hooks after each step, at the end of each epoch and after the last step;
 * the ``last`` checkpoint every ``ckpt_every`` steps, at each epoch end and at the
-  end, holding the RNG state so that a resumed run equals an uninterrupted one.
+  end, holding the RNG state so that a resumed run equals an uninterrupted one. Rank 0
+  writes it, so under DDP every rank restores rank 0's state; the per-step and per-item
+  seeds (which include the rank) carry the run there.
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class StepLoop:
             The checkpoint's ``meta`` when resuming, else None.
 
         Raises:
-            ValueError: the checkpoint was written with another ``total_steps``.
+            ValueError: the checkpoint was written with another ``total_steps`` or
+                ``steps_per_epoch``.
             CheckpointError: see :func:`~fewshot_priors.engine.checkpoint.load_checkpoint`.
         """
         meta = None
@@ -112,9 +115,10 @@ class StepLoop:
             ck = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                  map_location=self.rt.device)
             meta = ck["meta"]
-            if meta.get("total_steps") not in (None, self.total_steps):
-                raise ValueError(f"cannot resume {path}: it was run with {meta['total_steps']} total steps, "
-                                 f"this config gives {self.total_steps} ({self.changed})")
+            for key, ours in (("total_steps", self.total_steps), ("steps_per_epoch", self.steps_per_epoch)):
+                if meta.get(key) not in (None, ours):  # another schedule or epoch length: not the same run
+                    raise ValueError(f"cannot resume {path}: it was run with {key}={meta[key]}, this config "
+                                     f"gives {ours} ({self.changed})")
             self.step = self.saved_at = int(meta["step"])
             self._rng_state = ck["rng_state"]
             if self._rng_state is None:

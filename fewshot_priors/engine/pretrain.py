@@ -77,7 +77,7 @@ def _warn_pretrain_config(self) -> None:
 
 def _to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
-    if d["images"] is not None and not isinstance(d["images"], str):
+    if d["images"] is not None and not isinstance(d["images"], (str, os.PathLike)):
         d["images"] = [os.fspath(p) for p in d["images"]]
     return d
 

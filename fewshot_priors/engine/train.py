@@ -110,7 +110,8 @@ def train(
 
     Returns:
         dict with ``step``, ``epoch``, ``best_miou``, ``history`` (list of per-log-step
-        dicts), ``val`` (list of validation results) and ``output_dir``.
+        dicts), ``val`` (list of validation results), ``output_dir`` and ``last`` (the path
+        of the ``last`` checkpoint).
 
     Raises:
         ValueError: ``train.epochs`` < 1 or a ``max_steps`` < 1, fewer episodes than a batch,
@@ -197,6 +198,7 @@ def train(
     def on_end(step: int) -> None:  # the final validation, unless the last epoch end just ran it
         if step == total_steps and val_fn is not None and not (val_every and loop.epoch % val_every == 0):
             validate(loop.epoch)
+            loop.save("last")  # its meta then holds this validation too
 
     history = loop.run(loader, step_fn, on_epoch_end=on_epoch_end, on_end=on_end, history_keys=("loss", "lr"),
                        postfix=lambda row: {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}"})

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from fewshot_priors._io import atomic_write
 from fewshot_priors.models.weights import _fmt_keys
 
 __all__ = ["CONFIG_NAME", "FORMATS", "HUB_VERSION", "WEIGHTS_NAME", "PretrainedMixin", "read_pretrained",
@@ -51,20 +51,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 # --------------------------------------------------------------------------- save
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_pretrained(folder: str | os.PathLike, fmt: str, config: Mapping[str, Any], model: nn.Module) -> Path:
     """Write ``folder/model.safetensors`` (``model``'s state dict) then ``folder/config.json``."""
     from safetensors.torch import save as st_save
@@ -75,8 +61,9 @@ def write_pretrained(folder: str | os.PathLike, fmt: str, config: Mapping[str, A
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     doc = {"format": fmt, "version": HUB_VERSION, "fewshot_priors_version": __version__, "model": dict(config)}
-    _atomic_write(folder / WEIGHTS_NAME, st_save(tensors, metadata={"format": fmt}))
-    _atomic_write(folder / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    # both temp files first, then the renames (weights, config last): a folder with a config is complete
+    atomic_write((folder / WEIGHTS_NAME, st_save(tensors, metadata={"format": fmt})),
+                 (folder / CONFIG_NAME, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()))
     return folder
 
 

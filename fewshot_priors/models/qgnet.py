@@ -45,9 +45,10 @@ from fewshot_priors.models.checks import MAX_NORMALISED_ABS, resolve_check_input
 from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
 from fewshot_priors.models.qgnet_config import qgnet_kwargs
-from fewshot_priors.ops._checks import IGNORE_INDEX
-from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
+from fewshot_priors.ops._checks import IGNORE_INDEX, check_eps
+from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap, check_max_chunk_bytes
 from fewshot_priors.ops.pooling import _masked_average_pool_clean, resize_mask
+from fewshot_priors.ops.similarity import check_backend
 
 __all__ = ["MAX_NORMALISED_ABS", "FrozenModule", "QGNet"]
 
@@ -215,19 +216,16 @@ class QGNet(PretrainedMixin, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
         if prior_map is not None and not self.use_prior:
             raise ValueError("`prior_map` given with use_prior=False (the ablation has no prior map)")
-        # region-map modules first: they check region_map_backend / max_chunk_bytes / eps (and hold no
-        # parameters, so building them here draws no random numbers before the backbone's init)
-        try:
-            default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps) if guided_map is None else None
-            default_prior = (
-                PriorRegionMap(region_map_backend, max_chunk_bytes, eps)
-                if self.use_prior and prior_map is None
-                else None
-            )
-        except ValueError as err:  # the module names its own argument `backend`; ours is region_map_backend
-            if "`backend`" not in str(err):
-                raise
-            raise ValueError(f"`region_map_backend`: {err}") from None
+        # the region-map options are checked even when custom parts leave them unused
+        region_map_backend = check_backend(region_map_backend, "region_map_backend")
+        check_max_chunk_bytes(max_chunk_bytes)
+        check_eps(eps)
+        # region-map modules first (no parameters: building them here draws no random numbers
+        # before the backbone's init)
+        default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps) if guided_map is None else None
+        default_prior = (
+            PriorRegionMap(region_map_backend, max_chunk_bytes, eps) if self.use_prior and prior_map is None else None
+        )
 
         if isinstance(backbone, FrozenBackbone):
             if pretrained or weights is not None:

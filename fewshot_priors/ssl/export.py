@@ -9,10 +9,12 @@ without its classifier head, with metadata
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .._io import atomic_write
 from ..models.weights import MOCO_ENCODERS
 from ..models.weights import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
 
@@ -46,7 +48,7 @@ def export_prior_extractor(
     Returns:
         The path written, as a string.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if encoder not in MOCO_ENCODERS:
         raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
@@ -59,9 +61,7 @@ def export_prior_extractor(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})
-    os.replace(tmp, path)
+    atomic_write((Path(path), save(tensors, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})))
     return path
 
 
