@@ -335,3 +335,30 @@ def test_a_checkpoint_without_rng_state_still_resumes_with_a_warning(images, tmp
     a, b = load_checkpoint(full["last"])["model_state"], load_checkpoint(resumed["last"])["model_state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _scalars(tmp_path / "full" / "scalars.csv") == _scalars(tmp_path / "old" / "scalars.csv")
+
+
+def test_resume_into_another_schedule_fails_before_the_superpixel_cache_is_built(tmp_path, monkeypatch):
+    """The schedule check reads the checkpoint's sidecar first: no cache work for a run that cannot resume."""
+    import fewshot_priors.engine.pretrain as pre_mod
+    from fewshot_priors.engine.checkpoint import save_checkpoint
+
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(images / f"{i}.jpg")
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint(out / "last", model=torch.nn.Linear(1, 1), meta={"step": 1, "total_steps": 999,
+                                                                      "steps_per_epoch": 4})
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("the superpixel cache was built before the resume check")
+
+    monkeypatch.setattr(pre_mod, "build_superpixel_cache", no_cache)
+    cfg = {"experiment": {"output_dir": str(out), "seed": 0, "device": "cpu"},
+           "pretrain": {"images": str(images), "batch_size": 2, "epochs": 1, "cache_dir": str(tmp_path / "cache"),
+                        "build_cache": True, "backbone": "resnet10t", "num_workers": 0}}
+    with pytest.raises(ValueError, match="total_steps=999"):
+        pre_mod.pretrain(cfg, resume=True, progress=False, tensorboard=False)

@@ -41,7 +41,7 @@ from .checkpoint import (
 from .logging import RunLogger
 from .runtime import Runtime
 
-__all__ = ["StepLoop"]
+__all__ = ["StepLoop", "check_schedule", "resume_meta"]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -49,6 +49,32 @@ def _mean(values: Sequence[float]) -> float:
     if all(math.isnan(x) for x in values):
         return float("nan")
     return float(np.nanmean(values))
+
+
+def check_schedule(path: str | Path, meta: Mapping[str, Any], total_steps: int, steps_per_epoch: int,
+                   changed: str = "the schedule changed") -> None:
+    """Refuse to resume checkpoint ``path`` (its ``meta``) into another schedule or epoch length.
+
+    Raises:
+        ValueError: ``meta`` records another ``total_steps`` or ``steps_per_epoch``.
+    """
+    for key, ours in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
+        if meta.get(key) not in (None, ours):  # not the same run: other data order and epoch ends
+            raise ValueError(f"cannot resume {path}: it was run with {key}={meta[key]}, this config "
+                             f"gives {ours} ({changed})")
+
+
+def resume_meta(out: str | Path, resume: bool | str | Path) -> tuple[Path, Mapping[str, Any]]:
+    """``(checkpoint path, its meta)`` from the JSON sidecar alone (cheap; the full, verified load
+    happens in :meth:`StepLoop.start`), to check a resume before expensive preparation."""
+    import json
+
+    path = Path(out) / "last" if resume is True else Path(resume)
+    sidecar = checkpoint_paths(path)[1]
+    try:
+        return path, dict(json.loads(sidecar.read_text(encoding="utf-8")).get("meta") or {})
+    except (OSError, ValueError, AttributeError):
+        return path, {}  # missing or unreadable: StepLoop.start reports it with the full check
 
 
 class StepLoop:
@@ -115,10 +141,7 @@ class StepLoop:
             ck = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                  map_location=self.rt.device)
             meta = ck["meta"]
-            for key, ours in (("total_steps", self.total_steps), ("steps_per_epoch", self.steps_per_epoch)):
-                if meta.get(key) not in (None, ours):  # another schedule or epoch length: not the same run
-                    raise ValueError(f"cannot resume {path}: it was run with {key}={meta[key]}, this config "
-                                     f"gives {ours} ({self.changed})")
+            check_schedule(path, meta, self.total_steps, self.steps_per_epoch, self.changed)
             self.step = self.saved_at = int(meta["step"])
             self._rng_state = ck["rng_state"]
             if self._rng_state is None:

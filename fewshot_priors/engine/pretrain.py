@@ -50,7 +50,7 @@ from ..ssl.augment import TwoViewAugment
 from ..ssl.diagnostics import alignment, embedding_std, uniformity
 from ..ssl.moco import GlobalLocalMoCo
 from ..ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
-from .loop import StepLoop
+from .loop import StepLoop, check_schedule, resume_meta
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
 from .runtime import Runtime, config_device, derive_seed
@@ -297,9 +297,9 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
     return out
 
 
-def _data(p: Mapping[str, Any], seed: int, info: Any, progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
-    """The superpixel sampler (cache built first when asked) and the two-view dataset."""
-    paths = list_images(p["images"])
+def _data(p: Mapping[str, Any], paths: list[str], seed: int, info: Any,
+          progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
+    """The superpixel sampler (cache built first when asked) and the two-view dataset of ``paths``."""
     sampler = SuperpixelPatchSampler(
         p["superpixel_method"], p["superpixel_backend"], n_segments=p["n_segments"], compactness=p["compactness"],
         scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"], min_area=p["min_area"],
@@ -314,6 +314,10 @@ def _data(p: Mapping[str, Any], seed: int, info: Any, progress: bool) -> tuple[S
                               cache_dir=p["cache_dir"], augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
                               seed=seed)
     return sampler, dataset
+
+
+#: What a resume into another schedule means, in its error.
+_CHANGED = "images, batch_size or epochs changed"
 
 
 def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: int) -> GlobalLocalMoCo:
@@ -426,13 +430,17 @@ def pretrain(
     out = prepare_run_dir(tree["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
                           kind="pretrain", dist=info)
 
-    sampler, dataset = _data(p, rt.seed, info, progress)
-    n, batch_size = len(dataset), p["batch_size"]
+    # the schedule (and a resume's fit to it) from the image list, before the superpixel cache is built
+    paths = list_images(p["images"])
+    n, batch_size = len(paths), p["batch_size"]
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{n} images are fewer than pretrain.batch_size={batch_size}")
     total_steps = steps_per_epoch * p["epochs"]
     stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
+    if resume:
+        check_schedule(*resume_meta(out, resume), total_steps, steps_per_epoch, _CHANGED)
+    sampler, dataset = _data(p, paths, rt.seed, info, progress)
     queue_sizes = queue_sizes_for(p, n, stop)
     model = _model(p, rt.seed, *queue_sizes).to(rt.device)
     optimizer = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=base_lr(p),
@@ -444,7 +452,7 @@ def pretrain(
                     steps_per_epoch=steps_per_epoch, stop=stop, config=saved_cfg, prefix="pretrain",
                     log_every=p["log_every"], ckpt_every=p["ckpt_every_steps"], progress=progress,
                     tensorboard=tensorboard, meta=lambda: {"kind": "pretrain"},
-                    changed="images, batch_size or epochs changed")
+                    changed=_CHANGED)
     loop.start(resume)
     # queues are identical on every rank (all-gathered keys): do not broadcast buffers each step
     with warnings.catch_warnings():
