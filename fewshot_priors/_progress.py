@@ -47,8 +47,8 @@ def in_jupyter_kernel() -> bool:
 
 def _has_widgets() -> bool:
     try:
-        from ipywidgets import FloatProgress
-    except Exception:
+        from ipywidgets import FloatProgress  # noqa: F401  (what tqdm.notebook needs)
+    except Exception:  # noqa: BLE001 - missing or broken ipywidgets: use the console bar
         return False
     return True
 

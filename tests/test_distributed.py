@@ -77,7 +77,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         all_reduce_sum(counts)
         metrics = None
         try:
-            import fewshot_priors.metrics
+            import fewshot_priors.metrics  # noqa: F401
             from fewshot_priors.engine.evaluate import evaluate
 
             metrics = evaluate(model, Episodes(), seed=1, batch_size=3, progress=False, dist=info)

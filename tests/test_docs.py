@@ -97,7 +97,7 @@ def test_markdown_code_blocks_run(page, tmp_path, monkeypatch):
         if skipped:
             continue
         try:
-            exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)
+            exec(compile(code, f"{page.relative_to(ROOT)}:{line}", "exec"), namespace)  # noqa: S102
         except Exception as exc:  # pragma: no cover - the message is the point
             raise AssertionError(f"code block at {page.relative_to(ROOT)}:{line} failed: {exc!r}") from exc
 
@@ -267,7 +267,7 @@ def _mathjax_hook():
 def _assert_site_works_offline(site: Path) -> None:
     """Every page loads only files of the site (MathJax included); notebooks show no stderr boxes."""
     hook = _mathjax_hook()
-    SITE_DIR, SCRIPT = hook.SITE_DIR, hook.SCRIPT
+    SITE_DIR, SCRIPT = hook.SITE_DIR, hook.SCRIPT  # noqa: N806
     assert (site / SITE_DIR / SCRIPT).stat().st_size > 500_000
     assert list((site / SITE_DIR / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
     pages = sorted(site.rglob("*.html"))
@@ -309,7 +309,7 @@ def test_readme_code_blocks_run(tmp_path, monkeypatch):
     assert len(blocks) >= 2
     for line, code, skipped in blocks:
         assert not skipped
-        exec(compile(code, f"README.md:{line}", "exec"), namespace)
+        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102
 
 
 def test_readme_cli_commands_parse():

@@ -256,7 +256,7 @@ def test_moved_seeding_names_warn_at_their_old_path():
         with pytest.deprecated_call(match=f"engine.runtime.{name}"):
             assert getattr(old, name) is getattr(runtime, name)
     with pytest.raises(AttributeError):
-        old.no_such_name
+        old.no_such_name  # noqa: B018
 
 
 class _RecordsChecks(ToyModel):

@@ -20,9 +20,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from fewshot_priors.ops import fused as fused_module
-from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map
-from fewshot_priors.ops.similarity import max_cosine_similarity, minmax_normalize
+from fewshot_priors.ops import fused as fused_module  # noqa: E402
+from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map  # noqa: E402
+from fewshot_priors.ops.similarity import max_cosine_similarity, minmax_normalize  # noqa: E402
 
 EPS = 1e-7
 # max abs error of the min-max normalised map vs float64, per operand precision (issue 5)

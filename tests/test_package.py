@@ -14,13 +14,13 @@ def test_lazy_names_resolve_and_unknown_names_fail(package):
         assert getattr(mod, name) is getattr(importlib.import_module(module), name)
         assert name in dir(mod)
     with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'no_such_name'"):
-        mod.no_such_name
+        mod.no_such_name  # noqa: B018
 
 
 def test_engine_functions_are_not_shadowed_by_their_submodules():
     import fewshot_priors.engine as engine
     import fewshot_priors.engine.evaluate
-    import fewshot_priors.engine.train
+    import fewshot_priors.engine.train  # noqa: F401
 
     assert callable(engine.train) and engine.train.__name__ == "train"
     assert callable(engine.evaluate) and engine.evaluate.__name__ == "evaluate"

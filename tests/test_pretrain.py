@@ -207,7 +207,7 @@ def test_diagnostics_and_probe_are_logged_and_do_not_change_training(images, tmp
     assert plain["diagnostics"] == [] and not any(r[1].startswith(("diag/", "probe/")) for r in _scalars(
         tmp_path / "plain" / "scalars.csv"))
     rows = _scalars(tmp_path / "diag" / "scalars.csv")
-    steps = lambda tag: [int(r[0]) for r in rows if r[1] == tag]
+    steps = lambda tag: [int(r[0]) for r in rows if r[1] == tag]  # noqa: E731
     assert steps("probe/knn_global") == [0, 1, 2]  # 0 = the random-init encoder
     assert steps("probe/knn_local") == [0, 1, 2]
     assert steps("diag/std_global") == steps("diag/unif_local") == steps("diag/queue_fill") == [1, 2]

@@ -92,7 +92,7 @@ def test_no_ipywidgets_warning_in_a_notebook_kernel():
     Covers our own bars and timm's import of huggingface_hub (which imports tqdm.auto).
     """
     try:
-        import ipywidgets
+        import ipywidgets  # noqa: F401
     except ImportError:
         pass
     else:

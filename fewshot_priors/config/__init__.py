@@ -52,7 +52,7 @@ from .zoo import (
     zoo_bins,
     zoo_configs,
 )
-from .zoo import main as _main
+from .zoo import main as _main  # noqa: F401  (the pre-package maintenance entry point)
 
 __all__ = [
     "CONFIG_DIR",

@@ -207,7 +207,7 @@ class CocoFewShot(EpisodicDataset):
 
     def _load_json(self, ann_file: Path, image_dir: Path) -> tuple[list[Entry], int]:
         try:
-            from pycocotools import mask as _
+            from pycocotools import mask as _  # noqa: F401
         except ImportError as err:  # pragma: no cover - optional dependency
             raise ImportError(
                 "CocoFewShot(annotation_format='json') needs pycocotools: "

@@ -31,8 +31,8 @@ _LAZY = {
 # ``train`` and ``evaluate`` share their names with their submodules: a lazy name would
 # be replaced by the submodule object as soon as anything imports
 # ``fewshot_priors.engine.train``, so these two are imported eagerly (torch, tqdm: cheap).
-from .evaluate import evaluate
-from .train import train
+from .evaluate import evaluate  # noqa: E402
+from .train import train  # noqa: E402
 
 __all__ = [*_LAZY, "evaluate", "train"]
 

@@ -30,7 +30,7 @@ class RunLogger:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         new = not self.csv_path.exists()
-        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
+        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(SCALARS_HEADER)
@@ -63,7 +63,7 @@ class RunLogger:
             w = csv.writer(f)
             w.writerow(SCALARS_HEADER)
             w.writerows(rows)
-        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
+        self._file = open(self.csv_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
 
     def close(self) -> None:

@@ -129,7 +129,7 @@ def train(
                           kind="train", dist=dist)
     rt = Runtime.from_config(cfg, amp=bool(tcfg["amp"]), dist=dist, device=next(model.parameters()).device)
     if collate_fn is None:
-        from fewshot_priors.data import collate_episodes as collate_fn
+        from fewshot_priors.data import collate_episodes as collate_fn  # noqa: N813
 
     params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else model.parameters()
     optimizer = make_optimizer(params, tcfg)

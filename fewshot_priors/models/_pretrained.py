@@ -116,7 +116,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{str(file)!r} has version {version}, newer than this fewshot_priors reads "
                          f"({HUB_VERSION}); upgrade fewshot_priors")
     if not isinstance(config.get("model"), Mapping):
-        raise ValueError(f"{str(file)!r}: `model` must be a mapping of model settings")
+        raise ValueError(f"{str(file)!r}: `model` must be a mapping of model settings")  # noqa: TRY004  (bad file content)
     return dict(config)
 
 

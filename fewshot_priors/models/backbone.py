@@ -33,7 +33,7 @@ from torch import nn
 
 from .._progress import import_timm
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
-from .weights import (
+from .weights import (  # noqa: F401  (re-exported: the names' historical home)
     BACKBONE_WEIGHTS_FORMAT,
     CHECKPOINT_PREFIXES,
     HEAD_NAMES,

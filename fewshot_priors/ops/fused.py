@@ -267,7 +267,7 @@ def _launch_direct(
             *args, BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_K=block_k, EMULATE=True, **flags
         )
     else:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), by)  # noqa: E731
         with torch.cuda.device(x.device):
             _max_cosine_autotuned[grid](*args, EMULATE=False, **flags)
     return _propagate_nonfinite(values, xn, yn, shots), index
@@ -570,7 +570,7 @@ def _launch_padded(
                     *args, BLOCK_N=_INTERPRET_BLOCK, BLOCK_M=_INTERPRET_BLOCK, BLOCK_K=_INTERPRET_BLOCK, EMULATE=True
                 )
             else:
-                grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), splits, _k * shots)
+                grid = lambda meta, _k=k: (triton.cdiv(n, meta["BLOCK_N"]), splits, _k * shots)  # noqa: E731
                 _max_cosine_padded_autotuned[grid](*args, EMULATE=False)
             _reduce_splits(part_v[:, : k * shots], part_i[:, : k * shots], values[s0:s1], index[s0:s1])
             values[s0:s1] = _propagate_nonfinite(values[s0:s1], xa[:k], ya[: k * shots], shots)

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._checks import check_eps
 from .region_maps import _guided_region_map_clean, guided_region_map, prior_region_map
-from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, check_backend
+from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, check_backend  # noqa: F401  (re-exported)
 
 __all__ = ["GuidedRegionMap", "PriorRegionMap", "check_backend", "check_max_chunk_bytes"]
 

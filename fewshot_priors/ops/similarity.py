@@ -110,7 +110,7 @@ def _fused_available(x: torch.Tensor) -> bool:
     if not x.is_cuda:
         return False
     try:
-        from . import fused
+        from . import fused  # noqa: F401
     except Exception:  # pragma: no cover - depends on the installed triton
         return False
     return x.dtype in fused.SUPPORTED_DTYPES and fused.is_available()

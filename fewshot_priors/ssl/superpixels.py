@@ -43,11 +43,11 @@ _warned_missing_fast_slic = False
 def _fast_slic_available(avx2: bool) -> bool:
     try:
         if avx2:
-            from fast_slic.avx2 import SlicAvx2
+            from fast_slic.avx2 import SlicAvx2  # noqa: F401
 
             flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
             return "avx2" in flags
-        from fast_slic import Slic
+        from fast_slic import Slic  # noqa: F401
 
         return True
     except Exception:  # ImportError or an illegal-instruction style failure
