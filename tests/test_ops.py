@@ -525,3 +525,19 @@ def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
 def test_region_map_modules_name_bad_arguments_at_construction(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         getattr(fp, cls)(**kwargs)
+
+
+def test_clean_mask_value_check_per_call_wins_over_the_global_flag():
+    """check_values=True/False decides for this call only; None follows fewshot_priors.set_checks."""
+    from fewshot_priors.ops import checks_disabled, checks_enabled
+    from fewshot_priors.ops._checks import clean_mask
+
+    bad = torch.tensor([[0.0, 3.0]])
+    assert torch.equal(clean_mask("m", bad, check_values=False), bad)
+    with pytest.raises(ValueError, match="`m` must contain values"):
+        clean_mask("m", bad)
+    with checks_disabled():
+        with pytest.raises(ValueError, match="`m` must contain values"):
+            clean_mask("m", bad, check_values=True)
+        assert torch.equal(clean_mask("m", bad), bad)
+    assert checks_enabled()

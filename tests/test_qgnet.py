@@ -572,9 +572,9 @@ def test_support_mask_is_cleaned_once(tiny, monkeypatch):
 
     seen = []
 
-    def counting(name, mask):
+    def counting(name, mask, **kwargs):
         seen.append(name)
-        return _checks.clean_mask(name, mask)
+        return _checks.clean_mask(name, mask, **kwargs)
 
     for module in (checks, pooling, region_maps):
         monkeypatch.setattr(module, "clean_mask", counting)

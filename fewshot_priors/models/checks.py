@@ -9,8 +9,6 @@ or per call with ``QGNet.forward(..., check_inputs=False)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -21,7 +19,6 @@ from fewshot_priors.ops._checks import (
     check_same,
     checks_enabled,
     clean_mask,
-    set_checks,
 )
 
 __all__ = ["MAX_NORMALISED_ABS", "check_dtype_device", "check_inputs", "check_normalised", "resolve_check_inputs",
@@ -40,21 +37,6 @@ def resolve_check_inputs(check_inputs: bool | None) -> bool:
     if not isinstance(check_inputs, bool):
         raise TypeError(f"`check_inputs` must be True, False or None (the global flag), got {check_inputs!r}")
     return check_inputs
-
-
-@contextmanager
-def _value_checks_set(enabled: bool) -> Iterator[None]:
-    """The ops' global value-check flag set to ``enabled`` inside the block (for
-    :func:`~fewshot_priors.ops._checks.clean_mask`, which reads it), restored after."""
-    previous = checks_enabled()
-    if previous == enabled:
-        yield
-        return
-    set_checks(enabled)
-    try:
-        yield
-    finally:
-        set_checks(previous)
 
 
 def check_normalised(name: str, images: torch.Tensor) -> None:
@@ -180,8 +162,7 @@ def check_inputs(
             f"{tuple(support_images.shape[-2:])}"
         )
     raw = m
-    with _value_checks_set(value_checks):
-        m = clean_mask("support_masks", m)
+    m = clean_mask("support_masks", m, check_values=value_checks)
     m = m.to(device=support_images.device, dtype=support_images.dtype)
     if value_checks:
         warn_ignore_only_masks(raw)

@@ -106,14 +106,14 @@ def check_eps(eps: object) -> float:
     return float(eps)
 
 
-def clean_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
+def clean_mask(name: str, mask: torch.Tensor, check_values: bool | None = None) -> torch.Tensor:
     """Validate mask values and return a float mask with ignore (255) mapped to 0.
 
     Accepted values: anything in ``[0, 1]`` (binary or soft masks) and the
     ignore label ``255``. Boolean and integer masks are accepted. The value check
     (NaN, inf and values outside ``[0, 1]`` except 255 raise ``ValueError``) is
-    skipped when :func:`checks_enabled` is False; the mapping of 255 to 0 never
-    reads values on the host.
+    skipped when ``check_values`` is False (``None``: when :func:`checks_enabled` is
+    False); the mapping of 255 to 0 never reads values on the host.
     """
     mask = check_tensor(name, mask)
     if mask.dtype == torch.bool:
@@ -122,7 +122,7 @@ def clean_mask(name: str, mask: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"`{name}` must be a real-valued mask, got dtype {mask.dtype}")
     m = mask if mask.is_floating_point() else mask.float()
     ignore = m == IGNORE_INDEX
-    if _value_checks:
+    if _value_checks if check_values is None else check_values:
         valid = ((m >= 0) & (m <= 1)) | ignore
         if not bool(valid.all()):
             bad = m[~valid]
