@@ -247,3 +247,15 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
 def test_unserialisable_meta_is_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="meta/fn"):
         save_checkpoint(tmp_path / "c", model=_model(), meta={"fn": object()})
+
+
+def test_read_checkpoint_meta_reads_the_sidecar_alone(tmp_path):
+    from fewshot_priors.engine.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_meta, save_checkpoint
+
+    save_checkpoint(tmp_path / "ck", model=torch.nn.Linear(2, 2), meta={"step": 3, "total_steps": 9})
+    (tmp_path / "ck.safetensors").unlink()  # the tensors are not read
+    assert read_checkpoint_meta(tmp_path / "ck") == {"step": 3, "total_steps": 9}
+    with pytest.raises(CheckpointError, match="tensor file not found"):
+        load_checkpoint(tmp_path / "ck", model=torch.nn.Linear(2, 2))
+    with pytest.raises(CheckpointError, match="sidecar not found"):
+        read_checkpoint_meta(tmp_path / "nope")

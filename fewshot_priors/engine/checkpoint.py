@@ -51,6 +51,7 @@ __all__ = [
     "checkpoint_paths",
     "clean_stale_temp_files",
     "load_checkpoint",
+    "read_checkpoint_meta",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -381,8 +382,8 @@ def save_checkpoint(
     return tensors_path
 
 
-def _read_verified(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], Path]:
-    tensors_path, sidecar_path = checkpoint_paths(path)
+def _read_sidecar(sidecar_path: Path) -> dict:
+    """The parsed sidecar, its format and version checked (the tensors are not read)."""
     if not sidecar_path.is_file():
         raise CheckpointError(
             f"{sidecar_path}: checkpoint sidecar not found (a checkpoint is <stem>.safetensors + <stem>.json)"
@@ -398,6 +399,23 @@ def _read_verified(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tenso
             f"{sidecar_path}: checkpoint format version {sidecar.get('version')} is newer than this "
             f"library supports ({VERSION}); upgrade fewshot_priors"
         )
+    return sidecar
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The ``meta`` of checkpoint ``path`` from its JSON sidecar alone: cheap (no tensor file read,
+    no hash), for checks before expensive work; :func:`load_checkpoint` verifies the whole.
+
+    Raises:
+        CheckpointError: a missing or corrupt sidecar, or one of another format or a newer version.
+    """
+    meta = _read_sidecar(checkpoint_paths(path)[1]).get("meta", {})
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _read_verified(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    tensors_path, sidecar_path = checkpoint_paths(path)
+    sidecar = _read_sidecar(sidecar_path)
     if not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path}: checkpoint tensor file not found")
     blob = tensors_path.read_bytes()

@@ -35,6 +35,7 @@ from .checkpoint import (
     capture_rng_state,
     checkpoint_paths,
     load_checkpoint,
+    read_checkpoint_meta,
     restore_rng_state,
     save_checkpoint,
 )
@@ -65,16 +66,15 @@ def check_schedule(path: str | Path, meta: Mapping[str, Any], total_steps: int, 
 
 
 def resume_meta(out: str | Path, resume: bool | str | Path) -> tuple[Path, Mapping[str, Any]]:
-    """``(checkpoint path, its meta)`` from the JSON sidecar alone (cheap; the full, verified load
-    happens in :meth:`StepLoop.start`), to check a resume before expensive preparation."""
-    import json
+    """``(checkpoint path, its meta)`` of a resume (``True``: ``<out>/last``) from the sidecar alone
+    (:func:`~fewshot_priors.engine.checkpoint.read_checkpoint_meta`), to check it before expensive
+    preparation; :meth:`StepLoop.start` does the full, verified load.
 
+    Raises:
+        CheckpointError: a missing or corrupt checkpoint sidecar.
+    """
     path = Path(out) / "last" if resume is True else Path(resume)
-    sidecar = checkpoint_paths(path)[1]
-    try:
-        return path, dict(json.loads(sidecar.read_text(encoding="utf-8")).get("meta") or {})
-    except (OSError, ValueError, AttributeError):
-        return path, {}  # missing or unreadable: StepLoop.start reports it with the full check
+    return path, read_checkpoint_meta(path)
 
 
 class StepLoop:
