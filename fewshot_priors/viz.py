@@ -15,24 +15,23 @@ import numpy as np
 import torch
 
 from ._scalars import read_scalars
-from .constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from .constants import IGNORE_INDEX
 
 __all__ = [
-    "denormalize",
     "episode_figure",
     "overlay_mask",
     "plot_loss_curve",
     "plot_pretrain_diagnostics",
     "save_episode_figures",
+    "to_rgb_array",
 ]
 
 
-def denormalize(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """``3, H, W`` normalised tensor -> ``H, W, 3`` float array in [0, 1]."""
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"`image` must have shape 3, H, W, got {tuple(image.shape)}")
-    img = image.detach().float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return img.clamp(0, 1).permute(1, 2, 0).numpy()
+def to_rgb_array(image: torch.Tensor) -> np.ndarray:
+    """``3, H, W`` RGB tensor in ``[0, 1]`` (as the datasets give) -> ``H, W, 3`` float array for ``imshow``."""
+    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"`image` must be a tensor of shape 3, H, W, got {getattr(image, 'shape', type(image).__name__)}")
+    return image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def overlay_mask(rgb: np.ndarray, mask, color=(1.0, 0.1, 0.1), alpha: float = 0.5) -> np.ndarray:
@@ -53,9 +52,9 @@ def _map(t) -> np.ndarray:
 
 
 def _panels(row: Mapping) -> list[tuple[str, np.ndarray, str | None]]:
-    q = denormalize(row["query_image"])
+    q = to_rgb_array(row["query_image"])
     panels = [("query", q, None),
-              ("support + mask", overlay_mask(denormalize(row["support_image"]), row["support_mask"]), None)]
+              ("support + mask", overlay_mask(to_rgb_array(row["support_image"]), row["support_mask"]), None)]
     if row.get("guided_map") is not None:
         panels.append(("guided region map", _map(row["guided_map"]), "viridis"))
     if row.get("prior_map") is not None:
@@ -73,7 +72,7 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
 
     Args:
         rows: one dict (or a list of dicts) with keys ``query_image`` (``3, H, W``
-            normalised), ``support_image`` (``3, H', W'``, the first shot),
+            RGB in [0, 1]), ``support_image`` (``3, H', W'``, the first shot),
             ``support_mask`` (``H', W'``, 0/1/255), ``prediction`` (``H, W``),
             ``ground_truth`` (``H, W``, 0/1/255) and optionally ``guided_map`` /
             ``prior_map`` (``h, w`` or ``1, h, w`` maps in [0, 1]).

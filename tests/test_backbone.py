@@ -78,7 +78,7 @@ def test_resnet_stages_match_pfenet_dilated_layers(r18):
     ref.eval()
     x = torch.randn(2, 3, 41, 57)
     with torch.no_grad():
-        expected = ref(x)
+        expected = ref(r18.normalize(x))  # the backbone normalises its [0, 1] input itself
     for got, want in zip(r18(x), expected):
         torch.testing.assert_close(got, want)
 
@@ -129,7 +129,7 @@ def test_vgg_stages_match_pfenet_layers():
     layer01, layer2, layer3, layer4 = feats[:6], feats[6:11], feats[11:16], feats[16:20]
     x = torch.randn(2, 3, 73, 89)
     with torch.no_grad():
-        f2 = layer2(layer01(x))
+        f2 = layer2(layer01(bb.normalize(x)))  # the backbone normalises its [0, 1] input itself
         f3 = layer3(f2)
         f4 = layer4(f3)
         f2 = F.interpolate(f2, size=f3.shape[-2:], mode="bilinear", align_corners=True)

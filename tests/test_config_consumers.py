@@ -121,7 +121,7 @@ def _check_use_prior():
 
 
 def _check_output_stride():
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.rand(1, 3, 64, 64)
     assert _model(output_stride=16).backbone(x)[-1].shape[-1] < _model().backbone(x)[-1].shape[-1]
 
 

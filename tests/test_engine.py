@@ -34,7 +34,7 @@ class ToyEpisodes(torch.utils.data.Dataset):
         img = img + 0.1 * torch.randn_like(img)  # global-RNG augmentation
         if torch.rand(()) < 0.5:
             img, mask = img.flip(-1), mask.flip(-1)
-        sup = torch.randn(self.shots, 3, self.size, self.size, generator=g)
+        sup = torch.rand(self.shots, 3, self.size, self.size, generator=g)
         return {"query_image": img, "query_mask": mask, "support_images": sup,
                 "support_masks": (sup[:, 0] > 0).long(), "class_id": 1 + i % 2}
 

@@ -43,7 +43,7 @@ class Episodes(torch.utils.data.Dataset):
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
         img = torch.randn(3, 8, 8, generator=g) + 0.1 * torch.randn(3, 8, 8)  # global-RNG "augmentation"
-        sup = torch.randn(1, 3, 8, 8, generator=g)
+        sup = torch.rand(1, 3, 8, 8, generator=g)
         return {"query_image": img, "query_mask": (img[0] > 0).long(), "support_images": sup,
                 "support_masks": (sup[:, 0] > 0).long(), "class_id": 1 + i % 2}
 

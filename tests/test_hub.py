@@ -19,7 +19,7 @@ TINY = dict(backbone="test_resnet", bins=(6, 3, 2, 1), channels=16)
 
 def _episode(seed=0):
     g = torch.Generator().manual_seed(seed)
-    q, s = torch.randn(2, 3, 33, 33, generator=g), torch.randn(2, 2, 3, 33, 33, generator=g)
+    q, s = torch.rand(2, 3, 33, 33, generator=g), torch.rand(2, 2, 3, 33, 33, generator=g)
     sm = (torch.rand(2, 2, 33, 33, generator=g) > 0.5).float()
     return q, s, sm
 
@@ -78,7 +78,7 @@ def test_prior_extractor_round_trip(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["format"] == "fewshot_priors.frozen_backbone"
     loaded = FrozenBackbone.from_pretrained(tmp_path)
     assert isinstance(loaded, FrozenBackbone) and loaded.output_stride == 16 and loaded.frozen
-    x = torch.randn(1, 3, 40, 40)
+    x = torch.rand(1, 3, 40, 40)
     for u, v in zip(prior.eval()(x), loaded(x)):
         assert torch.equal(u, v)
     with pytest.raises(TypeError, match="not a QGNet"):

@@ -109,11 +109,11 @@ def test_paper_config_builds_the_papers_network(key):
     _check_resnet(prior.body, PRIOR_BLOCKS, deep_stem=False)
     assert prior.channels == (512, 1024, 2048)
 
-    x = torch.randn(1, 3, 65, 65)
+    x = torch.rand(1, 3, 65, 65)
     low, mid, high = bb(x)
     side = -(-65 // stride) if blocks is not None else 5  # VGG, ceil-mode pools: 65 -> 33 -> 17 -> 9 -> 5
     assert low.shape[-2:] == mid.shape[-2:] == high.shape[-2:] == (side, side)
     assert prior(x)[2].shape[-2:] == (9, 9)  # stride 8
-    out = model(x, torch.randn(1, 1, 3, 65, 65), (torch.rand(1, 1, 65, 65) > 0.5).float())
+    out = model(x, torch.rand(1, 1, 3, 65, 65), (torch.rand(1, 1, 65, 65) > 0.5).float())
     assert out["logits"].shape == (1, 2, 65, 65) and torch.isfinite(out["logits"]).all()
     assert out["prior_map"].shape[-2:] == mid.shape[-2:]

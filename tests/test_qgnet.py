@@ -20,8 +20,8 @@ TINY = dict(backbone="test_resnet", bins=(6, 3, 2, 1), channels=16)
 def _episode(b=1, k=1, h=33, w=33, seed=0, hs=None, ws=None):
     g = torch.Generator().manual_seed(seed)
     hs, ws = hs or h, ws or w
-    q = torch.randn(b, 3, h, w, generator=g)
-    s = torch.randn(b, k, 3, hs, ws, generator=g)
+    q = torch.rand(b, 3, h, w, generator=g)
+    s = torch.rand(b, k, 3, hs, ws, generator=g)
     sm = torch.zeros(b, k, hs, ws)
     sm[..., hs // 4: 3 * hs // 4, ws // 4: 3 * ws // 4] = 1
     qm = torch.zeros(b, h, w, dtype=torch.long)
@@ -293,24 +293,50 @@ def test_query_mask_with_255_but_no_foreground_warns(tiny):
         tiny(q, s, sm, qm)
 
 
-def test_unnormalised_or_non_finite_images_are_rejected(tiny):
-    """Float images still in 0-255 (forgotten normalisation) would run and give a silently
-    wrong answer; they must raise, as must NaN/inf."""
+def test_images_outside_unit_range_or_non_finite_are_rejected(tiny):
+    """Images enter in [0, 1] (the backbones normalise them): float images still in 0-255, or
+    already mean/std-normalised ones, would run and give a silently wrong answer; they must
+    raise with a hint at the cause, as must NaN/inf."""
     q, s, sm, _ = _episode(1, 1)
     raw = torch.rand(1, 3, 33, 33) * 255
-    with pytest.raises(ValueError, match=r"query_image.*normalised"):
+    with pytest.raises(ValueError, match=r"query_image.*\[0, 1\].*0-255"):
         tiny(raw, s, sm)
-    with pytest.raises(ValueError, match=r"support_images.*normalised"):
+    with pytest.raises(ValueError, match=r"support_images.*\[0, 1\].*0-255"):
         tiny(q, raw[:, None], sm)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    normalised = (q - mean) / std
+    with pytest.raises(ValueError, match=r"query_image.*\[0, 1\].*already normalised"):
+        tiny(normalised, s, sm)
     bad = q.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"query_image.*non-finite"):
         tiny(bad, s, sm)
-    # properly normalised images (the extremes of ImageNet normalisation) pass
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    extremes = (torch.randint(0, 2, (1, 3, 33, 33)).float() - mean) / std
+    # the extremes of the range (black and white pixels) pass
+    extremes = torch.randint(0, 2, (1, 3, 33, 33)).float()
     assert tiny(extremes, s, sm)["logits"].shape == (1, 2, 33, 33)
+
+
+def test_the_backbones_normalise_with_their_own_statistics():
+    """QGNet's two backbones each normalise the [0, 1] input with their own mean/std: a model fed
+    x equals the timm bodies fed (x - mean) / std; the statistics come from timm's pretrained_cfg
+    unless given, and a save / load round trip keeps them."""
+    m = QGNet(**TINY, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), prior_mean=(0.1, 0.2, 0.3)).eval()
+    assert m.backbone.mean == (0.5, 0.5, 0.5) and m.backbone.std == (0.25, 0.25, 0.25)
+    assert m.prior_extractor.mean == (0.1, 0.2, 0.3)
+    import timm
+
+    assert m.prior_extractor.std == tuple(timm.models.get_pretrained_cfg("test_resnet").std)  # timm's cfg
+    x = torch.rand(1, 3, 33, 33)
+    low, mid, high = m.backbone(x)
+    body = m.backbone.body
+    ref = body((x - 0.5) / 0.25)
+    torch.testing.assert_close(low, ref[m.backbone.levels[0]])
+    assert m.config["mean"] == [0.5, 0.5, 0.5] and m.config["prior_mean"] == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match="std"):
+        QGNet(**TINY, std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="prior_mean"):
+        QGNet(**{**TINY, "use_prior": False}, prior_mean=(0.1, 0.2, 0.3))
 
 
 def test_bad_constructor_arguments():
@@ -548,11 +574,11 @@ def test_per_call_check_inputs_switch(tiny):
     assert torch.equal(out["logits"], ref["logits"]) and torch.equal(out["loss"], ref["loss"])
     raw = q * 100
     tiny(raw, s, sm, check_inputs=False)  # value check skipped for this call only
-    with pytest.raises(ValueError, match="query_image.*normalised"):
+    with pytest.raises(ValueError, match=r"query_image.*\[0, 1\]"):
         tiny(raw, s, sm)
     with fp.checks_disabled():
         tiny(raw, s, sm)  # global flag off, check_inputs=None follows it
-        with pytest.raises(ValueError, match="query_image.*normalised"):
+        with pytest.raises(ValueError, match=r"query_image.*\[0, 1\]"):
             tiny(raw, s, sm, check_inputs=True)  # per call on beats the global flag
         with pytest.raises(ValueError, match="support_masks.*values in"):
             tiny(q, s, sm * 3, check_inputs=True)
@@ -562,7 +588,7 @@ def test_per_call_check_inputs_switch(tiny):
     with pytest.raises(TypeError, match="check_inputs"):
         tiny(q, s, sm, check_inputs="no")
     assert tiny.predict(raw, s, sm, check_inputs=False).shape == (2, 33, 33)  # skipped for this call only
-    with pytest.raises(ValueError, match="query_image.*normalised"):
+    with pytest.raises(ValueError, match=r"query_image.*\[0, 1\]"):
         tiny.predict(raw, s, sm)
 
 

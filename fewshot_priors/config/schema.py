@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -84,6 +85,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "region_map_backend": "auto",
         "max_chunk_bytes": None,  # region-map ops: memory bound of one chunk (None = the ops' default)
         "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
+        # input normalisation of the [0, 1] RGB images, per backbone (null: from the weights file,
+        # else the timm pretrained_cfg of the model: ImageNet mean/std, 0.5/0.5 for EfficientNet-Lite)
+        "mean": None,
+        "std": None,
+        "prior_mean": None,
+        "prior_std": None,
     },
     "train": {
         "epochs": 200,
@@ -115,6 +122,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # model
         "backbone": "resnet50",
         "backbone_kwargs": {},  # e.g. {"output_stride": 8}
+        "weights": None,  # initial encoder weights (a local file, e.g. ImageNet); null: random init
+        "mean": None,  # input normalisation of the encoder (null: the weights file's, else timm's cfg)
+        "std": None,
         "dim": 128,
         "queue_size": 65536,
         "local_queue_size": 65536,
@@ -193,8 +203,11 @@ _FREE_KEYS = {
     ("model", "max_chunk_bytes"), ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
     ("pretrain", "max_steps"), ("pretrain", "cache_dir"), ("pretrain", "probe_root"), ("pretrain", "probe_size"),
     ("pretrain", "probe_max_images"), ("pretrain", "ckpt_every_steps"), ("pretrain", "export_path"),
-    ("study", "train_min_pixels"),
+    ("study", "train_min_pixels"), ("pretrain", "weights"),
 }
+
+#: Per-channel RGB statistics of the input normalisation: null or three numbers (std > 0).
+_STATS_KEYS = ("model.mean", "model.std", "model.prior_mean", "model.prior_std", "pretrain.mean", "pretrain.std")
 
 #: Fixed choices of string keys.
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -363,6 +376,16 @@ def validate(cfg: Mapping) -> dict:
         v = c[section][key]
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
             raise ConfigError(f"{name} must be a number >= 0 or null, got {v!r}")
+    for name in _STATS_KEYS:
+        section, key = name.split(".")
+        v = c[section][key]
+        if v is None:
+            continue
+        numbers = isinstance(v, (list, tuple)) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        if not numbers or (key.endswith("std") and not all(x > 0 for x in v)):
+            need = "three numbers > 0" if key.endswith("std") else "three numbers"
+            raise ConfigError(f"{name} must be null or {need} (one per RGB channel, images in [0, 1]), got {v!r}")
     for name, low, optional in _INT_RANGES:
         section, key = name.split(".")
         value = c[section][key]

@@ -21,12 +21,10 @@ from .io import BadDataError, DataLayoutError
 from .pascal import PascalFewShot
 from .registry import DATASETS, available_datasets, create_dataset, register_dataset
 from .synthetic import generate_synthetic_dataset
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, TrainTransform, build_transforms
+from .transforms import TestTransform, TrainTransform, build_transforms, image_to_tensor
 
 __all__ = [
     "DATASETS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "BadDataError",
     "CocoFewShot",
     "DataLayoutError",

@@ -2,7 +2,7 @@
 
 An episode (one dataset item) is a dict:
 
-* ``query_image``: float32 ``3, H, W`` (ImageNet-normalised),
+* ``query_image``: float32 ``3, H, W`` RGB in ``[0, 1]`` (each backbone normalises it),
 * ``query_mask``: int64 ``H, W`` with 0 / 1 / 255,
 * ``support_images``: float32 ``K, 3, H, W``; ``support_masks``: int64 ``K, H, W``,
 * ``class_id``: int (dataset class id), ``query_name``: str, ``support_names``: list[str],

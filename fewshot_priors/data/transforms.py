@@ -7,12 +7,15 @@ A transform is called as ``transform(image, mask, rng)`` with
 * ``rng``: a :class:`numpy.random.Generator` (all randomness comes from it, so a
   seeded generator gives the same result on every machine and worker),
 
-and returns ``(image, mask, valid_hw)``: a float32 ``3, S, S`` ImageNet-normalised
-tensor, an int64 ``S, S`` mask and the ``(h, w)`` of the un-padded content.
+and returns ``(image, mask, valid_hw)``: a float32 ``3, S, S`` RGB tensor in ``[0, 1]``
+(not normalised: each backbone normalises its input with its own mean/std, see
+:func:`fewshot_priors.models.backbone.input_normalisation`), an int64 ``S, S`` mask and the
+``(h, w)`` of the un-padded content.
 
-The geometric ops run on the normalised tensor with
+The geometric ops run on the ``[0, 1]`` tensor with
 :mod:`torchvision.transforms.v2.functional` (bilinear for the image, nearest for
-the mask), so "pad with the mean" is a fill of 0.
+the mask). The training transform pads and rotates in PFENet's padding colour, the
+ImageNet mean (:data:`PFENET_PAD_COLOUR`).
 """
 
 from __future__ import annotations
@@ -25,33 +28,29 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from ..constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from ..constants import IGNORE_INDEX, IMAGENET_MEAN
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
+    "PFENET_PAD_COLOUR",
     "TestTransform",
     "TrainTransform",
     "build_transforms",
-    "normalize_image",
+    "image_to_tensor",
 ]
 
+#: PFENet's padding and rotation fill (its ``mean`` padding: the ImageNet mean, RGB in [0, 1]),
+#: which a backbone with ImageNet statistics normalises to 0.
+PFENET_PAD_COLOUR: tuple[float, float, float] = IMAGENET_MEAN
 
-def normalize_image(
-    image: np.ndarray,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """``H, W, 3`` uint8 array -> ``3, H, W`` float32 normalised tensor."""
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``H, W, 3`` uint8 RGB array -> ``3, H, W`` float32 tensor in ``[0, 1]``."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             f"`image` must be an H, W, 3 uint8 array, got "
             f"{getattr(image, 'shape', type(image).__name__)}"
         )
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (t - m) / s
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def _as_mask(mask: np.ndarray, image: np.ndarray) -> torch.Tensor:
@@ -177,8 +176,7 @@ class TrainTransform:
         hflip_p: float = 0.5,
         crop_retries: int = 31,
         keep_fg: float = 0.85,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        fill: Sequence[float] = PFENET_PAD_COLOUR,
         resize_long: int | None = None,
     ) -> None:
         if int(size) <= 0:
@@ -201,14 +199,16 @@ class TrainTransform:
         self.hflip_p = hflip_p
         self.crop_retries = int(crop_retries)
         self.keep_fg = float(keep_fg)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.fill = [float(v) for v in fill]
+        if len(self.fill) != 3:
+            raise ValueError(f"`fill` must be an RGB colour in [0, 1] (three numbers), got {fill!r}")
 
     def __repr__(self) -> str:
         extra = "" if self.resize_long is None else f", resize_long={self.resize_long}"
         return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate}{extra})"
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        img = normalize_image(image, self.mean, self.std)
+        img = image_to_tensor(image)
         m = _as_mask(mask, image)
         # scale
         s = rng.uniform(*self.scale)
@@ -218,10 +218,10 @@ class TrainTransform:
         new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
         if new_hw != (h, w):
             img, m = _resize_pair(img, m, new_hw)
-        # rotate (fill 0 = mean after normalisation; mask fill 255)
+        # rotate (image fill: PFENet's padding colour; mask fill 255)
         if rng.random() < self.rotate_p:
             angle = float(rng.uniform(*self.rotate))
-            img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+            img = TF.rotate(img, angle, interpolation=InterpolationMode.BILINEAR, fill=self.fill)
             m = TF.rotate(m, angle, interpolation=InterpolationMode.NEAREST, fill=IGNORE_INDEX)
         # blur
         if rng.random() < self.blur_p:
@@ -240,7 +240,7 @@ class TrainTransform:
         if ph or pw:  # centre padding, as PFENet
             top, left = ph // 2, pw // 2
             pad = [left, top, pw - left, ph - top]
-            img = TF.pad(img, pad, fill=0.0)
+            img = TF.pad(img, pad, fill=self.fill)
             m = TF.pad(m, pad, fill=IGNORE_INDEX)
             h, w = img.shape[-2:]
         total_fg = int((m == 1).sum())
@@ -263,7 +263,7 @@ class TestTransform:
     side is floored to a multiple of ``multiple_of`` (8; 473 -> 472, so a 500 x 375
     VOC image becomes 472 x 352). The image is resized bilinearly (not antialiased,
     as cv2's ``INTER_LINEAR``), placed at the top-left of a ``size x size`` canvas
-    padded with the raw pixel value ``pad_value`` (0 = black, before normalisation),
+    padded with the raw pixel value ``pad_value`` (0-255; 0 = black),
     the mask (nearest) padded with 255. ``valid_hw`` is the resized size. Predictions
     are scored at the original label size with
     :func:`fewshot_priors.data.restore_prediction`. No randomness is used.
@@ -273,7 +273,6 @@ class TestTransform:
         pad_value: raw pixel value of the image padding.
         multiple_of: floor both resized sides to a multiple of this (8 as PFENet; 1 keeps
             the exact aspect-preserving size).
-        mean, std: normalisation.
     """
 
     __test__ = False  # not a pytest test class
@@ -282,8 +281,6 @@ class TestTransform:
         self,
         size: int = 473,
         pad_value: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
         multiple_of: int = 8,
     ) -> None:
         if int(size) <= 0:
@@ -293,7 +290,6 @@ class TestTransform:
         self.size = int(size)
         self.pad_value = float(pad_value)
         self.multiple_of = multiple_of
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __repr__(self) -> str:
         return f"TestTransform(size={self.size}, multiple_of={self.multiple_of})"
@@ -308,17 +304,14 @@ class TestTransform:
         return tuple(max(1, v // k * k if v >= k else v) for v in (nh, nw))  # type: ignore[return-value]
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None):
-        img = normalize_image(image, self.mean, self.std)
+        img = image_to_tensor(image)
         m = _as_mask(mask, image)
         h, w = img.shape[-2:]
         S = self.size
         nh, nw = self.resized_hw(h, w)
         if (nh, nw) != (h, w):
             img, m = _resize_pair(img, m, (nh, nw))
-        fill = torch.tensor(
-            [(self.pad_value / 255.0 - mu) / sd for mu, sd in zip(self.mean, self.std)]
-        ).view(3, 1, 1)
-        canvas = fill.expand(3, S, S).clone()
+        canvas = torch.full((3, S, S), self.pad_value / 255.0, dtype=torch.float32)
         canvas[:, :nh, :nw] = img
         mcanvas = torch.full((S, S), IGNORE_INDEX, dtype=torch.int64)
         mcanvas[:nh, :nw] = m[0]

@@ -328,7 +328,8 @@ def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: i
         momentum=p["moco_momentum"], temperature=p["temperature"], global_weight=p["global_weight"],
         local_weight=p["local_weight"], mlp_hidden=p["mlp_hidden"], head_norm=p["head_norm"],
         max_patches=p["max_patches"], pool_mode=p["pool_mode"], shuffle_bn=p["shuffle_bn"], bn_splits=p["bn_splits"],
-        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], **p["backbone_kwargs"],
+        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], weights=p["weights"],
+        mean=p["mean"], std=p["std"], **p["backbone_kwargs"],
     )
 
 
@@ -358,7 +359,7 @@ class _Monitor:
     def run_probe(self, at: int) -> None:
         if self.probe is not None:
             self.record(at, probe_encoder(self.model.encoder, self.probe, k=self.p["probe_k"],
-                                          pool_mode=self.p["pool_mode"]), "probe")
+                                          pool_mode=self.p["pool_mode"], normalize=self.model.normalize), "probe")
 
     def after_step(self, step: int, res: Mapping[str, torch.Tensor]) -> None:
         p = self.p

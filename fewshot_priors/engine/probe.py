@@ -19,6 +19,7 @@ returns the kNN accuracies and the majority-class baselines.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..data.io import read_image
-from ..data.transforms import normalize_image
+from ..data.transforms import image_to_tensor
 from ..ops.superpixel_pool import superpixel_pool
 from ..ssl.diagnostics import knn_accuracy
 from ..ssl.moco import dense_features
@@ -43,7 +44,7 @@ class ProbeSet:
     """A labelled probe (all tensors on the CPU).
 
     Attributes:
-        images: ``N, 3, S, S`` float32 ImageNet-normalised images.
+        images: ``N, 3, S, S`` float32 RGB images in ``[0, 1]``.
         superpixels: ``N, S, S`` int64 ids in ``0..P-1`` (``-1`` = dropped).
         image_labels: ``N`` int64 class ids (``1..C``; 0 never occurs at image level).
         patch_labels: ``N, P`` int64 class ids (``0`` = background, ``-1`` = no patch).
@@ -133,7 +134,7 @@ def load_probe_set(
             sel = sem[sp == j]
             if sel.size:
                 lab[j] = int(np.bincount(sel).argmax())
-        imgs.append(normalize_image(rgb))
+        imgs.append(image_to_tensor(rgb))
         sps.append(torch.from_numpy(sp.astype(np.int64)))
         patch_lab.append(torch.from_numpy(lab))
     n = len(stems)
@@ -157,9 +158,14 @@ def _majority_rate(train_labels: torch.Tensor, test_labels: torch.Tensor) -> flo
 
 @torch.no_grad()
 def probe_encoder(
-    encoder: torch.nn.Module, probe: ProbeSet, *, k: int = 20, batch_size: int = 32, pool_mode: str = "area"
+    encoder: torch.nn.Module, probe: ProbeSet, *, k: int = 20, batch_size: int = 32, pool_mode: str = "area",
+    normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """kNN accuracies of ``encoder``'s features on ``probe``.
+
+    ``normalize`` maps the probe's ``[0, 1]`` images to the encoder's input (e.g.
+    :meth:`GlobalLocalMoCo.normalize <fewshot_priors.ssl.moco.GlobalLocalMoCo.normalize>`);
+    default: the images as they are.
 
     The encoder runs in eval mode (its BatchNorm running statistics) and is put back
     in its previous mode afterwards.
@@ -176,7 +182,8 @@ def probe_encoder(
     P = probe.max_patches
     try:
         for s in range(0, len(probe), batch_size):
-            f = dense_features(encoder, probe.images[s : s + batch_size].to(device)).float()
+            x = probe.images[s : s + batch_size].to(device)
+            f = dense_features(encoder, x if normalize is None else normalize(x)).float()
             g.append(f.mean(dim=(2, 3)).cpu())
             pooled, _ = superpixel_pool(f, probe.superpixels[s : s + batch_size].to(device), P, pool_mode)
             loc.append(pooled.cpu())

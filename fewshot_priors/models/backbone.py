@@ -7,6 +7,15 @@ given mid-level features (PFENet computes the support layer4 from
 ``layer3 x mask``), and stays frozen: no gradients, BatchNorm and dropout in eval
 mode even when the parent model is in ``train()``.
 
+**Input normalisation travels with the weights.** Images enter a backbone as RGB in
+``[0, 1]``; the backbone normalises them itself with its own ``mean`` / ``std``
+(:attr:`FrozenBackbone.mean`), as torchvision's weight transforms and Hugging Face image
+processors attach the preprocessing to the weights. They come, in this order, from the
+``mean=`` / ``std=`` arguments, from the weights file (this project's prior-extractor
+export records the statistics its encoder was trained with), or from the timm
+``pretrained_cfg`` of the model (ImageNet mean/std for most models, ``0.5`` / ``0.5`` for
+the TF EfficientNet-Lite family, ...); :func:`input_normalisation` resolves them.
+
 Weights come from timm (``pretrained=True``, needs internet) or from a local
 file (``weights=PATH``): a timm state dict, a checkpoint dict holding one under
 ``"state_dict"`` / ``"model"``, a MoCo-style checkpoint whose query encoder is
@@ -24,6 +33,7 @@ its prior extractor; ``moco_encoder="query"`` picks the query encoder.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -44,6 +54,7 @@ from .weights import (  # noqa: F401  (re-exported: the names' historical home)
     _norm_key,
     _read_checkpoint,
     load_backbone_state_dict,
+    weights_metadata,
 )
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
@@ -54,6 +65,7 @@ __all__ = [
     "PRIOR_EXTRACTOR_FORMAT",
     "FrozenBackbone",
     "create_backbone",
+    "input_normalisation",
     "load_backbone_state_dict",
     "pfenet_dilation",
 ]
@@ -79,6 +91,61 @@ def _check_name(name: object) -> str:
             "See `timm.list_models(pattern)` for the available names."
         )
     return name
+
+
+def _check_stats(name: str, value: object) -> tuple[float, float, float]:
+    """A per-channel RGB statistic: three finite floats (``std``: each > 0)."""
+    try:
+        vals = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        vals = ()
+    if (len(vals) != 3 or isinstance(value, (str, bytes)) or any(isinstance(v, bool) for v in value)  # type: ignore[union-attr]
+            or not all(math.isfinite(v) for v in vals) or (name.endswith("std") and not all(v > 0 for v in vals))):
+        need = "three finite numbers > 0" if name.endswith("std") else "three finite numbers"
+        raise ValueError(f"`{name}` must be {need} (one per RGB channel, for images in [0, 1]), got {value!r}")
+    return vals  # type: ignore[return-value]
+
+
+def input_normalisation(
+    name: str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    weights_meta: Mapping[str, str] | None = None,
+    pretrained_cfg: Mapping | None = None,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The ``(mean, std)`` a backbone normalises its ``[0, 1]`` RGB input with.
+
+    Each of ``mean`` / ``std`` is taken, in this order, from the argument, from the weights
+    file's metadata ``weights_meta`` (``"mean"`` / ``"std"`` as JSON lists, written by the
+    prior-extractor export), or from the timm ``pretrained_cfg`` (default: timm's for
+    ``name``; ``"resnet50"`` -> ImageNet's, ``"tf_efficientnet_lite0"`` -> ``0.5`` / ``0.5``).
+
+    Raises:
+        ValueError: a statistic that is not three finite numbers (``std``: > 0).
+    """
+    import json
+
+    meta = dict(weights_meta or {})
+    cfg = pretrained_cfg
+    if cfg is None and (mean is None or std is None):
+        try:
+            cfg = timm.models.get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001  (an unregistered name: timm's defaults below)
+            cfg = None
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg or {})
+    cfg = dict(cfg or {})
+    out = []
+    for key, given, default in (("mean", mean, timm.data.IMAGENET_DEFAULT_MEAN),
+                                ("std", std, timm.data.IMAGENET_DEFAULT_STD)):
+        if given is None and key in meta:
+            try:
+                given = json.loads(meta[key])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"the weights file's `{key}` metadata is not a JSON list: {meta[key]!r}") from e
+        if given is None:
+            given = cfg.get(key) or default
+        out.append(_check_stats(key, given))
+    return out[0], out[1]
 
 
 def _select_levels(body: nn.Module) -> tuple[int, int, int]:
@@ -117,6 +184,11 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
     the size of the deepest stage whose stride is ``<= output_stride``, so ``low``,
     ``mid`` and ``high`` always share one spatial size.
 
+    The input is an RGB batch in ``[0, 1]``: the module normalises it with its own
+    :attr:`mean` / :attr:`std` (non-persistent buffers: the state-dict keys are those of the
+    timm body) before the first stage. ``mean`` / ``std`` default to the timm
+    ``pretrained_cfg`` of ``body`` (see :func:`input_normalisation`).
+
     When ``frozen`` (the default) every parameter has ``requires_grad=False``, the
     body is always in eval mode (BatchNorm statistics and dropout never change, even
     after the parent calls ``.train()``) and the forward passes run under
@@ -131,13 +203,18 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         can_split: whether :meth:`forward_high` is available (timm FeatureListNet /
             FeatureDictNet bodies, i.e. ResNets, VGG, ConvNeXt, ...).
         pfenet_pool_layout: whether PFENet's VGG layering is used (see above).
+        mean, std: the per-channel RGB statistics the ``[0, 1]`` input is normalised with.
     """
 
     def __init__(self, body: nn.Module, name: str, output_stride: int = 8, frozen: bool = True,
-                 levels: Sequence[int] | None = None):
+                 levels: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None):
         super().__init__()
         self.body = body
         self.name = name
+        self.mean, self.std = input_normalisation(name, mean, std, pretrained_cfg=getattr(body, "pretrained_cfg", None))
+        self.register_buffer("_mean", torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.frozen = bool(frozen)
         self.output_stride = int(output_stride)
         lv = tuple(levels) if levels is not None else _select_levels(body)
@@ -191,21 +268,24 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, channels={self.channels}, output_stride={self.output_stride}, "
-                f"frozen={self.frozen}, resize={self.resize}")
+                f"frozen={self.frozen}, resize={self.resize}, mean={self.mean}, std={self.std}")
 
     PRETRAINED_FORMAT = BACKBONE_FORMAT
 
     def _pretrained_config(self) -> dict:
-        return {"backbone": self.name, "output_stride": self.output_stride, "frozen": self.frozen}
+        return {"backbone": self.name, "output_stride": self.output_stride, "frozen": self.frozen,
+                "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def _from_pretrained_config(cls, config: dict, overrides: dict) -> FrozenBackbone:
         config.update(overrides)
-        unknown = sorted(set(config) - {"backbone", "output_stride", "frozen"})
+        valid = {"backbone", "output_stride", "frozen", "mean", "std"}
+        unknown = sorted(set(config) - valid)
         if unknown:
-            raise ValueError(f"unknown backbone setting(s) {unknown} (valid: backbone, output_stride, frozen)")
+            raise ValueError(f"unknown backbone setting(s) {unknown} (valid: {', '.join(sorted(valid))})")
         return create_backbone(config["backbone"], output_stride=int(config.get("output_stride", 8)),
-                               frozen=bool(config.get("frozen", True)))
+                               frozen=bool(config.get("frozen", True)), mean=config.get("mean"),
+                               std=config.get("std"))
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         """Set train mode; a frozen body always stays in eval mode."""
@@ -219,11 +299,15 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"`x` must be a torch.Tensor image batch B, 3, H, W, got {type(x).__name__}")
         if not x.is_floating_point():
-            raise TypeError(f"`x` must be a floating point (normalised) image batch, got dtype {x.dtype}")
+            raise TypeError(f"`x` must be a floating point image batch (RGB in [0, 1]), got dtype {x.dtype}")
         in_chans = getattr(self.body, "in_chans", 3)
         if x.dim() != 4 or x.shape[1] != in_chans:
             raise ValueError(f"`x` must have shape B, {in_chans}, H, W, got {tuple(x.shape)}")
         return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, 3, H, W`` RGB in ``[0, 1]`` -> ``(x - mean) / std`` in ``x``'s dtype."""
+        return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
 
     def _fmt(self, t: torch.Tensor) -> torch.Tensor:
         if isinstance(t, (tuple, list)):
@@ -252,13 +336,14 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         """Low and mid stages of an image batch.
 
         Args:
-            x: ``B, 3, H, W`` normalised images.
+            x: ``B, 3, H, W`` RGB images in ``[0, 1]`` (normalised here with :attr:`mean` / :attr:`std`).
 
         Returns:
             ``(low B, C_low, h, w, mid B, C_mid, h, w)`` at the common output stride.
         """
         x = self._check_input(x)
         with self._context():
+            x = self.normalize(x)
             if self._stages is not None:
                 low = self._run(0, x)
                 mid = self._run(1, low)
@@ -305,7 +390,7 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         """All three stages.
 
         Args:
-            x: ``B, 3, H, W`` normalised images.
+            x: ``B, 3, H, W`` RGB images in ``[0, 1]`` (normalised here with :attr:`mean` / :attr:`std`).
 
         Returns:
             ``(low, mid, high)``, each ``B, C_i, h, w`` with ``h = ceil(H / 8)`` for a
@@ -316,7 +401,7 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
             low, mid = self.forward_low_mid(x)
             return low, mid, self.forward_high(mid)
         with self._context():
-            feats = [self._fmt(feats) for feats in self.body(x)]
+            feats = [self._fmt(feats) for feats in self.body(self.normalize(x))]
             low, mid, high = (feats[i] for i in self.levels)
             if self.resize:
                 size = tuple((low, mid, high)[self._anchor].shape[-2:])
@@ -387,6 +472,8 @@ def create_backbone(
     output_stride: int = 8,
     frozen: bool = True,
     moco_encoder: str = "key",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> FrozenBackbone:
     """Build a (frozen) three-stage backbone from a timm model name.
 
@@ -406,6 +493,9 @@ def create_backbone(
         moco_encoder: which encoder of a MoCo checkpoint ``weights`` holds is loaded:
             ``"key"`` (the momentum encoder, default, as the official QGNet release)
             or ``"query"``.
+        mean, std: the per-channel RGB statistics its ``[0, 1]`` input is normalised with
+            (default: the weights file's, else timm's ``pretrained_cfg``; see
+            :func:`input_normalisation`).
 
     Returns:
         A :class:`FrozenBackbone` with ``.channels == (low, mid, high)``
@@ -429,6 +519,10 @@ def create_backbone(
     body = _build_body(name, bool(pretrained), output_stride)
     if output_stride < 32:
         pfenet_dilation(body, output_stride)
+    meta: dict[str, str] = {}
     if weights is not None:
         load_backbone_state_dict(body, name, weights, moco_encoder=moco_encoder)
-    return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen)
+        if isinstance(weights, (str, os.PathLike)):
+            meta = weights_metadata(weights)
+    mean, std = input_normalisation(name, mean, std, weights_meta=meta, pretrained_cfg=getattr(body, "pretrained_cfg", None))
+    return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen, mean=mean, std=std)

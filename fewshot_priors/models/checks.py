@@ -8,6 +8,7 @@ or per call with ``QGNet.forward(..., check_inputs=False)``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -21,12 +22,11 @@ from fewshot_priors.ops._checks import (
     clean_mask,
 )
 
-__all__ = ["MAX_NORMALISED_ABS", "check_dtype_device", "check_inputs", "check_normalised", "resolve_check_inputs",
+__all__ = ["UNIT_RANGE_TOL", "check_dtype_device", "check_inputs", "check_unit_range", "resolve_check_inputs",
            "warn_ignore_only_masks"]
 
-#: Largest absolute value accepted in an input image. ImageNet-normalised pixels lie
-#: in about [-2.2, 2.7]; raw 0-255 pixels (a silent wrong answer otherwise) exceed it.
-MAX_NORMALISED_ABS = 10.0
+#: Slack of the ``[0, 1]`` image-range check (float rounding of resizes and augmentations).
+UNIT_RANGE_TOL = 1e-3
 
 
 def resolve_check_inputs(check_inputs: bool | None) -> bool:
@@ -39,18 +39,25 @@ def resolve_check_inputs(check_inputs: bool | None) -> bool:
     return check_inputs
 
 
-def check_normalised(name: str, images: torch.Tensor) -> None:
-    """Reject raw 0-255 pixels and NaN/inf: ImageNet-normalised images lie in about [-2.2, 2.7]."""
+def check_unit_range(name: str, images: torch.Tensor) -> None:
+    """Images must be RGB in ``[0, 1]`` (each backbone normalises them itself): raw 0-255
+    pixels, already mean/std-normalised images and NaN/inf raise ``ValueError``."""
     if images.numel() == 0:
         return
-    peak = float(images.detach().abs().amax())
-    if not peak <= MAX_NORMALISED_ABS:
-        what = "non-finite values" if peak != peak or peak == float("inf") else f"max |value| {peak:.4g}"
-        raise ValueError(
-            f"`{name}` must hold normalised images (ImageNet mean/std: values within about "
-            f"[-2.2, 2.7]), got {what}; convert raw pixels with (x / 255 - mean) / std, "
-            "e.g. fewshot_priors.data.transforms.normalize_image"
-        )
+    x = images.detach()
+    low, high = float(x.amin()), float(x.amax())
+    if low >= -UNIT_RANGE_TOL and high <= 1 + UNIT_RANGE_TOL:
+        return
+    if not (math.isfinite(low) and math.isfinite(high)):
+        what, hint = "non-finite values (NaN or inf)", "check the data pipeline"
+    elif high > 2 and low >= 0:
+        what, hint = f"values up to {high:.4g}", "raw 0-255 pixels? pass `image / 255`"
+    else:
+        what, hint = (f"values in [{low:.4g}, {high:.4g}]",
+                      "already normalised with a mean/std? pass the unnormalised RGB image: the model's "
+                      "backbones normalise it with their own statistics (`model.backbone.mean` / `.std`)")
+    raise ValueError(f"`{name}` must hold RGB images in [0, 1], got {what}; {hint}")
+
 
 def check_dtype_device(model: nn.Module, name: str, images: torch.Tensor) -> None:
     """Images must match the model parameters' dtype (unless autocast casts them) and device."""
@@ -141,8 +148,8 @@ def check_inputs(
     check_dtype_device(model, "query_image", query_image)
     check_dtype_device(model, "support_images", support_images)
     if value_checks:
-        check_normalised("query_image", query_image)
-        check_normalised("support_images", support_images)
+        check_unit_range("query_image", query_image)
+        check_unit_range("support_images", support_images)
     if not isinstance(support_masks, torch.Tensor):
         raise TypeError(f"`support_masks` must be a torch.Tensor, got {type(support_masks).__name__}")
     m = support_masks

@@ -35,8 +35,9 @@ def create_qgnet(model_cfg: Mapping | None = None, **overrides: Any) -> QGNet:
 
     Returns:
         The model (frozen backbone and prior extractor, trainable heads and decoder).
-        With ``use_prior=False`` a ``prior_weights`` value is dropped (the ablation has
-        no prior extractor), as the config layer allows it to stay set.
+        With ``use_prior=False`` the prior-extractor settings (``prior_backbone``,
+        ``prior_weights``, ``prior_mean``, ``prior_std``) are dropped (the ablation has no
+        prior extractor), so one config serves the model with and without the prior.
 
     Raises:
         ValueError: an unknown key (named, with the closest valid key), or what

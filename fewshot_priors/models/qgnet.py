@@ -18,6 +18,10 @@ resized bilinearly to the mid-level size; it is *low* on objects (Sec. 4.3) and 
 not inverted: the decoder learns its sign. ``use_prior=False`` is the PFENet
 ablation (guided map only).
 
+Images enter the model as RGB in ``[0, 1]``; each backbone normalises them with its own
+``mean`` / ``std`` (from its weights or its timm ``pretrained_cfg``), so the supervised
+backbone and the prior extractor may expect different statistics.
+
 The model is composed from parts: ``backbone``, ``prior_extractor``, the region-map
 modules ``guided_map`` (:class:`~fewshot_priors.ops.GuidedRegionMap`) and ``prior_map``
 (:class:`~fewshot_priors.ops.PriorRegionMap`), and ``decoder`` (:class:`FEMDecoder`).
@@ -41,7 +45,7 @@ from torch import nn
 
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
-from fewshot_priors.models.checks import MAX_NORMALISED_ABS, resolve_check_inputs
+from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
 from fewshot_priors.models.qgnet_config import qgnet_kwargs
@@ -50,14 +54,15 @@ from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap, check_ma
 from fewshot_priors.ops.pooling import _masked_average_pool_clean, resize_mask
 from fewshot_priors.ops.similarity import check_backend
 
-__all__ = ["MAX_NORMALISED_ABS", "FrozenModule", "QGNet"]
+__all__ = ["FrozenModule", "QGNet"]
 
 
 class FrozenModule(nn.Module):
     """Freeze an arbitrary feature extractor used as prior extractor.
 
-    The wrapped module maps ``B, 3, H, W`` images to ``B, C, h, w`` features (or a
-    list/tuple of feature maps, of which the last is used). It gets no gradient and
+    The wrapped module maps ``B, 3, H, W`` RGB images in ``[0, 1]`` to ``B, C, h, w``
+    features (or a list/tuple of feature maps, of which the last is used); it normalises
+    its input itself if it needs to. It gets no gradient and
     always runs in eval mode under ``torch.no_grad()``.
     """
 
@@ -149,6 +154,13 @@ class QGNet(PretrainedMixin, nn.Module):
         fg_weight: weight of the foreground class in the cross-entropy losses (1 = the
             paper's unweighted CE; > 1 counters a small foreground share, see
             ``docs/how-to/real-images.md``).
+        mean, std: the per-channel RGB statistics the supervised backbone normalises its
+            ``[0, 1]`` input with (default: its weights file's, else its timm
+            ``pretrained_cfg``; see :func:`~fewshot_priors.models.backbone.input_normalisation`).
+            Only for a backbone given by name.
+        prior_mean, prior_std: the same for the prior extractor (default: its weights
+            file's, e.g. the self-supervised export's, else its timm ``pretrained_cfg``; a
+            GlobalLocalMoCo passed as ``prior_backbone`` brings its own).
         region_map_backend: backend of the region-map ops (``"auto"``, ``"chunked"``,
             ``"reference"``, ``"fused"``), checked by the region-map modules.
         output_stride: backbone output stride (8).
@@ -189,6 +201,10 @@ class QGNet(PretrainedMixin, nn.Module):
         output_stride: int = 8,
         max_chunk_bytes: int | None = None,
         eps: float = 1e-7,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        prior_mean: Sequence[float] | None = None,
+        prior_std: Sequence[float] | None = None,
         *,
         guided_map: nn.Module | None = None,
         prior_map: nn.Module | None = None,
@@ -228,24 +244,27 @@ class QGNet(PretrainedMixin, nn.Module):
         )
 
         if isinstance(backbone, FrozenBackbone):
-            if pretrained or weights is not None:
-                raise ValueError("`pretrained` / `weights` apply to a backbone given by name, not to a module")
+            if pretrained or weights is not None or mean is not None or std is not None:
+                raise ValueError("`pretrained` / `weights` / `mean` / `std` apply to a backbone given by name, "
+                                 "not to a module (build it with create_backbone(..., mean=, std=))")
             self.backbone = backbone
         elif isinstance(backbone, str):
             self.backbone = create_backbone(backbone, pretrained=pretrained, weights=weights,
-                                            output_stride=output_stride)
+                                            output_stride=output_stride, mean=mean, std=std)
         else:
             raise TypeError(f"`backbone` must be a timm model name or a FrozenBackbone, got {type(backbone).__name__}")
         low_c, mid_c, high_c = self.backbone.channels
 
         self.prior_extractor: nn.Module | None = None
         if self.use_prior:
-            self.prior_extractor = self._build_prior(prior_backbone, prior_weights, output_stride)
+            self.prior_extractor = self._build_prior(prior_backbone, prior_weights, output_stride,
+                                                     prior_mean, prior_std)
             prior_c = self._prior_channels()
             self.down_bridge = _down(high_c, channels)
             self.down_prior = _down(prior_c, channels)
-        elif prior_backbone is not None or prior_weights is not None:
-            raise ValueError("`prior_backbone` / `prior_weights` given with use_prior=False")
+        elif any(v is not None for v in (prior_backbone, prior_weights, prior_mean, prior_std)):
+            raise ValueError("`prior_backbone` / `prior_weights` / `prior_mean` / `prior_std` given with "
+                             "use_prior=False (the ablation has no prior extractor)")
 
         self.query_head = _mid_head(low_c + mid_c, channels)
         self.support_head = _mid_head(low_c + mid_c, channels)
@@ -285,6 +304,8 @@ class QGNet(PretrainedMixin, nn.Module):
         if self.backbone.output_stride != output_stride:
             output_stride = self.backbone.output_stride  # a FrozenBackbone passed in sets the stride
         g = self.guided_map
+        prior = self.prior_extractor  # a FrozenBackbone here (any other module returned None above)
+        prior_norm = {"prior_mean": list(prior.mean), "prior_std": list(prior.std)} if self.use_prior else {}
         return {
             "backbone": backbone,
             "prior_backbone": prior_backbone,
@@ -301,6 +322,9 @@ class QGNet(PretrainedMixin, nn.Module):
             "region_map_backend": g.backend,
             "max_chunk_bytes": g.max_chunk_bytes,
             "eps": g.eps,
+            "mean": list(self.backbone.mean),
+            "std": list(self.backbone.std),
+            **prior_norm,
         }
 
     PRETRAINED_FORMAT = QGNET_FORMAT
@@ -321,12 +345,15 @@ class QGNet(PretrainedMixin, nn.Module):
         return cls(**qgnet_kwargs(config, **overrides))
 
     # ------------------------------------------------------------------ construction
-    def _build_prior(self, prior_backbone, prior_weights, output_stride) -> nn.Module:
+    def _build_prior(self, prior_backbone, prior_weights, output_stride, mean, std) -> nn.Module:
         if prior_backbone is None or isinstance(prior_backbone, str):
             name = prior_backbone if prior_backbone is not None else self.backbone.name
-            return create_backbone(name, weights=prior_weights, output_stride=output_stride)
+            return create_backbone(name, weights=prior_weights, output_stride=output_stride, mean=mean, std=std)
         if prior_weights is not None:
             raise ValueError("`prior_weights` applies to a prior extractor given by name; load it into the module")
+        if (mean is not None or std is not None) and not _timm_architecture(prior_backbone):
+            raise ValueError("`prior_mean` / `prior_std` apply to a prior extractor given by name or as a timm / "
+                             "GlobalLocalMoCo encoder; a module normalises its input itself")
         if isinstance(prior_backbone, FrozenBackbone):
             return prior_backbone
         if isinstance(prior_backbone, nn.Module):
@@ -335,7 +362,11 @@ class QGNet(PretrainedMixin, nn.Module):
                 wrapped = getattr(prior_backbone, "module", prior_backbone)
                 picker = getattr(wrapped, "prior_encoder", None)  # GlobalLocalMoCo: the momentum encoder
                 encoder = picker() if callable(picker) else getattr(wrapped, "encoder", prior_backbone)
-                return create_backbone(arch, weights=encoder.state_dict(), output_stride=output_stride)
+                # the encoder's input statistics: a GlobalLocalMoCo's own, else the timm model's
+                mean = mean if mean is not None else getattr(wrapped, "mean", None)
+                std = std if std is not None else getattr(wrapped, "std", None)
+                return create_backbone(arch, weights=encoder.state_dict(), output_stride=output_stride,
+                                       mean=mean, std=std)
             return FrozenModule(prior_backbone)
         raise TypeError(
             "`prior_backbone` must be None, a timm model name, a FrozenBackbone or an nn.Module, "
@@ -395,8 +426,9 @@ class QGNet(PretrainedMixin, nn.Module):
         """Segment the query given K annotated supports.
 
         Args:
-            query_image: ``B, 3, H, W`` float query images, ImageNet-normalised
-                (raw 0-255 pixels, i.e. ``|value| > 10``, or NaN/inf raise ``ValueError``).
+            query_image: ``B, 3, H, W`` float RGB query images in ``[0, 1]``; each backbone
+                normalises them with its own mean/std (values outside ``[0, 1]``, e.g.
+                raw 0-255 pixels or already-normalised images, and NaN/inf raise ``ValueError``).
             support_images: ``B, K, 3, H', W'`` (or ``B, 3, H', W'`` for one shot).
             support_masks: ``B, K, H', W'`` foreground masks in [0, 1] (255 = ignore,
                 treated as background); ``B, H', W'`` or ``B, 1, H', W'`` for one shot.

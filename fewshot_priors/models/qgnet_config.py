@@ -15,7 +15,11 @@ __all__ = ["MODEL_KEYS", "qgnet_kwargs"]
 #: Keys of the config ``model`` section, each an argument of :class:`QGNet`.
 MODEL_KEYS = ("backbone", "prior_backbone", "pretrained", "weights", "prior_weights", "use_prior", "bins",
               "channels", "aux_weight", "fg_weight", "output_stride", "region_map_backend", "max_chunk_bytes",
-              "eps")
+              "eps", "mean", "std", "prior_mean", "prior_std")
+
+#: Keys that configure the prior extractor: ignored (None) when ``use_prior`` is false, so one
+#: config serves the model with and without the prior.
+PRIOR_KEYS = ("prior_backbone", "prior_weights", "prior_mean", "prior_std")
 
 #: Keyword arguments that are modules, not config values (parts to swap in, see :class:`QGNet`).
 PART_KEYS = ("guided_map", "prior_map", "decoder")
@@ -65,5 +69,7 @@ def qgnet_kwargs(model_cfg: Mapping | None = None, **overrides: Any) -> dict[str
         if key in kwargs:
             kwargs[key] = cast(kwargs[key])
     if not kwargs.get("use_prior", True):
-        kwargs["prior_weights"] = None
+        for key in PRIOR_KEYS:
+            if key in kwargs:
+                kwargs[key] = None
     return kwargs

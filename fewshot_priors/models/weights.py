@@ -38,6 +38,7 @@ __all__ = [
     "MOCO_ENCODERS",
     "PRIOR_EXTRACTOR_FORMAT",
     "load_backbone_state_dict",
+    "weights_metadata",
 ]
 
 #: ``format`` metadata value of this project's prior-extractor safetensors export.
@@ -112,6 +113,18 @@ def _read_checkpoint(
     if not tensors:
         raise ValueError(f"{what} file {str(p)!r} holds no tensors")
     return tensors, {}
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` weights file (its header only; ``{}`` for other
+    formats). The prior-extractor export records its encoder's input ``mean`` / ``std`` there."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def _strip(key: str) -> tuple[tuple[str, ...], str]:
@@ -234,9 +247,12 @@ def load_backbone_state_dict(
 
     state = _select_model_keys(state, set(full_shapes), moco_encoder)
     provided = set(state)
+    # head keys may be missing (a self-supervised encoder built with num_classes=0 still holds e.g.
+    # VGG's pre_logits, which its dense features never use; features_only bodies hold no head)
     missing = [
         k for k in full_shapes
         if k not in provided and k in used_full and not k.endswith("num_batches_tracked")
+        and k.split(".")[0] not in HEAD_NAMES
     ]
 
     def ignorable(key: str) -> bool:
@@ -266,6 +282,7 @@ def load_backbone_state_dict(
         if fk is not None and fk in state:
             new_sd[bk] = state[fk].to(body_sd[bk].dtype)
     result = body.load_state_dict(new_sd, strict=False)
-    left = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    left = [k for k in result.missing_keys
+            if not k.endswith("num_batches_tracked") and k.split(".")[0] not in HEAD_NAMES]
     if left:  # pragma: no cover - guarded by the checks above
         raise ValueError(f"backbone weights {str(weights)!r}: keys not loaded: {_fmt_keys(left)}")

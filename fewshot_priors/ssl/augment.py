@@ -3,8 +3,9 @@
 The geometric part (RandomResizedCrop, horizontal flip) is applied to the image
 and to its superpixel label map *with the same parameters*; labels are resampled
 by nearest neighbour, never blended, so id ``j`` names the same patch in both
-views. Photometric ops (colour jitter, grayscale, blur) and normalisation touch
-the image only. Patches that vanish or shrink below ``min_area`` pixels in a
+views. Photometric ops (colour jitter, grayscale, blur) touch the image only. The views
+stay RGB in ``[0, 1]``: :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` normalises them
+with its encoder's own mean/std. Patches that vanish or shrink below ``min_area`` pixels in a
 view are set to ``-1`` in that view (so :func:`~fewshot_priors.ops.superpixel_pool.superpixel_pool`
 reports them invalid and the local loss drops them).
 """
@@ -15,8 +16,6 @@ from typing import Any
 
 import kornia.augmentation as K
 import torch
-
-from ..constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def blur_kernel_size(size: int) -> int:
@@ -63,7 +62,6 @@ class TwoViewAugment:
         grayscale_p: probability of grayscale.
         blur_p: probability of Gaussian blur (sigma in ``blur_sigma``, kernel ~10 % of size).
         blur_sigma: Gaussian-blur sigma range.
-        normalize: apply ImageNet normalisation (``mean``/``std``).
         min_area: a patch smaller than this (pixels, in the output view) is set to
             ``-1`` in that view.
 
@@ -86,9 +84,6 @@ class TwoViewAugment:
         grayscale_p: float = 0.2,
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
-        normalize: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
         min_area: int = 4,
     ) -> None:
         if int(size) < 8:
@@ -108,7 +103,6 @@ class TwoViewAugment:
                 K.RandomGaussianBlur(blur_kernel_size(self.size), blur_sigma, p=blur_p),
             ]
         self.photometric = K.ImageSequential(*ops) if ops else None
-        self.normalize = K.Normalize(torch.tensor(mean), torch.tensor(std)) if normalize else None
 
     def __repr__(self) -> str:
         return f"TwoViewAugment(size={self.size}, color={self.photometric is not None}, min_area={self.min_area})"
@@ -136,7 +130,7 @@ class TwoViewAugment:
     def view(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One augmented view: ``(B, 3, S, S float, B, S, S int64)``."""
+        """One augmented view: ``(B, 3, S, S float in [0, 1], B, S, S int64)``."""
         images, labels = self._prepare(images, labels)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         devices = [images.device] if images.device.type == "cuda" else []
@@ -146,8 +140,6 @@ class TwoViewAugment:
             if self.photometric is not None:
                 img = self.photometric(img)
         img = img.clamp(0, 1)
-        if self.normalize is not None:
-            img = self.normalize(img)
         lab = drop_small_segments(lab[:, 0].round().long(), self.min_area)
         return img, lab
 

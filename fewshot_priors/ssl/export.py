@@ -2,13 +2,16 @@
 
 The file is safetensors: the ``state_dict()`` of ``timm.create_model(backbone)``
 without its classifier head, with metadata
-``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
+``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>, "mean": "[...]",
+"std": "[...]"}`` (the input normalisation the encoder was trained with, JSON lists), which
 ``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +29,8 @@ def export_prior_extractor(
     path: str | os.PathLike,
     backbone: str | None = None,
     encoder: str = "key",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> str:
     """Save a prior extractor's encoder weights as safetensors.
 
@@ -44,6 +49,10 @@ def export_prior_extractor(
         encoder: which encoder of a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` is written: ``"key"``
             (the momentum encoder, default; the official QGNet release uses MoCo's
             ``encoder_k``) or ``"query"``. Ignored for a bare encoder.
+        mean, std: the input normalisation to record (default: the GlobalLocalMoCo's own
+            :attr:`~fewshot_priors.ssl.moco.GlobalLocalMoCo.mean` / ``std``; for a bare
+            encoder, none is recorded unless given, and the reader falls back to timm's
+            ``pretrained_cfg``).
 
     Returns:
         The path written, as a string.
@@ -59,9 +68,14 @@ def export_prior_extractor(
     if not name:
         raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    metadata = {"format": PRIOR_FORMAT, "backbone": str(name)}
+    for key, value in (("mean", mean), ("std", std)):
+        value = value if value is not None else getattr(model, key, None)
+        if value is not None:
+            metadata[key] = json.dumps([float(v) for v in value])
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write((Path(path), save(tensors, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})))
+    atomic_write((Path(path), save(tensors, metadata=metadata)))
     return path
 
 

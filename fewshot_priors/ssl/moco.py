@@ -27,6 +27,7 @@ import copy
 import math
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,8 +42,8 @@ from ..distributed import (
     dist_info,
     world_size,
 )
-from ..models.backbone import pfenet_dilation
-from ..models.weights import MOCO_ENCODERS
+from ..models.backbone import input_normalisation, pfenet_dilation
+from ..models.weights import MOCO_ENCODERS, load_backbone_state_dict, weights_metadata
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
 from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor  # noqa: F401 (old models.moco names)
@@ -134,6 +135,13 @@ class GlobalLocalMoCo(nn.Module):
             :class:`MemoryQueue`). With ``"random"`` and a queue that takes many steps
             to fill, the random negatives exert no repulsion among real embeddings, so
             the encoder is pushed toward collapse until the queue is full.
+        weights: initial weights of the encoder (a local file or a state dict, as
+            :func:`~fewshot_priors.models.backbone.create_backbone` reads; e.g. ImageNet
+            weights to continue self-supervised); default random init.
+        mean, std: the per-channel RGB statistics the ``[0, 1]`` views are normalised
+            with before both encoders (default: the weights file's, else the timm
+            ``pretrained_cfg`` of ``backbone``); the export records them, so QGNet's prior
+            extractor normalises as in pretraining.
         **backbone_kwargs: passed to ``timm.create_model``.
 
     ``forward(view_a, view_b, labels_a, labels_b)`` returns a dict with ``loss``,
@@ -161,6 +169,9 @@ class GlobalLocalMoCo(nn.Module):
         bn_splits: int = 2,
         seed: int | None = 0,
         queue_init: str = "random",
+        weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **backbone_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -191,6 +202,15 @@ class GlobalLocalMoCo(nn.Module):
         self.bn_splits = int(bn_splits)
 
         self.encoder = create_encoder(backbone, **backbone_kwargs)
+        meta: dict[str, str] = {}
+        if weights is not None:
+            load_backbone_state_dict(self.encoder, backbone, weights, moco_encoder="query")
+            if isinstance(weights, (str, os.PathLike)):
+                meta = weights_metadata(weights)
+        self.mean, self.std = input_normalisation(backbone, mean, std, weights_meta=meta,
+                                                  pretrained_cfg=getattr(self.encoder, "pretrained_cfg", None))
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         width = int(self.encoder.num_features)
         hidden = int(mlp_hidden or width)
         if head_norm not in HEAD_NORMS:
@@ -229,6 +249,10 @@ class GlobalLocalMoCo(nn.Module):
         )
 
     # -- helpers -----------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``B, 3, H, W`` RGB in ``[0, 1]`` -> ``(x - mean) / std``: what both encoders see."""
+        return (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
+
     def _query_modules(self) -> nn.ModuleDict:
         return nn.ModuleDict(
             {k: m for k, m in (("enc", self.encoder), ("g", self.global_head), ("l", self.local_head)) if m is not None}
@@ -284,7 +308,8 @@ class GlobalLocalMoCo(nn.Module):
         """Losses for query view ``view_a`` against key view ``view_b``.
 
         Args:
-            view_a: ``B, 3, S, S`` normalised images (query view).
+            view_a: ``B, 3, S, S`` RGB images in ``[0, 1]`` (query view; normalised here
+                with :attr:`mean` / :attr:`std`).
             view_b: ``B, 3, S, S`` (key view).
             labels_a: ``B, S, S`` int64 superpixel ids of view a (``-1`` = ignored);
                 required when the local loss is on.
@@ -318,6 +343,7 @@ class GlobalLocalMoCo(nn.Module):
                     )
         # BatchNorm buffers before this batch touches them (a non-finite batch is undone below)
         saved = [b.clone() for b in self._query_modules().buffers()] if self.training else []
+        view_a, view_b = self.normalize(view_a), self.normalize(view_b)
         feat_q = dense_features(self.encoder, view_a)
         with torch.no_grad():
             if self.training:
