@@ -7,6 +7,11 @@
   over all episodes regardless of class; FB-IoU is the mean of the two IoUs.
 
 Pixels labelled ``ignore_index`` (255) are excluded everywhere.
+
+Threshold-free scores of a region map (does a map rank object pixels above background
+before any decoder is trained?): :func:`pixel_roc_auc` and :func:`pixel_average_precision`.
+Written here rather than taken from scikit-learn (not a dependency): a rank formula of a few
+lines, checked against the pairwise definition in ``tests/test_metrics.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +24,74 @@ import torch
 from .constants import IGNORE_INDEX
 from .distributed import all_reduce_sum, world_size
 
-__all__ = ["FewShotSegMeter"]
+__all__ = ["FewShotSegMeter", "pixel_average_precision", "pixel_roc_auc"]
 
 _EPS = 1e-10
+
+
+def _scored_pixels(scores: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(scores, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("`scores` and `target` must be tensors")
+    if scores.shape != target.shape:
+        raise ValueError(f"`scores` {tuple(scores.shape)} and `target` {tuple(target.shape)} must have the same shape")
+    if scores.is_complex():
+        raise TypeError(f"`scores` must be real, got {scores.dtype}")
+    valid = target != ignore_index
+    s, y = scores[valid].double().flatten(), target[valid].flatten()
+    bad = ~((y == 0) | (y == 1))
+    if bool(bad.any()):
+        raise ValueError(f"`target` must hold 0, 1 or {ignore_index} (ignore), found {y[bad].unique()[:5].tolist()}")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("`scores` must be finite on the scored pixels")
+    return s, y == 1
+
+
+def pixel_roc_auc(scores: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
+    """Area under the ROC curve of ``scores`` ranking the foreground pixels of ``target``.
+
+    The probability that a random foreground pixel scores above a random background pixel
+    (ties count one half): the Mann-Whitney U statistic with average ranks. 0.5 = no
+    information, 1 = perfect ranking, below 0.5 = inverted (e.g. the prior map, low on objects).
+
+    Args:
+        scores: any shape, real values (higher = more object-like).
+        target: same shape, labels 0 / 1, ``ignore_index`` excluded.
+
+    Returns:
+        The AUC, or NaN when the scored pixels hold only one class (undefined).
+    """
+    s, pos = _scored_pixels(scores, target, ignore_index)
+    n_pos = int(pos.sum())
+    n_neg = int(pos.numel()) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    avg_rank = ends - (counts.double() - 1) / 2  # 1-based average rank of each distinct value
+    rank_sum = float(avg_rank[inverse][pos].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def pixel_average_precision(scores: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
+    """Average precision of ``scores`` for the foreground pixels of ``target``.
+
+    ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score thresholds, highest first (the
+    step-wise area under the precision-recall curve, as scikit-learn's
+    ``average_precision_score``). Its chance level is the foreground share, not 0.5.
+
+    Returns:
+        The AP, or NaN when the scored pixels hold no foreground.
+    """
+    s, pos = _scored_pixels(scores, target, ignore_index)
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        return float("nan")
+    uniq, inverse = torch.unique(s, return_inverse=True)
+    # per distinct value (descending): positives and pixels at that threshold
+    tp_at = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, pos.double()).flip(0)
+    all_at = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inverse, torch.ones_like(s)).flip(0)
+    tp, seen = tp_at.cumsum(0), all_at.cumsum(0)
+    return float((tp_at / n_pos * (tp / seen)).sum())
 
 
 class FewShotSegMeter:

@@ -2,24 +2,27 @@
 
 ``fewshot-priors real-images --root PATH`` (or :func:`run_real_images`) runs, for each seed:
 
-1. **Prior extractor.** :func:`~fewshot_priors.engine.pretrain.pretrain` trains a
-   :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` on *all* unique images of
-   the folder without labels (the paper pretrains on all PASCAL train images); it
-   is shared by the folds of the seed. As in the demo, the frozen supervised
-   backbone is initialised from this self-supervised encoder (no ImageNet weights
-   offline).
+1. **Prior extractors.** :func:`~fewshot_priors.engine.pretrain.pretrain` trains a
+   :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` (``pretrain.backbone``) on *all* unique
+   images of the folder without labels (the paper pretrains on all PASCAL train images): from
+   random init (prior ``"moco"``) and, when ``pretrain.weights`` names initial weights (e.g.
+   ImageNet), from those (``"imagenet_moco"``); each is shared by the folds of the seed.
 2. **Folds.** The classes with at least ``min_images`` images are split into
    ``num_folds`` seeded folds (:func:`class_folds`); each fold is held out in turn
    and QGNet trains on all other classes (the small classes are always training
    classes).
-3. **Models** per fold, same data, schedule and backbone: QGNet with the
-   pretrained prior extractor, QGNet with a random-init prior extractor, and the
-   PFENet-style model without the prior (``use_prior=False``).
+3. **Models** per fold (:data:`VARIANTS`, chosen by ``study.variants``): the same frozen
+   supervised backbone (``model.backbone`` + ``model.weights``), data and schedule, with the
+   prior extractor (``pretrain.backbone``) from GlobalLocalMoCo, from ImageNet + GlobalLocalMoCo,
+   from ImageNet alone, random-init, or no prior map at all (PFENet-style). The backbone pair is
+   free: the two backbones each normalise their input with their own mean/std.
 4. **Evaluation** 1-shot and 5-shot on the held-out classes, with two baselines
-   on the same episodes: the thresholded guided region map and all-foreground.
+   on the same episodes (the thresholded guided region map and all-foreground), the Table-7
+   recall of the region maps, and their threshold-free pixel ROC AUC / AP
+   (:class:`~fewshot_priors.report.MapAUC`).
 5. **Outputs**: ``metrics.json`` (every run and the summary), ``results.md``
-   (mean, std, min-max over seeds of the fold-averaged mIoU / FB-IoU), Fig. 5
-   panels on real photos.
+   (mean, std, min-max over seeds of the fold-averaged mIoU / FB-IoU, map AUC / AP,
+   recall), Fig. 5 panels on real photos.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
-import warnings
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,81 +38,54 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.folder import IMAGE_EXTS, class_image_counts, list_unique_images  # noqa: F401  (public here too)
+from .data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
 from .report import results_markdown, summarize
-from .report import spread as _spread  # noqa: F401  (the name before fewshot_priors.report)
 from .study import run_config, train_and_score
 from .study import timer as _timer
 
-__all__ = ["VARIANTS", "class_folds", "class_image_counts", "legacy_preset_overrides", "list_unique_images",
-           "real_images_config", "results_markdown", "run_real_images", "summarize", "train_and_evaluate"]
+__all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_folds", "real_images_config",
+           "run_real_images", "train_and_evaluate"]
 
 #: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``): ``full``
-#: fits 3 seeds x 4 folds x 3 models in about 35 min on 2 idle CPU cores; ``quick`` runs everything end
-#: to end in a minute or two (tests; numbers are meaningless). The files are exactly what runs.
-PRESET_CONFIGS = {"full": "real_images/full", "quick": "real_images/quick"}
+#: (the default) fits in about 30 min on 2 idle CPU cores; ``long`` runs every variant of the prior at
+#: a larger size (hours on a CPU, minutes on a GPU); ``quick`` runs everything end to end in a minute or
+#: two (tests; numbers are meaningless). The files are exactly what runs.
+PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "quick": "real_images/quick"}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PRESETS":  # the dict of preset sizes this module held before the YAML presets
-        warnings.warn("fewshot_priors.real_images.PRESETS is deprecated: the presets are the configs "
-                      "real_images/full and real_images/quick (see real_images_config)", DeprecationWarning,
-                      stacklevel=2)
-        return {k: real_images_config(k == "quick") for k in PRESET_CONFIGS}
-    if name == "BACKBONE":
-        warnings.warn("fewshot_priors.real_images.BACKBONE is deprecated: read pretrain.backbone / model.backbone "
-                      "of the config", DeprecationWarning, stacklevel=2)
-        return "resnet18"
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def real_images_config(preset: str = "full", overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
+    """The study's config: the preset's tree (:data:`PRESET_CONFIGS`) with ``section.key=value`` overrides."""
+    from fewshot_priors.config import ConfigError, load_config
+
+    if preset not in PRESET_CONFIGS:
+        import difflib
+
+        close = difflib.get_close_matches(str(preset), PRESET_CONFIGS, n=1)
+        raise ConfigError(f"unknown real-images preset {preset!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                          + f" (valid: {', '.join(PRESET_CONFIGS)})")
+    return load_config(PRESET_CONFIGS[preset], overrides)
 
 
-#: The keys of the former ``PRESETS`` dicts -> config keys (``preset_overrides``, deprecated).
-_LEGACY_PRESET_KEYS = {
-    "image_size": "data.image_size", "min_pixels": "data.min_pixels", "train_min_pixels": "study.train_min_pixels",
-    "train_resize_long": "data.train_resize_long", "backbone_weights": "model.weights",
-    "fg_weight": "model.fg_weight", "episodes": "eval.episodes", "figure_episodes": "study.figure_episodes",
+#: Where the prior extractor of a variant comes from: ``"moco"`` GlobalLocalMoCo from random init on
+#: the photos, ``"imagenet_moco"`` GlobalLocalMoCo from ``pretrain.weights``, ``"imagenet"`` the
+#: ``pretrain.weights`` file itself (no self-supervision), ``"random"`` random init, ``None`` no prior.
+PRIOR_KINDS = ("moco", "imagenet_moco", "imagenet", "random", None)
+
+#: The compared models: key -> (description, prior kind of :data:`PRIOR_KINDS`).
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "qgnet": ("QGNet, prior extractor pretrained by GlobalLocalMoCo on the photos from random init", "moco"),
+    "qgnet_imagenet_moco_prior": ("QGNet, prior extractor = pretrain.weights (e.g. ImageNet), then GlobalLocalMoCo "
+                                  "on the photos", "imagenet_moco"),
+    "qgnet_imagenet_prior": ("QGNet, prior extractor = pretrain.weights (e.g. ImageNet), no self-supervision",
+                             "imagenet"),
+    "qgnet_random_prior": ("QGNet, random-init frozen prior extractor", "random"),
+    "qgnet_without_prior": ("QGNet without the prior region map (PFENet-style, use_prior=False)", None),
 }
-
-
-def legacy_preset_overrides(preset: Mapping[str, Any]) -> dict[str, Any]:
-    """A former preset dict (``{"image_size": 80, "train": {"epochs": 2}, ...}``) as ``section.key`` overrides.
-
-    ``image_size`` also sets ``model.bins`` to the feature-size fractions, as the former presets did.
-
-    Raises:
-        ValueError: an unknown preset entry.
-    """
-    from fewshot_priors.config import fraction_bins
-
-    out: dict[str, Any] = {}
-    for k, v in preset.items():
-        if k in ("train", "pretrain") and isinstance(v, Mapping):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        elif k in _LEGACY_PRESET_KEYS:
-            out[_LEGACY_PRESET_KEYS[k]] = v
-            if k == "image_size":
-                out["model.bins"] = fraction_bins(int(v))
-        else:
-            raise ValueError(f"unknown preset entry {k!r}; valid: {sorted([*_LEGACY_PRESET_KEYS, 'train', 'pretrain'])}")
-    return out
-
-
-def real_images_config(quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
-    """The study's config: ``real_images/quick`` or ``real_images/full`` with ``section.key=value`` overrides."""
-    from fewshot_priors.config import load_config
-
-    return load_config(PRESET_CONFIGS["quick" if quick else "full"], overrides)
-
-
-#: The compared models: key -> (description, prior: "pretrained" / "random" / None, use_prior).
-VARIANTS: dict[str, tuple[str, str | None, bool]] = {
-    "qgnet": ("QGNet, prior extractor pretrained by GlobalLocalMoCo", "pretrained", True),
-    "qgnet_random_prior": ("QGNet, random-init frozen prior extractor", "random", True),
-    "qgnet_without_prior": ("QGNet without the prior region map (PFENet-style, use_prior=False)", None, False),
-}
-BASELINES = {"baseline_guided_map_0.5": "guided region map (of the pretrained-prior QGNet) thresholded at 0.5",
+BASELINES = {"baseline_guided_map_0.5": "guided region map thresholded at 0.5 (it depends only on the frozen "
+                                        "supervised backbone, the same in every variant)",
              "baseline_all_foreground": "every pixel foreground"}
+_NEEDS_INIT = ("imagenet_moco", "imagenet")  # prior kinds that need pretrain.weights
 
 
 def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int = 5, seed: int = 0) -> list[list[str]]:
@@ -134,8 +110,16 @@ def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int =
     return [sorted(big[int(i)] for i in perm[f::num_folds]) for f in range(num_folds)]
 
 
-def _is_legacy_preset(cfg: Mapping) -> bool:
-    return "experiment" not in cfg
+def _prior_settings(cfg: Mapping, kind: str | None, priors: Mapping[str, str]) -> dict[str, Any]:
+    """The ``model`` keys of the prior extractor of ``kind`` (``priors``: kind -> exported file)."""
+    if kind is None:
+        return {"use_prior": False, "prior_backbone": None, "prior_weights": None}
+    weights = {"random": None, "imagenet": cfg["pretrain"]["weights"]}.get(kind, priors.get(kind))
+    if kind != "random" and weights is None:
+        raise ValueError(f"the {kind!r} prior needs " + ("pretrain.weights (a local weights file, e.g. ImageNet)"
+                                                          if kind in _NEEDS_INIT else f"the {kind!r} pretraining"))
+    # a prior from pretrain.weights normalises as those weights want (the file, else timm's cfg)
+    return {"use_prior": True, "prior_backbone": cfg["pretrain"]["backbone"], "prior_weights": weights}
 
 
 def train_and_evaluate(
@@ -145,10 +129,9 @@ def train_and_evaluate(
     cfg: Mapping[str, Any],
     *,
     seed: int,
-    prior_path: str | None,
+    priors: Mapping[str, str],
     variant: str = "qgnet",
     shots: Sequence[int] = (1, 5),
-    device: str | None = None,
     progress: bool = False,
     with_baselines: bool = True,
     figure_episodes: int = 0,
@@ -161,40 +144,33 @@ def train_and_evaluate(
         root: the folder dataset.
         test_classes: held-out class folder names (never seen in training).
         out: run folder (checkpoints, logs).
-        cfg: the study's config (:func:`real_images_config`; a former preset dict is
-            still accepted, deprecated).
+        cfg: the study's config (:func:`real_images_config`); its ``model`` section names the frozen
+            supervised backbone (``model.weights``: null = the ``"moco"`` encoder of ``priors`` when
+            ``model.backbone == pretrain.backbone``, else random init).
         seed: seed of the model init, training and test episodes.
-        prior_path: the exported self-supervised encoder: the prior extractor for
-            ``variant="qgnet"``, and the frozen backbone's init unless the config's
-            ``model.weights`` names a local checkpoint (e.g. ImageNet weights).
+        priors: ``{prior kind: exported prior-extractor file}`` of this seed's pretraining runs.
         variant: a key of :data:`VARIANTS`.
         shots: the K of the evaluations.
-        device: default ``experiment.device`` of ``cfg``.
         with_baselines: also score the guided-map and all-foreground baselines.
         figure_episodes: draw Fig. 5 panels of this many test episodes per K.
         dataset_cache: a dict shared by the calls of one (seed, fold): reuses its datasets.
         keep_checkpoint: keep the trained model's ``last`` checkpoint in ``out``.
 
     Returns:
-        ``{"results": {"1-shot": {name: metrics}}, "train": ..., "timings_s": ..., "figures": ...,
-        "skipped": {"5-shot": why}}``: a K is skipped when no held-out class has K+1 eligible images.
+        ``{"results": {"1-shot": {name: metrics}}, "recall": ..., "map_auc": ..., "train": ...,
+        "timings_s": ..., "figures": ..., "skipped": {"5-shot": why}}``: a K is skipped when no
+        held-out class has K+1 eligible images.
     """
     from fewshot_priors.report import episode_rows
     from fewshot_priors.report import figure_episodes as pick_figure_episodes
 
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
-    if _is_legacy_preset(cfg):
-        warnings.warn("train_and_evaluate: a preset dict is deprecated; pass the config of real_images_config()",
-                      DeprecationWarning, stacklevel=2)
-        cfg = real_images_config(overrides=legacy_preset_overrides(cfg))
-    if device is not None:
-        cfg = copy.deepcopy(dict(cfg))
-        cfg["experiment"]["device"] = device
     root, out = Path(root), Path(out)
-    _, prior_kind, use_prior = VARIANTS[variant]
-    cfg = run_config(cfg, output_dir=out, root=root, seed=seed, weights=cfg["model"]["weights"] or prior_path,
-                     prior_weights=prior_path if prior_kind == "pretrained" else None, use_prior=use_prior)
+    prior = _prior_settings(cfg, VARIANTS[variant][1], priors)
+    cfg = run_config(cfg, output_dir=out, root=root, seed=seed, weights=supervised_weights(cfg, priors),
+                     prior_weights=prior["prior_weights"], use_prior=prior["use_prior"])
+    cfg["model"]["prior_backbone"] = prior["prior_backbone"]
     # the datasets come from the run config (engine.build_dataset): the held-out classes are data.fold_classes
     # (so the run folder's config names them too); training pairs need study.train_min_pixels px of the
     # class (default data.min_pixels), test pairs data.min_pixels; no label-index cache files are written
@@ -202,9 +178,10 @@ def train_and_evaluate(
     train_min = cfg["study"]["train_min_pixels"]
     train_kw = {"cache": False} if train_min is None else {"cache": False, "min_pixels": int(train_min)}
     run = train_and_score(cfg, shots=shots, with_baselines=with_baselines, progress=progress, label=variant,
+                          recall=True, map_auc=True,
                           dataset_kwargs={"train": train_kw, "val": {"cache": False}}, dataset_cache=dataset_cache,
                           skip_ineligible=True)
-    if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); 36 per full run
+    if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); dozens per full run
         from fewshot_priors.engine.checkpoint import checkpoint_paths
 
         for path in checkpoint_paths(out / "last"):
@@ -224,10 +201,12 @@ def train_and_evaluate(
             rows = episode_rows(run.model, ds, pick_figure_episodes(ds, figure_episodes))
             figures[f"{k}-shot"] = str(save_episode_figures(
                 rows, out / f"fig5_{k}shot.png",
-                title=f"QGNet on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
+                title=f"{variant} on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
     res = run.train
     return {
         "results": results,
+        "recall": run.recall,
+        "map_auc": run.map_auc,
         "train": {"steps": res["step"], "episodes_per_epoch": res["episodes_per_epoch"],
                   "final_loss": res["history"][-1]["loss"] if res["history"] else None,
                   "train_classes": len(run.train_set.class_ids)},
@@ -235,6 +214,76 @@ def train_and_evaluate(
         "figures": figures,
         "skipped": run.skipped,
     }
+
+
+def supervised_weights(cfg: Mapping, priors: Mapping[str, str]) -> str | None:
+    """The frozen supervised backbone's weights: ``model.weights``; when null, the seed's
+    GlobalLocalMoCo encoder (prior kind ``"moco"``) if it has the backbone's architecture (no
+    ImageNet weights needed, as in the demo), else None (random init)."""
+    if cfg["model"]["weights"] is not None:
+        return cfg["model"]["weights"]
+    if cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]:
+        return priors.get("moco")
+    return None
+
+
+def _needed_pretraining(cfg: Mapping, variants: Sequence[str]) -> list[str]:
+    kinds = {VARIANTS[v][1] for v in variants}
+    if cfg["model"]["weights"] is None and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]:
+        kinds.add("moco")  # the supervised backbone's init
+    return [k for k in ("moco", "imagenet_moco") if k in kinds]
+
+
+def _mean_over(units: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """Mean over (seed, fold) units of the per-variant, per-shot, per-map numbers under ``key``
+    (``map_auc``: auc / ap / foreground_share; ``recall``: the pooled recall per threshold)."""
+    acc: dict[str, Any] = {}
+    for u in units:
+        for variant, shots in u.get(key, {}).items():
+            for shot, maps in shots.items():
+                for name, val in maps.items():
+                    cell = acc.setdefault(variant, {}).setdefault(shot, {}).setdefault(name, [])
+                    cell.append(val)
+    out: dict[str, Any] = {}
+    for variant, shots in acc.items():
+        for shot, maps in shots.items():
+            for name, vals in maps.items():
+                if isinstance(vals[0], Mapping) and "pooled" in vals[0]:  # recall
+                    pooled = [statistics.fmean(col) for col in zip(*(v["pooled"] for v in vals))]
+                    val = {"thresholds": vals[0]["thresholds"], "pooled": pooled, "units": len(vals)}
+                elif isinstance(vals[0], Mapping):  # auc / ap
+                    val = {k: statistics.fmean(v[k] for v in vals) for k in ("auc", "ap")}
+                    val["units"] = len(vals)
+                else:
+                    val = statistics.fmean(vals)
+                out.setdefault(variant, {}).setdefault(shot, {})[name] = val
+    return out
+
+
+def _maps_markdown(map_auc: Mapping[str, Any], recall: Mapping[str, Any]) -> str:
+    lines = ["", "Threshold-free scores of the region maps on the held-out episodes (mean over episodes, then over "
+             "seeds x folds): pixel ROC AUC (0.5 = no information) and average precision (chance = the foreground "
+             "share); the prior map is scored as 1 - p (it is low on objects, Sec. 4.3).", "",
+             "| model | shots | map | AUC | AP | foreground share |", "|---|---|---|---|---|---|"]
+    for variant, shots in map_auc.items():
+        for shot, maps in shots.items():
+            fg = maps.get("foreground_share")
+            for name, m in maps.items():
+                if name != "foreground_share":
+                    lines.append(f"| {variant} | {shot} | {name} | {m['auc']:.3f} | {m['ap']:.3f} | "
+                                 f"{'n/a' if fg is None else f'{fg:.3f}'} |")
+    rows, thr = [], None
+    for variant, shots in recall.items():
+        for shot, maps in shots.items():
+            for name, r in maps.items():
+                thr = r["thresholds"]
+                rows.append(f"| {variant} | {shot} | {name} | " + " | ".join(_pct(x) for x in r["pooled"]) + " |")
+    if thr is not None:
+        lines += ["", "Table-7 recall (%) of the ground-truth query mask by the object region {map >= alpha} "
+                      "(pooled over the episodes of a unit, mean over seeds x folds):", "",
+                  "| model | shots | map | " + " | ".join(f"{a:g}" for a in thr) + " |",
+                  "|---|---|---|" + "---|" * len(thr)] + rows
+    return "\n".join(lines) + "\n"
 
 
 def run_real_images(
@@ -246,9 +295,8 @@ def run_real_images(
     num_folds: int = 4,
     min_images: int = 5,
     fold_seed: int = 0,
-    quick: bool = False,
-    preset_overrides: Mapping[str, Any] | None = None,
-    variants: Sequence[str] = tuple(VARIANTS),
+    preset: str = "full",
+    variants: Sequence[str] | None = None,
     device: str | None = None,
     progress: bool = True,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -266,46 +314,56 @@ def run_real_images(
         num_folds: number of class folds of the classes with ``>= min_images`` images.
         min_images: classes with fewer images are training-only.
         fold_seed: seed of the class-to-fold split (the same for every training seed).
-        quick: the tiny ``quick`` preset (a minute or two; numbers are meaningless).
-        preset_overrides: deprecated: entries of the former preset dicts (``image_size``,
-            ``episodes``, ``fg_weight``, ``train`` / ``pretrain`` sub-dicts), see
-            :func:`legacy_preset_overrides`; use ``overrides``.
-        variants: which models of :data:`VARIANTS` to train.
+        preset: a key of :data:`PRESET_CONFIGS` (``"full"``, ``"long"``, ``"quick"``: a minute or
+            two, numbers meaningless).
+        variants: which models of :data:`VARIANTS` to train (default: ``study.variants`` of the
+            config; the variants needing ``pretrain.weights`` are left out when it is null).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device`` of the config).
         progress: print progress lines (per unit, with elapsed time and an estimate of the rest).
-        overrides: ``section.key=value`` changes to the preset's config (``real_images/full`` or
-            ``real_images/quick``), e.g. ``{"train.epochs": 4, "data.image_size": 96}``.
+        overrides: ``section.key=value`` changes to the preset's config, e.g.
+            ``{"train.epochs": 4, "model.weights": "mobilenetv2_100.safetensors"}``.
 
     Returns:
         The content of ``metrics.json``.
     """
-    from fewshot_priors.config import parse_overrides
+    from fewshot_priors.config import ConfigError, parse_overrides
     from fewshot_priors.engine.pretrain import pretrain
 
     root, out = Path(root), Path(output)
-    preset_name = "quick" if quick else "full"
-    over: dict[str, Any] = {}
-    if preset_overrides:
-        warnings.warn("run_real_images(preset_overrides=...) is deprecated: use overrides={'section.key': value}",
-                      DeprecationWarning, stacklevel=2)
-        over.update(legacy_preset_overrides(preset_overrides))
-    over.update({f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()})
+    over: dict[str, Any] = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
     if device is not None:
         over["experiment.device"] = device
-    cfg = real_images_config(quick, over)
+    cfg = real_images_config(preset, over)
     # the study sets data.fold_classes per fold itself: keys that shape other folds would only fail
     # when the first dataset is built, after pretraining -- refuse them now
     clash = [k for k in ("fold_classes", "num_folds", "test_ratio", "min_class_images") if cfg["data"].get(k) is not None]
     if clash:
-        from fewshot_priors.config import ConfigError
-
         raise ConfigError(f"data.{clash[0]} cannot be set for the real-images study: it holds out each of its own "
                           "class folds in turn (use --num-folds / --min-images / --fold-seed / --folds instead)")
+    if cfg["model"]["prior_backbone"] is not None:
+        raise ConfigError("model.prior_backbone cannot be set for the real-images study: the prior extractor is "
+                          "pretrain.backbone (set that; pretrain.weights for its ImageNet initialisation)")
+    if variants is None:
+        variants = [v for v in cfg["study"]["variants"]
+                    if cfg["pretrain"]["weights"] is not None or VARIANTS[v][1] not in _NEEDS_INIT]
+    variants = list(variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {list(variants)}")
-    if "qgnet" not in variants:
-        variants = ["qgnet", *variants]  # the baselines come from its guided map
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), VARIANTS, n=1) if unknown else []
+        raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {variants}"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"`variants` must be distinct, got {variants}")
+    missing_init = [v for v in variants if VARIANTS[v][1] in _NEEDS_INIT]
+    if missing_init and cfg["pretrain"]["weights"] is None:
+        raise ConfigError(f"{missing_init} need pretrain.weights (the prior extractor's initial weights, e.g. a local "
+                          "ImageNet file); set it or leave these variants out")
+    for key in ("model.weights", "pretrain.weights"):
+        sec, k = key.split(".")
+        if cfg[sec][k] is not None and not Path(cfg[sec][k]).is_file():
+            raise ConfigError(f"{key}: no such file {cfg[sec][k]!r}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"`seeds` must be distinct ints, got {seeds}")
@@ -325,54 +383,67 @@ def run_real_images(
         if progress:
             print(f"[real-images {total():7.0f}s] {msg}", flush=True)
 
+    kinds = _needed_pretraining(cfg, variants)
     say(f"{len(counts)} classes, {len(images)} unique images; {num_folds} folds over the "
         f"{sum(len(f) for f in all_folds)} classes with >= {min_images} images (fold seed {fold_seed}); "
-        f"seeds {seeds}; preset {preset_name}; models {list(variants)}")
+        f"seeds {seeds}; preset {preset}; backbone {cfg['model']['backbone']} "
+        f"({cfg['model']['weights'] or 'no weights file'}), prior extractor {cfg['pretrain']['backbone']}; "
+        f"models {variants}")
     runs, pretrain_info, figures = [], {}, {}
     timings: dict[str, float] = {"pretrain": 0.0, "units": 0.0}
     for seed in seeds:
-        t = _timer()
-        pre_dir = out / f"seed{seed}" / "prior_extractor"
-        stamp = {"settings": cfg["pretrain"], "seed": seed, "images": len(images)}
-        stamp_path = pre_dir / "settings.json"
-        if (stamp_path.is_file() and (pre_dir / "result.json").is_file()
-                and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
-            say(f"seed {seed}: reusing the prior extractor pretrained by a previous run with the same settings")
-            pre = json.loads((pre_dir / "result.json").read_text())
-        else:
-            say(f"seed {seed}: pretraining the prior extractor (GlobalLocalMoCo, {cfg['pretrain']['backbone']}) on all "
-                f"{len(images)} unlabelled images (shared by the folds of this seed)")
+        priors: dict[str, str] = {}
+        for kind in kinds:
+            t = _timer()
+            pre_dir = out / f"seed{seed}" / f"prior_{kind}"
             pcfg = copy.deepcopy(cfg)
-            pcfg["pretrain"]["images"] = images
-            pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
-            pre = pretrain(pcfg, progress=progress)
-            pre_dir.mkdir(parents=True, exist_ok=True)
-            (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
-            stamp_path.write_text(json.dumps(stamp))
-        pretrain_info[seed] = {"export": pre["prior_extractor"], "steps": pre["step"],
-                               "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
-        timings["pretrain"] += t()
+            if kind == "moco":
+                pcfg["pretrain"]["weights"] = None  # from random init
+            stamp = {"settings": pcfg["pretrain"], "seed": seed, "images": len(images)}
+            stamp_path = pre_dir / "settings.json"
+            if (stamp_path.is_file() and (pre_dir / "result.json").is_file()
+                    and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp, default=str))):
+                say(f"seed {seed}: reusing the {kind!r} prior extractor pretrained by a previous run with the same "
+                    "settings")
+                pre = json.loads((pre_dir / "result.json").read_text())
+            else:
+                init = pcfg["pretrain"]["weights"] or "random init"
+                say(f"seed {seed}: pretraining the {kind!r} prior extractor (GlobalLocalMoCo, "
+                    f"{cfg['pretrain']['backbone']} from {init}) on all {len(images)} unlabelled images (shared by "
+                    "the folds of this seed)")
+                pcfg["pretrain"]["images"] = images
+                pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
+                pre = pretrain(pcfg, progress=progress)
+                pre_dir.mkdir(parents=True, exist_ok=True)
+                (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
+                stamp_path.write_text(json.dumps(stamp, default=str))
+            priors[kind] = pre["prior_extractor"]
+            pretrain_info.setdefault(seed, {})[kind] = {
+                "export": pre["prior_extractor"], "steps": pre["step"],
+                "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
+            timings["pretrain"] += t()
         for f in fold_ids:
             t = _timer()
             held = all_folds[f]
             datasets: dict = {}
             unit: dict[str, Any] = {"seed": seed, "fold": f, "test_classes": held, "results": {}, "train": {},
-                                    "timings_s": {}}
-            for v in variants:
+                                    "recall": {}, "map_auc": {}, "timings_s": {}}
+            for i, v in enumerate(variants):
                 say(f"seed {seed} fold {f} ({done + 1}/{units_total}): training {v} on {len(counts) - len(held)} "
                     f"classes, held out {held}")
                 r = train_and_evaluate(root, held, out / f"seed{seed}" / f"fold{f}" / v, cfg, seed=seed,
-                                       prior_path=pre["prior_extractor"], variant=v,
-                                       progress=False, with_baselines=v == "qgnet",
+                                       priors=priors, variant=v, progress=False, with_baselines=i == 0,
                                        figure_episodes=cfg["study"]["figure_episodes"] if seed == seeds[0] else 0,
                                        dataset_cache=datasets)
                 for shot, methods in r["results"].items():
                     unit["results"].setdefault(shot, {}).update(methods)
                 unit["train"][v] = r["train"]
+                unit["recall"][v] = r["recall"]
+                unit["map_auc"][v] = r["map_auc"]
                 unit["skipped"] = r["skipped"]
                 unit["timings_s"][v] = r["timings_s"]
                 if r["figures"]:
-                    figures[f"fold{f}"] = r["figures"]
+                    figures.setdefault(f"fold{f}", {})[v] = r["figures"]
             runs.append(unit)
             done += 1
             sec = t()
@@ -383,15 +454,20 @@ def run_real_images(
             say(f"seed {seed} fold {f} done in {sec:.0f}s (mIoU %: {line}); about {left / 60:.1f} min left")
     timings["total"] = total()
     summary = summarize(runs)
+    map_auc, recall = _mean_over(runs, "map_auc"), _mean_over(runs, "recall")
     methods = {**{k: VARIANTS[k][0] for k in variants}, **BASELINES}
+    sup = cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if "moco" in kinds and
+                                      cfg["model"]["weights"] is None and
+                                      cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] else "random init")
     protocol = (
         f"{num_folds}-fold cross-validation over the {sum(len(f) for f in all_folds)} classes with >= {min_images} "
         f"images (class split seeded by fold_seed={fold_seed}, the same for every seed); each fold's classes are "
         "held out in turn and QGNet trains on all other classes (classes with fewer images are always training "
         "classes; a held-out class's objects in training photos are background, as in COCO-20i). "
-        "The prior extractor is pretrained self-supervised (no labels) on all unique images of the folder, once per "
-        "seed, and shared by that seed's folds (the paper pretrains on all PASCAL train images); the frozen "
-        "supervised backbone is initialised from the same encoder (no ImageNet weights offline). "
+        f"Frozen supervised backbone: {cfg['model']['backbone']} from {sup}. Prior extractor: "
+        f"{cfg['pretrain']['backbone']}, per variant (see methods); the GlobalLocalMoCo runs are pretrained "
+        "self-supervised (no labels) on all unique images of the folder, once per seed, and shared by that seed's "
+        "folds (the paper pretrains on all PASCAL train images). "
         f"K-shot episodes need K+1 images with >= {cfg['data']['min_pixels']} px of the class (original resolution): "
         "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
         "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
@@ -400,29 +476,30 @@ def run_real_images(
     )
     metrics = {
         "root": str(root),
-        "preset": preset_name,
+        "preset": preset,
         "settings": cfg,
-        "preset_config": PRESET_CONFIGS[preset_name],
+        "preset_config": PRESET_CONFIGS[preset],
         "seeds": seeds,
         "protocol": protocol,
         "folds": {f"fold{i}": c for i, c in enumerate(all_folds)},
         "folds_run": fold_ids,
         "methods": methods,
         "summary": summary,
+        "map_auc": map_auc,
+        "recall": recall,
         "runs": runs,
         "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
-                            "backbone": cfg["pretrain"]["backbone"], "shared_across_folds": True, "per_seed": pretrain_info},
-        "backbone_init": (f"frozen supervised backbone loaded from {cfg['model']['weights']}"
-                          if cfg["model"]["weights"] else
-                          "frozen supervised backbone initialised from the seed's self-supervised encoder "
-                          "(no ImageNet weights offline)"),
+                            "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
+                            "shared_across_folds": True, "per_seed": pretrain_info},
+        "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {sup}",
         "figures": figures,
         "timings_s": timings,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
-              + f"\n\nPreset `{preset_name}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
-    (out / "results.md").write_text(results_markdown(summary, header), encoding="utf-8")
+              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
+    (out / "results.md").write_text(results_markdown(summary, header) + _maps_markdown(map_auc, recall),
+                                    encoding="utf-8")
     say(f"done in {timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
     return metrics

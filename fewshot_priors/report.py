@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MapRecall", "ablation_markdown", "episode_rows", "figure_episodes", "pct", "predictors",
+__all__ = ["MapAUC", "MapRecall", "ablation_markdown", "episode_rows", "figure_episodes", "pct", "predictors",
            "results_markdown", "spread", "summarize"]
 
 
@@ -47,18 +47,68 @@ class MapRecall:
         return {k: m.compute() for k, m in self.meters.items() if m.compute()["episodes"] > 0}
 
 
-def predictors(model: torch.nn.Module, recall: MapRecall | None = None, with_baselines: bool = True):
+class MapAUC:
+    """Threshold-free scores of the region maps: per-episode pixel ROC AUC and average precision
+    of the guided and prior maps against the query's ground truth (the maps upsampled bilinearly to
+    the label size; 255 pixels excluded), averaged over the episodes where they are defined.
+
+    AUC 0.5 = the map carries no information about the object; the prior map is low on objects
+    (Sec. 4.3), so its AUC is reported for ``1 - p`` (= 1 - AUC of ``p``). AP's chance level is the
+    foreground share (also reported). A user sees whether the frozen features carry the object
+    before any decoder is trained.
+    """
+
+    MAPS = ("guided_map", "prior_map (1-p)")
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, list[float]]] = {m: {"auc": [], "ap": []} for m in self.MAPS}
+        self.fg_share: list[float] = []
+
+    def update(self, out: Mapping[str, Any], query_mask: torch.Tensor) -> None:
+        from fewshot_priors.metrics import pixel_average_precision, pixel_roc_auc
+
+        label = query_mask.cpu()
+        maps = {"guided_map": upsample_map(out["guided_map"], label.shape[-2:]).cpu()}
+        if out.get("prior_map") is not None:
+            maps["prior_map (1-p)"] = 1 - upsample_map(out["prior_map"], label.shape[-2:]).cpu()
+        for i in range(label.shape[0]):
+            valid = label[i] != 255
+            if bool(valid.any()):
+                self.fg_share.append(float((label[i][valid] == 1).double().mean()))
+            for name, m in maps.items():
+                self.values[name]["auc"].append(pixel_roc_auc(m[i], label[i]))
+                self.values[name]["ap"].append(pixel_average_precision(m[i], label[i]))
+
+    def compute(self) -> dict[str, Any]:
+        """``{map: {"auc": mean, "ap": mean, "episodes": n}, "foreground_share": mean}``."""
+        out: dict[str, Any] = {}
+        for name, d in self.values.items():
+            auc = [v for v in d["auc"] if math.isfinite(v)]
+            ap = [v for v in d["ap"] if math.isfinite(v)]
+            if auc:
+                out[name] = {"auc": statistics.fmean(auc), "ap": statistics.fmean(ap) if ap else float("nan"),
+                             "episodes": len(auc)}
+        if self.fg_share:
+            out["foreground_share"] = statistics.fmean(self.fg_share)
+        return out
+
+
+def predictors(model: torch.nn.Module, recall: MapRecall | None = None, with_baselines: bool = True,
+               auc: MapAUC | None = None):
     """``batch -> {name: prediction}``: the model's logits and the two baselines' label maps,
     from one forward pass (logits are scored by bilinear resize then argmax, as PFENet).
 
     With ``recall``, the region maps of each batch are also scored against
-    ``batch["query_mask"]`` (Table 7). Without baselines it returns the model's logits.
+    ``batch["query_mask"]`` (Table 7); with ``auc``, their threshold-free AUC / AP
+    (:class:`MapAUC`). Without baselines it returns the model's logits.
     """
 
     def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | torch.Tensor:
         out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
         if recall is not None:
             recall.update(out, batch["query_mask"])
+        if auc is not None:
+            auc.update(out, batch["query_mask"])
         if not with_baselines:
             return out["logits"].float()
         size = batch["query_image"].shape[-2:]

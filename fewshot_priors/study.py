@@ -93,6 +93,8 @@ class ScoredVariant:
             baselines only with ``with_baselines``).
         datasets: ``{K: test episodes}`` of the scored K.
         recall: ``{"1-shot": Table-7 recall of the region maps}`` (with ``recall=True``).
+        map_auc: ``{"1-shot": threshold-free AUC / AP of the region maps}`` (with ``map_auc=True``,
+            see :class:`~fewshot_priors.report.MapAUC`).
         foreground_share: ``{"1-shot": share of the query pixels the model predicts foreground}``.
         skipped: ``{"5-shot": why}``: K not scored (``skip_ineligible``).
         timings_s: ``{"train": s, "evaluate": s}``.
@@ -104,6 +106,7 @@ class ScoredVariant:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     datasets: dict[int, Any] = field(default_factory=dict)
     recall: dict[str, Any] = field(default_factory=dict)
+    map_auc: dict[str, Any] = field(default_factory=dict)
     foreground_share: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -115,6 +118,7 @@ def train_and_score(
     shots: Sequence[int] = (1, 5),
     with_baselines: bool = True,
     recall: bool = False,
+    map_auc: bool = False,
     dataset_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     dataset_cache: dict | None = None,
     skip_ineligible: bool = False,
@@ -137,6 +141,8 @@ def train_and_score(
         shots: the K of the evaluations.
         with_baselines: also score the guided-map and all-foreground baselines.
         recall: also measure the Table-7 recall of the region maps (:class:`~fewshot_priors.report.MapRecall`).
+        map_auc: also measure the per-episode pixel ROC AUC / AP of the region maps
+            (:class:`~fewshot_priors.report.MapAUC`).
         dataset_kwargs: ``{"train": {...}, "val": {...}}``: extra arguments of the datasets
             (e.g. ``min_pixels``, ``cache``).
         dataset_cache: a dict shared by calls on the same data: reuses their datasets (:func:`cached_dataset`).
@@ -151,7 +157,7 @@ def train_and_score(
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
-    from fewshot_priors.report import MapRecall, predictors
+    from fewshot_priors.report import MapAUC, MapRecall, predictors
 
     kw = dataset_kwargs or {}
     seed = cfg["experiment"]["seed"]
@@ -181,7 +187,8 @@ def train_and_score(
         if say is not None:
             say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
         meter = MapRecall() if recall else None
-        base = predictors(model, recall=meter, with_baselines=with_baselines)
+        auc_meter = MapAUC() if map_auc else None
+        base = predictors(model, recall=meter, with_baselines=with_baselines, auc=auc_meter)
         fg = [0, 0]
 
         def predict(batch, base=base, fg=fg):
@@ -198,6 +205,8 @@ def train_and_score(
         run.foreground_share[name] = fg[0] / max(fg[1], 1)
         if meter is not None:
             run.recall[name] = meter.compute()
+        if auc_meter is not None:
+            run.map_auc[name] = auc_meter.compute()
     run.timings_s["evaluate"] = t()
     return run
 

@@ -58,6 +58,7 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("study", "ablation"): ["fewshot_priors.demo:run_demo"],
     ("study", "figure_episodes"): ["fewshot_priors.demo:run_demo", "fewshot_priors.real_images:run_real_images"],
     ("study", "train_min_pixels"): ["fewshot_priors.real_images:train_and_evaluate"],
+    ("study", "variants"): ["fewshot_priors.real_images:run_real_images"],
 }
 
 
@@ -148,6 +149,10 @@ MODEL_EFFECTS = {
     "output_stride": _check_output_stride,
     "max_chunk_bytes": _check_max_chunk_bytes,
     "eps": _check_eps,
+    "mean": lambda: _model(mean=[0.5, 0.5, 0.5]).backbone.mean == (0.5, 0.5, 0.5),
+    "std": lambda: _model(std=[0.5, 0.5, 0.5]).backbone.std == (0.5, 0.5, 0.5),
+    "prior_mean": lambda: _model(prior_mean=[0.5, 0.5, 0.5]).prior_extractor.mean == (0.5, 0.5, 0.5),
+    "prior_std": lambda: _model(prior_std=[0.5, 0.5, 0.5]).prior_extractor.std == (0.5, 0.5, 0.5),
 }
 
 # ----------------------------------------------------------------------------- data: real effects

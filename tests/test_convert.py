@@ -46,8 +46,8 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
 
 def _episode(size=41, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(1, 3, size, size, generator=g)
-    s = torch.randn(1, 1, 3, size, size, generator=g)
+    q = torch.rand(1, 3, size, size, generator=g)
+    s = torch.rand(1, 1, 3, size, size, generator=g)
     m = torch.zeros(1, 1, size, size)
     m[..., size // 4: 3 * size // 4, size // 3: 3 * size // 4] = 1
     return q, s, m
@@ -142,9 +142,9 @@ def test_official_vgg_layers_follow_get_vgg16_layer(pfenet_vgg):
     layers = [nn.Sequential(*features[a:b]).eval() for a, b in bounds]
     for i, layer in enumerate(layers):
         layer.load_state_dict(_sub(off, f"layer{i}."), strict=True)
-    x = torch.randn(1, 3, 65, 65)
+    x = torch.rand(1, 3, 65, 65)
     with torch.no_grad():
-        f2 = layers[2](layers[1](layers[0](x)))
+        f2 = layers[2](layers[1](layers[0](pfenet_vgg.backbone.normalize(x))))  # PFENet's input is normalised
         f3 = layers[3](f2)
         f4 = layers[4](f3)
         f2 = F.interpolate(f2, size=f3.shape[-2:], mode="bilinear", align_corners=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -150,3 +151,62 @@ def test_all_reduce_two_process_gloo(tmp_path):
         assert got["miou"] == pytest.approx(expected["miou"])
         assert got["fbiou"] == pytest.approx(expected["fbiou"])
         assert got["episodes"] == 2
+
+
+# --------------------------------------------------------------------------- threshold-free map scores
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fewshot_priors.metrics import pixel_average_precision, pixel_roc_auc  # noqa: E402
+
+
+def _pairwise_auc(s, y):
+    pos, neg = s[y == 1], s[y == 0]
+    wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    return float(wins.mean())
+
+
+def _ap_by_thresholds(s, y):
+    ap, prev_recall = 0.0, 0.0
+    for t in sorted(set(s.tolist()), reverse=True):
+        sel = s >= t
+        tp = float((sel & (y == 1)).sum())
+        recall, precision = tp / float((y == 1).sum()), tp / float(sel.sum())
+        ap += (recall - prev_recall) * precision
+        prev_recall = recall
+    return ap
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from([0, 1, 255])), min_size=1, max_size=40))
+def test_pixel_auc_and_ap_equal_their_definitions(pairs):
+    """Ties (few distinct scores), ignored pixels and one-class episodes included."""
+    s = torch.tensor([p[0] / 6 for p in pairs], dtype=torch.float32)
+    y = torch.tensor([p[1] for p in pairs])
+    keep = y != 255
+    sv, yv = s[keep], y[keep]
+    auc, ap = pixel_roc_auc(s, y), pixel_average_precision(s, y)
+    if (yv == 1).any() and (yv == 0).any():
+        assert auc == pytest.approx(_pairwise_auc(sv, yv))
+    else:
+        assert math.isnan(auc)
+    if (yv == 1).any():
+        assert ap == pytest.approx(_ap_by_thresholds(sv, yv))
+    else:
+        assert math.isnan(ap)
+
+
+def test_pixel_auc_known_answers_and_invariances():
+    s = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    y = torch.tensor([0, 0, 1, 1])
+    assert pixel_roc_auc(s, y) == pytest.approx(0.75)  # scikit-learn's documented example
+    assert pixel_average_precision(s, y) == pytest.approx(0.8333333)
+    assert pixel_roc_auc(1 - s, y) == pytest.approx(0.25)  # an inverted map
+    assert pixel_roc_auc(torch.exp(3 * s), y) == pytest.approx(0.75)  # monotone maps: same ranking
+    assert pixel_roc_auc(torch.full((4,), 0.3), y) == pytest.approx(0.5)  # a constant map: no information
+    with pytest.raises(ValueError, match="target"):
+        pixel_roc_auc(s, torch.tensor([0, 2, 1, 1]))
+    with pytest.raises(ValueError, match="finite"):
+        pixel_roc_auc(torch.tensor([0.1, float("nan"), 0.2, 0.3]), y)
+    with pytest.raises(ValueError, match="shape"):
+        pixel_roc_auc(s, y[:3])

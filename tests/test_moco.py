@@ -187,7 +187,9 @@ def test_export_prior_extractor_keys_match_timm(tmp_path):
     m = tiny()
     path = m.export_prior_extractor(tmp_path / "sub" / "prior.safetensors")
     sd, meta = load_prior_extractor(path)
-    assert meta == {"format": "fewshot_priors.prior_extractor", "backbone": "resnet18"}
+    # the input normalisation the encoder was trained with travels in the file (resnet18: timm's ImageNet cfg)
+    assert meta == {"format": "fewshot_priors.prior_extractor", "backbone": "resnet18",
+                    "mean": "[0.485, 0.456, 0.406]", "std": "[0.229, 0.224, 0.225]"}
     full = timm.create_model("resnet18", pretrained=False)
     head = full.pretrained_cfg["classifier"]
     expected = {k for k in full.state_dict() if not k.startswith(head + ".")}

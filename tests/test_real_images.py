@@ -15,14 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fewshot_priors.real_images import (
-    class_folds,
-    class_image_counts,
-    list_unique_images,
-    real_images_config,
-    run_real_images,
-    summarize,
-)
+from fewshot_priors.data.folder import class_image_counts, list_unique_images
+from fewshot_priors.real_images import VARIANTS, class_folds, real_images_config, run_real_images
+from fewshot_priors.report import summarize
 
 
 def _data_dir() -> Path | None:
@@ -108,19 +103,25 @@ def test_masks_line_up_with_their_images():
         assert float((m == 1).float().mean()) == pytest.approx(index[cls][stem], abs=2e-3)
 
 
+WEIGHTS = None if DATA is None else next((p / "weights" for p in DATA.parents if (p / "weights").is_dir()), None)
+needs_weights = pytest.mark.skipif(WEIGHTS is None or not (WEIGHTS / "mobilenetv2_100.tv_in1k.safetensors").is_file(),
+                                   reason="shared/weights (ImageNet backbones) is absent")
+
+
 @needs_data
 def test_end_to_end_quick_run(tmp_path):
-    """One seed, one fold, all models, tiny sizes: the held-out classes are the fold's, every method is
-    scored for 1 and 5 shots, and the outputs are written."""
+    """One seed, one fold, the variants without ImageNet weights, tiny sizes: the held-out classes are
+    the fold's, every method is scored for 1 and 5 shots, the map diagnostics and the outputs are written."""
     out = tmp_path / "run"
     counts = class_image_counts(DATA / "fss_layout")
     f = next(i for i, cs in enumerate(class_folds(counts)) if "person" in cs)  # person: 59 images, 5-shot-able
-    m = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], quick=True, progress=False)
+    m = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False)
     fold = m["folds"][f"fold{f}"]
     assert all(counts[c] >= 5 for c in fold)
     assert not set(fold) & {c for k, cs in m["folds"].items() if k != f"fold{f}" for c in cs}
     (run,) = m["runs"]
     assert run["test_classes"] == fold
+    # no pretrain.weights in the quick preset: the ImageNet-prior variants are left out
     names = {"qgnet", "qgnet_random_prior", "qgnet_without_prior", "baseline_guided_map_0.5",
              "baseline_all_foreground"}
     for shot in ("1-shot", "5-shot"):
@@ -131,9 +132,69 @@ def test_end_to_end_quick_run(tmp_path):
         # 5-shot needs 6 images of a class: classes with exactly 5 are left out of it
         if shot == "5-shot":
             assert all(counts[c] >= 6 for c in run["results"][shot]["qgnet"]["test_classes"])
-    assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == real_images_config(quick=True)
-    assert (out / "metrics.json").is_file() and "| 1-shot | qgnet |" in (out / "results.md").read_text()
-    assert all(Path(p).is_file() for p in m["figures"][f"fold{f}"].values())
+        # threshold-free map scores: the prior map only where there is one
+        aucs = m["map_auc"]
+        assert set(aucs["qgnet"][shot]) == {"guided_map", "prior_map (1-p)", "foreground_share"}
+        assert set(aucs["qgnet_without_prior"][shot]) == {"guided_map", "foreground_share"}
+        assert 0.0 <= aucs["qgnet"][shot]["guided_map"]["auc"] <= 1.0
+        # the guided map depends only on the frozen supervised backbone, shared by every variant
+        assert aucs["qgnet"][shot]["guided_map"] == pytest.approx(aucs["qgnet_without_prior"][shot]["guided_map"])
+        assert "guided_map" in m["recall"]["qgnet"][shot]
+    assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == real_images_config("quick")
+    text = (out / "results.md").read_text()
+    assert "| 1-shot | qgnet |" in text and "| qgnet | 1-shot | guided_map |" in text
+    assert all(Path(p).is_file() for figs in m["figures"][f"fold{f}"].values() for p in figs.values())
+
+
+@needs_data
+@needs_weights
+def test_any_backbone_pair_and_the_imagenet_prior_variants_run(tmp_path):
+    """A supervised MobileNetV2 (ImageNet) with a resnet18 prior extractor pretrained from scratch and an
+    EfficientNet-Lite0 one from ImageNet: every variant runs with any pair, and each backbone normalises
+    with its own statistics (mean = std = 0.5 for the Lite0 prior)."""
+    import torch
+
+    from fewshot_priors.models import create_qgnet
+    from fewshot_priors.real_images import _prior_settings
+
+    mnv2 = str(WEIGHTS / "mobilenetv2_100.tv_in1k.safetensors")
+    lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
+    over = {"model.backbone": "mobilenetv2_100", "model.weights": mnv2,
+            "pretrain.backbone": "tf_efficientnet_lite0", "pretrain.weights": lite0}
+    cfg = real_images_config("quick", over)
+    prior = _prior_settings(cfg, "imagenet", {})
+    model = create_qgnet({**cfg["model"], **prior, "weights": mnv2})
+    assert model.backbone.mean == (0.485, 0.456, 0.406) and model.prior_extractor.mean == (0.5, 0.5, 0.5)
+    assert model(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 3, 64, 64), torch.ones(1, 1, 64, 64))["logits"].shape[1] == 2
+    m = run_real_images(DATA / "fss_layout", tmp_path / "pair", seeds=[0], folds=[0], preset="quick", progress=False,
+                        overrides=over, variants=["qgnet_imagenet_moco_prior", "qgnet_imagenet_prior",
+                                                  "qgnet_without_prior"])
+    assert set(m["runs"][0]["results"]["1-shot"]) >= {"qgnet_imagenet_moco_prior", "qgnet_imagenet_prior",
+                                                       "qgnet_without_prior"}
+    assert set(m["prior_extractor"]["per_seed"][0]) == {"imagenet_moco"}  # no from-scratch run was needed
+    from fewshot_priors.models.weights import weights_metadata
+
+    export = m["prior_extractor"]["per_seed"][0]["imagenet_moco"]["export"]
+    assert weights_metadata(export)["mean"] == "[0.5, 0.5, 0.5]"  # pretraining's normalisation travels along
+
+
+def test_variants_need_their_weights_and_study_keys_are_checked_early(tmp_path):
+    from fewshot_priors.config import ConfigError
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="pretrain.weights"):
+        run_real_images(tmp_path, out, preset="quick", variants=["qgnet_imagenet_prior"], progress=False)
+    with pytest.raises(ConfigError, match="model.weights: no such file"):
+        run_real_images(tmp_path, out, preset="quick", overrides={"model.weights": str(tmp_path / "nope.pth")},
+                        progress=False)
+    with pytest.raises(ConfigError, match="prior_backbone"):
+        run_real_images(tmp_path, out, preset="quick", overrides={"model.prior_backbone": "resnet34"}, progress=False)
+    with pytest.raises(ValueError, match="did you mean 'qgnet_random_prior'"):
+        run_real_images(tmp_path, out, preset="quick", variants=["qgnet_randm_prior"], progress=False)
+    with pytest.raises(ConfigError, match="unknown real-images preset 'lon'.*'long'"):
+        real_images_config("lon")
+    assert not out.exists()
+    assert set(real_images_config("full")["study"]["variants"]) <= set(VARIANTS)
 
 
 @needs_data
@@ -213,27 +274,11 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
         main(["real-images", "--root", "data", "--models", "unet"])
 
 
-def test_presets_are_the_shipped_yaml_and_former_preset_dicts_map_to_config_keys():
-    import warnings
-
-    from fewshot_priors.real_images import legacy_preset_overrides
-
-    quick, full = real_images_config(quick=True), real_images_config()
-    assert quick["data"]["dataset"] == full["data"]["dataset"] == "folder"
-    assert full["data"]["image_size"] == 80 and full["model"]["bins"] == [10, 5, 2, 1]
+def test_presets_are_the_shipped_yaml():
+    quick, full, long = real_images_config("quick"), real_images_config(), real_images_config("long")
+    assert quick["data"]["dataset"] == full["data"]["dataset"] == long["data"]["dataset"] == "folder"
     assert full["pretrain"]["queue_init"] == "empty" and full["pretrain"]["export_encoder"] == "query"
-    assert quick["eval"]["episodes"] == 6 and full["eval"]["episodes"] == 40
-    over = legacy_preset_overrides({"image_size": 96, "train": {"epochs": 3}, "episodes": 5, "backbone_weights": "w"})
-    assert over == {"data.image_size": 96, "model.bins": [12, 6, 3, 1], "train.epochs": 3, "eval.episodes": 5,
-                    "model.weights": "w"}
-    with pytest.raises(ValueError, match="unknown preset entry 'imagesize'"):
-        legacy_preset_overrides({"imagesize": 3})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        from fewshot_priors import real_images
-
-        assert real_images.PRESETS["quick"] == quick
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert long["data"]["image_size"] >= full["data"]["image_size"] and set(long["study"]["variants"]) == set(VARIANTS)
 
 
 @pytest.mark.parametrize("key", ["data.num_folds=3", "data.test_ratio=0.3", "data.min_class_images=2",
@@ -245,5 +290,5 @@ def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):
 
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=key.split("=")[0]):
-        run_real_images(tmp_path / "no_such_root", out, quick=True, overrides=[key], progress=False)
+        run_real_images(tmp_path / "no_such_root", out, preset="quick", overrides=[key], progress=False)
     assert not out.exists()

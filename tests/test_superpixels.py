@@ -181,7 +181,7 @@ def test_two_views_patch_correspondence_survives_crop_flip_resize(hflip_p):
     n = int(counts[0])
     colours = torch.rand(n, 3, generator=torch.Generator().manual_seed(5))
     x = colours[labels[0]].permute(2, 0, 1)[None]  # 1, 3, H, W float in [0, 1]
-    aug = TwoViewAugment(48, color=False, normalize=False, hflip_p=hflip_p, min_area=6)
+    aug = TwoViewAugment(48, color=False, hflip_p=hflip_p, min_area=6)
     matched, mismatched, n_shared = [], [], 0
     for seed in range(4):
         v = aug(x, labels, seed=seed)

@@ -6,23 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot_priors.data.transforms import normalize_image
+from fewshot_priors.data.transforms import image_to_tensor
 from fewshot_priors.engine.logging import RunLogger, read_scalars
 from fewshot_priors.viz import (
-    denormalize,
     episode_figure,
     overlay_mask,
     plot_loss_curve,
     save_episode_figures,
+    to_rgb_array,
 )
 
 
-def test_denormalize_inverts_the_data_normalisation():
+def test_to_rgb_array_shows_the_datasets_images():
     rgb = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    back = denormalize(normalize_image(rgb))
+    back = to_rgb_array(image_to_tensor(rgb))
     np.testing.assert_allclose(back, rgb / 255.0, atol=1e-6)
     with pytest.raises(ValueError, match="3, H, W"):
-        denormalize(torch.zeros(4, 5, 5))
+        to_rgb_array(torch.zeros(4, 5, 5))
 
 
 def test_overlay_touches_foreground_and_ignore_only():

@@ -123,7 +123,7 @@ def two_views_and_patches() -> bytes:
     img = (resize(data.chelsea(), (150, 200), anti_aliasing=True) * 255).astype(np.uint8)
     sampler = SuperpixelPatchSampler("slic", n_segments=40, seed=0)
     labels, counts = sampler(img)
-    aug = TwoViewAugment(size=128, normalize=False, blur_p=0.0, grayscale_p=0.0, min_area=20)
+    aug = TwoViewAugment(size=128, blur_p=0.0, grayscale_p=0.0, min_area=20)
     views = aug(torch.from_numpy(img).permute(2, 0, 1)[None], labels, seed=3)
 
     def show(v):

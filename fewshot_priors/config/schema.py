@@ -185,6 +185,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ablation": False,  # demo: also train the random-prior and no-prior models (Table 7 recall)
         "figure_episodes": 4,  # Fig. 5 rows per K
         "train_min_pixels": None,  # real-images: eligibility of training pairs (None: data.min_pixels)
+        # real-images: the compared models (fewshot_priors.real_images.VARIANTS); the ImageNet-prior
+        # variants need pretrain.weights and are left out without it
+        "variants": ["qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
+                     "qgnet_without_prior"],
     },
 }
 
