@@ -7,10 +7,11 @@ class; scored 1-shot on the validation classes. One line of JSON per run is appe
 to ``OUT/results.jsonl``::
 
     python scripts/real_images_investigate.py --root DATA/fss_layout --out DIR --name NAME \
-        [--prior prior_extractor.safetensors] [key=value ...]
+        [--prior prior_extractor.safetensors] [--preset full] [key=value ...]
 
-keys: image_size, lr, epochs, max_steps, batch_size, pretrain_epochs, fg_weight, min_pixels,
-train_min_pixels, train_resize_long, episodes, variant.
+keys: any config key as section.key=value (JSON values), the shortcuts lr, epochs, max_steps,
+batch_size, pretrain_epochs, image_size (data.image_size and pretrain.size), and variant (a key of
+fewshot_priors.real_images.VARIANTS).
 """
 
 import argparse
@@ -19,58 +20,57 @@ import json
 import time
 from pathlib import Path
 
+from fewshot_priors.data.folder import class_image_counts, list_unique_images
 from fewshot_priors.engine.pretrain import pretrain
-from fewshot_priors.real_images import (
-    class_image_counts,
-    legacy_preset_overrides,
-    list_unique_images,
-    real_images_config,
-    train_and_evaluate,
-)
+from fewshot_priors.real_images import VARIANTS, real_images_config, train_and_evaluate
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--root", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--name", required=True)
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--prior", default=None, help="reuse this exported prior extractor instead of pretraining; \"none\": random-init backbone and prior")
+ap.add_argument("--prior", default=None, help="reuse this exported GlobalLocalMoCo prior extractor instead of "
+                "pretraining one (from random init)")
+ap.add_argument("--preset", default="full", help="real-images preset (full, long, quick)")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
 kv = dict(x.split("=", 1) for x in a.kv)
 variant = kv.pop("variant", "qgnet")
 over = {}
-short = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
-         "pretrain_epochs": "pretrain.epochs"}
+short = {"lr": ["train.lr"], "epochs": ["train.epochs"], "max_steps": ["train.max_steps"],
+         "batch_size": ["train.batch_size"], "pretrain_epochs": ["pretrain.epochs"],
+         "image_size": ["data.image_size", "pretrain.size"]}
 for k, v in kv.items():
     v = json.loads(v)
     if "." in k:  # any config key, section.key=value
         over[k] = v
     elif k in short:
-        over[short[k]] = v
-    else:  # the former preset entries (image_size also sets pretrain.size)
-        try:
-            over.update(legacy_preset_overrides({k: v}))
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        if k == "image_size":
-            over["pretrain.size"] = v
-cfg = real_images_config(overrides=over)
+        over.update({key: v for key in short[k]})
+    else:
+        raise SystemExit(f"unknown key {k!r}: use section.key=value or one of {sorted(short)}")
+if variant not in VARIANTS:
+    raise SystemExit(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
+cfg = real_images_config(a.preset, over)
 counts = class_image_counts(a.root)
 val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
-prior = None if a.prior == "none" else a.prior
-if a.prior is None:
+prior = a.prior
+needs_moco = VARIANTS[variant][1] == "moco" or (cfg["model"]["weights"] is None
+                                               and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"])
+if prior is None and needs_moco:
     t0, c0 = time.perf_counter(), time.process_time()
     pcfg = copy.deepcopy(cfg)
     pcfg["pretrain"]["images"] = list_unique_images(a.root)
+    pcfg["pretrain"]["weights"] = None  # GlobalLocalMoCo from random init (the "moco" prior)
     pcfg["experiment"].update(output_dir=str(out / f"pre_{a.name}"), seed=a.seed, device="cpu")
     pre = pretrain(pcfg, progress=False)
     prior = pre["prior_extractor"]
     print("pretrain", pre["step"], "steps", round(time.perf_counter() - t0, 1), "s wall",
           round(time.process_time() - c0, 1), "s cpu; last log", pre["history"][-1], flush=True)
 t1, c1 = time.perf_counter(), time.process_time()
-r = train_and_evaluate(a.root, val, out / a.name, cfg, seed=a.seed, prior_path=prior, shots=(1,), variant=variant)
+r = train_and_evaluate(a.root, val, out / a.name, cfg, seed=a.seed, priors={"moco": prior} if prior else {},
+                       shots=(1,), variant=variant)
 res = r["results"]["1-shot"]
 line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"]["steps"],
         "final_loss": r["train"]["final_loss"], "timings": r["timings_s"],
