@@ -2,8 +2,7 @@
 
 Every module of ``fewshot_priors`` is parsed with :mod:`ast` (nothing is imported), and
 every import counts: module level, inside functions, and the string imports of the lazy
-machinery (``_LAZY`` tables, ``importlib.import_module("fewshot_priors...")``,
-``deprecated_module_alias(__name__, "fewshot_priors...")``). Only imports under
+machinery (``_LAZY`` tables, ``importlib.import_module("fewshot_priors...")``). Only imports under
 ``if TYPE_CHECKING:`` are left out (they never run).
 
 The rule (also on the docs page ``docs/explanation/architecture.md``):
@@ -16,8 +15,7 @@ layer  modules (``fewshot_priors.`` + name or package)                   may imp
 1      ``ops``                                                          0, 1
 2      ``models``, ``data``, ``ssl``, ``analysis``, ``metrics``,        0, 1, 2
        ``viz``; the package root ``fewshot_priors`` (a facade of
-       layers 1 and 2); the deprecated aliases ``superpixels``,
-       ``augment``, ``ssl_diagnostics``
+       layers 1 and 2)
 3      ``config``, ``engine``                                           0 - 3
 4      ``cli``, ``demo``, ``real_images``, ``study``, ``report``,       0 - 4
        ``__main__``
@@ -60,9 +58,6 @@ LAYERS: dict[str, int] = {
     "metrics": 2,
     "viz": 2,
     "": 2,  # the root package: eager re-exports of ops, lazy names from layer 2
-    "superpixels": 2,  # deprecated alias of ssl.superpixels
-    "augment": 2,  # deprecated alias of ssl.augment
-    "ssl_diagnostics": 2,  # deprecated alias of ssl.diagnostics
     "config": 3,
     "engine": 3,
     "cli": 4,
@@ -142,7 +137,7 @@ def imported_modules(name: str, path: Path, mods: Mapping[str, Path]) -> set[str
             elif isinstance(child, ast.ImportFrom):
                 mod = _resolve(name, is_pkg, child)
                 found.update(f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod for a in child.names)
-            elif isinstance(child, ast.Call) and _call_name(child.func) in ("import_module", "deprecated_module_alias"):
+            elif isinstance(child, ast.Call) and _call_name(child.func) in ("import_module",):
                 found.update(a.value for a in child.args if isinstance(a, ast.Constant) and isinstance(a.value, str))
             elif _is_lazy_table(child):
                 found.update(v.value for v in child.value.values if isinstance(v, ast.Constant))
@@ -268,7 +263,6 @@ def test_the_graph_sees_function_level_and_lazy_imports(graph):
     """Controls: the checker finds imports that are not at module level, and skips TYPE_CHECKING ones."""
     assert "fewshot_priors.ops.fused" in graph["fewshot_priors.ops.similarity"]  # inside a function
     assert "fewshot_priors.ssl.moco" in graph["fewshot_priors.models"]  # a _LAZY string
-    assert "fewshot_priors.ssl.superpixels" in graph["fewshot_priors.superpixels"]  # an alias module
     assert "fewshot_priors.data" in graph["fewshot_priors"]  # root's _LAZY
     assert "fewshot_priors.ops.fused" not in graph["fewshot_priors.ops._backward"]  # the cycle's old edge
 
@@ -309,41 +303,6 @@ def test_shared_constants_are_defined_once():
 
     assert viz.IMAGENET_MEAN is transforms.IMAGENET_MEAN is constants.IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert _checks.IGNORE_INDEX == constants.IGNORE_INDEX == 255
-
-
-_ALIASES = {
-    "fewshot_priors.superpixels": "fewshot_priors.ssl.superpixels",
-    "fewshot_priors.augment": "fewshot_priors.ssl.augment",
-    "fewshot_priors.ssl_diagnostics": "fewshot_priors.ssl.diagnostics",
-    "fewshot_priors.models.moco": "fewshot_priors.ssl.moco",
-    "fewshot_priors.engine.distributed": "fewshot_priors.distributed",
-}
-
-
-def test_moved_modules_keep_their_old_names_with_a_deprecation_warning():
-    """Each old path is the new module itself, and importing it from user code warns, naming the new place."""
-    script = textwrap.dedent(f"""
-        import importlib, sys, warnings
-        aliases = {_ALIASES!r}
-        for old, new in aliases.items():
-            importlib.import_module(old.rpartition(".")[0])  # the parent (engine's __init__ may import the alias)
-            sys.modules.pop(old, None)  # so this is the first import of the old name from user code
-            with warnings.catch_warnings(record=True) as log:
-                warnings.simplefilter("always")
-                module = importlib.import_module(old)
-            assert module is importlib.import_module(new), (old, module)
-            dep = [w for w in log if issubclass(w.category, DeprecationWarning) and old in str(w.message)]
-            assert dep and new in str(dep[0].message), (old, [str(w.message) for w in log])
-        from fewshot_priors.models.moco import GlobalLocalMoCo, MemoryQueue, export_prior_extractor
-        from fewshot_priors.engine.distributed import all_reduce_sum, shard_indices
-        import fewshot_priors as fp, fewshot_priors.models as models, fewshot_priors.ssl as ssl
-        assert fp.GlobalLocalMoCo is models.GlobalLocalMoCo is ssl.GlobalLocalMoCo is GlobalLocalMoCo
-        assert fp.MemoryQueue is MemoryQueue and fp.SuperpixelPatchSampler is ssl.SuperpixelPatchSampler
-        print("OK")
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          check=False)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- the checker catches violations
