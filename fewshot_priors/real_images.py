@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import platform
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,64 +34,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.folder import IMAGE_EXTS, class_image_counts, list_unique_images  # noqa: F401  (public here too)
+from .data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
 from .report import results_markdown, summarize
-from .report import spread as _spread  # noqa: F401  (the name before fewshot_priors.report)
 from .study import run_config, train_and_score
 from .study import timer as _timer
 
-__all__ = ["VARIANTS", "class_folds", "class_image_counts", "legacy_preset_overrides", "list_unique_images",
+__all__ = ["VARIANTS", "class_folds", "class_image_counts", "list_unique_images",
            "real_images_config", "results_markdown", "run_real_images", "summarize", "train_and_evaluate"]
 
 #: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``): ``full``
 #: fits 3 seeds x 4 folds x 3 models in about 35 min on 2 idle CPU cores; ``quick`` runs everything end
 #: to end in a minute or two (tests; numbers are meaningless). The files are exactly what runs.
 PRESET_CONFIGS = {"full": "real_images/full", "quick": "real_images/quick"}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PRESETS":  # the dict of preset sizes this module held before the YAML presets
-        warnings.warn("fewshot_priors.real_images.PRESETS is deprecated: the presets are the configs "
-                      "real_images/full and real_images/quick (see real_images_config)", DeprecationWarning,
-                      stacklevel=2)
-        return {k: real_images_config(k == "quick") for k in PRESET_CONFIGS}
-    if name == "BACKBONE":
-        warnings.warn("fewshot_priors.real_images.BACKBONE is deprecated: read pretrain.backbone / model.backbone "
-                      "of the config", DeprecationWarning, stacklevel=2)
-        return "resnet18"
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-#: The keys of the former ``PRESETS`` dicts -> config keys (``preset_overrides``, deprecated).
-_LEGACY_PRESET_KEYS = {
-    "image_size": "data.image_size", "min_pixels": "data.min_pixels", "train_min_pixels": "study.train_min_pixels",
-    "train_resize_long": "data.train_resize_long", "backbone_weights": "model.weights",
-    "fg_weight": "model.fg_weight", "episodes": "eval.episodes", "figure_episodes": "study.figure_episodes",
-}
-
-
-def legacy_preset_overrides(preset: Mapping[str, Any]) -> dict[str, Any]:
-    """A former preset dict (``{"image_size": 80, "train": {"epochs": 2}, ...}``) as ``section.key`` overrides.
-
-    ``image_size`` also sets ``model.bins`` to the feature-size fractions, as the former presets did.
-
-    Raises:
-        ValueError: an unknown preset entry.
-    """
-    from fewshot_priors.config import fraction_bins
-
-    out: dict[str, Any] = {}
-    for k, v in preset.items():
-        if k in ("train", "pretrain") and isinstance(v, Mapping):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        elif k in _LEGACY_PRESET_KEYS:
-            out[_LEGACY_PRESET_KEYS[k]] = v
-            if k == "image_size":
-                out["model.bins"] = fraction_bins(int(v))
-        else:
-            raise ValueError(f"unknown preset entry {k!r}; valid: {sorted([*_LEGACY_PRESET_KEYS, 'train', 'pretrain'])}")
-    return out
 
 
 def real_images_config(quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
@@ -134,10 +88,6 @@ def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int =
     return [sorted(big[int(i)] for i in perm[f::num_folds]) for f in range(num_folds)]
 
 
-def _is_legacy_preset(cfg: Mapping) -> bool:
-    return "experiment" not in cfg
-
-
 def train_and_evaluate(
     root: str | Path,
     test_classes: Sequence[str],
@@ -161,8 +111,7 @@ def train_and_evaluate(
         root: the folder dataset.
         test_classes: held-out class folder names (never seen in training).
         out: run folder (checkpoints, logs).
-        cfg: the study's config (:func:`real_images_config`; a former preset dict is
-            still accepted, deprecated).
+        cfg: the study's config (:func:`real_images_config`).
         seed: seed of the model init, training and test episodes.
         prior_path: the exported self-supervised encoder: the prior extractor for
             ``variant="qgnet"``, and the frozen backbone's init unless the config's
@@ -184,10 +133,6 @@ def train_and_evaluate(
 
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
-    if _is_legacy_preset(cfg):
-        warnings.warn("train_and_evaluate: a preset dict is deprecated; pass the config of real_images_config()",
-                      DeprecationWarning, stacklevel=2)
-        cfg = real_images_config(overrides=legacy_preset_overrides(cfg))
     if device is not None:
         cfg = copy.deepcopy(dict(cfg))
         cfg["experiment"]["device"] = device
@@ -247,7 +192,6 @@ def run_real_images(
     min_images: int = 5,
     fold_seed: int = 0,
     quick: bool = False,
-    preset_overrides: Mapping[str, Any] | None = None,
     variants: Sequence[str] = tuple(VARIANTS),
     device: str | None = None,
     progress: bool = True,
@@ -267,9 +211,6 @@ def run_real_images(
         min_images: classes with fewer images are training-only.
         fold_seed: seed of the class-to-fold split (the same for every training seed).
         quick: the tiny ``quick`` preset (a minute or two; numbers are meaningless).
-        preset_overrides: deprecated: entries of the former preset dicts (``image_size``,
-            ``episodes``, ``fg_weight``, ``train`` / ``pretrain`` sub-dicts), see
-            :func:`legacy_preset_overrides`; use ``overrides``.
         variants: which models of :data:`VARIANTS` to train.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device`` of the config).
         progress: print progress lines (per unit, with elapsed time and an estimate of the rest).
@@ -285,10 +226,6 @@ def run_real_images(
     root, out = Path(root), Path(output)
     preset_name = "quick" if quick else "full"
     over: dict[str, Any] = {}
-    if preset_overrides:
-        warnings.warn("run_real_images(preset_overrides=...) is deprecated: use overrides={'section.key': value}",
-                      DeprecationWarning, stacklevel=2)
-        over.update(legacy_preset_overrides(preset_overrides))
     over.update({f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()})
     if device is not None:
         over["experiment.device"] = device

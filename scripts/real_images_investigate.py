@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
+from fewshot_priors.config import fraction_bins
 from fewshot_priors.engine.pretrain import pretrain
 from fewshot_priors.real_images import (
     class_image_counts,
-    legacy_preset_overrides,
     list_unique_images,
     real_images_config,
     train_and_evaluate,
@@ -40,20 +40,21 @@ kv = dict(x.split("=", 1) for x in a.kv)
 variant = kv.pop("variant", "qgnet")
 over = {}
 short = {"lr": "train.lr", "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size",
-         "pretrain_epochs": "pretrain.epochs"}
+         "pretrain_epochs": "pretrain.epochs", "image_size": "data.image_size", "min_pixels": "data.min_pixels",
+         "train_min_pixels": "study.train_min_pixels", "train_resize_long": "data.train_resize_long",
+         "backbone_weights": "model.weights", "fg_weight": "model.fg_weight", "episodes": "eval.episodes",
+         "figure_episodes": "study.figure_episodes"}
 for k, v in kv.items():
     v = json.loads(v)
     if "." in k:  # any config key, section.key=value
         over[k] = v
     elif k in short:
         over[short[k]] = v
-    else:  # the former preset entries (image_size also sets pretrain.size)
-        try:
-            over.update(legacy_preset_overrides({k: v}))
-        except ValueError as exc:
-            raise SystemExit(str(exc)) from None
-        if k == "image_size":
+        if k == "image_size":  # the feature-size bins and the pretraining crop follow the image size
+            over["model.bins"] = fraction_bins(int(v))
             over["pretrain.size"] = v
+    else:
+        raise SystemExit(f"unknown setting {k!r}; valid: section.key or one of {sorted(short)}")
 cfg = real_images_config(overrides=over)
 counts = class_image_counts(a.root)
 val = sorted(c for c, n in counts.items() if 2 <= n <= 4)

@@ -253,10 +253,10 @@ def test_check_data_keys_raises_the_callers_error_class():
     check_data_keys({"dataset": "pascal", "fold_classes": [1], "num_folds": 2})  # pascal: no seeded folds
 
 
-def test_former_config_table_is_derived_from_the_registry():
+def test_dataset_keys_are_derived_from_the_registry():
     from fewshot_priors.data import registry
 
-    assert registry.DATASET_KEYS == {
+    assert registry.dataset_keys() == {
         "num_classes": ("pascal",),
         "num_folds": ("pascal", "folder"),
         "test_ratio": ("folder",),

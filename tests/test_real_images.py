@@ -213,27 +213,12 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
         main(["real-images", "--root", "data", "--models", "unet"])
 
 
-def test_presets_are_the_shipped_yaml_and_former_preset_dicts_map_to_config_keys():
-    import warnings
-
-    from fewshot_priors.real_images import legacy_preset_overrides
-
+def test_presets_are_the_shipped_yaml():
     quick, full = real_images_config(quick=True), real_images_config()
     assert quick["data"]["dataset"] == full["data"]["dataset"] == "folder"
     assert full["data"]["image_size"] == 80 and full["model"]["bins"] == [10, 5, 2, 1]
     assert full["pretrain"]["queue_init"] == "empty" and full["pretrain"]["export_encoder"] == "query"
     assert quick["eval"]["episodes"] == 6 and full["eval"]["episodes"] == 40
-    over = legacy_preset_overrides({"image_size": 96, "train": {"epochs": 3}, "episodes": 5, "backbone_weights": "w"})
-    assert over == {"data.image_size": 96, "model.bins": [12, 6, 3, 1], "train.epochs": 3, "eval.episodes": 5,
-                    "model.weights": "w"}
-    with pytest.raises(ValueError, match="unknown preset entry 'imagesize'"):
-        legacy_preset_overrides({"imagesize": 3})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        from fewshot_priors import real_images
-
-        assert real_images.PRESETS["quick"] == quick
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
 
 
 @pytest.mark.parametrize("key", ["data.num_folds=3", "data.test_ratio=0.3", "data.min_class_images=2",

@@ -5,28 +5,21 @@ Sections: ``experiment`` (name, output folder, seed, device), ``data`` (dataset,
 ``model`` (QGNet, read by :func:`fewshot_priors.models.factory.create_qgnet`), ``train``,
 ``eval``, ``pretrain`` (self-supervised prior extractor, :func:`fewshot_priors.engine.pretrain.pretrain`)
 and ``study`` (settings only the demo and the real-images study read).
-
-Deprecated keys (moved at load time with a :class:`DeprecationWarning` naming the new key):
-``model.shots`` -> ``data.shots``, ``train.device`` -> ``experiment.device``.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
-    "DATASET_KEYS",
     "DEFAULTS",
-    "DEPRECATED_KEYS",
     "ConfigError",
     "check_data_keys",
     "choices",
     "merge",
-    "migrate_deprecated",
     "resolve_shots",
     "validate",
 ]
@@ -178,12 +171,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Deprecated keys and where their value moves at load time (with a DeprecationWarning).
-DEPRECATED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
-    ("model", "shots"): ("data", "shots"),
-    ("train", "device"): ("experiment", "device"),
-}
-
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
@@ -247,34 +234,6 @@ def _unknown(key: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys here: {', '.join(valid)}")
 
 
-def migrate_deprecated(cfg: Mapping, where: str = "", *, full: bool = False) -> dict:
-    """Move the deprecated keys of :data:`DEPRECATED_KEYS` to their new place (a copy).
-
-    Apply it to what a user wrote (a file, overrides), before merging over the defaults.
-    Warns a :class:`DeprecationWarning` naming the new key. With ``full=True`` (a tree
-    already merged over :data:`DEFAULTS`) a new key still at its default counts as unset.
-
-    Raises:
-        ConfigError: both the old and the new key are set, to different values.
-    """
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
-    for (sec, key), (new_sec, new_key) in DEPRECATED_KEYS.items():
-        if not isinstance(out.get(sec), Mapping) or key not in out[sec]:
-            continue
-        value = out[sec].pop(key)
-        warnings.warn(f"{where}config key {sec}.{key} is deprecated: use {new_sec}.{new_key}",
-                      DeprecationWarning, stacklevel=3)
-        target = out.setdefault(new_sec, {})
-        if not isinstance(target, Mapping):
-            continue  # validate reports the malformed section
-        unset = full and target.get(new_key) == DEFAULTS[new_sec][new_key]
-        if new_key in target and target[new_key] != value and not unset:
-            raise ConfigError(f"{where}{sec}.{key}={value!r} (deprecated) and {new_sec}.{new_key}="
-                              f"{target[new_key]!r} are both set and differ: keep only {new_sec}.{new_key}")
-        target[new_key] = value
-    return out
-
-
 def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None) -> int:
     """K of an episode: the one place where the number of shots is decided.
 
@@ -293,7 +252,7 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
         shots = cfg["eval"].get("shots")
     if shots is None:
         from fewshot_priors.data.registry import (
-            config_shots,  # the data K rule (and old trees' model.shots)
+            config_shots,  # the data K rule
         )
 
         shots = config_shots(cfg)
@@ -303,12 +262,11 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
 
 
 def validate(cfg: Mapping) -> dict:
-    """Check every key and value type of a full config (deprecated keys are moved first).
+    """Check every key and value type of a full config.
 
     Raises:
         ConfigError: unknown section/key, wrong type, or a value outside its choices.
     """
-    cfg = migrate_deprecated(cfg, full=True)
     for section, values in cfg.items():
         if section not in DEFAULTS:
             raise _unknown(section, DEFAULTS, "section ")
@@ -390,14 +348,6 @@ def check_data_keys(data: Mapping) -> None:
     )
 
     check(data, error=ConfigError)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "DATASET_KEYS":  # moved: fewshot_priors.data.registry.dataset_keys(), built from the registry
-        from fewshot_priors.data.registry import dataset_keys
-
-        return dataset_keys()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Integer keys with a lower bound: (key, minimum, None allowed). A run of 0 epochs or

@@ -139,12 +139,6 @@ def dataset_keys() -> dict[str, tuple[str, ...]]:
 _BUILTIN_ORDER = ("pascal", "coco", "folder")
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DATASET_KEYS":  # the former fewshot_priors.config table, kept current with the registry
-        return dataset_keys()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def check_options(cls: type, **values: Any) -> None:
     """Refuse the :data:`DATASET_OPTIONS` set (not None) that ``cls`` does not use.
 
@@ -230,11 +224,10 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
 
 
 def config_shots(cfg: Mapping) -> int:
-    """K of a config's episodes: ``data.shots`` (a tree from before it: ``model.shots``)."""
-    for section in ("data", "model"):  # model.shots: a tree from before data.shots (an old checkpoint's meta)
-        shots = (cfg.get(section) or {}).get("shots")
-        if shots is not None:
-            return shots
+    """K of a config's episodes: ``data.shots``."""
+    shots = (cfg.get("data") or {}).get("shots")
+    if shots is not None:
+        return shots
     raise ValueError("the config sets no number of shots: set data.shots (or pass shots=)")
 
 

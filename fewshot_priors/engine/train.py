@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,20 +26,6 @@ from .rundir import prepare_run_dir
 from .runtime import Runtime
 
 __all__ = ["make_optimizer", "make_poly_scheduler", "train"]
-
-#: moved to :mod:`fewshot_priors.engine.runtime` (importable from here for one release)
-_MOVED = ("SeededItems", "StepBatchSampler", "derive_seed", "resolve_device", "seed_everything")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import runtime
-
-        warnings.warn(f"fewshot_priors.engine.train.{name} moved to fewshot_priors.engine.runtime.{name}; "
-                      "the old path will be removed in the next release", DeprecationWarning, stacklevel=2)
-        return getattr(runtime, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # --------------------------------------------------------------------------- optimisation
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -136,8 +135,6 @@ class QGNet(PretrainedMixin, nn.Module):
             of its momentum encoder, as the official QGNet, is built as a dilated
             FrozenBackbone; pass ``moco.encoder`` for the query encoder); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
-        shots: deprecated and ignored (K comes from the data; any K is accepted at run
-            time). Passing it warns ``DeprecationWarning``; it goes in the next release.
         pretrained: load timm's pretrained weights into ``backbone`` (internet).
         weights: local checkpoint for ``backbone`` (see :func:`create_backbone`).
         prior_weights: local checkpoint for the prior extractor.
@@ -176,7 +173,7 @@ class QGNet(PretrainedMixin, nn.Module):
         self,
         backbone: str | FrozenBackbone = "resnet50",
         prior_backbone: str | nn.Module | None = None,
-        shots: int | None = None,
+        *,
         pretrained: bool = False,
         weights: str | os.PathLike | None = None,
         prior_weights: str | os.PathLike | None = None,
@@ -189,21 +186,11 @@ class QGNet(PretrainedMixin, nn.Module):
         output_stride: int = 8,
         max_chunk_bytes: int | None = None,
         eps: float = 1e-7,
-        *,
         guided_map: nn.Module | None = None,
         prior_map: nn.Module | None = None,
         decoder: nn.Module | None = None,
     ):
         super().__init__()
-        if shots is not None:
-            if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-                raise ValueError(f"`shots` must be a positive int, got {shots!r}")
-            warnings.warn(
-                "QGNet(shots=...) is deprecated and ignored: K comes from the support images of each call "
-                "(set data.shots / eval.shots in the config); the argument goes in the next release",
-                DeprecationWarning,
-                stacklevel=2,
-            )
         if float(aux_weight) < 0:
             raise ValueError(f"`aux_weight` must be >= 0, got {aux_weight!r}")
         self.use_prior = bool(use_prior)
