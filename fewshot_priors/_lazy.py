@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 
@@ -26,7 +27,8 @@ def lazy_exports(
         namespace[name] = value
         return value
 
-    def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(namespace.get("__all__", ())) | set(names))
+    def __dir__() -> list[str]:  # the public API: __all__, the lazy names and the imported public submodules
+        public = {k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, ModuleType)}
+        return sorted(public | set(namespace.get("__all__", ())) | set(names))
 
     return __getattr__, __dir__

@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "_progress": 0,
     "_scalars": 0,
     "_io": 0,
+    "_version": 0,
     "distributed": 0,
     "ops": 1,
     "models": 2,
@@ -262,9 +263,31 @@ def test_no_import_from_a_lower_layer_up_to_a_higher_one(graph):
 def test_the_graph_sees_function_level_and_lazy_imports(graph):
     """Controls: the checker finds imports that are not at module level, and skips TYPE_CHECKING ones."""
     assert "fewshot_priors.ops.fused" in graph["fewshot_priors.ops.similarity"]  # inside a function
-    assert "fewshot_priors.ssl.moco" in graph["fewshot_priors.models"]  # a _LAZY string
+    assert "fewshot_priors.models.hub" in graph["fewshot_priors"]  # a _LAZY string
     assert "fewshot_priors.data" in graph["fewshot_priors"]  # root's _LAZY
     assert "fewshot_priors.ops.fused" not in graph["fewshot_priors.ops._backward"]  # the cycle's old edge
+
+
+def test_layer_2_packages_form_a_chain_models_then_data_then_ssl(graph):
+    """Within layer 2: ssl builds on models (backbone dilation, weight formats) and data (image lists);
+    neither models nor data imports ssl, and models imports no data (no arrow back, anywhere in them)."""
+    def reaches(src: str, dst: str) -> list[tuple[str, str]]:
+        return [(a, b) for a, bs in graph.items() if a == src or a.startswith(src + ".")
+                for b in bs if b == dst or b.startswith(dst + ".")]
+
+    assert reaches("fewshot_priors.models", "fewshot_priors.ssl") == []
+    assert reaches("fewshot_priors.data", "fewshot_priors.ssl") == []
+    assert reaches("fewshot_priors.models", "fewshot_priors.data") == []
+    assert reaches("fewshot_priors.ssl", "fewshot_priors.models")  # the direction that is used
+    assert reaches("fewshot_priors.ssl", "fewshot_priors.data")
+
+
+def test_no_library_module_imports_the_package_root(graph):
+    """The root is a facade over layers 0-2: none of their modules imports it (e.g. for
+    ``__version__``, which lives in the bottom module ``_version``)."""
+    importers = sorted(a for a, bs in graph.items() if "fewshot_priors" in bs and a != "fewshot_priors"
+                       and layer_of(a, PACKAGE, LAYERS) <= 2)
+    assert importers == [], importers
 
 
 def test_only_the_distributed_module_uses_torch_distributed():

@@ -541,3 +541,48 @@ def test_clean_mask_value_check_per_call_wins_over_the_global_flag():
             clean_mask("m", bad, check_values=True)
         assert torch.equal(clean_mask("m", bad), bad)
     assert checks_enabled()
+
+
+# ----------------------------------------------------------------------------- module pairs of the other ops
+def test_info_nce_loss_module_equals_the_function():
+    g = torch.Generator().manual_seed(5)
+    q, k, neg = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(10, 8, generator=g)
+    for kw in ({}, {"normalize": False, "reduction": "sum"}, {"reduction": "none"}):
+        loss = fp.InfoNCELoss(0.1, **kw)
+        assert torch.equal(loss(q, k, neg), fp.info_nce(q, k, neg, 0.1, **kw))
+    details = fp.InfoNCELoss(return_details=True)(q, k, neg)
+    ref = fp.info_nce(q, k, neg, return_details=True)
+    assert all(torch.equal(a, b) for a, b in zip(details, ref))
+    assert not list(fp.InfoNCELoss().state_dict()) and "temperature=0.2" in repr(fp.InfoNCELoss())
+    with pytest.raises(ValueError, match="`temperature` must be > 0"):
+        fp.InfoNCELoss(0.0)
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        fp.InfoNCELoss(reduction="avg")
+
+
+def test_masked_average_pool_module_equals_the_function():
+    g = torch.Generator().manual_seed(6)
+    f = torch.randn(2, 4, 5, 5, generator=g)
+    m = (torch.rand(2, 7, 7, generator=g) > 0.5).float()
+    m[0, 0, 0] = 255.0
+    assert torch.equal(fp.MaskedAveragePool()(f, m), fp.masked_average_pool(f, m))
+    assert torch.equal(fp.MaskedAveragePool(keepdim=True)(f, m), fp.masked_average_pool(f, m, keepdim=True))
+    with pytest.raises(ValueError, match="`mask`"):
+        fp.MaskedAveragePool()(f, torch.full((2, 7, 7), 7.0))
+
+
+def test_superpixel_pool_module_equals_the_function():
+    g = torch.Generator().manual_seed(7)
+    f = torch.randn(2, 4, 4, 4, generator=g, requires_grad=True)
+    labels = torch.randint(-1, 5, (2, 8, 8), generator=g)
+    for mode in ("area", "nearest"):
+        got, valid = fp.SuperpixelPool(5, mode)(f, labels)
+        ref, ref_valid = fp.superpixel_pool(f, labels, 5, mode)
+        assert torch.equal(got, ref) and torch.equal(valid, ref_valid)
+    got.sum().backward()
+    assert f.grad is not None
+    for bad, match in ((0, "`num_segments` must be a positive int"), (True, "`num_segments`"), (2.0, "`num_segments`")):
+        with pytest.raises(ValueError, match=match):
+            fp.SuperpixelPool(bad)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        fp.SuperpixelPool(4, "bilinear")

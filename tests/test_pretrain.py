@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from fewshot_priors.data.unlabeled import UnlabeledImages, list_images
+from fewshot_priors.data.unlabeled import list_images
+from fewshot_priors.ssl.dataset import UnlabeledImages
 from fewshot_priors.engine.checkpoint import checkpoint_paths, load_checkpoint
 from fewshot_priors.engine.pretrain import cosine_scheduler, pretrain
 from fewshot_priors.ssl.moco import GlobalLocalMoCo

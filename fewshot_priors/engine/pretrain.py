@@ -43,12 +43,20 @@ from typing import Any
 import torch
 
 from ..config import DEFAULTS, ConfigError, merge, validate
-from ..data.unlabeled import UnlabeledImages, list_images
+from ..data.unlabeled import list_images
 from ..distributed import barrier, init_distributed
-from ..ssl.augment import TwoViewAugment
-from ..ssl.diagnostics import alignment, embedding_std, uniformity
-from ..ssl.moco import GlobalLocalMoCo
-from ..ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
+from ..ssl import (
+    GlobalLocalMoCo,
+    SuperpixelPatchSampler,
+    UnlabeledImages,
+    alignment,
+    build_superpixel_cache,
+    create_moco,
+    create_patch_sampler,
+    create_unlabeled_dataset,
+    embedding_std,
+    uniformity,
+)
 from .loop import StepLoop, check_schedule, resume_meta
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
@@ -222,20 +230,12 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
 def _data(p: Mapping[str, Any], paths: list[str], seed: int, info: Any,
           progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
     """The superpixel sampler (cache built first when asked) and the two-view dataset of ``paths``."""
-    sampler = SuperpixelPatchSampler(
-        p["superpixel_method"], p["superpixel_backend"], n_segments=p["n_segments"], compactness=p["compactness"],
-        scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"], min_area=p["min_area"],
-        max_patches=p["max_patches"], seed=seed,
-        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
-    )
+    sampler = create_patch_sampler(p, seed=seed)
     if p["cache_dir"] and p["build_cache"]:
         if info.is_main:
             build_superpixel_cache(paths, p["cache_dir"], sampler, workers=p["cache_workers"], progress=progress)
         barrier()
-    dataset = UnlabeledImages(paths, size=p["size"], sampler=sampler, max_patches=p["max_patches"],
-                              cache_dir=p["cache_dir"], augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
-                              seed=seed)
-    return sampler, dataset
+    return sampler, create_unlabeled_dataset(p, paths, sampler, seed=seed)
 
 
 #: What a resume into another schedule means, in its error.
@@ -245,13 +245,8 @@ _CHANGED = "images, batch_size or epochs changed"
 def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: int) -> GlobalLocalMoCo:
     """The GlobalLocalMoCo of the ``pretrain`` section, initialised under ``(seed, "init")``."""
     torch.manual_seed(derive_seed(seed, "init"))
-    return GlobalLocalMoCo(
-        p["backbone"], dim=p["dim"], queue_size=queue_size, local_queue_size=local_queue_size,
-        momentum=p["moco_momentum"], temperature=p["temperature"], global_weight=p["global_weight"],
-        local_weight=p["local_weight"], mlp_hidden=p["mlp_hidden"], head_norm=p["head_norm"],
-        max_patches=p["max_patches"], pool_mode=p["pool_mode"], shuffle_bn=p["shuffle_bn"], bn_splits=p["bn_splits"],
-        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], **p["backbone_kwargs"],
-    )
+    return create_moco(p, queue_size=queue_size, local_queue_size=local_queue_size,
+                       seed=derive_seed(seed, "queue") % (1 << 62))
 
 
 class _Monitor:

@@ -33,30 +33,11 @@ from torch import nn
 
 from .._progress import import_timm
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
-from .weights import (  # noqa: F401  (re-exported: the names' historical home)
-    BACKBONE_WEIGHTS_FORMAT,
-    CHECKPOINT_PREFIXES,
-    HEAD_NAMES,
-    MOCO_ENCODERS,
-    PRIOR_EXTRACTOR_FORMAT,
-    _check_moco_encoder,
-    _fmt_keys,
-    _norm_key,
-    _read_checkpoint,
-    load_backbone_state_dict,
-)
+from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
 
-__all__ = [
-    "BACKBONE_WEIGHTS_FORMAT",
-    "MOCO_ENCODERS",
-    "PRIOR_EXTRACTOR_FORMAT",
-    "FrozenBackbone",
-    "create_backbone",
-    "load_backbone_state_dict",
-    "pfenet_dilation",
-]
+__all__ = ["FrozenBackbone", "create_backbone", "pfenet_dilation"]
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 

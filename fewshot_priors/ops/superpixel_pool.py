@@ -17,6 +17,13 @@ from ._checks import (
 POOL_MODES = ("nearest", "area")
 
 
+def check_num_segments(num_segments: object) -> int:
+    """``num_segments`` must be a positive int (``ValueError`` naming it otherwise)."""
+    if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
+        raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
+    return int(num_segments)
+
+
 def _cell_index(size: int, out: int, device: torch.device) -> torch.Tensor:
     """Index of the output cell each of ``size`` input positions falls in (area partition)."""
     return torch.div(torch.arange(size, device=device) * out, size, rounding_mode="floor")
@@ -73,8 +80,7 @@ def superpixel_pool(
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"`labels` must be an integer tensor of superpixel ids, got dtype {labels.dtype}")
     check_same("batch size", "features", features.shape[0], "labels", labels.shape[0])
-    if not isinstance(num_segments, int) or num_segments < 1:
-        raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
+    check_num_segments(num_segments)
     if mode not in POOL_MODES:
         raise ValueError(f"`mode` must be one of {POOL_MODES}, got {mode!r}")
     if checks_enabled() and labels.numel() and int(labels.max()) >= num_segments:

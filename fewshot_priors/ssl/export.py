@@ -3,7 +3,9 @@
 The file is safetensors: the ``state_dict()`` of ``timm.create_model(backbone)``
 without its classifier head, with metadata
 ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>}``, which
-``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
+``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load. The format
+tag, :data:`~fewshot_priors.models.weights.PRIOR_EXTRACTOR_FORMAT`, lives beside that
+reader in :mod:`fewshot_priors.models.weights` (below this package), which both sides import.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
-from ..models.weights import MOCO_ENCODERS
-from ..models.weights import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+from ..models.weights import MOCO_ENCODERS, PRIOR_EXTRACTOR_FORMAT
 
-__all__ = ["PRIOR_FORMAT", "export_prior_extractor", "load_prior_extractor"]
+__all__ = ["export_prior_extractor", "load_prior_extractor"]
 
 
 def export_prior_extractor(
@@ -61,7 +62,7 @@ def export_prior_extractor(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write((Path(path), save(tensors, metadata={"format": PRIOR_FORMAT, "backbone": str(name)})))
+    atomic_write((Path(path), save(tensors, metadata={"format": PRIOR_EXTRACTOR_FORMAT, "backbone": str(name)})))
     return path
 
 
@@ -72,6 +73,6 @@ def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     with safe_open(os.fspath(path), "pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != PRIOR_FORMAT:
+    if meta.get("format") != PRIOR_EXTRACTOR_FORMAT:
         raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
     return load_file(os.fspath(path)), meta
