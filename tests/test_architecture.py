@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "_scalars": 0,
     "_io": 0,
     "_version": 0,
+    "_validate": 0,
     "distributed": 0,
     "ops": 1,
     "models": 2,
@@ -302,6 +303,20 @@ def test_only_the_distributed_module_uses_torch_distributed():
                 users.append(name)
                 break
     assert users == ["fewshot_priors.distributed"], users
+
+
+def test_the_integer_test_is_written_once():
+    """``is_int`` (an int, not a bool) lives in ``_validate``; no module defines its own or inlines the idiom."""
+    import re
+
+    idiom = re.compile(r"isinstance\((\w+), bool\) or not isinstance\(\1, int\)|"
+                       r"isinstance\((\w+), int\) and not isinstance\(\2, bool\)")
+    bad = []
+    for mod, path in discover(ROOT, PACKAGE).items():
+        text = path.read_text(encoding="utf-8")
+        if mod != "fewshot_priors._validate" and (idiom.search(text) or re.search(r"^def _?is_int\(", text, re.M)):
+            bad.append(mod)
+    assert bad == [], bad
 
 
 def test_shared_constants_are_defined_once():

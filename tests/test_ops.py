@@ -486,12 +486,17 @@ def test_region_map_modules_equal_functional_ops(backend):
     kw = dict(backend=backend, max_chunk_bytes=64)
     guided = fp.GuidedRegionMap(eps=1e-5, **kw)
     assert torch.equal(guided(q, s, m), fp.guided_region_map(q, s, m, 1e-5, **kw))
-    # the private fast path QGNet uses (mask cleaned once upstream) gives the same bits
+    # the fast path QGNet uses is the same op with its checks off (mask cleaned once upstream): same bits
     clean = torch.where(m == 255, torch.zeros_like(m), m)
-    assert torch.equal(guided._forward_clean(q, s, clean), guided(q, s, m))
+    fast = fp.GuidedRegionMap(eps=1e-5, check_inputs=False, **kw)
+    assert torch.equal(fast(q, s, clean), guided(q, s, m))
+    assert torch.equal(fp.guided_region_map(q, s, clean, 1e-5, check=False, **kw), guided(q, s, m))
+    assert torch.equal(fp.masked_average_pool(q, clean[:, :1], check=False), fp.masked_average_pool(q, m[:, :1]))
     bridge, prior = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 8, 3, 4, generator=g)
     prior_map = fp.PriorRegionMap(eps=1e-5, **kw)
     assert torch.equal(prior_map(bridge, prior), fp.prior_region_map(bridge, prior, 1e-5, **kw))
+    unchecked = fp.PriorRegionMap(eps=1e-5, check_inputs=False, **kw)
+    assert torch.equal(unchecked(bridge, prior), prior_map(bridge, prior)) and "check_inputs=False" in repr(unchecked)
 
 
 def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
@@ -518,6 +523,7 @@ def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
         ({"max_chunk_bytes": 0}, r"`max_chunk_bytes` must be a positive int"),
         ({"max_chunk_bytes": True}, r"`max_chunk_bytes`"),
         ({"max_chunk_bytes": 1.5}, r"`max_chunk_bytes`"),
+        ({"max_chunk_bytes": None}, r"`max_chunk_bytes` must be a positive int"),  # one default: no None
         ({"eps": 0.0}, r"`eps` must be a finite number > 0"),
     ],
 )
@@ -586,3 +592,18 @@ def test_superpixel_pool_module_equals_the_function():
             fp.SuperpixelPool(bad)
     with pytest.raises(ValueError, match="`mode` must be one of"):
         fp.SuperpixelPool(4, "bilinear")
+
+
+def test_max_chunk_bytes_is_checked_where_it_enters():
+    """The functional ops check it (one default, no None); an invalid value never reaches the tiling."""
+    x, y = torch.randn(1, 3, 4), torch.randn(1, 3, 5)
+    for bad in (0, -1, None, 2.5, True):
+        with pytest.raises(ValueError, match="`max_chunk_bytes` must be a positive int"):
+            max_cosine_similarity(x, y, max_chunk_bytes=bad)
+        with pytest.raises(ValueError, match="`max_chunk_bytes`"):
+            fp.prior_region_map(x.view(1, 3, 2, 2), y.view(1, 3, 5, 1), max_chunk_bytes=bad)
+    assert fp.ops.DEFAULT_MAX_CHUNK_BYTES == 256 * 2**20
+    from fewshot_priors.config import DEFAULTS
+
+    assert DEFAULTS["model"]["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES
+    assert fp.QGNet.__init__.__kwdefaults__["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES

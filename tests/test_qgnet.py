@@ -313,8 +313,6 @@ def test_unnormalised_or_non_finite_images_are_rejected(tiny):
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="shots"):
-        QGNet(shots=0, **TINY)
     with pytest.raises(ValueError, match="region_map_backend"):
         QGNet(region_map_backend="fast", **TINY)
     with pytest.raises(ValueError, match="use_prior=False"):

@@ -14,6 +14,9 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._validate import is_int
+from ..constants import DEFAULT_MAX_CHUNK_BYTES
+
 __all__ = [
     "DEFAULTS",
     "ConfigError",
@@ -75,7 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
         "output_stride": 8,
         "region_map_backend": "auto",
-        "max_chunk_bytes": None,  # region-map ops: memory bound of one chunk (None = the ops' default)
+        "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,  # region-map ops: memory bound of one similarity tile
         "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
     },
     "train": {
@@ -177,7 +180,7 @@ _FREE_KEYS = {
     ("data", "train_resize_long"), ("pretrain", "num_workers"),
     ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
-    ("model", "max_chunk_bytes"), ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
+    ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
     ("pretrain", "max_steps"), ("pretrain", "cache_dir"), ("pretrain", "probe_root"), ("pretrain", "probe_size"),
     ("pretrain", "probe_max_images"), ("pretrain", "ckpt_every_steps"), ("pretrain", "export_path"),
     ("study", "train_min_pixels"),
@@ -256,7 +259,7 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
         )
 
         shots = config_shots(cfg)
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+    if not is_int(shots) or shots < 1:
         raise ConfigError(f"shots must be an integer >= 1, got {shots!r}")
     return int(shots)
 
@@ -288,7 +291,7 @@ def validate(cfg: Mapping) -> dict:
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
+                ok = is_int(value)
             elif isinstance(default, float):
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             elif isinstance(default, list):
@@ -326,13 +329,10 @@ def validate(cfg: Mapping) -> dict:
         value = c[section][key]
         if optional and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}{' or null' if optional else ''}, got {value!r}")
     return dict(cfg)
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_data_keys(data: Mapping) -> None:
@@ -358,7 +358,7 @@ _INT_RANGES = (
     ("data.image_size", 1, False), ("data.val_episodes", 1, False),
     ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
     ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
-    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, True),
+    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, False),
     ("pretrain.dim", 1, False), ("pretrain.queue_size", 1, False), ("pretrain.local_queue_size", 1, False),
     ("pretrain.mlp_hidden", 1, True), ("pretrain.max_patches", 1, False), ("pretrain.bn_splits", 1, False),
     ("pretrain.n_segments", 1, False), ("pretrain.min_size", 0, False), ("pretrain.min_area", 0, False),

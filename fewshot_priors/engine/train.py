@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .._validate import is_int
 from ..distributed import DistInfo, dist_info
 from ..ops import checks_disabled
 from .loop import StepLoop
@@ -50,7 +51,7 @@ def make_poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, powe
 
 
 def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}: a run of no steps "
                          "would only write an untrained checkpoint")
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import import_timm
+from .._validate import is_int
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
 from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
@@ -400,7 +401,7 @@ def create_backbone(
         RuntimeError: ``pretrained=True`` could not download the weights.
     """
     name = _check_name(name)
-    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride not in (8, 16, 32):
+    if not is_int(output_stride) or output_stride not in (8, 16, 32):
         raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}")
     if weights is not None and pretrained:
         raise ValueError("pass either `pretrained=True` (timm download) or `weights=PATH` (local file), not both")

@@ -22,34 +22,28 @@ from torch import nn
 from ._checks import check_eps
 from .contrastive import REDUCTIONS, InfoNCEResult, check_temperature, info_nce
 from .pooling import masked_average_pool
-from .region_maps import _guided_region_map_clean, guided_region_map, prior_region_map
-from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, check_backend  # noqa: F401  (re-exported)
+from .region_maps import guided_region_map, prior_region_map
+from .similarity import DEFAULT_MAX_CHUNK_BYTES, check_backend, check_max_chunk_bytes
 
 from .superpixel_pool import POOL_MODES, check_num_segments, superpixel_pool
 
-__all__ = ["GuidedRegionMap", "InfoNCELoss", "MaskedAveragePool", "PriorRegionMap", "SuperpixelPool",
-           "check_max_chunk_bytes"]
-
-
-def check_max_chunk_bytes(value: object, name: str = "max_chunk_bytes") -> int:
-    """``None`` -> :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`; else a positive int
-    (``ValueError`` naming ``name`` otherwise). The one place ``None`` is resolved."""
-    if value is None:
-        return DEFAULT_MAX_CHUNK_BYTES
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int (bytes) or None (default), got {value!r}")
-    return int(value)
+__all__ = ["GuidedRegionMap", "InfoNCELoss", "MaskedAveragePool", "PriorRegionMap", "SuperpixelPool"]
 
 
 class _RegionMapBase(nn.Module):
-    def __init__(self, backend: str = "auto", max_chunk_bytes: int | None = None, eps: float = 1e-7):
+    def __init__(self, backend: str = "auto", max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES, eps: float = 1e-7,
+                 *, check_inputs: bool = True):
         super().__init__()
         self.backend = check_backend(backend)
         self.max_chunk_bytes = check_max_chunk_bytes(max_chunk_bytes)
         self.eps = check_eps(eps)
+        if not isinstance(check_inputs, bool):
+            raise TypeError(f"`check_inputs` must be a bool, got {type(check_inputs).__name__}")
+        self.check_inputs = check_inputs
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}, max_chunk_bytes={self.max_chunk_bytes}, eps={self.eps:g}"
+        extra = "" if self.check_inputs else ", check_inputs=False"
+        return f"backend={self.backend!r}, max_chunk_bytes={self.max_chunk_bytes}, eps={self.eps:g}{extra}"
 
 
 class GuidedRegionMap(_RegionMapBase):
@@ -58,9 +52,13 @@ class GuidedRegionMap(_RegionMapBase):
     Args:
         backend: ``"auto"``, ``"chunked"``, ``"reference"`` or ``"fused"`` (see
             :func:`~fewshot_priors.ops.max_cosine_similarity`); checked here.
-        max_chunk_bytes: memory budget of one similarity tile; ``None`` = the ops'
-            :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`.
+        max_chunk_bytes: memory budget of one similarity tile (a positive int; default
+            :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`).
         eps: epsilon of the cosine and of the min-max normalisation (finite, > 0).
+        check_inputs: validate the tensors of each call and clean the mask (default).
+            ``False`` calls the op with ``check=False``: for a caller that validated its
+            input once and passes it in canonical form (``support`` ``B, K, C, h, w``, a
+            float ``B, K, h', w'`` mask in [0, 1] without 255), as QGNet does.
 
     Shape:
         - query: ``B, C, H, W`` query features.
@@ -76,23 +74,15 @@ class GuidedRegionMap(_RegionMapBase):
     """
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
-        return guided_region_map(
-            query, support, support_mask, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes
-        )
-
-    def _forward_clean(self, query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` for validated input (``support`` ``B, K, C, h, w``, ``masks`` a
-        float ``B, K, h', w'`` mask already cleaned): skips the checks and the mask cleaning."""
-        return _guided_region_map_clean(
-            query, support, masks, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes
-        )
+        return guided_region_map(query, support, support_mask, self.eps, backend=self.backend,
+                                 max_chunk_bytes=self.max_chunk_bytes, check=self.check_inputs)
 
 
 class PriorRegionMap(_RegionMapBase):
     """Module form of :func:`~fewshot_priors.ops.prior_region_map` (paper eqs. 9-12).
 
     Args:
-        backend, max_chunk_bytes, eps: as :class:`GuidedRegionMap`.
+        backend, max_chunk_bytes, eps, check_inputs: as :class:`GuidedRegionMap`.
 
     Shape:
         - bridge: ``B, C, H, W`` query features of the supervised backbone.
@@ -101,7 +91,8 @@ class PriorRegionMap(_RegionMapBase):
     """
 
     def forward(self, bridge: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        return prior_region_map(bridge, prior, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes)
+        return prior_region_map(bridge, prior, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes,
+                                check=self.check_inputs)
 
 
 class InfoNCELoss(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._validate import is_int
 from ._checks import (
     check_float,
     check_nonempty,
@@ -19,7 +20,7 @@ POOL_MODES = ("nearest", "area")
 
 def check_num_segments(num_segments: object) -> int:
     """``num_segments`` must be a positive int (``ValueError`` naming it otherwise)."""
-    if isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1:
+    if not is_int(num_segments) or num_segments < 1:
         raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
     return int(num_segments)
 
