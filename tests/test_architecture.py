@@ -314,7 +314,7 @@ def test_the_integer_test_is_written_once():
     bad = []
     for mod, path in discover(ROOT, PACKAGE).items():
         text = path.read_text(encoding="utf-8")
-        if mod != "fewshot_priors._validate" and (idiom.search(text) or re.search(r"^def _?is_int\(", text, re.M)):
+        if mod != "fewshot_priors._validate" and (idiom.search(text) or re.search(r"^def _?is_int\(", text, re.MULTILINE)):
             bad.append(mod)
     assert bad == [], bad
 

@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
 from fewshot_priors.models.checks import MAX_NORMALISED_ABS, resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
 from fewshot_priors.models.qgnet_config import qgnet_kwargs
-from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 
