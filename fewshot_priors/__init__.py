@@ -6,16 +6,15 @@ The public building blocks are importable from the top level::
     prior = fp.prior_region_map(bridge_feats, prior_feats)       # B,1,H,W
     guided = fp.guided_region_map(query_feats, support_feats, support_mask)
     model = fp.create_qgnet(backbone="resnet50")   # or fp.QGNet(...)
+    fp.save_pretrained(model, "qgnet-tiny"); same = fp.from_pretrained("qgnet-tiny")
 
 Heavy submodules (timm models, datasets) are imported lazily on first use.
 """
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING
 
-from fewshot_priors._lazy import lazy_exports
-
+from ._lazy import lazy_exports
+from ._version import __version__
 from .ops import (
     checks_disabled,
     checks_enabled,
@@ -26,8 +25,6 @@ from .ops import (
     set_checks,
 )
 
-__version__ = "0.1.0"
-
 # public name -> module that defines it (imported on first attribute access)
 _LAZY = {
     "create_backbone": "fewshot_priors.models.backbone",
@@ -35,8 +32,13 @@ _LAZY = {
     "FEMDecoder": "fewshot_priors.models.fem",
     "QGNet": "fewshot_priors.models.qgnet",
     "create_qgnet": "fewshot_priors.models.factory",
+    "save_pretrained": "fewshot_priors.models.hub",
+    "from_pretrained": "fewshot_priors.models.hub",
     "GuidedRegionMap": "fewshot_priors.ops.modules",
     "PriorRegionMap": "fewshot_priors.ops.modules",
+    "InfoNCELoss": "fewshot_priors.ops.modules",
+    "MaskedAveragePool": "fewshot_priors.ops.modules",
+    "SuperpixelPool": "fewshot_priors.ops.modules",
     "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
     "MemoryQueue": "fewshot_priors.ssl.queue",
     "SuperpixelPatchSampler": "fewshot_priors.ssl.superpixels",
@@ -66,17 +68,20 @@ __all__ = [
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
-
 if TYPE_CHECKING:  # pragma: no cover
     from .data import CocoFewShot, FolderFewShot, PascalFewShot, create_dataset, register_dataset
     from .metrics import FewShotSegMeter
     from .models.backbone import FrozenBackbone, create_backbone
     from .models.factory import create_qgnet
     from .models.fem import FEMDecoder
+    from .models.hub import from_pretrained, save_pretrained
     from .models.qgnet import QGNet
     from .ops.contrastive import info_nce, momentum_update
-    from .ops.modules import GuidedRegionMap, PriorRegionMap
+    from .ops.modules import GuidedRegionMap, InfoNCELoss, MaskedAveragePool, PriorRegionMap, SuperpixelPool
     from .ops.superpixel_pool import superpixel_pool
     from .ssl.moco import GlobalLocalMoCo
     from .ssl.queue import MemoryQueue
     from .ssl.superpixels import SuperpixelPatchSampler
+
+# the namespace holds the public API only (plus the subpackages, once imported)
+del TYPE_CHECKING, lazy_exports

@@ -1,10 +1,8 @@
-"""Lazy public names for packages and deprecated aliases of moved modules."""
+"""Lazy public names of a package (the package root's ``__getattr__`` / ``__dir__``)."""
 
 from __future__ import annotations
 
 import importlib
-import sys
-import warnings
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -29,43 +27,8 @@ def lazy_exports(
         namespace[name] = value
         return value
 
-    def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(namespace.get("__all__", ())) | set(names))
+    def __dir__() -> list[str]:  # the public API: __all__, the lazy names and the imported public submodules
+        public = {k for k, v in namespace.items() if not k.startswith("_") and isinstance(v, ModuleType)}
+        return sorted(public | set(namespace.get("__all__", ())) | set(names))
 
     return __getattr__, __dir__
-
-
-def deprecated_module_alias(old: str, new: str) -> ModuleType:
-    """Make the module ``old`` another name of ``new`` for one release, with a warning.
-
-    Called from the alias file that stands where a module used to be: ``old``'s entry in
-    ``sys.modules`` becomes the module ``new`` itself (one module object, so an attribute
-    set or monkeypatched through either name is seen through both). An import from
-    outside the package warns ``DeprecationWarning`` naming the new place; the package's
-    own not-yet-migrated imports stay silent.
-
-    Args:
-        old: the alias module's ``__name__`` (e.g. ``"fewshot_priors.superpixels"``).
-        new: the module that now holds the code (e.g. ``"fewshot_priors.ssl.superpixels"``).
-
-    Returns:
-        The module ``new``.
-    """
-    module = importlib.import_module(new)
-    importer = _importer_name()
-    if not (importer == "fewshot_priors" or importer.startswith("fewshot_priors.")):
-        warnings.warn(
-            f"`{old}` is deprecated and will be removed in the next release; import from `{new}` instead",
-            DeprecationWarning,
-            stacklevel=3,  # the importer (warnings skips the import machinery's frames)
-        )
-    sys.modules[old] = module
-    return module
-
-
-def _importer_name() -> str:
-    """``__name__`` of the module whose import statement loaded the alias module."""
-    frame = sys._getframe(3)  # 0 here, 1 deprecated_module_alias, 2 the alias module, 3 the import machinery
-    while frame is not None and "importlib" in frame.f_code.co_filename:
-        frame = frame.f_back
-    return "" if frame is None else str(frame.f_globals.get("__name__", ""))

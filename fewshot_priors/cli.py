@@ -247,7 +247,7 @@ def _cmd_configs(args) -> int:
 
 
 def _dotted(overrides) -> dict:
-    """``--set`` items -> ``{"section.key": value}`` (parsed, deprecated keys moved, unknown keys refused)."""
+    """``--set`` items -> ``{"section.key": value}`` (parsed, unknown keys refused)."""
     from fewshot_priors.config import parse_overrides
 
     return {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}

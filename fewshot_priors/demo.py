@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,6 @@ import torch
 
 from .report import ablation_markdown, episode_rows
 from .report import figure_episodes as _figure_episodes
-from .report import pct as _pct  # noqa: F401  (the name before fewshot_priors.report)
 from .study import run_config, train_and_score
 from .study import timer as _timer
 
@@ -67,20 +65,6 @@ __all__ = ["ABLATION_VARIANTS", "ablation_markdown", "demo_config", "episode_row
 
 #: The shipped configs of the demo's presets (``fewshot_priors/configs/demo/<preset>.yaml``).
 PRESET_CONFIGS = {"full": "demo/full", "quick": "demo/quick"}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "PRESETS":  # the dict of preset overrides this module held before the YAML presets
-        warnings.warn("fewshot_priors.demo.PRESETS is deprecated: the presets are the configs demo/full and "
-                      "demo/quick (fewshot_priors.config.load_config)", DeprecationWarning, stacklevel=2)
-        from fewshot_priors.config import load_config
-
-        return {k: load_config(v) for k, v in PRESET_CONFIGS.items()}
-    if name == "BACKBONE":
-        warnings.warn("fewshot_priors.demo.BACKBONE is deprecated: read pretrain.backbone / model.backbone of "
-                      "the demo config", DeprecationWarning, stacklevel=2)
-        return "resnet18"
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def demo_config(quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:

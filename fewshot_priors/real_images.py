@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validate import is_int
 from .data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
 from .report import results_markdown, summarize
@@ -100,7 +101,7 @@ def class_folds(counts: Mapping[str, int], num_folds: int = 4, min_images: int =
     Returns:
         ``num_folds`` sorted lists of class names; sizes differ by at most one.
     """
-    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+    if not is_int(num_folds) or num_folds < 2:
         raise ValueError(f"`num_folds` must be an int >= 2, got {num_folds!r}")
     big = sorted(c for c, n in counts.items() if n >= min_images)
     if len(big) < num_folds:

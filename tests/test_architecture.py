@@ -2,8 +2,7 @@
 
 Every module of ``fewshot_priors`` is parsed with :mod:`ast` (nothing is imported), and
 every import counts: module level, inside functions, and the string imports of the lazy
-machinery (``_LAZY`` tables, ``importlib.import_module("fewshot_priors...")``,
-``deprecated_module_alias(__name__, "fewshot_priors...")``). Only imports under
+machinery (``_LAZY`` tables, ``importlib.import_module("fewshot_priors...")``). Only imports under
 ``if TYPE_CHECKING:`` are left out (they never run).
 
 The rule (also on the docs page ``docs/explanation/architecture.md``):
@@ -16,8 +15,7 @@ layer  modules (``fewshot_priors.`` + name or package)                   may imp
 1      ``ops``                                                          0, 1
 2      ``models``, ``data``, ``ssl``, ``analysis``, ``metrics``,        0, 1, 2
        ``viz``; the package root ``fewshot_priors`` (a facade of
-       layers 1 and 2); the deprecated aliases ``superpixels``,
-       ``augment``, ``ssl_diagnostics``
+       layers 1 and 2)
 3      ``config``, ``engine``                                           0 - 3
 4      ``cli``, ``demo``, ``real_images``, ``study``, ``report``,       0 - 4
        ``__main__``
@@ -51,6 +49,8 @@ LAYERS: dict[str, int] = {
     "_progress": 0,
     "_scalars": 0,
     "_io": 0,
+    "_version": 0,
+    "_validate": 0,
     "distributed": 0,
     "ops": 1,
     "models": 2,
@@ -60,9 +60,6 @@ LAYERS: dict[str, int] = {
     "metrics": 2,
     "viz": 2,
     "": 2,  # the root package: eager re-exports of ops, lazy names from layer 2
-    "superpixels": 2,  # deprecated alias of ssl.superpixels
-    "augment": 2,  # deprecated alias of ssl.augment
-    "ssl_diagnostics": 2,  # deprecated alias of ssl.diagnostics
     "config": 3,
     "engine": 3,
     "cli": 4,
@@ -142,7 +139,7 @@ def imported_modules(name: str, path: Path, mods: Mapping[str, Path]) -> set[str
             elif isinstance(child, ast.ImportFrom):
                 mod = _resolve(name, is_pkg, child)
                 found.update(f"{mod}.{a.name}" if f"{mod}.{a.name}" in mods else mod for a in child.names)
-            elif isinstance(child, ast.Call) and _call_name(child.func) in ("import_module", "deprecated_module_alias"):
+            elif isinstance(child, ast.Call) and _call_name(child.func) in ("import_module",):
                 found.update(a.value for a in child.args if isinstance(a, ast.Constant) and isinstance(a.value, str))
             elif _is_lazy_table(child):
                 found.update(v.value for v in child.value.values if isinstance(v, ast.Constant))
@@ -267,10 +264,31 @@ def test_no_import_from_a_lower_layer_up_to_a_higher_one(graph):
 def test_the_graph_sees_function_level_and_lazy_imports(graph):
     """Controls: the checker finds imports that are not at module level, and skips TYPE_CHECKING ones."""
     assert "fewshot_priors.ops.fused" in graph["fewshot_priors.ops.similarity"]  # inside a function
-    assert "fewshot_priors.ssl.moco" in graph["fewshot_priors.models"]  # a _LAZY string
-    assert "fewshot_priors.ssl.superpixels" in graph["fewshot_priors.superpixels"]  # an alias module
+    assert "fewshot_priors.models.hub" in graph["fewshot_priors"]  # a _LAZY string
     assert "fewshot_priors.data" in graph["fewshot_priors"]  # root's _LAZY
     assert "fewshot_priors.ops.fused" not in graph["fewshot_priors.ops._backward"]  # the cycle's old edge
+
+
+def test_layer_2_packages_form_a_chain_models_then_data_then_ssl(graph):
+    """Within layer 2: ssl builds on models (backbone dilation, weight formats) and data (image lists);
+    neither models nor data imports ssl, and models imports no data (no arrow back, anywhere in them)."""
+    def reaches(src: str, dst: str) -> list[tuple[str, str]]:
+        return [(a, b) for a, bs in graph.items() if a == src or a.startswith(src + ".")
+                for b in bs if b == dst or b.startswith(dst + ".")]
+
+    assert reaches("fewshot_priors.models", "fewshot_priors.ssl") == []
+    assert reaches("fewshot_priors.data", "fewshot_priors.ssl") == []
+    assert reaches("fewshot_priors.models", "fewshot_priors.data") == []
+    assert reaches("fewshot_priors.ssl", "fewshot_priors.models")  # the direction that is used
+    assert reaches("fewshot_priors.ssl", "fewshot_priors.data")
+
+
+def test_no_library_module_imports_the_package_root(graph):
+    """The root is a facade over layers 0-2: none of their modules imports it (e.g. for
+    ``__version__``, which lives in the bottom module ``_version``)."""
+    importers = sorted(a for a, bs in graph.items() if "fewshot_priors" in bs and a != "fewshot_priors"
+                       and layer_of(a, PACKAGE, LAYERS) <= 2)
+    assert importers == [], importers
 
 
 def test_only_the_distributed_module_uses_torch_distributed():
@@ -285,6 +303,20 @@ def test_only_the_distributed_module_uses_torch_distributed():
                 users.append(name)
                 break
     assert users == ["fewshot_priors.distributed"], users
+
+
+def test_the_integer_test_is_written_once():
+    """``is_int`` (an int, not a bool) lives in ``_validate``; no module defines its own or inlines the idiom."""
+    import re
+
+    idiom = re.compile(r"isinstance\((\w+), bool\) or not isinstance\(\1, int\)|"
+                       r"isinstance\((\w+), int\) and not isinstance\(\2, bool\)")
+    bad = []
+    for mod, path in discover(ROOT, PACKAGE).items():
+        text = path.read_text(encoding="utf-8")
+        if mod != "fewshot_priors._validate" and (idiom.search(text) or re.search(r"^def _?is_int\(", text, re.MULTILINE)):
+            bad.append(mod)
+    assert bad == [], bad
 
 
 def test_shared_constants_are_defined_once():
@@ -309,41 +341,6 @@ def test_shared_constants_are_defined_once():
 
     assert transforms.PFENET_PAD_COLOUR is constants.IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert _checks.IGNORE_INDEX == constants.IGNORE_INDEX == 255
-
-
-_ALIASES = {
-    "fewshot_priors.superpixels": "fewshot_priors.ssl.superpixels",
-    "fewshot_priors.augment": "fewshot_priors.ssl.augment",
-    "fewshot_priors.ssl_diagnostics": "fewshot_priors.ssl.diagnostics",
-    "fewshot_priors.models.moco": "fewshot_priors.ssl.moco",
-    "fewshot_priors.engine.distributed": "fewshot_priors.distributed",
-}
-
-
-def test_moved_modules_keep_their_old_names_with_a_deprecation_warning():
-    """Each old path is the new module itself, and importing it from user code warns, naming the new place."""
-    script = textwrap.dedent(f"""
-        import importlib, sys, warnings
-        aliases = {_ALIASES!r}
-        for old, new in aliases.items():
-            importlib.import_module(old.rpartition(".")[0])  # the parent (engine's __init__ may import the alias)
-            sys.modules.pop(old, None)  # so this is the first import of the old name from user code
-            with warnings.catch_warnings(record=True) as log:
-                warnings.simplefilter("always")
-                module = importlib.import_module(old)
-            assert module is importlib.import_module(new), (old, module)
-            dep = [w for w in log if issubclass(w.category, DeprecationWarning) and old in str(w.message)]
-            assert dep and new in str(dep[0].message), (old, [str(w.message) for w in log])
-        from fewshot_priors.models.moco import GlobalLocalMoCo, MemoryQueue, export_prior_extractor
-        from fewshot_priors.engine.distributed import all_reduce_sum, shard_indices
-        import fewshot_priors as fp, fewshot_priors.models as models, fewshot_priors.ssl as ssl
-        assert fp.GlobalLocalMoCo is models.GlobalLocalMoCo is ssl.GlobalLocalMoCo is GlobalLocalMoCo
-        assert fp.MemoryQueue is MemoryQueue and fp.SuperpixelPatchSampler is ssl.SuperpixelPatchSampler
-        print("OK")
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          check=False)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------- the checker catches violations

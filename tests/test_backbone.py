@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from fewshot_priors.models.backbone import PRIOR_EXTRACTOR_FORMAT, FrozenBackbone, create_backbone
+from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
+from fewshot_priors.models.weights import PRIOR_EXTRACTOR_FORMAT
 
 
 @pytest.fixture(scope="module")
@@ -313,12 +314,12 @@ def test_load_in_memory_state_dict():
         create_backbone("resnet18", weights=3)
 
 
-def test_weight_parsing_lives_in_models_weights_and_stays_importable_from_backbone():
+def test_weight_parsing_lives_in_models_weights_only():
     from fewshot_priors.models import backbone, weights
 
-    for name in ("load_backbone_state_dict", "_read_checkpoint", "_fmt_keys", "MOCO_ENCODERS",
+    for name in ("_read_checkpoint", "_fmt_keys", "MOCO_ENCODERS",
                  "PRIOR_EXTRACTOR_FORMAT", "BACKBONE_WEIGHTS_FORMAT", "CHECKPOINT_PREFIXES", "HEAD_NAMES"):
-        assert getattr(backbone, name) is getattr(weights, name), name
+        assert hasattr(weights, name) and not hasattr(backbone, name), name  # one home, no re-export
     assert weights.load_backbone_state_dict.__module__ == "fewshot_priors.models.weights"
     assert not any(isinstance(v, type) and issubclass(v, torch.nn.Module) for v in vars(weights).values()
                    if getattr(v, "__module__", None) == weights.__name__)

@@ -56,11 +56,10 @@ def test_zoo_rows_resolve_with_effective_lr(name, lr, backbone, size, fold, clas
 
 
 def test_overrides_are_typed_and_unknown_keys_rejected(tmp_path):
-    with pytest.warns(DeprecationWarning, match=r"model\.shots is deprecated: use data\.shots"):
-        cfg = load_config("pascal/resnet50_473_fold0", ["train.lr=0.01", "model.shots=5", "model.bins=[4, 2]",
-                                                        "model.weights=null"])
+    cfg = load_config("pascal/resnet50_473_fold0", ["train.lr=0.01", "data.shots=5", "model.bins=[4, 2]",
+                                                    "model.weights=null"])
     assert cfg["train"]["lr"] == 0.01 and cfg["data"]["shots"] == 5 and cfg["model"]["bins"] == [4, 2]
-    assert "shots" not in cfg["model"]  # moved, not copied
+    assert "shots" not in cfg["model"]
     with pytest.raises(ConfigError, match=r"train\.'lrr'.*Did you mean 'lr'"):
         load_config("demo", ["train.lrr=1"])
     with pytest.raises(ConfigError, match="section.*'trian'"):

@@ -1,4 +1,4 @@
-"""The config package: schema (one validator), deprecated keys, K resolution, shipped presets, entry point."""
+"""The config package: schema (one validator), K resolution, shipped presets, entry point."""
 
 from __future__ import annotations
 
@@ -11,43 +11,19 @@ import pytest
 from fewshot_priors.config import DEFAULTS, ConfigError, load_config, resolve_shots, validate
 
 
-def test_deprecated_keys_move_with_a_warning_naming_the_new_key(tmp_path):
+def test_the_former_keys_are_unknown_keys(tmp_path):
+    """model.shots and train.device (moved in 0.1.0) are refused like any unknown key, naming the valid ones."""
     assert "shots" not in DEFAULTS["model"] and "device" not in DEFAULTS["train"]
     f = tmp_path / "old.yaml"
-    f.write_text("model:\n  shots: 5\ntrain:\n  device: cpu\n")
-    with pytest.warns(DeprecationWarning) as rec:
-        cfg = load_config(f)
-    msgs = " ".join(str(w.message) for w in rec)
-    assert "use data.shots" in msgs and "use experiment.device" in msgs
-    assert cfg["data"]["shots"] == 5 and cfg["experiment"]["device"] == "cpu"
-    assert "shots" not in cfg["model"] and "device" not in cfg["train"]
-    with pytest.warns(DeprecationWarning, match="experiment.device"):
-        assert load_config(None, {"train.device": "cpu"})["experiment"]["device"] == "cpu"
-
-
-def test_old_and_new_key_both_set_and_different_is_an_error(tmp_path):
-    f = tmp_path / "both.yaml"
-    f.write_text("model:\n  shots: 5\ndata:\n  shots: 2\n")
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="both set and differ.*data.shots"):
+    f.write_text("model:\n  shots: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown config key model\.'shots'.*Valid keys here:.*backbone"):
         load_config(f)
-    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="experiment.device"):
-        load_config(None, ["train.device=cpu", "experiment.device=cuda"])
-    # the same value twice is fine
-    with pytest.warns(DeprecationWarning):
-        assert load_config(None, ["model.shots=3", "data.shots=3"])["data"]["shots"] == 3
-    # a base file's new key is overridden by the child's old key
-    (tmp_path / "base.yaml").write_text("data:\n  shots: 2\n")
-    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel:\n  shots: 4\n")
-    with pytest.warns(DeprecationWarning):
-        assert load_config(tmp_path / "child.yaml")["data"]["shots"] == 4
-
-
-def test_validate_moves_old_keys_of_a_full_tree():
+    with pytest.raises(ConfigError, match=r"unknown config key train\.'device'"):
+        load_config(None, {"train.device": "cpu"})
     cfg = load_config()
     cfg["model"]["shots"] = 5
-    with pytest.warns(DeprecationWarning):
-        out = validate(cfg)
-    assert out["data"]["shots"] == 5 and "shots" not in out["model"]
+    with pytest.raises(ConfigError, match="shots"):
+        validate(cfg)
 
 
 def test_resolve_shots_is_the_one_rule():
@@ -117,10 +93,6 @@ def test_demo_presets_hold_what_the_demo_runs():
     assert full["train"]["epochs"] == 12 and full["train"]["lr"] == 0.1 and full["model"]["bins"] == [12, 6, 3, 1]
     assert quick["train"]["max_steps"] == 4 and quick["pretrain"]["max_steps"] == 3
     assert full["eval"]["episodes"] == 300 and quick["eval"]["episodes"] == 8
-    from fewshot_priors import demo
-
-    with pytest.warns(DeprecationWarning, match="demo/full"):
-        assert demo.PRESETS["quick"] == quick
 
 
 def test_python_m_config_lists_and_the_zoo_module_is_importable():

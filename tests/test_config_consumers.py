@@ -23,12 +23,19 @@ from fewshot_priors.config import DEFAULTS, load_config
 
 # ----------------------------------------------------------------------------- consumer table
 
+#: ``pretrain`` keys that ``fewshot_priors.ssl.factory`` turns into GlobalLocalMoCo / sampler / dataset arguments
+_SSL_FACTORY_KEYS = {"backbone", "dim", "queue_size", "local_queue_size", "moco_momentum", "temperature",
+                     "global_weight", "local_weight", "mlp_hidden", "head_norm", "max_patches", "pool_mode",
+                     "shuffle_bn", "bn_splits", "queue_init", "backbone_kwargs", "superpixel_method",
+                     "superpixel_backend", "n_segments", "compactness", "scale", "sigma", "min_size", "min_area",
+                     "size", "cache_dir", "view_min_area"}
+
 #: key -> consumers whose source must read it: "module", "module:function" or "signature:module:Class"
 #: (the constructor takes a parameter of that name; the data keys set only for one dataset).
 CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("experiment", "name"): ["fewshot_priors.config.loading:load_config"],
     ("experiment", "output_dir"): ["fewshot_priors.engine.train:train", "fewshot_priors.engine.pretrain:_config"],
-    ("experiment", "seed"): ["fewshot_priors.engine.train:train", "fewshot_priors.engine.pretrain:_config",
+    ("experiment", "seed"): ["fewshot_priors.engine.train:train", "fewshot_priors.engine.pretrain:pretrain",
                              "fewshot_priors.cli:_cmd_train"],
     ("experiment", "device"): ["fewshot_priors.cli:_cmd_train", "fewshot_priors.cli:_load_model_for_eval",
                                "fewshot_priors.engine.pretrain:_config"],
@@ -52,7 +59,9 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("eval", "episodes"): ["fewshot_priors.cli:_cmd_eval", "fewshot_priors.study:train_and_score"],
     ("eval", "seed"): ["fewshot_priors.cli:_cmd_eval", "fewshot_priors.cli:_cmd_train"],
     ("eval", "batch_size"): ["fewshot_priors.cli:_cmd_eval", "fewshot_priors.study:train_and_score"],
-    **{("pretrain", k): ["fewshot_priors.engine.pretrain"] for k in DEFAULTS["pretrain"]},
+    # the pretraining loop, or the ssl builders it calls (ssl.factory: the section -> model, sampler, dataset)
+    **{("pretrain", k): ["fewshot_priors.ssl.factory" if k in _SSL_FACTORY_KEYS else "fewshot_priors.engine.pretrain"]
+       for k in DEFAULTS["pretrain"]},
     ("study", "num_classes"): ["fewshot_priors.demo:run_demo"],
     ("study", "images_per_class"): ["fewshot_priors.demo:run_demo"],
     ("study", "ablation"): ["fewshot_priors.demo:run_demo"],

@@ -158,12 +158,13 @@ def test_create_dataset_matches_the_former_build_dataset_for_folders(folder_root
     assert len(held) == 1
 
 
-def test_shots_come_from_data_shots_else_model_shots(synthetic_root):
+def test_shots_come_from_data_shots(synthetic_root):
     cfg = _pascal_cfg(synthetic_root, "data.shots=2")
     assert create_dataset(cfg, "val", progress=False).shots == 2
-    del cfg["data"]["shots"]  # a config from before data.shots (e.g. in an old checkpoint's meta)
-    cfg["model"]["shots"] = 3
-    assert create_dataset(cfg, "val", progress=False).shots == 3
+    del cfg["data"]["shots"]
+    cfg["model"]["shots"] = 3  # the 0.1.0 key is not read any more
+    with pytest.raises(ValueError, match="set data.shots"):
+        create_dataset(cfg, "val", progress=False)
 
 
 # ------------------------------------------------------------------ the registry
@@ -253,10 +254,10 @@ def test_check_data_keys_raises_the_callers_error_class():
     check_data_keys({"dataset": "pascal", "fold_classes": [1], "num_folds": 2})  # pascal: no seeded folds
 
 
-def test_former_config_table_is_derived_from_the_registry():
+def test_dataset_keys_are_derived_from_the_registry():
     from fewshot_priors.data import registry
 
-    assert registry.DATASET_KEYS == {
+    assert registry.dataset_keys() == {
         "num_classes": ("pascal",),
         "num_folds": ("pascal", "folder"),
         "test_ratio": ("folder",),

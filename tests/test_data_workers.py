@@ -34,6 +34,6 @@ def test_pretrain_defaults_to_auto_and_checks_early():
     from fewshot_priors.engine.pretrain import _config
 
     assert DEFAULTS["pretrain"]["num_workers"] == "auto"
-    assert _config({"pretrain": {"images": "unused"}}, {})[0]["pretrain"]["num_workers"] == "auto"
+    assert _config({"pretrain": {"images": "unused"}})["pretrain"]["num_workers"] == "auto"
     with pytest.raises(ValueError, match="num_workers"):
-        _config({"pretrain": {"images": "unused", "num_workers": -2}}, {})
+        _config({"pretrain": {"images": "unused", "num_workers": -2}})

@@ -224,15 +224,15 @@ def test_evaluate_scores_logits_at_original_resolution_like_pfenet():
     assert hard["miou"] != pytest.approx(res["miou"])
 
 
-def test_runtime_reads_experiment_device_then_a_legacy_train_device():
+def test_runtime_reads_experiment_device():
     import contextlib
 
     from fewshot_priors.engine.runtime import Runtime, config_device
 
     assert config_device({"experiment": {"device": "cpu"}, "train": {"device": "cuda"}}) == "cpu"
-    assert config_device({"experiment": {"seed": 1}, "train": {"device": "cpu"}}) == "cpu"  # an old config
+    assert config_device({"experiment": {"seed": 1}, "train": {"device": "cpu"}}) == "auto"  # train.device: not read
     assert config_device({"experiment": {}}) == "auto"
-    rt = Runtime.from_config({"experiment": {"seed": 3}, "train": {"device": "cpu"}}, amp=True)
+    rt = Runtime.from_config({"experiment": {"seed": 3, "device": "cpu"}}, amp=True)
     assert rt.device == torch.device("cpu") and rt.seed == 3 and rt.dist.world_size == 1
     assert isinstance(rt.autocast(), contextlib.nullcontext)  # bf16 autocast only on CUDA
     rt.seed_step(4)
@@ -243,20 +243,6 @@ def test_runtime_reads_experiment_device_then_a_legacy_train_device():
     assert not torch.equal(a, torch.rand(3))
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         Runtime.from_config({"experiment": {"seed": 0, "device": "gpu"}})
-
-
-def test_moved_seeding_names_warn_at_their_old_path():
-    import importlib
-
-    import fewshot_priors.engine.runtime as runtime
-
-    old = importlib.import_module("fewshot_priors.engine.train")  # the package exports a same-named function
-
-    for name in ("SeededItems", "StepBatchSampler", "derive_seed", "resolve_device", "seed_everything"):
-        with pytest.deprecated_call(match=f"engine.runtime.{name}"):
-            assert getattr(old, name) is getattr(runtime, name)
-    with pytest.raises(AttributeError):
-        old.no_such_name  # noqa: B018
 
 
 class _RecordsChecks(ToyModel):

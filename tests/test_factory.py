@@ -12,7 +12,7 @@ import fewshot_priors as fp
 from fewshot_priors.config import DEFAULTS
 from fewshot_priors.models import create_qgnet
 from fewshot_priors.models.qgnet import QGNet
-from fewshot_priors.models.qgnet_config import IGNORED_KEYS, MODEL_KEYS
+from fewshot_priors.models.qgnet_config import MODEL_KEYS
 
 TINY = {"backbone": "test_resnet", "bins": [6, 3, 2, 1], "channels": 16}
 
@@ -28,7 +28,7 @@ def test_every_model_config_key_is_a_qgnet_argument():
     import inspect
 
     params = inspect.signature(QGNet).parameters
-    assert set(DEFAULTS["model"]) <= set(MODEL_KEYS) | set(IGNORED_KEYS)
+    assert set(DEFAULTS["model"]) <= set(MODEL_KEYS)
     assert set(MODEL_KEYS) <= set(params)
     # QGNet's defaults are the config defaults, so a missing key means the same in both
     for key in MODEL_KEYS:

@@ -486,12 +486,17 @@ def test_region_map_modules_equal_functional_ops(backend):
     kw = dict(backend=backend, max_chunk_bytes=64)
     guided = fp.GuidedRegionMap(eps=1e-5, **kw)
     assert torch.equal(guided(q, s, m), fp.guided_region_map(q, s, m, 1e-5, **kw))
-    # the private fast path QGNet uses (mask cleaned once upstream) gives the same bits
+    # the fast path QGNet uses is the same op with its checks off (mask cleaned once upstream): same bits
     clean = torch.where(m == 255, torch.zeros_like(m), m)
-    assert torch.equal(guided._forward_clean(q, s, clean), guided(q, s, m))
+    fast = fp.GuidedRegionMap(eps=1e-5, check_inputs=False, **kw)
+    assert torch.equal(fast(q, s, clean), guided(q, s, m))
+    assert torch.equal(fp.guided_region_map(q, s, clean, 1e-5, check=False, **kw), guided(q, s, m))
+    assert torch.equal(fp.masked_average_pool(q, clean[:, :1], check=False), fp.masked_average_pool(q, m[:, :1]))
     bridge, prior = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 8, 3, 4, generator=g)
     prior_map = fp.PriorRegionMap(eps=1e-5, **kw)
     assert torch.equal(prior_map(bridge, prior), fp.prior_region_map(bridge, prior, 1e-5, **kw))
+    unchecked = fp.PriorRegionMap(eps=1e-5, check_inputs=False, **kw)
+    assert torch.equal(unchecked(bridge, prior), prior_map(bridge, prior)) and "check_inputs=False" in repr(unchecked)
 
 
 def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
@@ -518,6 +523,7 @@ def test_region_map_modules_defaults_hold_no_state_and_pass_gradients():
         ({"max_chunk_bytes": 0}, r"`max_chunk_bytes` must be a positive int"),
         ({"max_chunk_bytes": True}, r"`max_chunk_bytes`"),
         ({"max_chunk_bytes": 1.5}, r"`max_chunk_bytes`"),
+        ({"max_chunk_bytes": None}, r"`max_chunk_bytes` must be a positive int"),  # one default: no None
         ({"eps": 0.0}, r"`eps` must be a finite number > 0"),
     ],
 )
@@ -541,3 +547,63 @@ def test_clean_mask_value_check_per_call_wins_over_the_global_flag():
             clean_mask("m", bad, check_values=True)
         assert torch.equal(clean_mask("m", bad), bad)
     assert checks_enabled()
+
+
+# ----------------------------------------------------------------------------- module pairs of the other ops
+def test_info_nce_loss_module_equals_the_function():
+    g = torch.Generator().manual_seed(5)
+    q, k, neg = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(10, 8, generator=g)
+    for kw in ({}, {"normalize": False, "reduction": "sum"}, {"reduction": "none"}):
+        loss = fp.InfoNCELoss(0.1, **kw)
+        assert torch.equal(loss(q, k, neg), fp.info_nce(q, k, neg, 0.1, **kw))
+    details = fp.InfoNCELoss(return_details=True)(q, k, neg)
+    ref = fp.info_nce(q, k, neg, return_details=True)
+    assert all(torch.equal(a, b) for a, b in zip(details, ref))
+    assert not list(fp.InfoNCELoss().state_dict()) and "temperature=0.2" in repr(fp.InfoNCELoss())
+    with pytest.raises(ValueError, match="`temperature` must be > 0"):
+        fp.InfoNCELoss(0.0)
+    with pytest.raises(ValueError, match="`reduction` must be one of"):
+        fp.InfoNCELoss(reduction="avg")
+
+
+def test_masked_average_pool_module_equals_the_function():
+    g = torch.Generator().manual_seed(6)
+    f = torch.randn(2, 4, 5, 5, generator=g)
+    m = (torch.rand(2, 7, 7, generator=g) > 0.5).float()
+    m[0, 0, 0] = 255.0
+    assert torch.equal(fp.MaskedAveragePool()(f, m), fp.masked_average_pool(f, m))
+    assert torch.equal(fp.MaskedAveragePool(keepdim=True)(f, m), fp.masked_average_pool(f, m, keepdim=True))
+    with pytest.raises(ValueError, match="`mask`"):
+        fp.MaskedAveragePool()(f, torch.full((2, 7, 7), 7.0))
+
+
+def test_superpixel_pool_module_equals_the_function():
+    g = torch.Generator().manual_seed(7)
+    f = torch.randn(2, 4, 4, 4, generator=g, requires_grad=True)
+    labels = torch.randint(-1, 5, (2, 8, 8), generator=g)
+    for mode in ("area", "nearest"):
+        got, valid = fp.SuperpixelPool(5, mode)(f, labels)
+        ref, ref_valid = fp.superpixel_pool(f, labels, 5, mode)
+        assert torch.equal(got, ref) and torch.equal(valid, ref_valid)
+    got.sum().backward()
+    assert f.grad is not None
+    for bad, match in ((0, "`num_segments` must be a positive int"), (True, "`num_segments`"), (2.0, "`num_segments`")):
+        with pytest.raises(ValueError, match=match):
+            fp.SuperpixelPool(bad)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        fp.SuperpixelPool(4, "bilinear")
+
+
+def test_max_chunk_bytes_is_checked_where_it_enters():
+    """The functional ops check it (one default, no None); an invalid value never reaches the tiling."""
+    x, y = torch.randn(1, 3, 4), torch.randn(1, 3, 5)
+    for bad in (0, -1, None, 2.5, True):
+        with pytest.raises(ValueError, match="`max_chunk_bytes` must be a positive int"):
+            max_cosine_similarity(x, y, max_chunk_bytes=bad)
+        with pytest.raises(ValueError, match="`max_chunk_bytes`"):
+            fp.prior_region_map(x.view(1, 3, 2, 2), y.view(1, 3, 5, 1), max_chunk_bytes=bad)
+    assert fp.ops.DEFAULT_MAX_CHUNK_BYTES == 256 * 2**20
+    from fewshot_priors.config import DEFAULTS
+
+    assert DEFAULTS["model"]["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES
+    assert fp.QGNet.__init__.__kwdefaults__["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from fewshot_priors.data.unlabeled import UnlabeledImages, list_images
+from fewshot_priors.data.unlabeled import list_images
+from fewshot_priors.ssl.dataset import UnlabeledImages
 from fewshot_priors.engine.checkpoint import checkpoint_paths, load_checkpoint
-from fewshot_priors.engine.pretrain import PretrainConfig, cosine_scheduler, pretrain
+from fewshot_priors.engine.pretrain import cosine_scheduler, pretrain
 from fewshot_priors.ssl.moco import GlobalLocalMoCo
 from fewshot_priors.ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
 
@@ -149,7 +150,7 @@ def test_dataset_items_seeded_and_cache_used(images, tmp_path):
 def test_config_validation_and_cosine_schedule(images, tmp_path):
     with pytest.raises(ValueError, match="unknown pretrain option.*'bach_size': did you mean 'batch_size'"):
         pretrain({"pretrain": {"images": str(images), "bach_size": 1}})
-    with pytest.raises(ValueError, match="'seed' is experiment.seed now"):
+    with pytest.raises(ValueError, match="'seed' is experiment.seed"):
         pretrain({"pretrain": {"images": str(images), "seed": 1}})
     with pytest.raises(ValueError, match="images"):
         pretrain({"pretrain": {}})
@@ -159,17 +160,14 @@ def test_config_validation_and_cosine_schedule(images, tmp_path):
         pretrain({"pretrain": {"images": str(images), "export_encoder": "momentum"}})
     with pytest.raises(TypeError, match="config tree"):
         pretrain("runs/pretrain")
-    # the old forms (deprecated for one release) are checked the same way
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="unknown pretrain option"):
-        pretrain(images=str(images), bogus=1)
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="images"):
-        pretrain(PretrainConfig())
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="batch_size"):
-        pretrain(images=str(images), batch_size=64, progress=False, tensorboard=False, output_dir="/tmp/unused-x")
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="export_encoder"):
-        pretrain(images=str(images), export_encoder="momentum")
-    with pytest.deprecated_call():
-        assert PretrainConfig(batch_size=512).base_lr == pytest.approx(0.06)
+    # the 0.1.0 forms are gone: a flat mapping of settings or field=value keywords are refused
+    with pytest.raises(ValueError, match=r"unknown pretrain option\(s\) \['images', 'output_dir'\] in the config tree"):
+        pretrain({"images": str(images), "output_dir": str(tmp_path / "flat")})
+    with pytest.raises(TypeError, match="images"):
+        pretrain(images=str(images))
+    from fewshot_priors.engine.pretrain import base_lr
+
+    assert base_lr({"lr": None, "batch_size": 512}) == pytest.approx(0.06)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sch = cosine_scheduler(opt, 10)
     lrs = []
@@ -223,17 +221,19 @@ def test_diagnostics_and_probe_are_logged_and_do_not_change_training(images, tmp
 def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
     from fewshot_priors.engine.pretrain import queue_sizes_for
 
-    with pytest.deprecated_call():
-        c = PretrainConfig(images=str(images), batch_size=8, queue_size=2048, local_queue_size=64, max_patches=16)
+    from fewshot_priors.config import DEFAULTS
+
+    c = {**DEFAULTS["pretrain"], "images": str(images), "batch_size": 8, "queue_size": 2048, "local_queue_size": 64,
+         "max_patches": 16}
     with pytest.warns(UserWarning, match="stale copies of its own image"):
         assert queue_sizes_for(c, 32) == (2048, 64)
-    c.cap_queues = True
+    c["cap_queues"] = True
     with pytest.warns(UserWarning, match="capped to 24"):
         assert queue_sizes_for(c, 32) == (24, 64)  # 32 - 8 images, a multiple of the batch
-    c.local_queue_size = 10_000
+    c["local_queue_size"] = 10_000
     with pytest.warns(UserWarning, match="local_queue_size"):
         assert queue_sizes_for(c, 32) == (24, 24 * 16)
-    c.queue_size, c.local_queue_size = 16, 64
+    c["queue_size"], c["local_queue_size"] = 16, 64
     import warnings
 
     with warnings.catch_warnings():
@@ -242,31 +242,19 @@ def test_queue_longer_than_an_epoch_warns_or_is_capped(images):
         assert queue_sizes_for(c, 32, total_steps=20) == (16, 64)  # fills in 2 of 20 steps
     with pytest.warns(UserWarning, match="fills only after 2 of 10 steps"):
         queue_sizes_for(c, 32, total_steps=10)
-    c.queue_init = "empty"
+    c["queue_init"] = "empty"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert queue_sizes_for(c, 32, total_steps=10) == (16, 64)  # an empty queue has no random negatives
 
 
-def test_old_call_forms_still_run_the_same_pretraining(images, tmp_path):
-    """PretrainConfig, a flat mapping of its fields and field=value keywords (deprecated) run exactly
-    what the config tree runs, with the old defaults (seed 0) and output_dir/seed/device as experiment keys."""
+def test_config_json_is_what_ran_and_repeats_the_run(images, tmp_path):
+    """config.json holds the experiment and pretrain sections that ran; passed back to pretrain() it repeats the run."""
     kw = dict(TINY, images=str(images), size=32, batch_size=4, epochs=1, max_steps=2, log_every=1, lr=0.05)
     new = run(tmp_path / "new", **kw)
-    with pytest.deprecated_call():
-        flat = pretrain(output_dir=str(tmp_path / "flat"), progress=False, tensorboard=False, **kw)
-    with pytest.deprecated_call():
-        mapping = pretrain({**kw, "output_dir": str(tmp_path / "mapping"), "progress": False, "tensorboard": False})
-    with pytest.deprecated_call():
-        dc = pretrain(PretrainConfig(**kw, output_dir=str(tmp_path / "dc"), seed=0, progress=False,
-                                     tensorboard=False))
     ref = load_checkpoint(new["last"])["model_state"]
-    for res in (flat, mapping, dc):
-        got = load_checkpoint(res["last"])["model_state"]
-        assert all(torch.equal(ref[k], got[k]) for k in ref)
-        assert [h["loss"] for h in res["history"]] == [h["loss"] for h in new["history"]]
-    saved = json.loads((tmp_path / "flat" / "config.json").read_text())
-    assert saved["experiment"]["seed"] == 0 and saved["experiment"]["output_dir"] == str(tmp_path / "flat")
+    saved = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert saved["experiment"]["seed"] == 0 and saved["experiment"]["output_dir"] == str(tmp_path / "new")
     assert saved["pretrain"]["batch_size"] == 4 and "seed" not in saved["pretrain"]
     # config.json is what ran: passed back to pretrain() it repeats the run
     again = pretrain({**saved, "experiment": {**saved["experiment"], "output_dir": str(tmp_path / "again")}},

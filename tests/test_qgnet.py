@@ -53,8 +53,7 @@ def test_output_shapes(tiny, b, k, h, w):
 
 def test_resnet18_one_and_five_shot_shapes():
     torch.manual_seed(0)
-    with pytest.warns(DeprecationWarning, match="shots"):  # deprecated, ignored: K comes from the data
-        model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32, shots=5).eval()
+    model = QGNet("resnet18", bins=(8, 4, 2, 1), channels=32).eval()  # K comes from the data
     assert model.backbone.channels == (128, 256, 512)
     q, s, sm, _ = _episode(1, 1, 65, 65)
     out = model(q, s[:, 0], sm[:, 0])  # 1-shot given as B,3,H,W and B,H,W
@@ -340,8 +339,6 @@ def test_the_backbones_normalise_with_their_own_statistics():
 
 
 def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="shots"):
-        QGNet(shots=0, **TINY)
     with pytest.raises(ValueError, match="region_map_backend"):
         QGNet(region_map_backend="fast", **TINY)
     with pytest.raises(ValueError, match="use_prior=False"):
@@ -489,15 +486,12 @@ def test_eps_changes_the_maps_and_chunk_size_does_not(tiny):
     assert not torch.allclose(coarse(q, s, sm)["guided_map"], ref["guided_map"])
 
 
-def test_shots_is_deprecated_and_ignored():
-    torch.manual_seed(0)
-    with pytest.warns(DeprecationWarning, match=r"shots.*deprecated"):
-        with_shots = QGNet(shots=5, **TINY).eval()
-    torch.manual_seed(0)
-    plain = QGNet(**TINY).eval()
-    q, s, sm, _ = _episode(1, 2)
-    assert torch.equal(with_shots(q, s, sm)["logits"], plain(q, s, sm)["logits"])
-    assert not hasattr(plain, "shots")
+def test_shots_is_not_an_argument():
+    """K comes from the data: the 0.1.0 `shots=` is refused, and options after prior_backbone are keywords only."""
+    with pytest.raises(TypeError, match="shots"):
+        QGNet(shots=5, **TINY)
+    with pytest.raises(TypeError, match="positional"):
+        QGNet("resnet18", None, False)
 
 
 def test_swap_region_maps_and_decoder_without_subclassing(tiny):

@@ -7,8 +7,7 @@ merged over the defaults. Unknown keys and wrongly typed values are rejected wit
 error naming the key.
 
 * :mod:`~fewshot_priors.config.schema`: :data:`DEFAULTS`, choices, :func:`validate`,
-  :func:`resolve_shots` and the deprecated keys (``model.shots`` -> ``data.shots``,
-  ``train.device`` -> ``experiment.device``).
+  :func:`resolve_shots`.
 * :mod:`~fewshot_priors.config.loading`: YAML files with ``_base_``, shipped names,
   ``section.key=value`` overrides, :func:`load_config`, :func:`save_config`.
 * :mod:`~fewshot_priors.config.zoo`: the paper's table rows (``python -m fewshot_priors.config --generate``).
@@ -32,12 +31,10 @@ from .loading import (
 )
 from .schema import (
     DEFAULTS,
-    DEPRECATED_KEYS,
     ConfigError,
     check_data_keys,
     choices,
     merge,
-    migrate_deprecated,
     resolve_shots,
     validate,
 )
@@ -52,13 +49,10 @@ from .zoo import (
     zoo_bins,
     zoo_configs,
 )
-from .zoo import main as _main  # noqa: F401  (the pre-package maintenance entry point)
 
 __all__ = [
     "CONFIG_DIR",
-    "DATASET_KEYS",
     "DEFAULTS",
-    "DEPRECATED_KEYS",
     "ZOO_BACKBONES",
     "ZOO_DATASETS",
     "ZOO_PRIOR_BACKBONE",
@@ -72,7 +66,6 @@ __all__ = [
     "generate_zoo",
     "load_config",
     "merge",
-    "migrate_deprecated",
     "parse_overrides",
     "render_zoo_file",
     "resolve_config_path",
@@ -83,10 +76,3 @@ __all__ = [
     "zoo_configs",
 ]
 
-
-def __getattr__(name: str):
-    if name == "DATASET_KEYS":
-        from . import schema
-
-        return schema.DATASET_KEYS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

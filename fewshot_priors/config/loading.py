@@ -1,8 +1,8 @@
 """Config files: YAML with ``_base_`` includes, shipped names, ``section.key=value`` overrides.
 
 A config file holds only the keys it changes; :func:`load_config` merges it over
-:data:`~fewshot_priors.config.schema.DEFAULTS`, applies the overrides, moves the
-deprecated keys and validates the result (:func:`~fewshot_priors.config.schema.validate`)::
+:data:`~fewshot_priors.config.schema.DEFAULTS`, applies the overrides and validates the
+result (:func:`~fewshot_priors.config.schema.validate`)::
 
     cfg = load_config("pascal/resnet50_473_fold0", overrides=["train.lr=0.01", "data.shots=5"])
 """
@@ -20,11 +20,9 @@ import yaml
 
 from .schema import (
     DEFAULTS,
-    DEPRECATED_KEYS,
     ConfigError,
     _unknown,
     merge,
-    migrate_deprecated,
     validate,
 )
 
@@ -76,10 +74,10 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict
         section, key = parts
         if section not in DEFAULTS:
             raise _unknown(section, DEFAULTS, "section ")
-        if key not in DEFAULTS[section] and (section, key) not in DEPRECATED_KEYS:
+        if key not in DEFAULTS[section]:
             raise _unknown(key, DEFAULTS[section], f"{section}.")
         tree.setdefault(section, {})[key] = value
-    return migrate_deprecated(tree, "override: ")
+    return tree
 
 
 def apply_overrides(cfg: Mapping, overrides: Iterable[str] | Mapping[str, Any] | None) -> dict:
@@ -133,7 +131,6 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of sections, got {type(data).__name__}")
     base = data.pop("_base_", None)
-    data = migrate_deprecated(data, f"{path}: ")
     if base is None:
         return data
     merged: dict = {}

@@ -5,9 +5,6 @@ Sections: ``experiment`` (name, output folder, seed, device), ``data`` (dataset,
 ``model`` (QGNet, read by :func:`fewshot_priors.models.factory.create_qgnet`), ``train``,
 ``eval``, ``pretrain`` (self-supervised prior extractor, :func:`fewshot_priors.engine.pretrain.pretrain`)
 and ``study`` (settings only the demo and the real-images study read).
-
-Deprecated keys (moved at load time with a :class:`DeprecationWarning` naming the new key):
-``model.shots`` -> ``data.shots``, ``train.device`` -> ``experiment.device``.
 """
 
 from __future__ import annotations
@@ -15,19 +12,18 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._validate import is_int
+from ..constants import DEFAULT_MAX_CHUNK_BYTES
+
 __all__ = [
-    "DATASET_KEYS",
     "DEFAULTS",
-    "DEPRECATED_KEYS",
     "ConfigError",
     "check_data_keys",
     "choices",
     "merge",
-    "migrate_deprecated",
     "resolve_shots",
     "validate",
 ]
@@ -83,7 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
         "output_stride": 8,
         "region_map_backend": "auto",
-        "max_chunk_bytes": None,  # region-map ops: memory bound of one chunk (None = the ops' default)
+        "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,  # region-map ops: memory bound of one similarity tile
         "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
         # input normalisation of the [0, 1] RGB images, per backbone (null: from the weights file,
         # else the timm pretrained_cfg of the model: ImageNet mean/std, 0.5/0.5 for EfficientNet-Lite)
@@ -192,19 +188,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Deprecated keys and where their value moves at load time (with a DeprecationWarning).
-DEPRECATED_KEYS: dict[tuple[str, str], tuple[str, str]] = {
-    ("model", "shots"): ("data", "shots"),
-    ("train", "device"): ("experiment", "device"),
-}
-
 #: Keys whose value may be any of several types (beyond None defaults).
 _FREE_KEYS = {
     ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
     ("data", "train_resize_long"), ("pretrain", "num_workers"),
     ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
     ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
-    ("model", "max_chunk_bytes"), ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
+    ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
     ("pretrain", "max_steps"), ("pretrain", "cache_dir"), ("pretrain", "probe_root"), ("pretrain", "probe_size"),
     ("pretrain", "probe_max_images"), ("pretrain", "ckpt_every_steps"), ("pretrain", "export_path"),
     ("study", "train_min_pixels"), ("pretrain", "weights"),
@@ -264,34 +254,6 @@ def _unknown(key: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys here: {', '.join(valid)}")
 
 
-def migrate_deprecated(cfg: Mapping, where: str = "", *, full: bool = False) -> dict:
-    """Move the deprecated keys of :data:`DEPRECATED_KEYS` to their new place (a copy).
-
-    Apply it to what a user wrote (a file, overrides), before merging over the defaults.
-    Warns a :class:`DeprecationWarning` naming the new key. With ``full=True`` (a tree
-    already merged over :data:`DEFAULTS`) a new key still at its default counts as unset.
-
-    Raises:
-        ConfigError: both the old and the new key are set, to different values.
-    """
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
-    for (sec, key), (new_sec, new_key) in DEPRECATED_KEYS.items():
-        if not isinstance(out.get(sec), Mapping) or key not in out[sec]:
-            continue
-        value = out[sec].pop(key)
-        warnings.warn(f"{where}config key {sec}.{key} is deprecated: use {new_sec}.{new_key}",
-                      DeprecationWarning, stacklevel=3)
-        target = out.setdefault(new_sec, {})
-        if not isinstance(target, Mapping):
-            continue  # validate reports the malformed section
-        unset = full and target.get(new_key) == DEFAULTS[new_sec][new_key]
-        if new_key in target and target[new_key] != value and not unset:
-            raise ConfigError(f"{where}{sec}.{key}={value!r} (deprecated) and {new_sec}.{new_key}="
-                              f"{target[new_key]!r} are both set and differ: keep only {new_sec}.{new_key}")
-        target[new_key] = value
-    return out
-
-
 def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None) -> int:
     """K of an episode: the one place where the number of shots is decided.
 
@@ -310,22 +272,21 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
         shots = cfg["eval"].get("shots")
     if shots is None:
         from fewshot_priors.data.registry import (
-            config_shots,  # the data K rule (and old trees' model.shots)
+            config_shots,  # the data K rule
         )
 
         shots = config_shots(cfg)
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+    if not is_int(shots) or shots < 1:
         raise ConfigError(f"shots must be an integer >= 1, got {shots!r}")
     return int(shots)
 
 
 def validate(cfg: Mapping) -> dict:
-    """Check every key and value type of a full config (deprecated keys are moved first).
+    """Check every key and value type of a full config.
 
     Raises:
         ConfigError: unknown section/key, wrong type, or a value outside its choices.
     """
-    cfg = migrate_deprecated(cfg, full=True)
     for section, values in cfg.items():
         if section not in DEFAULTS:
             raise _unknown(section, DEFAULTS, "section ")
@@ -347,7 +308,7 @@ def validate(cfg: Mapping) -> dict:
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool)
+                ok = is_int(value)
             elif isinstance(default, float):
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             elif isinstance(default, list):
@@ -395,13 +356,10 @@ def validate(cfg: Mapping) -> dict:
         value = c[section][key]
         if optional and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}{' or null' if optional else ''}, got {value!r}")
     return dict(cfg)
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_data_keys(data: Mapping) -> None:
@@ -419,14 +377,6 @@ def check_data_keys(data: Mapping) -> None:
     check(data, error=ConfigError)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DATASET_KEYS":  # moved: fewshot_priors.data.registry.dataset_keys(), built from the registry
-        from fewshot_priors.data.registry import dataset_keys
-
-        return dataset_keys()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 #: Integer keys with a lower bound: (key, minimum, None allowed). A run of 0 epochs or
 #: steps would only write an untrained checkpoint; 0 shots or episodes score nothing.
 _INT_RANGES = (
@@ -435,7 +385,7 @@ _INT_RANGES = (
     ("data.image_size", 1, False), ("data.val_episodes", 1, False),
     ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
     ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
-    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, True),
+    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, False),
     ("pretrain.dim", 1, False), ("pretrain.queue_size", 1, False), ("pretrain.local_queue_size", 1, False),
     ("pretrain.mlp_hidden", 1, True), ("pretrain.max_patches", 1, False), ("pretrain.bn_splits", 1, False),
     ("pretrain.n_segments", 1, False), ("pretrain.min_size", 0, False), ("pretrain.min_area", 0, False),

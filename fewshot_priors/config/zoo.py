@@ -106,4 +106,3 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - maintenan
         print("\n".join(available_configs()))
 
 
-_main = main  # the name before the config package split

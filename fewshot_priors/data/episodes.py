@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .._validate import is_int
 from .index import Entry, ScanResult
 from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, read_image
 
@@ -42,9 +43,6 @@ _MAX_READ_RETRIES = 5
 QUERY_SAMPLING = ("pairs", "images")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
 
 def check_episode_args(
     *, shots: Any, episodes: Any, seed: Any, min_pixels: Any, query_sampling: Any = "pairs"
@@ -57,15 +55,15 @@ def check_episode_args(
     Raises:
         TypeError / ValueError: naming the argument and the expected form.
     """
-    if not _is_int(shots) or shots < 1:
+    if not is_int(shots) or shots < 1:
         raise ValueError(f"`shots` must be a positive int, got {shots!r}")
-    if episodes is not None and (not _is_int(episodes) or episodes < 1):
+    if episodes is not None and (not is_int(episodes) or episodes < 1):
         raise ValueError(f"`episodes` must be a positive int or None, got {episodes!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"`seed` must be >= 0, got {seed}")
-    if not _is_int(min_pixels) or min_pixels < 1:
+    if not is_int(min_pixels) or min_pixels < 1:
         raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {min_pixels!r}")
     if query_sampling not in QUERY_SAMPLING:
         raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {query_sampling!r}")

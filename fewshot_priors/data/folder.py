@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, _is_int, check_episode_args, legacy_positional
+from .._validate import is_int
+from .episodes import EpisodicDataset, check_episode_args, legacy_positional
 from .index import Entry, scan_entries
 from .io import IGNORE_INDEX, DataLayoutError, read_binary_mask
 from .registry import check_options, register_dataset
@@ -172,9 +173,9 @@ class FolderFewShot(EpisodicDataset):
                 "only shape the seeded folds and cannot be combined with it"
             )
         split_seed = seed if split_seed is None else split_seed
-        if not _is_int(split_seed) or split_seed < 0:
+        if not is_int(split_seed) or split_seed < 0:
             raise ValueError(f"`split_seed` must be a non-negative int or None, got {split_seed!r}")
-        if not _is_int(min_model_pixels) or min_model_pixels < 1:
+        if not is_int(min_model_pixels) or min_model_pixels < 1:
             raise ValueError(f"`min_model_pixels` must be a positive int (1 = must not vanish), got {min_model_pixels!r}")
         if not root.is_dir():
             raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
@@ -253,7 +254,7 @@ class FolderFewShot(EpisodicDataset):
         ids = {n: c for c, n in self.class_names.items()}
         out, unknown = set(), []
         for v in classes:
-            if _is_int(v):
+            if is_int(v):
                 v = int(v)
                 if str(v) in ids and ids[str(v)] != v:
                     raise ValueError(
@@ -338,11 +339,11 @@ def _check_fold_args(test_ratio, num_folds, fold, min_class_images) -> None:
         isinstance(test_ratio, bool) or not isinstance(test_ratio, (int, float)) or not 0 < test_ratio < 1
     ):
         raise ValueError(f"`test_ratio` must be in (0, 1), got {test_ratio!r}")
-    if num_folds is not None and (not _is_int(num_folds) or num_folds < 2):
+    if num_folds is not None and (not is_int(num_folds) or num_folds < 2):
         raise ValueError(f"`num_folds` must be an int >= 2, got {num_folds!r}")
-    if fold is not None and (not _is_int(fold) or fold < 0):
+    if fold is not None and (not is_int(fold) or fold < 0):
         raise ValueError(f"`fold` must be a non-negative int, got {fold!r}")
-    if min_class_images is not None and (not _is_int(min_class_images) or min_class_images < 1):
+    if min_class_images is not None and (not is_int(min_class_images) or min_class_images < 1):
         raise ValueError(f"`min_class_images` must be a positive int or None, got {min_class_images!r}")
 
 

@@ -31,6 +31,8 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._validate import is_int
+
 __all__ = [
     "DATASETS",
     "DATASET_OPTIONS",
@@ -139,12 +141,6 @@ def dataset_keys() -> dict[str, tuple[str, ...]]:
 _BUILTIN_ORDER = ("pascal", "coco", "folder")
 
 
-def __getattr__(name: str) -> Any:
-    if name == "DATASET_KEYS":  # the former fewshot_priors.config table, kept current with the registry
-        return dataset_keys()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def check_options(cls: type, **values: Any) -> None:
     """Refuse the :data:`DATASET_OPTIONS` set (not None) that ``cls`` does not use.
 
@@ -164,9 +160,6 @@ def check_options(cls: type, **values: Any) -> None:
                 "remove it or pass None"
             )
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> None:
@@ -196,22 +189,22 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
     if fc is not None:
         ok = isinstance(fc, (list, tuple)) and len(fc) > 0
         if by_name:
-            ok = ok and all(_is_int(v) or isinstance(v, str) for v in fc)
+            ok = ok and all(is_int(v) or isinstance(v, str) for v in fc)
             want = "a non-empty list of class folder names (or class ids 1..N)"
         else:
-            ok = ok and all(_is_int(v) for v in fc)
+            ok = ok and all(is_int(v) for v in fc)
             want = "a non-empty list of class ids"
         if not ok:
             raise error(f"data.fold_classes must be {want} for data.dataset={ds!r}, got {fc!r}")
     seeded = "test_ratio" in _options(cls)  # seeded class folds (folder): num_folds counts blocks of classes
     checks = {
-        "num_classes": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "num_folds": (lambda v: _is_int(v) and v >= (2 if seeded else 1), "an int >= 2"),
+        "num_classes": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "num_folds": (lambda v: is_int(v) and v >= (2 if seeded else 1), "an int >= 2"),
         "test_ratio": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
                        "a number in (0, 1)"),
-        "min_class_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-        "split_seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-        "min_model_pixels": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+        "min_class_images": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+        "split_seed": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+        "min_model_pixels": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
     }
     for key, (ok, want) in checks.items():
         v = data.get(key)
@@ -230,11 +223,10 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
 
 
 def config_shots(cfg: Mapping) -> int:
-    """K of a config's episodes: ``data.shots`` (a tree from before it: ``model.shots``)."""
-    for section in ("data", "model"):  # model.shots: a tree from before data.shots (an old checkpoint's meta)
-        shots = (cfg.get(section) or {}).get("shots")
-        if shots is not None:
-            return shots
+    """K of a config's episodes: ``data.shots``."""
+    shots = (cfg.get("data") or {}).get("shots")
+    if shots is not None:
+        return shots
     raise ValueError("the config sets no number of shots: set data.shots (or pass shots=)")
 
 

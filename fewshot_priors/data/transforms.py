@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from .._validate import is_int
 from ..constants import IGNORE_INDEX, IMAGENET_MEAN
 
 __all__ = [
@@ -181,7 +182,7 @@ class TrainTransform:
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"`size` must be a positive int, got {size}")
-        if resize_long is not None and (isinstance(resize_long, bool) or not isinstance(resize_long, int)
+        if resize_long is not None and (not is_int(resize_long)
                                         or resize_long < 1):
             raise ValueError(f"`resize_long` must be a positive int or None, got {resize_long!r}")
         self.resize_long = resize_long
@@ -285,7 +286,7 @@ class TestTransform:
     ) -> None:
         if int(size) <= 0:
             raise ValueError(f"`size` must be a positive int, got {size}")
-        if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
+        if not is_int(multiple_of) or multiple_of < 1:
             raise ValueError(f"`multiple_of` must be a positive int (8 as PFENet, 1 = off), got {multiple_of!r}")
         self.size = int(size)
         self.pad_value = float(pad_value)

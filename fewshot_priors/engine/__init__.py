@@ -1,40 +1,38 @@
-"""Training, evaluation, checkpointing and distributed helpers.
-
-``train`` and ``evaluate`` are imported with the package (see below: they share their
-names with their submodules, so they cannot be lazy; this loads torch and
-:mod:`fewshot_priors.data`); the checkpoint and conversion helpers listed in ``_LAZY``
-are imported on first use::
+"""Training, evaluation, checkpointing and distributed helpers::
 
     from fewshot_priors.engine import Runtime, StepLoop       # one runtime, one step loop
     from fewshot_priors.engine.checkpoint import save_checkpoint, load_checkpoint
     from fewshot_priors.engine.train import train
     from fewshot_priors.engine.evaluate import evaluate
+
+``train`` and ``evaluate`` share their names with their submodules: the package
+attributes are the functions (imported last, so a submodule import cannot replace them).
 """
 
 from __future__ import annotations
 
-from fewshot_priors._lazy import lazy_exports
+from .build import build_dataset, build_model
+from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .convert import write_converted_checkpoint
+from .loop import StepLoop
+from .runtime import Runtime
 
-_LAZY = {
-    "CheckpointError": "fewshot_priors.engine.checkpoint",
-    "save_checkpoint": "fewshot_priors.engine.checkpoint",
-    "load_checkpoint": "fewshot_priors.engine.checkpoint",
-    "capture_rng_state": "fewshot_priors.engine.checkpoint",
-    "restore_rng_state": "fewshot_priors.engine.checkpoint",
-    "write_converted_checkpoint": "fewshot_priors.engine.convert",
-    "Runtime": "fewshot_priors.engine.runtime",
-    "StepLoop": "fewshot_priors.engine.loop",
-    "build_model": "fewshot_priors.engine.build",
-    "build_dataset": "fewshot_priors.engine.build",
-}
-
-# ``train`` and ``evaluate`` share their names with their submodules: a lazy name would
-# be replaced by the submodule object as soon as anything imports
-# ``fewshot_priors.engine.train``, so these two are imported eagerly (torch, tqdm: cheap).
-from .evaluate import evaluate  # noqa: E402
+# last: the functions, not their same-named submodules (``import fewshot_priors.engine.train``
+# sets the package attribute to the submodule only on its first import, which has run above)
+from .evaluate import evaluate  # noqa: E402, I001
 from .train import train  # noqa: E402
 
-__all__ = [*_LAZY, "evaluate", "train"]
-
-
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
+__all__ = [
+    "CheckpointError",
+    "Runtime",
+    "StepLoop",
+    "build_dataset",
+    "build_model",
+    "capture_rng_state",
+    "evaluate",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "train",
+    "write_converted_checkpoint",
+]

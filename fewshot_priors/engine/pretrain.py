@@ -32,7 +32,6 @@ to :func:`pretrain` to repeat the run) and the exported ``prior_extractor.safete
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import json
 import math
@@ -44,62 +43,31 @@ from typing import Any
 import torch
 
 from ..config import DEFAULTS, ConfigError, merge, validate
-from ..data.unlabeled import UnlabeledImages, list_images
+from ..data.unlabeled import list_images
 from ..distributed import barrier, init_distributed
-from ..ssl.augment import TwoViewAugment
-from ..ssl.diagnostics import alignment, embedding_std, uniformity
-from ..ssl.moco import GlobalLocalMoCo
-from ..ssl.superpixels import SuperpixelPatchSampler, build_superpixel_cache
+from ..ssl import (
+    GlobalLocalMoCo,
+    SuperpixelPatchSampler,
+    UnlabeledImages,
+    alignment,
+    build_superpixel_cache,
+    create_moco,
+    create_patch_sampler,
+    create_unlabeled_dataset,
+    embedding_std,
+    uniformity,
+)
 from .loop import StepLoop, check_schedule, resume_meta
 from .probe import load_probe_set, probe_encoder
 from .rundir import prepare_run_dir
 from .runtime import Runtime, config_device, derive_seed
 
-__all__ = ["PretrainConfig", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
 
-#: PretrainConfig fields that are ``experiment`` keys now, with the defaults the old form keeps
-_EXPERIMENT_FIELDS = {"output_dir": "runs/pretrain", "seed": 0, "device": "auto"}
-#: PretrainConfig fields that are call arguments of :func:`pretrain` now
-_CALL_FIELDS = {"resume": False, "overwrite": False, "progress": True, "tensorboard": True}
-
-
-def _field(value: Any) -> dataclasses.Field:
-    if isinstance(value, (dict, list)):
-        return dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v))
-    return dataclasses.field(default=value)
-
-
-def _warn_pretrain_config(self) -> None:
-    warnings.warn("PretrainConfig is deprecated: pass pretrain() the config tree, the `pretrain` section "
-                  "(fewshot_priors.config.DEFAULTS['pretrain']) with output_dir/seed/device under `experiment`",
-                  DeprecationWarning, stacklevel=3)
-
-
-def _to_dict(self) -> dict[str, Any]:
-    d = dataclasses.asdict(self)
-    if d["images"] is not None and not isinstance(d["images"], (str, os.PathLike)):
-        d["images"] = [os.fspath(p) for p in d["images"]]
-    return d
-
-
-#: Deprecated (one release): the flat settings of the old ``pretrain(cfg)`` form. Its fields are the
-#: ``pretrain`` section's keys (same defaults), ``output_dir``/``seed``/``device`` (now ``experiment``
-#: keys), ``resume``/``overwrite``/``progress``/``tensorboard`` (now call arguments) and ``extra``.
-PretrainConfig = dataclasses.make_dataclass(
-    "PretrainConfig",
-    [(k, Any, _field(v)) for k, v in {**DEFAULTS["pretrain"], **_EXPERIMENT_FIELDS, **_CALL_FIELDS,
-                                        "extra": {}}.items()],
-    namespace={
-        "__doc__": "Deprecated: the flat settings of the old ``pretrain(cfg)`` form: every key of the config's "
-                   "``pretrain`` section (``fewshot_priors.config.DEFAULTS['pretrain']``, same defaults) plus "
-                   "``output_dir``, ``seed`` and ``device`` (now ``experiment.*``) and the call arguments "
-                   "``resume``, ``overwrite``, ``progress``, ``tensorboard``. Pass the config tree instead.",
-        "__module__": __name__,
-        "__post_init__": _warn_pretrain_config,
-        "base_lr": property(lambda self: base_lr(dataclasses.asdict(self))),
-        "to_dict": _to_dict,
-    },
-)
+#: ``experiment.output_dir`` of a pretraining run that sets none
+DEFAULT_OUTPUT_DIR = "runs/pretrain"
+#: keys of the ``experiment`` section that a ``pretrain`` section may not hold (named in the error)
+_EXPERIMENT_KEYS = ("output_dir", "seed", "device")
 
 
 def base_lr(p: Mapping[str, Any]) -> float:
@@ -131,80 +99,44 @@ def _unknown(keys: Sequence[str], valid: Sequence[str], where: str) -> ValueErro
     hints = []
     for k in keys:
         close = difflib.get_close_matches(k, valid, n=1)
-        if k in _EXPERIMENT_FIELDS:
-            hints.append(f"{k!r} is experiment.{k} now")
+        if k in _EXPERIMENT_KEYS:
+            hints.append(f"{k!r} is experiment.{k}")
         elif close:
             hints.append(f"{k!r}: did you mean {close[0]!r}?")
     return ValueError(f"unknown pretrain option(s) {sorted(keys)} in {where}" + (f" ({'; '.join(hints)})" if hints else "")
                       + f"; valid options: {sorted(valid)}")
 
 
-def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _config(cfg: Any) -> dict[str, Any]:
     """Resolve and check the settings of a :func:`pretrain` call.
 
     Returns:
-        ``(tree, legacy_call)``: ``tree`` holds the ``experiment`` (output_dir, seed,
-        device, ...) and ``pretrain`` (every key of ``DEFAULTS["pretrain"]``) sections;
-        ``legacy_call`` the resume/overwrite/progress/tensorboard values an old-form
-        ``cfg`` carried.
+        The tree that runs: the ``experiment`` (output_dir, seed, device, ...) and
+        ``pretrain`` (every key of ``DEFAULTS["pretrain"]``) sections.
 
     Raises:
-        TypeError: ``cfg`` of another type. ValueError: unknown keys (with hints for the old
-        forms). ConfigError (a ValueError): a value the schema rejects
+        TypeError: ``cfg`` is not a mapping. ValueError: unknown ``pretrain`` keys.
+        ConfigError (a ValueError): a value the schema rejects
         (:func:`fewshot_priors.config.validate`, the one place of the value checks) or no
         ``pretrain.images``.
     """
     defaults = DEFAULTS["pretrain"]
-    legacy: dict[str, Any] | None = None
-    if cfg is None:
-        cfg = {}
-    if isinstance(cfg, Mapping) and not cfg and overrides:  # pretrain(field=value, ...): the old form
-        legacy, what = {}, "field=value keyword arguments"
-    elif isinstance(cfg, PretrainConfig):
-        legacy, what = cfg.to_dict(), "a PretrainConfig"
-    elif isinstance(cfg, Mapping) and ("pretrain" in cfg or "experiment" in cfg or not cfg):
-        section = dict(cfg.get("pretrain") or {})
-        unknown = [k for k in section if k not in defaults]
-        if unknown:
-            raise _unknown(unknown, list(defaults), "the `pretrain` section")
-        tree = {"experiment": {**DEFAULTS["experiment"], **(cfg.get("experiment") or {})},
-                "pretrain": {**copy.deepcopy(defaults), **section}}
-        tree["experiment"]["device"] = config_device(cfg)  # falls back to a legacy train.device
-        if tree["experiment"].get("output_dir") is None:
-            tree["experiment"]["output_dir"] = _EXPERIMENT_FIELDS["output_dir"]
-    elif isinstance(cfg, Mapping):
-        legacy, what = dict(cfg), "a flat mapping of PretrainConfig fields"
-    else:
+    if not isinstance(cfg, Mapping):
         raise TypeError(f"`cfg` must be a config tree (a mapping with a `pretrain` section), got {type(cfg).__name__}")
-    legacy_call: dict[str, Any] = {}
-    if legacy is not None or overrides:
-        if legacy is None:
-            what = "field=value keyword arguments"
-        else:  # the old defaults of output_dir, seed and device
-            tree = {"experiment": {**DEFAULTS["experiment"], **_EXPERIMENT_FIELDS},
-                    "pretrain": copy.deepcopy(defaults)}
-            if legacy and overrides:
-                what += " and field=value keyword arguments"
-        warnings.warn(
-            f"pretrain() with {what} is deprecated and will be removed in the next release: pass the config tree, "
-            "pretrain({'experiment': {'output_dir': ..., 'seed': ..., 'device': ...}, 'pretrain': {...}}, "
-            "resume=..., overwrite=..., progress=..., tensorboard=...)",
-            DeprecationWarning, stacklevel=3)
-        fields = {**(legacy or {}), **overrides}
-        unknown = [k for k in fields if k not in defaults and k not in _EXPERIMENT_FIELDS
-                   and k not in _CALL_FIELDS and k != "extra"]
-        if unknown:
-            raise _unknown(unknown, [*defaults, *_EXPERIMENT_FIELDS, *_CALL_FIELDS], what)
-        for k, v in fields.items():
-            if k in _EXPERIMENT_FIELDS:
-                tree["experiment"][k] = v
-            elif k in _CALL_FIELDS:
-                legacy_call[k] = v
-            elif k in defaults:
-                tree["pretrain"][k] = v
+    stray = [k for k in cfg if k not in DEFAULTS]
+    if stray:  # e.g. the 0.1.0 flat form {"images": ..., "output_dir": ...}
+        raise _unknown(stray, list(DEFAULTS), "the config tree (its keys are sections)")
+    section = cfg.get("pretrain") or {}
+    if not isinstance(section, Mapping):
+        raise TypeError(f"the `pretrain` section must be a mapping, got {type(section).__name__}")
+    unknown = [k for k in section if k not in defaults]
+    if unknown:
+        raise _unknown(unknown, list(defaults), "the `pretrain` section")
+    tree = {"experiment": {**DEFAULTS["experiment"], **(cfg.get("experiment") or {})},
+            "pretrain": {**copy.deepcopy(defaults), **section}}
     p, exp = tree["pretrain"], tree["experiment"]
-    exp["output_dir"] = os.fspath(exp["output_dir"])
-    exp["device"] = "auto" if exp.get("device") is None else str(exp["device"])  # a legacy torch.device
+    exp["device"] = config_device(tree)
+    exp["output_dir"] = os.fspath(DEFAULT_OUTPUT_DIR if exp.get("output_dir") is None else exp["output_dir"])
     if p["images"] is not None and not isinstance(p["images"], (str, os.PathLike)):
         p["images"] = [os.fspath(x) for x in p["images"]]
     elif p["images"] is not None:
@@ -213,13 +145,13 @@ def _config(cfg: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         raise ConfigError("pretrain.images is required: a folder of images, a .txt list of paths, or a list of paths")
     # the value checks are the schema's (one place): the two sections that run, over the defaults
     validate(merge(DEFAULTS, {"experiment": exp, "pretrain": p}))
-    return tree, legacy_call
+    return tree
 
 
-def queue_sizes_for(c: Mapping[str, Any] | Any, num_images: int, total_steps: int | None = None) -> tuple[int, int]:
+def queue_sizes_for(c: Mapping[str, Any], num_images: int, total_steps: int | None = None) -> tuple[int, int]:
     """The queue sizes a run on ``num_images`` images uses (warns about stale self-negatives).
 
-    ``c`` is the ``pretrain`` section (or a deprecated :class:`PretrainConfig`).
+    ``c`` is the ``pretrain`` section.
 
     A queue longer than one epoch of keys (``queue_size > num_images - batch_size``)
     holds older keys of the very images in the batch, so each query meets copies of its
@@ -234,8 +166,6 @@ def queue_sizes_for(c: Mapping[str, Any] | Any, num_images: int, total_steps: in
     negatives, they repel nothing, and short runs drift toward collapse (use
     ``queue_init="empty"`` or a shorter queue).
     """
-    if not isinstance(c, Mapping):
-        c = dataclasses.asdict(c)
     spare = max(1, num_images - c["batch_size"])
     limits = {
         "queue_size": (c["queue_size"], max(c["batch_size"], spare // c["batch_size"] * c["batch_size"])),
@@ -300,20 +230,12 @@ def batch_diagnostics(res: Mapping[str, torch.Tensor], queue: torch.Tensor | Non
 def _data(p: Mapping[str, Any], paths: list[str], seed: int, info: Any,
           progress: bool) -> tuple[SuperpixelPatchSampler, UnlabeledImages]:
     """The superpixel sampler (cache built first when asked) and the two-view dataset of ``paths``."""
-    sampler = SuperpixelPatchSampler(
-        p["superpixel_method"], p["superpixel_backend"], n_segments=p["n_segments"], compactness=p["compactness"],
-        scale=p["scale"], sigma=p["sigma"], min_size=p["min_size"], min_area=p["min_area"],
-        max_patches=p["max_patches"], seed=seed,
-        num_threads=1,  # see SuperpixelPatchSampler: one thread per image, parallelism via workers
-    )
+    sampler = create_patch_sampler(p, seed=seed)
     if p["cache_dir"] and p["build_cache"]:
         if info.is_main:
             build_superpixel_cache(paths, p["cache_dir"], sampler, workers=p["cache_workers"], progress=progress)
         barrier()
-    dataset = UnlabeledImages(paths, size=p["size"], sampler=sampler, max_patches=p["max_patches"],
-                              cache_dir=p["cache_dir"], augment=TwoViewAugment(p["size"], min_area=p["view_min_area"]),
-                              seed=seed)
-    return sampler, dataset
+    return sampler, create_unlabeled_dataset(p, paths, sampler, seed=seed)
 
 
 #: What a resume into another schedule means, in its error.
@@ -323,14 +245,8 @@ _CHANGED = "images, batch_size or epochs changed"
 def _model(p: Mapping[str, Any], seed: int, queue_size: int, local_queue_size: int) -> GlobalLocalMoCo:
     """The GlobalLocalMoCo of the ``pretrain`` section, initialised under ``(seed, "init")``."""
     torch.manual_seed(derive_seed(seed, "init"))
-    return GlobalLocalMoCo(
-        p["backbone"], dim=p["dim"], queue_size=queue_size, local_queue_size=local_queue_size,
-        momentum=p["moco_momentum"], temperature=p["temperature"], global_weight=p["global_weight"],
-        local_weight=p["local_weight"], mlp_hidden=p["mlp_hidden"], head_norm=p["head_norm"],
-        max_patches=p["max_patches"], pool_mode=p["pool_mode"], shuffle_bn=p["shuffle_bn"], bn_splits=p["bn_splits"],
-        seed=derive_seed(seed, "queue") % (1 << 62), queue_init=p["queue_init"], weights=p["weights"],
-        mean=p["mean"], std=p["std"], **p["backbone_kwargs"],
-    )
+    return create_moco(p, queue_size=queue_size, local_queue_size=local_queue_size,
+                       seed=derive_seed(seed, "queue") % (1 << 62))
 
 
 class _Monitor:
@@ -383,13 +299,12 @@ class _Monitor:
 
 
 def pretrain(
-    cfg: Mapping[str, Any] | None = None,
+    cfg: Mapping[str, Any],
     *,
-    resume: bool | str | os.PathLike | None = None,
-    overwrite: bool | None = None,
-    progress: bool | None = None,
-    tensorboard: bool | None = None,
-    **overrides: Any,
+    resume: bool | str | os.PathLike = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    tensorboard: bool = True,
 ) -> dict[str, Any]:
     """Pretrain a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` prior extractor.
 
@@ -397,15 +312,12 @@ def pretrain(
         cfg: the config tree: its ``pretrain`` section (merged over
             ``fewshot_priors.config.DEFAULTS["pretrain"]``; ``images`` is required) and
             ``experiment.output_dir`` (default ``runs/pretrain``), ``experiment.seed``,
-            ``experiment.device``. Deprecated for one release: a :class:`PretrainConfig`
-            or a flat mapping of its fields.
+            ``experiment.device``.
         resume: continue from ``<output_dir>/last`` (True) or from this checkpoint.
         overwrite: ``output_dir`` may hold a previous run: delete its files first
-            (see :mod:`fewshot_priors.engine.rundir`). Default False.
-        progress: show a progress bar (rank 0). Default True.
-        tensorboard: also write TensorBoard events. Default True.
-        **overrides: deprecated for one release: ``PretrainConfig`` field values that
-            replace those of ``cfg`` (``output_dir``/``seed``/``device`` go to ``experiment``).
+            (see :mod:`fewshot_priors.engine.rundir`).
+        progress: show a progress bar (rank 0).
+        tensorboard: also write TensorBoard events.
 
     Returns:
         dict with ``step``, ``total_steps``, ``history`` (one dict per log step with
@@ -420,11 +332,8 @@ def pretrain(
             checkpoint of another number of total steps.
         RunFolderError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     """
-    tree, legacy = _config(cfg, overrides)
-    resume = legacy.get("resume", False) if resume is None else resume
-    overwrite = bool(legacy.get("overwrite", False) if overwrite is None else overwrite)
-    progress = bool(legacy.get("progress", True) if progress is None else progress)
-    tensorboard = bool(legacy.get("tensorboard", True) if tensorboard is None else tensorboard)
+    tree = _config(cfg)
+    overwrite, progress, tensorboard = bool(overwrite), bool(progress), bool(tensorboard)
     p = tree["pretrain"]
     info = init_distributed()
     rt = Runtime.from_config(tree, amp=p["amp"], dist=info)

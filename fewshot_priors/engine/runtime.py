@@ -161,12 +161,9 @@ class SeededItems(Dataset):
 
 
 def config_device(cfg: Mapping) -> str:
-    """The device name of a config tree: ``experiment.device``, else a legacy ``train.device``."""
-    for section in ("experiment", "train"):
-        name = (cfg.get(section) or {}).get("device")
-        if name is not None:
-            return str(name)
-    return "auto"
+    """The device name of a config tree: ``experiment.device`` (``"auto"`` when unset)."""
+    name = (cfg.get("experiment") or {}).get("device")
+    return "auto" if name is None else str(name)
 
 
 @dataclass
@@ -188,7 +185,7 @@ class Runtime:
     @classmethod
     def from_config(cls, cfg: Mapping, *, amp: bool = False, dist: DistInfo | None = None,
                     device: str | torch.device | None = None) -> Runtime:
-        """Resolve ``experiment.device`` (legacy: ``train.device``) and ``experiment.seed``.
+        """Resolve ``experiment.device`` and ``experiment.seed``.
 
         Under DDP a CUDA device becomes this process's ``cuda:<local_rank>``.
 

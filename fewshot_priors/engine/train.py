@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .._validate import is_int
 from ..distributed import DistInfo, dist_info
 from ..ops import checks_disabled
 from .loop import StepLoop
@@ -27,20 +27,6 @@ from .rundir import prepare_run_dir
 from .runtime import Runtime
 
 __all__ = ["make_optimizer", "make_poly_scheduler", "train"]
-
-#: moved to :mod:`fewshot_priors.engine.runtime` (importable from here for one release)
-_MOVED = ("SeededItems", "StepBatchSampler", "derive_seed", "resolve_device", "seed_everything")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import runtime
-
-        warnings.warn(f"fewshot_priors.engine.train.{name} moved to fewshot_priors.engine.runtime.{name}; "
-                      "the old path will be removed in the next release", DeprecationWarning, stacklevel=2)
-        return getattr(runtime, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 # --------------------------------------------------------------------------- optimisation
 
@@ -65,7 +51,7 @@ def make_poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, powe
 
 
 def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}: a run of no steps "
                          "would only write an untrained checkpoint")
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fewshot_priors._io import atomic_write
+from fewshot_priors._version import __version__
 from fewshot_priors.models.weights import _fmt_keys
 
 __all__ = ["CONFIG_NAME", "FORMATS", "HUB_VERSION", "WEIGHTS_NAME", "PretrainedMixin", "read_pretrained",
@@ -54,8 +55,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 def write_pretrained(folder: str | os.PathLike, fmt: str, config: Mapping[str, Any], model: nn.Module) -> Path:
     """Write ``folder/model.safetensors`` (``model``'s state dict) then ``folder/config.json``."""
     from safetensors.torch import save as st_save
-
-    from fewshot_priors import __version__
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

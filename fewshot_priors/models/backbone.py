@@ -42,33 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import import_timm
+from .._validate import is_int
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
-from .weights import (  # noqa: F401  (re-exported: the names' historical home)
-    BACKBONE_WEIGHTS_FORMAT,
-    CHECKPOINT_PREFIXES,
-    HEAD_NAMES,
-    MOCO_ENCODERS,
-    PRIOR_EXTRACTOR_FORMAT,
-    _check_moco_encoder,
-    _fmt_keys,
-    _norm_key,
-    _read_checkpoint,
-    load_backbone_state_dict,
-    weights_metadata,
-)
+from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict, weights_metadata
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
 
-__all__ = [
-    "BACKBONE_WEIGHTS_FORMAT",
-    "MOCO_ENCODERS",
-    "PRIOR_EXTRACTOR_FORMAT",
-    "FrozenBackbone",
-    "create_backbone",
-    "input_normalisation",
-    "load_backbone_state_dict",
-    "pfenet_dilation",
-]
+__all__ = ["FrozenBackbone", "create_backbone", "input_normalisation", "pfenet_dilation"]
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -509,7 +489,7 @@ def create_backbone(
         RuntimeError: ``pretrained=True`` could not download the weights.
     """
     name = _check_name(name)
-    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride not in (8, 16, 32):
+    if not is_int(output_stride) or output_stride not in (8, 16, 32):
         raise ValueError(f"`output_stride` must be 8, 16 or 32, got {output_stride!r}")
     if weights is not None and pretrained:
         raise ValueError("pass either `pretrained=True` (timm download) or `weights=PATH` (local file), not both")

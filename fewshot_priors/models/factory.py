@@ -25,8 +25,7 @@ def create_qgnet(model_cfg: Mapping | None = None, **overrides: Any) -> QGNet:
     """Build a :class:`QGNet` from a ``model`` config section.
 
     Args:
-        model_cfg: the config's ``model`` section (keys: :data:`MODEL_KEYS`; a ``shots``
-            key is accepted and ignored), or a whole config tree (a mapping with a
+        model_cfg: the config's ``model`` section (keys: :data:`MODEL_KEYS`), or a whole config tree (a mapping with a
             ``model`` mapping), or ``None`` (QGNet's defaults). Missing keys take
             QGNet's defaults, which equal the config defaults.
         **overrides: values that win over ``model_cfg`` (same keys), plus the parts

@@ -26,6 +26,8 @@ from torch import nn
 
 from fewshot_priors.ops._checks import check_float, check_rank, check_same
 
+from .._validate import is_int
+
 __all__ = ["FEMDecoder"]
 
 Bin = int | float
@@ -67,7 +69,7 @@ def _check_bins(bins: object) -> tuple[Bin, ...]:
 
 def _check_size(size: object) -> tuple[int, int]:
     if (isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)):
+            or not all(is_int(v) and v >= 1 for v in size)):
         raise ValueError(f"`size` must be a pair of positive ints (H, W), got {size!r}")
     return int(size[0]), int(size[1])
 
@@ -100,7 +102,7 @@ class FEMDecoder(nn.Module):
     ):
         super().__init__()
         for arg, value in (("channels", channels), ("n_maps", n_maps), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"`{arg}` must be a positive int, got {value!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -43,16 +42,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
 from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
 from fewshot_priors.models.qgnet_config import qgnet_kwargs
-from fewshot_priors.ops._checks import IGNORE_INDEX, check_eps
-from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap, check_max_chunk_bytes
-from fewshot_priors.ops.pooling import _masked_average_pool_clean, resize_mask
-from fewshot_priors.ops.similarity import check_backend
+from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
+from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 
 __all__ = ["FrozenModule", "QGNet"]
 
@@ -141,8 +139,6 @@ class QGNet(PretrainedMixin, nn.Module):
             of its momentum encoder, as the official QGNet, is built as a dilated
             FrozenBackbone; pass ``moco.encoder`` for the query encoder); or any other
             ``nn.Module`` mapping images to ``B, C, h, w`` features (frozen here).
-        shots: deprecated and ignored (K comes from the data; any K is accepted at run
-            time). Passing it warns ``DeprecationWarning``; it goes in the next release.
         pretrained: load timm's pretrained weights into ``backbone`` (internet).
         weights: local checkpoint for ``backbone`` (see :func:`create_backbone`).
         prior_weights: local checkpoint for the prior extractor.
@@ -165,7 +161,7 @@ class QGNet(PretrainedMixin, nn.Module):
             ``"reference"``, ``"fused"``), checked by the region-map modules.
         output_stride: backbone output stride (8).
         max_chunk_bytes: memory budget of one similarity tile of the region-map ops
-            (``None`` = :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`).
+            (a positive int, default :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`).
         eps: epsilon of the region maps' cosine and min-max normalisation.
         guided_map: replaces the default ``GuidedRegionMap(region_map_backend,
             max_chunk_bytes, eps)``. Called as ``guided_map(query, support, support_mask)``
@@ -188,7 +184,7 @@ class QGNet(PretrainedMixin, nn.Module):
         self,
         backbone: str | FrozenBackbone = "resnet50",
         prior_backbone: str | nn.Module | None = None,
-        shots: int | None = None,
+        *,
         pretrained: bool = False,
         weights: str | os.PathLike | None = None,
         prior_weights: str | os.PathLike | None = None,
@@ -199,27 +195,17 @@ class QGNet(PretrainedMixin, nn.Module):
         fg_weight: float = 1.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
-        max_chunk_bytes: int | None = None,
+        max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
         eps: float = 1e-7,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         prior_mean: Sequence[float] | None = None,
         prior_std: Sequence[float] | None = None,
-        *,
         guided_map: nn.Module | None = None,
         prior_map: nn.Module | None = None,
         decoder: nn.Module | None = None,
     ):
         super().__init__()
-        if shots is not None:
-            if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-                raise ValueError(f"`shots` must be a positive int, got {shots!r}")
-            warnings.warn(
-                "QGNet(shots=...) is deprecated and ignored: K comes from the support images of each call "
-                "(set data.shots / eval.shots in the config); the argument goes in the next release",
-                DeprecationWarning,
-                stacklevel=2,
-            )
         if float(aux_weight) < 0:
             raise ValueError(f"`aux_weight` must be >= 0, got {aux_weight!r}")
         self.use_prior = bool(use_prior)
@@ -232,16 +218,15 @@ class QGNet(PretrainedMixin, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
         if prior_map is not None and not self.use_prior:
             raise ValueError("`prior_map` given with use_prior=False (the ablation has no prior map)")
-        # the region-map options are checked even when custom parts leave them unused
-        region_map_backend = check_backend(region_map_backend, "region_map_backend")
-        check_max_chunk_bytes(max_chunk_bytes)
-        check_eps(eps)
-        # region-map modules first (no parameters: building them here draws no random numbers
-        # before the backbone's init)
-        default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps) if guided_map is None else None
-        default_prior = (
-            PriorRegionMap(region_map_backend, max_chunk_bytes, eps) if self.use_prior and prior_map is None else None
-        )
+        # the default region-map modules first, always: they check the options once (even when
+        # custom parts leave them unused), and have no parameters, so building them draws no
+        # random numbers before the backbone's init. Their input checks are off: forward
+        # validates and cleans the inputs once (models/checks.py) and passes them in canonical form.
+        try:
+            default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps, check_inputs=False)
+        except ValueError as exc:  # name QGNet's argument
+            raise ValueError(str(exc).replace("`backend`", "`region_map_backend`")) from None
+        default_prior = PriorRegionMap(region_map_backend, max_chunk_bytes, eps, check_inputs=False)
 
         if isinstance(backbone, FrozenBackbone):
             if pretrained or weights is not None or mean is not None or std is not None:
@@ -274,7 +259,7 @@ class QGNet(PretrainedMixin, nn.Module):
             else decoder
         )
         self.guided_map = default_guided if guided_map is None else guided_map
-        self.prior_map: nn.Module | None = default_prior if prior_map is None else prior_map
+        self.prior_map: nn.Module | None = (default_prior if prior_map is None else prior_map) if self.use_prior else None
         self.config = self._describe(
             backbone=self.backbone.name, prior_backbone=prior_backbone, pretrained=bool(pretrained),
             weights=weights, prior_weights=prior_weights, bins=bins, channels=int(channels),
@@ -407,13 +392,6 @@ class QGNet(PretrainedMixin, nn.Module):
         # region maps are computed outside autocast: float16 norms of 2048-d features overflow
         return torch.autocast(device_type=device.type, enabled=False)
 
-    def _guided(self, query: torch.Tensor, support: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The guided map of already-validated input (``masks`` cleaned by :func:`check_inputs`):
-        the default module skips its checks and mask cleaning, a custom one is simply called."""
-        if type(self.guided_map).forward is GuidedRegionMap.forward:
-            return self.guided_map._forward_clean(query, support, masks)
-        return self.guided_map(query, support, masks)
-
     def forward(
         self,
         query_image: torch.Tensor,
@@ -470,7 +448,7 @@ class QGNet(PretrainedMixin, nn.Module):
         s_mask = rearrange(masks, "b k h w -> (b k) 1 h w")
         s_low, s_mid, s_high = self._features(s_img, s_mask)
         support_feat = self.support_head(torch.cat([s_low, s_mid], dim=1))
-        prototype = _masked_average_pool_clean(support_feat, s_mask)  # (b k), C
+        prototype = masked_average_pool(support_feat, s_mask, check=False)  # (b k), C; s_mask already clean
         prototype = rearrange(prototype, "(b k) c -> b k c", b=b, k=k).mean(dim=1)
 
         if self.use_prior:  # trainable projections run under the caller's autocast
@@ -480,7 +458,7 @@ class QGNet(PretrainedMixin, nn.Module):
         with self._region_maps_context(query_image.device):
             region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
             s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b, k=k).to(region_dtype)
-            guided = self._guided(q_high.to(region_dtype), s_high_k, masks)
+            guided = self.guided_map(q_high.to(region_dtype), s_high_k, masks)
             guided = F.interpolate(guided, size=feat_size, mode="bilinear", align_corners=True)
             maps = [guided]
             prior = None

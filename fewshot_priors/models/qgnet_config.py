@@ -24,10 +24,6 @@ PRIOR_KEYS = ("prior_backbone", "prior_weights", "prior_mean", "prior_std")
 #: Keyword arguments that are modules, not config values (parts to swap in, see :class:`QGNet`).
 PART_KEYS = ("guided_map", "prior_map", "decoder")
 
-#: Keys accepted in a ``model`` section but not used here: ``shots`` moved to ``data.shots``
-#: (the config layer warns about it; K comes from the data at run time).
-IGNORED_KEYS = ("shots",)
-
 
 def _section(model_cfg: Mapping | None) -> dict[str, Any]:
     if model_cfg is None:
@@ -43,7 +39,7 @@ def _section(model_cfg: Mapping | None) -> dict[str, Any]:
 def _check_keys(keys, where: str) -> None:
     valid = (*MODEL_KEYS, *PART_KEYS) if where == "keyword" else MODEL_KEYS
     for key in keys:
-        if key in valid or key in IGNORED_KEYS:
+        if key in valid:
             continue
         close = difflib.get_close_matches(str(key), valid, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
@@ -60,8 +56,6 @@ def qgnet_kwargs(model_cfg: Mapping | None = None, **overrides: Any) -> dict[str
     _check_keys(m, "config key")
     _check_keys(overrides, "keyword")
     m.update(overrides)
-    for key in IGNORED_KEYS:
-        m.pop(key, None)
     kwargs: dict[str, Any] = {k: m[k] for k in (*MODEL_KEYS, *PART_KEYS) if k in m}
     # the casts the engine's build_model always made (config values may come as e.g. YAML ints for floats)
     for key, cast in (("pretrained", bool), ("use_prior", bool), ("bins", tuple), ("channels", int),

@@ -6,7 +6,7 @@ few-shot model; :mod:`fewshot_priors.models` composes them.
 
 from ._checks import checks_disabled, checks_enabled, set_checks
 from .contrastive import info_nce, momentum_update
-from .modules import GuidedRegionMap, PriorRegionMap
+from .modules import GuidedRegionMap, InfoNCELoss, MaskedAveragePool, PriorRegionMap, SuperpixelPool
 from .pooling import masked_average_pool, resize_mask
 from .region_maps import guided_region_map, prior_region_map
 from .similarity import BACKENDS, DEFAULT_MAX_CHUNK_BYTES, max_cosine_similarity, minmax_normalize
@@ -16,7 +16,10 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_CHUNK_BYTES",
     "GuidedRegionMap",
+    "InfoNCELoss",
+    "MaskedAveragePool",
     "PriorRegionMap",
+    "SuperpixelPool",
     "checks_disabled",
     "checks_enabled",
     "guided_region_map",

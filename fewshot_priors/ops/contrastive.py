@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_float, check_rank, check_same
+
+
+#: The ``reduction`` values of :func:`info_nce`.
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_temperature(temperature: Any) -> Any:
+    """``temperature`` must be > 0 (``ValueError`` naming it otherwise); returned as given."""
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+    return temperature
 
 
 class InfoNCEResult(NamedTuple):
@@ -62,9 +73,8 @@ def info_nce(
     check_same("embedding dim", "query", query.shape[1], "negatives", negatives.shape[-1])
     if negatives.dim() == 3:
         check_same("number of queries", "query", query.shape[0], "negatives", negatives.shape[0])
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature}")
-    if reduction not in ("mean", "sum", "none"):
+    check_temperature(temperature)
+    if reduction not in REDUCTIONS:
         raise ValueError(f"`reduction` must be 'mean', 'sum' or 'none', got {reduction!r}")
     if normalize:
         query = F.normalize(query, dim=-1)

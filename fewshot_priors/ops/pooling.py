@@ -30,7 +30,7 @@ def as_mask4d(name: str, mask: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def masked_average_pool(
-    features: torch.Tensor, mask: torch.Tensor, keepdim: bool = False
+    features: torch.Tensor, mask: torch.Tensor, keepdim: bool = False, *, check: bool = True
 ) -> torch.Tensor:
     """Average of ``features`` over the (soft) foreground of ``mask``.
 
@@ -39,6 +39,10 @@ def masked_average_pool(
         mask: ``B, 1, h, w`` or ``B, h, w`` with values in [0, 1] (255 = ignore,
             treated as 0); resized bilinearly to ``H, W``.
         keepdim: return ``B, C, 1, 1`` instead of ``B, C``.
+        check: validate the arguments and clean the mask (the default: shapes, mask
+            values, 255 mapped to 0). ``False`` is the same computation for a float
+            ``B, 1, h, w`` mask already in [0, 1] without 255, as QGNet passes it (it
+            cleans its masks once); other input then gives an unspecified result.
 
     Returns:
         ``B, C`` (or ``B, C, 1, 1``): ``sum(f * m) / (sum(m) + 5e-4)``. An all-zero
@@ -49,18 +53,11 @@ def masked_average_pool(
         ValueError: bad shapes, an empty spatial size, mask values outside ``[0, 1]``
             other than 255 (value check, see :func:`~fewshot_priors.ops.set_checks`).
     """
-    check_float("features", features)
-    check_rank("features", features, (4,), "B, C, H, W")
-    check_nonempty("features", features, (2, 3), "spatial size", "H, W >= 1")
-    out = _masked_average_pool_clean(features, as_mask4d("mask", mask, features.shape[0]))
-    return out[..., None, None] if keepdim else out
-
-
-def _masked_average_pool_clean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """:func:`masked_average_pool` (``B, C``) on validated input: ``features`` ``B, C, H, W``
-    and a ``B, 1, h, w`` mask already cleaned (values in [0, 1], no 255). No checks, no
-    cleaning: for callers (QGNet) that cleaned the mask once; same result bit for bit."""
+    if check:
+        check_float("features", features)
+        check_rank("features", features, (4,), "B, C, H, W")
+        check_nonempty("features", features, (2, 3), "spatial size", "H, W >= 1")
+        mask = as_mask4d("mask", mask, features.shape[0])
     m = resize_mask(mask.to(features.dtype), tuple(features.shape[-2:]))
-    num = (features * m).sum(dim=(2, 3))
-    den = m.sum(dim=(2, 3)) + AREA_EPS
-    return num / den
+    out = (features * m).sum(dim=(2, 3)) / (m.sum(dim=(2, 3)) + AREA_EPS)
+    return out[..., None, None] if keepdim else out

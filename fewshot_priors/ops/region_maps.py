@@ -35,6 +35,8 @@ from ._checks import (
 from .pooling import resize_mask
 from .similarity import (
     DEFAULT_MAX_CHUNK_BYTES,
+    check_backend,
+    check_max_chunk_bytes,
     max_cosine_similarity,
     minmax_normalize,
     resolve_backend,
@@ -50,6 +52,7 @@ def prior_region_map(
     *,
     backend: str = "auto",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    check: bool = True,
 ) -> torch.Tensor:
     """Prior region map of the query (eqs. 9-12).
 
@@ -65,24 +68,31 @@ def prior_region_map(
         eps: numerical epsilon of the cosine and of the normalisation.
         backend: ``"auto"``, ``"chunked"``, ``"reference"`` or ``"fused"``
             (see :func:`~fewshot_priors.ops.max_cosine_similarity`).
-        max_chunk_bytes: memory budget for one tile of the similarity matrix.
+        max_chunk_bytes: memory budget for one tile of the similarity matrix (a positive int).
+        check: validate every argument (the default). ``False`` is the same computation
+            without the checks, for a caller that validated them once already (a
+            :class:`~fewshot_priors.ops.PriorRegionMap` built with ``check_inputs=False``,
+            as QGNet's); bad input then gives an unspecified result instead of an error.
 
     Returns:
         ``B, 1, H, W`` map with values in ``[0, 1]`` (all NaN for an image whose
         features hold NaN / inf, see the module docstring).
     """
-    check_float("bridge", bridge)
-    check_float("prior", prior)
-    check_rank("bridge", bridge, (4,), "B, C, H, W")
-    check_rank("prior", prior, (4,), "B, C, H', W'")
-    check_same("batch size", "bridge", bridge.shape[0], "prior", prior.shape[0])
-    check_same("channel count", "bridge", bridge.shape[1], "prior", prior.shape[1])
-    check_nonempty("bridge", bridge, (2, 3), "spatial size", "H, W >= 1")
-    check_nonempty("prior", prior, (2, 3), "spatial size", "H', W' >= 1")
-    eps = check_eps(eps)
+    if check:
+        check_float("bridge", bridge)
+        check_float("prior", prior)
+        check_rank("bridge", bridge, (4,), "B, C, H, W")
+        check_rank("prior", prior, (4,), "B, C, H', W'")
+        check_same("batch size", "bridge", bridge.shape[0], "prior", prior.shape[0])
+        check_same("channel count", "bridge", bridge.shape[1], "prior", prior.shape[1])
+        check_nonempty("bridge", bridge, (2, 3), "spatial size", "H, W >= 1")
+        check_nonempty("prior", prior, (2, 3), "spatial size", "H', W' >= 1")
+        eps = check_eps(eps)
+        check_backend(backend)
+        max_chunk_bytes = check_max_chunk_bytes(max_chunk_bytes)
     h, w = bridge.shape[-2:]
     s = max_cosine_similarity(
-        bridge.flatten(2), prior.flatten(2), eps, backend=backend, max_chunk_bytes=max_chunk_bytes
+        bridge.flatten(2), prior.flatten(2), eps, backend=backend, max_chunk_bytes=max_chunk_bytes, check=False
     )
     return rearrange(minmax_normalize(s, eps), "b (h w) -> b 1 h w", h=h, w=w)
 
@@ -127,6 +137,7 @@ def guided_region_map(
     *,
     backend: str = "auto",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
+    check: bool = True,
 ) -> torch.Tensor:
     """Guided region map (PFENet's training-free prior, Sec. 4.2.2).
 
@@ -142,6 +153,12 @@ def guided_region_map(
             foreground masks with values in [0, 1]; 255 (ignore) counts as 0.
         eps: numerical epsilon of the cosine and of the normalisation.
         backend, max_chunk_bytes: see :func:`prior_region_map`.
+        check: validate every argument and bring the input to its canonical form (the
+            default: 1-shot shapes expanded, mask values checked, 255 mapped to 0).
+            ``False`` is the same computation for input already in that form --
+            ``support`` ``B, K, C, h, w``, ``support_mask`` a float ``B, K, h', w'`` mask in
+            [0, 1] without 255, valid options -- as QGNet passes it (it validates and
+            cleans its inputs once); other input then gives an unspecified result.
 
     Returns:
         ``B, 1, H, W`` map in ``[0, 1]``. An all-zero support mask gives all zeros;
@@ -153,34 +170,18 @@ def guided_region_map(
             outside ``[0, 1]`` other than 255 (value check, see
             :func:`~fewshot_priors.ops.set_checks`).
     """
-    check_float("query", query)
-    check_float("support", support)
-    check_rank("query", query, (4,), "B, C, H, W")
-    check_nonempty("query", query, (2, 3), "spatial size", "H, W >= 1")
-    eps = check_eps(eps)
-    support, masks = _support_and_masks(support, support_mask)
-    b, k, c, hs, ws = support.shape
-    check_same("batch size", "query", query.shape[0], "support", b)
-    check_same("channel count", "query", query.shape[1], "support", c)
-    return _guided_region_map_clean(query, support, masks, eps, backend=backend, max_chunk_bytes=max_chunk_bytes)
-
-
-def _guided_region_map_clean(
-    query: torch.Tensor,
-    support: torch.Tensor,
-    masks: torch.Tensor,
-    eps: float,
-    *,
-    backend: str,
-    max_chunk_bytes: int,
-) -> torch.Tensor:
-    """:func:`guided_region_map` on validated input: no argument checks, no mask cleaning.
-
-    ``query`` ``B, C, H, W``; ``support`` ``B, K, C, h, w``; ``masks`` a float ``B, K, h', w'``
-    mask already cleaned by :func:`~fewshot_priors.ops._checks.clean_mask` (values in [0, 1],
-    no 255); ``eps`` a float > 0. For callers (QGNet) that validated and cleaned the
-    support mask once already: the result is the public function's, bit for bit.
-    """
+    masks = support_mask
+    if check:
+        check_float("query", query)
+        check_float("support", support)
+        check_rank("query", query, (4,), "B, C, H, W")
+        check_nonempty("query", query, (2, 3), "spatial size", "H, W >= 1")
+        eps = check_eps(eps)
+        check_backend(backend)
+        max_chunk_bytes = check_max_chunk_bytes(max_chunk_bytes)
+        support, masks = _support_and_masks(support, support_mask)
+        check_same("batch size", "query", query.shape[0], "support", support.shape[0])
+        check_same("channel count", "query", query.shape[1], "support", support.shape[2])
     b, k, _, hs, ws = support.shape
     h, w = query.shape[-2:]
     if support.dtype != query.dtype:
@@ -206,6 +207,7 @@ def _guided_region_map_clean(
                         eps,
                         backend=backend,
                         max_chunk_bytes=max_chunk_bytes,
+                        check=False,
                     ),
                     eps,
                 )

@@ -26,11 +26,10 @@ import math
 
 import torch
 
+from .._validate import is_int
+from ..constants import DEFAULT_MAX_CHUNK_BYTES
 from ._backward import MaxCosineFunction
 from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same
-
-#: Default cap on the bytes of temporaries one tile of the similarity matrix may use.
-DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 
 #: Live temporaries per similarity element in a tile: dot products, denominators, ratios.
 _TEMPS_PER_ELEMENT = 3
@@ -39,9 +38,7 @@ BACKENDS = ("auto", "chunked", "reference", "fused")
 
 
 def tile_sizes(batch: int, n: int, m: int, element_size: int, max_chunk_bytes: int) -> tuple[int, int]:
-    """Tile sizes ``(n_tile, m_tile)`` whose temporaries stay within ``max_chunk_bytes``."""
-    if max_chunk_bytes <= 0:
-        raise ValueError(f"`max_chunk_bytes` must be positive, got {max_chunk_bytes}")
+    """Tile sizes ``(n_tile, m_tile)`` whose temporaries stay within ``max_chunk_bytes`` (checked by the caller)."""
     allowed = max(1, max_chunk_bytes // (_TEMPS_PER_ELEMENT * element_size * max(batch, 1)))
     if n * m <= allowed:
         return n, m
@@ -126,9 +123,20 @@ def check_backend(backend: object, name: str = "backend") -> str:
     raise ValueError(f"`{name}` must be one of {BACKENDS}, got {backend!r}{hint}")
 
 
+def check_max_chunk_bytes(value: object, name: str = "max_chunk_bytes") -> int:
+    """``value`` if it is a positive int (bytes), else a ``ValueError`` naming ``name``.
+
+    The one check of ``max_chunk_bytes``, made where the value enters: a public op called
+    with ``check=True``, a region-map module's constructor. Its one default is
+    :data:`~fewshot_priors.constants.DEFAULT_MAX_CHUNK_BYTES`.
+    """
+    if not is_int(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int (bytes), got {value!r}")
+    return int(value)
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete backend ``"auto"`` stands for with features like ``x``."""
-    check_backend(backend)
+    """The concrete backend ``"auto"`` stands for with features like ``x`` (``backend`` already checked)."""
     if backend == "auto":
         return "fused" if _fused_available(x) else "chunked"
     return backend
@@ -142,6 +150,7 @@ def max_cosine_similarity(
     backend: str = "auto",
     max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     return_index: bool = False,
+    check: bool = True,
 ):
     """For each position of ``x``, the largest cosine similarity with any position of ``y``.
 
@@ -155,6 +164,9 @@ def max_cosine_similarity(
             or ``"fused"``.
         max_chunk_bytes: budget for the temporaries of one tile (chunked backend).
         return_index: also return the argmax over ``M`` (``B, N`` long).
+        check: validate the arguments (the default). ``False`` skips every check, for a
+            caller that validated them already (the region-map ops): bad input then gives
+            an unspecified result instead of an error.
 
     Returns:
         ``B, N`` similarities (and the ``B, N`` argmax if ``return_index``). NaN
@@ -163,17 +175,21 @@ def max_cosine_similarity(
 
     Raises:
         TypeError: ``x`` / ``y`` not floating point tensors.
-        ValueError: bad shapes, no positions (``N`` or ``M`` = 0), ``eps <= 0``, unknown ``backend``.
+        ValueError: bad shapes, no positions (``N`` or ``M`` = 0), ``eps <= 0``, unknown
+            ``backend``, a ``max_chunk_bytes`` that is not a positive int.
     """
-    check_float("x", x)
-    check_float("y", y)
-    check_rank("x", x, (3,), "B, C, N")
-    check_rank("y", y, (3,), "B, C, M")
-    check_same("batch size", "x", x.shape[0], "y", y.shape[0])
-    check_same("channel count", "x", x.shape[1], "y", y.shape[1])
-    check_nonempty("x", x, (2,), "number of positions", "N >= 1")
-    check_nonempty("y", y, (2,), "number of positions", "M >= 1")
-    eps = check_eps(eps)
+    if check:
+        check_float("x", x)
+        check_float("y", y)
+        check_rank("x", x, (3,), "B, C, N")
+        check_rank("y", y, (3,), "B, C, M")
+        check_same("batch size", "x", x.shape[0], "y", y.shape[0])
+        check_same("channel count", "x", x.shape[1], "y", y.shape[1])
+        check_nonempty("x", x, (2,), "number of positions", "N >= 1")
+        check_nonempty("y", y, (2,), "number of positions", "M >= 1")
+        eps = check_eps(eps)
+        check_backend(backend)
+        max_chunk_bytes = check_max_chunk_bytes(max_chunk_bytes)
     if x.dtype != y.dtype:
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)

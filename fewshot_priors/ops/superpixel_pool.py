@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._validate import is_int
 from ._checks import (
     check_float,
     check_nonempty,
@@ -15,6 +16,13 @@ from ._checks import (
 )
 
 POOL_MODES = ("nearest", "area")
+
+
+def check_num_segments(num_segments: object) -> int:
+    """``num_segments`` must be a positive int (``ValueError`` naming it otherwise)."""
+    if not is_int(num_segments) or num_segments < 1:
+        raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
+    return int(num_segments)
 
 
 def _cell_index(size: int, out: int, device: torch.device) -> torch.Tensor:
@@ -73,8 +81,7 @@ def superpixel_pool(
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"`labels` must be an integer tensor of superpixel ids, got dtype {labels.dtype}")
     check_same("batch size", "features", features.shape[0], "labels", labels.shape[0])
-    if not isinstance(num_segments, int) or num_segments < 1:
-        raise ValueError(f"`num_segments` must be a positive int, got {num_segments!r}")
+    check_num_segments(num_segments)
     if mode not in POOL_MODES:
         raise ValueError(f"`mode` must be one of {POOL_MODES}, got {mode!r}")
     if checks_enabled() and labels.numel() and int(labels.max()) >= num_segments:

@@ -4,57 +4,52 @@
   Felzenszwalb patches) and the on-disk :class:`SuperpixelCache`;
 * :mod:`~fewshot_priors.ssl.augment`: :class:`TwoViewAugment`, two views whose
   superpixel ids name the same patch;
+* :mod:`~fewshot_priors.ssl.dataset`: :class:`UnlabeledImages`, two views of each
+  unlabeled image with their superpixel label maps;
 * :mod:`~fewshot_priors.ssl.moco`: :class:`GlobalLocalMoCo` (global + local InfoNCE),
   ``create_encoder``, ``dense_features``;
+* :mod:`~fewshot_priors.ssl.factory`: :func:`create_moco`, :func:`create_patch_sampler`
+  and :func:`create_unlabeled_dataset`, the ``pretrain`` config section as these parts;
 * :mod:`~fewshot_priors.ssl.queue`: :class:`MemoryQueue`, MoCo's dictionary of negatives;
 * :mod:`~fewshot_priors.ssl.export`: :func:`export_prior_extractor` /
   :func:`load_prior_extractor`, the file QGNet's ``prior_weights`` reads;
 * :mod:`~fewshot_priors.ssl.diagnostics`: collapse diagnostics (``embedding_std``,
   ``alignment``, ``uniformity``, ``knn_accuracy``).
 
-The training loop is :func:`fewshot_priors.engine.pretrain.pretrain`. Names are imported
-lazily, so ``import fewshot_priors.ssl`` loads neither timm nor scikit-image.
+The package builds on :mod:`fewshot_priors.models` (the backbone's dilation, the weight
+formats) and :mod:`fewshot_priors.data` (image lists and reading); neither imports it.
+The training loop is :func:`fewshot_priors.engine.pretrain.pretrain`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .augment import TwoViewAugment
+from .dataset import UnlabeledImages
+from .diagnostics import alignment, embedding_std, knn_accuracy, uniformity
+from .export import export_prior_extractor, load_prior_extractor
+from .factory import create_moco, create_patch_sampler, create_unlabeled_dataset
+from .moco import GlobalLocalMoCo, create_encoder, dense_features
+from .queue import MemoryQueue
+from .superpixels import SuperpixelCache, SuperpixelPatchSampler, available_backends, build_superpixel_cache
 
-from fewshot_priors._lazy import lazy_exports
-
-_LAZY = {
-    "SuperpixelPatchSampler": "fewshot_priors.ssl.superpixels",
-    "SuperpixelCache": "fewshot_priors.ssl.superpixels",
-    "available_backends": "fewshot_priors.ssl.superpixels",
-    "build_superpixel_cache": "fewshot_priors.ssl.superpixels",
-    "TwoViewAugment": "fewshot_priors.ssl.augment",
-    "GlobalLocalMoCo": "fewshot_priors.ssl.moco",
-    "create_encoder": "fewshot_priors.ssl.moco",
-    "dense_features": "fewshot_priors.ssl.moco",
-    "MemoryQueue": "fewshot_priors.ssl.queue",
-    "export_prior_extractor": "fewshot_priors.ssl.export",
-    "load_prior_extractor": "fewshot_priors.ssl.export",
-    "alignment": "fewshot_priors.ssl.diagnostics",
-    "embedding_std": "fewshot_priors.ssl.diagnostics",
-    "knn_accuracy": "fewshot_priors.ssl.diagnostics",
-    "uniformity": "fewshot_priors.ssl.diagnostics",
-}
-
-__all__ = list(_LAZY)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
-
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .augment import TwoViewAugment
-    from .diagnostics import alignment, embedding_std, knn_accuracy, uniformity
-    from .export import export_prior_extractor, load_prior_extractor
-    from .moco import GlobalLocalMoCo, create_encoder, dense_features
-    from .queue import MemoryQueue
-    from .superpixels import (
-        SuperpixelCache,
-        SuperpixelPatchSampler,
-        available_backends,
-        build_superpixel_cache,
-    )
+__all__ = [
+    "GlobalLocalMoCo",
+    "MemoryQueue",
+    "SuperpixelCache",
+    "SuperpixelPatchSampler",
+    "TwoViewAugment",
+    "UnlabeledImages",
+    "alignment",
+    "available_backends",
+    "build_superpixel_cache",
+    "create_encoder",
+    "create_moco",
+    "create_patch_sampler",
+    "create_unlabeled_dataset",
+    "dense_features",
+    "embedding_std",
+    "export_prior_extractor",
+    "knn_accuracy",
+    "load_prior_extractor",
+    "uniformity",
+]

@@ -4,7 +4,9 @@ The file is safetensors: the ``state_dict()`` of ``timm.create_model(backbone)``
 without its classifier head, with metadata
 ``{"format": "fewshot_priors.prior_extractor", "backbone": <timm name>, "mean": "[...]",
 "std": "[...]"}`` (the input normalisation the encoder was trained with, JSON lists), which
-``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load.
+``create_backbone(name, weights=path)`` and ``QGNet(prior_weights=path)`` load. The format
+tag, :data:`~fewshot_priors.models.weights.PRIOR_EXTRACTOR_FORMAT`, lives beside that
+reader in :mod:`fewshot_priors.models.weights` (below this package), which both sides import.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
-from ..models.weights import MOCO_ENCODERS
-from ..models.weights import PRIOR_EXTRACTOR_FORMAT as PRIOR_FORMAT
+from ..models.weights import MOCO_ENCODERS, PRIOR_EXTRACTOR_FORMAT
 
-__all__ = ["PRIOR_FORMAT", "export_prior_extractor", "load_prior_extractor"]
+__all__ = ["export_prior_extractor", "load_prior_extractor"]
 
 
 def export_prior_extractor(
@@ -68,7 +69,7 @@ def export_prior_extractor(
     if not name:
         raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-    metadata = {"format": PRIOR_FORMAT, "backbone": str(name)}
+    metadata = {"format": PRIOR_EXTRACTOR_FORMAT, "backbone": str(name)}
     for key, value in (("mean", mean), ("std", std)):
         value = value if value is not None else getattr(model, key, None)
         if value is not None:
@@ -86,6 +87,6 @@ def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
 
     with safe_open(os.fspath(path), "pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != PRIOR_FORMAT:
+    if meta.get("format") != PRIOR_EXTRACTOR_FORMAT:
         raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
     return load_file(os.fspath(path)), meta

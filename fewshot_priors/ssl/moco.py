@@ -17,8 +17,7 @@ encoder) as a safetensors file loadable by ``create_backbone(name,
 weights=path)`` / ``QGNet(prior_weights=path)``.
 
 The memory queue lives in :mod:`fewshot_priors.ssl.queue`, the export in
-:mod:`fewshot_priors.ssl.export` and the all-gathers in :mod:`fewshot_priors.distributed`;
-their names stay importable from here.
+:mod:`fewshot_priors.ssl.export` and the all-gathers in :mod:`fewshot_priors.distributed`.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import (
-    all_gather_variable,  # noqa: F401 (old models.moco name)
     all_reduce_min,
     broadcast,
     concat_all_gather,
@@ -46,8 +44,8 @@ from ..models.backbone import input_normalisation, pfenet_dilation
 from ..models.weights import MOCO_ENCODERS, load_backbone_state_dict, weights_metadata
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
-from .export import PRIOR_FORMAT, export_prior_extractor, load_prior_extractor  # noqa: F401 (old models.moco names)
-from .queue import QUEUE_INITS, MemoryQueue  # noqa: F401 (old models.moco names)
+from .export import export_prior_extractor
+from .queue import MemoryQueue
 
 __all__ = ["SHUFFLE_BN_MODES", "GlobalLocalMoCo", "create_encoder", "dense_features"]
 
