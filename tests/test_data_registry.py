@@ -282,7 +282,7 @@ def test_check_data_keys_raises_the_callers_error_class():
                                          r"\(data.dataset='pascal'\)"):
         check_data_keys({"dataset": "pascal", "fold_classes": ["cat"]})
     check_data_keys({"dataset": "folder", "fold_classes": ["cat", 2]})  # names allowed for folders
-    with pytest.raises(ValueError, match="data.num_folds or by data.test_ratio, not both"):
+    with pytest.raises(ValueError, match="data.num_folds and data.test_ratio both set"):
         check_data_keys({"dataset": "folder", "num_folds": 3, "test_ratio": 0.3})
     with pytest.raises(ValueError, match="data.fold_classes names the held-out classes; data.num_folds only shapes"):
         check_data_keys({"dataset": "folder", "fold_classes": ["cat"], "num_folds": 3})

@@ -269,11 +269,11 @@ def list_unique_images(root: str | Path) -> list[str]:
 
 def _check_fold_args(test_ratio, num_folds, min_class_images) -> None:
     if test_ratio is not None and num_folds is not None:
-        raise ValueError("give the seeded folds by `num_folds` or by `test_ratio`, not both")
+        raise ValueError("`num_folds` and `test_ratio` both set: the seeded folds take one of them")
     if test_ratio is not None and (
         isinstance(test_ratio, bool) or not isinstance(test_ratio, (int, float)) or not 0 < test_ratio < 1
     ):
-        raise ValueError(f"`test_ratio` must be in (0, 1), got {test_ratio!r}")
+        raise ValueError(f"`test_ratio` must be a number in (0, 1), got {test_ratio!r}")
     if num_folds is not None and (not _is_int(num_folds) or num_folds < 2):
         raise ValueError(f"`num_folds` must be an int >= 2, got {num_folds!r}")
     if min_class_images is not None and (not _is_int(min_class_images) or min_class_images < 1):
