@@ -142,7 +142,8 @@ def test_folder_dataset_reads_rgb_1bit_la_masks(tmp_path, fmt):
     root = _folder(tmp_path / "fss", fmt)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        te = FolderFewShot(root, split="val", episodes=2, image_size=30, progress=False, options=FolderOptions(fold_classes=["bee"]))
+        te = FolderFewShot(root, split="val", episodes=2, image_size=30, progress=False,
+                           options=FolderOptions(fold_classes=["bee"]))
     assert int(te[0]["query_mask_orig"].eq(1).sum()) == int(_square().sum())
 
 
@@ -150,11 +151,13 @@ def test_folder_dataset_reports_stray_values_once_and_keeps_foreground(tmp_path)
     root = _folder(tmp_path / "fss", "L01", stray=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        te = FolderFewShot(root, split="val", episodes=3, image_size=30, progress=False, options=FolderOptions(fold_classes=["bee"], cache=False))
+        te = FolderFewShot(root, split="val", episodes=3, image_size=30, progress=False,
+                           options=FolderOptions(fold_classes=["bee"], cache=False))
         ep = te[0]
         te[1]
     ambiguous = [w for w in caught if issubclass(w.category, AmbiguousMaskWarning)]
     assert len(ambiguous) == 1 and "3 mask(s) are ambiguous" in str(ambiguous[0].message)
     assert int(ep["query_mask_orig"].eq(1).sum()) == int(_square().sum())
     with pytest.raises(BadDataError, match="other values"):
-        FolderFewShot(root, split="val", progress=False, options=FolderOptions(fold_classes=["bee"], strict=True, cache=False))
+        FolderFewShot(root, split="val", progress=False,
+                      options=FolderOptions(fold_classes=["bee"], strict=True, cache=False))

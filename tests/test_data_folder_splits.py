@@ -130,7 +130,8 @@ def test_folder_names_that_look_like_ids_are_not_confused(tmp_path):
         for i in range(2):
             write_image(root / name / f"{i}.jpg", rng, hw=(20, 20))
             Image.fromarray(np.full((20, 20), 255, np.uint8)).save(root / name / f"{i}.png")
-    assert FolderFewShot(root, split="val", progress=False, options=FolderOptions(fold_classes=["2"])).test_class_ids == [3]
+    assert FolderFewShot(root, split="val", progress=False,
+                         options=FolderOptions(fold_classes=["2"])).test_class_ids == [3]
     with pytest.raises(ValueError, match="ambiguous"):
         FolderFewShot(root, split="val", progress=False, options=FolderOptions(fold_classes=[2]))
 
@@ -167,7 +168,8 @@ def _thin_root(root: Path) -> Path:
 def test_thin_object_that_vanishes_at_model_size_is_not_drawn(tmp_path):
     root = _thin_root(tmp_path / "thin")
     with pytest.warns(UserWarning) as record:
-        te = FolderFewShot(root, split="val", image_size=50, episodes=20, progress=False, options=FolderOptions(fold_classes=["wire"]))
+        te = FolderFewShot(root, split="val", image_size=50, episodes=20, progress=False,
+                           options=FolderOptions(fold_classes=["wire"]))
     msgs = [str(w.message) for w in record]
     vanish = [m for m in msgs if "not drawn" in m]
     assert len(vanish) == 1, msgs
@@ -180,7 +182,8 @@ def test_thin_object_that_vanishes_at_model_size_is_not_drawn(tmp_path):
         assert ep["query_name"] != "wire/0" and "wire/0" not in ep["support_names"]
         assert int(ep["query_mask"].eq(1).sum()) > 0 and ep["support_masks"].eq(1).flatten(1).any(1).all()
     # at the original size the line survives and the pair is drawn
-    full = FolderFewShot(root, split="val", image_size=200, episodes=2, progress=False, options=FolderOptions(fold_classes=["wire"]))
+    full = FolderFewShot(root, split="val", image_size=200, episodes=2, progress=False,
+                         options=FolderOptions(fold_classes=["wire"]))
     assert wire0 in full.class_images[2].tolist()
 
 
@@ -195,7 +198,8 @@ class _EmptyingTransform(TestTransform):
 
 def test_empty_mask_after_transform_is_reported_once_with_what_happened(tmp_path):
     root = _thin_root(tmp_path / "thin")
-    te = FolderFewShot(root, split="val", transform=_EmptyingTransform(50), episodes=5, progress=False, options=FolderOptions(fold_classes=["blob"]))
+    te = FolderFewShot(root, split="val", transform=_EmptyingTransform(50), episodes=5, progress=False,
+                       options=FolderOptions(fold_classes=["blob"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for i in range(len(te)):
@@ -210,7 +214,8 @@ def test_empty_mask_after_transform_is_reported_once_with_what_happened(tmp_path
 def test_folder_training_sees_the_test_scale(tmp_path):
     # 200 px images at image_size 50: training crops of the original scale held no object at all
     root = _thin_root(tmp_path / "thin")
-    tr = FolderFewShot(root, split="train", image_size=50, progress=False, options=FolderOptions(fold_classes=["wire"]))
+    tr = FolderFewShot(root, split="train", image_size=50, progress=False,
+                       options=FolderOptions(fold_classes=["wire"]))
     assert tr.transform.resize_long == 50
     with warnings.catch_warnings():
         warnings.simplefilter("error")

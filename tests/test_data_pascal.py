@@ -108,9 +108,11 @@ def test_seed_and_epoch_control_the_episodes(pascal_root):
     order1 = [ds.episode(i) for i in range(len(ds))]
     assert order0 != order1  # reshuffled per epoch
     assert order1 == [ds.episode(i, epoch=1) for i in range(len(ds))]
-    again = PascalFewShot(pascal_root, split="train", shots=1, episodes=30, **KW, options=PascalOptions(**OPTS))
+    again = PascalFewShot(pascal_root, split="train", shots=1, episodes=30, **KW,
+                          options=PascalOptions(**OPTS))
     assert torch.equal(ds[(0, 5)]["query_image"], again[5]["query_image"])
-    other = PascalFewShot(pascal_root, split="train", shots=1, episodes=30, seed=7, **KW, options=PascalOptions(**OPTS))
+    other = PascalFewShot(pascal_root, split="train", shots=1, episodes=30, seed=7, **KW,
+                          options=PascalOptions(**OPTS))
     assert [other.episode(i) for i in range(30)] != order0
     # an epoch covers every eligible pair once before repeating
     tr = PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS))
@@ -128,9 +130,11 @@ def test_pfenet_image_sampling(pascal_root):
     class; the class is drawn among the fold classes present in it, small ones included
     (t3 has 2047 px of class 3, t5 500 px of class 4); supports stay eligible."""
     pairs = PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS))
-    imgs = PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS, query_sampling="images"))
+    imgs = PascalFewShot(pascal_root, split="train", **KW,
+                         options=PascalOptions(**OPTS, query_sampling="images"))
     assert len(pairs) == 7 and len(imgs) == 6  # 7 eligible pairs, 6 images (t0 has two)
-    big = PascalFewShot(pascal_root, split="train", episodes=400, **KW, options=PascalOptions(**OPTS, query_sampling="images"))
+    big = PascalFewShot(pascal_root, split="train", episodes=400, **KW,
+                        options=PascalOptions(**OPTS, query_sampling="images"))
     seen = {(big.entries[q].name, c) for q, c, _ in (big.episode(i) for i in range(400))}
     assert seen == {("t0", 3), ("t0", 4), ("t1", 3), ("t2", 3), ("t3", 3), ("t3", 4), ("t4", 4),
                     ("t5", 3), ("t5", 4)}
@@ -139,7 +143,8 @@ def test_pfenet_image_sampling(pascal_root):
         assert q not in sup and set(sup) <= set(big.class_images[c].tolist())
     assert all("t3" != pairs.entries[q].name or c == 4 for q, c, _ in (pairs.episode(i) for i in range(7)))
     with pytest.raises(ValueError, match="query_sampling"):
-        PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS, query_sampling="pfenet"))
+        PascalFewShot(pascal_root, split="train", **KW,
+                      options=PascalOptions(**OPTS, query_sampling="pfenet"))
 
 
 def test_restore_prediction_round_trip_at_original_resolution(pascal_root):
@@ -276,7 +281,8 @@ def test_classes_with_too_few_images_are_reported(pascal_root):
 def test_unreadable_image_at_episode_time(pascal_root):
     # the file breaks after indexing: episodes touching it are replaced with a warning
     ds = PascalFewShot(pascal_root, split="train", shots=1, episodes=10, **KW, options=PascalOptions(**OPTS))
-    strict = PascalFewShot(pascal_root, split="train", shots=1, episodes=10, **KW, options=PascalOptions(**OPTS, strict=True))
+    strict = PascalFewShot(pascal_root, split="train", shots=1, episodes=10, **KW,
+                           options=PascalOptions(**OPTS, strict=True))
     (pascal_root / "VOC2012" / "JPEGImages" / "t1.jpg").write_bytes(b"\xff\xd8broken")
     t1 = next(i for i, e in enumerate(ds.entries) if e.name == "t1")
     assert any(q == t1 or t1 in s for q, _, s in (ds.episode(i) for i in range(10)))
@@ -342,7 +348,8 @@ def test_corrupt_or_unwritable_cache_falls_back(pascal_root, tmp_path, monkeypat
     PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS))
     (cache,) = (pascal_root / "VOC2012").glob(".fewshot_index_*train_aug.json")
     cache.write_text("{ truncated")
-    tr = PascalFewShot(pascal_root, split="train", **KW, options=PascalOptions(**OPTS))  # re-scanned, not crashed
+    tr = PascalFewShot(pascal_root, split="train", **KW,
+                       options=PascalOptions(**OPTS))  # re-scanned, not crashed
     assert _names(tr, tr.class_images[3]) == {"t0", "t1", "t2", "t5"}
     assert json.loads(cache.read_text())["counts"]["t1"] == {"3": 3000}
     # a read-only data folder: the cache goes to $FEWSHOT_PRIORS_CACHE instead
@@ -363,7 +370,8 @@ def test_corrupt_or_unwritable_cache_falls_back(pascal_root, tmp_path, monkeypat
 
 
 def test_progress_flag_controls_the_label_scan_bar(pascal_root, capsys):
-    PascalFewShot(pascal_root, split="train", progress=False, **KW, options=PascalOptions(**OPTS, cache=False))
+    PascalFewShot(pascal_root, split="train", progress=False, **KW,
+                  options=PascalOptions(**OPTS, cache=False))
     assert "indexing PASCAL" not in capsys.readouterr().err
     PascalFewShot(pascal_root, split="train", progress=True, **KW, options=PascalOptions(**OPTS, cache=False))
     assert "indexing PASCAL" in capsys.readouterr().err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import warnings
 
 import numpy as np
 import pytest
@@ -32,7 +31,12 @@ from fewshot_priors.data import (
     generate_synthetic_dataset,
     register_dataset,
 )
-from fewshot_priors.data.registry import DATASET_OPTIONS, check_data_keys, dataset_keys, dataset_options
+from fewshot_priors.data.registry import (
+    DATASET_OPTIONS,
+    check_data_keys,
+    dataset_keys,
+    dataset_options,
+)
 from fewshot_priors.data.transforms import TestTransform, TrainTransform
 
 BUILTINS = (PascalFewShot, CocoFewShot, FolderFewShot)

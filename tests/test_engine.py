@@ -156,7 +156,12 @@ def test_grad_clip_and_best_checkpoint(tmp_path):
 
 def test_resume_is_exact_through_the_real_loader_and_augmentation(tmp_path):
     """Same check with PascalFewShot episodes (seeded sampling + the paper's train augmentation)."""
-    from fewshot_priors.data import PascalFewShot, PascalOptions, collate_episodes, generate_synthetic_dataset
+    from fewshot_priors.data import (
+        PascalFewShot,
+        PascalOptions,
+        collate_episodes,
+        generate_synthetic_dataset,
+    )
 
     root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=8, image_size=64,
                                       min_pixels=400, progress=False)

@@ -95,7 +95,8 @@ def test_masks_line_up_with_their_images():
 
     index = {c: {s: a for s, a, _ in v} for c, v in json.loads((DATA / "index.json").read_text()).items()}
     held = ["dog", "bus"]
-    ds = FolderFewShot(DATA / "fss_layout", shots=1, split="val", episodes=8, seed=0, image_size=64, progress=False, options=FolderOptions(fold_classes=held, min_pixels=2048, cache=False))
+    ds = FolderFewShot(DATA / "fss_layout", shots=1, split="val", episodes=8, seed=0, image_size=64, progress=False,
+                       options=FolderOptions(fold_classes=held, min_pixels=2048, cache=False))
     for i in range(len(ds)):
         ep = ds[i]
         cls, stem = ep["query_name"].split("/")
