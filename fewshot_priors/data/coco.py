@@ -48,9 +48,10 @@ def coco_fold_classes(
 class CocoOptions(DatasetOptions):
     """Options of :class:`CocoFewShot`.
 
+    The fields of :class:`~fewshot_priors.data.DatasetOptions` (``min_pixels``, ``fold_classes``:
+    contiguous class ids, ``query_sampling``, ``strict``, ``cache``), and:
+
     Args:
-        min_pixels, fold_classes, query_sampling, strict, cache: see
-            :class:`~fewshot_priors.data.DatasetOptions` (``fold_classes``: contiguous class ids).
         split_style: ``"interleaved"`` (PFENet's ``use_split_coco``) or ``"contiguous"`` fold
             classes, see :func:`coco_fold_classes`.
         annotation_format: ``"json"`` (instance annotations, needs pycocotools) or ``"png"``.

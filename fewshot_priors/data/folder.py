@@ -31,13 +31,14 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 class FolderOptions(DatasetOptions):
     """Options of :class:`FolderFewShot`: how the classes are split, which pairs are drawn, file names.
 
+    ``query_sampling``, ``strict`` (also refuses ambiguous masks) and ``cache`` are those of
+    :class:`~fewshot_priors.data.DatasetOptions`.
+
     Args:
         min_pixels: minimum foreground pixels of an eligible pair at the original
             resolution (default 1).
         fold_classes: the held-out classes: folder names, or class ids ``1..N``; not
             combinable with ``num_folds``, ``test_ratio``, ``min_class_images``.
-        query_sampling, strict, cache: see :class:`~fewshot_priors.data.DatasetOptions`
-            (``strict`` also refuses ambiguous masks).
         num_folds: number of seeded folds over the candidate classes (>= 2).
         test_ratio: share of the candidate classes held out per fold (default 0.2);
             not combinable with ``num_folds``.

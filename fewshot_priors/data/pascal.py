@@ -62,9 +62,10 @@ def fold_test_classes(
 class PascalOptions(DatasetOptions):
     """Options of :class:`PascalFewShot` (and of other datasets in the PASCAL layout).
 
+    The fields of :class:`~fewshot_priors.data.DatasetOptions` (``min_pixels``, ``fold_classes``:
+    class ids 1..N, ``query_sampling``, ``strict``, ``cache``), and:
+
     Args:
-        min_pixels, fold_classes, query_sampling, strict, cache: see
-            :class:`~fewshot_priors.data.DatasetOptions` (``fold_classes``: class ids 1..N).
         num_classes: number of foreground classes (``None`` = from ``dataset.json``, else 20).
         num_folds: number of folds when the folds are derived from ``num_classes`` (4).
         use_split_list: use the ``ImageSets/Segmentation`` lists; ``False`` uses every
