@@ -321,6 +321,8 @@ def test_bad_arguments(pascal_root):
         (dict(fold=4), "fold"),
         (dict(fold=-1), "fold"),
         (dict(fold=1.0), "fold"),
+        (dict(image_size=0), "image_size"),
+        (dict(image_size=True), "image_size"),
     ],
 )
 def test_bad_arguments_fail_before_the_label_scan(pascal_root, monkeypatch, bad, match):

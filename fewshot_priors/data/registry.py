@@ -208,7 +208,7 @@ def check_data_keys(data: Mapping, *, error: type[Exception] = ValueError) -> No
         raise error(str(err)) from None
 
 
-_SIGNATURE = ("split", "fold", "shots", "episodes", "seed", "transform", "image_size", "progress")
+_SIGNATURE = ("fold", "shots", "episodes", "seed", "transform", "image_size", "progress")  # besides root, split, options
 
 
 def create_dataset(
