@@ -46,6 +46,9 @@ _LAZY = {
     "PascalFewShot": "fewshot_priors.data",
     "CocoFewShot": "fewshot_priors.data",
     "FolderFewShot": "fewshot_priors.data",
+    "PascalOptions": "fewshot_priors.data",
+    "CocoOptions": "fewshot_priors.data",
+    "FolderOptions": "fewshot_priors.data",
     "create_dataset": "fewshot_priors.data",
     "register_dataset": "fewshot_priors.data",
     "superpixel_pool": "fewshot_priors.ops.superpixel_pool",
@@ -69,7 +72,16 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import CocoFewShot, FolderFewShot, PascalFewShot, create_dataset, register_dataset
+    from .data import (
+        CocoFewShot,
+        CocoOptions,
+        FolderFewShot,
+        FolderOptions,
+        PascalFewShot,
+        PascalOptions,
+        create_dataset,
+        register_dataset,
+    )
     from .metrics import FewShotSegMeter
     from .models.backbone import FrozenBackbone, create_backbone
     from .models.factory import create_qgnet

@@ -5,13 +5,14 @@ the key has a non-default value and checks the effect on it (:data:`MODEL_EFFECT
 :data:`DATA_EFFECTS`). For the others (``experiment``, ``train``, ``eval``, ``pretrain``,
 ``study``) and the few model/data keys whose effect needs the internet, a weights file
 or another dataset layout, :data:`CONSUMERS` names the consumer (a function, a module
-or a constructor) and the test asserts that its source reads the key (or that the
-constructor takes it). A key of ``DEFAULTS`` in none of these tables fails
+or a dataset class) and the test asserts that its source reads the key (or that the
+dataset's options class has it). A key of ``DEFAULTS`` in none of these tables fails
 :func:`test_every_key_has_a_consumer`: a new key must come with its consumer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import re
@@ -28,10 +29,10 @@ _SSL_FACTORY_KEYS = {"backbone", "dim", "queue_size", "local_queue_size", "moco_
                      "global_weight", "local_weight", "mlp_hidden", "head_norm", "max_patches", "pool_mode",
                      "shuffle_bn", "bn_splits", "queue_init", "backbone_kwargs", "superpixel_method",
                      "superpixel_backend", "n_segments", "compactness", "scale", "sigma", "min_size", "min_area",
-                     "size", "cache_dir", "view_min_area"}
+                     "size", "cache_dir", "view_min_area", "weights", "mean", "std"}
 
-#: key -> consumers whose source must read it: "module", "module:function" or "signature:module:Class"
-#: (the constructor takes a parameter of that name; the data keys set only for one dataset).
+#: key -> consumers whose source must read it: "module", "module:function" or "options:module:Class"
+#: (the dataset's options class has a field of that name; the data keys set only for some datasets).
 CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("experiment", "name"): ["fewshot_priors.config.loading:load_config"],
     ("experiment", "output_dir"): ["fewshot_priors.engine.train:train", "fewshot_priors.engine.pretrain:_config"],
@@ -44,16 +45,16 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("model", "prior_weights"): ["fewshot_priors.models.qgnet_config"],
     ("data", "dataset"): ["fewshot_priors.data.registry:create_dataset"],
     ("data", "split_style"): ["fewshot_priors.data.registry",
-                              "signature:fewshot_priors.data:CocoFewShot"],
+                              "options:fewshot_priors.data:CocoFewShot"],
     ("data", "val_episodes"): ["fewshot_priors.cli:_cmd_train"],
     ("data", "num_workers"): ["fewshot_priors.engine.train:train", "fewshot_priors.cli:_cmd_eval"],
-    ("data", "num_classes"): ["signature:fewshot_priors.data:PascalFewShot"],
+    ("data", "num_classes"): ["options:fewshot_priors.data:PascalFewShot"],
     # a generated dataset's dataset.json folds take precedence over num_folds, so no effect check here
-    ("data", "num_folds"): ["signature:fewshot_priors.data:PascalFewShot", "signature:fewshot_priors.data:FolderFewShot"],
-    ("data", "test_ratio"): ["signature:fewshot_priors.data:FolderFewShot"],
-    ("data", "min_class_images"): ["signature:fewshot_priors.data:FolderFewShot"],
-    ("data", "split_seed"): ["signature:fewshot_priors.data:FolderFewShot"],
-    ("data", "min_model_pixels"): ["signature:fewshot_priors.data:FolderFewShot"],
+    ("data", "num_folds"): ["options:fewshot_priors.data:PascalFewShot", "options:fewshot_priors.data:FolderFewShot"],
+    ("data", "test_ratio"): ["options:fewshot_priors.data:FolderFewShot"],
+    ("data", "min_class_images"): ["options:fewshot_priors.data:FolderFewShot"],
+    ("data", "split_seed"): ["options:fewshot_priors.data:FolderFewShot"],
+    ("data", "min_model_pixels"): ["options:fewshot_priors.data:FolderFewShot"],
     **{("train", k): ["fewshot_priors.engine.train"] for k in DEFAULTS["train"]},
     ("eval", "shots"): ["fewshot_priors.config.schema:resolve_shots"],
     ("eval", "episodes"): ["fewshot_priors.cli:_cmd_eval", "fewshot_priors.study:train_and_score"],
@@ -77,10 +78,10 @@ def _source_reads(src: str, key: str) -> bool:
 
 
 def _check_consumer(spec: str, key: str) -> None:
-    if spec.startswith("signature:"):
+    if spec.startswith("options:"):
         _, module, cls = spec.split(":")
-        params = inspect.signature(getattr(importlib.import_module(module), cls).__init__).parameters
-        assert key in params, f"{cls}() takes no {key!r}"
+        options_class = getattr(importlib.import_module(module), cls).options_class
+        assert key in {f.name for f in dataclasses.fields(options_class)}, f"{options_class.__name__} has no {key!r}"
         return
     module, _, func = spec.partition(":")
     mod = importlib.import_module(module)

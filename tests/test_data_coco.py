@@ -10,7 +10,7 @@ import torch
 from _data_fixtures import write_image
 from pycocotools import mask as mask_utils
 
-from fewshot_priors.data import CocoFewShot, DataLayoutError, coco_fold_classes
+from fewshot_priors.data import CocoFewShot, CocoOptions, DataLayoutError, coco_fold_classes
 from fewshot_priors.data.io import write_palette_png
 
 H, W = 60, 80
@@ -102,7 +102,8 @@ def test_fold_conventions():
 
 
 def test_rasterised_labels_order_crowd_and_eligibility(coco_root):
-    ds = CocoFewShot(coco_root, split="val", fold_classes=[2], episodes=20, image_size=64)
+    ds = CocoFewShot(coco_root, split="val", episodes=20, image_size=64,
+                     options=CocoOptions(fold_classes=[2]))
     assert ds.num_classes == 3 and ds.category_ids == CATS
     by = {e.name: e for e in ds.entries}
     lab_a = ds.read_label(by["a"])
@@ -117,18 +118,21 @@ def test_rasterised_labels_order_crowd_and_eligibility(coco_root):
     assert int((lab_f == 2).sum()) >= 2200 and int((lab_f == 3).sum()) > 0
     # class 2 (COCO id 5): a has only 100 px -> not eligible
     assert {ds.entries[i].name for i in ds.class_images[2]} == {"d", "e", "f"}
-    inc = CocoFewShot(coco_root, split="val", fold_classes=[2], crowd="include", episodes=2)
+    inc = CocoFewShot(coco_root, split="val", episodes=2,
+                      options=CocoOptions(fold_classes=[2], crowd="include"))
     assert (inc.read_label(by["c"])[:, 75:] == 3).all()
-    bg = CocoFewShot(coco_root, split="val", fold_classes=[2], crowd="background", episodes=2)
+    bg = CocoFewShot(coco_root, split="val", episodes=2,
+                     options=CocoOptions(fold_classes=[2], crowd="background"))
     assert (bg.read_label(by["c"])[:, 75:] == 0).all()
 
 
 def test_episodes_binary_masks_and_defaults(coco_root):
-    va = CocoFewShot(coco_root, split="val", fold_classes=[2, 3], shots=1, image_size=64)
+    va = CocoFewShot(coco_root, split="val", shots=1, image_size=64, options=CocoOptions(fold_classes=[2, 3]))
     assert len(va) == 20000 and va.class_ids == [2, 3]
     with pytest.warns(UserWarning, match=r"\{3: 2\}"):  # f's class-3 object is mostly hidden
-        CocoFewShot(coco_root, split="val", fold_classes=[2, 3], shots=2)
-    tr = CocoFewShot(coco_root, split="train", fold_classes=[2, 3], shots=1, image_size=64)
+        CocoFewShot(coco_root, split="val", shots=2, options=CocoOptions(fold_classes=[2, 3]))
+    tr = CocoFewShot(coco_root, split="train", shots=1, image_size=64,
+                     options=CocoOptions(fold_classes=[2, 3]))
     assert tr.class_ids == [1] and len(tr) == 3  # a, b, c eligible for class 1
     ep = va[0]
     assert ep["query_name"] not in ep["support_names"]
@@ -138,13 +142,13 @@ def test_episodes_binary_masks_and_defaults(coco_root):
 
 
 def test_png_annotations(coco_root):
-    ds = CocoFewShot(coco_root, split="val", fold_classes=[2], episodes=4)
+    ds = CocoFewShot(coco_root, split="val", episodes=4, options=CocoOptions(fold_classes=[2]))
     mask_dir = coco_root / "annotations" / "val2014"
     mask_dir.mkdir()
     for e in ds.entries:
         write_palette_png(mask_dir / f"{e.name}.png", ds.read_label(e))
-    png = CocoFewShot(coco_root, split="val", annotation_format="png", fold_classes=[2],
-                      episodes=4, image_size=64)
+    png = CocoFewShot(coco_root, split="val", episodes=4, image_size=64,
+                      options=CocoOptions(annotation_format="png", fold_classes=[2]))
     assert {k: list(v) for k, v in png.class_images.items()} == {
         k: list(v) for k, v in ds.class_images.items()
     }
@@ -158,4 +162,4 @@ def test_missing_layout(tmp_path):
     with pytest.raises(DataLayoutError, match="train2014"):
         CocoFewShot(tmp_path, split="train")
     with pytest.raises(ValueError, match="annotation_format"):
-        CocoFewShot(tmp_path, split="val", annotation_format="xml")
+        CocoFewShot(tmp_path, split="val", options=CocoOptions(annotation_format="xml"))

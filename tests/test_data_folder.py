@@ -8,7 +8,7 @@ import torch
 from _data_fixtures import write_image
 from PIL import Image
 
-from fewshot_priors.data import DataLayoutError, FolderFewShot
+from fewshot_priors.data import DataLayoutError, FolderFewShot, FolderOptions
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 
@@ -30,8 +30,8 @@ def _make(root, n=4, mask_style="255"):
 
 def test_class_split_by_list_and_masks(tmp_path):
     root = _make(tmp_path / "fss")
-    tr = FolderFewShot(root, split="train", fold_classes=["cat", "eel"], image_size=32)
-    te = FolderFewShot(root, split="test", shots=2, fold_classes=["cat", "eel"], image_size=32)
+    tr = FolderFewShot(root, split="train", image_size=32, options=FolderOptions(fold_classes=["cat", "eel"]))
+    te = FolderFewShot(root, split="val", shots=2, image_size=32, options=FolderOptions(fold_classes=["cat", "eel"]))
     assert tr.class_ids == [1, 2, 4] and te.class_ids == [3, 5]
     assert te.class_names[3] == "cat" and len(te) == 1000 and len(tr) == 12
     ep = te[0]
@@ -45,24 +45,24 @@ def test_class_split_by_list_and_masks(tmp_path):
 
 def test_ratio_split_is_seeded_and_disjoint(tmp_path):
     root = _make(tmp_path / "fss")
-    a = FolderFewShot(root, split="test", test_ratio=0.4, seed=1, image_size=32)
-    b = FolderFewShot(root, split="test", test_ratio=0.4, seed=1, image_size=32)
-    tr = FolderFewShot(root, split="train", test_ratio=0.4, seed=1, image_size=32)
+    a = FolderFewShot(root, split="val", seed=1, image_size=32, options=FolderOptions(test_ratio=0.4))
+    b = FolderFewShot(root, split="val", seed=1, image_size=32, options=FolderOptions(test_ratio=0.4))
+    tr = FolderFewShot(root, split="train", seed=1, image_size=32, options=FolderOptions(test_ratio=0.4))
     assert a.class_ids == b.class_ids and len(a.class_ids) == 2
     assert not set(a.class_ids) & set(tr.class_ids) and len(tr.class_ids) == 3
-    seeds = {tuple(FolderFewShot(root, split="test", test_ratio=0.4, seed=s).class_ids)
+    seeds = {tuple(FolderFewShot(root, split="val", seed=s, options=FolderOptions(test_ratio=0.4)).class_ids)
              for s in range(6)}
     assert len(seeds) > 1
-    folds = [FolderFewShot(root, split="test", test_ratio=0.2, fold=f, seed=1).class_ids
+    folds = [FolderFewShot(root, split="val", fold=f, seed=1, options=FolderOptions(test_ratio=0.2)).class_ids
              for f in range(5)]
     assert sorted(c for f in folds for c in f) == [1, 2, 3, 4, 5]  # folds partition the classes
     with pytest.raises(ValueError, match="fold"):
-        FolderFewShot(root, split="test", test_ratio=0.2, fold=5)
+        FolderFewShot(root, split="val", fold=5, options=FolderOptions(test_ratio=0.2))
 
 
 def test_01_masks_with_ignore(tmp_path):
     root = _make(tmp_path / "fss", mask_style="01ignore")
-    te = FolderFewShot(root, split="test", fold_classes=["ant"], episodes=3, image_size=32)
+    te = FolderFewShot(root, split="val", episodes=3, image_size=32, options=FolderOptions(fold_classes=["ant"]))
     m = te[0]["query_mask_orig"]
     assert (m[0] == 255).all() and set(torch.unique(m).tolist()) == {0, 1, 255}
 
@@ -75,9 +75,9 @@ def test_errors(tmp_path):
         FolderFewShot(tmp_path / "empty")
     root = _make(tmp_path / "fss")
     with pytest.raises(ValueError, match="zebra"):
-        FolderFewShot(root, fold_classes=["zebra"])
+        FolderFewShot(root, options=FolderOptions(fold_classes=["zebra"]))
     with pytest.raises(ValueError, match="test_ratio"):
-        FolderFewShot(root, test_ratio=1.5)
+        FolderFewShot(root, options=FolderOptions(test_ratio=1.5))
     (root / "ant" / "2.png").unlink()  # image without mask
     with pytest.warns(UserWarning, match="2.png"):
-        FolderFewShot(root, split="test", fold_classes=["ant"], shots=1)
+        FolderFewShot(root, split="val", shots=1, options=FolderOptions(fold_classes=["ant"]))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from fewshot_priors.data import BadDataError, FolderFewShot
+from fewshot_priors.data import BadDataError, FolderFewShot, FolderOptions
 from fewshot_priors.data.io import AmbiguousMaskWarning, read_binary_mask
 
 
@@ -142,8 +142,8 @@ def test_folder_dataset_reads_rgb_1bit_la_masks(tmp_path, fmt):
     root = _folder(tmp_path / "fss", fmt)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        te = FolderFewShot(root, split="test", fold_classes=["bee"], episodes=2, image_size=30,
-                           progress=False)
+        te = FolderFewShot(root, split="val", episodes=2, image_size=30, progress=False,
+                           options=FolderOptions(fold_classes=["bee"]))
     assert int(te[0]["query_mask_orig"].eq(1).sum()) == int(_square().sum())
 
 
@@ -151,12 +151,13 @@ def test_folder_dataset_reports_stray_values_once_and_keeps_foreground(tmp_path)
     root = _folder(tmp_path / "fss", "L01", stray=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        te = FolderFewShot(root, split="test", fold_classes=["bee"], episodes=3, image_size=30,
-                           progress=False, cache=False)
+        te = FolderFewShot(root, split="val", episodes=3, image_size=30, progress=False,
+                           options=FolderOptions(fold_classes=["bee"], cache=False))
         ep = te[0]
         te[1]
     ambiguous = [w for w in caught if issubclass(w.category, AmbiguousMaskWarning)]
     assert len(ambiguous) == 1 and "3 mask(s) are ambiguous" in str(ambiguous[0].message)
     assert int(ep["query_mask_orig"].eq(1).sum()) == int(_square().sum())
     with pytest.raises(BadDataError, match="other values"):
-        FolderFewShot(root, split="test", fold_classes=["bee"], strict=True, progress=False, cache=False)
+        FolderFewShot(root, split="val", progress=False,
+                      options=FolderOptions(fold_classes=["bee"], strict=True, cache=False))

@@ -13,7 +13,7 @@ from _data_fixtures import write_image
 from PIL import Image
 
 from fewshot_priors.config import DEFAULTS, ConfigError, load_config
-from fewshot_priors.data import FolderFewShot, TestTransform
+from fewshot_priors.data import FolderFewShot, FolderOptions, TestTransform
 from fewshot_priors.engine.build import build_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,18 +108,18 @@ def test_class_split_does_not_follow_the_episode_seed(tmp_path):
     assert len(split_seeds) > 1
 
 
-def test_python_api_keeps_test_classes_test_ratio_fold(tmp_path):
+def test_python_api_fold_classes_test_ratio_fold(tmp_path):
     root = _make(tmp_path / "fss")
-    with pytest.warns(DeprecationWarning, match="`test_classes` is deprecated.*`fold_classes`"):
-        a = FolderFewShot(root, split="test", test_classes=["cat"], image_size=32, progress=False)
-    b = FolderFewShot(root, split="test", fold_classes=["cat"], image_size=32, progress=False)
-    assert a.test_class_ids == b.test_class_ids == [3]
-    c = FolderFewShot(root, split="test", test_ratio=0.3, fold=1, seed=4, image_size=32, progress=False)
+    b = FolderFewShot(root, split="val", image_size=32, progress=False,
+                      options=FolderOptions(fold_classes=["cat"]))
+    assert b.test_class_ids == [3]
+    c = FolderFewShot(root, split="val", fold=1, seed=4, image_size=32, progress=False,
+                      options=FolderOptions(test_ratio=0.3))
     assert len(c.test_class_ids) == 2
-    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
-        FolderFewShot(root, test_classes=["cat"], fold_classes=["cat"])
-    with pytest.raises(ValueError, match="not both"):
-        FolderFewShot(root, num_folds=3, test_ratio=0.2)
+    with pytest.raises(TypeError, match="test_classes"):  # 0.1.0's deprecated name is gone
+        FolderOptions(test_classes=["cat"])
+    with pytest.raises(ValueError, match="`num_folds` and `test_ratio` both set"):
+        FolderOptions(num_folds=3, test_ratio=0.2)
 
 
 def test_folder_names_that_look_like_ids_are_not_confused(tmp_path):
@@ -130,9 +130,10 @@ def test_folder_names_that_look_like_ids_are_not_confused(tmp_path):
         for i in range(2):
             write_image(root / name / f"{i}.jpg", rng, hw=(20, 20))
             Image.fromarray(np.full((20, 20), 255, np.uint8)).save(root / name / f"{i}.png")
-    assert FolderFewShot(root, split="test", fold_classes=["2"], progress=False).test_class_ids == [3]
+    assert FolderFewShot(root, split="val", progress=False,
+                         options=FolderOptions(fold_classes=["2"])).test_class_ids == [3]
     with pytest.raises(ValueError, match="ambiguous"):
-        FolderFewShot(root, split="test", fold_classes=[2], progress=False)
+        FolderFewShot(root, split="val", progress=False, options=FolderOptions(fold_classes=[2]))
 
 
 def test_documented_config_keys_exist():
@@ -167,8 +168,8 @@ def _thin_root(root: Path) -> Path:
 def test_thin_object_that_vanishes_at_model_size_is_not_drawn(tmp_path):
     root = _thin_root(tmp_path / "thin")
     with pytest.warns(UserWarning) as record:
-        te = FolderFewShot(root, split="test", fold_classes=["wire"], image_size=50, episodes=20,
-                           progress=False)
+        te = FolderFewShot(root, split="val", image_size=50, episodes=20, progress=False,
+                           options=FolderOptions(fold_classes=["wire"]))
     msgs = [str(w.message) for w in record]
     vanish = [m for m in msgs if "not drawn" in m]
     assert len(vanish) == 1, msgs
@@ -181,7 +182,8 @@ def test_thin_object_that_vanishes_at_model_size_is_not_drawn(tmp_path):
         assert ep["query_name"] != "wire/0" and "wire/0" not in ep["support_names"]
         assert int(ep["query_mask"].eq(1).sum()) > 0 and ep["support_masks"].eq(1).flatten(1).any(1).all()
     # at the original size the line survives and the pair is drawn
-    full = FolderFewShot(root, split="test", fold_classes=["wire"], image_size=200, episodes=2, progress=False)
+    full = FolderFewShot(root, split="val", image_size=200, episodes=2, progress=False,
+                         options=FolderOptions(fold_classes=["wire"]))
     assert wire0 in full.class_images[2].tolist()
 
 
@@ -196,8 +198,8 @@ class _EmptyingTransform(TestTransform):
 
 def test_empty_mask_after_transform_is_reported_once_with_what_happened(tmp_path):
     root = _thin_root(tmp_path / "thin")
-    te = FolderFewShot(root, split="test", fold_classes=["blob"], transform=_EmptyingTransform(50),
-                       episodes=5, progress=False)
+    te = FolderFewShot(root, split="val", transform=_EmptyingTransform(50), episodes=5, progress=False,
+                       options=FolderOptions(fold_classes=["blob"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for i in range(len(te)):
@@ -212,7 +214,8 @@ def test_empty_mask_after_transform_is_reported_once_with_what_happened(tmp_path
 def test_folder_training_sees_the_test_scale(tmp_path):
     # 200 px images at image_size 50: training crops of the original scale held no object at all
     root = _thin_root(tmp_path / "thin")
-    tr = FolderFewShot(root, split="train", fold_classes=["wire"], image_size=50, progress=False)
+    tr = FolderFewShot(root, split="train", image_size=50, progress=False,
+                       options=FolderOptions(fold_classes=["wire"]))
     assert tr.transform.resize_long == 50
     with warnings.catch_warnings():
         warnings.simplefilter("error")

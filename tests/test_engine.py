@@ -156,11 +156,16 @@ def test_grad_clip_and_best_checkpoint(tmp_path):
 
 def test_resume_is_exact_through_the_real_loader_and_augmentation(tmp_path):
     """Same check with PascalFewShot episodes (seeded sampling + the paper's train augmentation)."""
-    from fewshot_priors.data import PascalFewShot, collate_episodes, generate_synthetic_dataset
+    from fewshot_priors.data import (
+        PascalFewShot,
+        PascalOptions,
+        collate_episodes,
+        generate_synthetic_dataset,
+    )
 
     root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=8, image_size=64,
                                       min_pixels=400, progress=False)
-    ds = PascalFewShot(root, fold=0, split="train", image_size=48, min_pixels=400, seed=1)
+    ds = PascalFewShot(root, fold=0, split="train", image_size=48, seed=1, options=PascalOptions(min_pixels=400))
     cfg = _cfg(tmp_path, batch_size=2, epochs=4)  # two epochs cross: set_epoch-style fresh episodes
 
     def run(out, steps, resume=None, init_seed=0):

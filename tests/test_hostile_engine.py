@@ -251,12 +251,13 @@ def test_demo_reuses_a_prior_extractor_only_from_the_same_code_and_environment(t
 
 def test_evaluation_does_not_depend_on_the_number_of_workers(tmp_path):
     """data.num_workers now reaches evaluate(): the scores must not change with it."""
-    from fewshot_priors.data import PascalFewShot, generate_synthetic_dataset
+    from fewshot_priors.data import PascalFewShot, PascalOptions, generate_synthetic_dataset
     from fewshot_priors.engine.evaluate import evaluate
 
     root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=6, image_size=48,
                                       min_pixels=300, progress=False)
-    ds = PascalFewShot(root, fold=0, split="val", image_size=32, min_pixels=300, episodes=6, seed=3)
+    ds = PascalFewShot(root, fold=0, split="val", image_size=32, episodes=6, seed=3,
+                       options=PascalOptions(min_pixels=300))
     torch.manual_seed(0)
     model = ToyModel()
     scores = [evaluate(model, ds, seed=3, batch_size=2, num_workers=w, progress=False) for w in (0, 2)]

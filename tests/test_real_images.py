@@ -86,12 +86,12 @@ def test_unique_images_and_counts_match_the_index():
 def test_masks_line_up_with_their_images():
     """The episode's full-resolution query mask is the class's PNG for that very photo: same size as the
     image, and its foreground share is the one index.json recorded for (class, stem)."""
-    from fewshot_priors.data import FolderFewShot
+    from fewshot_priors.data import FolderFewShot, FolderOptions
 
     index = {c: {s: a for s, a, _ in v} for c, v in json.loads((DATA / "index.json").read_text()).items()}
     held = ["dog", "bus"]
-    ds = FolderFewShot(DATA / "fss_layout", shots=1, split="test", test_classes=held, episodes=8, seed=0,
-                       image_size=64, min_pixels=2048, cache=False, progress=False)
+    ds = FolderFewShot(DATA / "fss_layout", shots=1, split="val", episodes=8, seed=0, image_size=64, progress=False,
+                       options=FolderOptions(fold_classes=held, min_pixels=2048, cache=False))
     for i in range(len(ds)):
         ep = ds[i]
         cls, stem = ep["query_name"].split("/")

@@ -259,23 +259,20 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
 
     Args:
         cfg: full config.
-        purpose: ``"train"`` / ``"val"`` (``data.shots``) or ``"eval"`` (``eval.shots``,
-            else ``data.shots``).
+        purpose: ``"train"`` / ``"val"`` (the dataset splits: ``data.shots``, what
+            :func:`~fewshot_priors.engine.build_dataset` uses) or ``"eval"``
+            (``eval.shots``, else ``data.shots``).
         shots: an explicit K (a command-line ``--shots``); wins when not None.
 
     Raises:
         ConfigError: an unknown ``purpose`` or a K < 1.
     """
-    if purpose not in ("train", "val", "test", "eval"):
-        raise ConfigError(f"`purpose` must be 'train', 'val', 'test' or 'eval', got {purpose!r}")
+    if purpose not in ("train", "val", "eval"):
+        raise ConfigError(f"`purpose` must be 'train', 'val' or 'eval', got {purpose!r}")
     if shots is None and purpose == "eval":
         shots = cfg["eval"].get("shots")
     if shots is None:
-        from fewshot_priors.data.registry import (
-            config_shots,  # the data K rule
-        )
-
-        shots = config_shots(cfg)
+        shots = cfg["data"]["shots"]
     if not is_int(shots) or shots < 1:
         raise ConfigError(f"shots must be an integer >= 1, got {shots!r}")
     return int(shots)

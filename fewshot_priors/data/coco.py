@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, check_episode_args, legacy_positional
-from .index import Entry, scan_entries
+from .episodes import DatasetOptions, EpisodicDataset
+from .index import Entry, ScanResult, scan_entries
 from .io import IGNORE_INDEX, BadDataError, DataLayoutError, read_label
-from .registry import check_options, register_dataset
+from .registry import register_dataset
 
 COCO_LAYOUT = """expected layout under root:
   train2014/<name>.jpg, val2014/<name>.jpg
@@ -44,6 +44,35 @@ def coco_fold_classes(
     return list(range(fold * per + 1, (fold + 1) * per + 1))
 
 
+@dataclass(frozen=True)
+class CocoOptions(DatasetOptions):
+    """Options of :class:`CocoFewShot`.
+
+    The fields of :class:`~fewshot_priors.data.DatasetOptions` (``min_pixels``, ``fold_classes``:
+    contiguous class ids, ``query_sampling``, ``strict``, ``cache``), and:
+
+    Args:
+        split_style: ``"interleaved"`` (PFENet's ``use_split_coco``) or ``"contiguous"`` fold
+            classes, see :func:`coco_fold_classes`.
+        annotation_format: ``"json"`` (instance annotations, needs pycocotools) or ``"png"``.
+        crowd: ``"ignore"`` (crowd regions are 255), ``"include"`` (painted as their class)
+            or ``"background"`` (dropped).
+    """
+
+    split_style: str = "interleaved"
+    annotation_format: str = "json"
+    crowd: str = "ignore"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.split_style not in SPLIT_STYLES:
+            raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {self.split_style!r}")
+        if self.annotation_format not in ("json", "png"):
+            raise ValueError(f"`annotation_format` must be 'json' or 'png', got {self.annotation_format!r}")
+        if self.crowd not in CROWD_MODES:
+            raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {self.crowd!r}")
+
+
 @register_dataset("coco")
 class CocoFewShot(EpisodicDataset):
     """COCO-20i episodes (PFENet's protocol, docs/how-to/reproduce.md).
@@ -56,100 +85,35 @@ class CocoFewShot(EpisodicDataset):
     paints them as their class, ``"background"`` drops them). ``"png"`` reads
     pre-converted masks holding those contiguous ids.
 
-    Train episodes use ``train2014`` with the fold's 60 train classes, test
-    episodes ``val2014`` with its 20 test classes (20000 episodes by default).
+    Train episodes use ``train2014`` with the fold's 60 train classes, val
+    episodes ``val2014`` with its 20 held-out classes (20000 episodes by default).
     The index is cached beside the annotations (see :class:`PascalFewShot`).
 
-    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
-    option: ``split_style``. COCO specifics:
-
-    Args:
-        root: folder with ``train2014/``, ``val2014/`` and ``annotations/``.
-        fold: 0-3.
-        episodes: default 20000 for val, all pairs for train.
-        transform: default as :class:`PascalFewShot` but with scale aug 0.8-1.25.
-        min_pixels: eligibility threshold (default 2048).
-        fold_classes: explicit test class ids (contiguous ids) of the fold.
-        split_style: ``"interleaved"`` (default, None) or ``"contiguous"`` fold classes.
-        strict: raise on unusable pairs instead of skipping them.
-        cache: write/read the index cache.
-        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
-            :class:`~fewshot_priors.data.EpisodicDataset`.
-        progress: show a progress bar while the labels are scanned (first use only).
-        annotation_format: ``"json"`` or ``"png"``.
-        crowd: ``"ignore"`` (default), ``"include"`` or ``"background"``.
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`)
+    with ``root`` the folder with ``train2014/``, ``val2014/`` and ``annotations/``,
+    ``fold`` 0-3 and ``options`` a :class:`CocoOptions`. The default training transform
+    scales by 0.8-1.25.
 
     Example:
         >>> ds = CocoFewShot("/data/coco", fold=0, split="val", shots=1)  # doctest: +SKIP
     """
 
-    options = ("split_style",)
+    options_class = CocoOptions
+    default_episodes = 20000
+    train_scale = (0.8, 1.25)
+    layout = COCO_LAYOUT
 
-    @legacy_positional(
-        "fold", "split", "shots", "split_style", "episodes", "transform", "seed", "image_size", "strict",
-        "annotation_format", "crowd", "fold_classes", "min_pixels", "cache", "query_sampling", "progress",
-    )  # fmt: skip
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        fold: int = 0,
-        split: str = "train",
-        shots: int = 1,
-        episodes: int | None = None,
-        transform: Callable | None = None,
-        seed: int = 321,
-        image_size: int = 473,
-        min_pixels: int | None = None,
-        fold_classes: Sequence[int] | None = None,
-        num_folds: int | None = None,
-        num_classes: int | None = None,
-        split_style: str | None = None,
-        test_ratio: float | None = None,
-        min_class_images: int | None = None,
-        split_seed: int | None = None,
-        min_model_pixels: int | None = None,
-        strict: bool = False,
-        cache: bool = True,
-        query_sampling: str = "pairs",
-        progress: bool = True,
-        annotation_format: str = "json",
-        crowd: str = "ignore",
-    ) -> None:
-        check_options(
-            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
-            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
-            min_model_pixels=min_model_pixels,
-        )
-        min_pixels = 2048 if min_pixels is None else min_pixels
-        split_style = "interleaved" if split_style is None else split_style
-        root = Path(root)
-        split = {"test": "val"}.get(split, split)
-        if split not in ("train", "val"):
-            raise ValueError(f"`split` must be 'train' or 'val', got {split!r}")
-        if annotation_format not in ("json", "png"):
-            raise ValueError(
-                f"`annotation_format` must be 'json' or 'png', got {annotation_format!r}"
-            )
-        if crowd not in CROWD_MODES:
-            raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {crowd!r}")
-        if split_style not in SPLIT_STYLES:
-            raise ValueError(f"`split_style` must be one of {SPLIT_STYLES}, got {split_style!r}")
-        check_episode_args(
-            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
-        )
-        if fold_classes is None:
-            coco_fold_classes(fold, split_style)  # validates `fold` before the annotations are read
-        if not root.is_dir():
-            raise DataLayoutError(f"dataset root {root} does not exist\n{COCO_LAYOUT}")
-        self.root = root
-        self.crowd = crowd
-        self.annotation_format = annotation_format
+    def _index(self) -> tuple[list[Entry], ScanResult, list[int]]:
+        root, opts, split, fold = self.root, self.options, self.split, self.fold
+        if opts.fold_classes is None:
+            coco_fold_classes(fold, opts.split_style)  # validates `fold` before the annotations are read
+        self.crowd = crowd = opts.crowd
+        self.annotation_format = opts.annotation_format
         image_dir = root / f"{split}2014"
         if not image_dir.is_dir():
             raise DataLayoutError(f"image folder {image_dir} not found\n{COCO_LAYOUT}")
 
-        if annotation_format == "json":
+        if opts.annotation_format == "json":
             ann_file = root / "annotations" / f"instances_{split}2014.json"
             if not ann_file.is_file():
                 raise DataLayoutError(f"annotation file {ann_file} not found\n{COCO_LAYOUT}")
@@ -167,43 +131,27 @@ class CocoFewShot(EpisodicDataset):
             n_classes, extra = 80, "png"
             cache_file = mask_dir.parent / f".fewshot_index_{split}2014_png.json"
         self.num_classes = n_classes
-        if fold_classes is not None:
-            test = sorted({int(c) for c in fold_classes})
+        if opts.fold_classes is not None:
+            test = sorted({int(c) for c in opts.fold_classes})
             if not test or any(not 1 <= c <= n_classes for c in test):
                 raise ValueError(
-                    f"`fold_classes` must be class ids in 1..{n_classes}, got {list(fold_classes)}"
+                    f"`fold_classes` must be class ids in 1..{n_classes}, got {list(opts.fold_classes)}"
                 )
         else:
-            test = coco_fold_classes(fold, split_style, n_classes)
-        self.fold, self.split_style = fold, split_style
+            test = coco_fold_classes(fold, opts.split_style, n_classes)
+        self.split_style = opts.split_style
         self.test_class_ids = test
         self.train_class_ids = [c for c in range(1, n_classes + 1) if c not in test]
 
         scan = scan_entries(
             entries,
             self.read_label,
-            cache_file if cache else None,
+            cache_file if opts.cache else None,
             description=f"indexing COCO {split}2014",
             extra_key=extra,
-            progress=progress,
+            progress=self.progress,
         )
-        is_train = split == "train"
-        super().__init__(
-            entries,
-            scan,
-            self.train_class_ids if is_train else test,
-            shots=shots,
-            split="train" if is_train else "test",
-            episodes=episodes,
-            transform=transform,
-            image_size=image_size,
-            train_scale=(0.8, 1.25),
-            test_episodes=20000,
-            seed=seed,
-            min_pixels=min_pixels,
-            strict=strict,
-            query_sampling=query_sampling,
-        )
+        return entries, scan, self.train_class_ids if split == "train" else test
 
     def _load_json(self, ann_file: Path, image_dir: Path) -> tuple[list[Entry], int]:
         try:

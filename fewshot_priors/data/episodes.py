@@ -6,7 +6,7 @@ An episode (one dataset item) is a dict:
 * ``query_mask``: int64 ``H, W`` with 0 / 1 / 255,
 * ``support_images``: float32 ``K, 3, H, W``; ``support_masks``: int64 ``K, H, W``,
 * ``class_id``: int (dataset class id), ``query_name``: str, ``support_names``: list[str],
-* test split only: ``query_mask_orig`` (int64 ``H0, W0``, the binary label at the
+* ``"val"`` split only: ``query_mask_orig`` (int64 ``H0, W0``, the binary label at the
   ORIGINAL resolution, 255 kept) and ``query_valid_hw`` (int64 ``[h, w]``, the
   un-padded content of the ``H, W`` canvas).
 
@@ -18,10 +18,11 @@ any number of DataLoader workers.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from torch.utils.data import Dataset
 
 from .._validate import is_int
 from .index import Entry, ScanResult
-from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, read_image
+from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, DataLayoutError, read_image
 
 _ORDER_TAG = 104729  # separates the query-order stream from the per-episode streams
 _MAX_READ_RETRIES = 5
@@ -44,13 +45,28 @@ QUERY_SAMPLING = ("pairs", "images")
 
 
 
-def check_episode_args(
-    *, shots: Any, episodes: Any, seed: Any, min_pixels: Any, query_sampling: Any = "pairs"
-) -> None:
-    """Validate the episode arguments shared by every dataset.
 
-    The datasets call this first, so a bad argument fails before the (possibly
-    long) label scan.
+#: The split names, the same at every level (config, :func:`~fewshot_priors.data.create_dataset`,
+#: the constructors, ``dataset.split``): ``"train"`` = the training classes (reshuffled per
+#: :meth:`EpisodicDataset.set_epoch`), ``"val"`` = the held-out classes (a fixed episode list,
+#: scored at the original label resolution).
+SPLITS = ("train", "val")
+
+
+def check_split(split: Any) -> str:
+    """``split`` if it is one of :data:`SPLITS`.
+
+    Raises:
+        ValueError: naming ``split`` and the accepted names.
+    """
+    if split not in SPLITS:
+        hint = " (0.2.0 calls the held-out split 'val' everywhere)" if split == "test" else ""
+        raise ValueError(f"`split` must be 'train' or 'val', got {split!r}{hint}")
+    return split
+
+
+def check_episode_args(*, shots: Any, episodes: Any, seed: Any) -> None:
+    """Validate the episode arguments of the shared signature (before any file is read).
 
     Raises:
         TypeError / ValueError: naming the argument and the expected form.
@@ -63,200 +79,198 @@ def check_episode_args(
         raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
     if seed < 0:
         raise ValueError(f"`seed` must be >= 0, got {seed}")
-    if not is_int(min_pixels) or min_pixels < 1:
-        raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {min_pixels!r}")
-    if query_sampling not in QUERY_SAMPLING:
-        raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {query_sampling!r}")
 
 
-#: The shared constructor parameters of every registered dataset, in order (all
-#: keyword-only after ``root``); see :class:`EpisodicDataset`.
-SHARED_PARAMETERS: tuple[str, ...] = (
-    "root", "fold", "split", "shots", "episodes", "transform", "seed", "image_size", "min_pixels",
-    "fold_classes", "num_folds", "num_classes", "split_style", "test_ratio", "min_class_images",
-    "split_seed", "min_model_pixels", "strict", "cache", "query_sampling", "progress",
-)  # fmt: skip
+@dataclass(frozen=True)
+class DatasetOptions:
+    """Options every dataset has; each registered dataset extends it with its own fields
+    (:class:`~fewshot_priors.data.PascalOptions`, :class:`~fewshot_priors.data.CocoOptions`,
+    :class:`~fewshot_priors.data.FolderOptions`) and names that class in ``options_class``.
 
+    Values are checked when the object is made, so a bad option fails before any file is read.
 
-def legacy_positional(*names: str) -> Callable[[Callable], Callable]:
-    """Decorate a dataset ``__init__(self, root, *, ...)`` so that the arguments
-    after ``root`` that an older release took by position (``names``, in that
-    order) still work, with a :class:`DeprecationWarning` (for one release).
-
-    ``inspect.signature`` shows the decorated, keyword-only signature.
+    Args:
+        min_pixels: a (image, class) pair is eligible when the class covers at least this
+            many pixels at the original resolution (2048 = 2 x 32 x 32 in the benchmarks).
+        fold_classes: the held-out classes explicitly (class ids; folders: also folder
+            names); ``None`` = the classes of fold ``fold``.
+        query_sampling: ``"pairs"`` (uniform over eligible (image, class) pairs, the
+            ``min_pixels`` rule applies to the query too) or ``"images"`` (PFENet's
+            ``SemData``: uniform over images with an eligible class, the class drawn among
+            the fold classes present in the image, small ones included; ``episodes=None``
+            then means one per image).
+        strict: raise on unusable image/label pairs (folders: also ambiguous masks)
+            instead of skipping them with a warning.
+        cache: write/read the index cache (``.fewshot_index_*.json`` beside the data, or
+            the user cache folder when that is read-only).
     """
 
-    def decorator(init: Callable) -> Callable:
-        @functools.wraps(init)
-        def wrapper(self, *args: Any, **kwargs: Any) -> None:
-            cls = type(self).__name__
-            if len(args) > 1:
-                extra = args[1:]
-                if len(extra) > len(names):
-                    raise TypeError(
-                        f"{cls}() takes `root` and keyword arguments, got {len(args)} positional arguments"
-                    )
-                given = names[: len(extra)]
-                for n in given:
-                    if n in kwargs:
-                        raise TypeError(f"{cls}() got multiple values for argument {n!r}")
-                warnings.warn(
-                    f"{cls}: passing {', '.join(given)} by position is deprecated and will be an error in "
-                    f"the next release; pass {', '.join(f'{n}=...' for n in given)} by keyword (every "
-                    "dataset takes one keyword-only signature after `root`, see EpisodicDataset)",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                kwargs.update(zip(given, extra))
-                args = args[:1]
-            init(self, *args, **kwargs)
+    min_pixels: int = 2048
+    fold_classes: tuple[int | str, ...] | None = None
+    query_sampling: str = "pairs"
+    strict: bool = False
+    cache: bool = True
 
-        return wrapper
+    #: ``fold_classes`` may hold class names (folder names) as well as ids
+    _fold_classes_by_name: ClassVar[bool] = False
 
-    return decorator
+    def __post_init__(self) -> None:
+        if not is_int(self.min_pixels) or self.min_pixels < 1:
+            raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {self.min_pixels!r}")
+        if self.query_sampling not in QUERY_SAMPLING:
+            raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {self.query_sampling!r}")
+        fc = self.fold_classes
+        if fc is not None:
+            if self._fold_classes_by_name:
+                ok, want = (lambda v: is_int(v) or isinstance(v, str)), "class folder names (or class ids 1..N)"
+            else:
+                ok, want = is_int, "class ids"
+            if isinstance(fc, str | bytes):
+                raise TypeError(f"`fold_classes` must be a list of {want}, not one string: {fc!r}")
+            if not isinstance(fc, Sequence) or not fc or not all(map(ok, fc)):
+                raise ValueError(f"`fold_classes` must be a non-empty list of {want}, got {fc!r}")
+            object.__setattr__(self, "fold_classes", tuple(fc))
+        for name in ("strict", "cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
 
 
 class EpisodicDataset(Dataset):
-    """Base class: K-shot episodes over an index of (image, class) pairs.
-
-    Subclasses build the list of :class:`~fewshot_priors.data.index.Entry` and
-    the scan, then call this constructor; they implement :meth:`read_label`.
+    """Base class of every registered dataset: K-shot episodes over an index of (image, class) pairs.
 
     **The shared dataset signature.** Every registered dataset
     (:class:`~fewshot_priors.data.PascalFewShot`, :class:`~fewshot_priors.data.CocoFewShot`,
     :class:`~fewshot_priors.data.FolderFewShot`, and yours, see
-    :func:`~fewshot_priors.data.register_dataset`) is built as::
+    :func:`~fewshot_priors.data.register_dataset`) is built with this constructor::
 
-        Dataset(root, *, fold=0, split="train", shots=1, episodes=None, transform=None,
-                seed=321, image_size=473, min_pixels=None, fold_classes=None,
-                num_folds=None, num_classes=None, split_style=None, test_ratio=None,
-                min_class_images=None, split_seed=None, min_model_pixels=None,
-                strict=False, cache=True, query_sampling="pairs", progress=True,
-                **dataset_specific)
+        Dataset(root, *, split="train", fold=0, shots=1, episodes=None, seed=321,
+                transform=None, image_size=473, options=None, progress=True)
 
-    so that a ``data.KEY`` of the config means the same for each dataset:
+    The arguments mean the same for every dataset; what differs between datasets is
+    in ``options``, one typed object per dataset (``options_class``: a subclass of
+    :class:`DatasetOptions`; ``None`` = its defaults). The config's ``data`` keys map
+    onto both (see :func:`~fewshot_priors.data.create_dataset`).
 
-    * ``root``: the dataset folder (the only positional argument).
-    * ``fold``: which block of held-out classes (ignored when ``fold_classes`` is given).
-    * ``split``: ``"train"`` (training classes, reshuffled per :meth:`set_epoch`) or
-      ``"val"`` / ``"test"`` (aliases: held-out classes, fixed episode list).
-    * ``shots``: K support images per episode.
-    * ``episodes``: number of episodes; ``None`` = the dataset's default (train:
-      one per eligible pair; test: 5000 PASCAL, 20000 COCO, 1000 folder).
-    * ``transform``: ``transform(image, mask, rng) -> (image, mask, valid_hw)``;
-      ``None`` = the dataset's default transforms at ``image_size``.
-    * ``seed``: seed of the episodes and the augmentation.
-    * ``image_size``: size of the default transforms (and of the folder's
-      ``min_model_pixels`` rule).
-    * ``min_pixels``: a pair is eligible when the class covers at least this many
-      pixels; ``None`` = the dataset's default (2048 = 2 x 32 x 32 for PASCAL/COCO
-      as in the benchmarks, 1 for folders).
-    * ``fold_classes``: the held-out classes explicitly (class ids; folder: also
-      folder names).
-    * ``strict``, ``cache``, ``query_sampling``, ``progress``: see the arguments below
-      and the subclasses.
-
-    The dataset options (:data:`~fewshot_priors.data.registry.DATASET_OPTIONS`)
-    apply to some datasets only; each class lists those it uses in ``options``
-    and refuses the others by name when they are not None:
-
-    * ``num_folds``: PASCAL: folds of ``num_classes`` (default 4); folder: seeded folds.
-    * ``num_classes``: PASCAL layout: number of foreground classes.
-    * ``split_style``: COCO: ``"interleaved"`` (default) or ``"contiguous"`` folds.
-    * ``test_ratio``, ``min_class_images``, ``split_seed``, ``min_model_pixels``:
-      folder (see :class:`~fewshot_priors.data.FolderFewShot`).
-
-    Dataset-specific arguments (not config keys) follow the shared ones:
-    PASCAL ``use_split_list``; COCO ``annotation_format``, ``crowd``; folder
-    ``image_ext``, ``mask_ext``. Arguments after ``root`` passed by position
-    (as older releases allowed) still work for one release, with a DeprecationWarning.
-
-    Class attributes read by :func:`~fewshot_priors.data.create_dataset`:
-    ``options`` (above), ``train_resize_long`` (default of
-    ``data.train_resize_long``: True for photos of any size), and by
-    :func:`~fewshot_priors.data.registry.check_data_keys`: ``fold_classes_by_name``.
+    A subclass sets the class attributes below and implements :meth:`_index` (list
+    the images, scan their labels, choose the classes of the split) and :meth:`read_label`.
 
     Args:
-        entries: the images of this split.
-        scan: their class pixel counts (see :func:`~fewshot_priors.data.index.scan_entries`).
-        class_ids: the classes episodes are drawn from (the fold's train or test classes).
-        shots: K, support images per episode.
-        split: ``"train"`` (reshuffled by :meth:`set_epoch`) or ``"test"``
-            (fixed episode list, adds the original-resolution label).
-        episodes: number of episodes; ``None`` = one per eligible (image, class) pair.
-        transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)``
-            (see :mod:`fewshot_priors.data.transforms`); ``None`` = the protocol's
-            :class:`~fewshot_priors.data.transforms.TrainTransform` (``image_size``,
-            ``train_scale``) for training, :class:`~fewshot_priors.data.transforms.TestTransform`
-            (``image_size``) for testing.
+        root: the dataset folder (the only positional argument).
+        split: ``"train"`` (training classes, reshuffled per :meth:`set_epoch`) or
+            ``"val"`` (held-out classes, a fixed episode list, adds the
+            original-resolution label); see :data:`SPLITS`.
+        fold: which block of held-out classes (ignored when ``options.fold_classes`` is set).
+        shots: K support images per episode.
+        episodes: number of episodes; ``None`` = one per eligible pair (image with
+            ``query_sampling="images"``) for train, ``default_episodes`` for val.
         seed: seed of all episode and augmentation randomness.
-        min_pixels: a (image, class) pair is eligible when the class covers at
-            least this many pixels (2048 = 2 x 32 x 32 in the benchmarks).
-        strict: raise on bad image/label pairs instead of skipping them with a warning.
-        query_sampling: ``"pairs"`` (default: uniform over eligible (image, class)
-            pairs, the 2048-pixel rule applies to the query too) or ``"images"``
-            (PFENet's ``SemData``: uniform over images with an eligible class, the
-            class drawn among the fold classes present in the image, small ones
-            included; ``episodes=None`` then means one per image).
-        image_size: input size of the default transforms.
-        train_scale: scale range of the default training augmentation.
-        test_episodes: episodes of the test split when ``episodes`` is ``None``.
-        min_model_pixels: when the scan has ``model_counts`` (scanned with
-            ``model_size``), a pair is eligible only if the class also covers at
-            least this many pixels after the resize to the model's input size
-            (so thin or small objects that vanish there are never drawn).
+        transform: ``transform(image, mask, rng) -> (image, mask, valid_hw)`` (see
+            :mod:`fewshot_priors.data.transforms`); ``None`` =
+            :meth:`default_transform` ``(split, image_size)``.
+        image_size: the model's input size: size of the default transform (and of the
+            folder datasets' ``min_model_pixels`` rule).
+        options: the dataset's options object (``None`` = ``options_class()``).
+        progress: show a progress bar while the labels are scanned (first use only).
     """
 
-    #: dataset options (of DATASET_OPTIONS) this dataset uses; the others are refused
-    options: tuple[str, ...] = ()
-    #: default of data.train_resize_long in create_dataset (True: photos of any size)
+    #: the dataset's options (a DatasetOptions subclass); read by create_dataset and check_data_keys
+    options_class: type[DatasetOptions] = DatasetOptions
+    #: episodes of the val split when ``episodes`` is None
+    default_episodes: int = 1000
+    #: scale range of the default training augmentation
+    train_scale: tuple[float, float] = (0.9, 1.1)
+    #: default of ``data.train_resize_long``: True (photos of any size) trains at the test scale
     train_resize_long: bool = False
-    #: data.fold_classes may name classes (folder names) rather than only give ids
-    fold_classes_by_name: bool = False
+    #: the expected layout, shown by the errors about ``root``
+    layout: str = ""
     #: set by register_dataset
     dataset_name: str | None = None
 
     def __init__(
         self,
-        entries: Sequence[Entry],
-        scan: ScanResult,
-        class_ids: Sequence[int],
+        root: str | Path,
         *,
-        shots: int,
-        split: str,
-        episodes: int | None,
-        transform: Callable | None,
-        seed: int,
-        min_pixels: int,
-        strict: bool,
-        query_sampling: str = "pairs",
+        split: str = "train",
+        fold: int = 0,
+        shots: int = 1,
+        episodes: int | None = None,
+        seed: int = 321,
+        transform: Callable | None = None,
         image_size: int = 473,
-        train_scale: tuple[float, float] = (0.9, 1.1),
-        test_episodes: int = 1000,
-        min_model_pixels: int = 1,
+        options: DatasetOptions | None = None,
+        progress: bool = True,
     ) -> None:
-        check_episode_args(
-            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
-        )
-        self.query_sampling = query_sampling
-        if split not in ("train", "test"):
-            raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
-        if transform is None:
-            from .transforms import TestTransform, TrainTransform
-
-            transform = TrainTransform(image_size, scale=train_scale) if split == "train" else TestTransform(image_size)
-        if episodes is None and split == "test":
-            episodes = test_episodes
-        self.shots = shots
+        cls = type(self)
+        check_split(split)
+        check_episode_args(shots=shots, episodes=episodes, seed=seed)
+        if not is_int(fold) or fold < 0:
+            raise ValueError(f"`fold` must be a non-negative int, got {fold!r}")
+        if not is_int(image_size) or image_size < 1:
+            raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+        if options is None:
+            options = cls.options_class()
+        elif not isinstance(options, cls.options_class):
+            raise TypeError(
+                f"{cls.__name__}: `options` must be a {cls.options_class.__name__} (or None), "
+                f"got {type(options).__name__}"
+            )
+        root = Path(root)
+        if not root.is_dir():
+            raise DataLayoutError(f"dataset root {root} does not exist\n{cls.layout}".rstrip())
+        self.root = root
         self.split = split
+        self.fold = int(fold)
+        self.shots = int(shots)
         self.seed = int(seed)
-        self.min_pixels = int(min_pixels)
-        self.transform = transform
-        self.strict = strict
+        self.image_size = int(image_size)
+        self.options = options
+        self.progress = progress
+        self.min_pixels = int(options.min_pixels)
+        self.strict = options.strict
+        self.query_sampling = options.query_sampling
+        self.transform = transform if transform is not None else cls.default_transform(split, image_size)
         self.epoch = 0
-
-        self.min_model_pixels = int(min_model_pixels)
         self._empty_masks = 0  # episodes whose transformed support/query mask lost all foreground
+
+        entries, scan, class_ids = self._index()
+        self._build_episodes(entries, scan, class_ids, episodes)
+
+    @classmethod
+    def default_transform(
+        cls,
+        split: str,
+        image_size: int,
+        *,
+        scale: Sequence[float] | None = None,
+        resize_long: bool | None = None,
+    ) -> Callable:
+        """The dataset's transform of ``split`` (the one place transforms are chosen).
+
+        ``"train"``: :class:`~fewshot_priors.data.transforms.TrainTransform` (scale range
+        ``scale``, default ``train_scale``; with ``resize_long`` (default
+        ``train_resize_long``) the longer side is resized to ``image_size`` first);
+        ``"val"``: :class:`~fewshot_priors.data.transforms.TestTransform`.
+        """
+        from .transforms import TestTransform, TrainTransform
+
+        if check_split(split) == "val":
+            return TestTransform(image_size)
+        scale = cls.train_scale if scale is None else (float(scale[0]), float(scale[1]))
+        long = cls.train_resize_long if resize_long is None else bool(resize_long)
+        return TrainTransform(image_size, scale=scale, resize_long=image_size if long else None)
+
+    def _index(self) -> tuple[Sequence[Entry], ScanResult, Sequence[int]]:
+        """The images of this split, their scan (see :func:`~fewshot_priors.data.index.scan_entries`)
+        and the classes episodes are drawn from (the fold's train or held-out classes)."""
+        raise NotImplementedError
+
+    def _build_episodes(
+        self, entries: Sequence[Entry], scan: ScanResult, class_ids: Sequence[int], episodes: int | None
+    ) -> None:
+        shots, query_sampling = self.shots, self.query_sampling
+        if episodes is None and self.split == "val":
+            episodes = self.default_episodes
+        self.min_model_pixels = int(getattr(self.options, "min_model_pixels", 1))
         self._report_bad(scan.bad)
         self.entries = [e for e in entries if e.name in scan.counts]
         self.fold_class_ids = [int(c) for c in class_ids]
@@ -319,7 +333,7 @@ class EpisodicDataset(Dataset):
         return read_image(entry.image)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the episode order of a training epoch (no effect on the test split).
+        """Select the episode order of a training epoch (no effect on the val split).
 
         With ``persistent_workers=True`` the workers keep their own copy of the
         dataset; index it with ``(epoch, i)`` tuples instead (e.g. from a sampler).
@@ -372,7 +386,7 @@ class EpisodicDataset(Dataset):
 
     # ------------------------------------------------------------ internals
     def _epoch_of(self, epoch: int | None) -> int:
-        if self.split == "test":
+        if self.split == "val":
             return 0
         return self.epoch if epoch is None else int(epoch)
 
@@ -428,7 +442,7 @@ class EpisodicDataset(Dataset):
             "query_name": q_entry.name,
             "support_names": [self.entries[si].name for si in support_idx],
         }
-        if self.split == "test":
+        if self.split == "val":
             item["query_mask_orig"] = torch.from_numpy(q_mask)
             item["query_valid_hw"] = torch.tensor([int(q_hw[0]), int(q_hw[1])], dtype=torch.int64)
         return item
@@ -491,7 +505,7 @@ class EpisodicDataset(Dataset):
         msg = f"{len(bad)} image/label pair(s) cannot be used:\n  {listing}{more}"
         if self.strict:
             raise BadDataError(msg)
-        warnings.warn(f"{type(self).__name__}: skipping {msg}", stacklevel=3)
+        warnings.warn(f"{type(self).__name__}: skipping {msg}", stacklevel=4)
 
     def __repr__(self) -> str:
         return (

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import difflib
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from .._validate import is_int
-from .episodes import EpisodicDataset, check_episode_args, legacy_positional
-from .index import Entry, scan_entries
+from .episodes import DatasetOptions, EpisodicDataset
+from .index import Entry, ScanResult, scan_entries
 from .io import IGNORE_INDEX, DataLayoutError, read_binary_mask
-from .registry import check_options, register_dataset
+from .registry import register_dataset
 
 FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
   <class_name>/<image_id>.jpg     an image
@@ -24,15 +25,75 @@ FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
 _SPLIT_TAG = 99991  # separates the class-split stream from the episode streams
 
 
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class FolderOptions(DatasetOptions):
+    """Options of :class:`FolderFewShot`: how the classes are split, which pairs are drawn, file names.
+
+    ``query_sampling``, ``strict`` (also refuses ambiguous masks) and ``cache`` are those of
+    :class:`~fewshot_priors.data.DatasetOptions`.
+
+    Args:
+        min_pixels: minimum foreground pixels of an eligible pair at the original
+            resolution (default 1).
+        fold_classes: the held-out classes: folder names, or class ids ``1..N``; not
+            combinable with ``num_folds``, ``test_ratio``, ``min_class_images``.
+        num_folds: number of seeded folds over the candidate classes (>= 2).
+        test_ratio: share of the candidate classes held out per fold (default 0.2);
+            not combinable with ``num_folds``.
+        min_class_images: only classes with at least this many image/mask pairs
+            are candidates of the seeded folds (the others always train).
+        split_seed: seed of the class split (``None`` = the episode ``seed``); keep it fixed
+            when the episode seed changes so that train and val see the same split.
+        min_model_pixels: minimum foreground pixels of an eligible pair after the
+            resize to ``image_size`` (default 1: the object must not vanish).
+        image_ext: image file extension(s) to look for.
+        mask_ext: mask file extension.
+    """
+
+    min_pixels: int = 1
+    num_folds: int | None = None
+    test_ratio: float | None = None
+    min_class_images: int | None = None
+    split_seed: int | None = None
+    min_model_pixels: int = 1
+    image_ext: str | tuple[str, ...] = IMAGE_EXTS
+    mask_ext: str = ".png"
+
+    _fold_classes_by_name: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fold_classes is None:
+            _check_fold_args(self.test_ratio, self.num_folds, self.min_class_images)
+        else:
+            clash = [k for k in ("num_folds", "test_ratio", "min_class_images") if getattr(self, k) is not None]
+            if clash:
+                raise ValueError(
+                    f"`fold_classes` names the held-out classes; `{clash[0]}` only shapes the seeded "
+                    "folds and cannot be combined with it"
+                )
+        if self.split_seed is not None and (not is_int(self.split_seed) or self.split_seed < 0):
+            raise ValueError(f"`split_seed` must be a non-negative int or None, got {self.split_seed!r}")
+        if not is_int(self.min_model_pixels) or self.min_model_pixels < 1:
+            raise ValueError(
+                f"`min_model_pixels` must be a positive int (1 = must not vanish), got {self.min_model_pixels!r}"
+            )
+        if not isinstance(self.image_ext, str):
+            object.__setattr__(self, "image_ext", tuple(self.image_ext))
+
+
 @register_dataset("folder")
 class FolderFewShot(EpisodicDataset):
     """Episodes over a folder of class folders with image/mask pairs (FSS-1000 layout).
 
     Class ids are ``1..N`` in sorted folder-name order; ``class_names[id]`` gives
-    the folder. Classes are split at the class level, in this order of precedence:
+    the folder. Classes are split at the class level (:class:`FolderOptions`), in
+    this order of precedence:
 
-    * ``fold_classes`` (or its deprecated name ``test_classes``): the held-out classes,
-      as folder names or class ids ``1..N``;
+    * ``fold_classes``: the held-out classes, as folder names or class ids ``1..N``;
     * ``num_folds``: a seeded permutation (``split_seed``) of the candidate classes
       cut into ``num_folds`` near-equal disjoint blocks; block ``fold`` is held out
       (cross-validation over classes: the folds partition the candidates);
@@ -49,158 +110,56 @@ class FolderFewShot(EpisodicDataset):
     A (image, class) pair is drawn (as query or support) when the class covers at
     least ``min_pixels`` pixels at the original resolution (the PASCAL/COCO rule)
     *and* at least ``min_model_pixels`` pixels after the nearest-neighbour resize
-    of the test transform (longer side to ``image_size``), i.e. at the size the
-    model sees: thin or small objects that vanish at ``image_size`` are left out
-    (one warning lists them).
+    of the test transform (longer side to the transform's size, ``image_size`` by
+    default), i.e. at the size the model sees: thin or small objects that vanish there
+    are left out (one warning lists them).
 
-    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
-    options: ``num_folds``, ``test_ratio``, ``min_class_images``, ``split_seed``,
-    ``min_model_pixels``. Folder specifics:
-
-    Args:
-        root: folder with one sub-folder per class.
-        fold: which block of the seeded class permutation is held out (default 0).
-        split: ``"train"`` or ``"test"`` (``"val"`` is an alias).
-        episodes: number of episodes (default: one per eligible image for train,
-            1000 for test).
-        transform: default: for train ``TrainTransform(image_size, resize_long=image_size)``
-            (augmentation at the test scale: longer side ~ ``image_size``), for test
-            ``TestTransform(image_size)``.
-        seed: seed of the episodes and the augmentation (and of the class split
-            when ``split_seed`` is None).
-        image_size: size of the default transforms and of the ``min_model_pixels`` rule.
-        min_pixels: minimum foreground pixels of an eligible pair at the original
-            resolution (default 1).
-        fold_classes: the held-out classes: folder names, or class ids ``1..N``.
-        num_folds: number of seeded folds over the candidate classes.
-        test_ratio: share of the candidate classes held out per fold (default 0.2);
-            not combinable with ``num_folds``.
-        min_class_images: only classes with at least this many image/mask pairs
-            are candidates of the seeded folds (the others always train).
-        split_seed: seed of the class split (default: ``seed``); keep it fixed when
-            the episode seed changes so that train and test see the same split.
-        min_model_pixels: minimum foreground pixels of an eligible pair after the
-            resize to ``image_size`` (default 1: the object must not vanish).
-        strict: raise on unusable pairs and ambiguous masks instead of skipping / warning.
-        cache: write/read the index cache (``.fewshot_index_*.json`` in ``root``, or
-            the user cache folder when ``root`` is read-only).
-        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
-            :class:`~fewshot_priors.data.EpisodicDataset`.
-        progress: show a progress bar while the labels are scanned (first use only).
-        image_ext: image file extension(s) to look for.
-        mask_ext: mask file extension.
-        test_classes: deprecated name of ``fold_classes`` (DeprecationWarning).
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`)
+    with ``root`` the folder with one sub-folder per class, ``fold`` the block of the
+    seeded class permutation held out, ``episodes`` (default: one per eligible pair for
+    train, 1000 for val) and ``options`` a :class:`FolderOptions`. The default training
+    transform resizes the longer side to ``image_size`` before the random scale
+    (augmentation at the test scale). ``seed`` also splits the classes when
+    ``options.split_seed`` is None.
 
     Example:
         A folder ``my_data/`` with ``cat/001.jpg``, ``cat/001.png``, ``dog/...``::
 
-            from fewshot_priors.data import FolderFewShot, collate_episodes
-            train = FolderFewShot("my_data", shots=1, split="train", fold_classes=["dog"])
-            test = FolderFewShot("my_data", shots=5, split="test", fold_classes=["dog"])
-            loader = torch.utils.data.DataLoader(test, batch_size=4,
+            from fewshot_priors.data import FolderFewShot, FolderOptions, collate_episodes
+            opts = FolderOptions(fold_classes=("dog",))
+            train = FolderFewShot("my_data", shots=1, split="train", options=opts)
+            val = FolderFewShot("my_data", shots=5, split="val", options=opts)
+            loader = torch.utils.data.DataLoader(val, batch_size=4,
                                                  collate_fn=collate_episodes)
     """
 
-    options = ("num_folds", "test_ratio", "min_class_images", "split_seed", "min_model_pixels")
+    options_class = FolderOptions
+    default_episodes = 1000
     train_resize_long = True  # photos of any size: train at the test scale
-    fold_classes_by_name = True
+    layout = FOLDER_LAYOUT
 
-    @legacy_positional(
-        "shots", "split", "test_classes", "test_ratio", "fold", "seed", "image_ext", "mask_ext", "episodes",
-        "transform", "image_size", "min_pixels", "strict", "cache", "query_sampling", "progress",
-    )  # fmt: skip
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        fold: int = 0,
-        split: str = "train",
-        shots: int = 1,
-        episodes: int | None = None,
-        transform: Callable | None = None,
-        seed: int = 321,
-        image_size: int = 473,
-        min_pixels: int | None = None,
-        fold_classes: Sequence[str | int] | None = None,
-        num_folds: int | None = None,
-        num_classes: int | None = None,
-        split_style: str | None = None,
-        test_ratio: float | None = None,
-        min_class_images: int | None = None,
-        split_seed: int | None = None,
-        min_model_pixels: int | None = None,
-        strict: bool = False,
-        cache: bool = True,
-        query_sampling: str = "pairs",
-        progress: bool = True,
-        image_ext: str | Sequence[str] = (".jpg", ".jpeg", ".png"),
-        mask_ext: str = ".png",
-        test_classes: Sequence[str] | None = None,
-    ) -> None:
-        check_options(
-            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
-            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
-            min_model_pixels=min_model_pixels,
-        )
-        if test_classes is not None:
-            warnings.warn(
-                "FolderFewShot: `test_classes` is deprecated and will be removed in the next release; "
-                "pass the held-out classes as `fold_classes` (the name every dataset and data.fold_classes use)",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-        fold = 0 if fold is None else fold  # None was the default of older releases
-        min_pixels = 1 if min_pixels is None else min_pixels
-        min_model_pixels = 1 if min_model_pixels is None else min_model_pixels
-        root = Path(root)
-        split = {"val": "test"}.get(split, split)
-        if split not in ("train", "test"):
-            raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
-        check_episode_args(
-            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
-        )
-        if test_classes is not None and fold_classes is not None:
-            raise ValueError("pass the held-out classes as `fold_classes` or `test_classes`, not both")
-        if isinstance(test_classes, str) or isinstance(fold_classes, str):
-            raise TypeError("`fold_classes` / `test_classes` must be a list of class names, not one string")
-        explicit = fold_classes if fold_classes is not None else test_classes
-        name = "fold_classes" if fold_classes is not None else "test_classes"
-        if explicit is None:
-            _check_fold_args(test_ratio, num_folds, fold, min_class_images)
-        elif min_class_images is not None or num_folds is not None or test_ratio is not None:
-            raise ValueError(
-                f"`{name}` names the held-out classes; `num_folds`, `test_ratio` and `min_class_images` "
-                "only shape the seeded folds and cannot be combined with it"
-            )
-        split_seed = seed if split_seed is None else split_seed
-        if not is_int(split_seed) or split_seed < 0:
-            raise ValueError(f"`split_seed` must be a non-negative int or None, got {split_seed!r}")
-        if not is_int(min_model_pixels) or min_model_pixels < 1:
-            raise ValueError(f"`min_model_pixels` must be a positive int (1 = must not vanish), got {min_model_pixels!r}")
-        if not root.is_dir():
-            raise DataLayoutError(f"dataset root {root} does not exist\n{FOLDER_LAYOUT}")
-        self.root = root
-        self.mask_ext = mask_ext
-        self.strict = strict
+    def _index(self) -> tuple[list[Entry], ScanResult, list[int]]:
+        root, opts, split = self.root, self.options, self.split
+        self.mask_ext = opts.mask_ext
         class_dirs = class_folders(root)
         if not class_dirs:
             raise DataLayoutError(f"no class folders in {root}\n{FOLDER_LAYOUT}")
         self.class_names = {i + 1: p.name for i, p in enumerate(class_dirs)}
 
-        pairs = {c: image_mask_pairs(root / d, image_ext, mask_ext) for c, d in self.class_names.items()}
+        pairs = {c: image_mask_pairs(root / d, opts.image_ext, opts.mask_ext) for c, d in self.class_names.items()}
         self.class_image_counts = {c: sum(m.is_file() for _, m in v) for c, v in pairs.items()}
 
-        if explicit is not None:
-            test = self._resolve_classes(explicit, name)
+        if opts.fold_classes is not None:
+            test = self._resolve_classes(opts.fold_classes, "fold_classes")
         else:
-            cands = [c for c in self.class_names if self.class_image_counts[c] >= (min_class_images or 0)]
-            test = _seeded_fold(cands, fold or 0, num_folds, test_ratio, split_seed, min_class_images)
-        self.fold = fold
+            split_seed = self.seed if opts.split_seed is None else opts.split_seed
+            cands = [c for c in self.class_names if self.class_image_counts[c] >= (opts.min_class_images or 0)]
+            test = _seeded_fold(cands, self.fold, opts.num_folds, opts.test_ratio, split_seed, opts.min_class_images)
         self.test_class_ids = test
         self.train_class_ids = [c for c in self.class_names if c not in test]
         if not self.train_class_ids:
             raise ValueError(f"every class of {root} is held out; leave some classes for training")
-        use = test if split == "test" else self.train_class_ids
+        use = test if split == "val" else self.train_class_ids
 
         entries, self._entry_class = [], {}
         for c in use:
@@ -211,36 +170,17 @@ class FolderFewShot(EpisodicDataset):
         if not entries:
             raise DataLayoutError(f"no image/mask pairs found under {root}\n{FOLDER_LAYOUT}")
 
-        if transform is None and split == "train":  # train at the test scale (longer side ~ image_size)
-            from .transforms import TrainTransform
-
-            transform = TrainTransform(image_size, resize_long=image_size)
-        size = int(getattr(transform, "size", image_size) if transform is not None else image_size)
+        size = int(getattr(self.transform, "size", self.image_size))
         scan = scan_entries(
             entries,
             self.read_label,
-            root / f".fewshot_index_{split}.json" if cache else None,
+            root / f".fewshot_index_{split}.json" if opts.cache else None,
             description="indexing class folders",
-            extra_key=f"{mask_ext}|{test}|strict={strict}",
-            progress=progress,
+            extra_key=f"{opts.mask_ext}|{test}|strict={opts.strict}",
+            progress=self.progress,
             model_size=size,
         )
-        super().__init__(
-            entries,
-            scan,
-            use,
-            shots=shots,
-            split=split,
-            episodes=episodes,
-            transform=transform,
-            image_size=image_size,
-            test_episodes=1000,
-            seed=seed,
-            min_pixels=min_pixels,
-            strict=strict,
-            query_sampling=query_sampling,
-            min_model_pixels=min_model_pixels,
-        )
+        return entries, scan, use
 
     def read_label(self, entry: Entry) -> np.ndarray:
         """Binary mask -> class map: the entry's class id, 0 elsewhere, 255 ignored."""
@@ -283,9 +223,6 @@ class FolderFewShot(EpisodicDataset):
         if not out:
             raise ValueError(f"`{name}` must name at least one class")
         return sorted(out)
-
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 def class_folders(root: str | Path) -> list[Path]:
@@ -332,17 +269,15 @@ def list_unique_images(root: str | Path) -> list[str]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _check_fold_args(test_ratio, num_folds, fold, min_class_images) -> None:
+def _check_fold_args(test_ratio, num_folds, min_class_images) -> None:
     if test_ratio is not None and num_folds is not None:
-        raise ValueError("give the seeded folds by `num_folds` or by `test_ratio`, not both")
+        raise ValueError("`num_folds` and `test_ratio` both set: the seeded folds take one of them")
     if test_ratio is not None and (
         isinstance(test_ratio, bool) or not isinstance(test_ratio, (int, float)) or not 0 < test_ratio < 1
     ):
-        raise ValueError(f"`test_ratio` must be in (0, 1), got {test_ratio!r}")
+        raise ValueError(f"`test_ratio` must be a number in (0, 1), got {test_ratio!r}")
     if num_folds is not None and (not is_int(num_folds) or num_folds < 2):
         raise ValueError(f"`num_folds` must be an int >= 2, got {num_folds!r}")
-    if fold is not None and (not is_int(fold) or fold < 0):
-        raise ValueError(f"`fold` must be a non-negative int, got {fold!r}")
     if min_class_images is not None and (not is_int(min_class_images) or min_class_images < 1):
         raise ValueError(f"`min_class_images` must be a positive int or None, got {min_class_images!r}")
 

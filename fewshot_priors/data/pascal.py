@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .episodes import EpisodicDataset, check_episode_args, legacy_positional
-from .index import Entry, scan_entries
+from .._validate import is_int
+from .episodes import DatasetOptions, EpisodicDataset
+from .index import Entry, ScanResult, scan_entries
 from .io import DataLayoutError, read_label
-from .registry import check_options, register_dataset
+from .registry import register_dataset
 
 PASCAL_LAYOUT = """expected layout under root:
   VOC2012/JPEGImages/<id>.jpg
@@ -57,6 +59,32 @@ def fold_test_classes(
     return list(range(fold * per + 1, (fold + 1) * per + 1))
 
 
+@dataclass(frozen=True)
+class PascalOptions(DatasetOptions):
+    """Options of :class:`PascalFewShot` (and of other datasets in the PASCAL layout).
+
+    The fields of :class:`~fewshot_priors.data.DatasetOptions` (``min_pixels``, ``fold_classes``:
+    class ids 1..N, ``query_sampling``, ``strict``, ``cache``), and:
+
+    Args:
+        num_classes: number of foreground classes (``None`` = from ``dataset.json``, else 20).
+        num_folds: number of folds when the folds are derived from ``num_classes`` (4).
+        use_split_list: use the ``ImageSets/Segmentation`` lists; ``False`` uses every
+            label in ``SegmentationClassAug`` for both splits (classes still disjoint).
+    """
+
+    num_classes: int | None = None
+    num_folds: int = 4
+    use_split_list: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_classes is not None and (not is_int(self.num_classes) or self.num_classes < 1):
+            raise ValueError(f"`num_classes` must be an int >= 1 or None, got {self.num_classes!r}")
+        if not is_int(self.num_folds) or self.num_folds < 1:
+            raise ValueError(f"`num_folds` must be an int >= 1, got {self.num_folds!r}")
+
+
 @register_dataset("pascal")
 class PascalFewShot(EpisodicDataset):
     """PASCAL-5i episodes (PFENet's protocol, docs/how-to/reproduce.md) from ``root`` on disk.
@@ -67,34 +95,17 @@ class PascalFewShot(EpisodicDataset):
     ``i`` tests classes ``5i+1 .. 5i+5`` and trains on the other 15. Training
     episodes go over the train-class pairs of the train list (reshuffled per
     :meth:`set_epoch`); validation episodes over the test classes of ``val.txt``
-    form a fixed list determined by ``seed``.
+    form a fixed list determined by ``seed`` (5000 by default).
 
     Other datasets in this layout (such as the built-in synthetic one) can use
-    fewer classes: ``num_classes`` / ``fold_classes`` override the folds, and a
-    ``dataset.json`` in ``root`` with ``{"num_classes": N, "folds": [[...], ...]}``
+    fewer classes: ``PascalOptions(num_classes=...)`` / ``fold_classes`` override the
+    folds, and a ``dataset.json`` in ``root`` with ``{"num_classes": N, "folds": [[...], ...]}``
     is read automatically.
 
-    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`);
-    options: ``num_classes``, ``num_folds``. PASCAL specifics:
-
-    Args:
-        root: folder containing ``VOC2012/`` (or the ``VOC2012`` folder itself).
-        fold: fold index (0-3 for PASCAL-5i).
-        episodes: default 5000 for val, all eligible pairs for train.
-        transform: default :class:`~fewshot_priors.data.transforms.TrainTransform`
-            (train, scale 0.9-1.1) / :class:`~fewshot_priors.data.transforms.TestTransform` (val).
-        seed: 321 in the paper.
-        min_pixels: eligibility threshold (default 2048 = 2 x 32 x 32).
-        fold_classes: explicit list of test class ids of this fold.
-        num_folds: number of folds when the folds are derived from ``num_classes`` (default 4).
-        num_classes: number of foreground classes (default 20, or from ``dataset.json``).
-        strict: raise on unusable image/label pairs instead of skipping them.
-        cache: write/read the index cache.
-        query_sampling: ``"pairs"`` or ``"images"`` (PFENet's sampling), see
-            :class:`~fewshot_priors.data.EpisodicDataset`.
-        progress: show a progress bar while the labels are scanned (first use only).
-        use_split_list: use ``ImageSets/Segmentation`` lists; ``False`` uses every
-            label in ``SegmentationClassAug`` for both splits (classes still disjoint).
+    Takes the shared dataset signature (see :class:`~fewshot_priors.data.EpisodicDataset`)
+    with ``root`` the folder containing ``VOC2012/`` (or the ``VOC2012`` folder itself),
+    ``fold`` 0-3 for PASCAL-5i and ``options`` a :class:`PascalOptions`. The default
+    training transform scales by 0.9-1.1.
 
     Example:
         >>> ds = PascalFewShot("/data/pascal", fold=0, split="val", shots=1)  # doctest: +SKIP
@@ -102,63 +113,18 @@ class PascalFewShot(EpisodicDataset):
         (torch.Size([3, 473, 473]), torch.Size([1, 3, 473, 473]))
     """
 
-    options = ("num_classes", "num_folds")
+    options_class = PascalOptions
+    default_episodes = 5000
+    train_scale = (0.9, 1.1)
+    layout = PASCAL_LAYOUT
 
-    @legacy_positional(
-        "fold", "split", "shots", "episodes", "transform", "seed", "image_size", "strict", "use_split_list",
-        "num_classes", "fold_classes", "num_folds", "min_pixels", "cache", "query_sampling", "progress",
-    )  # fmt: skip
-    def __init__(
-        self,
-        root: str | Path,
-        *,
-        fold: int = 0,
-        split: str = "train",
-        shots: int = 1,
-        episodes: int | None = None,
-        transform: Callable | None = None,
-        seed: int = 321,
-        image_size: int = 473,
-        min_pixels: int | None = None,
-        fold_classes: Sequence[int] | None = None,
-        num_folds: int | None = None,
-        num_classes: int | None = None,
-        split_style: str | None = None,
-        test_ratio: float | None = None,
-        min_class_images: int | None = None,
-        split_seed: int | None = None,
-        min_model_pixels: int | None = None,
-        strict: bool = False,
-        cache: bool = True,
-        query_sampling: str = "pairs",
-        progress: bool = True,
-        use_split_list: bool = True,
-    ) -> None:
-        check_options(
-            type(self), num_classes=num_classes, num_folds=num_folds, split_style=split_style,
-            test_ratio=test_ratio, min_class_images=min_class_images, split_seed=split_seed,
-            min_model_pixels=min_model_pixels,
-        )
-        min_pixels = 2048 if min_pixels is None else min_pixels
-        num_folds = 4 if num_folds is None else num_folds
-        root = Path(root)
-        split = {"test": "val"}.get(split, split)
-        if split not in ("train", "val"):
-            raise ValueError(f"`split` must be 'train' or 'val', got {split!r}")
-        check_episode_args(
-            shots=shots, episodes=episodes, seed=seed, min_pixels=min_pixels, query_sampling=query_sampling
-        )
-        if fold_classes is None and (not isinstance(fold, int) or isinstance(fold, bool) or fold < 0):
-            raise ValueError(f"`fold` must be a non-negative int (0-3 for PASCAL-5i), got {fold!r}")
-        if not root.is_dir():
-            raise DataLayoutError(f"dataset root {root} does not exist\n{PASCAL_LAYOUT}")
-        self.root = root
+    def _index(self) -> tuple[list[Entry], ScanResult, list[int]]:
+        root, opts = self.root, self.options
         self.voc_dir = voc = _resolve_voc_dir(root)
         self.meta = self._read_meta(root, voc)
-        self.fold = fold
-        n = int(num_classes if num_classes is not None else self.meta.get("num_classes", 20))
+        n = int(opts.num_classes if opts.num_classes is not None else self.meta.get("num_classes", 20))
         self.num_classes = n
-        test_classes = self._test_classes(fold, n, fold_classes, num_folds)
+        test_classes = self._test_classes(self.fold, n, opts.fold_classes, opts.num_folds)
         self.test_class_ids = test_classes
         self.train_class_ids = [c for c in range(1, n + 1) if c not in test_classes]
         self.class_names = dict(
@@ -171,40 +137,24 @@ class PascalFewShot(EpisodicDataset):
             if (voc / "SegmentationClass").is_dir():
                 warnings.warn(
                     f"{label_dir} not found; using {voc / 'SegmentationClass'} (VOC labels only)",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
                 label_dir = voc / "SegmentationClass"
             else:
                 raise DataLayoutError(f"label folder {label_dir} not found\n{PASCAL_LAYOUT}")
         self.label_dir = label_dir
-        names, list_name = self._split_names(voc, label_dir, split, use_split_list)
+        names, list_name = self._split_names(voc, label_dir, self.split, opts.use_split_list)
         entries = [
             Entry(nm, voc / "JPEGImages" / f"{nm}.jpg", label_dir / f"{nm}.png") for nm in names
         ]
         scan = scan_entries(
             entries,
             lambda e: read_label(e.label),
-            voc / f".fewshot_index_{label_dir.name}_{list_name}.json" if cache else None,
+            voc / f".fewshot_index_{label_dir.name}_{list_name}.json" if opts.cache else None,
             description=f"indexing PASCAL {list_name}",
-            progress=progress,
+            progress=self.progress,
         )
-        is_train = split == "train"
-        super().__init__(
-            entries,
-            scan,
-            self.train_class_ids if is_train else test_classes,
-            shots=shots,
-            split="train" if is_train else "test",
-            episodes=episodes,
-            transform=transform,
-            image_size=image_size,
-            train_scale=(0.9, 1.1),
-            test_episodes=5000,
-            seed=seed,
-            min_pixels=min_pixels,
-            strict=strict,
-            query_sampling=query_sampling,
-        )
+        return entries, scan, self.train_class_ids if self.split == "train" else test_classes
 
     def read_label(self, entry: Entry) -> np.ndarray:
         return read_label(entry.label)

@@ -31,9 +31,10 @@ def build_dataset(
     shots: int | None = None,
     episodes: int | None = None,
     seed: int | None = None,
-    **kwargs: Any,
+    **overrides: Any,
 ):
-    """The few-shot dataset of ``cfg["data"]`` for ``split`` ("train" or "val").
+    """The few-shot dataset of ``cfg["data"]`` for ``split`` (``"train"`` or ``"val"``):
+    :func:`~fewshot_priors.data.create_dataset` with config errors raised as ``ConfigError``.
 
     Args:
         cfg: full config.
@@ -45,15 +46,15 @@ def build_dataset(
         seed: episode seed (default ``experiment.seed``). The class split of a
             folder dataset uses ``data.split_seed`` (default ``experiment.seed``),
             so train and val/eval hold out the same classes whatever the episode seed.
-        **kwargs: passed to the dataset class.
+        **overrides: constructor arguments or options of the dataset (e.g. ``progress=False``,
+            ``cache=False``), see :func:`~fewshot_priors.data.create_dataset`.
 
     Raises:
-        ConfigError: a dataset-specific ``data`` key set for a dataset it does not
-            apply to (e.g. ``data.num_classes`` with ``dataset: folder``).
+        ConfigError: a bad ``data`` key, e.g. a dataset-specific one set for a dataset it
+            does not apply to (``data.num_classes`` with ``dataset: folder``), or a bad K.
     """
-    from fewshot_priors.config import check_data_keys, resolve_shots
+    from fewshot_priors.config import ConfigError, resolve_shots
     from fewshot_priors.data.registry import create_dataset
 
-    check_data_keys(cfg["data"])  # config errors as ConfigError (create_dataset raises ValueError)
     shots = resolve_shots(cfg, split, shots)
-    return create_dataset(cfg, split, shots=shots, episodes=episodes, seed=seed, **kwargs)
+    return create_dataset(cfg, split, shots=shots, episodes=episodes, seed=seed, error=ConfigError, **overrides)
