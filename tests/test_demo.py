@@ -18,7 +18,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     from fewshot_priors.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--quick", "--no-progress"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--quick", "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("fig5_1shot.png", "fig5_5shot.png", "loss_curve.png", "pretrain_curve.png"):
         assert (out / name).stat().st_size > 1000, name

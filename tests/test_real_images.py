@@ -204,11 +204,11 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
         return {"summary": {"1-shot": {}}}
 
     monkeypatch.setattr(ri, "run_real_images", fake)
-    assert main(["real-images", "--root", "data", "--output", str(tmp_path), "--seeds", "3", "4",
+    assert main(["real-images", "--root", "data", "--output-dir", str(tmp_path), "--seeds", "3", "4",
                  "--image-size", "80", "--train-epochs", "2", "--fg-weight", "3", "--folds", "1"]) == 0
     assert seen["seeds"] == [3, 4] and seen["folds"] == [1] and seen["root"] == "data"
-    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "model.bins": [10, 5, 2, 1],
-                                 "train.epochs": 2, "model.fg_weight": 3.0}
+    # no model.bins: the presets' fractional bins follow the size at the backbone's real stride
+    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "train.epochs": 2, "model.fg_weight": 3.0}
     with pytest.raises(SystemExit):
         main(["real-images", "--root", "data", "--models", "unet"])
 
@@ -220,7 +220,7 @@ def test_presets_are_the_shipped_yaml_and_former_preset_dicts_map_to_config_keys
 
     quick, full = real_images_config(quick=True), real_images_config()
     assert quick["data"]["dataset"] == full["data"]["dataset"] == "folder"
-    assert full["data"]["image_size"] == 80 and full["model"]["bins"] == [10, 5, 2, 1]
+    assert full["data"]["image_size"] == 80 and full["model"]["bins"] == [1.0, 0.5, 0.25, 0.125]
     assert full["pretrain"]["queue_init"] == "empty" and full["pretrain"]["export_encoder"] == "query"
     assert quick["eval"]["episodes"] == 6 and full["eval"]["episodes"] == 40
     over = legacy_preset_overrides({"image_size": 96, "train": {"epochs": 3}, "episodes": 5, "backbone_weights": "w"})
