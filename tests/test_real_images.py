@@ -247,3 +247,34 @@ def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         run_real_images(tmp_path / "no_such_root", out, quick=True, overrides=[key], progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("quick, size, former", [(False, 80, [10, 5, 2, 1]), (True, 64, [8, 4, 2, 1]),
+                                                 (False, 96, [12, 6, 3, 1])])
+def test_preset_bins_resolve_at_the_real_feature_size(quick, size, former):
+    """The presets' fractional bins give the former stride-8 bins at the presets' sizes, and follow
+    --image-size without the CLI deriving anything (FEMDecoder resolves them at the actual feature size)."""
+    import torch
+
+    from fewshot_priors.models.factory import create_qgnet
+
+    cfg = real_images_config(quick=quick, overrides={"data.image_size": size})
+    model = create_qgnet(cfg["model"])
+    with torch.no_grad():
+        feat = model.backbone(torch.zeros(1, 3, size, size))[-1]
+    assert model.decoder.bin_sizes(*feat.shape[-2:]) == [(b, b) for b in former]
+
+
+def test_fractional_bins_follow_a_stride_16_backbone():
+    """VGG (stride 16): the former stride-8 derivation gave 21 x 21 bins for an 11 x 11 feature map at 161."""
+    import torch
+
+    from fewshot_priors.config import fraction_bins
+    from fewshot_priors.models.factory import create_qgnet
+
+    model = create_qgnet(backbone="vgg16_bn", use_prior=False, channels=16, bins=[1.0, 0.5, 0.25, 0.125])
+    with torch.no_grad():
+        feat = model.backbone(torch.zeros(1, 3, 161, 161))[-1]
+    assert feat.shape[-2:] == (11, 11)  # the real stride, 16 (backbone.output_stride reports the requested 8)
+    assert model.decoder.bin_sizes(11, 11) == [(11, 11), (5, 5), (2, 2), (1, 1)]
+    assert fraction_bins(161)[0] == 21  # what the CLI used to set, for stride 8
