@@ -108,7 +108,7 @@ def test_help_and_configs_listing(capsys):
 
 def test_python_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "fewshot_priors.cli", "train", "--help"],
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--resume" in r.stdout and "--set" in r.stdout
 
 
@@ -118,7 +118,7 @@ def test_help_and_version_do_not_import_torch():
             "for argv in (['--help'], ['train', '--help'], ['eval', '--help'], ['--version']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("NO-TORCH"), r.stdout[-300:]
     import fewshot_priors
@@ -197,9 +197,9 @@ def test_help_writes_every_default_one_way():
         text = " ".join(p.format_help().split())
         assert not re.search(r"\(default \d|default:\s*None|\(default [a-z]|\bdefault \d", text), (name, text)
         for action in p._actions:
-            if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
-                if action.help and action.dest != "help":
-                    assert "(default: " in p._get_formatter()._get_help_string(action), (name, action.dest)
+            if (action.option_strings and action.default not in (None, False, [], "==SUPPRESS==")
+                    and action.help and action.dest != "help"):
+                assert "(default: " in p._get_formatter()._get_help_string(action), (name, action.dest)
     help_text = " ".join(sub["demo"].format_help().split())
     named = re.search(r"see (docs/\S+\.md)", help_text).group(1)  # --ablation's help names a file that exists
     assert (Path(__file__).resolve().parents[1] / named).is_file(), named
