@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_output
 install: .install-stamp
 
 demo: install
-	$(PYTHON) -m fewshot_priors.cli demo --output $(DEMO_OUT)
+	$(PYTHON) -m fewshot_priors.cli demo --output-dir $(DEMO_OUT)
 
 test: install
 	$(PYTHON) -m pytest -n 2 --dist loadfile tests

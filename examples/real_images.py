@@ -1,6 +1,6 @@
 """QGNet on your own photos: point it at a folder dataset (FSS-1000 layout).
 
-    python examples/real_images.py --root /path/to/fss_layout --output real_images_output --seeds 0 1 2
+    python examples/real_images.py --root /path/to/fss_layout --output-dir real_images_output --seeds 0 1 2
     python examples/real_images.py --root /path/to/fss_layout --quick        # a minute or two, smoke check
 
 Layout: ``<class>/<stem>.jpg`` + ``<stem>.png`` (0/255 or 0/1 mask). The classes with

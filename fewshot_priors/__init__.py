@@ -15,18 +15,17 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 from ._version import __version__
-from .ops import (
-    checks_disabled,
-    checks_enabled,
-    guided_region_map,
-    masked_average_pool,
-    max_cosine_similarity,
-    prior_region_map,
-    set_checks,
-)
 
-# public name -> module that defines it (imported on first attribute access)
+# public name -> module that defines it (imported on first attribute access: `import fewshot_priors`
+# and `python -m fewshot_priors.cli --help` do not import torch)
 _LAZY = {
+    "checks_disabled": "fewshot_priors.ops",
+    "checks_enabled": "fewshot_priors.ops",
+    "guided_region_map": "fewshot_priors.ops",
+    "masked_average_pool": "fewshot_priors.ops",
+    "max_cosine_similarity": "fewshot_priors.ops",
+    "prior_region_map": "fewshot_priors.ops",
+    "set_checks": "fewshot_priors.ops",
     "create_backbone": "fewshot_priors.models.backbone",
     "FrozenBackbone": "fewshot_priors.models.backbone",
     "FEMDecoder": "fewshot_priors.models.fem",
@@ -56,17 +55,7 @@ _LAZY = {
     "momentum_update": "fewshot_priors.ops.contrastive",
 }
 
-__all__ = [
-    "__version__",
-    "checks_disabled",
-    "checks_enabled",
-    "guided_region_map",
-    "masked_average_pool",
-    "max_cosine_similarity",
-    "prior_region_map",
-    "set_checks",
-    *_LAZY,
-]
+__all__ = ["__version__", *_LAZY]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
@@ -88,6 +77,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.fem import FEMDecoder
     from .models.hub import from_pretrained, save_pretrained
     from .models.qgnet import QGNet
+    from .ops import (
+        checks_disabled,
+        checks_enabled,
+        guided_region_map,
+        masked_average_pool,
+        max_cosine_similarity,
+        prior_region_map,
+        set_checks,
+    )
     from .ops.contrastive import info_nce, momentum_update
     from .ops.modules import GuidedRegionMap, InfoNCELoss, MaskedAveragePool, PriorRegionMap, SuperpixelPool
     from .ops.superpixel_pool import superpixel_pool

@@ -2,30 +2,38 @@
 
 Subcommands::
 
-    fewshot-priors demo --output demo_output [--quick]
-    fewshot-priors real-images --root my_folder_dataset --output real_images_output [--seeds 0 1 2] [--quick]
+    fewshot-priors demo [--output-dir demo_output] [--quick]
+    fewshot-priors real-images --root my_folder_dataset [--output-dir real_images_output] [--seeds 0 1 2]
     fewshot-priors configs
-    fewshot-priors train --config pascal/resnet50_473_fold0 [--set train.lr=0.01 data.root=/data/VOCdevkit]
-                         [--resume | --overwrite]
-    fewshot-priors eval --config ... --checkpoint runs/x/best --shots 1 --episodes 5000 --seed 321 --output results.json
-    fewshot-priors visualize --config ... --checkpoint ... --output fig5.png [--episodes 4]
-    fewshot-priors pretrain --images DIR [--config ...] [--set pretrain.queue_size=16384 ...]
-    fewshot-priors convert PFENet.pth --kind pfenet|qgnet|pfenet-backbone --output converted/x [--config ...]
+    fewshot-priors train --config pascal/resnet50_473_fold0 [--output-dir runs/x] [--resume | --overwrite]
+                         [--set train.lr=0.01 --set data.root=/data/VOCdevkit]
+    fewshot-priors eval --config ... --checkpoint runs/x/best [--shots 1] [--output results.json]
+    fewshot-priors visualize --config ... --checkpoint runs/x/best [--output fig5.png] [--episodes 4]
+    fewshot-priors pretrain --images DIR [--output-dir runs/pretrain] [--config ...]
+    fewshot-priors convert PFENet.pth --kind pfenet|qgnet|pfenet-backbone --output converted/x.safetensors
 
-Every command that runs something takes ``--set section.key=value`` (any key of
-:data:`fewshot_priors.config.DEFAULTS`); its flags are shortcuts for config keys.
-This module only parses: arguments -> one config tree -> one call.
+One convention for outputs: ``--output-dir DIR`` for a command that writes a folder
+(``demo``, ``real-images``, ``train``, ``pretrain``), ``--output FILE`` for one that
+writes one file (``eval``'s JSON, ``visualize``'s PNG, ``convert``'s checkpoint, whose
+``.json`` sidecar and ``.yaml`` config go beside it).
+
+Every command that runs a model takes ``--device``, ``--no-progress`` (hides the
+progress bars and lines only; status lines and results are still printed) and
+``--set SECTION.KEY=VALUE`` (one override per ``--set``, repeatable; any key of
+:data:`fewshot_priors.config.DEFAULTS`); its other flags are shortcuts for config keys.
+This module only parses: arguments -> one config tree -> one call. It imports torch only
+when a command runs, so ``--help`` is instant.
 
 ``python -m fewshot_priors.cli`` works the same. Multi-GPU: run ``train`` / ``eval``
 under ``torchrun --nproc_per_node N -m fewshot_priors.cli ...``.
 
-Errors. Invalid arguments exit with status 2 and an argparse message. Errors of the
-user's input found later (:data:`USER_ERRORS`: bad config values, missing or corrupt
-data and checkpoints, a run folder that already holds a run, unwritable output
-paths, a non-finite loss) are printed as one ``error: ...`` line on stderr, also
-with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the traceback instead.
-Output paths are checked before the work starts; if writing results still fails
-afterwards, the results are printed to stdout first so nothing computed is lost.
+Errors. Invalid arguments exit with status 2 and an argparse message under the
+subcommand's usage. Errors of the user's input found later (:data:`USER_ERRORS`: bad
+config values, missing or corrupt data and checkpoints, a run folder that already holds
+a run, unwritable output paths, a non-finite loss) are printed as one ``error: ...``
+line on stderr, also with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the
+traceback instead. Output paths are checked before the work starts; if writing results
+still fails afterwards, the results are printed to stdout first so nothing computed is lost.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ __all__ = ["USER_ERRORS", "build_parser", "main"]
 #: (RunFolderError), NotADirectoryError, IsADirectoryError and PermissionError;
 #: CheckpointError is added in :func:`main`; FloatingPointError is a non-finite loss.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError)
+
+#: The real-images study's presets and models (``fewshot_priors.real_images.PRESET_CONFIGS`` /
+#: ``VARIANTS``, written out here so that parsing needs no torch; a test keeps them equal).
+REAL_IMAGES_PRESETS = ("full", "long", "quick")
+REAL_IMAGES_VARIANTS = ("qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
+                        "qgnet_without_prior")
 
 
 def _int_at_least(low: int):
@@ -80,158 +94,225 @@ def _check_output_file(path: str | os.PathLike, flag: str) -> Path:
     return p
 
 
-def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required,
-                   help="shipped config name (see `fewshot-priors configs`, e.g. pascal/resnet50_473_fold0) "
-                        "or a YAML file")
-    _add_set_arg(p)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default written one way, ``(default: X)``: argparse's own default when the flag
+    has one, else the help text names the config key the flag stands for (``(default: the config's
+    experiment.device)``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("(default:" in text or default is None or default is False or default == []
+                or default is argparse.SUPPRESS or not action.option_strings and action.nargs != "?"):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
-def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.lr=0.01 data.shots=5 data.root=/data/VOCdevkit"):
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE",
-                   help=f"override config values (any key of `fewshot-priors configs`' files), e.g. --set {example}")
+def _config_default(key: str) -> str:
+    return f"(default: the config's {key})"
+
+
+def _add_subparser(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, formatter_class=_HelpFormatter, allow_abbrev=False, **kwargs)
+
+
+def _add_config_arg(p: argparse.ArgumentParser, required: bool = True,
+                    help: str = "shipped config name (see `fewshot-priors configs`, e.g. pascal/resnet50_473_fold0) "
+                                "or a YAML file") -> None:
+    p.add_argument("--config", required=required, help=help)
+
+
+def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.lr=0.01") -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help=f"override one config value (any key of the files `fewshot-priors configs` lists; "
+                        f"repeat for more), e.g. --set {example}")
+
+
+def _add_run_args(p: argparse.ArgumentParser, example: str = "train.lr=0.01", progress: str = "progress bars") -> None:
+    """The flags of every command that runs a model: --device, --no-progress, --set."""
+    p.add_argument("--device", help=f"cpu, cuda, cuda:N or auto {_config_default('experiment.device')}")
+    p.add_argument("--no-progress", action="store_true",
+                   help=f"hide the {progress} (status lines and results are still printed)")
+    _add_set_arg(p, example)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fewshot_priors import __version__
+
     parser = argparse.ArgumentParser(
         prog="fewshot-priors",
         description="Few-shot segmentation with self-supervised query priors (QGNet).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with `fewshot-priors demo --output demo_output` (the whole pipeline on a generated dataset).",
+        allow_abbrev=False,
+        epilog="Start with `fewshot-priors demo` (the whole pipeline on a generated dataset). "
+               "Outputs: --output-dir DIR for a command that writes a folder, --output FILE for one file.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the whole paper pipeline on a generated dataset (< 10 min on 2 CPU cores)",
+    p = _add_subparser(sub, "demo",
+                       help="run the whole paper pipeline on a generated dataset (< 10 min on 2 CPU cores)",
                        description="Generate a small PASCAL-layout dataset, pretrain the prior extractor "
                                    "(global + local MoCo), train QGNet, evaluate 1-shot and 5-shot on held-out "
-                                   "classes against baselines, and write metrics.json + figures.")
-    p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+                                   "classes against baselines, and write metrics.json + figures. Config: demo/full "
+                                   "(demo/quick with --quick).")
+    p.add_argument("--output-dir", metavar="DIR", default="demo_output", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; for tests and smoke checks)")
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
-                        "and score the Table-7 recall of the region maps (3x training; ablation.md)")
-    p.add_argument("--seed", type=int, help="seed of everything (experiment.seed; default 321)")
-    p.add_argument("--device", help="cpu, cuda or auto (experiment.device; default auto)")
-    _add_set_arg(p, "train.epochs=6 eval.episodes=100 (config demo/full, or demo/quick with --quick)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                        "and score the Table-7 recall of the region maps (3x training; see "
+                        "docs/how-to/prior-ablation.md) (default: the config's study.ablation)")
+    p.add_argument("--seed", type=int, help=f"seed of everything {_config_default('experiment.seed')}")
+    _add_run_args(p, "train.epochs=6")
 
-    p = sub.add_parser("real-images", help="cross-validate QGNet and baselines on your own folder dataset",
+    p = _add_subparser(sub, "real-images", help="cross-validate QGNet and baselines on your own folder dataset",
                        description="On a folder dataset (<class>/<stem>.jpg + <stem>.png masks): pretrain the prior "
                                    "extractor on all images without labels (once per seed, shared by the folds), "
                                    "split the classes with >= --min-images images into --num-folds seeded folds, "
-                                   "hold each out in turn, train QGNet (pretrained prior, random-init prior, "
-                                   "no prior) on the other classes, evaluate 1-shot and 5-shot against the "
-                                   "guided-map and all-foreground baselines, and write metrics.json, results.md "
-                                   "(mean, std, min-max over seeds) and Fig. 5 panels.")
+                                   "hold each out in turn, train QGNet with each variant of the prior extractor "
+                                   "(GlobalLocalMoCo from scratch or from --prior-weights, --prior-weights alone, "
+                                   "random init, none) on the other classes, evaluate 1-shot and 5-shot against "
+                                   "the guided-map and all-foreground baselines, score the region maps "
+                                   "(ROC AUC, AP, Table-7 recall), and write metrics.json, results.md (mean, std, "
+                                   "min-max over seeds) and Fig. 5 panels. Config: real_images/<--preset>.")
     p.add_argument("--root", required=True, help="folder dataset root (one sub-folder per class)")
-    p.add_argument("--output", default="real_images_output", help="output folder (default: real_images_output)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    p.add_argument("--output-dir", metavar="DIR", default="real_images_output", help="output folder")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--folds", type=int, nargs="+", help="run only these folds (default: all)")
-    p.add_argument("--num-folds", type=int, default=4, help="class folds (default 4)")
-    p.add_argument("--min-images", type=int, default=5,
-                   help="classes with fewer images are never held out (default 5)")
-    p.add_argument("--fold-seed", type=int, default=0, help="seed of the class-to-fold split (default 0)")
-    p.add_argument("--quick", action="store_true", help="tiny preset (a minute or two; numbers are meaningless)")
-    p.add_argument("--image-size", type=int, help="input size: data.image_size, pretrain.size and model.bins "
-                                                 "(feature-size fractions) (default: the preset's)")
-    p.add_argument("--train-epochs", type=int, help="QGNet training epochs: train.epochs (default: the preset's)")
-    p.add_argument("--pretrain-epochs", type=int, help="prior-extractor pretraining epochs: pretrain.epochs "
-                                                      "(default: the preset's)")
-    p.add_argument("--episodes", type=int, help="test episodes per fold and K: eval.episodes (default: the preset's)")
-    p.add_argument("--fg-weight", type=float, help="foreground weight of the CE loss: model.fg_weight "
-                                                  "(default: the preset's)")
-    p.add_argument("--backbone-weights", help="local checkpoint of the frozen backbone (e.g. ImageNet resnet18 "
-                                             "weights): model.weights; default: the seed's self-supervised encoder")
-    p.add_argument("--models", nargs="+", choices=["qgnet", "qgnet_random_prior", "qgnet_without_prior"],
-                   default=["qgnet", "qgnet_random_prior", "qgnet_without_prior"], help="models to train (all)")
-    p.add_argument("--device", help="cpu, cuda or auto (experiment.device; default auto)")
-    _add_set_arg(p, "train.lr=0.02 pretrain.epochs=5 (config real_images/full, or real_images/quick with --quick)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress lines")
+    p.add_argument("--num-folds", type=_positive_int, default=4, help="class folds")
+    p.add_argument("--min-images", type=_positive_int, default=5, help="classes with fewer images are never held out")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the class-to-fold split")
+    p.add_argument("--preset", choices=REAL_IMAGES_PRESETS, default="full",
+                   help="full: about 30 min on 2 CPU cores; long: every prior variant at a larger size "
+                        "(hours on a CPU); quick: a minute or two, numbers meaningless")
+    p.add_argument("--quick", action="store_true", help="the quick preset (= --preset quick)")
+    p.add_argument("--image-size", type=_positive_int,
+                   help="input size: data.image_size and pretrain.size (the FEM bins are fractions of the "
+                        "feature size, so they follow) (default: the config's data.image_size)")
+    p.add_argument("--train-epochs", type=_positive_int,
+                   help=f"QGNet training epochs {_config_default('train.epochs')}")
+    p.add_argument("--pretrain-epochs", type=_positive_int,
+                   help=f"prior-extractor pretraining epochs {_config_default('pretrain.epochs')}")
+    p.add_argument("--episodes", type=_positive_int,
+                   help=f"test episodes per fold and K {_config_default('eval.episodes')}")
+    p.add_argument("--fg-weight", type=float, help=f"foreground weight of the CE loss {_config_default('model.fg_weight')}")
+    p.add_argument("--backbone", help="timm name of the frozen supervised backbone (model.backbone) "
+                                     "(default: the config's)")
+    p.add_argument("--backbone-weights",
+                   help="local weights file of the frozen supervised backbone, e.g. ImageNet (model.weights) "
+                        "(default: the config's; null: the seed's self-supervised encoder)")
+    p.add_argument("--prior-backbone", help="timm name of the prior extractor (pretrain.backbone) "
+                                           "(default: the config's)")
+    p.add_argument("--prior-weights",
+                   help="initial weights of the prior extractor, e.g. ImageNet (pretrain.weights): the "
+                        "qgnet_imagenet_prior and qgnet_imagenet_moco_prior variants run only with it")
+    p.add_argument("--models", nargs="+", choices=REAL_IMAGES_VARIANTS,
+                   help="models to train (default: the config's study.variants, without the ImageNet-prior "
+                        "ones when there are no --prior-weights)")
+    _add_run_args(p, "train.lr=0.02", progress="progress lines (one per unit, with the time left)")
 
-    sub.add_parser("configs", help="list the shipped configs (the paper's table rows and the demo)")
+    p = _add_subparser(sub, "configs", help="list the shipped configs (the paper's table rows and the presets)",
+                       description="List the shipped configs, one name per line, for --config: the paper's table "
+                                   "rows (<dataset>/<backbone>_<size>_fold<k>), the demo presets (demo/full, "
+                                   "demo/quick) and the real-images presets. An alias is listed with the config it "
+                                   "names (`demo -> demo/full`).")
 
-    p = sub.add_parser("train", help="train QGNet from a config",
+    p = _add_subparser(sub, "train", help="train QGNet from a config",
                        description="Episodic training (SGD, poly LR, the paper's augmentation) with TensorBoard + "
-                                   "CSV logs, periodic validation and best/last checkpoints in experiment.output_dir.")
-    _add_config_args(p)
-    p.add_argument("--output-dir", help="run folder (default: experiment.output_dir from the config)")
+                                   "CSV logs, periodic validation and best/last checkpoints in --output-dir.")
+    _add_config_arg(p)
+    p.add_argument("--output-dir", metavar="DIR", help=f"run folder {_config_default('experiment.output_dir')}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                      help="resume exactly from CHECKPOINT (default: <output-dir>/last)")
+                      help="resume exactly from CHECKPOINT (without one: <output-dir>/last)")
     mode.add_argument("--overwrite", action="store_true",
                       help="the run folder holds a previous run: delete its checkpoints and logs and start afresh "
                            "(without --resume or --overwrite such a folder is refused)")
-    p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimisation steps (>= 1)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--max-steps", type=_positive_int, help="stop after this many optimisation steps "
+                                                           f"{_config_default('train.max_steps')}")
+    _add_run_args(p, "data.root=/data/VOCdevkit")
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the held-out classes",
+    p = _add_subparser(sub, "eval", help="evaluate a checkpoint on the held-out classes",
                        description="Fixed-seed few-shot evaluation scored at the original label resolution; "
-                                   "writes mIoU, FB-IoU, per-class IoU, the seed and the episode count.")
-    _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `train` (stem or .safetensors)")
-    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else data.shots of the config)")
+                                   "prints and (with --output) writes mIoU, FB-IoU, per-class IoU with the class "
+                                   "names, the seed and the episode count.")
+    _add_config_arg(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `train` or `convert` "
+                                                       "(stem or .safetensors)")
+    p.add_argument("--shots", type=_positive_int, help="K (default: the config's eval.shots, else data.shots)")
     p.add_argument("--episodes", type=_positive_int,
-                   help="number of test episodes (default: eval.episodes, else data.test_episodes)")
-    p.add_argument("--seed", type=int, help="episode seed (default: eval.seed = 321)")
-    p.add_argument("--num-workers", type=_nonnegative_int, help="data loader workers (default: data.num_workers)")
-    p.add_argument("--output", help="write the results as JSON to this file (checked before the evaluation)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                   help="number of test episodes (default: the config's eval.episodes, else data.test_episodes)")
+    p.add_argument("--seed", type=int, help=f"episode seed {_config_default('eval.seed')}")
+    p.add_argument("--num-workers", type=_nonnegative_int, help=f"data loader workers "
+                                                                 f"{_config_default('data.num_workers')}")
+    p.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE (checked before the "
+                                                    "evaluation)")
+    _add_run_args(p, "data.root=/data/VOCdevkit")
 
-    p = sub.add_parser("visualize", help="draw Fig. 5-style panels for test episodes",
+    p = _add_subparser(sub, "visualize", help="draw Fig. 5-style panels for test episodes",
                        description="Query, support with mask, guided region map, prior region map, prediction "
-                                   "and ground truth for a few test episodes.")
-    _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `train`")
-    p.add_argument("--output", default="fig5.png", help="output PNG (default fig5.png)")
-    p.add_argument("--episodes", type=_positive_int, default=4, help="number of episodes (rows), default 4")
-    p.add_argument("--shots", type=_positive_int, help="K (default: eval.shots, else data.shots)")
-    p.add_argument("--seed", type=int, help="episode seed (default: eval.seed)")
+                                   "and ground truth for a few test episodes, as one PNG.")
+    _add_config_arg(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `train` or `convert`")
+    p.add_argument("--output", metavar="FILE", default="fig5.png", help="output PNG")
+    p.add_argument("--episodes", type=_positive_int, default=4, help="number of episodes (rows)")
+    p.add_argument("--shots", type=_positive_int, help="K (default: the config's eval.shots, else data.shots)")
+    p.add_argument("--seed", type=int, help=f"episode seed {_config_default('eval.seed')}")
+    _add_run_args(p, "data.root=/data/VOCdevkit")
 
-    p = sub.add_parser("pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
+    p = _add_subparser(sub, "pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
                        description="Pretrain GlobalLocalMoCo (global + superpixel-local InfoNCE) on unlabelled "
                                    "images and export the encoder as <output-dir>/prior_extractor.safetensors "
                                    "(pass it to training as model.prior_weights).")
-    p.add_argument("--config", help="config whose pretrain and experiment sections are used (shipped name or "
-                                    "YAML file; default: the defaults)")
-    p.add_argument("--images", help="image folder, .txt list of paths, or a glob-free path list file "
-                                    "(pretrain.images; required unless the config sets it)")
-    p.add_argument("--output-dir", help="run folder (experiment.output_dir; default runs/pretrain without --config)")
-    p.add_argument("--backbone", help="timm encoder name (pretrain.backbone, default resnet50)")
-    p.add_argument("--epochs", type=_positive_int, help="pretrain.epochs (default 200; paper: 1000 PASCAL, 200 COCO)")
+    _add_config_arg(p, required=False, help="config whose pretrain and experiment sections are used (shipped name "
+                                            "or YAML file) (default: the package defaults)")
+    p.add_argument("--images", help="image folder or .txt list of paths (required unless the config sets "
+                                    "pretrain.images)")
+    p.add_argument("--output-dir", metavar="DIR", help="run folder (default: the config's experiment.output_dir; runs/pretrain "
+                                        "without --config)")
+    p.add_argument("--backbone", help=f"timm encoder name {_config_default('pretrain.backbone')}")
+    p.add_argument("--epochs", type=_positive_int, help=f"pretraining epochs (paper: 1000 PASCAL, 200 COCO) "
+                                                        f"{_config_default('pretrain.epochs')}")
     p.add_argument("--batch-size", type=_positive_int,
-                   help="global batch size, pretrain.batch_size (default 256; lr = 0.03 x batch / 256)")
-    p.add_argument("--size", type=_positive_int, help="crop size of the two views, pretrain.size (default 224)")
+                   help=f"global batch size; lr = 0.03 x batch / 256 {_config_default('pretrain.batch_size')}")
+    p.add_argument("--size", type=_positive_int, help=f"crop size of the two views {_config_default('pretrain.size')}")
     p.add_argument("--superpixels", choices=["slic", "felzenszwalb"],
-                   help="patch method, pretrain.superpixel_method (default slic)")
+                   help=f"patch method {_config_default('pretrain.superpixel_method')}")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="resume exactly from <output-dir>/last")
     mode.add_argument("--overwrite", action="store_true",
                       help="the run folder holds a previous run: delete its checkpoints and logs and start afresh")
     p.add_argument("--diag-every", type=_nonnegative_int, metavar="N",
-                   help="log collapse diagnostics (embedding std, alignment, uniformity) every N steps "
-                        "(pretrain.diag_every; 0 = off)")
+                   help="log collapse diagnostics (embedding std, alignment, uniformity) every N steps, 0 = off "
+                        f"{_config_default('pretrain.diag_every')}")
     p.add_argument("--probe-root", metavar="DIR",
                    help="labelled class folders (<class>/<stem>.jpg + .png masks): log global and local kNN "
-                        "accuracy of the encoder before, during (--set pretrain.probe_every=N) and after pretraining")
-    _add_set_arg(p, "pretrain.queue_size=16384 pretrain.local_weight=0 experiment.seed=0 (a bare FIELD=VALUE "
-                    "is read as pretrain.FIELD, deprecated)")
+                        "accuracy of the encoder before, during (--set pretrain.probe_every=N) and after "
+                        f"pretraining {_config_default('pretrain.probe_root')}")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_run_args(p, "pretrain.queue_size=16384")
 
-    p = sub.add_parser("convert", help="convert an official PFENet / QGNet checkpoint (or PFENet's backbone file)",
+    p = _add_subparser(sub, "convert",
+                       help="convert an official PFENet / QGNet checkpoint (or PFENet's backbone file)",
                        description="Rename an official PFENet or QGNet checkpoint (torch .pth with 'state_dict', "
                                    "keys 'module.*') or PFENet's backbone initialisation file (resnet50_v2.pth) "
-                                   "to this library's names and write <output>.safetensors/.json (a checkpoint for "
-                                   "`eval --checkpoint`) plus <output>.yaml (the config to evaluate it with).")
+                                   "to this library's names and write --output X.safetensors with its X.json "
+                                   "sidecar (a checkpoint for `eval --checkpoint`) and X.yaml (the config to "
+                                   "evaluate it with).")
     p.add_argument("source", help="the official .pth file")
     p.add_argument("--kind", required=True, choices=["pfenet", "qgnet", "pfenet-backbone"],
                    help="pfenet: PFENet (QGNet without prior); qgnet: the official QGNet; "
                         "pfenet-backbone: PFENet's initmodel/resnet50_v2.pth-style backbone file")
-    p.add_argument("--output", required=True, help="output stem, e.g. converted/pfenet_r50_fold0")
-    p.add_argument("--bins", nargs="+", type=float, metavar="B",
-                   help="PFENet's ppm_scales of the checkpoint (values <= 1 are fractions of the feature size, "
-                        "as in PFENet); default: model.bins of the config")
-    _add_config_args(p, required=False)
+    p.add_argument("--output", metavar="FILE", required=True,
+                   help="the checkpoint to write, e.g. converted/pfenet_r50_fold0.safetensors (its .json and "
+                        ".yaml are written beside it)")
+    p.add_argument("--bins", type=float, action="append", metavar="B",
+                   help="one of PFENet's ppm_scales of the checkpoint, largest first; repeat for each (values "
+                        "<= 1 are fractions of the feature size, as in PFENet) (default: the config's model.bins)")
+    _add_config_arg(p, required=False, help="base config for the data / train / eval sections (shipped name or "
+                                            "YAML file) (default: the package defaults)")
+    _add_set_arg(p, "data.fold=2")
     return parser
 
 
@@ -239,10 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_configs(args) -> int:
-    from fewshot_priors.config import available_configs
+    import yaml
+
+    from fewshot_priors.config import available_configs, resolve_config_path
 
     for name in available_configs():
-        print(name)
+        content = yaml.safe_load(resolve_config_path(name).read_text(encoding="utf-8")) or {}
+        base = content.get("_base_") if isinstance(content, dict) and set(content) == {"_base_"} else None
+        # an alias file holds nothing but its _base_: list it with the config it names
+        print(f"{name} -> {Path(base).with_suffix('').as_posix()} (alias)" if isinstance(base, str) else name)
     return 0
 
 
@@ -253,36 +339,42 @@ def _dotted(overrides) -> dict:
     return {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
 
 
+def _run_overrides(args, flags: dict | None = None) -> dict:
+    """A command's flags (``{"section.key": value}``, None = not given), ``--device``, then ``--set`` (last wins)."""
+    over = {k: v for k, v in (flags or {}).items() if v is not None}
+    if getattr(args, "device", None) is not None:
+        over["experiment.device"] = args.device
+    over.update(_dotted(args.overrides))
+    return over
+
+
 def _cmd_demo(args) -> int:
     from fewshot_priors.demo import run_demo
 
-    metrics = run_demo(args.output, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
+    metrics = run_demo(args.output_dir, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
                        device=args.device, progress=not args.no_progress, overrides=args.overrides)
     print(json.dumps(metrics.get("summary", metrics), indent=2))
     return 0
 
 
 def _cmd_real_images(args) -> int:
-    from fewshot_priors.config import fraction_bins
     from fewshot_priors.real_images import run_real_images
 
-    flags = {
-        ("data.image_size", "pretrain.size"): args.image_size,
-        ("train.epochs",): args.train_epochs,
-        ("pretrain.epochs",): args.pretrain_epochs,
-        ("eval.episodes",): args.episodes,
-        ("model.fg_weight",): args.fg_weight,
-        ("model.weights",): args.backbone_weights,
-    }
-    over = {key: value for keys, value in flags.items() if value is not None for key in keys}
-    if args.image_size is not None:
-        over["model.bins"] = fraction_bins(args.image_size)
-    over.update(_dotted(args.overrides))
-    metrics = run_real_images(args.root, args.output, seeds=args.seeds, folds=args.folds, num_folds=args.num_folds,
-                              min_images=args.min_images, fold_seed=args.fold_seed, quick=args.quick,
-                              overrides=over, variants=args.models, device=args.device,
+    # no model.bins here: the shipped presets' bins are fractions of the feature size, resolved by
+    # FEMDecoder at the backbone's real feature size, so --image-size needs nothing else
+    flags = {"data.image_size": args.image_size, "pretrain.size": args.image_size, "train.epochs": args.train_epochs,
+             "pretrain.epochs": args.pretrain_epochs, "eval.episodes": args.episodes,
+             "model.fg_weight": args.fg_weight, "model.weights": args.backbone_weights,
+             "model.backbone": args.backbone, "pretrain.backbone": args.prior_backbone,
+             "pretrain.weights": args.prior_weights}
+    if args.quick and args.preset not in ("full", "quick"):
+        raise ValueError(f"--quick and --preset {args.preset} disagree: pass one of them")
+    metrics = run_real_images(args.root, args.output_dir, seeds=args.seeds, folds=args.folds, num_folds=args.num_folds,
+                              min_images=args.min_images, fold_seed=args.fold_seed,
+                              preset="quick" if args.quick else args.preset,
+                              overrides=_run_overrides(args, flags), variants=args.models,
                               progress=not args.no_progress)
-    print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
+    print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
     return 0 if metrics["summary"] else 1
 
 
@@ -307,9 +399,7 @@ def _cmd_train(args) -> int:
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
 
-    cfg = load_config(args.config, args.overrides)
-    if args.output_dir:
-        cfg["experiment"]["output_dir"] = args.output_dir
+    cfg = load_config(args.config, _run_overrides(args, {"experiment.output_dir": args.output_dir}))
     # before the datasets are scanned: an existing run folder, or a file in the way, fails now
     check_run_dir(cfg["experiment"]["output_dir"], resume=bool(args.resume), overwrite=args.overwrite)
     info = init_distributed()
@@ -338,16 +428,18 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _class_names(dataset) -> dict[str, str]:
+    """``{"<id>": name}`` of a dataset's classes (``{}`` for a dataset without names)."""
+    return {str(c): str(n) for c, n in dict(getattr(dataset, "class_names", None) or {}).items()}
+
+
 def _cmd_eval(args) -> int:
     from fewshot_priors.config import load_config, resolve_shots
     from fewshot_priors.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.evaluate import evaluate, format_results, results_json, write_results
 
-    overrides = list(args.overrides)
-    if args.num_workers is not None:
-        overrides.append(f"data.num_workers={args.num_workers}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _run_overrides(args, {"data.num_workers": args.num_workers}))
     if args.output:
         _check_output_file(args.output, "--output")
     info = init_distributed()
@@ -362,10 +454,11 @@ def _cmd_eval(args) -> int:
         res = evaluate(model, dataset, seed=seed, batch_size=cfg["eval"]["batch_size"],
                        num_workers=cfg["data"]["num_workers"], progress=not args.no_progress, dist=info)
         res["shots"] = shots
+        names = {c: n for c, n in _class_names(dataset).items() if c in res.get("per_class_iou", {})}
         if info.is_main:
-            print(format_results(res, f"{args.config} {shots}-shot"))
+            print(format_results(res, f"{args.config} {shots}-shot", class_names=names))
             if args.output:
-                extra = {"config": str(args.config), "checkpoint": str(args.checkpoint)}
+                extra = {"class_names": names, "config": str(args.config), "checkpoint": str(args.checkpoint)}
                 try:
                     write_results(res, args.output, **extra)
                 except OSError as exc:
@@ -386,12 +479,13 @@ def _cmd_visualize(args) -> int:
     from fewshot_priors.report import episode_rows
     from fewshot_priors.viz import save_episode_figures
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, _run_overrides(args))
     _check_output_file(args.output, "--output")
     shots = resolve_shots(cfg, "eval", args.shots)
     seed = cfg["eval"]["seed"] if args.seed is None else args.seed
     model = _load_model_for_eval(cfg, args.checkpoint)
-    dataset = build_dataset(cfg, "val", shots=shots, episodes=args.episodes, seed=seed)
+    dataset = build_dataset(cfg, "val", shots=shots, episodes=args.episodes, seed=seed,
+                            progress=not args.no_progress)
     with torch.no_grad():
         rows = episode_rows(model, dataset, range(min(args.episodes, len(dataset))))
     path = save_episode_figures(rows, args.output, title=f"{args.config}, {shots}-shot")
@@ -399,59 +493,22 @@ def _cmd_visualize(args) -> int:
     return 0
 
 
-#: Former PretrainConfig fields that are not ``pretrain`` keys: where a bare ``--set FIELD=VALUE`` goes.
-_PRETRAIN_MOVED = {"output_dir": "experiment.output_dir", "seed": "experiment.seed", "device": "experiment.device"}
-
-
-def _pretrain_overrides(items) -> tuple[list[str], dict]:
-    """Split ``--set`` items: ``section.key=value`` stays; a bare ``FIELD=VALUE`` (the former pretrain
-    syntax, deprecated) becomes ``pretrain.FIELD=VALUE`` (``tensorboard`` a call argument)."""
-    import warnings
-
-    from fewshot_priors.config import ConfigError
-
-    out, call = [], {}
-    for text in items:
-        key, sep, value = text.partition("=")
-        if not sep or "." in key:
-            out.append(text)
-            continue
-        key = key.strip()
-        new = _PRETRAIN_MOVED.get(key, f"pretrain.{key}")
-        warnings.warn(f"--set {key}={value} is deprecated: write --set {new}={value}" if key != "tensorboard" else
-                      "--set tensorboard=... is deprecated: use --no-tensorboard", DeprecationWarning, stacklevel=2)
-        if key == "tensorboard":
-            import yaml
-
-            flag = yaml.safe_load(value)
-            if not isinstance(flag, bool):
-                raise ConfigError(f"tensorboard must be true or false, got {value!r}")
-            call["tensorboard"] = flag
-        elif key in ("resume", "overwrite", "progress"):
-            raise ConfigError(f"--set {key}=... is not a config key: use the --{key} flag")
-        else:
-            out.append(f"{new}={value}")
-    return out, call
-
-
 def _cmd_pretrain(args) -> int:
     from fewshot_priors.config import ConfigError, load_config
     from fewshot_priors.engine.pretrain import pretrain
 
-    overrides, call = _pretrain_overrides(args.overrides)
     flags = {"pretrain.images": args.images, "experiment.output_dir": args.output_dir,
              "pretrain.backbone": args.backbone, "pretrain.epochs": args.epochs, "pretrain.batch_size": args.batch_size,
              "pretrain.size": args.size, "pretrain.superpixel_method": args.superpixels,
              "pretrain.diag_every": args.diag_every, "pretrain.probe_root": args.probe_root}
-    over = {k: v for k, v in flags.items() if v is not None}
-    over.update(_dotted(overrides))
+    over = _run_overrides(args, flags)
     if args.config is None and "experiment.output_dir" not in over:
         over["experiment.output_dir"] = "runs/pretrain"
     cfg = load_config(args.config, over)
     if cfg["pretrain"]["images"] is None:
         raise ConfigError("pretrain.images is not set: pass --images (a folder, a .txt list of paths)")
     res = pretrain(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.no_progress,
-                       tensorboard=call.get("tensorboard", not args.no_tensorboard))
+                   tensorboard=not args.no_tensorboard)
     if res.get("prior_extractor"):
         print(f"prior extractor written to {res['prior_extractor']} (use it as model.prior_weights)")
     return 0
@@ -460,10 +517,15 @@ def _cmd_pretrain(args) -> int:
 def _cmd_convert(args) -> int:
     from fewshot_priors.engine.convert import write_converted_checkpoint
 
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--output {out} must name the checkpoint file to write, e.g. "
+                         f"{out.with_suffix('') if out.suffix in ('.json', '.yaml') else out}.safetensors")
+    _check_output_file(out, "--output")
     # keys the name table cannot map, a checkpoint of another kind: ValueError, reported by main()
-    out = write_converted_checkpoint(args.source, args.output, kind=args.kind, config=args.config,
-                                     overrides=args.overrides, bins=args.bins)
-    for what, path in out.items():
+    written = write_converted_checkpoint(args.source, out, kind=args.kind, config=args.config,
+                                         overrides=args.overrides, bins=args.bins)
+    for what, path in written.items():
         print(f"wrote {what}: {path}")
     return 0
 
@@ -483,7 +545,10 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot-priors`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if unknown:  # argparse would report them under the top-level usage: show the subcommand's
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 1

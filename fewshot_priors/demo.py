@@ -176,7 +176,8 @@ def run_demo(
         seed: seed of the dataset, pretraining, training and evaluation
             (default: ``experiment.seed`` of the config, 321).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device``, auto).
-        progress: show progress bars.
+        progress: show progress bars (the ``[demo]`` status lines and the summary are
+            printed either way).
         overrides: ``section.key=value`` changes to the preset's config (``demo/full`` or ``demo/quick``).
 
     Returns:
@@ -203,9 +204,8 @@ def run_demo(
     timings: dict[str, float] = {}
     d, study = cfg["data"], cfg["study"]
 
-    def say(msg: str) -> None:
-        if progress:
-            print(f"[demo] {msg}", flush=True)
+    def say(msg: str) -> None:  # status lines and the summary: printed with or without progress bars
+        print(f"[demo] {msg}", flush=True)
 
     # 1. data ------------------------------------------------------------------------------
     t = _timer()

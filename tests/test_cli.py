@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,19 +96,112 @@ def test_help_and_configs_listing(capsys):
     assert e.value.code == 0
     assert "demo" in capsys.readouterr().out
     assert main(["configs"]) == 0
-    listed = capsys.readouterr().out.split()
+    out = capsys.readouterr().out
+    listed = out.split()
     assert "pascal/resnet50_473_fold0" in listed and "coco/vgg16_321_fold1" in listed
+    assert "demo -> demo/full (alias)" in out.splitlines()  # the alias says what it names
+    with pytest.raises(SystemExit):
+        main(["configs", "--help"])
+    assert "table rows" in capsys.readouterr().out  # configs has a description
 
 
 def test_python_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "fewshot_priors.cli", "train", "--help"],
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--resume" in r.stdout and "--set" in r.stdout
+
+
+def test_help_and_version_do_not_import_torch():
+    """--help must be instant: neither the package root nor cli.py imports torch to build the parser."""
+    code = ("import sys\nfrom fewshot_priors.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['eval', '--help'], ['--version']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("NO-TORCH"), r.stdout[-300:]
+    import fewshot_priors
+
+    assert f"fewshot-priors {fewshot_priors.__version__}" in r.stdout
 
 
 def test_errors_are_reported_not_raised(capsys, tmp_path):
     assert main(["eval", "--config", "demo", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_argument_errors_show_the_subcommand_usage_and_abbreviations_are_refused(capsys):
+    for argv, bad in ((["demo", "--quik"], "--quik"), (["train", "--config", "demo", "--max-step", "3"], "--max-step"),
+                      (["demo", "--output", "x"], "--output")):  # --output of a folder is --output-dir
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"usage: fewshot-priors {argv[0]} ") and bad in err, err
+
+
+#: The flags every command that runs a model takes, and the one output convention.
+RUN_COMMANDS = {"train": ["--config", "demo"], "eval": ["--config", "demo", "--checkpoint", "x"],
+                "visualize": ["--config", "demo", "--checkpoint", "x"], "pretrain": [], "demo": [],
+                "real-images": ["--root", "r"]}
+
+
+def test_every_command_that_runs_a_model_takes_the_common_flags():
+    from fewshot_priors.cli import build_parser
+
+    parser = build_parser()
+    for command, args in RUN_COMMANDS.items():
+        ns = parser.parse_args([command, *args, "--device", "cpu", "--no-progress",
+                                "--set", "train.lr=0.5", "--set", "data.shots=2"])
+        assert ns.overrides == ["train.lr=0.5", "data.shots=2"] and ns.device == "cpu" and ns.no_progress, command
+    ns = parser.parse_args(["convert", "x.pth", "--kind", "qgnet", "--output", "o.safetensors", "--set", "data.fold=1"])
+    assert ns.overrides == ["data.fold=1"]
+
+
+def test_one_output_convention_across_commands():
+    """--output-dir DIR for a command that writes a folder, --output FILE for one that writes one file."""
+    from fewshot_priors.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.items()}
+    for name in ("demo", "real-images", "train", "pretrain"):
+        assert "--output-dir" in flags[name] and "--output" not in flags[name], name
+    for name in ("eval", "visualize", "convert"):
+        assert "--output" in flags[name] and "--output-dir" not in flags[name], name
+    for name, parser_ in sub.items():
+        for action in parser_._actions:
+            if action.dest == "output_dir":
+                assert action.metavar == "DIR", name
+            if action.dest == "output":
+                assert action.metavar == "FILE", name
+
+
+def test_set_takes_one_override_and_never_swallows_a_positional():
+    from fewshot_priors.cli import build_parser
+
+    ns = build_parser().parse_args(["convert", "--set", "data.fold=2", "official.pth", "--kind", "pfenet",
+                                    "--output", "o.safetensors"])
+    assert ns.source == "official.pth" and ns.overrides == ["data.fold=2"]
+
+
+def test_help_writes_every_default_one_way():
+    import re
+
+    from fewshot_priors.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name, p in sub.items():
+        text = " ".join(p.format_help().split())
+        assert not re.search(r"\(default \d|default:\s*None|\(default [a-z]|\bdefault \d", text), (name, text)
+        for action in p._actions:
+            if (action.option_strings and action.default not in (None, False, [], "==SUPPRESS==")
+                    and action.help and action.dest != "help"):
+                assert "(default: " in p._get_formatter()._get_help_string(action), (name, action.dest)
+    help_text = " ".join(sub["demo"].format_help().split())
+    named = re.search(r"see (docs/\S+\.md)", help_text).group(1)  # --ablation's help names a file that exists
+    assert (Path(__file__).resolve().parents[1] / named).is_file(), named
 
 
 def test_train_eval_visualize_round_trip(tmp_path, capsys):
@@ -116,16 +210,17 @@ def test_train_eval_visualize_round_trip(tmp_path, capsys):
 
     root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=12, image_size=64,
                                       min_pixels=400, progress=False)
-    common = ["--set", f"data.root={root}", "data.image_size=64", "model.bins=[8, 4]", "model.channels=16",
+    common = [f"data.root={root}", "data.image_size=64", "model.bins=[8, 4]", "model.channels=16",
               "train.batch_size=2", "train.epochs=1", "train.log_every=1", "model.use_prior=false",
               "data.num_workers=0", "data.min_pixels=400", f"experiment.output_dir={tmp_path / 'run'}"]
+    common = [arg for item in common for arg in ("--set", item)]
     assert main(["train", "--config", "demo", "--max-steps", "2", "--no-progress", *common]) == 0
     assert (tmp_path / "run" / "last.safetensors").is_file() and (tmp_path / "run" / "config.yaml").is_file()
     capsys.readouterr()
     # the trained run is neither overwritten by a fresh run nor resumed under another schedule
     assert main(["train", "--config", "demo", "--max-steps", "2", "--no-progress", *common]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["train", "--config", "demo", "--resume", "--no-progress", *common, "train.epochs=2"]) == 2
+    assert main(["train", "--config", "demo", "--resume", "--no-progress", *common, "--set", "train.epochs=2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume") and "Traceback" not in err
     out_json = tmp_path / "results.json"
@@ -135,7 +230,10 @@ def test_train_eval_visualize_round_trip(tmp_path, capsys):
     assert res["episodes"] == 6 and res["seed"] == 7 and res["shots"] == 1
     assert 0.0 <= res["miou"] <= 1.0 and 0.0 <= res["fbiou"] <= 1.0
     assert set(res["per_class_iou"]) == {"1"}  # fold 0 of 4 classes holds out class 1
-    assert "mIoU" in capsys.readouterr().out
+    name = json.loads((root / "dataset.json").read_text())["class_names"][0]
+    assert res["class_names"] == {"1": name}
+    out = capsys.readouterr().out
+    assert "mIoU" in out and f"{name} (1)" in out and "class 1" not in out  # the class's name, not its id
     fig = tmp_path / "fig5.png"
     assert main(["visualize", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"),
                  "--episodes", "2", "--output", str(fig), *common]) == 0
@@ -154,30 +252,16 @@ def test_pretrain_command_exports_a_loadable_prior_extractor(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
     assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "pretrain.nope=1"]) == 2
     assert "unknown config key pretrain.'nope'" in capsys.readouterr().err
-    with pytest.warns(DeprecationWarning, match="pretrain.nope"):  # the former bare FIELD=VALUE
-        assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "nope=1"]) == 2
-    assert "unknown config key pretrain.'nope'" in capsys.readouterr().err
+    assert main(["pretrain", "--images", str(tmp_path / "imgs"), "--set", "queue_size=8"]) == 2  # no section: refused
+    assert "'queue_size' must be section.key" in capsys.readouterr().err
     args = ["pretrain", "--images", str(tmp_path / "imgs"), "--output-dir", str(tmp_path / "pre"),
             "--backbone", "resnet18", "--epochs", "1", "--batch-size", "4", "--size", "32", "--no-progress",
-            "--diag-every", "1", "--set", "pretrain.queue_size=8", "pretrain.local_queue_size=16", "pretrain.dim=8",
-            "pretrain.mlp_hidden=16", "pretrain.n_segments=8", "pretrain.max_patches=8", "--no-tensorboard"]
+            "--diag-every", "1", "--no-tensorboard"]
+    args += [arg for item in ("pretrain.queue_size=8", "pretrain.local_queue_size=16", "pretrain.dim=8",
+                              "pretrain.mlp_hidden=16", "pretrain.n_segments=8", "pretrain.max_patches=8")
+             for arg in ("--set", item)]
     assert main(args) == 0
     export = tmp_path / "pre" / "prior_extractor.safetensors"
     assert export.is_file()
     create_backbone("resnet18", weights=export)  # loads without missing / unexpected keys
     assert "1,diag/std_global," in (tmp_path / "pre" / "scalars.csv").read_text()  # --diag-every reached the loop
-
-
-def test_every_command_takes_set_and_bare_pretrain_fields_map_to_the_pretrain_section():
-    from fewshot_priors.cli import _pretrain_overrides, build_parser
-
-    parser = build_parser()
-    required = {"train": ["--config", "demo"], "eval": ["--config", "demo", "--checkpoint", "x"],
-                "visualize": ["--config", "demo", "--checkpoint", "x"], "pretrain": [], "demo": [],
-                "real-images": ["--root", "r"], "convert": ["x.pth", "--kind", "qgnet", "--output", "o"]}
-    for command, args in required.items():
-        ns = parser.parse_args([command, *args, "--set", "train.lr=0.5", "--set", "data.shots=2"])
-        assert ns.overrides == ["train.lr=0.5", "data.shots=2"], command
-    with pytest.warns(DeprecationWarning, match="pretrain.queue_size"):
-        items, call = _pretrain_overrides(["queue_size=8", "train.lr=1", "seed=3", "tensorboard=false"])
-    assert items == ["pretrain.queue_size=8", "train.lr=1", "experiment.seed=3"] and call == {"tensorboard": False}

@@ -279,8 +279,9 @@ def test_cli_convert(pfenet_vgg, tmp_path, capsys):
     path = tmp_path / "pfenet_vgg.pth"
     torch.save({"state_dict": to_official_state_dict(pfenet_vgg)}, path)
     out = tmp_path / "out" / "pfenet_vgg16_fold1"
-    rc = main(["convert", str(path), "--kind", "pfenet", "--output", str(out), "--config", "pascal/vgg16_473_fold1",
-               "--bins", "6", "3", "2", "1", "--set", "data.shots=5"])
+    # the options may come before the positional source: no list flag swallows it
+    rc = main(["convert", "--set", "data.shots=5", "--bins", "6", "--bins", "3", "--bins", "2", "--bins", "1",
+               str(path), "--kind", "pfenet", "--output", f"{out}.safetensors", "--config", "pascal/vgg16_473_fold1"])
     assert rc == 0, capsys.readouterr()
     cfg = load_config(f"{out}.yaml")
     assert cfg["model"]["bins"] == [6, 3, 2, 1.0] and cfg["model"]["use_prior"] is False
@@ -295,5 +296,8 @@ def test_cli_convert(pfenet_vgg, tmp_path, capsys):
     _assert_same_outputs(full.eval(), model.eval(), episode)
     assert not torch.allclose(_outputs(one.eval(), episode)["logits"], _outputs(model, episode)["logits"])
     capsys.readouterr()
-    assert main(["convert", str(path), "--kind", "qgnet", "--output", str(tmp_path / "x")]) == 2
+    assert main(["convert", str(path), "--kind", "qgnet", "--output", str(tmp_path / "x.safetensors")]) == 2
     assert "use kind='pfenet'" in capsys.readouterr().err
+    # --output names the checkpoint file (its .json and .yaml go beside it), not a stem
+    assert main(["convert", str(path), "--kind", "pfenet", "--output", str(tmp_path / "x")]) == 2
+    assert "x.safetensors" in capsys.readouterr().err

@@ -14,11 +14,14 @@ import pytest
 
 
 @pytest.mark.slow  # the whole pipeline (data, MoCo pretraining, QGNet training, 2 evaluations, figures): ~40-80 s
-def test_quick_demo_runs_end_to_end(tmp_path):
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     from fewshot_priors.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--quick", "--no-progress"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--quick", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    # --no-progress hides the bars only: the status lines and the summary are still printed
+    assert "[demo] generating the dataset" in printed and "[demo] done in" in printed and '"1-shot qgnet mIoU"' in printed
     metrics = json.loads((out / "metrics.json").read_text())
     for name in ("fig5_1shot.png", "fig5_5shot.png", "loss_curve.png", "pretrain_curve.png"):
         assert (out / name).stat().st_size > 1000, name

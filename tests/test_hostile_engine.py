@@ -191,7 +191,7 @@ def test_eval_num_workers_reaches_the_evaluation(fake_eval, tmp_path):
 
 def test_eval_defaults_come_from_the_config_not_from_falsy_checks(fake_eval):
     assert main(["eval", "--config", "demo", "--checkpoint", "x", "--set", "eval.episodes=7",
-                 "data.test_episodes=9", "data.shots=2"]) == 0
+                 "--set", "data.test_episodes=9", "--set", "data.shots=2"]) == 0
     assert fake_eval["dataset"]["episodes"] == 7 and fake_eval["dataset"]["shots"] == 2
     assert main(["eval", "--config", "demo", "--checkpoint", "x", "--episodes", "4", "--shots", "5"]) == 0
     assert fake_eval["dataset"]["episodes"] == 4 and fake_eval["dataset"]["shots"] == 5

@@ -265,13 +265,29 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
         return {"summary": {"1-shot": {}}}
 
     monkeypatch.setattr(ri, "run_real_images", fake)
-    assert main(["real-images", "--root", "data", "--output", str(tmp_path), "--seeds", "3", "4",
+    assert main(["real-images", "--root", "data", "--output-dir", str(tmp_path), "--seeds", "3", "4",
                  "--image-size", "80", "--train-epochs", "2", "--fg-weight", "3", "--folds", "1"]) == 0
     assert seen["seeds"] == [3, 4] and seen["folds"] == [1] and seen["root"] == "data"
-    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "model.bins": [10, 5, 2, 1],
-                                 "train.epochs": 2, "model.fg_weight": 3.0}
+    # no model.bins: the presets' fractional bins follow the size at the backbone's real stride
+    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "train.epochs": 2, "model.fg_weight": 3.0}
+    assert seen["preset"] == "full" and seen["variants"] is None
+    assert main(["real-images", "--root", "data", "--output-dir", str(tmp_path), "--preset", "long",
+                 "--backbone", "mobilenetv2_100", "--backbone-weights", "a.safetensors", "--prior-backbone",
+                 "resnet18", "--prior-weights", "b.pth", "--models", "qgnet_imagenet_prior"]) == 0
+    assert seen["preset"] == "long" and seen["variants"] == ["qgnet_imagenet_prior"]
+    assert seen["overrides"] == {"model.backbone": "mobilenetv2_100", "model.weights": "a.safetensors",
+                                 "pretrain.backbone": "resnet18", "pretrain.weights": "b.pth"}
     with pytest.raises(SystemExit):
         main(["real-images", "--root", "data", "--models", "unet"])
+    assert main(["real-images", "--root", "data", "--quick", "--preset", "long"]) == 2
+
+
+def test_the_clis_real_images_choices_are_the_studys():
+    """The CLI writes them out (parsing imports no torch): they must stay equal."""
+    from fewshot_priors import cli, real_images
+
+    assert set(cli.REAL_IMAGES_VARIANTS) == set(real_images.VARIANTS)
+    assert set(cli.REAL_IMAGES_PRESETS) == set(real_images.PRESET_CONFIGS)
 
 
 def test_presets_are_the_shipped_yaml():
@@ -292,3 +308,34 @@ def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):
     with pytest.raises(ConfigError, match=key.split("=")[0]):
         run_real_images(tmp_path / "no_such_root", out, preset="quick", overrides=[key], progress=False)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("quick, size, former", [(False, 80, [10, 5, 2, 1]), (True, 64, [8, 4, 2, 1]),
+                                                 (False, 96, [12, 6, 3, 1])])
+def test_preset_bins_resolve_at_the_real_feature_size(quick, size, former):
+    """The presets' fractional bins give the former stride-8 bins at the presets' sizes, and follow
+    --image-size without the CLI deriving anything (FEMDecoder resolves them at the actual feature size)."""
+    import torch
+
+    from fewshot_priors.models.factory import create_qgnet
+
+    cfg = real_images_config(quick=quick, overrides={"data.image_size": size})
+    model = create_qgnet(cfg["model"])
+    with torch.no_grad():
+        feat = model.backbone(torch.zeros(1, 3, size, size))[-1]
+    assert model.decoder.bin_sizes(*feat.shape[-2:]) == [(b, b) for b in former]
+
+
+def test_fractional_bins_follow_a_stride_16_backbone():
+    """VGG (stride 16): the former stride-8 derivation gave 21 x 21 bins for an 11 x 11 feature map at 161."""
+    import torch
+
+    from fewshot_priors.config import fraction_bins
+    from fewshot_priors.models.factory import create_qgnet
+
+    model = create_qgnet(backbone="vgg16_bn", use_prior=False, channels=16, bins=[1.0, 0.5, 0.25, 0.125])
+    with torch.no_grad():
+        feat = model.backbone(torch.zeros(1, 3, 161, 161))[-1]
+    assert feat.shape[-2:] == (11, 11)  # the real stride, 16 (backbone.output_stride reports the requested 8)
+    assert model.decoder.bin_sizes(11, 11) == [(11, 11), (5, 5), (2, 2), (1, 1)]
+    assert fraction_bins(161)[0] == 21  # what the CLI used to set, for stride 8

@@ -168,13 +168,25 @@ def evaluate(
     return results["model"] if single else results
 
 
-def format_results(results: Mapping[str, Any], title: str = "evaluation") -> str:
-    """Plain-text table of mIoU, FB-IoU and per-class IoU (percent)."""
+def format_results(results: Mapping[str, Any], title: str = "evaluation",
+                   class_names: Mapping[Any, str] | None = None) -> str:
+    """Plain-text table of mIoU, FB-IoU and per-class IoU (percent).
+
+    Args:
+        results: what :func:`evaluate` returns.
+        title: the first line.
+        class_names: class id -> name (a dataset's ``class_names``); each class row shows
+            ``<name> (<id>)``, or ``class <id>`` for an id without a name.
+    """
+    names = {str(k): str(v) for k, v in (class_names or {}).items()}
+    rows = [(f"{names[str(cid)]} ({cid})" if str(cid) in names else f"class {cid}", iou)
+            for cid, iou in results.get("per_class_iou", {}).items()]
+    width = max([10, *(len(label) + 2 for label, _ in rows)])
     lines = [f"{title}: {results.get('episodes', '?')} episodes, seed {results.get('seed', '?')}"]
-    lines.append(f"  {'mIoU':<10}{100 * results['miou']:7.2f}")
-    lines.append(f"  {'FB-IoU':<10}{100 * results['fbiou']:7.2f}")
-    for cid, iou in results.get("per_class_iou", {}).items():
-        lines.append(f"  class {cid:<4}{100 * iou:7.2f}")
+    lines.append(f"  {'mIoU':<{width}}{100 * results['miou']:7.2f}")
+    lines.append(f"  {'FB-IoU':<{width}}{100 * results['fbiou']:7.2f}")
+    for label, iou in rows:
+        lines.append(f"  {label:<{width}}{100 * iou:7.2f}")
     return "\n".join(lines)
 
 

@@ -171,7 +171,7 @@ def probe_encoder(
     in its previous mode afterwards.
 
     Returns:
-        dict: ``knn_global`` and ``knn_local`` (accuracies on the test images / their
+        dict with ``knn_global`` and ``knn_local`` (accuracies on the test images / their
         superpixels), ``majority_global`` and ``majority_local`` (accuracy of always
         answering the most frequent training label: what a useless encoder can reach).
     """
