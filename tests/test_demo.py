@@ -116,3 +116,29 @@ def test_held_out_episodes_are_built_before_training(monkeypatch):
     with pytest.raises(ValueError, match="eligible images"):
         study.train_and_score(demo_config(quick=True), shots=(1, 5))
     assert calls == [("val", 1), ("val", 5)]
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_shipped_demo_presets_raise_none_of_the_librarys_own_warnings(quick, tmp_path):
+    """The flagship run must be one the library approves of: its pretraining settings pass
+    the queue checks (no queue longer than one epoch of keys, no random queue that fills
+    late) on the very dataset the demo generates, and its config loads without warnings."""
+    import warnings
+
+    from fewshot_priors.data import generate_synthetic_dataset
+    from fewshot_priors.demo import demo_config
+    from fewshot_priors.engine.pretrain import queue_sizes_for
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = demo_config(quick)
+        d, study, p = cfg["data"], cfg["study"], cfg["pretrain"]
+        root = generate_synthetic_dataset(tmp_path / "data", num_classes=study["num_classes"],
+                                          images_per_class=study["images_per_class"], image_size=d["image_size"],
+                                          seed=cfg["experiment"]["seed"], min_pixels=int(d["min_pixels"]),
+                                          progress=False)
+        n = len((root / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
+        # the schedule exactly as pretrain() derives it from the image list
+        total = n // p["batch_size"] * p["epochs"]
+        stop = total if p["max_steps"] is None else min(total, int(p["max_steps"]))
+        assert queue_sizes_for(p, n, stop) == (p["queue_size"], p["local_queue_size"])  # nothing capped
