@@ -14,12 +14,15 @@ import pytest
 
 
 @pytest.mark.slow  # the whole pipeline (data, MoCo pretraining, QGNet training, 2 evaluations, figures): ~40-80 s
-def test_quick_demo_runs_end_to_end(tmp_path):
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     from fewshot_priors.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--quick", "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    # the printed result says that --quick numbers mean nothing, as metrics.json does
+    assert "meaningless" in capsys.readouterr().out.splitlines()[-1]
+    assert "meaningless" in metrics["note"]
     for name in ("fig5_1shot.png", "fig5_5shot.png", "loss_curve.png", "pretrain_curve.png"):
         assert (out / name).stat().st_size > 1000, name
     assert (out / "prior_extractor" / "prior_extractor.safetensors").is_file()
@@ -142,3 +145,12 @@ def test_shipped_demo_presets_raise_none_of_the_librarys_own_warnings(quick, tmp
         total = n // p["batch_size"] * p["epochs"]
         stop = total if p["max_steps"] is None else min(total, int(p["max_steps"]))
         assert queue_sizes_for(p, n, stop) == (p["queue_size"], p["local_queue_size"])  # nothing capped
+
+
+def test_demo_help_says_quick_numbers_are_meaningless(capsys):
+    from fewshot_priors.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--quick" in help_text and "meaningless" in help_text.split("--quick", 2)[-1].split("--", 1)[0]
