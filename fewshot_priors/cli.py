@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classes against baselines, and write metrics.json + figures. Config: demo/full "
                                    "(demo/quick with --quick).")
     p.add_argument("--output-dir", metavar="DIR", default="demo_output", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; for tests and smoke checks)")
+    p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; a smoke test of the pipeline: its numbers are meaningless)")
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
                         "and score the Table-7 recall of the region maps (3x training; see "
@@ -354,6 +354,8 @@ def _cmd_demo(args) -> int:
     metrics = run_demo(args.output_dir, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
                        device=args.device, progress=not args.no_progress, overrides=args.overrides)
     print(json.dumps(metrics.get("summary", metrics), indent=2))
+    if metrics.get("note"):
+        print(f"note: {metrics['note']}")
     return 0
 
 

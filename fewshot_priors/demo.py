@@ -63,6 +63,10 @@ from .study import timer as _timer
 
 __all__ = ["ABLATION_VARIANTS", "ablation_markdown", "demo_config", "episode_rows", "run_demo"]
 
+#: What ``--quick`` results mean (in ``metrics.json`` and printed with them).
+QUICK_NOTE = ("--quick is a smoke test (a few training steps on a tiny dataset): these numbers are meaningless; "
+              "run the demo without --quick for its results")
+
 #: The shipped configs of the demo's presets (``fewshot_priors/configs/demo/<preset>.yaml``).
 PRESET_CONFIGS = {"full": "demo/full", "quick": "demo/quick"}
 
@@ -282,10 +286,12 @@ def run_demo(
         rows = episode_rows(model, ds, _figure_episodes(ds, n_fig))
         figures[f"fig5_{shots}shot"] = str(save_episode_figures(
             rows, out / f"fig5_{shots}shot.png", title=f"QGNet demo, held-out classes, {shots}-shot"))
-    figures["loss_curve"] = str(plot_loss_curve(out / "qgnet" / "scalars.csv", out / "loss_curve.png"))
+    figures["loss_curve"] = str(plot_loss_curve(out / "qgnet" / "scalars.csv", out / "loss_curve.png",
+                                                title="QGNet training loss"))
     figures["pretrain_curve"] = str(plot_loss_curve(
         out / "prior_extractor" / "scalars.csv", out / "pretrain_curve.png",
-        tags=("pretrain/loss", "pretrain/loss_global", "pretrain/loss_local"), val_tags=()))
+        tags=("pretrain/loss", "pretrain/loss_global", "pretrain/loss_local"), val_tags=(),
+        title="GlobalLocalMoCo pretraining loss"))
     timings["figures"] = t()
     timings["total"] = total()
 
@@ -299,6 +305,7 @@ def run_demo(
         beats &= all(q > res[b]["miou"] for b in res if b.startswith("baseline"))
     metrics = {
         "preset": preset_name,
+        "note": QUICK_NOTE if quick else None,
         "seed": seed,
         "summary": summary,
         "beats_baselines": bool(beats),
@@ -349,7 +356,9 @@ def run_demo(
     say(f"done in {timings['total']:.0f}s; wrote {path}")
     for k, res in results.items():
         line = ", ".join(f"{n} {100 * r['miou']:.1f}" for n, r in res.items())
-        say(f"{k} mIoU (%): {line}")
+        say(f"{k} mIoU (%): {line}" + (" (meaningless: --quick)" if quick else ""))
+    if quick:
+        say(f"NOTE: {QUICK_NOTE}")
     if not beats and not quick:
         say("WARNING: QGNet did not beat both baselines on the held-out classes")
     if any(not math.isfinite(r["miou"]) for res in results.values() for r in res.values()):

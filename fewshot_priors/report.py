@@ -142,6 +142,7 @@ def episode_rows(model: torch.nn.Module, dataset, indices: Iterable[int]) -> lis
             "prior_map": upsample_map(pm, size)[0].cpu() if pm is not None else None,
             "prediction": out["logits"].argmax(1)[0].cpu(),
             "ground_truth": ep["query_mask"],
+            "shots": int(ep["support_images"].shape[0]),
         })
     return rows
 

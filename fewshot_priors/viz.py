@@ -51,31 +51,61 @@ def _map(t) -> np.ndarray:
     return t.numpy()
 
 
-def _panels(row: Mapping) -> list[tuple[str, np.ndarray, str | None]]:
+def _panels(row: Mapping) -> list[tuple[str, str, np.ndarray, np.ndarray | None]]:
+    """``(title, kind, image, mask)`` per panel; kind ``"rgb"``, ``"support"`` (drawn with the
+    mask's outline over the unchanged photo) or ``"map"`` (a [0, 1] map with a colour bar)."""
     q = to_rgb_array(row["query_image"])
-    panels = [("query", q, None),
-              ("support + mask", overlay_mask(to_rgb_array(row["support_image"]), row["support_mask"]), None)]
+    shots = row.get("shots")
+    support = "support + mask" if not shots or int(shots) <= 1 else f"support (1 of {int(shots)}) + mask"
+    panels = [("query", "rgb", q, None),
+              (support, "support", to_rgb_array(row["support_image"]), _map(row["support_mask"]))]
     if row.get("guided_map") is not None:
-        panels.append(("guided region map", _map(row["guided_map"]), "viridis"))
+        panels.append(("guided region map", "map", _map(row["guided_map"]), None))
     if row.get("prior_map") is not None:
-        panels.append(("prior region map", _map(row["prior_map"]), "viridis"))
-    panels.append(("prediction", overlay_mask(q, row["prediction"], color=(0.1, 0.4, 1.0)), None))
-    panels.append(("ground truth", overlay_mask(q, row["ground_truth"], color=(0.1, 0.8, 0.2)), None))
+        panels.append(("prior region map", "map", _map(row["prior_map"]), None))
+    panels.append(("prediction", "rgb", overlay_mask(q, row["prediction"], color=(0.1, 0.4, 1.0)), None))
+    panels.append(("ground truth", "rgb", overlay_mask(q, row["ground_truth"], color=(0.1, 0.8, 0.2)), None))
     return panels
+
+
+#: colour of the support mask's outline in :func:`episode_figure`
+SUPPORT_OUTLINE = "#ffd700"
+
+
+def _draw_support(ax, rgb: np.ndarray, mask: np.ndarray) -> None:
+    """The support photo in its own colours, the mask's foreground outlined (and ignore hatched)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ax.imshow(rgb)
+    handles = []
+    fg = (mask == 1).astype(float)
+    if fg.any() and not fg.all():
+        ax.contour(fg, levels=[0.5], colors=[SUPPORT_OUTLINE], linewidths=1.5)
+    handles.append(Line2D([], [], color=SUPPORT_OUTLINE, lw=1.5, label="support mask"))
+    ignore = mask == IGNORE_INDEX
+    if ignore.any():
+        ax.contourf(ignore.astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
+        handles.append(Patch(facecolor="none", edgecolor="grey", hatch="////", label="ignore (255)"))
+    ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.7, borderpad=0.3, handlelength=1.2)
 
 
 def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
     """Episodes drawn like the paper's Fig. 5, one row per episode.
 
-    Panels: query, support with its mask, guided region map, prior region map,
-    prediction, ground truth (map panels are skipped when not given).
+    Panels: query, the support photo with its mask outlined (its colours unchanged),
+    guided region map, prior region map (each with a colour bar over [0, 1] and its
+    value range in the title), prediction (blue overlay), ground truth (green
+    overlay); map panels are skipped when not given. With ``shots`` > 1 the support
+    panel says which shot it shows ("1 of K").
 
     Args:
         rows: one dict (or a list of dicts) with keys ``query_image`` (``3, H, W``
             RGB in [0, 1]), ``support_image`` (``3, H', W'``, the first shot),
             ``support_mask`` (``H', W'``, 0/1/255), ``prediction`` (``H, W``),
             ``ground_truth`` (``H, W``, 0/1/255) and optionally ``guided_map`` /
-            ``prior_map`` (``h, w`` or ``1, h, w`` maps in [0, 1]).
+            ``prior_map`` (``h, w`` or ``1, h, w`` maps in [0, 1]) and ``shots``
+            (the episode's K).
         title: optional figure title.
 
     Returns:
@@ -86,15 +116,25 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
         raise ValueError("`rows` is empty: nothing to draw")
     all_panels = [_panels(r) for r in rows]
     ncols = max(len(p) for p in all_panels)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.4 * ncols, 2.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.7 * ncols, 2.6 * len(rows)), squeeze=False)
     for r, panels in enumerate(all_panels):
         for c in range(ncols):
             ax = axes[r, c]
             ax.axis("off")
             if c >= len(panels):
                 continue
-            name, img, cmap = panels[c]
-            ax.imshow(img, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            name, kind, img, mask = panels[c]
+            if kind == "map":
+                im = ax.imshow(img, cmap="viridis", vmin=0, vmax=1)
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=6)
+                finite = img[np.isfinite(img)]
+                rng = f"[{finite.min():.2f}, {finite.max():.2f}]" if finite.size else "all NaN"
+                ax.set_title(f"{name}\n{rng}" if r == 0 else rng, fontsize=8 if r else 9)
+                continue
+            if kind == "support":
+                _draw_support(ax, img, mask)
+            else:
+                ax.imshow(img)
             if r == 0:
                 ax.set_title(name, fontsize=9)
     if title:
@@ -115,7 +155,8 @@ def save_episode_figures(rows: Sequence[Mapping] | Mapping, path: str | os.PathL
 
 
 def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
-                    val_tags: Sequence[str] = ("val/miou",)) -> Path:
+                    val_tags: Sequence[str] = ("val/miou",), *, title: str | None = None,
+                    ylabel: str | None = None) -> Path:
     """Draw training loss (and validation mIoU on a second axis) against the step.
 
     Args:
@@ -124,7 +165,16 @@ def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("tra
         path: output PNG.
         tags: loss tags drawn on the left axis.
         val_tags: tags drawn on the right axis.
+        title: the plot's title (default: "GlobalLocalMoCo pretraining loss" for
+            ``pretrain/`` tags, else "QGNet training loss").
+        ylabel: the loss axis' label (default: "InfoNCE loss" for ``pretrain/`` tags,
+            else "cross-entropy loss (main + aux)").
     """
+    pretraining = bool(tags) and all(t.startswith("pretrain/") for t in tags)
+    if title is None:
+        title = "GlobalLocalMoCo pretraining loss" if pretraining else "QGNet training loss"
+    if ylabel is None:
+        ylabel = "InfoNCE loss" if pretraining else "cross-entropy loss (main + aux)"
     if isinstance(source, (str, os.PathLike)):
         source = read_scalars(source)
     path = Path(path)
@@ -136,8 +186,8 @@ def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("tra
             s, v = zip(*source[tag])
             ax.plot(s, v, label=tag)
             drawn = True
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
     vals = [t for t in val_tags if source.get(t)]
     if vals:
         ax2 = ax.twinx()
@@ -148,7 +198,7 @@ def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("tra
         ax2.legend(loc="upper right", fontsize=8)
     if drawn:
         ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("training")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

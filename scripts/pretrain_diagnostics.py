@@ -5,11 +5,13 @@ Runs GlobalLocalMoCo pretraining in several queue settings on a folder of photos
 on a labelled FSS-layout folder, then draws ``plot_pretrain_diagnostics``. The numbers
 in docs/how-to/pretrain.md ("Is it learning?") come from::
 
-    python scripts/pretrain_diagnostics.py --images /tmp/coco_small \\
-        --probe-root /work/shared/data/coco128_seg/fss_layout --out /tmp/pd --steps 40
+    python scripts/pretrain_diagnostics.py --images PHOTOS --probe-root /path/to/fss_layout \\
+        --out pd_runs --steps 40
 
-(``--images``: the 126 unique COCO128 photos, shrunk to 160 px on the long side so a
-CPU step is cheap; ``--plot-only`` redraws the figure from existing runs.)
+(``--images``: a folder of the 126 unique COCO128-seg photos, shrunk to 160 px on the long
+side so a CPU step is cheap; ``--probe-root``: the same photos with their masks in the
+folder layout, see docs/how-to/real-images.md; ``--plot-only`` redraws the figure from
+existing runs.)
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     # --no-progress hides the bars only: the status lines and the summary are still printed
     assert "[demo] generating the dataset" in printed and "[demo] done in" in printed and '"1-shot qgnet mIoU"' in printed
     metrics = json.loads((out / "metrics.json").read_text())
+    # the printed result says that --quick numbers mean nothing, as metrics.json does
+    assert "meaningless" in capsys.readouterr().out.splitlines()[-1]
+    assert "meaningless" in metrics["note"]
     for name in ("fig5_1shot.png", "fig5_5shot.png", "loss_curve.png", "pretrain_curve.png"):
         assert (out / name).stat().st_size > 1000, name
     assert (out / "prior_extractor" / "prior_extractor.safetensors").is_file()
@@ -119,3 +122,38 @@ def test_held_out_episodes_are_built_before_training(monkeypatch):
     with pytest.raises(ValueError, match="eligible images"):
         study.train_and_score(demo_config(quick=True), shots=(1, 5))
     assert calls == [("val", 1), ("val", 5)]
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+def test_shipped_demo_presets_raise_none_of_the_librarys_own_warnings(quick, tmp_path):
+    """The flagship run must be one the library approves of: its pretraining settings pass
+    the queue checks (no queue longer than one epoch of keys, no random queue that fills
+    late) on the very dataset the demo generates, and its config loads without warnings."""
+    import warnings
+
+    from fewshot_priors.data import generate_synthetic_dataset
+    from fewshot_priors.demo import demo_config
+    from fewshot_priors.engine.pretrain import queue_sizes_for
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = demo_config(quick)
+        d, study, p = cfg["data"], cfg["study"], cfg["pretrain"]
+        root = generate_synthetic_dataset(tmp_path / "data", num_classes=study["num_classes"],
+                                          images_per_class=study["images_per_class"], image_size=d["image_size"],
+                                          seed=cfg["experiment"]["seed"], min_pixels=int(d["min_pixels"]),
+                                          progress=False)
+        n = len((root / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
+        # the schedule exactly as pretrain() derives it from the image list
+        total = n // p["batch_size"] * p["epochs"]
+        stop = total if p["max_steps"] is None else min(total, int(p["max_steps"]))
+        assert queue_sizes_for(p, n, stop) == (p["queue_size"], p["local_queue_size"])  # nothing capped
+
+
+def test_demo_help_says_quick_numbers_are_meaningless(capsys):
+    from fewshot_priors.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--quick" in help_text and "meaningless" in help_text.split("--quick", 2)[-1].split("--", 1)[0]

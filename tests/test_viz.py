@@ -51,10 +51,10 @@ def test_fig5_layout(tmp_path):
     import matplotlib.pyplot as plt
 
     fig = episode_figure([_row(), _row()])
-    titles = [ax.get_title() for ax in fig.axes[:6]]
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes[:6]]
     assert titles == ["query", "support + mask", "guided region map", "prior region map", "prediction",
                       "ground truth"]
-    assert len(fig.axes) == 12
+    assert len(fig.axes) == 12 + 4  # 2 rows x 6 panels + a colour bar per map panel
     plt.close(fig)
     fig = episode_figure(_row(with_maps=False))
     assert [ax.get_title() for ax in fig.axes] == ["query", "support + mask", "prediction", "ground truth"]
@@ -106,3 +106,76 @@ def test_pretrain_diagnostics_figure_draws_every_panel(tmp_path):
         plt.Axes.plot = orig
     assert path.stat().st_size > 1000
     assert len(set(seen)) == 6  # every panel got a curve from the log
+
+
+def _panel_axes(fig, ncols=6):
+    """The panel axes (not the colour bars) of an episode figure, row-major."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_fig5_support_panel_keeps_the_photos_colours_and_outlines_the_mask():
+    """The support object must not be tinted: the photo is drawn as is, the mask as an
+    outline with a legend (and the 255 ignore region hatched)."""
+    import matplotlib.pyplot as plt
+
+    row = _row()
+    row["support_mask"] = torch.zeros(16, 16, dtype=torch.long)
+    row["support_mask"][4:12, 4:12] = 1
+    row["support_mask"][0] = 255
+    fig = episode_figure(row)
+    ax = _panel_axes(fig)[1]
+    np.testing.assert_allclose(ax.images[0].get_array(), to_rgb_array(row["support_image"]))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["support mask", "ignore (255)"]
+    assert len(ax.collections) >= 2  # the outline and the hatched ignore region
+    plt.close(fig)
+
+
+def test_fig5_maps_have_colour_bars_over_0_1_and_show_their_range():
+    """A K-shot guided map peaking at 0.56 must not look like one reaching 1."""
+    import matplotlib.pyplot as plt
+
+    row = _row()
+    row["guided_map"] = torch.linspace(0, 0.56, 16).view(1, 4, 4)
+    fig = episode_figure(row)
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    guided = _panel_axes(fig)[2]
+    assert guided.images[0].get_clim() == (0, 1)
+    assert guided.get_title() == "guided region map\n[0.00, 0.56]"
+    plt.close(fig)
+
+
+def test_fig5_k_shot_support_panel_says_which_shot():
+    import matplotlib.pyplot as plt
+
+    fig = episode_figure({**_row(), "shots": 5})
+    assert _panel_axes(fig)[1].get_title() == "support (1 of 5) + mask"
+    plt.close(fig)
+    fig = episode_figure({**_row(), "shots": 1})
+    assert _panel_axes(fig)[1].get_title() == "support + mask"
+    plt.close(fig)
+
+
+def test_loss_curves_say_what_they_show(tmp_path):
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        ax = fig.axes[0]
+        seen[str(a[0])] = (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        plot_loss_curve({"train/loss": [(1, 2.0), (2, 1.0)]}, tmp_path / "a.png")
+        plot_loss_curve({"pretrain/loss": [(1, 9.0)], "pretrain/loss_global": [(1, 4.0)]}, tmp_path / "b.png",
+                        tags=("pretrain/loss", "pretrain/loss_global"), val_tags=())
+        plot_loss_curve({"train/loss": [(1, 2.0)]}, tmp_path / "c.png", title="mine", ylabel="L")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert seen[str(tmp_path / "a.png")] == ("QGNet training loss", "training step", "cross-entropy loss (main + aux)")
+    assert seen[str(tmp_path / "b.png")] == ("GlobalLocalMoCo pretraining loss", "training step", "InfoNCE loss")
+    assert seen[str(tmp_path / "c.png")][0::2] == ("mine", "L")

@@ -20,6 +20,7 @@ from fewshot_priors.ops._checks import (
     check_same,
     checks_enabled,
     clean_mask,
+    warn_ignore_only,
 )
 
 __all__ = ["UNIT_RANGE_TOL", "check_dtype_device", "check_inputs", "check_unit_range", "resolve_check_inputs",
@@ -83,22 +84,11 @@ def check_dtype_device(model: nn.Module, name: str, images: torch.Tensor) -> Non
 
 def warn_ignore_only_masks(masks: torch.Tensor) -> None:
     """Warn about support masks with no foreground but some 255: most likely a 0/255
-    binary image, whose 255 means "ignore" here (so the shot would be silently empty)."""
-    if masks.dtype == torch.bool or masks.numel() == 0:
-        return
-    flat = masks.flatten(2)
-    no_fg = ~((flat > 0) & (flat != IGNORE_INDEX)).any(dim=-1)
-    ignore = (flat == IGNORE_INDEX).any(dim=-1)
-    bad = (no_fg & ignore).nonzero().tolist()
-    if bad:
-        warnings.warn(
-            f"`support_masks` (batch, shot) {[tuple(i) for i in bad[:5]]} have no foreground pixel but "
-            "contain 255, which means 'ignore' (treated as background): these shots are empty. Either "
-            "the object was cropped out or shrunk away by the augmentation / resize (the 255 is then "
-            "padding or boundary; the datasets' eligibility rules avoid most such episodes), or your "
-            "masks are 0/255 binary images: then pass `mask / 255` or `mask > 127`.",
-            stacklevel=4,
-        )
+    binary image, whose 255 means "ignore" here (so the shot would be silently empty).
+    The ops' one check, :func:`fewshot_priors.ops._checks.warn_ignore_only`, under the name
+    ``support_masks``; :func:`check_inputs` runs it through ``clean_mask``."""
+    warn_ignore_only("support_masks", masks)
+
 
 def check_inputs(
     model: nn.Module,
@@ -168,11 +158,9 @@ def check_inputs(
             f"`support_masks` spatial size {tuple(m.shape[-2:])} must match `support_images` "
             f"{tuple(support_images.shape[-2:])}"
         )
-    raw = m
+    # with value checks on, clean_mask also warns about ignore-only (0/255) shots
     m = clean_mask("support_masks", m, check_values=value_checks)
     m = m.to(device=support_images.device, dtype=support_images.dtype)
-    if value_checks:
-        warn_ignore_only_masks(raw)
     if query_mask is not None:
         if not isinstance(query_mask, torch.Tensor):
             raise TypeError(f"`query_mask` must be a torch.Tensor, got {type(query_mask).__name__}")

@@ -17,6 +17,9 @@ Two kinds of checks:
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -130,4 +133,48 @@ def clean_mask(name: str, mask: torch.Tensor, check_values: bool | None = None) 
                 f"`{name}` must contain values in [0, 1] (or 255 = ignore), found values such as "
                 f"{bad.flatten()[:5].tolist()}; pass a binary foreground mask for the target class"
             )
+        warn_ignore_only(name, mask)
     return torch.where(ignore, torch.zeros_like(m), m)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH_NN_DIR = os.path.dirname(os.path.abspath(torch.nn.__file__)) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package
+    (and outside ``torch.nn``'s module-call machinery), however deep the op was called."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith((_PACKAGE_DIR, _TORCH_NN_DIR)):
+        level, frame = level + 1, frame.f_back
+    return level
+
+
+def warn_ignore_only(name: str, mask: torch.Tensor) -> None:
+    """Warn about masks with no foreground pixel but some 255 (ignore): most likely a
+    0/255 binary image read from disk (FSS-1000 and folder datasets store masks so),
+    whose 255 means "ignore" here, so the mask is silently empty (an all-zero map, a
+    zero prototype). One check for every op and model that takes masks; a value check
+    (it reads tensor values), called by :func:`clean_mask` when value checks are on.
+
+    ``mask``'s last two dimensions are spatial; the warning lists the offending items
+    by their leading indices (e.g. ``(batch, shot)``). Boolean masks cannot hold 255.
+    """
+    if mask.dtype == torch.bool or mask.numel() == 0 or mask.dim() < 2:
+        return
+    flat = mask.reshape(*mask.shape[:-2], -1)
+    no_fg = ~((flat > 0) & (flat != IGNORE_INDEX)).any(dim=-1)
+    some_ignore = (flat == IGNORE_INDEX).any(dim=-1)
+    bad = (no_fg & some_ignore).nonzero().tolist()
+    if bad:
+        where = "the mask has" if mask.dim() == 2 else f"items {[tuple(i) for i in bad[:5]]} have"
+        warnings.warn(
+            f"`{name}`: {where} no foreground pixel but contain 255, which means 'ignore' (treated as "
+            "background; masks are 0 = background, 1 = foreground, 255 = ignore): they are empty, so their "
+            "prototype is zero and their guided map all zeros. Either the object was cropped out or shrunk "
+            "away by the augmentation / resize (the 255 is then padding or boundary; the datasets' eligibility "
+            "rules avoid most such episodes), or your masks are 0/255 binary images as stored on disk: then "
+            "pass `mask / 255` or `mask > 127`.",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )

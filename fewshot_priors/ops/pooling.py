@@ -37,7 +37,9 @@ def masked_average_pool(
     Args:
         features: ``B, C, H, W`` floating point features.
         mask: ``B, 1, h, w`` or ``B, h, w`` with values in [0, 1] (255 = ignore,
-            treated as 0); resized bilinearly to ``H, W``.
+            treated as 0); resized bilinearly to ``H, W``. A mask with no foreground
+            but some 255 (a 0/255 image as stored on disk: pass ``mask / 255``) warns
+            (value check).
         keepdim: return ``B, C, 1, 1`` instead of ``B, C``.
         check: validate the arguments and clean the mask (the default: shapes, mask
             values, 255 mapped to 0). ``False`` is the same computation for a float

@@ -150,7 +150,9 @@ def guided_region_map(
         query: ``B, C, H, W`` query features.
         support: ``B, C, h, w`` (1-shot) or ``B, K, C, h, w`` support features.
         support_mask: ``B, 1, h', w'`` / ``B, h', w'`` (1-shot) or ``B, K, h', w'``
-            foreground masks with values in [0, 1]; 255 (ignore) counts as 0.
+            foreground masks with values in [0, 1]; 255 (ignore) counts as 0. A shot
+            with no foreground but some 255 (a 0/255 image as stored on disk: pass
+            ``mask / 255``) warns (value check).
         eps: numerical epsilon of the cosine and of the normalisation.
         backend, max_chunk_bytes: see :func:`prior_region_map`.
         check: validate every argument and bring the input to its canonical form (the
