@@ -397,13 +397,14 @@ def _cmd_train(args) -> int:
     from fewshot_priors.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.build import build_dataset, build_model
     from fewshot_priors.engine.evaluate import evaluate
-    from fewshot_priors.engine.rundir import check_run_dir
+    from fewshot_priors.engine.preflight import check_run_inputs
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
 
     cfg = load_config(args.config, _run_overrides(args, {"experiment.output_dir": args.output_dir}))
-    # before the datasets are scanned: an existing run folder, or a file in the way, fails now
-    check_run_dir(cfg["experiment"]["output_dir"], resume=bool(args.resume), overwrite=args.overwrite)
+    # before the datasets are scanned or a model is built: the run folder, every path, the resume
+    # checkpoint and its settings, an impossible download fail now
+    check_run_inputs(cfg, "train", resume=args.resume, overwrite=args.overwrite)
     info = init_distributed()
     try:
         rt = Runtime.from_config(cfg, dist=info)  # experiment.device (cuda:<local_rank> under DDP), seed

@@ -296,6 +296,9 @@ def test_pretrained_offline_error_points_to_weights(monkeypatch):
 
     real = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
+    import fewshot_priors.models.backbone as bb  # a network that fails mid-download (not detected offline)
+
+    monkeypatch.setattr(bb, "check_timm_download", lambda name: None)
     with pytest.raises(RuntimeError, match="weights=PATH"):
         create_backbone("resnet18", pretrained=True)
 

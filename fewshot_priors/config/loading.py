@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,30 @@ __all__ = [
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader reading every usual spelling of a number as a number.
+
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent: ``1e-3``,
+    ``1E3``, ``+1e-3`` or ``+.5`` stay strings there. Here they are floats (YAML 1.2 and
+    Python spell them so); ``true`` / ``false`` stay booleans, never numbers.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$"""),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as the config files and ``--set`` values are parsed (:class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -125,7 +147,7 @@ def resolve_config_path(name_or_path: str | os.PathLike) -> Path:
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):

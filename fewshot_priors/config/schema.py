@@ -15,8 +15,9 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._typecheck import stats_error, type_error
 from .._validate import is_int
-from ..constants import DEFAULT_MAX_CHUNK_BYTES
+from ..models.qgnet_config import MODEL_DEFAULTS, check_model_values
 
 __all__ = [
     "DEFAULTS",
@@ -25,6 +26,7 @@ __all__ = [
     "choices",
     "merge",
     "resolve_shots",
+    "resume_changes",
     "validate",
 ]
 
@@ -66,28 +68,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "split_seed": None,  # folder: seed of the class split (default experiment.seed)
         "min_model_pixels": None,  # folder: foreground px a pair keeps at image_size (default 1)
     },
-    "model": {
-        "backbone": "resnet50",
-        "prior_backbone": None,  # default: same as backbone
-        "pretrained": False,  # timm download of ImageNet weights (needs internet)
-        "weights": None,  # local supervised-backbone weights file
-        "prior_weights": None,  # self-supervised prior extractor (engine/pretrain.py export)
-        "use_prior": True,
-        "bins": [60, 30, 15, 8],
-        "channels": 256,
-        "aux_weight": 1.0,
-        "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
-        "output_stride": 8,
-        "region_map_backend": "auto",
-        "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,  # region-map ops: memory bound of one similarity tile
-        "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
-        # input normalisation of the [0, 1] RGB images, per backbone (null: from the weights file,
-        # else the timm pretrained_cfg of the model: ImageNet mean/std, 0.5/0.5 for EfficientNet-Lite)
-        "mean": None,
-        "std": None,
-        "prior_mean": None,
-        "prior_std": None,
-    },
+    "model": dict(MODEL_DEFAULTS),  # QGNet's settings: defined (and checked) in models/qgnet_config.py
     "train": {
         "epochs": 200,
         "max_steps": None,  # stop early (the LR schedule still spans `epochs`)
@@ -201,7 +182,8 @@ _FREE_KEYS = {
 }
 
 #: Per-channel RGB statistics of the input normalisation: null or three numbers (std > 0).
-_STATS_KEYS = ("model.mean", "model.std", "model.prior_mean", "model.prior_std", "pretrain.mean", "pretrain.std")
+#: (the model's are checked by models.qgnet_config.check_model_values, with the same rule)
+_STATS_KEYS = ("pretrain.mean", "pretrain.std")
 
 #: Fixed choices of string keys.
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -254,6 +236,65 @@ def _unknown(key: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys here: {', '.join(valid)}")
 
 
+#: Keys a resumed run may change without a word: they do not change what is trained (where
+#: the run is written, how often it logs or checkpoints, where this call stops, workers,
+#: evaluation-only and monitoring settings).
+RESUME_FREE_KEYS = frozenset({
+    ("experiment", "name"), ("experiment", "output_dir"), ("experiment", "device"),
+    ("data", "num_workers"), ("data", "test_episodes"),
+    ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every_steps"), ("train", "check_inputs"),
+    ("pretrain", "max_steps"), ("pretrain", "log_every"), ("pretrain", "ckpt_every_steps"),
+    ("pretrain", "num_workers"), ("pretrain", "export_path"), ("pretrain", "build_cache"),
+    ("pretrain", "cache_workers"), ("pretrain", "diag_every"), ("pretrain", "probe_every"),
+    ("pretrain", "probe_size"), ("pretrain", "probe_k"), ("pretrain", "probe_train_fraction"),
+    ("pretrain", "probe_max_images"),
+})
+#: Path keys a resumed run may change, with a warning: the files may have moved (what they hold
+#: is the user's responsibility; the schedule check still catches another number of items).
+RESUME_PATH_KEYS = frozenset({
+    ("data", "root"), ("model", "weights"), ("model", "prior_weights"), ("pretrain", "images"),
+    ("pretrain", "probe_root"), ("pretrain", "cache_dir"),
+})
+#: Sections no run reads for its training (eval settings, the demo / study presets).
+_RESUME_FREE_SECTIONS = frozenset({"eval", "study"})
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` as the JSON sidecar of a checkpoint holds it (tuples are lists, paths strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _comparable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def resume_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
+    """What resuming a run recorded with config ``old`` under config ``new`` changes.
+
+    Compares every key present in both (a key an older version did not record is skipped).
+
+    Returns:
+        ``(refused, moved)``: ``"section.key: old -> new"`` lines of the keys that change what
+        is trained (a resume must be refused), and of the path keys of
+        :data:`RESUME_PATH_KEYS` that differ (allowed, to be reported).
+    """
+    refused, moved = [], []
+    for section, values in new.items():
+        old_values = old.get(section)
+        if section in _RESUME_FREE_SECTIONS or not isinstance(values, Mapping) or not isinstance(old_values, Mapping):
+            continue
+        for key, value in values.items():
+            if key not in old_values or (section, key) in RESUME_FREE_KEYS:
+                continue
+            a, b = _comparable(old_values[key]), _comparable(value)
+            if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+                continue
+            (moved if (section, key) in RESUME_PATH_KEYS else refused).append(f"{section}.{key}: {a!r} -> {b!r}")
+    return refused, moved
+
+
 def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None) -> int:
     """K of an episode: the one place where the number of shots is decided.
 
@@ -302,21 +343,13 @@ def validate(cfg: Mapping) -> dict:
                     raise ConfigError(f"{name} must be one of {allowed}, got {value!r}.{hint}")
             if default is None or (section, key) in _FREE_KEYS:
                 continue
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = is_int(value)
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            elif isinstance(default, list):
-                ok = isinstance(value, (list, tuple))
-            else:
-                ok = isinstance(value, type(default))
-            if not ok:
-                raise ConfigError(
-                    f"{name} must be a {type(default).__name__} (like {default!r}), got {value!r} "
-                    f"({type(value).__name__})"
-                )
+            error = type_error(name, value, default)
+            if error is not None:
+                raise ConfigError(error)
+    try:
+        check_model_values(cfg.get("model", {}))  # the model rules beyond types (shared with config.json)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     c = cfg
     check_data_keys(c["data"])
     if c["train"]["batch_size"] < 1:
@@ -340,14 +373,9 @@ def validate(cfg: Mapping) -> dict:
             raise ConfigError(f"{name} must be a number >= 0 or null, got {v!r}")
     for name in _STATS_KEYS:
         section, key = name.split(".")
-        v = c[section][key]
-        if v is None:
-            continue
-        numbers = isinstance(v, (list, tuple)) and len(v) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-        if not numbers or (key.endswith("std") and not all(x > 0 for x in v)):
-            need = "three numbers > 0" if key.endswith("std") else "three numbers"
-            raise ConfigError(f"{name} must be null or {need} (one per RGB channel, images in [0, 1]), got {v!r}")
+        error = stats_error(name, c[section][key])
+        if error is not None:
+            raise ConfigError(error)
     for name, low, optional in _INT_RANGES:
         section, key = name.split(".")
         value = c[section][key]

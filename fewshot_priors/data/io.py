@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._images import DECODE_ERRORS, open_image, to_rgb8
 from ..constants import IGNORE_INDEX
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,22 +57,26 @@ _VOC_PALETTE = voc_palette()
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as an ``H, W, 3`` uint8 RGB array.
 
+    Every PIL mode is mapped by its bit depth (16-bit images onto 0..255, float images in
+    [0, 1] times 255) or refused: see :mod:`fewshot_priors._images`.
+
     Raises:
-        BadDataError: the file is missing or cannot be decoded (the path is named).
+        BadDataError: the file is missing, cannot be decoded, or holds values that cannot be
+            mapped onto 0..255 (the path and the mode are named).
     """
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, SyntaxError) as err:
+        with open_image(path) as im:
+            return to_rgb8(im)
+    except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read image {path}: {err}") from err
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` of an image from its header (cheap, no full decode)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             w, h = im.size
-    except (OSError, ValueError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read image {path}: {err}") from err
     return h, w
 
@@ -86,22 +91,32 @@ def read_label(path: str | Path) -> np.ndarray:
         BadDataError: the file is missing, unreadable or has unknown colours.
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             mode = im.mode
             if mode in ("P", "L"):
                 return np.asarray(im, dtype=np.uint8).copy()
-            if mode in ("I", "I;16", "I;16B", "F"):
+            if mode in ("PA", "LA", "La"):  # the index / grey channel holds the ids; alpha is not a label
+                return np.asarray(im, dtype=np.uint8)[..., 0].copy()
+            if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 arr = np.asarray(im)
+                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                    raise BadDataError(f"label {path} has non-finite values (mode {mode}); store class ids")
                 if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
                     raise BadDataError(
                         f"label {path} has values outside 0..255 (mode {mode}); "
                         "store class ids 0..254 and 255 = ignore"
                     )
+                if arr.dtype.kind == "f" and not np.array_equal(arr, np.rint(arr)):
+                    raise BadDataError(f"label {path} has fractional values (mode {mode}); "
+                                       "store whole class ids 0..254 and 255 = ignore")
                 return arr.astype(np.uint8)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            if mode == "1":
+                raise BadDataError(f"label {path} is a 1-bit image: a label map holds class ids; "
+                                   "store it as a palette or grey PNG")
+            rgb = to_rgb8(im)
     except BadDataError:
         raise
-    except (OSError, ValueError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read label {path}: {err}") from err
     return _rgb_to_ids(rgb, path)
 
@@ -139,15 +154,22 @@ def _single_channel(im: Image.Image) -> np.ndarray:
         return np.asarray(im.convert("L"), dtype=np.uint8)  # 0 / 255
     if mode in ("P", "L"):  # palette masks: the stored index, as read_label
         return np.asarray(im, dtype=np.uint8)
-    if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(im)
         if arr.dtype.kind == "f":
             if not np.isfinite(arr).all():
-                raise ValueError("non-finite values")
+                raise ValueError(f"non-finite values (mode {mode})")
             if arr.size and arr.max() <= 1.0 and arr.min() >= 0.0 and not np.isin(arr, (0.0, 1.0)).all():
                 arr = arr * 255.0  # a soft mask in [0, 1]: threshold at 0.5 below
             arr = np.rint(arr)
-        return arr.astype(np.int64)
+        arr = arr.astype(np.int64)
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"negative values (mode {mode}); a mask holds 0 / 1 (or 0 / 255), 255 = ignore")
+        if arr.size and arr.max() > 255:  # a 16-bit mask (0 / 65535, anti-aliased): onto 0..255
+            if arr.max() > 65535:
+                raise ValueError(f"values up to {arr.max()} (mode {mode}), beyond 16 bits")
+            arr = np.rint(arr / 257.0).astype(np.int64)
+        return arr
     if mode in ("LA", "La", "PA"):
         im = im.convert("LA")
         arr = np.asarray(im, dtype=np.uint8)
@@ -198,9 +220,9 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
         BadDataError: unreadable file, or an ambiguous mask with ``strict=True``.
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             v = _single_channel(im)
-    except (OSError, ValueError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read mask {path}: {err}") from err
     out = np.zeros(v.shape, dtype=np.uint8)
     is0, is1, is255 = v == 0, v == 1, v == IGNORE_INDEX

@@ -1,12 +1,13 @@
 """The one step loop of supervised training and pretraining: resume, steps, logging, checkpoints.
 
 The model-specific part of a step (forward, loss, backward, optimizer and
-scheduler step) is a ``step_fn(batch, step) -> {name: float}`` supplied by the
+scheduler step) is a ``step_fn(batch, step) -> {name: float}`` (``step`` counts from 1, as the
+logs and checkpoints do) supplied by the
 caller (:func:`~fewshot_priors.engine.train.train`,
 :func:`~fewshot_priors.engine.pretrain.pretrain`). :class:`StepLoop` owns the rest:
 
 * resume from a checkpoint (model, optimizer, scheduler, step, RNG state) with a
-  check that the schedule did not change;
+  check that the schedule and the settings of what is trained did not change;
 * per-step seeding (:meth:`Runtime.seed_step`) before each ``step_fn``;
 * running means of ``step_fn``'s scalars, logged every ``log_every`` steps as
   ``<prefix>/<name>`` with ``<prefix>/lr`` and ``<prefix>/steps_per_s``
@@ -42,7 +43,7 @@ from .checkpoint import (
 from .logging import RunLogger
 from .runtime import Runtime
 
-__all__ = ["StepLoop", "check_schedule", "resume_meta"]
+__all__ = ["StepLoop", "check_finite_loss", "check_resume_config", "check_schedule", "resume_meta"]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -50,6 +51,18 @@ def _mean(values: Sequence[float]) -> float:
     if all(math.isnan(x) for x in values):
         return float("nan")
     return float(np.nanmean(values))
+
+
+def check_finite_loss(loss: torch.Tensor, what: str, step: int) -> None:
+    """Stop at a non-finite ``loss`` of step ``step`` (numbered as :meth:`StepLoop.run` numbers
+    them: the step logged at ``step`` in ``scalars.csv``), before it changes any weight.
+
+    Raises:
+        FloatingPointError: naming ``what`` (e.g. "training loss"), the value and the step.
+    """
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite {what} {loss.item()} at step {step} (the step logged as {step}; "
+                                 "the checkpoints from before it stay as they were)")
 
 
 def check_schedule(path: str | Path, meta: Mapping[str, Any], total_steps: int, steps_per_epoch: int,
@@ -63,6 +76,34 @@ def check_schedule(path: str | Path, meta: Mapping[str, Any], total_steps: int, 
         if meta.get(key) not in (None, ours):  # not the same run: other data order and epoch ends
             raise ValueError(f"cannot resume {path}: it was run with {key}={meta[key]}, this config "
                              f"gives {ours} ({changed})")
+
+
+def check_resume_config(path: str | Path, meta: Mapping[str, Any], config: Mapping) -> None:
+    """Refuse to resume checkpoint ``path`` (its ``meta``) under a config that changes what is trained.
+
+    Every key is compared with the config the checkpoint recorded
+    (:func:`~fewshot_priors.config.schema.resume_changes`): a changed learning rate, model,
+    dataset, augmentation, seed, ... would continue the run with settings its record (the
+    checkpoint, ``config.yaml``) does not describe. Changed paths (the files moved) are
+    allowed with a warning.
+
+    Raises:
+        ValueError: listing every changed key with its old and new value.
+    """
+    from ..config.schema import resume_changes
+
+    old = meta.get("config")
+    if not isinstance(old, Mapping):
+        return  # written without a config (an older version): nothing to compare
+    refused, moved = resume_changes(old, config)
+    if refused:
+        raise ValueError(
+            f"cannot resume {path}: this config changes what the run trains ({'; '.join(refused)}). "
+            "Resume with the run's own settings (its config.yaml), or start a new run with --overwrite "
+            "(overwrite=True) or another output folder")
+    if moved:
+        warnings.warn(f"resuming {path} with moved files: {'; '.join(moved)}; the run continues with "
+                      "these paths (recorded in its config)", UserWarning, stacklevel=3)
 
 
 def resume_meta(out: str | Path, resume: bool | str | Path) -> tuple[Path, Mapping[str, Any]]:
@@ -132,7 +173,8 @@ class StepLoop:
 
         Raises:
             ValueError: the checkpoint was written with another ``total_steps`` or
-                ``steps_per_epoch``.
+                ``steps_per_epoch``, or with a config that differs in what is trained
+                (:func:`check_resume_config`).
             CheckpointError: see :func:`~fewshot_priors.engine.checkpoint.load_checkpoint`.
         """
         meta = None
@@ -142,6 +184,7 @@ class StepLoop:
                                  map_location=self.rt.device)
             meta = ck["meta"]
             check_schedule(path, meta, self.total_steps, self.steps_per_epoch, self.changed)
+            check_resume_config(path, meta, self.config)
             self.step = self.saved_at = int(meta["step"])
             self._rng_state = ck["rng_state"]
             if self._rng_state is None:
@@ -189,8 +232,10 @@ class StepLoop:
     ) -> list[dict[str, float]]:
         """Run the steps; return the history (one row per log step: ``step`` and the means).
 
+        Steps are numbered from 1 everywhere: step ``s`` is the ``s``-th step, its scalars
+        are logged at ``s`` and a checkpoint with ``step: s`` holds the state after it.
         Per step: ``batch`` to the device, :meth:`Runtime.seed_step`, ``step_fn(batch,
-        step)`` (its scalars join the running means; ``lr`` is read from the optimizer
+        s)`` (its scalars join the running means; ``lr`` is read from the optimizer
         before it), ``after_step(step + 1)``, logging, ``on_epoch_end(epoch)`` at an
         epoch end, then the ``last`` checkpoint when due. After the last step:
         ``on_end(step)`` and a final ``last`` checkpoint unless the last step saved one.
@@ -198,7 +243,8 @@ class StepLoop:
         Args:
             batches: loader of the steps ``self.step .. stop - 1``.
             step_fn: the model-specific step (forward, loss, backward, optimizer and
-                scheduler step); returns the scalars to average.
+                scheduler step) given the batch and the step's number ``s`` (from 1, as
+                logged); returns the scalars to average.
             after_step: called with the number of completed steps.
             on_epoch_end: called with the completed epoch (before its checkpoint).
             on_end: called after the last step with the step count.
@@ -221,7 +267,7 @@ class StepLoop:
             batch = self.rt.to_device(batch)
             self.rt.seed_step(self.step)
             lr = self.optimizer.param_groups[0]["lr"]
-            scalars = step_fn(batch, self.step)
+            scalars = step_fn(batch, self.step + 1)  # the step's number in logs and checkpoints
             self.step += 1
             for k, v in scalars.items():
                 running.setdefault(k, []).append(v)

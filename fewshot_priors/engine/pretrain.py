@@ -57,9 +57,10 @@ from ..ssl import (
     embedding_std,
     uniformity,
 )
-from .loop import StepLoop, check_schedule, resume_meta
+from .loop import StepLoop, check_finite_loss, check_resume_config, check_schedule, resume_meta
+from .preflight import check_paths
 from .probe import load_probe_set, probe_encoder
-from .rundir import prepare_run_dir
+from .rundir import check_run_dir, prepare_run_dir
 from .runtime import Runtime, config_device, derive_seed
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "batch_diagnostics", "cosine_scheduler", "pretrain", "queue_sizes_for"]
@@ -335,6 +336,9 @@ def pretrain(
     tree = _config(cfg)
     overwrite, progress, tensorboard = bool(overwrite), bool(progress), bool(tensorboard)
     p = tree["pretrain"]
+    # before any work or deletion: the run folder policy, then pretrain.images, probe_root, the resume checkpoint
+    check_run_dir(tree["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite, kind="pretrain")
+    check_paths(tree, "pretrain", resume=resume)
     info = init_distributed()
     rt = Runtime.from_config(tree, amp=p["amp"], dist=info)
     out = prepare_run_dir(tree["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
@@ -348,8 +352,11 @@ def pretrain(
         raise ValueError(f"{n} images are fewer than pretrain.batch_size={batch_size}")
     total_steps = steps_per_epoch * p["epochs"]
     stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
+    saved_cfg = {"experiment": tree["experiment"], "pretrain": p}
     if resume:
-        check_schedule(*resume_meta(out, resume), total_steps, steps_per_epoch, _CHANGED)
+        ck_path, ck_meta = resume_meta(out, resume)
+        check_schedule(ck_path, ck_meta, total_steps, steps_per_epoch, _CHANGED)
+        check_resume_config(ck_path, ck_meta, saved_cfg)
     sampler, dataset = _data(p, paths, rt.seed, info, progress)
     queue_sizes = queue_sizes_for(p, n, stop)
     model = _model(p, rt.seed, *queue_sizes).to(rt.device)
@@ -357,7 +364,6 @@ def pretrain(
                                 momentum=p["momentum"], weight_decay=p["weight_decay"])
     scheduler = cosine_scheduler(optimizer, total_steps, p["warmup_steps"])
 
-    saved_cfg = {"experiment": tree["experiment"], "pretrain": p}
     loop = StepLoop(rt, out, model=model, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, stop=stop, config=saved_cfg, prefix="pretrain",
                     log_every=p["log_every"], ckpt_every=p["ckpt_every_steps"], progress=progress,
@@ -389,8 +395,7 @@ def pretrain(
         with rt.autocast():
             res = runner(batch["view_a"], batch["view_b"], batch["labels_a"], batch["labels_b"])
         loss = res["loss"].float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite pretraining loss {loss.item()} at step {step}")
+        check_finite_loss(loss, "pretraining loss", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.io import read_image
+from ..data.io import read_binary_mask, read_image
 from ..data.transforms import image_to_tensor
 from ..ops.superpixel_pool import superpixel_pool
 from ..ssl.diagnostics import knn_accuracy
@@ -121,8 +121,7 @@ def load_probe_set(
         sem = np.zeros((size, size), dtype=np.int64)
         areas = []
         for cid, mpath in masks:
-            with Image.open(mpath) as im:
-                m = np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+            m = np.asarray(Image.fromarray(read_binary_mask(mpath) == 1).resize((size, size), Image.NEAREST))
             areas.append((int(m.sum()), cid, m))
         areas.sort(key=lambda a: (-a[0], a[1]))  # largest first: smaller objects are painted on top
         for _, cid, m in areas:

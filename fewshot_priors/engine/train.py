@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .._validate import is_int
 from ..distributed import DistInfo, dist_info
 from ..ops import checks_disabled
-from .loop import StepLoop
+from .loop import StepLoop, check_finite_loss
 from .rundir import prepare_run_dir
 from .runtime import Runtime
 
@@ -154,8 +154,7 @@ def train(
             outputs = runner(batch["query_image"], batch["support_images"], batch["support_masks"],
                              query_mask=batch["query_mask"])
         loss = outputs["loss"].float()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
+        check_finite_loss(loss, "training loss", step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:

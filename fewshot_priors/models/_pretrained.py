@@ -120,16 +120,12 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from .._tensorfile import read_tensor_file
 
     file = folder / WEIGHTS_NAME
     if not file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no {WEIGHTS_NAME}: not a complete save_pretrained folder")
-    try:
-        return st_load(file.read_bytes())
-    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
-        raise ValueError(f"{str(file)!r} is not a readable safetensors file ({err}); the file is corrupted") from None
+    return read_tensor_file(file, "model weights")[0]
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:
@@ -191,8 +187,11 @@ class PretrainedMixin:
     @classmethod
     def _load_pretrained(cls, folder: Path, config: Mapping[str, Any], state: Mapping[str, torch.Tensor],
                          overrides: Mapping[str, Any]):
-        with torch.random.fork_rng(devices=[]):  # the init the weights replace leaves the global RNG alone
-            model = cls._from_pretrained_config(dict(config["model"]), dict(overrides))
+        try:
+            with torch.random.fork_rng(devices=[]):  # the init the weights replace leaves the global RNG alone
+                model = cls._from_pretrained_config(dict(config["model"]), dict(overrides))
+        except (ValueError, TypeError) as err:  # a hand-edited config.json: name the file and the key
+            raise ValueError(f"{str(folder / CONFIG_NAME)!r}: {err}") from None
         _load_state(model, state, folder / WEIGHTS_NAME)
         return model.eval()
 

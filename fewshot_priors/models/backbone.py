@@ -42,9 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._progress import import_timm
+from .._typecheck import type_error
 from .._validate import is_int
+from ._download import check_timm_download
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
-from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict, weights_metadata
+from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
 
@@ -263,6 +265,10 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         unknown = sorted(set(config) - valid)
         if unknown:
             raise ValueError(f"unknown backbone setting(s) {unknown} (valid: {', '.join(sorted(valid))})")
+        for key, default in (("backbone", "resnet50"), ("output_stride", 8), ("frozen", True)):
+            error = type_error(f"model.{key}", config.get(key, default), default)
+            if error is not None:
+                raise ValueError(error)
         return create_backbone(config["backbone"], output_stride=int(config.get("output_stride", 8)),
                                frozen=bool(config.get("frozen", True)), mean=config.get("mean"),
                                std=config.get("std"))
@@ -393,6 +399,9 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
 
 
 def _build_body(name: str, pretrained: bool, output_stride: int) -> nn.Module:
+    if pretrained:  # offline and not cached: one clear error now, not timm's retried downloads
+        check_timm_download(name)
+
     def build(**kw):
         if not pretrained:
             return timm.create_model(name, pretrained=False, features_only=True, **kw)
@@ -486,6 +495,8 @@ def create_backbone(
         ValueError: unknown model name (with close matches), bad ``output_stride``,
             or weights that do not match the model.
         FileNotFoundError: ``weights`` does not exist.
+        OSError: ``pretrained=True`` offline with the weights not in the local cache
+            (decided in seconds, :func:`fewshot_priors.models._download.check_timm_download`).
         RuntimeError: ``pretrained=True`` could not download the weights.
     """
     name = _check_name(name)
@@ -501,8 +512,6 @@ def create_backbone(
         pfenet_dilation(body, output_stride)
     meta: dict[str, str] = {}
     if weights is not None:
-        load_backbone_state_dict(body, name, weights, moco_encoder=moco_encoder)
-        if isinstance(weights, (str, os.PathLike)):
-            meta = weights_metadata(weights)
+        meta = load_backbone_state_dict(body, name, weights, moco_encoder=moco_encoder)
     mean, std = input_normalisation(name, mean, std, weights_meta=meta, pretrained_cfg=getattr(body, "pretrained_cfg", None))
     return FrozenBackbone(body, name, output_stride=output_stride, frozen=frozen, mean=mean, std=std)

@@ -48,7 +48,7 @@ from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
 from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
 from fewshot_priors.models.fem import FEMDecoder
-from fewshot_priors.models.qgnet_config import qgnet_kwargs
+from fewshot_priors.models.qgnet_config import check_model_values, qgnet_kwargs
 from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 
@@ -325,6 +325,8 @@ class QGNet(PretrainedMixin, nn.Module):
 
     @classmethod
     def _from_pretrained_config(cls, config: dict, overrides: dict) -> QGNet:
+        # the same value rules as the config tree's `model` section (a hand-edited config.json)
+        check_model_values(config)
         # the weights come from model.safetensors: never re-read weight files or download timm weights
         config.update(weights=None, prior_weights=None, pretrained=False)
         return cls(**qgnet_kwargs(config, **overrides))

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from .._progress import import_timm
+from .._tensorfile import read_tensor_file
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
 
@@ -38,7 +38,6 @@ __all__ = [
     "MOCO_ENCODERS",
     "PRIOR_EXTRACTOR_FORMAT",
     "load_backbone_state_dict",
-    "weights_metadata",
 ]
 
 #: ``format`` metadata value of this project's prior-extractor safetensors export.
@@ -82,49 +81,9 @@ def _norm_key(key: str) -> str:
 def _read_checkpoint(
     path: str | os.PathLike, what: str = "backbone weights"
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a checkpoint file into ``(tensors, safetensors metadata)``; ``what`` names it in errors."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} file not found: {str(p)!r}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(p), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(p)), metadata
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, corrupt files, non-tensor payloads
-        raise ValueError(
-            f"could not read {what} from {str(p)!r} with torch.load(weights_only=True): {e}. "
-            "Expected a .pth/.pt/.bin state dict or a .safetensors file."
-        ) from e
-    for _ in range(3):  # unwrap {"state_dict": ...} / {"model": ...} (possibly nested)
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
-            if inner is not None:
-                obj = inner
-                continue
-        break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{what} file {str(p)!r} does not hold a state dict (got {type(obj).__name__})")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ValueError(f"{what} file {str(p)!r} holds no tensors")
-    return tensors, {}
-
-
-def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The metadata of a ``.safetensors`` weights file (its header only; ``{}`` for other
-    formats). The prior-extractor export records its encoder's input ``mean`` / ``std`` there."""
-    p = Path(path)
-    if p.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(str(p), framework="pt") as f:
-        return dict(f.metadata() or {})
+    """Read a checkpoint file into ``(tensors, safetensors metadata)``; ``what`` names it in errors
+    (the one weights reader, :func:`fewshot_priors._tensorfile.read_tensor_file`)."""
+    return read_tensor_file(path, what)
 
 
 def _strip(key: str) -> tuple[tuple[str, ...], str]:
@@ -195,7 +154,7 @@ def load_backbone_state_dict(
     name: str,
     weights: str | os.PathLike | Mapping[str, torch.Tensor],
     moco_encoder: str = "key",
-) -> None:
+) -> dict[str, str]:
     """Load a local checkpoint (or an in-memory state dict) into a timm ``features_only`` module.
 
     Args:
@@ -205,6 +164,10 @@ def load_backbone_state_dict(
             a state dict (e.g. ``timm_model.state_dict()``).
         moco_encoder: which encoder of a MoCo checkpoint to load: ``"key"`` (the
             momentum encoder, default, as the official QGNet) or ``"query"``.
+
+    Returns:
+        The file's safetensors metadata (``{}`` for other formats and state dicts); the
+        prior-extractor export records its encoder's input ``mean`` / ``std`` there.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -286,3 +249,4 @@ def load_backbone_state_dict(
             if not k.endswith("num_batches_tracked") and k.split(".")[0] not in HEAD_NAMES]
     if left:  # pragma: no cover - guarded by the checks above
         raise ValueError(f"backbone weights {str(weights)!r}: keys not loaded: {_fmt_keys(left)}")
+    return metadata

@@ -81,12 +81,15 @@ def export_prior_extractor(
 
 
 def load_prior_extractor(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`export_prior_extractor`: ``(state_dict, metadata)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Read a file written by :func:`export_prior_extractor`: ``(state_dict, metadata)``.
 
-    with safe_open(os.fspath(path), "pt") as f:
-        meta = f.metadata() or {}
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable safetensors file, or not a prior-extractor export (naming it).
+    """
+    from .._tensorfile import read_tensor_file
+
+    tensors, meta = read_tensor_file(path, "prior extractor")
     if meta.get("format") != PRIOR_EXTRACTOR_FORMAT:
         raise ValueError(f"{path} is not a prior extractor file (metadata format={meta.get('format')!r})")
-    return load_file(os.fspath(path)), meta
+    return tensors, meta

@@ -41,7 +41,7 @@ from ..distributed import (
     world_size,
 )
 from ..models.backbone import input_normalisation, pfenet_dilation
-from ..models.weights import MOCO_ENCODERS, load_backbone_state_dict, weights_metadata
+from ..models.weights import MOCO_ENCODERS, load_backbone_state_dict
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
 from .export import export_prior_extractor
@@ -202,9 +202,7 @@ class GlobalLocalMoCo(nn.Module):
         self.encoder = create_encoder(backbone, **backbone_kwargs)
         meta: dict[str, str] = {}
         if weights is not None:
-            load_backbone_state_dict(self.encoder, backbone, weights, moco_encoder="query")
-            if isinstance(weights, (str, os.PathLike)):
-                meta = weights_metadata(weights)
+            meta = load_backbone_state_dict(self.encoder, backbone, weights, moco_encoder="query")
         self.mean, self.std = input_normalisation(backbone, mean, std, weights_meta=meta,
                                                   pretrained_cfg=getattr(self.encoder, "pretrained_cfg", None))
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)

@@ -387,10 +387,13 @@ def _cache_name(path: str) -> str:
 
 
 def _load_rgb(path: str | os.PathLike) -> np.ndarray:
-    from PIL import Image
+    """The image as the datasets read it (:func:`fewshot_priors._images.read_rgb8`: by bit depth)."""
+    from .._images import DECODE_ERRORS, read_rgb8
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        return read_rgb8(path)
+    except DECODE_ERRORS as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 _worker_sampler: SuperpixelPatchSampler | None = None
