@@ -23,8 +23,8 @@ def _qgnet_setup(device: torch.device, shots: int, backend: str, fast: bool):
     torch.manual_seed(0)
     model = qg.QGNet(backbone=name, pretrained=False, region_map_backend=backend).to(device)
     g = torch.Generator(device=device).manual_seed(0)
-    query = torch.randn(batch, 3, size, size, generator=g, device=device)
-    support = torch.randn(batch, shots, 3, size, size, generator=g, device=device)
+    query = torch.rand(batch, 3, size, size, generator=g, device=device)  # RGB in [0, 1]
+    support = torch.rand(batch, shots, 3, size, size, generator=g, device=device)
     masks = (torch.rand(batch, shots, size, size, generator=g, device=device) > 0.5).float()
     qmask = (torch.rand(batch, size, size, generator=g, device=device) > 0.5).long()
     if fast and gpu:
@@ -106,8 +106,8 @@ def test_moco_step(benchmark, device, variant):
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
     g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(batch, 3, size, size, generator=g, device=device)
-    b = torch.randn(batch, 3, size, size, generator=g, device=device)
+    a = torch.rand(batch, 3, size, size, generator=g, device=device)  # views in [0, 1]
+    b = torch.rand(batch, 3, size, size, generator=g, device=device)
     # blocky superpixel ids shared by both views (8x8 grid of patches)
     grid = torch.arange(64, device=device).view(1, 1, 8, 8).float().expand(batch, 1, 8, 8)
     labels = torch.nn.functional.interpolate(grid, size=(size, size), mode="nearest")[:, 0].long()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ._validate import is_int
+
 __all__ = ["stats_error", "type_error"]
 
 
@@ -26,7 +28,7 @@ def type_error(name: str, value: Any, default: Any) -> str | None:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = is_int(value)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):

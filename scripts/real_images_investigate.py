@@ -78,7 +78,8 @@ line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"][
         "prior": prior, "episodes": res[variant]["episodes"],
         **{f"{n} mIoU": round(100 * v["miou"], 2) for n, v in res.items()},
         **{f"{n} FB-IoU": round(100 * v["fbiou"], 2) for n, v in res.items()},
-        "pred_fg_share": round(res[variant]["predicted_foreground_share"], 4)}
+        "pred_fg_share": round(res[variant]["predicted_foreground_share"], 4),
+        "map_auc": r["map_auc"].get("1-shot", {})}
 print(json.dumps(line), flush=True)
 with open(out / "results.jsonl", "a") as f:
     f.write(json.dumps(line) + "\n")

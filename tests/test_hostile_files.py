@@ -228,7 +228,7 @@ def test_cli_train_with_a_garbage_weights_file_is_one_error_line(tmp_path, capsy
     root = tmp_path / "data"
     root.mkdir()
     rc = main(["train", "--config", "demo", "--no-progress", "--set", f"model.weights={bad}",
-               f"data.root={root}", f"experiment.output_dir={tmp_path / 'run'}"])
+               "--set", f"data.root={root}", "--set", f"experiment.output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and str(bad) in err and "Traceback" not in err
 

@@ -27,8 +27,9 @@ def no_build(monkeypatch):
 
 
 def _train(tmp_path, capsys, *sets, extra=()):
-    rc = main(["train", "--config", "pascal/resnet50_473_fold0", "--no-progress", *extra, "--set",
-               f"experiment.output_dir={tmp_path / 'run'}", *sets])
+    sets = (f"experiment.output_dir={tmp_path / 'run'}", *sets)
+    rc = main(["train", "--config", "pascal/resnet50_473_fold0", "--no-progress", *extra,
+               *(arg for kv in sets for arg in ("--set", kv))])  # --set: one KEY=VALUE per flag
     err = capsys.readouterr().err
     return rc, err
 

@@ -91,13 +91,14 @@ def test_cli_train_resume_with_another_lr_is_one_error_line(tmp_path, capsys):
     root = generate_synthetic_dataset(tmp_path / "data", num_classes=4, images_per_class=12, image_size=64,
                                       min_pixels=400, progress=False)
     out = tmp_path / "run"
-    common = ["--config", "demo", "--no-progress", "--set", f"data.root={root}", "data.image_size=64",
-              "model.bins=[8, 4]", "model.channels=16", "train.batch_size=2", "train.epochs=1",
-              "model.use_prior=false", "data.num_workers=0", "data.min_pixels=400", f"experiment.output_dir={out}"]
+    sets = [f"data.root={root}", "data.image_size=64", "model.bins=[8, 4]", "model.channels=16", "train.batch_size=2",
+            "train.epochs=1", "model.use_prior=false", "data.num_workers=0", "data.min_pixels=400",
+            f"experiment.output_dir={out}"]
+    common = ["--config", "demo", "--no-progress", *(arg for kv in sets for arg in ("--set", kv))]
     assert main(["train", "--max-steps", "2", *common]) == 0
     capsys.readouterr()
     saved = (out / "config.yaml").read_text()
-    rc = main(["train", "--resume", *common, "train.lr=0.5"])
+    rc = main(["train", "--resume", *common, "--set", "train.lr=0.5"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "train.lr" in err and "Traceback" not in err
     assert (out / "config.yaml").read_text() == saved

@@ -319,7 +319,7 @@ def test_preset_bins_resolve_at_the_real_feature_size(quick, size, former):
 
     from fewshot_priors.models.factory import create_qgnet
 
-    cfg = real_images_config(quick=quick, overrides={"data.image_size": size})
+    cfg = real_images_config("quick" if quick else "full", overrides={"data.image_size": size})
     model = create_qgnet(cfg["model"])
     with torch.no_grad():
         feat = model.backbone(torch.zeros(1, 3, size, size))[-1]
