@@ -71,7 +71,8 @@ def test_choices_come_from_the_layer_that_defines_them():
         assert load_config(None, {f"pretrain.{key}": good})["pretrain"][key] == good
 
 
-@pytest.mark.parametrize("name", ["demo", "demo/full", "demo/quick", "real_images/full", "real_images/quick"])
+@pytest.mark.parametrize("name", ["demo", "demo/full", "demo/quick", "real_images/full", "real_images/long",
+                                  "real_images/quick"])
 def test_presets_are_full_config_trees(name):
     """The preset files hold every key (what runs is what the file says), so they stay in step with DEFAULTS."""
     import yaml
