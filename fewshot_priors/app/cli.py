@@ -477,9 +477,9 @@ def _cmd_eval(args) -> int:
 def _cmd_visualize(args) -> int:
     import torch
 
+    from fewshot_priors.app.report import episode_rows
     from fewshot_priors.config import load_config, resolve_shots
     from fewshot_priors.engine.build import build_dataset
-    from fewshot_priors.app.report import episode_rows
     from fewshot_priors.viz import save_episode_figures
 
     cfg = load_config(args.config, _run_overrides(args))

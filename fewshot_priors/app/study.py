@@ -153,11 +153,11 @@ def train_and_score(
         label: the progress bars' label (``"<label> <K>-shot"``).
         say: called with a line before each evaluation.
     """
+    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
-    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
 
     kw = dataset_kwargs or {}
     seed = cfg["experiment"]["seed"]
