@@ -16,7 +16,7 @@ $(VENV)/.install-stamp: pyproject.toml scripts/install.sh
 install: $(VENV)/.install-stamp
 
 demo: install
-	$(PY) -m fewshot_priors.cli demo --output-dir $(DEMO_OUT)
+	$(PY) -m fewshot_priors demo --output-dir $(DEMO_OUT)
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile tests

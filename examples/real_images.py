@@ -11,7 +11,7 @@ docs/how-to/real-images.md for the protocol and the recipe.
 
 import sys
 
-from fewshot_priors.cli import main
+from fewshot_priors.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["real-images", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 # public name -> module that defines it (imported on first attribute access: `import fewshot_priors`
-# and `python -m fewshot_priors.cli --help` do not import torch)
+# and `python -m fewshot_priors --help` do not import torch)
 _LAZY = {
     "checks_disabled": "fewshot_priors.ops",
     "checks_enabled": "fewshot_priors.ops",

@@ -2,7 +2,7 @@
 
 Launch any training command under ``torchrun`` and the engine picks it up::
 
-    torchrun --nproc_per_node 4 -m fewshot_priors.cli train --config coco/resnet50_473_fold0
+    torchrun --nproc_per_node 4 -m fewshot_priors train --config coco/resnet50_473_fold0
 
 Only rank 0 logs, writes checkpoints and draws progress bars. Who uses what:
 

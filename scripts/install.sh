@@ -54,4 +54,4 @@ fi
 #    brings MathJax as a Python package (django-static-mathjax: the MathJax 3 files, no Django), so the
 #    docs build serves the math renderer itself with no npm and no CDN.
 $PIP -e ".[dev,docs,bench]"
-echo "installed into $VENV: run $PY -m fewshot_priors.cli ..., or activate it with: source $VENV/bin/activate"
+echo "installed into $VENV: run $PY -m fewshot_priors ..., or activate it with: source $VENV/bin/activate"

@@ -11,7 +11,7 @@ to ``OUT/results.jsonl``::
 
 keys: any config key as section.key=value (JSON values), the shortcuts lr, epochs, max_steps,
 batch_size, pretrain_epochs, image_size (data.image_size and pretrain.size), and variant (a key of
-fewshot_priors.real_images.VARIANTS).
+fewshot_priors.app.real_images.VARIANTS).
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fewshot_priors.data.folder import class_image_counts, list_unique_images
 from fewshot_priors.engine.pretrain import pretrain
-from fewshot_priors.real_images import VARIANTS, real_images_config, train_and_evaluate
+from fewshot_priors.app.real_images import VARIANTS, real_images_config, train_and_evaluate
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--root", required=True)

@@ -17,8 +17,9 @@ layer  modules (``fewshot_priors.`` + name or package)                   may imp
        ``viz``; the package root ``fewshot_priors`` (a facade of
        layers 1 and 2)
 3      ``config``, ``engine``                                           0 - 3
-4      ``cli``, ``demo``, ``real_images``, ``study``, ``report``,       0 - 4
-       ``__main__``
+4      the app subpackage ``app`` (``app.cli``, ``app.demo``,           0 - 4
+       ``app.real_images``, ``app.study``, ``app.report``) and
+       ``__main__`` (``python -m fewshot_priors``)
 =====  ===============================================================  ====================
 
 Within a layer modules may import each other, but no set of modules may import each
@@ -26,6 +27,9 @@ other in a cycle. A package's ``__init__`` importing its own submodules (re-expo
 not an edge of the cycle check: Python runs a package's ``__init__`` before any of its
 submodules anyway, so a child importing from its parent package would otherwise always
 look like a cycle.
+
+No module outside ``app/`` imports ``fewshot_priors.app`` (the library core never needs the
+applications); the one exception is ``__main__``, the ``python -m fewshot_priors`` entry point.
 """
 
 from __future__ import annotations
@@ -65,12 +69,17 @@ LAYERS: dict[str, int] = {
     "": 2,  # the root package: eager re-exports of ops, lazy names from layer 2
     "config": 3,
     "engine": 3,
-    "cli": 4,
-    "demo": 4,
-    "real_images": 4,
-    "report": 4,  # the tables and recall meter shared by demo and real_images
-    "study": 4,  # run config + train one variant + score it 1-/5-shot, shared by demo and real_images
+    "app": 4,  # the package itself (imports nothing)
+    "app.cli": 4,
+    "app.demo": 4,
+    "app.real_images": 4,
+    "app.report": 4,  # the tables and recall meter shared by demo and real_images
+    "app.study": 4,  # run config + train one variant + score it 1-/5-shot, shared by demo and real_images
+    "__main__": 4,  # `python -m fewshot_priors`: calls app.cli.main
 }
+
+#: The only modules outside app/ that may import it: the entry point of `python -m fewshot_priors`.
+APP_ENTRY_POINTS = {f"{PACKAGE}.__main__"}
 
 #: Allowed upward imports, (importer, imported) -> reason. Each must still be needed.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
@@ -292,6 +301,56 @@ def test_no_library_module_imports_the_package_root(graph):
     importers = sorted(a for a, bs in graph.items() if "fewshot_priors" in bs and a != "fewshot_priors"
                        and layer_of(a, PACKAGE, LAYERS) <= 2)
     assert importers == [], importers
+
+
+def library_modules_importing_the_app(graph: Mapping[str, set[str]], package: str) -> dict[str, list[str]]:
+    """Module outside ``package.app`` -> the ``package.app`` modules it imports (anywhere in it)."""
+    app = f"{package}.app"
+
+    def in_app(m: str) -> bool:
+        return m == app or m.startswith(app + ".")
+
+    return {a: sorted(b for b in bs if in_app(b)) for a, bs in sorted(graph.items())
+            if not in_app(a) and any(in_app(b) for b in bs)}
+
+
+def test_no_library_module_imports_the_app(graph):
+    """Issue 18: the library core (every module outside ``fewshot_priors/app/``) never imports the app
+    code; only the ``python -m fewshot_priors`` entry point does, and nothing imports that."""
+    importers = library_modules_importing_the_app(graph, PACKAGE)
+    unexpected = {a: bs for a, bs in importers.items() if a not in APP_ENTRY_POINTS}
+    assert not unexpected, f"these library modules import fewshot_priors.app: {unexpected}"
+    assert importers == {f"{PACKAGE}.__main__": [f"{PACKAGE}.app.cli"]}, importers  # the exception is needed
+    assert [a for a, bs in graph.items() if f"{PACKAGE}.__main__" in bs] == []
+    # the app modules all live under app/ (no module left at the old top-level paths)
+    assert {m for m in graph if layer_of(m, PACKAGE, LAYERS) == 4} == {
+        f"{PACKAGE}.{m}" for m in ("app", "app.cli", "app.demo", "app.real_images", "app.report", "app.study",
+                                   "__main__")}
+
+
+def test_app_check_finds_a_planted_library_import(tmp_path):
+    """The checker sees a library module importing the app, at function level or by a lazy string."""
+    _write(tmp_path, {
+        "fake/__init__.py": "_LAZY = {'run': 'fake.app.study'}\n",
+        "fake/engine.py": "def f():\n    from .app.cli import main\n",
+        "fake/ops.py": "from fake.data import x\n",
+        "fake/data.py": "x = 1\n",
+        "fake/app/__init__.py": "",
+        "fake/app/cli.py": "from ..engine import f\ndef main():\n    pass\n",
+        "fake/app/study.py": "from . import cli\n",
+    })
+    found = library_modules_importing_the_app(import_graph(tmp_path, "fake"), "fake")
+    assert found == {"fake": ["fake.app.study"], "fake.engine": ["fake.app.cli"]}
+
+
+def test_python_dash_m_package_runs_the_cli():
+    """``python -m fewshot_priors`` and ``python -m fewshot_priors.app.cli`` are the CLI; the old
+    top-level module paths are gone (0.2.0, no aliases)."""
+    for argv in (["-m", PACKAGE, "--version"], ["-m", f"{PACKAGE}.app.cli", "--version"]):
+        r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        assert r.returncode == 0 and r.stdout.startswith("fewshot-priors "), (argv, r.stdout, r.stderr)
+    for old in ("cli", "demo", "real_images", "study", "report"):
+        assert not (ROOT / PACKAGE / f"{old}.py").exists(), old
 
 
 def test_only_the_distributed_module_uses_torch_distributed():

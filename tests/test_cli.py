@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fewshot_priors.cli import main
+from fewshot_priors.app.cli import main
 from fewshot_priors.config import (
     CONFIG_DIR,
     DEFAULTS,
@@ -106,14 +106,14 @@ def test_help_and_configs_listing(capsys):
 
 
 def test_python_m_entry_point():
-    r = subprocess.run([sys.executable, "-m", "fewshot_priors.cli", "train", "--help"],
+    r = subprocess.run([sys.executable, "-m", "fewshot_priors", "train", "--help"],
                        check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--resume" in r.stdout and "--set" in r.stdout
 
 
 def test_help_and_version_do_not_import_torch():
     """--help must be instant: neither the package root nor cli.py imports torch to build the parser."""
-    code = ("import sys\nfrom fewshot_priors.cli import main\n"
+    code = ("import sys\nfrom fewshot_priors.app.cli import main\n"
             "for argv in (['--help'], ['train', '--help'], ['eval', '--help'], ['--version']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
@@ -147,7 +147,7 @@ RUN_COMMANDS = {"train": ["--config", "demo"], "eval": ["--config", "demo", "--c
 
 
 def test_every_command_that_runs_a_model_takes_the_common_flags():
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
 
     parser = build_parser()
     for command, args in RUN_COMMANDS.items():
@@ -160,7 +160,7 @@ def test_every_command_that_runs_a_model_takes_the_common_flags():
 
 def test_one_output_convention_across_commands():
     """--output-dir DIR for a command that writes a folder, --output FILE for one that writes one file."""
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
@@ -178,7 +178,7 @@ def test_one_output_convention_across_commands():
 
 
 def test_set_takes_one_override_and_never_swallows_a_positional():
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
 
     ns = build_parser().parse_args(["convert", "--set", "data.fold=2", "official.pth", "--kind", "pfenet",
                                     "--output", "o.safetensors"])
@@ -188,7 +188,7 @@ def test_set_takes_one_override_and_never_swallows_a_positional():
 def test_help_writes_every_default_one_way():
     import re
 
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot_priors.cli import main
+from fewshot_priors.app.cli import main
 from fewshot_priors.config import load_config
 from fewshot_priors.engine.build import build_model
 from fewshot_priors.engine.checkpoint import load_checkpoint

@@ -15,7 +15,7 @@ import pytest
 
 @pytest.mark.slow  # the whole pipeline (data, MoCo pretraining, QGNet training, 2 evaluations, figures): ~40-80 s
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
-    from fewshot_priors.cli import main
+    from fewshot_priors.app.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--output-dir", str(out), "--quick", "--no-progress"]) == 0
@@ -57,7 +57,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 def test_map_recall_scores_both_prior_conventions_and_skips_a_missing_prior():
     import torch
 
-    from fewshot_priors.report import MapRecall as _MapRecall
+    from fewshot_priors.app.report import MapRecall as _MapRecall
 
     prior = torch.tensor([[[[0.05, 0.95], [0.95, 0.95]]]])  # low on the object pixel
     label = torch.tensor([[[1, 0], [0, 255]]])
@@ -76,7 +76,7 @@ def test_map_recall_scores_both_prior_conventions_and_skips_a_missing_prior():
 
 
 def test_ablation_markdown_lists_every_variant_and_threshold():
-    from fewshot_priors.demo import ABLATION_VARIANTS, ablation_markdown
+    from fewshot_priors.app.demo import ABLATION_VARIANTS, ablation_markdown
 
     rec = {"thresholds": [0.1, 0.5], "pooled": [0.95, 0.25], "mean": [0.9, 0.2], "area": [0.5, 0.125],
            "episodes": 3}
@@ -101,10 +101,10 @@ def test_held_out_episodes_are_built_before_training(monkeypatch):
     import sys
 
     import fewshot_priors.engine.train  # noqa: F401  (the package attribute `train` is the function)
-    from fewshot_priors import study
+    from fewshot_priors.app import study
 
     engine_train = sys.modules["fewshot_priors.engine.train"]
-    from fewshot_priors.demo import demo_config
+    from fewshot_priors.app.demo import demo_config
 
     calls = []
 
@@ -132,7 +132,7 @@ def test_shipped_demo_presets_raise_none_of_the_librarys_own_warnings(quick, tmp
     import warnings
 
     from fewshot_priors.data import generate_synthetic_dataset
-    from fewshot_priors.demo import demo_config
+    from fewshot_priors.app.demo import demo_config
     from fewshot_priors.engine.pretrain import queue_sizes_for
 
     with warnings.catch_warnings():
@@ -151,7 +151,7 @@ def test_shipped_demo_presets_raise_none_of_the_librarys_own_warnings(quick, tmp
 
 
 def test_demo_help_says_quick_numbers_are_meaningless(capsys):
-    from fewshot_priors.cli import main
+    from fewshot_priors.app.cli import main
 
     with pytest.raises(SystemExit):
         main(["demo", "--help"])

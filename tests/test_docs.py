@@ -103,7 +103,7 @@ def test_markdown_code_blocks_run(page, tmp_path, monkeypatch):
 
 
 def shell_commands(text: str) -> list[list[str]]:
-    """Argument lists of the ``fewshot-priors`` / ``-m fewshot_priors.cli`` calls in ```bash blocks."""
+    """Argument lists of the ``fewshot-priors`` / ``-m fewshot_priors`` calls in ```bash blocks."""
     import shlex
 
     commands = []
@@ -113,7 +113,7 @@ def shell_commands(text: str) -> list[list[str]]:
         for line in m.group(2).replace("\\\n", " ").splitlines():
             line = re.sub(r"\$\{?fold\}?", "0", line.split("#", 1)[0])
             line = re.sub(r"\$\{?k\}?", "1", line)
-            for marker in ("fewshot-priors ", "-m fewshot_priors.cli "):
+            for marker in ("fewshot-priors ", "-m fewshot_priors "):
                 if marker in line:
                     rest = line.split(marker, 1)[1].split(";", 1)[0]
                     commands.append(shlex.split(rest))
@@ -126,7 +126,7 @@ def test_shell_command_extraction():
         "```bash\nfor fold in 0 1; do\n  fewshot-priors eval --config pascal/x_fold$fold \\\n"
         "      --shots ${k} --output r_${fold}.json   # comment\ndone\n```\n"
         "```python\nfewshot-priors train\n```\n"
-        "```bash\ntorchrun --nproc_per_node 2 -m fewshot_priors.cli train --config a.yaml; echo\n```\n"
+        "```bash\ntorchrun --nproc_per_node 2 -m fewshot_priors train --config a.yaml; echo\n```\n"
     )
     assert shell_commands(text) == [
         ["eval", "--config", "pascal/x_fold0", "--shots", "1", "--output", "r_0.json"],
@@ -136,7 +136,7 @@ def test_shell_command_extraction():
 
 def test_documented_cli_commands_parse():
     """Every CLI call shown in the docs uses real subcommands, flags, config names and --set keys."""
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
     from fewshot_priors.config import DEFAULTS, load_config
 
     pretrain_fields = set(DEFAULTS["pretrain"]) | set(DEFAULTS["experiment"])
@@ -313,7 +313,7 @@ def test_readme_code_blocks_run(tmp_path, monkeypatch):
 
 def test_readme_cli_commands_parse():
     """Every CLI call in the README uses real subcommands, flags, config names and --set keys."""
-    from fewshot_priors.cli import build_parser
+    from fewshot_priors.app.cli import build_parser
     from fewshot_priors.config import load_config
 
     parser = build_parser()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_engine import ToyEpisodes, ToyModel, _cfg, _losses
 
-from fewshot_priors.cli import main
+from fewshot_priors.app.cli import main
 from fewshot_priors.config import ConfigError, load_config
 from fewshot_priors.engine.checkpoint import load_checkpoint
 from fewshot_priors.engine.evaluate import collate_eval
@@ -166,7 +166,7 @@ def test_resolve_device_names_the_problem():
 @pytest.fixture
 def fake_eval(monkeypatch):
     """`eval` with the model, dataset and evaluation replaced by recorders (no real work)."""
-    import fewshot_priors.cli as cli
+    import fewshot_priors.app.cli as cli
 
     build = importlib.import_module("fewshot_priors.engine.build")
     ev = importlib.import_module("fewshot_priors.engine.evaluate")  # the package exports a same-named function
@@ -224,7 +224,7 @@ def test_demo_reuses_a_prior_extractor_only_from_the_same_code_and_environment(t
 
     import fewshot_priors
     import fewshot_priors.ssl.superpixels as sp
-    from fewshot_priors.demo import _reuse_stamp, demo_config
+    from fewshot_priors.app.demo import _reuse_stamp, demo_config
 
     settings = demo_config(quick=True)["pretrain"]
     copy = tmp_path / "fewshot_priors"

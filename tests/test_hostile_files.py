@@ -221,7 +221,7 @@ def test_the_other_weights_readers_give_the_same_clean_errors(tmp_path):
 
 
 def test_cli_train_with_a_garbage_weights_file_is_one_error_line(tmp_path, capsys):
-    from fewshot_priors.cli import main
+    from fewshot_priors.app.cli import main
 
     bad = tmp_path / "garbage.safetensors"
     bad.write_bytes(os.urandom(500))

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_engine import ToyEpisodes, ToyModel, _cfg
 
-from fewshot_priors.cli import main
+from fewshot_priors.app.cli import main
 from fewshot_priors.config import ConfigError, load_config
 from fewshot_priors.config.loading import load_yaml
 from fewshot_priors.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -69,7 +69,7 @@ def test_install_uses_an_existing_venv_and_names_a_missing_interpreter(tmp_path)
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_every_make_target_runs_in_the_venv(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    for target, command in (("demo", "-m fewshot_priors.cli demo"), ("test", "-m pytest"),
+    for target, command in (("demo", "-m fewshot_priors demo"), ("test", "-m pytest"),
                             ("bench", "-m pytest benchmarks"), ("docs", "-m mkdocs build")):
         out = subprocess.run(["make", "-n", "-C", str(ROOT), target], env=env, capture_output=True, text=True,
                              check=True).stdout

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fewshot_priors.data.folder import class_image_counts, list_unique_images
-from fewshot_priors.real_images import VARIANTS, class_folds, real_images_config, run_real_images
-from fewshot_priors.report import summarize
+from fewshot_priors.app.real_images import VARIANTS, class_folds, real_images_config, run_real_images
+from fewshot_priors.app.report import summarize
 
 
 def _data_dir() -> Path | None:
@@ -155,7 +155,7 @@ def test_any_backbone_pair_and_the_imagenet_prior_variants_run(tmp_path):
     import torch
 
     from fewshot_priors.models import create_qgnet
-    from fewshot_priors.real_images import _prior_settings
+    from fewshot_priors.app.real_images import _prior_settings
 
     mnv2 = str(WEIGHTS / "mobilenetv2_100.tv_in1k.safetensors")
     lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
@@ -253,8 +253,8 @@ def test_fg_weight_must_be_positive_and_finite(bad):
 
 
 def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
-    import fewshot_priors.real_images as ri
-    from fewshot_priors.cli import main
+    import fewshot_priors.app.real_images as ri
+    from fewshot_priors.app.cli import main
 
     seen = {}
 
@@ -284,7 +284,7 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
 
 def test_the_clis_real_images_choices_are_the_studys():
     """The CLI writes them out (parsing imports no torch): they must stay equal."""
-    from fewshot_priors import cli, real_images
+    from fewshot_priors.app import cli, real_images
 
     assert set(cli.REAL_IMAGES_VARIANTS) == set(real_images.VARIANTS)
     assert set(cli.REAL_IMAGES_PRESETS) == set(real_images.PRESET_CONFIGS)
@@ -302,7 +302,7 @@ def test_presets_are_the_shipped_yaml():
 def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):
     """The study holds out its own folds: such a key fails at once, not after pretraining."""
     from fewshot_priors.config import ConfigError
-    from fewshot_priors.real_images import run_real_images
+    from fewshot_priors.app.real_images import run_real_images
 
     out = tmp_path / "out"
     with pytest.raises(ConfigError, match=key.split("=")[0]):

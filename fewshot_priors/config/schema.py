@@ -155,14 +155,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "export_encoder": "key",  # key (momentum encoder, as the official QGNet) | query
     },
     "study": {
-        # read only by the demo (fewshot_priors/demo.py) and the real-images study
-        # (fewshot_priors/real_images.py); train / eval / pretrain ignore this section
+        # read only by the demo (fewshot_priors/app/demo.py) and the real-images study
+        # (fewshot_priors/app/real_images.py); train / eval / pretrain ignore this section
         "num_classes": 12,  # demo: classes of the generated dataset
         "images_per_class": 40,  # demo: images per class of the generated dataset
         "ablation": False,  # demo: also train the random-prior and no-prior models (Table 7 recall)
         "figure_episodes": 4,  # Fig. 5 rows per K
         "train_min_pixels": None,  # real-images: eligibility of training pairs (None: data.min_pixels)
-        # real-images: the compared models (fewshot_priors.real_images.VARIANTS); the ImageNet-prior
+        # real-images: the compared models (fewshot_priors.app.real_images.VARIANTS); the ImageNet-prior
         # variants need pretrain.weights and are left out without it
         "variants": ["qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
                      "qgnet_without_prior"],

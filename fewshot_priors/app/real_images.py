@@ -19,7 +19,7 @@
 4. **Evaluation** 1-shot and 5-shot on the held-out classes, with two baselines
    on the same episodes (the thresholded guided region map and all-foreground), the Table-7
    recall of the region maps, and their threshold-free pixel ROC AUC / AP
-   (:class:`~fewshot_priors.report.MapAUC`).
+   (:class:`~fewshot_priors.app.report.MapAUC`).
 5. **Outputs**: ``metrics.json`` (every run and the summary), ``results.md``
    (mean, std, min-max over seeds of the fold-averaged mIoU / FB-IoU, map AUC / AP,
    recall), Fig. 5 panels on real photos.
@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validate import is_int
-from .data.folder import class_image_counts, list_unique_images
+from .._validate import is_int
+from ..data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
 from .report import results_markdown, summarize
 from .study import run_config, train_and_score
@@ -162,8 +162,8 @@ def train_and_evaluate(
         "timings_s": ..., "figures": ..., "skipped": {"5-shot": why}}``: a K is skipped when no
         held-out class has K+1 eligible images.
     """
-    from fewshot_priors.report import episode_rows
-    from fewshot_priors.report import figure_episodes as pick_figure_episodes
+    from fewshot_priors.app.report import episode_rows
+    from fewshot_priors.app.report import figure_episodes as pick_figure_episodes
 
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")

@@ -24,8 +24,8 @@ progress bars and lines only; status lines and results are still printed) and
 This module only parses: arguments -> one config tree -> one call. It imports torch only
 when a command runs, so ``--help`` is instant.
 
-``python -m fewshot_priors.cli`` works the same. Multi-GPU: run ``train`` / ``eval``
-under ``torchrun --nproc_per_node N -m fewshot_priors.cli ...``.
+``python -m fewshot_priors`` (or ``python -m fewshot_priors.app.cli``) works the same.
+Multi-GPU: run ``train`` / ``eval`` under ``torchrun --nproc_per_node N -m fewshot_priors ...``.
 
 Errors. Invalid arguments exit with status 2 and an argparse message under the
 subcommand's usage. Errors of the user's input found later (:data:`USER_ERRORS`: bad
@@ -54,7 +54,7 @@ __all__ = ["USER_ERRORS", "build_parser", "main"]
 #: CheckpointError is added in :func:`main`; FloatingPointError is a non-finite loss.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError)
 
-#: The real-images study's presets and models (``fewshot_priors.real_images.PRESET_CONFIGS`` /
+#: The real-images study's presets and models (``fewshot_priors.app.real_images.PRESET_CONFIGS`` /
 #: ``VARIANTS``, written out here so that parsing needs no torch; a test keeps them equal).
 REAL_IMAGES_PRESETS = ("full", "long", "quick")
 REAL_IMAGES_VARIANTS = ("qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
@@ -349,7 +349,7 @@ def _run_overrides(args, flags: dict | None = None) -> dict:
 
 
 def _cmd_demo(args) -> int:
-    from fewshot_priors.demo import run_demo
+    from fewshot_priors.app.demo import run_demo
 
     metrics = run_demo(args.output_dir, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
                        device=args.device, progress=not args.no_progress, overrides=args.overrides)
@@ -360,7 +360,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_real_images(args) -> int:
-    from fewshot_priors.real_images import run_real_images
+    from fewshot_priors.app.real_images import run_real_images
 
     # no model.bins here: the shipped presets' bins are fractions of the feature size, resolved by
     # FEMDecoder at the backbone's real feature size, so --image-size needs nothing else
@@ -477,9 +477,9 @@ def _cmd_eval(args) -> int:
 def _cmd_visualize(args) -> int:
     import torch
 
+    from fewshot_priors.app.report import episode_rows
     from fewshot_priors.config import load_config, resolve_shots
     from fewshot_priors.engine.build import build_dataset
-    from fewshot_priors.report import episode_rows
     from fewshot_priors.viz import save_episode_figures
 
     cfg = load_config(args.config, _run_overrides(args))

@@ -1,6 +1,6 @@
 """What the demo and the real-images study report: predictors with baselines, the Table-7 recall
-meter, Fig. 5 rows and the markdown tables (shared by :mod:`fewshot_priors.demo` and
-:mod:`fewshot_priors.real_images`).
+meter, Fig. 5 rows and the markdown tables (shared by :mod:`fewshot_priors.app.demo` and
+:mod:`fewshot_priors.app.real_images`).
 """
 
 from __future__ import annotations

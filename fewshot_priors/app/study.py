@@ -1,9 +1,9 @@
 """The one path the demo and the real-images study share: a run config from a preset tree, then
 train one QGNet variant and score it 1-/5-shot on the held-out classes, with the baselines.
 
-:mod:`fewshot_priors.demo` and :mod:`fewshot_priors.real_images` only orchestrate: they make
+:mod:`fewshot_priors.app.demo` and :mod:`fewshot_priors.app.real_images` only orchestrate: they make
 their data and prior extractor, then call :func:`run_config` and :func:`train_and_score` once per
-model; :mod:`fewshot_priors.report` turns the scores into tables.
+model; :mod:`fewshot_priors.app.report` turns the scores into tables.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class ScoredVariant:
         datasets: ``{K: test episodes}`` of the scored K.
         recall: ``{"1-shot": Table-7 recall of the region maps}`` (with ``recall=True``).
         map_auc: ``{"1-shot": threshold-free AUC / AP of the region maps}`` (with ``map_auc=True``,
-            see :class:`~fewshot_priors.report.MapAUC`).
+            see :class:`~fewshot_priors.app.report.MapAUC`).
         foreground_share: ``{"1-shot": share of the query pixels the model predicts foreground}``.
         skipped: ``{"5-shot": why}``: K not scored (``skip_ineligible``).
         timings_s: ``{"train": s, "evaluate": s}``.
@@ -133,16 +133,16 @@ def train_and_score(
     The model, seeded by ``experiment.seed``, is built on ``experiment.device`` and trained on
     ``build_dataset(cfg, "train")``; each K is scored on ``eval.episodes`` episodes of
     ``build_dataset(cfg, "val")`` (episode and evaluation seed ``experiment.seed``, batches of
-    ``eval.batch_size``), with the baselines of :func:`fewshot_priors.report.predictors` on the
+    ``eval.batch_size``), with the baselines of :func:`fewshot_priors.app.report.predictors` on the
     same forward passes.
 
     Args:
         cfg: a run config.
         shots: the K of the evaluations.
         with_baselines: also score the guided-map and all-foreground baselines.
-        recall: also measure the Table-7 recall of the region maps (:class:`~fewshot_priors.report.MapRecall`).
+        recall: also measure the Table-7 recall of the region maps (:class:`~fewshot_priors.app.report.MapRecall`).
         map_auc: also measure the per-episode pixel ROC AUC / AP of the region maps
-            (:class:`~fewshot_priors.report.MapAUC`).
+            (:class:`~fewshot_priors.app.report.MapAUC`).
         dataset_kwargs: ``{"train": {...}, "val": {...}}``: extra arguments of the datasets
             (e.g. ``min_pixels``, ``cache``).
         dataset_cache: a dict shared by calls on the same data: reuses their datasets (:func:`cached_dataset`).
@@ -153,11 +153,11 @@ def train_and_score(
         label: the progress bars' label (``"<label> <K>-shot"``).
         say: called with a line before each evaluation.
     """
+    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
     from fewshot_priors.engine.build import build_model
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
-    from fewshot_priors.report import MapAUC, MapRecall, predictors
 
     kw = dataset_kwargs or {}
     seed = cfg["experiment"]["seed"]
