@@ -85,7 +85,9 @@ def test_presets_are_full_config_trees(name):
     if name != "demo":
         raw = yaml.safe_load(resolve_config_path(name).read_text())
         assert {s: set(v) for s, v in raw.items()} == {s: set(v) for s, v in DEFAULTS.items()}
-    assert cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] == "resnet18"
+    # the long preset's recipe uses EfficientNet-Lite0 backbones (docs/how-to/real-images.md)
+    want = "tf_efficientnet_lite0" if name == "real_images/long" else "resnet18"
+    assert cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] == want
 
 
 def test_demo_presets_hold_what_the_demo_runs():

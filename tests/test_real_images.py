@@ -339,3 +339,32 @@ def test_fractional_bins_follow_a_stride_16_backbone():
     assert feat.shape[-2:] == (11, 11)  # the real stride, 16 (backbone.output_stride reports the requested 8)
     assert model.decoder.bin_sizes(11, 11) == [(11, 11), (5, 5), (2, 2), (1, 1)]
     assert fraction_bins(161)[0] == 21  # what the CLI used to set, for stride 8
+
+
+@pytest.mark.slow  # two short trainings (~1 min each on 2 cores)
+@needs_data
+@needs_weights
+def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau(tmp_path):
+    """The recipe of docs/how-to/real-images.md on its validation classes (the classes with 2-4 images,
+    never held out): with ImageNet EfficientNet-Lite0 features (normalised with their own 0.5 / 0.5)
+    and fg_weight 4, QGNet predicts an input-dependent foreground and beats the thresholded guided map
+    clearly; with the paper's unweighted CE the same run predicts background everywhere.
+
+    The stronger claim, beating all-foreground, held in both measured seeds (17.3 vs 16.4, 19.3 vs
+    15.8) but by too thin a margin (0.9 points in seed 0) to assert across platforms; it is reported
+    in the docs, not asserted here."""
+    from fewshot_priors.app.real_images import train_and_evaluate
+
+    lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
+    counts = class_image_counts(DATA / "fss_layout")
+    val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
+    out = {}
+    for fg in (4.0, 1.0):
+        cfg = real_images_config("long", {"model.weights": lite0, "model.fg_weight": fg, "eval.episodes": 60})
+        r = train_and_evaluate(DATA / "fss_layout", val, tmp_path / f"fg{fg}", cfg, seed=0, priors={},
+                               variant="qgnet_without_prior", shots=(1,))
+        out[fg] = r["results"]["1-shot"]
+    q, guided = out[4.0]["qgnet_without_prior"], out[4.0]["baseline_guided_map_0.5"]
+    assert 0.05 < q["predicted_foreground_share"] < 0.6  # neither constant answer
+    assert q["miou"] > guided["miou"] + 0.03
+    assert out[1.0]["qgnet_without_prior"]["predicted_foreground_share"] < 0.01  # the plateau without the weight
