@@ -223,14 +223,18 @@ def supervised_weights(cfg: Mapping, priors: Mapping[str, str]) -> str | None:
     ImageNet weights needed, as in the demo), else None (random init)."""
     if cfg["model"]["weights"] is not None:
         return cfg["model"]["weights"]
-    if cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]:
-        return priors.get("moco")
-    return None
+    return priors.get("moco") if _backbone_from_moco(cfg) else None
+
+
+def _backbone_from_moco(cfg: Mapping) -> bool:
+    """Whether the frozen supervised backbone is initialised from the seed's GlobalLocalMoCo encoder
+    (no ``model.weights`` file, and the encoder has the backbone's architecture)."""
+    return cfg["model"]["weights"] is None and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]
 
 
 def _needed_pretraining(cfg: Mapping, variants: Sequence[str]) -> list[str]:
     kinds = {VARIANTS[v][1] for v in variants}
-    if cfg["model"]["weights"] is None and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]:
+    if _backbone_from_moco(cfg):
         kinds.add("moco")  # the supervised backbone's init
     return [k for k in ("moco", "imagenet_moco") if k in kinds]
 
@@ -457,9 +461,8 @@ def run_real_images(
     summary = summarize(runs)
     map_auc, recall = _mean_over(runs, "map_auc"), _mean_over(runs, "recall")
     methods = {**{k: VARIANTS[k][0] for k in variants}, **BASELINES}
-    sup = cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if "moco" in kinds and
-                                      cfg["model"]["weights"] is None and
-                                      cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] else "random init")
+    sup = cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg)
+                                      else "random init")
     protocol = (
         f"{num_folds}-fold cross-validation over the {sum(len(f) for f in all_folds)} classes with >= {min_images} "
         f"images (class split seeded by fold_seed={fold_seed}, the same for every seed); each fold's classes are "
