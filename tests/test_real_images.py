@@ -109,7 +109,7 @@ needs_weights = pytest.mark.skipif(WEIGHTS is None or not (WEIGHTS / "mobilenetv
 
 
 @needs_data
-def test_end_to_end_quick_run(tmp_path):
+def test_end_to_end_quick_run(tmp_path, monkeypatch):
     """One seed, one fold, the variants without ImageNet weights, tiny sizes: the held-out classes are
     the fold's, every method is scored for 1 and 5 shots, the map diagnostics and the outputs are written."""
     out = tmp_path / "run"
@@ -144,6 +144,19 @@ def test_end_to_end_quick_run(tmp_path):
     text = (out / "results.md").read_text()
     assert "| 1-shot | qgnet |" in text and "| qgnet | 1-shot | guided_map |" in text
     assert all(Path(p).is_file() for figs in m["figures"][f"fold{f}"].values() for p in figs.values())
+
+    # a finished (seed, fold) is reused by the same command (an interrupted run resumes), never by another
+    import fewshot_priors.app.real_images as ri
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(ri, "train_and_evaluate", no_training)
+    again = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False)
+    assert again["summary"] == m["summary"] and again["runs"] == m["runs"] and again["figures"] == m["figures"]
+    with pytest.raises(AssertionError, match="trained again"):
+        run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False,
+                        overrides={"eval.episodes": 3})
 
 
 @needs_data

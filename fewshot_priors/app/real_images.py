@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import atomic_write
 from .._validate import is_int
 from ..data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
@@ -311,8 +312,9 @@ def run_real_images(
 
     Args:
         root: folder dataset (``<class>/<stem>.jpg`` + ``<stem>.png`` masks).
-        output: output folder (pretrained prior extractors are reused when the
-            settings match).
+        output: output folder. Pretrained prior extractors and finished (seed, fold) units
+            (``seed<S>/fold<F>/unit.json``) are reused when their settings match, so an interrupted
+            run resumes where it stopped when run again.
         seeds: training seeds (pretraining, model init, episodes); the spread over
             seeds is reported.
         folds: run only these folds (default: all ``num_folds``).
@@ -382,7 +384,7 @@ def run_real_images(
     out.mkdir(parents=True, exist_ok=True)
     total = _timer()
     units_total = len(seeds) * len(fold_ids)
-    done = 0
+    done = trained = 0
 
     def say(msg: str) -> None:
         if progress:
@@ -404,7 +406,7 @@ def run_real_images(
             pcfg = copy.deepcopy(cfg)
             if kind == "moco":
                 pcfg["pretrain"]["weights"] = None  # from random init
-            stamp = {"settings": pcfg["pretrain"], "seed": seed, "images": len(images)}
+            stamp = {"settings": copy.deepcopy(pcfg["pretrain"]), "seed": seed, "images": len(images)}
             stamp_path = pre_dir / "settings.json"
             if (stamp_path.is_file() and (pre_dir / "result.json").is_file()
                     and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp, default=str))):
@@ -430,6 +432,21 @@ def run_real_images(
         for f in fold_ids:
             t = _timer()
             held = all_folds[f]
+            # a finished (seed, fold) is kept on disk with what produced it: rerunning the same command after
+            # an interruption (or with more seeds / folds) reuses it instead of training again
+            unit_path = out / f"seed{seed}" / f"fold{f}" / "unit.json"
+            stamp = json.loads(json.dumps({"settings": cfg, "variants": variants, "test_classes": held,
+                                           "priors": priors, "figures": seed == seeds[0]}, default=str))
+            saved = json.loads(unit_path.read_text()) if unit_path.is_file() else None
+            if saved is not None and saved.get("stamp") == stamp:
+                unit = saved["unit"]
+                runs.append(unit)
+                if saved.get("figures"):
+                    figures[f"fold{f}"] = saved["figures"]
+                done += 1
+                say(f"seed {seed} fold {f} ({done}/{units_total}): reusing the results of a previous run with the "
+                    f"same settings ({unit_path})")
+                continue
             datasets: dict = {}
             unit: dict[str, Any] = {"seed": seed, "fold": f, "test_classes": held, "results": {}, "train": {},
                                     "recall": {}, "map_auc": {}, "timings_s": {}}
@@ -449,11 +466,16 @@ def run_real_images(
                 unit["timings_s"][v] = r["timings_s"]
                 if r["figures"]:
                     figures.setdefault(f"fold{f}", {})[v] = r["figures"]
+            unit = json.loads(json.dumps(unit, default=str))  # as a later run reads it back
             runs.append(unit)
+            unit_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write((unit_path, json.dumps({"stamp": stamp, "unit": unit, "figures": figures.get(f"fold{f}")},
+                                                indent=1, default=str).encode()))
             done += 1
+            trained += 1
             sec = t()
             timings["units"] += sec
-            left = (units_total - done) * timings["units"] / done
+            left = (units_total - done) * timings["units"] / trained
             line = "; ".join(f"{shot}: " + ", ".join(f"{n} {_pct(m['miou'])}" for n, m in ms.items())
                              for shot, ms in unit["results"].items())
             say(f"seed {seed} fold {f} done in {sec:.0f}s (mIoU %: {line}); about {left / 60:.1f} min left")
