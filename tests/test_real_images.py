@@ -145,7 +145,8 @@ def test_end_to_end_quick_run(tmp_path, monkeypatch):
     assert "| 1-shot | qgnet |" in text and "| qgnet | 1-shot | guided_map |" in text
     assert all(Path(p).is_file() for figs in m["figures"][f"fold{f}"].values() for p in figs.values())
 
-    # a finished (seed, fold) is reused by the same command (an interrupted run resumes), never by another
+    # each finished model is reused by a run with the same settings (an interrupted run resumes; a subset of
+    # the variants reuses them and the baselines), never by a run with other settings
     import fewshot_priors.app.real_images as ri
 
     def no_training(*a, **k):
@@ -153,7 +154,12 @@ def test_end_to_end_quick_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ri, "train_and_evaluate", no_training)
     again = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False)
-    assert again["summary"] == m["summary"] and again["runs"] == m["runs"] and again["figures"] == m["figures"]
+    assert again["summary"] == m["summary"] and again["figures"] == m["figures"]
+    sub = run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False,
+                          variants=["qgnet_without_prior"])
+    for shot in ("1-shot", "5-shot"):
+        assert sub["runs"][0]["results"][shot] == {k: v for k, v in again["runs"][0]["results"][shot].items()
+                                                   if k in {"qgnet_without_prior", *ri.BASELINES}}
     with pytest.raises(AssertionError, match="trained again"):
         run_real_images(DATA / "fss_layout", out, seeds=[0], folds=[f], preset="quick", progress=False,
                         overrides={"eval.episodes": 3})

@@ -139,6 +139,7 @@ def train_and_evaluate(
     figure_episodes: int = 0,
     dataset_cache: dict | None = None,
     keep_checkpoint: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train one QGNet ``variant`` on every class but ``test_classes`` and score it on them.
 
@@ -157,6 +158,7 @@ def train_and_evaluate(
         figure_episodes: draw Fig. 5 panels of this many test episodes per K.
         dataset_cache: a dict shared by the calls of one (seed, fold): reuses its datasets.
         keep_checkpoint: keep the trained model's ``last`` checkpoint in ``out``.
+        overwrite: ``out`` may hold an earlier (e.g. interrupted) run: it is replaced.
 
     Returns:
         ``{"results": {"1-shot": {name: metrics}}, "recall": ..., "map_auc": ..., "train": ...,
@@ -182,7 +184,7 @@ def train_and_evaluate(
     run = train_and_score(cfg, shots=shots, with_baselines=with_baselines, progress=progress, label=variant,
                           recall=True, map_auc=True,
                           dataset_kwargs={"train": train_kw, "val": {"cache": False}}, dataset_cache=dataset_cache,
-                          skip_ineligible=True)
+                          skip_ineligible=True, overwrite=overwrite)
     if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); dozens per full run
         from fewshot_priors.engine.checkpoint import checkpoint_paths
 
@@ -231,6 +233,48 @@ def _backbone_from_moco(cfg: Mapping) -> bool:
     """Whether the frozen supervised backbone is initialised from the seed's GlobalLocalMoCo encoder
     (no ``model.weights`` file, and the encoder has the backbone's architecture)."""
     return cfg["model"]["weights"] is None and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]
+
+
+
+def _unit_stamp(cfg: Mapping, test_classes: Sequence[str], seed: int, weights: str | None) -> dict[str, Any]:
+    """What a (seed, fold) unit's results depend on, whatever the variant: the study's settings (but the
+    list of variants), the held-out classes, the seed and the frozen supervised backbone's weights."""
+    settings = copy.deepcopy(dict(cfg))
+    settings["study"] = {k: v for k, v in settings["study"].items() if k != "variants"}
+    return json.loads(json.dumps({"settings": settings, "test_classes": list(test_classes), "seed": seed,
+                                  "supervised_weights": weights}, default=str))
+
+
+def _variant_stamp(variant: str, priors: Mapping[str, str]) -> dict[str, Any]:
+    kind = VARIANTS[variant][1]
+    return {"variant": variant, "prior_extractor": priors.get(kind) if kind else None}
+
+
+def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any] | None:
+    """A saved model result with this stamp (and its Fig. 5 panels when ``draw``), else None."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    r = saved.get("result") if isinstance(saved, dict) else None
+    if saved.get("stamp") != stamp or not isinstance(r, dict):
+        return None
+    if draw and not (r.get("figures") and all(Path(p).is_file() for p in r["figures"].values())):
+        return None
+    return r
+
+
+def _saved_baselines(fold_dir: Path, base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A saved model result of this unit (any variant) that scored the baselines."""
+    for path in sorted(fold_dir.glob("*/result.json")):
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        stamp = saved.get("stamp", {})
+        if {k: stamp.get(k) for k in base} == dict(base) and saved.get("result", {}).get("with_baselines"):
+            return saved["result"]
+    return None
 
 
 def _needed_pretraining(cfg: Mapping, variants: Sequence[str]) -> list[str]:
@@ -384,7 +428,7 @@ def run_real_images(
     out.mkdir(parents=True, exist_ok=True)
     total = _timer()
     units_total = len(seeds) * len(fold_ids)
-    done = trained = 0
+    done = trained = 0  # units done, models trained by this call
 
     def say(msg: str) -> None:
         if progress:
@@ -397,7 +441,7 @@ def run_real_images(
         f"({cfg['model']['weights'] or 'no weights file'}), prior extractor {cfg['pretrain']['backbone']}; "
         f"models {variants}")
     runs, pretrain_info, figures = [], {}, {}
-    timings: dict[str, float] = {"pretrain": 0.0, "units": 0.0}
+    timings: dict[str, float] = {"pretrain": 0.0, "units": 0.0, "models": 0.0}
     for seed in seeds:
         priors: dict[str, str] = {}
         for kind in kinds:
@@ -420,7 +464,7 @@ def run_real_images(
                     "the folds of this seed)")
                 pcfg["pretrain"]["images"] = images
                 pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
-                pre = pretrain(pcfg, progress=progress)
+                pre = pretrain(pcfg, progress=progress, overwrite=True)  # an interrupted or outdated run
                 pre_dir.mkdir(parents=True, exist_ok=True)
                 (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
                 stamp_path.write_text(json.dumps(stamp, default=str))
@@ -432,53 +476,67 @@ def run_real_images(
         for f in fold_ids:
             t = _timer()
             held = all_folds[f]
-            # a finished (seed, fold) is kept on disk with what produced it: rerunning the same command after
-            # an interruption (or with more seeds / folds) reuses it instead of training again
-            unit_path = out / f"seed{seed}" / f"fold{f}" / "unit.json"
-            stamp = json.loads(json.dumps({"settings": cfg, "variants": variants, "test_classes": held,
-                                           "priors": priors, "figures": seed == seeds[0]}, default=str))
-            saved = json.loads(unit_path.read_text()) if unit_path.is_file() else None
-            if saved is not None and saved.get("stamp") == stamp:
-                unit = saved["unit"]
-                runs.append(unit)
-                if saved.get("figures"):
-                    figures[f"fold{f}"] = saved["figures"]
-                done += 1
-                say(f"seed {seed} fold {f} ({done}/{units_total}): reusing the results of a previous run with the "
-                    f"same settings ({unit_path})")
-                continue
-            datasets: dict = {}
+            draw = seed == seeds[0] and cfg["study"]["figure_episodes"] > 0  # Fig. 5 panels: the first seed
+            fold_dir = out / f"seed{seed}" / f"fold{f}"
+            # each finished model is kept on disk with what produced it (result.json): rerunning the same command
+            # after an interruption, or with more seeds, folds or variants, reuses it instead of training again
+            base = _unit_stamp(cfg, held, seed, supervised_weights(cfg, priors))
+            saved = {v: _reusable(fold_dir / v / "result.json", {**base, **_variant_stamp(v, priors)}, draw)
+                     for v in variants}
+            # the baselines depend only on the frozen supervised backbone and the episodes: scored once per unit,
+            # with the first model trained, or taken from a saved model of this unit
+            baselines = next((r for r in saved.values() if r is not None and r["with_baselines"]), None)
+            if baselines is None and all(r is not None for r in saved.values()):
+                baselines = _saved_baselines(fold_dir, base)
+                if baselines is None:  # train the first model again, this time with the baselines
+                    saved[variants[0]] = None
             unit: dict[str, Any] = {"seed": seed, "fold": f, "test_classes": held, "results": {}, "train": {},
                                     "recall": {}, "map_auc": {}, "timings_s": {}}
-            for i, v in enumerate(variants):
-                say(f"seed {seed} fold {f} ({done + 1}/{units_total}): training {v} on {len(counts) - len(held)} "
-                    f"classes, held out {held}")
-                r = train_and_evaluate(root, held, out / f"seed{seed}" / f"fold{f}" / v, cfg, seed=seed,
-                                       priors=priors, variant=v, progress=False, with_baselines=i == 0,
-                                       figure_episodes=cfg["study"]["figure_episodes"] if seed == seeds[0] else 0,
-                                       dataset_cache=datasets)
+            datasets: dict = {}
+            new_models = 0
+            for v in variants:
+                r = saved[v]
+                if r is None:
+                    say(f"seed {seed} fold {f} ({done + 1}/{units_total}): training {v} on "
+                        f"{len(counts) - len(held)} classes, held out {held}")
+                    tv = _timer()
+                    r = train_and_evaluate(root, held, fold_dir / v, cfg, seed=seed, priors=priors, variant=v,
+                                           progress=False, with_baselines=baselines is None,
+                                               figure_episodes=cfg["study"]["figure_episodes"] if draw else 0,
+                                           dataset_cache=datasets, overwrite=True)
+                    r = json.loads(json.dumps({**r, "with_baselines": baselines is None}, default=str))
+                    atomic_write((fold_dir / v / "result.json", json.dumps(
+                        {"stamp": {**base, **_variant_stamp(v, priors)}, "result": r}, indent=1).encode()))
+                    timings["models"] += tv()
+                    trained += 1
+                    new_models += 1
+                    if baselines is None:
+                        baselines = r
+                else:
+                    say(f"seed {seed} fold {f} ({done + 1}/{units_total}): reusing {v} from a previous run with the "
+                        f"same settings ({fold_dir / v / 'result.json'})")
                 for shot, methods in r["results"].items():
-                    unit["results"].setdefault(shot, {}).update(methods)
+                    unit["results"].setdefault(shot, {}).update(
+                        {k: m for k, m in methods.items() if k not in BASELINES})
                 unit["train"][v] = r["train"]
                 unit["recall"][v] = r["recall"]
                 unit["map_auc"][v] = r["map_auc"]
                 unit["skipped"] = r["skipped"]
                 unit["timings_s"][v] = r["timings_s"]
-                if r["figures"]:
+                if draw and r["figures"]:
                     figures.setdefault(f"fold{f}", {})[v] = r["figures"]
-            unit = json.loads(json.dumps(unit, default=str))  # as a later run reads it back
+            for shot, methods in baselines["results"].items():
+                unit["results"].setdefault(shot, {}).update({k: m for k, m in methods.items() if k in BASELINES})
             runs.append(unit)
-            unit_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write((unit_path, json.dumps({"stamp": stamp, "unit": unit, "figures": figures.get(f"fold{f}")},
-                                                indent=1, default=str).encode()))
             done += 1
-            trained += 1
             sec = t()
             timings["units"] += sec
-            left = (units_total - done) * timings["units"] / trained
+            per_model = timings["models"] / trained if trained else 0.0
+            left = (units_total - done) * len(variants) * per_model
             line = "; ".join(f"{shot}: " + ", ".join(f"{n} {_pct(m['miou'])}" for n, m in ms.items())
                              for shot, ms in unit["results"].items())
-            say(f"seed {seed} fold {f} done in {sec:.0f}s (mIoU %: {line}); about {left / 60:.1f} min left")
+            say(f"seed {seed} fold {f} done in {sec:.0f}s, {new_models} model(s) trained (mIoU %: {line}); "
+                f"at most about {left / 60:.1f} min left")
     timings["total"] = total()
     summary = summarize(runs)
     map_auc, recall = _mean_over(runs, "map_auc"), _mean_over(runs, "recall")
