@@ -72,7 +72,7 @@ def test_choices_come_from_the_layer_that_defines_them():
 
 
 @pytest.mark.parametrize("name", ["demo", "demo/full", "demo/quick", "real_images/full", "real_images/long",
-                                  "real_images/quick"])
+                                  "real_images/scratch", "real_images/quick"])
 def test_presets_are_full_config_trees(name):
     """The preset files hold every key (what runs is what the file says), so they stay in step with DEFAULTS."""
     import yaml
@@ -85,9 +85,15 @@ def test_presets_are_full_config_trees(name):
     if name != "demo":
         raw = yaml.safe_load(resolve_config_path(name).read_text())
         assert {s: set(v) for s, v in raw.items()} == {s: set(v) for s, v in DEFAULTS.items()}
-    # the long preset's recipe uses EfficientNet-Lite0 backbones (docs/how-to/real-images.md)
-    want = "tf_efficientnet_lite0" if name == "real_images/long" else "resnet18"
+    # the real-photo recipe (full, long) uses EfficientNet-Lite0 backbones (docs/how-to/real-images.md)
+    want = "tf_efficientnet_lite0" if name in ("real_images/full", "real_images/long") else "resnet18"
     assert cfg["model"]["backbone"] == cfg["pretrain"]["backbone"] == want
+    if name == "real_images/full":  # the default shares every setting but the variants with long
+        long = load_config("real_images/long")
+        assert {**cfg, "study": {}} == {**long, "study": {}}
+        assert {k: v for k, v in cfg["study"].items() if k != "variants"} == {
+            k: v for k, v in long["study"].items() if k != "variants"}
+        assert set(cfg["study"]["variants"]) < set(long["study"]["variants"])
 
 
 def test_demo_presets_hold_what_the_demo_runs():

@@ -56,7 +56,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPoi
 
 #: The real-images study's presets and models (``fewshot_priors.app.real_images.PRESET_CONFIGS`` /
 #: ``VARIANTS``, written out here so that parsing needs no torch; a test keeps them equal).
-REAL_IMAGES_PRESETS = ("full", "long", "quick")
+REAL_IMAGES_PRESETS = ("full", "long", "scratch", "quick")
 REAL_IMAGES_VARIANTS = ("qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
                         "qgnet_without_prior")
 
@@ -184,8 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-images", type=_positive_int, default=5, help="classes with fewer images are never held out")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the class-to-fold split")
     p.add_argument("--preset", choices=REAL_IMAGES_PRESETS, default="full",
-                   help="full: about 30 min on 2 CPU cores; long: every prior variant at a larger size "
-                        "(hours on a CPU); quick: a minute or two, numbers meaningless")
+                   help="full: the recipe with ImageNet weights (pass --backbone-weights / --prior-weights), the "
+                        "ImageNet prior against no prior, TIME_FULL on 2 CPU cores; long: the same with every "
+                        "prior variant (hours on a CPU); scratch: no ImageNet weights (collapses on real photos); "
+                        "quick: a minute or two, numbers meaningless")
     p.add_argument("--quick", action="store_true", help="the quick preset (= --preset quick)")
     p.add_argument("--image-size", type=_positive_int,
                    help="input size: data.image_size and pretrain.size (the FEM bins are fractions of the "

@@ -49,11 +49,18 @@ from .study import timer as _timer
 __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_folds", "real_images_config",
            "run_real_images", "train_and_evaluate"]
 
-#: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``): ``full``
-#: (the default) fits in about 30 min on 2 idle CPU cores; ``long`` runs every variant of the prior at
-#: a larger size (hours on a CPU, minutes on a GPU); ``quick`` runs everything end to end in a minute or
-#: two (tests; numbers are meaningless). The files are exactly what runs.
-PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "quick": "real_images/quick"}
+#: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``), exactly what
+#: runs: ``full`` (the default), the recipe of ``docs/how-to/real-images.md`` (ImageNet tf_efficientnet_lite0
+#: backbones from ``model.weights`` / ``pretrain.weights``, 128 px, ``fg_weight`` 4) with the two models that
+#: need no pretraining (TIME_FULL on 2 idle CPU cores); ``long``, the same settings with every variant of the
+#: prior extractor (hours on a CPU, minutes on a GPU; it shares the two models' results with ``full`` in one
+#: output folder); ``scratch``, no ImageNet weights at all (every backbone from the seed's GlobalLocalMoCo run:
+#: on real photos it collapses to background); ``quick``, everything end to end in a minute or two (tests;
+#: the numbers are meaningless).
+#: The presets whose recipe assumes ImageNet weights for the frozen supervised backbone (a warning without).
+_IMAGENET_PRESETS = ("full", "long")
+PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "scratch": "real_images/scratch",
+                  "quick": "real_images/quick"}
 
 
 def real_images_config(preset: str = "full", overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
@@ -365,8 +372,8 @@ def run_real_images(
         num_folds: number of class folds of the classes with ``>= min_images`` images.
         min_images: classes with fewer images are training-only.
         fold_seed: seed of the class-to-fold split (the same for every training seed).
-        preset: a key of :data:`PRESET_CONFIGS` (``"full"``, ``"long"``, ``"quick"``: a minute or
-            two, numbers meaningless).
+        preset: a key of :data:`PRESET_CONFIGS` (``"full"``, ``"long"``, ``"scratch"``, ``"quick"``: a
+            minute or two, numbers meaningless).
         variants: which models of :data:`VARIANTS` to train (default: ``study.variants`` of the
             config; the variants needing ``pretrain.weights`` are left out when it is null).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (default: ``experiment.device`` of the config).
@@ -415,6 +422,17 @@ def run_real_images(
         sec, k = key.split(".")
         if cfg[sec][k] is not None and not Path(cfg[sec][k]).is_file():
             raise ConfigError(f"{key}: no such file {cfg[sec][k]!r}")
+    if preset in _IMAGENET_PRESETS and cfg["model"]["weights"] is None and not cfg["model"]["pretrained"]:
+        import warnings
+
+        warnings.warn(
+            f"the {preset!r} preset is the recipe with ImageNet features, but the frozen supervised backbone "
+            f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
+            f"starts from {'the seed' + chr(39) + 's GlobalLocalMoCo encoder' if _backbone_from_moco(cfg) else 'random init'}, "
+            "and on real photos such features leave QGNet at the background plateau (docs/how-to/real-images.md). "
+            "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
+            "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
+            UserWarning, stacklevel=2)
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"`seeds` must be distinct ints, got {seeds}")
