@@ -237,3 +237,17 @@ def test_train_transform_resize_long_sees_the_whole_photo_at_the_test_scale(h, w
         _, m0, _ = TrainTransform(size=size, scale=(1.0, 1.0), rotate_p=0.0, blur_p=0.0,
                                   hflip_p=0.0)(img, mask, np.random.default_rng(0))
         assert bool((m0 != 255).all())
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 90), w=st.integers(1, 90), oh=st.integers(1, 60), ow=st.integers(1, 60),
+       seed=st.integers(0, 2**16))
+def test_the_uint8_photo_resize_equals_the_float_one(h, w, oh, ow, seed):
+    """The folder datasets' fast path (rows gathered from the uint8 photo, / 255 last) gives the float
+    path's image up to float rounding, for any sizes, up or down."""
+    from fewshot_priors.data.transforms import _resize_photo, resize_bilinear
+
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fast, ref = _resize_photo(img, (oh, ow)), resize_bilinear(image_to_tensor(img), (oh, ow))
+    assert fast.shape == ref.shape == (3, oh, ow) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, atol=1e-6, rtol=0)

@@ -44,13 +44,17 @@ __all__ = [
 PFENET_PAD_COLOUR: tuple[float, float, float] = IMAGENET_MEAN
 
 
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``H, W, 3`` uint8 RGB array -> ``3, H, W`` float32 tensor in ``[0, 1]``."""
+def _check_photo(image: object) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(
             f"`image` must be an H, W, 3 uint8 array, got "
             f"{getattr(image, 'shape', type(image).__name__)}"
         )
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``H, W, 3`` uint8 RGB array -> ``3, H, W`` float32 tensor in ``[0, 1]``."""
+    _check_photo(image)
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -92,6 +96,21 @@ def resize_bilinear(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     rows = img.index_select(1, i0) * (1.0 - wy)[None, :, None] + img.index_select(1, i1) * wy[None, :, None]
     j0, j1, wx = _bilinear_taps(img.shape[-1], hw[1])
     return rows.index_select(2, j0) * (1.0 - wx) + rows.index_select(2, j1) * wx
+
+
+def _resize_photo(image: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """``H, W, 3`` uint8 RGB photo -> ``3, h, w`` float32 in ``[0, 1]`` resized bilinearly to ``hw``.
+
+    The same as ``resize_bilinear(image_to_tensor(image), hw)`` up to float rounding (the division by
+    255 comes last), but the row taps are gathered from the uint8 array, so a large photo shrunk to the
+    model's size is never converted to float whole: about 2x faster for a 640 px COCO photo resized to
+    128 px (the folder datasets' training transform, ``resize_long``).
+    """
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # 3, H, W uint8 view
+    i0, i1, wy = _bilinear_taps(t.shape[-2], hw[0])
+    rows = t.index_select(1, i0).float() * (1.0 - wy)[None, :, None] + t.index_select(1, i1).float() * wy[None, :, None]
+    j0, j1, wx = _bilinear_taps(t.shape[-1], hw[1])
+    return (rows.index_select(2, j0) * (1.0 - wx) + rows.index_select(2, j1) * wx).div_(255.0)
 
 
 def _resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -209,16 +228,20 @@ class TrainTransform:
         return f"TrainTransform(size={self.size}, scale={self.scale}, rotate={self.rotate}{extra})"
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        img = image_to_tensor(image)
+        _check_photo(image)
         m = _as_mask(mask, image)
         # scale
         s = rng.uniform(*self.scale)
-        h, w = img.shape[-2:]
+        h, w = image.shape[:2]
         if self.resize_long is not None:
             s *= self.resize_long / max(h, w)
         new_hw = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        if new_hw != (h, w):
-            img, m = _resize_pair(img, m, new_hw)
+        if self.resize_long is not None and new_hw != (h, w):  # a photo to the model's size: resize it as uint8
+            img, m = _resize_photo(image, new_hw), _resize_mask(m, new_hw)
+        else:  # PFENet's recipe, exactly: float first
+            img = image_to_tensor(image)
+            if new_hw != (h, w):
+                img, m = _resize_pair(img, m, new_hw)
         # rotate (image fill: PFENet's padding colour; mask fill 255)
         if rng.random() < self.rotate_p:
             angle = float(rng.uniform(*self.rotate))
