@@ -326,3 +326,16 @@ def test_weight_parsing_lives_in_models_weights_only():
     assert weights.load_backbone_state_dict.__module__ == "fewshot_priors.models.weights"
     assert not any(isinstance(v, type) and issubclass(v, torch.nn.Module) for v in vars(weights).values()
                    if getattr(v, "__module__", None) == weights.__name__)
+
+
+@pytest.mark.parametrize("name, output_stride", [("resnet18", 8), ("resnet18", 16), ("mobilenetv2_100", 8),
+                                                 ("vgg16_bn", 8)])
+def test_feature_stride_is_the_measured_stride(name, output_stride):
+    """``feature_stride`` is what the features' size shows (VGG stays at 16 whatever was requested);
+    ``output_stride`` keeps the requested value."""
+    b = create_backbone(name, output_stride=output_stride)
+    with torch.no_grad():
+        feats = b(torch.zeros(1, 3, 96, 96))
+    assert {tuple(f.shape[-2:]) for f in feats} == {(96 // b.feature_stride,) * 2}
+    assert b.output_stride == output_stride
+    assert b.feature_stride == (16 if name.startswith("vgg") else output_stride)

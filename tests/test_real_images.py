@@ -361,6 +361,7 @@ def test_fractional_bins_follow_a_stride_16_backbone():
     with torch.no_grad():
         feat = model.backbone(torch.zeros(1, 3, 161, 161))[-1]
     assert feat.shape[-2:] == (11, 11)  # the real stride, 16 (backbone.output_stride reports the requested 8)
+    assert model.backbone.feature_stride == 16 and model.backbone.output_stride == 8
     assert model.decoder.bin_sizes(11, 11) == [(11, 11), (5, 5), (2, 2), (1, 1)]
     assert fraction_bins(161)[0] == 21  # what the CLI used to set, for stride 8
 

@@ -180,7 +180,8 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         name: the timm model name.
         channels: ``(low, mid, high)`` channel counts.
         reductions: native strides of the three stages.
-        output_stride: the common stride of the returned features.
+        output_stride: the requested common stride of the returned features (see
+            :attr:`feature_stride` for the actual one: VGG cannot be dilated and stays at 16).
         frozen: whether the module is frozen.
         can_split: whether :meth:`forward_high` is available (timm FeatureListNet /
             FeatureDictNet bodies, i.e. ResNets, VGG, ConvNeXt, ...).
@@ -225,6 +226,14 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
             for p in self.body.parameters():
                 p.requires_grad_(False)
             self.body.eval()
+
+    @property
+    def feature_stride(self) -> int:
+        """The actual stride of the returned features: ``output_stride`` for models that can be
+        dilated (ResNets, EfficientNets, MobileNets), 16 for VGG (PFENet's layout, which
+        ``output_stride`` does not change), the anchor stage's for other models. ``output_stride``
+        stays the requested value (what a config records)."""
+        return int(self.reductions[self._anchor] if self.resize else self.reductions[0])
 
     @staticmethod
     def _pool_led(body: nn.Module, stages: list[list[str]]) -> bool:
