@@ -69,6 +69,22 @@ def test_summarize_averages_folds_then_spreads_over_seeds():
     assert cell["fbiou"]["std"] == pytest.approx(0.0)
 
 
+def test_paired_gains_difference_each_unit_then_spread_over_seeds():
+    """Known answer: the gain is paired per (seed, fold), fold-averaged per seed, spread over seeds; a
+    unit without the baseline is left out; the markdown row carries it in points."""
+    from fewshot_priors.app.report import gains_markdown, paired_gains
+
+    runs = [{"seed": s, "fold": f, "results": {"1-shot": {"m": {"miou": 0.2 + 0.1 * s + (0.05 if f else -0.03)},
+                                                           "base": {"miou": 0.2 + 0.1 * s}}}}
+            for s in (0, 1) for f in (0, 1)]
+    runs.append({"seed": 1, "fold": 2, "results": {"1-shot": {"m": {"miou": 0.9}}}})  # no baseline: ignored
+    g = paired_gains(runs, "base")["1-shot"]["m"]
+    assert g["gain"]["values"] == pytest.approx([0.01, 0.01])  # (-0.03 + 0.05) / 2 per seed
+    assert (g["above"], g["units"]) == (2, 4)
+    assert "base" not in paired_gains(runs, "base")["1-shot"]
+    assert "| 1-shot | m | 1.0 ± 0.0 [1.0-1.0] | 2/4 |" in gains_markdown({"base": paired_gains(runs, "base")})
+
+
 # --------------------------------------------------------------------------- real photos
 
 
@@ -143,6 +159,9 @@ def test_end_to_end_quick_run(tmp_path, monkeypatch):
     assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == real_images_config("quick")
     text = (out / "results.md").read_text()
     assert "| 1-shot | qgnet |" in text and "| qgnet | 1-shot | guided_map |" in text
+    assert "gain over baseline_all_foreground" in text and set(m["gains"]) == {"baseline_guided_map_0.5",
+                                                                                "baseline_all_foreground"}
+    assert m["gains"]["baseline_all_foreground"]["1-shot"]["qgnet"]["units"] == 1
     assert all(Path(p).is_file() for figs in m["figures"][f"fold{f}"].values() for p in figs.values())
 
     # each finished model is reused by a run with the same settings (an interrupted run resumes; a subset of

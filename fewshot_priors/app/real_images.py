@@ -42,7 +42,7 @@ from .._io import atomic_write
 from .._validate import is_int
 from ..data.folder import class_image_counts, list_unique_images
 from .report import pct as _pct
-from .report import results_markdown, summarize
+from .report import gains_markdown, paired_gains, results_markdown, summarize
 from .study import run_config, train_and_score
 from .study import timer as _timer
 
@@ -558,6 +558,7 @@ def run_real_images(
     timings["total"] = total()
     summary = summarize(runs)
     map_auc, recall = _mean_over(runs, "map_auc"), _mean_over(runs, "recall")
+    gains = {b: paired_gains(runs, b) for b in BASELINES}
     methods = {**{k: VARIANTS[k][0] for k in variants}, **BASELINES}
     sup = cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg)
                                       else "random init")
@@ -587,6 +588,7 @@ def run_real_images(
         "folds_run": fold_ids,
         "methods": methods,
         "summary": summary,
+        "gains": gains,
         "map_auc": map_auc,
         "recall": recall,
         "runs": runs,
@@ -601,7 +603,8 @@ def run_real_images(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
               + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
-    (out / "results.md").write_text(results_markdown(summary, header) + _maps_markdown(map_auc, recall),
+    (out / "results.md").write_text(results_markdown(summary, header) + gains_markdown(gains)
+                                    + _maps_markdown(map_auc, recall),
                                     encoding="utf-8")
     say(f"done in {timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
     return metrics
