@@ -418,8 +418,12 @@ def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau
 def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     """The default preset's no-prior model on held-out fold 0 (book, car, chair, dining table, dog, potted
     plant, refrigerator), seed 0: above all-foreground and the thresholded guided map, 1-shot and 5-shot.
-    The margins asserted are about half the smallest measured over seeds 0-2 on this fold
-    (docs/how-to/real-images.md, "The recipe on held-out classes")."""
+
+    Measured (docs/how-to/real-images.md, "The recipe on held-out classes"), mIoU in %: 1-shot 12.2 / 11.5
+    (seeds 0 / 1) against all-foreground 10.9 and the guided map 8.4 / 9.1; 5-shot 14.6 / 14.1 against
+    12.6 / 12.7 and 11.0 / 11.7. The margins asserted are below the smallest measured ones. On held-out
+    fold 2 (person, airplane, bottle, cup, knife, spoon) the same recipe is *not* reliably above
+    all-foreground (seed 1: below it 1- and 5-shot), so that fold is not asserted."""
     from fewshot_priors.app.real_images import train_and_evaluate
 
     lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
@@ -428,8 +432,9 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     cfg = real_images_config("full", {"model.weights": lite0})
     r = train_and_evaluate(DATA / "fss_layout", held, tmp_path / "run", cfg, seed=0, priors={},
                            variant="qgnet_without_prior")
-    for shot, margin in (("1-shot", MARGIN_1), ("5-shot", MARGIN_5)):
+    # (shots, margin over all-foreground, margin over the guided map), in mIoU (0-1)
+    for shot, over_fg, over_guided in (("1-shot", 0.003, 0.015), ("5-shot", 0.01, 0.015)):
         res = r["results"][shot]
         q = res["qgnet_without_prior"]["miou"]
-        assert q > res["baseline_all_foreground"]["miou"] + margin, (shot, res)
-        assert q > res["baseline_guided_map_0.5"]["miou"] + margin, (shot, res)
+        assert q > res["baseline_all_foreground"]["miou"] + over_fg, (shot, res)
+        assert q > res["baseline_guided_map_0.5"]["miou"] + over_guided, (shot, res)
