@@ -417,14 +417,15 @@ def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau
 @needs_weights
 def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     """The default preset's no-prior model on held-out fold 0 (book, car, chair, dining table, dog, potted
-    plant, refrigerator), seed 0: above all-foreground and the thresholded guided map, 1-shot and 5-shot.
+    plant, refrigerator), seed 0: 5-shot above all-foreground and the thresholded guided map, 1-shot above
+    the guided map, each with a margin below the smallest measured over seeds 0-2.
 
-    Measured (docs/how-to/real-images.md, "The recipe on held-out classes"), mIoU in %: 1-shot 12.2 / 11.5
-    (seeds 0 / 1) against all-foreground 10.9 and the guided map 8.4 / 9.1; 5-shot 14.6 / 14.1 against
-    12.6 / 12.7 and 11.0 / 11.7. The margins asserted are below the smallest measured ones (one training
-    fits in CI; fold 0 has the smaller margins of the two folds with 5-shot classes). The variants *with* a
-    prior map are not asserted: on held-out fold 2 (person, airplane, bottle, cup, knife, spoon) they fall
-    below all-foreground in seed 1, 1- and 5-shot."""
+    Measured (docs/how-to/real-images.md, "The recipe on held-out classes"), mIoU in %, seeds 0 / 1 / 2:
+    5-shot 14.6 / 14.1 / 13.2 against all-foreground 12.6 / 12.7 / 11.9 and the guided map 11.0 / 11.7 /
+    11.4; 1-shot 12.2 / 11.5 / 10.8 against the guided map 8.4 / 9.1 / 9.5. 1-shot against all-foreground
+    (10.9 in each seed) does *not* hold across seeds on this fold (seed 2: 0.1 below), so it is not
+    asserted; nor are the variants with a prior map (on fold 2 they fall below all-foreground in seed 1).
+    One training fits in CI."""
     from fewshot_priors.app.real_images import train_and_evaluate
 
     lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
@@ -433,9 +434,9 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     cfg = real_images_config("full", {"model.weights": lite0})
     r = train_and_evaluate(DATA / "fss_layout", held, tmp_path / "run", cfg, seed=0, priors={},
                            variant="qgnet_without_prior")
-    # (shots, margin over all-foreground, margin over the guided map), in mIoU (0-1)
-    for shot, over_fg, over_guided in (("1-shot", 0.003, 0.015), ("5-shot", 0.01, 0.015)):
-        res = r["results"][shot]
-        q = res["qgnet_without_prior"]["miou"]
-        assert q > res["baseline_all_foreground"]["miou"] + over_fg, (shot, res)
-        assert q > res["baseline_guided_map_0.5"]["miou"] + over_guided, (shot, res)
+    one, five = r["results"]["1-shot"], r["results"]["5-shot"]
+    q1, q5 = one["qgnet_without_prior"]["miou"], five["qgnet_without_prior"]["miou"]
+    assert q5 > five["baseline_all_foreground"]["miou"] + 0.006, five  # smallest measured: +1.3 points
+    assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.009, five  # +1.8
+    assert q1 > one["baseline_guided_map_0.5"]["miou"] + 0.006, one  # +1.3
+    assert 0.05 < one["qgnet_without_prior"]["predicted_foreground_share"] < 0.6  # neither constant answer
