@@ -82,7 +82,7 @@ def test_paired_gains_difference_each_unit_then_spread_over_seeds():
     assert g["gain"]["values"] == pytest.approx([0.01, 0.01])  # (-0.03 + 0.05) / 2 per seed
     assert (g["above"], g["units"]) == (2, 4)
     assert "base" not in paired_gains(runs, "base")["1-shot"]
-    assert "| 1-shot | m | 1.0 ± 0.0 [1.0-1.0] | 2/4 |" in gains_markdown({"base": paired_gains(runs, "base")})
+    assert "| 1-shot | m | 1.0 ± 0.0 [1.0, 1.0] | 2/4 |" in gains_markdown({"base": paired_gains(runs, "base")})
 
 
 # --------------------------------------------------------------------------- real photos

@@ -234,7 +234,7 @@ def gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown table of :func:`paired_gains` for several baselines (``{baseline: gains}``), in points."""
     names = list(gains)
     lines = ["", "mIoU gain in points over each baseline, paired on the same (seed, fold) episodes (mean ± std "
-                 "[min-max] over seeds of the fold-averaged difference; units = (seed, fold) pairs above the "
+                 "[min, max] over seeds of the fold-averaged difference; units = (seed, fold) pairs above the "
                  "baseline):", "",
              "| shots | method | " + " | ".join(f"gain over {b} | units above" for b in names) + " |",
              "|---|---|" + "---|---|" * len(names)]
@@ -246,7 +246,7 @@ def gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
                     continue
                 cell = g["gain"]
                 rows.setdefault((shot, name), [])
-                rows[(shot, name)].append(f"{pct(cell['mean'])} ± {pct(cell['std'])} [{pct(cell['min'])}-"
+                rows[(shot, name)].append(f"{pct(cell['mean'])} ± {pct(cell['std'])} [{pct(cell['min'])}, "
                                           f"{pct(cell['max'])}] | {g['above']}/{g['units']}")
     for (shot, name), cells in rows.items():
         if len(cells) == len(names):
