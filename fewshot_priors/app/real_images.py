@@ -52,7 +52,7 @@ __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_fold
 #: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``), exactly what
 #: runs: ``full`` (the default), the recipe of ``docs/how-to/real-images.md`` (ImageNet tf_efficientnet_lite0
 #: backbones from ``model.weights`` / ``pretrain.weights``, 128 px, ``fg_weight`` 4) with the two models that
-#: need no pretraining (TIME_FULL on 2 idle CPU cores); ``long``, the same settings with every variant of the
+#: need no pretraining (about 52 min for 3 seeds x 4 folds on 2 idle CPU cores); ``long``, the same settings with every variant of the
 #: prior extractor (hours on a CPU, minutes on a GPU; it shares the two models' results with ``full`` in one
 #: output folder); ``scratch``, no ImageNet weights at all (every backbone from the seed's GlobalLocalMoCo run:
 #: on real photos it collapses to background); ``quick``, everything end to end in a minute or two (tests;
