@@ -440,3 +440,21 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.009, five  # +1.8
     assert q1 > one["baseline_guided_map_0.5"]["miou"] + 0.006, one  # +1.3
     assert 0.05 < one["qgnet_without_prior"]["predicted_foreground_share"] < 0.6  # neither constant answer
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"stamp": {"a": 1}, "result": 3}', '{"stamp": {"a": 2}, '
+                                     '"result": {}}'])
+def test_a_damaged_or_foreign_result_file_is_not_reused(tmp_path, content):
+    """The study trains again rather than trusting a result.json that is damaged, not a dict, or stamped with
+    other settings; the matching one is reused."""
+    from fewshot_priors.app.real_images import _reusable, _saved_baselines
+
+    path = tmp_path / "v" / "result.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    assert _reusable(path, {"a": 1}, draw=False) is None
+    assert _saved_baselines(tmp_path, {"a": 1}) is None
+    path.write_text('{"stamp": {"a": 1}, "result": {"with_baselines": true, "figures": {}}}')
+    assert _reusable(path, {"a": 1}, draw=False) == {"with_baselines": True, "figures": {}}
+    assert _reusable(path, {"a": 1}, draw=True) is None  # its Fig. 5 panels are missing
+    assert _saved_baselines(tmp_path, {"a": 1}) == {"with_baselines": True, "figures": {}}

@@ -263,9 +263,9 @@ def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    r = saved.get("result") if isinstance(saved, dict) else None
-    if saved.get("stamp") != stamp or not isinstance(r, dict):
-        return None
+    if not isinstance(saved, dict) or saved.get("stamp") != stamp or not isinstance(saved.get("result"), dict):
+        return None  # not ours, other settings, or damaged: trained again
+    r = saved["result"]
     if draw and not (r.get("figures") and all(Path(p).is_file() for p in r["figures"].values())):
         return None
     return r
@@ -278,9 +278,11 @@ def _saved_baselines(fold_dir: Path, base: Mapping[str, Any]) -> dict[str, Any] 
             saved = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        stamp = saved.get("stamp", {})
-        if {k: stamp.get(k) for k in base} == dict(base) and saved.get("result", {}).get("with_baselines"):
-            return saved["result"]
+        stamp = saved.get("stamp") if isinstance(saved, dict) else None
+        result = saved.get("result") if isinstance(saved, dict) else None
+        if (isinstance(stamp, dict) and isinstance(result, dict) and result.get("with_baselines")
+                and {k: stamp.get(k) for k in base} == dict(base)):
+            return result
     return None
 
 
