@@ -52,15 +52,15 @@ __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_fold
 #: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``), exactly what
 #: runs: ``full`` (the default), the recipe of ``docs/how-to/real-images.md`` (ImageNet tf_efficientnet_lite0
 #: backbones from ``model.weights`` / ``pretrain.weights``, 128 px, ``fg_weight`` 4) with the two models that
-#: need no pretraining (about 52 min for 3 seeds x 4 folds on 2 idle CPU cores); ``long``, the same settings with every variant of the
-#: prior extractor (hours on a CPU, minutes on a GPU; it shares the two models' results with ``full`` in one
-#: output folder); ``scratch``, no ImageNet weights at all (every backbone from the seed's GlobalLocalMoCo run:
-#: on real photos it collapses to background); ``quick``, everything end to end in a minute or two (tests;
-#: the numbers are meaningless).
-#: The presets whose recipe assumes ImageNet weights for the frozen supervised backbone (a warning without).
-_IMAGENET_PRESETS = ("full", "long")
+#: need no pretraining (about 52 min for 3 seeds x 4 folds on 2 idle CPU cores); ``long``, the same settings
+#: with every variant of the prior extractor (hours on a CPU, minutes on a GPU; it shares the two models'
+#: results with ``full`` in one output folder); ``scratch``, no ImageNet weights at all (every backbone from
+#: the seed's GlobalLocalMoCo run: on real photos it collapses to background); ``quick``, everything end to
+#: end in a minute or two (tests; the numbers are meaningless).
 PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "scratch": "real_images/scratch",
                   "quick": "real_images/quick"}
+#: The presets whose recipe assumes ImageNet weights for the frozen supervised backbone (a warning without).
+_IMAGENET_PRESETS = ("full", "long")
 
 
 def real_images_config(preset: str = "full", overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict:
@@ -242,7 +242,6 @@ def _backbone_from_moco(cfg: Mapping) -> bool:
     return cfg["model"]["weights"] is None and cfg["model"]["backbone"] == cfg["pretrain"]["backbone"]
 
 
-
 def _unit_stamp(cfg: Mapping, test_classes: Sequence[str], seed: int, weights: str | None) -> dict[str, Any]:
     """What a (seed, fold) unit's results depend on, whatever the variant: the study's settings (but the
     list of variants), the held-out classes, the seed and the frozen supervised backbone's weights."""
@@ -257,15 +256,24 @@ def _variant_stamp(variant: str, priors: Mapping[str, str]) -> dict[str, Any]:
     return {"variant": variant, "prior_extractor": priors.get(kind) if kind else None}
 
 
-def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any] | None:
-    """A saved model result with this stamp (and its Fig. 5 panels when ``draw``), else None."""
+def _read_result(path: Path) -> tuple[dict, dict] | None:
+    """``(stamp, result)`` of a saved model's ``result.json``; None when missing, damaged or not ours."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(saved, dict) or saved.get("stamp") != stamp or not isinstance(saved.get("result"), dict):
-        return None  # not ours, other settings, or damaged: trained again
-    r = saved["result"]
+    if not isinstance(saved, dict) or not isinstance(saved.get("stamp"), dict) or not isinstance(
+            saved.get("result"), dict):
+        return None
+    return saved["stamp"], saved["result"]
+
+
+def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any] | None:
+    """A saved model result with this stamp (and its Fig. 5 panels when ``draw``), else None (trained again)."""
+    saved = _read_result(path)
+    if saved is None or saved[0] != stamp:
+        return None
+    r = saved[1]
     if draw and not (r.get("figures") and all(Path(p).is_file() for p in r["figures"].values())):
         return None
     return r
@@ -274,15 +282,9 @@ def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any
 def _saved_baselines(fold_dir: Path, base: Mapping[str, Any]) -> dict[str, Any] | None:
     """A saved model result of this unit (any variant) that scored the baselines."""
     for path in sorted(fold_dir.glob("*/result.json")):
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        stamp = saved.get("stamp") if isinstance(saved, dict) else None
-        result = saved.get("result") if isinstance(saved, dict) else None
-        if (isinstance(stamp, dict) and isinstance(result, dict) and result.get("with_baselines")
-                and {k: stamp.get(k) for k in base} == dict(base)):
-            return result
+        saved = _read_result(path)
+        if saved is not None and saved[1].get("with_baselines") and {k: saved[0].get(k) for k in base} == dict(base):
+            return saved[1]
     return None
 
 
@@ -365,9 +367,9 @@ def run_real_images(
 
     Args:
         root: folder dataset (``<class>/<stem>.jpg`` + ``<stem>.png`` masks).
-        output: output folder. Pretrained prior extractors and finished (seed, fold) units
-            (``seed<S>/fold<F>/unit.json``) are reused when their settings match, so an interrupted
-            run resumes where it stopped when run again.
+        output: output folder. Pretrained prior extractors and finished models
+            (``seed<S>/fold<F>/<variant>/result.json``) are reused when their settings match, so an
+            interrupted run resumes where it stopped when run again.
         seeds: training seeds (pretraining, model init, episodes); the spread over
             seeds is reported.
         folds: run only these folds (default: all ``num_folds``).
@@ -427,10 +429,11 @@ def run_real_images(
     if preset in _IMAGENET_PRESETS and cfg["model"]["weights"] is None and not cfg["model"]["pretrained"]:
         import warnings
 
+        start = "the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg) else "random init"
         warnings.warn(
             f"the {preset!r} preset is the recipe with ImageNet features, but the frozen supervised backbone "
             f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
-            f"starts from {'the seed' + chr(39) + 's GlobalLocalMoCo encoder' if _backbone_from_moco(cfg) else 'random init'}, "
+            f"starts from {start}, "
             "and on real photos such features leave QGNet at the background plateau (docs/how-to/real-images.md). "
             "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
             "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
@@ -522,7 +525,7 @@ def run_real_images(
                     tv = _timer()
                     r = train_and_evaluate(root, held, fold_dir / v, cfg, seed=seed, priors=priors, variant=v,
                                            progress=False, with_baselines=baselines is None,
-                                               figure_episodes=cfg["study"]["figure_episodes"] if draw else 0,
+                                           figure_episodes=cfg["study"]["figure_episodes"] if draw else 0,
                                            dataset_cache=datasets, overwrite=True)
                     r = json.loads(json.dumps({**r, "with_baselines": baselines is None}, default=str))
                     atomic_write((fold_dir / v / "result.json", json.dumps(

@@ -81,7 +81,7 @@ def _bilinear_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def resize_bilinear(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a ``C, H, W`` float image to ``hw``, without antialiasing.
+    """Bilinear resize of a ``C, H, W`` float32 (or uint8) image to ``hw``, without antialiasing; float32 out.
 
     The same result as PFENet's ``cv2.resize(INTER_LINEAR)`` on float images (and
     as ``F.interpolate(..., mode="bilinear", align_corners=False)`` up to float
@@ -91,9 +91,11 @@ def resize_bilinear(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     sides resized to 473).
     """
     # index_select, not advanced indexing: the same gathers (bit for bit), ~1.5x faster on CPU for the
-    # column gather along the last axis (benchmarks/RESULTS.md, loader profile)
+    # column gather along the last axis (benchmarks/RESULTS.md, loader profile); the gathered rows become
+    # float32 (a no-op for float32 input; a uint8 photo is converted only after the row gather)
     i0, i1, wy = _bilinear_taps(img.shape[-2], hw[0])
-    rows = img.index_select(1, i0) * (1.0 - wy)[None, :, None] + img.index_select(1, i1) * wy[None, :, None]
+    rows = (img.index_select(1, i0).to(torch.float32) * (1.0 - wy)[None, :, None]
+            + img.index_select(1, i1).to(torch.float32) * wy[None, :, None])
     j0, j1, wx = _bilinear_taps(img.shape[-1], hw[1])
     return rows.index_select(2, j0) * (1.0 - wx) + rows.index_select(2, j1) * wx
 
@@ -102,15 +104,11 @@ def _resize_photo(image: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     """``H, W, 3`` uint8 RGB photo -> ``3, h, w`` float32 in ``[0, 1]`` resized bilinearly to ``hw``.
 
     The same as ``resize_bilinear(image_to_tensor(image), hw)`` up to float rounding (the division by
-    255 comes last), but the row taps are gathered from the uint8 array, so a large photo shrunk to the
-    model's size is never converted to float whole: about 2x faster for a 640 px COCO photo resized to
-    128 px (the folder datasets' training transform, ``resize_long``).
+    255 comes last), but :func:`resize_bilinear` gathers the row taps from the uint8 array, so a large
+    photo shrunk to the model's size is never converted to float whole: 3.4x faster for a 640 px COCO
+    photo resized to 128 px (the folder datasets' training transform, ``resize_long``).
     """
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # 3, H, W uint8 view
-    i0, i1, wy = _bilinear_taps(t.shape[-2], hw[0])
-    rows = t.index_select(1, i0).float() * (1.0 - wy)[None, :, None] + t.index_select(1, i1).float() * wy[None, :, None]
-    j0, j1, wx = _bilinear_taps(t.shape[-1], hw[1])
-    return (rows.index_select(2, j0) * (1.0 - wx) + rows.index_select(2, j1) * wx).div_(255.0)
+    return resize_bilinear(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), hw).div_(255.0)
 
 
 def _resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
