@@ -195,7 +195,7 @@ def train_and_evaluate(
     if not keep_checkpoint:  # ~100 MB each (the frozen backbones included); dozens per full run
         from fewshot_priors.engine.checkpoint import checkpoint_paths
 
-        for path in checkpoint_paths(out / "last"):
+        for path in (*checkpoint_paths(out / "last"), *checkpoint_paths(out / "best")):
             Path(path).unlink(missing_ok=True)
     results, figures = {}, {}
     for name, r in run.results.items():
@@ -220,7 +220,9 @@ def train_and_evaluate(
         "map_auc": run.map_auc,
         "train": {"steps": res["step"], "episodes_per_epoch": res["episodes_per_epoch"],
                   "final_loss": res["history"][-1]["loss"] if res["history"] else None,
-                  "train_classes": len(run.train_set.class_ids)},
+                  "train_classes": len(run.train_set.class_ids),
+                  "validation_classes": [run.train_set.class_names[c] for c in run.train_set.val_class_ids],
+                  "validation": res["val"], "selected": res["selected"], "plateau": res["plateau"]},
         "timings_s": run.timings_s,
         "figures": figures,
         "skipped": run.skipped,
@@ -345,6 +347,31 @@ def _maps_markdown(map_auc: Mapping[str, Any], recall: Mapping[str, Any]) -> str
                   "| model | shots | map | " + " | ".join(f"{a:g}" for a in thr) + " |",
                   "|---|---|---|" + "---|" * len(thr)] + rows
     return "\n".join(lines) + "\n"
+
+
+def _selection_text(cfg: Mapping) -> str:
+    """The protocol's sentence on how a model's checkpoint is chosen."""
+    t = cfg["train"]
+    if not t["val_every"]:
+        return " Each model is scored as it ends its training (no validation)."
+    if t["val_split"] == "test":
+        return (f" Each model is validated every {t['val_every']} epoch(s) on the held-out test classes and the "
+                "checkpoint with the best validation mIoU is scored (the PFENet lineage's protocol: selection on "
+                "the test split).")
+    return (f" Each model holds back {100 * cfg['data']['val_class_ratio']:.0f} % of its training classes (seeded, "
+            f"never a test class) as validation classes, is validated on {cfg['data']['val_episodes']} of their "
+            f"episodes every {t['val_every']} epoch(s), and the checkpoint with the best validation mIoU is scored.")
+
+
+def _plateau_markdown(plateaus: Sequence[Mapping[str, Any]]) -> str:
+    """The results.md section listing the models that ended on the background plateau (empty if none)."""
+    if not plateaus:
+        return ""
+    rows = [f"| {p['seed']} | {p['fold']} | {p['model']} | {p['warning'].split(':', 1)[1].split('.')[0].strip()} |"
+            for p in plateaus]
+    return "\n".join(["", "Models that ended on the background plateau (they predict almost no foreground; see "
+                       "'When training collapses' in the real-images how-to):", "",
+                       "| seed | fold | model | what the validation saw |", "|---|---|---|---|", *rows]) + "\n"
 
 
 def run_real_images(
@@ -580,8 +607,10 @@ def run_real_images(
         "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
         "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
         "evaluated classes of the class IoU accumulated over its episodes; each seed's number is the mean over "
-        "folds; spread = over seeds."
+        "folds; spread = over seeds." + _selection_text(cfg)
     )
+    plateaus = [{"seed": u["seed"], "fold": u["fold"], "model": v, "warning": t["plateau"]}
+                for u in runs for v, t in u["train"].items() if t.get("plateau")]
     metrics = {
         "root": str(root),
         "preset": preset,
@@ -602,6 +631,7 @@ def run_real_images(
                             "shared_across_folds": True, "per_seed": pretrain_info},
         "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {sup}",
         "figures": figures,
+        "plateau": plateaus,
         "timings_s": timings,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
     }
@@ -609,7 +639,10 @@ def run_real_images(
     header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
               + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
     (out / "results.md").write_text(results_markdown(summary, header) + gains_markdown(gains)
-                                    + _maps_markdown(map_auc, recall),
+                                    + _maps_markdown(map_auc, recall) + _plateau_markdown(plateaus),
                                     encoding="utf-8")
+    if plateaus:
+        say(f"{len(plateaus)} of {sum(len(u['train']) for u in runs)} models ended on the background plateau "
+            f"(they predict almost no foreground): listed in {out / 'results.md'}")
     say(f"done in {timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
     return metrics

@@ -81,6 +81,19 @@ def cached_dataset(cfg: Mapping, split: str, memo: dict | None = None, **kwargs:
     return ds
 
 
+def _validation(cfg: Mapping, train_set: Any, kwargs: Mapping[str, Any]) -> Callable | None:
+    """The ``val_fn`` of a training run with ``train.val_every`` > 0 (else None): the mIoU of
+    :func:`~fewshot_priors.engine.build.build_validation_set`'s episodes (``train.val_split``)."""
+    from fewshot_priors.engine.build import build_validation_set
+    from fewshot_priors.engine.evaluate import evaluate
+
+    if not cfg["train"]["val_every"]:
+        return None
+    val_set = build_validation_set(cfg, train_set, progress=False, **kwargs)
+    return lambda m: evaluate(m, val_set, seed=cfg["eval"]["seed"], batch_size=cfg["eval"]["batch_size"],
+                              progress=False, desc="val")
+
+
 @dataclass
 class ScoredVariant:
     """What :func:`train_and_score` returns.
@@ -176,7 +189,8 @@ def train_and_score(
     seed_everything(seed)
     model = build_model(cfg).to(Runtime.from_config(cfg).device)
     train_set = cached_dataset(cfg, "train", dataset_cache, progress=progress, **kw.get("train", {}))
-    res = train(cfg, model=model, train_set=train_set, progress=progress, overwrite=overwrite)
+    res = train(cfg, model=model, train_set=train_set, val_fn=_validation(cfg, train_set, kw.get("val", {})),
+                progress=progress, overwrite=overwrite, select_best=True)
     res["episodes_per_epoch"] = len(train_set)
     run = ScoredVariant(model=model, train=res, train_set=train_set)
     run.timings_s["train"] = t()
@@ -188,21 +202,12 @@ def train_and_score(
             say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
         meter = MapRecall() if recall else None
         auc_meter = MapAUC() if map_auc else None
-        base = predictors(model, recall=meter, with_baselines=with_baselines, auc=auc_meter)
-        fg = [0, 0]
-
-        def predict(batch, base=base, fg=fg):
-            pred = base(batch)
-            logits = pred["qgnet"] if with_baselines else pred
-            fg[0] += int((logits.argmax(1) == 1).sum())
-            fg[1] += logits[:, 0].numel()
-            return pred
-
-        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"], predict_fn=predict,
+        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"],
+                     predict_fn=predictors(model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
                      progress=progress, desc=f"{label} {name}")
         run.results[name] = r if with_baselines else {"qgnet": r}
         run.datasets[k] = ds
-        run.foreground_share[name] = fg[0] / max(fg[1], 1)
+        run.foreground_share[name] = run.results[name]["qgnet"]["predicted_foreground_share"]
         if meter is not None:
             run.recall[name] = meter.compute()
         if auc_meter is not None:

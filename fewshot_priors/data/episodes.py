@@ -94,6 +94,11 @@ class DatasetOptions:
             many pixels at the original resolution (2048 = 2 x 32 x 32 in the benchmarks).
         fold_classes: the held-out classes explicitly (class ids; folders: also folder
             names); ``None`` = the classes of fold ``fold``.
+        val_class_ratio: the share of the training classes (those with enough images for an
+            episode) that the ``train`` split holds back as validation classes, seeded by the
+            dataset's seed: it trains on the others and names them in ``val_class_ids``, for a
+            validation set that never sees a test class (:func:`~fewshot_priors.engine.validation_set`).
+            ``0`` (default): every training class trains. Ignored by the ``val`` split.
         query_sampling: ``"pairs"`` (uniform over eligible (image, class) pairs, the
             ``min_pixels`` rule applies to the query too) or ``"images"`` (PFENet's
             ``SemData``: uniform over images with an eligible class, the class drawn among
@@ -107,6 +112,7 @@ class DatasetOptions:
 
     min_pixels: int = 2048
     fold_classes: tuple[int | str, ...] | None = None
+    val_class_ratio: float = 0.0
     query_sampling: str = "pairs"
     strict: bool = False
     cache: bool = True
@@ -117,6 +123,9 @@ class DatasetOptions:
     def __post_init__(self) -> None:
         if not is_int(self.min_pixels) or self.min_pixels < 1:
             raise ValueError(f"`min_pixels` must be a positive int (2048 in the benchmarks), got {self.min_pixels!r}")
+        r = self.val_class_ratio
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1:
+            raise ValueError(f"`val_class_ratio` must be a number in [0, 1), got {r!r}")
         if self.query_sampling not in QUERY_SAMPLING:
             raise ValueError(f"`query_sampling` must be one of {QUERY_SAMPLING}, got {self.query_sampling!r}")
         fc = self.fold_classes
@@ -303,6 +312,7 @@ class EpisodicDataset(Dataset):
                 f"are left out of the episodes (class id -> eligible images): {too_few} ({names})",
                 stacklevel=3,
             )
+        usable, self.val_class_ids = self._hold_out_validation(usable)
         self.class_ids = usable
         self.class_images = {c: np.asarray(images[c], dtype=np.int64) for c in usable}
         self.pairs = sorted((i, c) for c in usable for i in images[c])
@@ -446,6 +456,20 @@ class EpisodicDataset(Dataset):
             item["query_mask_orig"] = torch.from_numpy(q_mask)
             item["query_valid_hw"] = torch.tensor([int(q_hw[0]), int(q_hw[1])], dtype=torch.int64)
         return item
+
+    def _hold_out_validation(self, usable: list[int]) -> tuple[list[int], list[int]]:
+        """``(training classes, validation classes)``: the ``train`` split holds back a seeded
+        ``val_class_ratio`` share of its usable classes (at least one, never all)."""
+        ratio = float(getattr(self.options, "val_class_ratio", 0.0))
+        if self.split != "train" or ratio == 0:
+            return usable, []
+        if len(usable) < 2:
+            raise ValueError(f"`val_class_ratio`={ratio} needs at least 2 training classes with enough images "
+                             f"for an episode, this split has {len(usable)}")
+        n_val = min(len(usable) - 1, max(1, round(ratio * len(usable))))
+        perm = np.random.default_rng([self.seed, 7919]).permutation(len(usable))
+        val = sorted(usable[int(i)] for i in perm[:n_val])
+        return [c for c in usable if c not in val], val
 
     def _class_name(self, c: int) -> str:
         return str(getattr(self, "class_names", {}).get(c, c))

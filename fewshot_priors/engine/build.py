@@ -13,15 +13,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["build_dataset", "build_model"]
+__all__ = ["build_dataset", "build_model", "build_validation_set"]
 
 
 def build_model(cfg: Mapping, **overrides: Any) -> torch.nn.Module:
     """QGNet from ``cfg["model"]`` (keyword ``overrides`` win, e.g. ``use_prior=False``);
-    see :func:`fewshot_priors.models.create_qgnet`."""
+    see :func:`fewshot_priors.models.create_qgnet`. With ``experiment.channels_last`` its
+    parameters are in channels_last memory format (faster convolutions on a CPU; the
+    checkpoints hold contiguous tensors either way)."""
     from fewshot_priors.models.factory import create_qgnet
 
-    return create_qgnet(cfg["model"], **overrides)
+    model = create_qgnet(cfg["model"], **overrides)
+    if cfg.get("experiment", {}).get("channels_last", False):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def build_dataset(
@@ -58,3 +63,32 @@ def build_dataset(
 
     shots = resolve_shots(cfg, split, shots)
     return create_dataset(cfg, split, shots=shots, episodes=episodes, seed=seed, error=ConfigError, **overrides)
+
+
+def build_validation_set(cfg: Mapping, train_set: Any = None, **overrides: Any):
+    """The episodes that validate a training run and select its ``best`` checkpoint, by
+    ``train.val_split``:
+
+    * ``"test"``: the held-out test classes (``build_dataset(cfg, "val")``), the PFENet
+      lineage's protocol, which selects the checkpoint on the split it reports;
+    * ``"train_classes"``: the classes that ``train_set`` held back from training
+      (``data.val_class_ratio``; its ``val_class_ids``), never a test class.
+
+    ``data.val_episodes`` episodes with the evaluation seed ``eval.seed``; ``overrides`` as
+    :func:`build_dataset`'s (e.g. ``progress=False``, ``cache=False``).
+
+    Raises:
+        ValueError: ``"train_classes"`` with a training set that held back no class.
+    """
+    import copy
+
+    kw = {"episodes": cfg["data"]["val_episodes"], "seed": cfg["eval"]["seed"], **overrides}
+    if cfg["train"]["val_split"] == "test":
+        return build_dataset(cfg, "val", **kw)
+    ids = list(getattr(train_set, "val_class_ids", None) or [])
+    if not ids:
+        raise ValueError("train.val_split=train_classes needs the training set's held-back classes: build it with "
+                         "data.val_class_ratio > 0 and pass it as `train_set`")
+    vcfg = copy.deepcopy(dict(cfg))
+    vcfg["data"] = {**cfg["data"], "fold_classes": ids, "val_class_ratio": 0.0}
+    return build_dataset(vcfg, "val", **kw)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._progress import progress_bar
+from ..constants import IGNORE_INDEX
 from ..data.workers import resolve_num_workers
-from ..distributed import DistInfo, dist_info, shard_indices
+from ..distributed import DistInfo, all_reduce_sum, dist_info, shard_indices
 from .runtime import seed_everything
 
 __all__ = ["collate_eval", "evaluate", "format_results", "predict_fn_from_model", "results_json", "write_results"]
@@ -88,6 +90,7 @@ def evaluate(
     progress: bool = True,
     desc: str = "eval",
     dist: DistInfo | None = None,
+    memo_features: bool | None = None,
 ) -> dict[str, Any]:
     """Score a model (or any ``predict_fn``) on every episode of ``dataset``.
 
@@ -109,13 +112,19 @@ def evaluate(
         progress: show a tqdm bar (rank 0 only).
         desc: progress bar label.
         dist: rank info (default: current process group).
+        memo_features: compute the frozen features of each distinct photo once for the whole
+            evaluation (the model's ``feature_memo()``, e.g. :meth:`QGNet.feature_memo
+            <fewshot_priors.models.QGNet.feature_memo>`): the test resize is deterministic, so
+            N episodes over a few dozen photos need a few dozen backbone passes, not N; equal up
+            to float rounding. ``None`` (default): on for a CPU device, where the backbone
+            dominates and the digests are cheap.
 
     Returns:
-        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed"}``; with a dict-valued
+        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed", "predicted_foreground_share",
+        "true_foreground_share"}`` (the shares of the scored, non-ignored pixels that the
+        prediction and the label call foreground); with a dict-valued
         ``predict_fn``, ``{name: that dict}``.
     """
-    from fewshot_priors.metrics import FewShotSegMeter
-
     dist = dist or dist_info()
     seed_everything(seed)
     if class_ids is None:
@@ -135,29 +144,23 @@ def evaluate(
     shard = Subset(dataset, list(shard_indices(n, dist))) if dist.distributed else dataset
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=resolve_num_workers(num_workers),
                         collate_fn=collate_eval)
+    if memo_features is None:
+        memo_features = device.type == "cpu"
+    memo = getattr(model, "feature_memo", None) if memo_features else None
     meters: dict[str, Any] = {}
-    single = True
-    for batch in progress_bar(loader, desc=desc, disable=not (progress and dist.is_main), dynamic_ncols=True,
-                      leave=False):
-        batch_dev = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        preds = predict_fn(batch_dev)
-        if isinstance(preds, torch.Tensor):
-            preds = {"model": preds}
-        else:
-            single = False
-        for name, pred in preds.items():
-            meter = meters.setdefault(name, FewShotSegMeter(class_ids))
-            pred = pred.cpu()
-            for i in range(pred.shape[0]):
-                p, t = _restore(pred, batch, i)
-                meter.update(p, t, int(batch["class_id"][i]))
+    with memo() if callable(memo) else contextlib.nullcontext():
+        single = _score_batches(progress_bar(loader, desc=desc, disable=not (progress and dist.is_main),
+                                             dynamic_ncols=True, leave=False), predict_fn, meters, class_ids, device)
     if not meters:
         raise ValueError("the evaluation dataset is empty")
     results = {}
-    for name, meter in meters.items():
+    for name, (meter, fg) in meters.items():
         if dist.distributed:
             meter.all_reduce()
+            fg = [int(v) for v in all_reduce_sum(torch.tensor(fg, dtype=torch.float64)).tolist()]
         res = dict(meter.compute())
+        res["predicted_foreground_share"] = fg[0] / max(fg[2], 1)
+        res["true_foreground_share"] = fg[1] / max(fg[2], 1)
         res["per_class_iou"] = {str(k): float(v) for k, v in dict(res["per_class_iou"]).items()}
         res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
         res["episodes"] = n
@@ -166,6 +169,32 @@ def evaluate(
     if model is not None and was_training:
         model.train()
     return results["model"] if single else results
+
+
+def _score_batches(batches, predict_fn, meters: dict[str, Any], class_ids, device) -> bool:
+    """Predict each batch and update ``meters`` (one :class:`~fewshot_priors.metrics.FewShotSegMeter`
+    and one foreground count per predictor name); whether ``predict_fn`` returned one tensor."""
+    from fewshot_priors.metrics import FewShotSegMeter
+
+    single = True
+    for batch in batches:
+        batch_dev = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        preds = predict_fn(batch_dev)
+        if isinstance(preds, torch.Tensor):
+            preds = {"model": preds}
+        else:
+            single = False
+        for name, pred in preds.items():
+            meter, fg = meters.setdefault(name, (FewShotSegMeter(class_ids), [0, 0, 0]))
+            pred = pred.cpu()
+            for i in range(pred.shape[0]):
+                p, t = _restore(pred, batch, i)
+                meter.update(p, t, int(batch["class_id"][i]))
+                valid = t != IGNORE_INDEX
+                fg[0] += int(((p == 1) & valid).sum())
+                fg[1] += int(((t == 1) & valid).sum())
+                fg[2] += int(valid.sum())
+    return single
 
 
 def format_results(results: Mapping[str, Any], title: str = "evaluation",

@@ -278,7 +278,7 @@ class StepLoop:
                 row = {k: _mean(v) for k, v in running.items()}
                 row["lr"] = lr
                 row["steps_per_s"] = len(next(iter(running.values()), [])) / max(1e-9, time.perf_counter() - t0)
-                keep = row if history_keys is None else {k: row[k] for k in history_keys}
+                keep = row if history_keys is None else {k: row[k] for k in history_keys if k in row}
                 self.history.append({"step": self.step, **keep})
                 self.logger.log(self.step, {f"{self.prefix}/{k}": v for k, v in row.items() if not math.isnan(v)})
                 bar.set_postfix(postfix(row) if postfix else {k: f"{v:.4f}" for k, v in row.items()})

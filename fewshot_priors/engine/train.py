@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,34 +21,116 @@ import torch
 from torch.utils.data import Dataset
 
 from .._validate import is_int
+from ..constants import IGNORE_INDEX
 from ..distributed import DistInfo, dist_info
 from ..ops import checks_disabled
+from .checkpoint import load_checkpoint
 from .loop import StepLoop, check_finite_loss
 from .rundir import prepare_run_dir
 from .runtime import Runtime
 
-__all__ = ["make_optimizer", "make_poly_scheduler", "train"]
+__all__ = ["OPTIMIZERS", "PLATEAU_RATIO", "BackgroundPlateauWarning", "check_plateau", "foreground_shares",
+           "make_optimizer", "make_poly_scheduler", "plateau_message", "train"]
 
 # --------------------------------------------------------------------------- optimisation
 
 
-def make_optimizer(params, cfg_train: Mapping) -> torch.optim.SGD:
-    """SGD with the config's effective LR, momentum and weight decay (PFENet's recipe)."""
+#: ``train.optimizer`` values.
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def make_optimizer(params, cfg_train: Mapping) -> torch.optim.Optimizer:
+    """The optimizer of ``train.optimizer`` with the config's effective LR and weight decay:
+    ``"sgd"`` (PFENet's recipe: SGD with ``train.momentum``) or ``"adamw"`` (``train.momentum``
+    unused)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    name = cfg_train.get("optimizer", "sgd")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg_train["lr"], weight_decay=cfg_train["weight_decay"])
+    if name != "sgd":
+        raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got {name!r}")
     return torch.optim.SGD(params, lr=cfg_train["lr"], momentum=cfg_train["momentum"],
                            weight_decay=cfg_train["weight_decay"])
 
 
-def make_poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9):
-    """Poly schedule ``lr = base * (1 - step / total) ** power`` (stepped once per iteration)."""
+def make_poly_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9,
+                        warmup_steps: int = 0):
+    """Poly schedule ``lr = base * (1 - step / total) ** power`` (stepped once per iteration),
+    times a linear warm-up ``min(1, (step + 1) / (warmup_steps + 1))`` over the first ``warmup_steps``."""
     total = max(1, int(total_steps))
+    warm = max(0, int(warmup_steps))
 
     def factor(step: int) -> float:
-        return max(0.0, 1.0 - min(step, total) / total) ** power
+        ramp = min(1.0, (step + 1) / (warm + 1))
+        return ramp * max(0.0, 1.0 - min(step, total) / total) ** power
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- self-checks
+
+#: A model predicting less than this share of the true foreground share sits on the background
+#: plateau (its best answer, under an unweighted CE on small objects, is background everywhere).
+PLATEAU_RATIO = 0.25
+#: The validation results logged, with their tags (``val/<tag>``).
+VAL_TAGS = {"miou": "miou", "fbiou": "fbiou", "predicted_foreground_share": "fg_pred",
+            "true_foreground_share": "fg_true"}
+
+
+class BackgroundPlateauWarning(UserWarning):
+    """A trained model predicts (almost) no foreground: it has not learned to segment."""
+
+
+def foreground_shares(logits: torch.Tensor | None, query_mask: torch.Tensor) -> dict[str, float]:
+    """``{"fg_pred", "fg_true"}``: the shares of the labelled pixels (not 255) that the
+    ``B, 2, H, W`` ``logits`` and the ``B, H, W`` ``query_mask`` call foreground; ``{}`` without
+    logits (a model that returns only a loss)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[-2:] != query_mask.shape[-2:]:
+        return {}
+    with torch.no_grad():
+        valid = query_mask != IGNORE_INDEX
+        n = valid.sum().clamp(min=1)
+        pred = ((logits.argmax(1) == 1) & valid).sum() / n
+        true = ((query_mask == 1) & valid).sum() / n
+        return {"fg_pred": float(pred), "fg_true": float(true)}
+
+
+def plateau_message(predicted: float, true: float, where: str) -> str | None:
+    """The one-line warning for a model whose ``predicted`` foreground share is below
+    :data:`PLATEAU_RATIO` x the ``true`` share (measured on ``where``), else None."""
+    if not (true > 0 and predicted < PLATEAU_RATIO * true):
+        return None
+    return (f"training did not leave the background plateau: on {where} the model predicts {100 * predicted:.1f} % "
+            f"of the pixels as foreground where the labels have {100 * true:.1f} %. Train longer (train.epochs), "
+            "raise model.fg_weight or the input size (data.image_size); see 'When training collapses' in the "
+            "real-images how-to")
+
+
+def check_plateau(val_history: list[dict], history: list[dict], *, selected: str, best: float) -> str | None:
+    """Warn (:class:`BackgroundPlateauWarning`) if the model that training returns sits on the
+    background plateau: judged on the validation of the selected checkpoint when one ran, else on
+    the last logged training steps. Returns the message, or None."""
+    vals = [v for v in val_history if "predicted_foreground_share" in v]
+    if vals:
+        v = max(vals, key=lambda r: r.get("miou", -math.inf)) if selected == "best" else vals[-1]
+        msg = plateau_message(v["predicted_foreground_share"], v["true_foreground_share"],
+                              f"the validation episodes (mIoU {100 * v.get('miou', float('nan')):.1f})")
+    elif history and "fg_pred" in history[-1]:
+        msg = plateau_message(history[-1]["fg_pred"], history[-1]["fg_true"], "the last training batches")
+    else:
+        msg = None
+    if msg is not None:
+        warnings.warn(msg, BackgroundPlateauWarning, stacklevel=3)
+    return msg
+
+
+def _postfix(row: Mapping[str, float]) -> dict[str, str]:
+    out = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}"}
+    if "fg_pred" in row:
+        out["fg"] = f"{100 * row['fg_pred']:.0f}/{100 * row['fg_true']:.0f}%"
+    return out
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -70,6 +153,7 @@ def train(
     progress: bool = True,
     dist: DistInfo | None = None,
     ddp_model: torch.nn.Module | None = None,
+    select_best: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` episodically with SGD + poly LR, checkpointing and logging.
 
@@ -93,11 +177,21 @@ def train(
         progress: show a tqdm bar (rank 0).
         dist: rank info (default: current process group).
         ddp_model: DDP wrapper of ``model`` to run the forward through (multi-process).
+        select_best: after training, load the ``best`` checkpoint (the highest validation
+            mIoU) into ``model``, when a validation ran; else ``model`` keeps the last weights.
+
+    The run watches itself: each log step records the share of the training queries'
+    pixels the model predicts foreground (``fg_pred``) beside the true share (``fg_true``),
+    each validation its mIoU, FB-IoU and the same two shares (``val/fg_pred``,
+    ``val/fg_true``). A model that ends on the background plateau (it predicts less than
+    :data:`PLATEAU_RATIO` of the true foreground share; judged on the selected checkpoint's
+    validation, else on the last training steps) gets a :class:`BackgroundPlateauWarning`.
 
     Returns:
         dict with ``step``, ``epoch``, ``best_miou``, ``history`` (list of per-log-step
-        dicts), ``val`` (list of validation results), ``output_dir`` and ``last`` (the path
-        of the ``last`` checkpoint).
+        dicts), ``val`` (list of validation results), ``output_dir``, ``last`` (the path
+        of the ``last`` checkpoint), ``selected`` (``"best"`` or ``"last"``: the weights
+        ``model`` holds) and ``plateau`` (the warning's text, or None).
 
     Raises:
         ValueError: ``train.epochs`` < 1 or a ``max_steps`` < 1, fewer episodes than a batch,
@@ -124,7 +218,7 @@ def train(
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {n} episodes, fewer than train.batch_size={tcfg['batch_size']}")
     total_steps = steps_per_epoch * int(tcfg["epochs"])
-    scheduler = make_poly_scheduler(optimizer, total_steps, tcfg["poly_power"])
+    scheduler = make_poly_scheduler(optimizer, total_steps, tcfg["poly_power"], tcfg.get("warmup_steps", 0))
     stop = total_steps if max_steps is None and tcfg.get("max_steps") is None else min(
         total_steps, int(max_steps if max_steps is not None else tcfg["max_steps"]))
 
@@ -161,7 +255,7 @@ def train(
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
         optimizer.step()
         scheduler.step()
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), **foreground_shares(outputs.get("logits"), batch["query_mask"])}
 
     def validate(epoch: int) -> None:
         nonlocal best
@@ -170,7 +264,7 @@ def train(
         res = dict(val_fn(model))
         res.update(step=loop.step, epoch=epoch)
         val_history.append({k: v for k, v in res.items() if k != "per_class_iou"})
-        loop.log(loop.step, {f"val/{k}": v for k, v in res.items() if k in ("miou", "fbiou")})
+        loop.log(loop.step, {f"val/{VAL_TAGS[k]}": v for k, v in res.items() if k in VAL_TAGS})
         if res.get("miou", -math.inf) > best:
             best = float(res["miou"])
             loop.save("best")
@@ -185,8 +279,8 @@ def train(
             validate(loop.epoch)
             loop.save("last")  # its meta then holds this validation too
 
-    history = loop.run(loader, step_fn, on_epoch_end=on_epoch_end, on_end=on_end, history_keys=("loss", "lr"),
-                       postfix=lambda row: {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}"})
+    history = loop.run(loader, step_fn, on_epoch_end=on_epoch_end, on_end=on_end,
+                       history_keys=("loss", "lr", "fg_pred", "fg_true"), postfix=_postfix)
     if dist.is_main and (out / "scalars.csv").exists():
         try:
             from fewshot_priors.viz import plot_loss_curve
@@ -194,5 +288,10 @@ def train(
             plot_loss_curve(out / "scalars.csv", out / "loss_curve.png")
         except Exception as exc:  # pragma: no cover - plotting must never kill a finished run
             print(f"warning: could not draw the loss curve: {exc}")
+    selected = "last"
+    if select_best and math.isfinite(best):
+        load_checkpoint(out / "best", model=model, map_location=rt.device)
+        selected = "best"
+    plateau = check_plateau(val_history, history, selected=selected, best=best)
     return {"step": loop.step, "epoch": loop.epoch, "best_miou": best, "history": history, "val": val_history,
-            "output_dir": str(out), "last": loop.last_path}
+            "output_dir": str(out), "last": loop.last_path, "selected": selected, "plateau": plateau}

@@ -32,10 +32,11 @@ its prior extractor; ``moco_encoder="query"`` picks the query encoder.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ from .._typecheck import type_error
 from .._validate import is_int
 from ._download import check_timm_download
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
+from .feature_cache import FeatureMemo
 from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)
@@ -222,6 +224,7 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         if self._stages is not None and self.resize and self._pool_led(body, self._stages):
             self._use_pfenet_pool_layout(body)
         self.can_split = self._stages is not None
+        self._memo: FeatureMemo | None = None  # see feature_memo()
         if self.frozen:
             for p in self.body.parameters():
                 p.requires_grad_(False)
@@ -337,6 +340,12 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
             ``(low B, C_low, h, w, mid B, C_mid, h, w)`` at the common output stride.
         """
         x = self._check_input(x)
+        if self._memo is not None:
+            low, mid = self._memo("low_mid", x, self._low_mid)
+            return low, mid
+        return self._low_mid(x)
+
+    def _low_mid(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._context():
             x = self.normalize(x)
             if self._stages is not None:
@@ -375,11 +384,42 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
             raise TypeError("`mid` must be a floating point tensor B, C_mid, h, w")
         if mid.dim() != 4 or mid.shape[1] != self.channels[1]:
             raise ValueError(f"`mid` must have shape B, {self.channels[1]}, h, w, got {tuple(mid.shape)}")
+        if self._memo is not None:
+            return self._memo("high", mid, lambda m: (self._high(m),))[0]
+        return self._high(mid)
+
+    def _high(self, mid: torch.Tensor) -> torch.Tensor:
         with self._context():
             high = self._run(2, mid)
             if self.resize:
                 high = self._resize(high, tuple(mid.shape[-2:]))
         return high
+
+    @contextlib.contextmanager
+    def feature_memo(self, memo: FeatureMemo | None = None) -> Iterator[FeatureMemo | None]:
+        """Within this context, remember the features of every sample seen (a
+        :class:`~fewshot_priors.models.feature_cache.FeatureMemo`, new unless ``memo`` is given) and
+        compute each distinct input once: for evaluating many episodes over few photos. Only a
+        frozen backbone memoises (yields ``None`` otherwise); the results equal the uncached ones up
+        to float rounding.
+
+        Example:
+            >>> bb = create_backbone("resnet18")
+            >>> x = torch.rand(2, 3, 64, 64)
+            >>> with bb.feature_memo() as memo:
+            ...     a = bb(x)[2]
+            ...     b = bb(x)[2]  # no backbone pass: both samples are remembered
+            >>> memo.hits, bool(a.equal(b))
+            (4, True)
+        """
+        if not self.frozen:
+            yield None
+            return
+        previous, self._memo = self._memo, memo if memo is not None else FeatureMemo()
+        try:
+            yield self._memo
+        finally:
+            self._memo = previous
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All three stages.
@@ -395,6 +435,12 @@ class FrozenBackbone(PretrainedMixin, nn.Module):
         if self._stages is not None:
             low, mid = self.forward_low_mid(x)
             return low, mid, self.forward_high(mid)
+        if self._memo is not None:
+            low, mid, high = self._memo("all", x, self._all_stages)
+            return low, mid, high
+        return self._all_stages(x)
+
+    def _all_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with self._context():
             feats = [self._fmt(feats) for feats in self.body(self.normalize(x))]
             low, mid, high = (feats[i] for i in self.levels)

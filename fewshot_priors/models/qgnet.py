@@ -33,9 +33,10 @@ a QGNet from the config's ``model`` section; :meth:`QGNet.save_pretrained` /
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,12 @@ def _timm_architecture(module: nn.Module) -> str | None:
     if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and hasattr(module, "forward_features"):
         return cfg["architecture"]
     return None
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold the same keys and equal tensors."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k].to(a[k].device)) for k in a)
 
 
 def _mid_head(in_channels: int, channels: int) -> nn.Sequential:
@@ -260,6 +267,10 @@ class QGNet(PretrainedMixin, nn.Module):
         )
         self.guided_map = default_guided if guided_map is None else guided_map
         self.prior_map: nn.Module | None = (default_prior if prior_map is None else prior_map) if self.use_prior else None
+        self._prior_shares_backbone: bool | None = None  # decided at the first forward, see prior_shares_backbone
+        for part in (self.backbone, self.prior_extractor):
+            if part is not None:
+                part.register_load_state_dict_post_hook(self._forget_sharing)
         self.config = self._describe(
             backbone=self.backbone.name, prior_backbone=prior_backbone, pretrained=bool(pretrained),
             weights=weights, prior_weights=prior_weights, bins=bins, channels=int(channels),
@@ -368,6 +379,43 @@ class QGNet(PretrainedMixin, nn.Module):
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         return int(self.prior_extractor(torch.zeros(1, 3, 64, 64, device=device, dtype=dtype)).shape[1])
 
+    def _forget_sharing(self, module: nn.Module, incompatible_keys) -> None:
+        self._prior_shares_backbone = None
+
+    @property
+    def prior_shares_backbone(self) -> bool:
+        """Whether the prior extractor is the supervised backbone again (the same architecture,
+        output stride, input statistics and weights, e.g. both from one ImageNet file): then the
+        query's high-level features serve both, and the prior extractor never runs (the same
+        numbers, one backbone pass fewer per step). Decided at the first forward and again after
+        weights are loaded into either part with ``load_state_dict``."""
+        if self._prior_shares_backbone is None:
+            a, b = self.backbone, self.prior_extractor
+            self._prior_shares_backbone = bool(
+                isinstance(b, FrozenBackbone) and a.frozen and b.frozen
+                and (a.name, a.output_stride, a.mean, a.std, a.levels) == (b.name, b.output_stride, b.mean, b.std, b.levels)
+                and _same_tensors(a.state_dict(), b.state_dict()))
+        return self._prior_shares_backbone
+
+    @contextlib.contextmanager
+    def feature_memo(self) -> Iterator[list]:
+        """Within this context the frozen backbones compute each distinct input once (see
+        :meth:`FrozenBackbone.feature_memo`): for evaluating many episodes over few photos.
+        Yields the backbones' :class:`~fewshot_priors.models.feature_cache.FeatureMemo` objects.
+
+        Example:
+            >>> model = QGNet("resnet18", channels=32, bins=(8, 4))
+            >>> q, s, m = torch.rand(1, 3, 64, 64), torch.rand(1, 1, 3, 64, 64), torch.ones(1, 1, 64, 64)
+            >>> with model.feature_memo():
+            ...     a = model.predict(q, s, m)
+            ...     b = model.predict(q, s, m)  # the frozen features are remembered
+            >>> bool(a.equal(b))
+            True
+        """
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(part.feature_memo()) for part in (self.backbone, self.prior_extractor)
+                   if isinstance(part, FrozenBackbone)]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that receive gradients (heads, down projections, decoder)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -455,7 +503,8 @@ class QGNet(PretrainedMixin, nn.Module):
 
         if self.use_prior:  # trainable projections run under the caller's autocast
             bridge = self.down_bridge(q_high)
-            prior_feat = self.down_prior(self._prior_features(query_image))
+            prior_high = q_high if self.prior_shares_backbone else self._prior_features(query_image)
+            prior_feat = self.down_prior(prior_high)
 
         with self._region_maps_context(query_image.device):
             region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
