@@ -158,6 +158,7 @@ MODEL_EFFECTS = {
     "channels": lambda: _model(channels=12).decoder.channels == 12,
     "aux_weight": lambda: _model(aux_weight=0.25).aux_weight == 0.25,
     "fg_weight": lambda: _model(fg_weight=3.0).fg_weight == 3.0,
+    "dice_weight": lambda: _model(dice_weight=0.5).dice_weight == 0.5,
     "region_map_backend": lambda: _holds(_model(region_map_backend="reference"), "region_map_backend", "reference")
     or _holds(_model(region_map_backend="reference"), "backend", "reference"),
     "output_stride": _check_output_stride,

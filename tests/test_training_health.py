@@ -301,3 +301,41 @@ def test_channels_last_model_from_the_config_matches_the_contiguous_one(tmp_path
     loaded = build_model(cfg)
     load_checkpoint(tmp_path / "ck", model=loaded)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), fast.state_dict().values()))
+
+
+# --------------------------------------------------------------------------- recipe options
+
+
+def test_soft_dice_loss_known_answers_ignores_255_and_has_gradients():
+    from fewshot_priors.models.qgnet import soft_dice_loss
+
+    target = torch.tensor([[[1, 1], [0, 255]]])
+    sure = torch.tensor([[[[-20.0, -20.0], [20.0, 0.0]], [[20.0, 20.0], [-20.0, 0.0]]]])  # right, ignored pixel 50/50
+    assert float(soft_dice_loss(sure, target)) == pytest.approx(0.0, abs=1e-6)
+    wrong = -sure
+    assert float(soft_dice_loss(wrong, target)) == pytest.approx(1 - 1 / (1 + 2 + 1), abs=1e-6)  # 1 - s / (|P| + |T| + s)
+    logits = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    soft_dice_loss(logits, target).backward()
+    assert logits.grad[0, 1, 0, 0] < 0 < logits.grad[0, 1, 1, 0]  # raise fg on the object, lower it off it
+    assert logits.grad[0, :, 1, 1].abs().sum() == 0  # the ignored pixel
+
+
+def test_qgnet_dice_weight_adds_the_dice_term():
+    torch.manual_seed(0)
+    plain = QGNet("resnet18", channels=16, bins=(8, 4)).eval()
+    dice = QGNet("resnet18", channels=16, bins=(8, 4), dice_weight=0.5).eval()
+    dice.load_state_dict(plain.state_dict())
+    logits, aux = torch.randn(2, 2, 8, 8), [torch.randn(2, 2, 8, 8)]
+    target = (torch.rand(2, 8, 8) > 0.5).long()
+    from fewshot_priors.models.qgnet import soft_dice_loss
+
+    want = plain.loss(logits, aux, target) + 0.5 * soft_dice_loss(logits, target)
+    torch.testing.assert_close(dice.loss(logits, aux, target), want)
+    with pytest.raises(ValueError, match="dice_weight"):
+        QGNet("resnet18", dice_weight=-1.0)
+
+
+def test_min_steps_adds_whole_epochs(tmp_path):
+    res = train(_cfg(tmp_path, epochs=1, min_steps=5), model=ConstantModel(foreground=True), train_set=Episodes(),
+                collate_fn=collate_eval, progress=False)
+    assert res["step"] == 6 and res["epoch"] == 3  # 2 steps per epoch: 3 epochs reach 5 steps

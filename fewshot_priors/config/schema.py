@@ -78,6 +78,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "epochs": 200,
         "max_steps": None,  # stop early (the LR schedule still spans `epochs`)
+        "min_steps": 0,  # at least this many optimiser steps: more whole epochs on tiny data
         "batch_size": 4,
         "lr": 0.025,  # effective LR (PFENet: base 0.0025 x 10)
         "momentum": 0.9,
@@ -423,7 +424,7 @@ def check_data_keys(data: Mapping) -> None:
 #: steps would only write an untrained checkpoint; 0 shots or episodes score nothing.
 _INT_RANGES = (
     ("train.epochs", 1, False), ("train.max_steps", 1, True), ("train.log_every", 1, False),
-    ("train.val_every", 0, False), ("train.ckpt_every_steps", 1, True), ("train.warmup_steps", 0, False),
+    ("train.val_every", 0, False), ("train.ckpt_every_steps", 1, True), ("train.warmup_steps", 0, False), ("train.min_steps", 0, False),
     ("data.image_size", 1, False), ("data.val_episodes", 1, False),
     ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
     ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),

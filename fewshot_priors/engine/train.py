@@ -159,7 +159,8 @@ def train(
 
     Args:
         cfg: full config (see :mod:`fewshot_priors.config`); uses ``experiment.seed``,
-            ``train.*`` and ``data.num_workers``.
+            ``train.*`` and ``data.num_workers``. The schedule spans ``train.epochs`` epochs,
+            or more whole epochs when that gives fewer than ``train.min_steps`` steps.
         model: the model (already on its device). Its ``trainable_parameters()`` are
             optimised if it has that method, else every parameter with ``requires_grad``.
         train_set: dataset of training episodes (dict items, see ``collate_fn``).
@@ -217,7 +218,9 @@ def train(
     steps_per_epoch = n // tcfg["batch_size"]
     if steps_per_epoch == 0:
         raise ValueError(f"the training set has {n} episodes, fewer than train.batch_size={tcfg['batch_size']}")
-    total_steps = steps_per_epoch * int(tcfg["epochs"])
+    # on tiny data a few epochs are too few optimiser steps: train.min_steps adds whole epochs
+    epochs = max(int(tcfg["epochs"]), math.ceil(int(tcfg.get("min_steps") or 0) / steps_per_epoch))
+    total_steps = steps_per_epoch * epochs
     scheduler = make_poly_scheduler(optimizer, total_steps, tcfg["poly_power"], tcfg.get("warmup_steps", 0))
     stop = total_steps if max_steps is None and tcfg.get("max_steps") is None else min(
         total_steps, int(max_steps if max_steps is not None else tcfg["max_steps"]))

@@ -53,7 +53,7 @@ from fewshot_priors.models.qgnet_config import check_model_values, qgnet_kwargs
 from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 
-__all__ = ["FrozenModule", "QGNet"]
+__all__ = ["FrozenModule", "QGNet", "soft_dice_loss"]
 
 
 class FrozenModule(nn.Module):
@@ -101,6 +101,29 @@ def _timm_architecture(module: nn.Module) -> str | None:
     if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and hasattr(module, "forward_features"):
         return cfg["architecture"]
     return None
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Mean over the batch of ``1 - (2 |P T| + s) / (|P| + |T| + s)``: the soft Dice loss of the
+    foreground probability ``P = softmax(logits)[:, 1]`` against ``T = (target == 1)``, over the
+    pixels that are not ``IGNORE_INDEX`` (255).
+
+    Args:
+        logits: ``B, 2, H, W``.
+        target: ``B, H, W`` labels 0 / 1 / 255.
+        smooth: ``s``, keeps an image without foreground finite (its loss is then ``|P| / (|P| + s)``-like).
+
+    Example:
+        >>> t = torch.tensor([[[1, 0], [0, 255]]])
+        >>> perfect = torch.tensor([[[[-9.0, 9.0], [9.0, 0.0]], [[9.0, -9.0], [-9.0, 0.0]]]])
+        >>> round(float(soft_dice_loss(perfect, t)), 3)
+        0.0
+    """
+    valid = (target != IGNORE_INDEX).to(logits.dtype)
+    prob = logits.float().softmax(1)[:, 1] * valid
+    truth = (target == 1).float()
+    inter = (prob * truth).sum((1, 2))
+    return (1 - (2 * inter + smooth) / (prob.sum((1, 2)) + truth.sum((1, 2)) + smooth)).mean()
 
 
 def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -157,6 +180,9 @@ class QGNet(PretrainedMixin, nn.Module):
         fg_weight: weight of the foreground class in the cross-entropy losses (1 = the
             paper's unweighted CE; > 1 counters a small foreground share, see
             ``docs/how-to/real-images.md``).
+        dice_weight: weight of a soft Dice loss on the main prediction's foreground
+            probability, added to the CE (0 = the paper's loss): it scores the overlap with
+            the object whatever its size, so a small foreground cannot be ignored.
         mean, std: the per-channel RGB statistics the supervised backbone normalises its
             ``[0, 1]`` input with (default: its weights file's, else its timm
             ``pretrained_cfg``; see :func:`~fewshot_priors.models.backbone.input_normalisation`).
@@ -200,6 +226,7 @@ class QGNet(PretrainedMixin, nn.Module):
         channels: int = 256,
         aux_weight: float = 1.0,
         fg_weight: float = 1.0,
+        dice_weight: float = 0.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
@@ -220,6 +247,9 @@ class QGNet(PretrainedMixin, nn.Module):
         if isinstance(fg_weight, bool) or not float(fg_weight) > 0 or not math.isfinite(float(fg_weight)):
             raise ValueError(f"`fg_weight` must be a finite number > 0, got {fg_weight!r}")
         self.fg_weight = float(fg_weight)
+        if isinstance(dice_weight, bool) or not float(dice_weight) >= 0 or not math.isfinite(float(dice_weight)):
+            raise ValueError(f"`dice_weight` must be a finite number >= 0, got {dice_weight!r}")
+        self.dice_weight = float(dice_weight)
         for name, part in (("guided_map", guided_map), ("prior_map", prior_map), ("decoder", decoder)):
             if part is not None and not isinstance(part, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
@@ -314,6 +344,7 @@ class QGNet(PretrainedMixin, nn.Module):
             "channels": channels,
             "aux_weight": self.aux_weight,
             "fg_weight": self.fg_weight,
+            "dice_weight": self.dice_weight,
             "output_stride": int(output_stride),
             "region_map_backend": g.backend,
             "max_chunk_bytes": g.max_chunk_bytes,
@@ -528,7 +559,8 @@ class QGNet(PretrainedMixin, nn.Module):
         return out
 
     def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
-        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored).
+        """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored),
+        plus ``dice_weight`` x :func:`soft_dice_loss` (logits) when set.
 
         Each CE is the (class-weighted, weights ``(1, fg_weight)``) mean over the non-ignored
         pixels, computed as sum / total weight so that the all-ignored case (and an empty
@@ -547,6 +579,8 @@ class QGNet(PretrainedMixin, nn.Module):
                                    reduction="sum") / total
 
         main = ce(logits)
+        if self.dice_weight:
+            main = main + self.dice_weight * soft_dice_loss(logits, query_mask)
         if not aux_logits or self.aux_weight == 0:
             return main
         aux = torch.stack([ce(a) for a in aux_logits])
