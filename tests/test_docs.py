@@ -79,7 +79,7 @@ def test_block_extraction_and_skip_marker():
 
 def test_pages_have_runnable_code():
     pages = {p.relative_to(DOCS).as_posix() for p in _pages_with_code()}
-    # the pages whose examples the issue asks to be runnable
+    # the pages whose examples must be runnable
     for required in ("index.md", "concepts.md", "how-to/add-priors.md", "how-to/folder-dataset.md",
                      "how-to/pretrain.md"):
         assert required in pages

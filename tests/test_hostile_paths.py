@@ -1,4 +1,4 @@
-"""Wrong paths and impossible downloads are found first (issue 20): one ``error: ...`` line naming
+"""Wrong paths and impossible downloads are found first: one ``error: ...`` line naming
 the config key and the flag to use, exit status 2, before a dataset is scanned, a model is built
 or anything is downloaded (docs/how-to/failures.md)."""
 
