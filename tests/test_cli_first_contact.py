@@ -64,3 +64,19 @@ def test_every_set_advice_parses():
     bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files
            for m in two_in_one.finditer(" ".join(p.read_text(encoding="utf-8").replace('"', " ").split()))]
     assert not bad, bad
+
+
+def test_a_folder_dataset_root_one_level_too_high_names_the_right_one(tmp_path):
+    from fewshot_priors.data.folder import class_image_counts
+
+    data = tmp_path / "downloads" / "my_dataset"
+    for cls in ("cat", "dog"):
+        (data / cls).mkdir(parents=True)
+        for stem in ("a", "b"):
+            (data / cls / f"{stem}.jpg").write_bytes(b"")
+            (data / cls / f"{stem}.png").write_bytes(b"")
+    assert class_image_counts(data) == {"cat": 2, "dog": 2}
+    with pytest.raises(FileNotFoundError, match=r"expected <root>/<class>/<stem>\.jpg.*my_dataset is laid out so"):
+        class_image_counts(data.parent)
+    with pytest.raises(FileNotFoundError, match=r"none of its 1 sub-folders.*\.png$"):  # two levels: no hint
+        class_image_counts(tmp_path)
