@@ -608,7 +608,9 @@ def run_real_images(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
-              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
+              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n"
+              + ("\n**The quick preset is a smoke test of the pipeline (a few steps at a tiny size): these numbers "
+                 "are meaningless; run without --quick for results.**\n" if preset == "quick" else ""))
     (out / "results.md").write_text(results_markdown(summary, header) + gains_markdown(gains)
                                     + _maps_markdown(map_auc, recall),
                                     encoding="utf-8")
