@@ -19,6 +19,7 @@ from .constants import IGNORE_INDEX
 
 __all__ = [
     "episode_figure",
+    "loss_curve_figure",
     "overlay_mask",
     "plot_loss_curve",
     "plot_pretrain_diagnostics",
@@ -154,52 +155,96 @@ def save_episode_figures(rows: Sequence[Mapping] | Mapping, path: str | os.PathL
     return path
 
 
-def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
-                    val_tags: Sequence[str] = ("val/miou",), *, title: str | None = None,
-                    ylabel: str | None = None) -> Path:
-    """Draw training loss (and validation mIoU on a second axis) against the step.
+#: legend labels of the logged tags (a tag not listed is shown as it is logged)
+TAG_LABELS = {
+    "train/loss": "training loss (main + aux)",
+    "val/miou": "validation mIoU",
+    "pretrain/loss": "total (global + local)",
+    "pretrain/loss_global": "global InfoNCE",
+    "pretrain/loss_local": "local (superpixel) InfoNCE",
+}
 
-    Args:
-        source: a ``scalars.csv`` path (:class:`~fewshot_priors.engine.logging.RunLogger`)
-            or a dict ``tag -> [(step, value), ...]``.
-        path: output PNG.
-        tags: loss tags drawn on the left axis.
-        val_tags: tags drawn on the right axis.
-        title: the plot's title (default: "GlobalLocalMoCo pretraining loss" for
-            ``pretrain/`` tags, else "QGNet training loss").
-        ylabel: the loss axis' label (default: "InfoNCE loss" for ``pretrain/`` tags,
-            else "cross-entropy loss (main + aux)").
+#: the caption of a pretraining loss curve
+PRETRAIN_NOTE = ("The InfoNCE loss first rises while the momentum queues fill with real keys (more, harder "
+                 "negatives than a partly empty queue), then falls as the encoder learns: expected.")
+
+
+def _draw_series(ax, source: Mapping, tags: Sequence[str], **style) -> int:
+    """Draw each tag's ``(step, value)`` points (with markers when few, so one point shows); points drawn."""
+    drawn = 0
+    for tag in tags:
+        if source.get(tag):
+            s, v = zip(*source[tag])
+            ax.plot(s, v, marker="o" if len(s) <= 20 else None, ms=4, label=TAG_LABELS.get(tag, tag), **style)
+            drawn += len(s)
+    return drawn
+
+
+def loss_curve_figure(source, tags: Sequence[str] = ("train/loss",), val_tags: Sequence[str] = ("val/miou",), *,
+                      title: str | None = None, ylabel: str | None = None, note: str | None = None):
+    """The figure of :func:`plot_loss_curve` (arguments as there); never an empty frame.
+
+    Returns:
+        The matplotlib figure: the step axis starts at 0, a series of few points is drawn
+        with markers, and a run that logged fewer than 3 points (or none) says so on the plot.
     """
     pretraining = bool(tags) and all(t.startswith("pretrain/") for t in tags)
     if title is None:
         title = "GlobalLocalMoCo pretraining loss" if pretraining else "QGNet training loss"
     if ylabel is None:
         ylabel = "InfoNCE loss" if pretraining else "cross-entropy loss (main + aux)"
+    if note is None and pretraining:
+        note = PRETRAIN_NOTE
     if isinstance(source, (str, os.PathLike)):
         source = read_scalars(source)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
-    for tag in tags:
-        if source.get(tag):
-            s, v = zip(*source[tag])
-            ax.plot(s, v, label=tag)
-            drawn = True
+    fig, ax = plt.subplots(figsize=(6, 3.8 if note else 3.5))
+    drawn = _draw_series(ax, source, tags)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     vals = [t for t in val_tags if source.get(t)]
     if vals:
         ax2 = ax.twinx()
-        for tag in vals:
-            s, v = zip(*source[tag])
-            ax2.plot(s, v, "o--", color="tab:green", label=tag)
+        _draw_series(ax2, source, vals, ls="--", color="tab:green")
         ax2.set_ylabel("validation mIoU")
         ax2.legend(loc="upper right", fontsize=8)
     if drawn:
         ax.legend(loc="upper left", fontsize=8)
+    if drawn < 3:
+        what = "nothing was logged" if not drawn else f"only {drawn} point(s) logged"
+        ax.text(0.5, 0.5, f"{what}: the run was shorter than its log_every steps",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="grey", wrap=True)
+    ax.set_xlim(left=0, right=max([1] + [s for t in (*tags, *vals) for s, _ in source.get(t) or ()]) * 1.05)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if note else 0, 1, 1))
+    return fig
+
+
+def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
+                    val_tags: Sequence[str] = ("val/miou",), *, title: str | None = None,
+                    ylabel: str | None = None, note: str | None = None) -> Path:
+    """Draw training loss (and validation mIoU on a second axis) against the step, as a PNG.
+
+    Args:
+        source: a ``scalars.csv`` path (:class:`~fewshot_priors.engine.logging.RunLogger`)
+            or a dict ``tag -> [(step, value), ...]``.
+        path: output PNG.
+        tags: loss tags drawn on the left axis (labelled with :data:`TAG_LABELS`).
+        val_tags: tags drawn on the right axis (only those that were logged).
+        title: the plot's title (default: "GlobalLocalMoCo pretraining loss" for
+            ``pretrain/`` tags, else "QGNet training loss").
+        ylabel: the loss axis' label (default: "InfoNCE loss" for ``pretrain/`` tags,
+            else "cross-entropy loss (main + aux)").
+        note: a caption under the plot (default: :data:`PRETRAIN_NOTE` for ``pretrain/`` tags).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = loss_curve_figure(source, tags, val_tags, title=title, ylabel=ylabel, note=note)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

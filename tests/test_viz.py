@@ -179,3 +179,33 @@ def test_loss_curves_say_what_they_show(tmp_path):
     assert seen[str(tmp_path / "a.png")] == ("QGNet training loss", "training step", "cross-entropy loss (main + aux)")
     assert seen[str(tmp_path / "b.png")] == ("GlobalLocalMoCo pretraining loss", "training step", "InfoNCE loss")
     assert seen[str(tmp_path / "c.png")][0::2] == ("mine", "L")
+
+
+def _drawn_points(ax):
+    return [(line.get_xdata(), line.get_marker()) for line in ax.get_lines()]
+
+
+def test_a_curve_with_one_logged_point_is_not_an_empty_frame():
+    """`demo --quick` logs one point per tag: it shows as a marker on an axis from 0, with a note."""
+    import matplotlib.pyplot as plt
+
+    from fewshot_priors.viz import PRETRAIN_NOTE, loss_curve_figure
+
+    fig = loss_curve_figure({"train/loss": [(4, 0.7)]})
+    ax = fig.axes[0]
+    (xs, marker), = _drawn_points(ax)
+    assert list(xs) == [4] and marker not in (None, "None", "", " ")  # a line of one point draws nothing
+    left, right = ax.get_xlim()
+    assert left == 0 and right > 4
+    texts = [t.get_text() for t in ax.texts]
+    assert any("only 1 point(s) logged" in t for t in texts)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training loss (main + aux)"]  # not the raw tag
+    plt.close(fig)
+    fig = loss_curve_figure({}, tags=("pretrain/loss",), val_tags=())
+    assert any("nothing was logged" in t.get_text() for t in fig.axes[0].texts)
+    assert PRETRAIN_NOTE in [t.get_text() for t in fig.texts]  # the pretraining curve says why it may rise
+    plt.close(fig)
+    fig = loss_curve_figure({"train/loss": [(s, 1.0 / s) for s in range(1, 60)]})
+    (xs, marker), = _drawn_points(fig.axes[0])
+    assert len(xs) == 59 and marker in (None, "None", "") and not fig.axes[0].texts  # a long run: a plain line
+    plt.close(fig)
