@@ -157,13 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _add_subparser(sub, "demo",
-                       help="run the whole paper pipeline on a generated dataset (< 10 min on 2 CPU cores)",
+                       help="run the whole paper pipeline on a generated dataset (minutes on a CPU)",
                        description="Generate a small PASCAL-layout dataset, pretrain the prior extractor "
                                    "(global + local MoCo), train QGNet, evaluate 1-shot and 5-shot on held-out "
                                    "classes against baselines, and write metrics.json + figures. Config: demo/full "
                                    "(demo/quick with --quick).")
     p.add_argument("--output-dir", metavar="DIR", default="demo_output", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; a smoke test of the pipeline: its numbers are meaningless)")
+    p.add_argument("--quick", action="store_true", help="tiny preset (30 s to 2 min on 2 CPU cores; a smoke test of the pipeline: its numbers are "
+                        "meaningless)")
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
                         "and score the Table-7 recall of the region maps (3x training; see the documentation's page "
