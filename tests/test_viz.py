@@ -142,7 +142,28 @@ def test_fig5_maps_have_colour_bars_over_0_1_and_show_their_range():
     assert len(bars) == 2
     guided = _panel_axes(fig)[2]
     assert guided.images[0].get_clim() == (0, 1)
-    assert guided.get_title() == "guided region map\n[0.00, 0.56]"
+    assert guided.get_title() == "guided region map\nmin 0.00, max 0.56"
+    plt.close(fig)
+
+
+def test_fig5_says_how_to_read_it():
+    """A colour key on the prediction and ground-truth panels, and a caption explaining the maps."""
+    import matplotlib.pyplot as plt
+
+    from fewshot_priors.viz import FIG5_CAPTION
+
+    row = _row()
+    row["prediction"] = torch.zeros(16, 16, dtype=torch.long)
+    row["prediction"][2:9, 3:10] = 1
+    fig = episode_figure(row)
+    pred, truth = _panel_axes(fig)[4:6]
+    assert [t.get_text() for t in pred.get_legend().get_texts()] == ["prediction"]
+    assert [t.get_text() for t in truth.get_legend().get_texts()] == ["ground truth"]
+    assert pred.collections, "the prediction is outlined (visible on an object of its own colour)"
+    assert FIG5_CAPTION in [t.get_text() for t in fig.texts] and "low on objects" in FIG5_CAPTION
+    plt.close(fig)
+    fig = episode_figure(_row(with_maps=False))
+    assert not fig.texts  # no maps, nothing to explain
     plt.close(fig)
 
 
