@@ -112,7 +112,7 @@ def test_matches_float64_reference(fused, precision, relu):
     assert torch.equal(index[clear], sim.argmax(dim=2)[clear])
 
 
-@pytest.mark.skipif(not fused_module.interpreting(), reason="the GPU rounds tf32 operands in hardware")
+@pytest.mark.skipif(not fused_module.interpreting(), reason="checks the tf32 rounding of Triton's CPU interpreter (TRITON_INTERPRET=1), which is not active")
 def test_tf32_rounds_operands(fused):
     # 1 + 2^-12 is not representable in tf32 (10 mantissa bits): the products must see 1.0, while the
     # norms (float32, computed beforehand) keep it. cos = x0 y0 / (|x| |y|) with y = (1, 0).
