@@ -85,7 +85,7 @@ def test_pages_have_runnable_code():
         assert required in pages
     skipped = sum(s for p in _pages() for _, _, s in python_blocks(p.read_text(encoding="utf-8")))
     total = sum(len(python_blocks(p.read_text(encoding="utf-8"))) for p in _pages())
-    assert skipped <= 3 < total, (skipped, total)
+    assert skipped <= 4 < total, (skipped, total)  # the skipped ones need data, a run or a download
 
 
 @pytest.mark.parametrize("page", _page_params())
