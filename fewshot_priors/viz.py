@@ -107,7 +107,7 @@ def _draw_support(ax, rgb: np.ndarray, mask: np.ndarray) -> None:
     if ignore.any():
         ax.contourf(ignore.astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
         handles.append(Patch(facecolor="none", edgecolor="grey", hatch="////", label="ignore (255)"))
-    ax.legend(handles=handles, loc="lower left", fontsize=7, framealpha=0.7, borderpad=0.3, handlelength=1.2)
+    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.7, borderpad=0.3, handlelength=1.2)
 
 
 def _draw_overlay(ax, rgb: np.ndarray, mask: np.ndarray, label: str) -> None:
@@ -117,7 +117,7 @@ def _draw_overlay(ax, rgb: np.ndarray, mask: np.ndarray, label: str) -> None:
     color = PREDICTION_COLOR if label == "prediction" else GROUND_TRUTH_COLOR
     ax.imshow(overlay_mask(rgb, mask, color=color))
     _outline(ax, mask, color)
-    ax.legend(handles=[Patch(facecolor=color, edgecolor="white", label=label)], loc="lower left", fontsize=7,
+    ax.legend(handles=[Patch(facecolor=color, edgecolor="white", label=label)], loc="lower left", fontsize=8,
               framealpha=0.7, borderpad=0.3, handlelength=1.2)
 
 
@@ -150,8 +150,8 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
     all_panels = [_panels(r) for r in rows]
     ncols = max(len(p) for p in all_panels)
     has_maps = any(kind == "map" for panels in all_panels for _, kind, _, _ in panels)
-    caption = 0.5 if has_maps else 0.0  # inches under the panels for the caption
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.7 * ncols, 2.7 * len(rows) + caption), squeeze=False)
+    caption = 0.7 if has_maps else 0.0  # inches under the panels for the caption
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.7 * ncols, 2.9 * len(rows) + caption), squeeze=False)
     for r, panels in enumerate(all_panels):
         for c in range(ncols):
             ax = axes[r, c]
@@ -164,7 +164,7 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
                 fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=8)
                 finite = img[np.isfinite(img)]
                 rng = f"min {finite.min():.2f}, max {finite.max():.2f}" if finite.size else "all NaN"
-                ax.set_title(f"{name}\n{rng}" if r == 0 else rng, fontsize=10 if r else 11)
+                ax.set_title(f"{name}\n{rng}" if r == 0 else rng, fontsize=11 if r else 12)
                 continue
             if kind == "support":
                 _draw_support(ax, img, mask)
@@ -173,11 +173,11 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
             else:
                 ax.imshow(img)
             if r == 0:
-                ax.set_title(name, fontsize=11)
+                ax.set_title(name, fontsize=12)
     if title:
-        fig.suptitle(title, fontsize=12)
+        fig.suptitle(title, fontsize=13)
     if has_maps:
-        fig.text(0.01, 0.01, FIG5_CAPTION, fontsize=9, color="dimgrey", wrap=True)
+        fig.text(0.01, 0.01, FIG5_CAPTION, fontsize=11, color="dimgrey", wrap=True)
     fig.tight_layout(rect=(0, caption / fig.get_figheight(), 1, 1))
     return fig
 
