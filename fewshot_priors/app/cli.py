@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
                         "and score the Table-7 recall of the region maps (3x training; see the documentation's page "
-                        "'Pretrained vs random prior extractor') (default: the config's study.ablation)")
+                        "'Pretrained vs random prior extractor (Table 7)') (default: the config's study.ablation)")
     p.add_argument("--seed", type=int, help=f"seed of everything {_config_default('experiment.seed')}")
     _add_run_args(p, "train.epochs=6")
 

@@ -435,7 +435,7 @@ def run_real_images(
             f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
             f"starts from {start}, "
             "and on real photos such features leave QGNet at the background plateau (the documentation's page "
-            "'QGNet on your own photos'). "
+            "'QGNet on your own photos (cross-validated)'). "
             "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
             "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
             UserWarning, stacklevel=2)
