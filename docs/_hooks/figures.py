@@ -179,11 +179,11 @@ def model_diagram() -> bytes:
               "bottom": (ax0 + aw / 2, ay0 - 0.4)}[start]
         p1 = {"left": (bx0 - 0.4, by0 + bh / 2), "bottom": (bx0 + bw / 2, by0 - 0.4),
               "top": (bx0 + bw / 2, by0 + bh + 0.4)}[end]
-        ax.annotate("", xy=p1, xytext=p0, arrowprops=dict(arrowstyle="->", color="#333333", lw=1))
+        ax.annotate("", xy=p1, xytext=p0, arrowprops={"arrowstyle": "->", "color": "#333333", "lw": 1})
         if text:
             x, y = p0[0] + at * (p1[0] - p0[0]), p0[1] + at * (p1[1] - p0[1])
             ax.text(x, y + 0.6, text, ha="center", va="bottom", fontsize=7, color="#333333",
-                    bbox=dict(fc="white", ec="none", pad=0.5))
+                    bbox={"fc": "white", "ec": "none", "pad": 0.5})
 
     support = box(1, 36, 13, 7, "support image\n+ its mask", "input")
     query = box(1, 18, 13, 7, "query image", "input")

@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classes against baselines, and write metrics.json + figures. Config: demo/full "
                                    "(demo/quick with --quick).")
     p.add_argument("--output-dir", metavar="DIR", default="demo_output", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny preset (30 s to 2 min on 2 CPU cores; a smoke test of the pipeline: its numbers are "
+    p.add_argument("--quick", action="store_true",
+                   help="tiny preset (30 s to 2 min on 2 CPU cores; a smoke test of the pipeline: its numbers are "
                         "meaningless)")
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
@@ -551,11 +552,15 @@ _COMMANDS = {
 }
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """An unknown command is refused with the closest known one (argparse itself suggests nothing)."""
     import difflib
 
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = _subcommands(parser)
     first = next((a for a in argv if not a.startswith("-")), None)
     if first is not None and first not in commands:
         close = difflib.get_close_matches(first, list(commands), n=1)
@@ -598,8 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_command(parser, argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would report them under the top-level usage: show the subcommand's
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        _subcommands(parser).get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 1
