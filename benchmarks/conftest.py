@@ -169,7 +169,8 @@ def run_benchmark(
 
 
 # ----------------------------------------------------------------------------- RESULTS.md
-# What the issue asks for on the lent H100 (written into RESULTS.md while unmeasured).
+# What the GPU groups measure and the targets they are read against (written into RESULTS.md
+# while no GPU row is there).
 GPU_TARGETS = [
     "Region maps, batch 8, C = 2048, 60x60, 1-shot and 5-shot: fused >= 10x faster than the "
     "PFENet-style fp32 reference (same run), temporary memory <= 64 MiB, >= 50 % of the bf16 "
@@ -181,10 +182,10 @@ GPU_TARGETS = [
     "(values within the derived per-position error bound, `cosine_error_bound`; the map within "
     "4E / (spread - 2E); the test prints both).",
     "The padded bf16 path vs the plain bf16 PyTorch version (`reference-bf16`: normalise in fp32, "
-    "cast, bmm, amax; issue: 1.59 ms, 493 MiB at B=8 60x60 1-shot on the H100) and vs the direct "
+    "cast, bmm, amax; measured at 1.59 ms, 493 MiB at B=8 60x60 1-shot on an H100 with torch 2.11) and vs the direct "
     "kernel (`fused-direct`) at 60x60, 61x61, 81x81 (B=8 and B=32) and 119x119, 1- and 5-shot "
     "(groups `guided map sizes: ...`): the odd sizes must no longer fall off a cliff "
-    "(issue: 163 ms at B=32 81x81 vs 23.8 ms at 80x80); `fused-padded-one-launch` shows what the "
+    "(the direct kernel: 163 ms at B=32 81x81 vs 23.8 ms at 80x80 on the same H100); `fused-padded-one-launch` shows what the "
     "64 MiB batch chunks cost in occupancy.",
     "QGNet training step and 1-shot / 5-shot inference at 473 with ResNet-50: >= 3x the "
     "episodes/s of the same model with reference region maps in fp32 (`test_bench_models.py`).",
@@ -192,10 +193,10 @@ GPU_TARGETS = [
     "Data loading keeps up: `data loading` episodes/s (default workers) >= the QGNet training "
     "step's episodes/s at batch 4 (`test_bench_data.py`, compare with `test_bench_models.py`).",
 ]
-# The two numbers (METHOD.md) for the headline region-map case, to judge the GPU rows against.
+# The two floors (compute, memory traffic) of the headline region-map case, to judge the GPU rows against.
 GPU_FLOORS = [
     "batch 8, 1-shot, C = 2048, 60x60: 2 * 8 * 3600^2 * 2048 = 425 GFLOP -> 0.55 ms at the "
-    "measured ~772 TFLOP/s bf16 (REFERENCE.md 8); inputs read once: 2 x 236 MB fp32 -> ~0.15 ms at "
+    "measured ~772 TFLOP/s bf16 (an H100 SXM, a plain bf16 matmul); inputs read once: 2 x 236 MB fp32 -> ~0.15 ms at "
     "~3 TB/s. Compute-bound: floor ~0.55 ms (5-shot: ~2.8 ms); 10x over the ~10 ms reference "
     "needs <= 1 ms, i.e. >= 55 % of the bf16 rate.",
     "Measured before the padded path (H100, torch 2.11, triton 3.6): direct kernel 2.72 ms at "
@@ -209,7 +210,7 @@ GPU_FLOORS = [
 ]
 # Appended verbatim to every RESULTS.md (profiles and open measurements written by hand).
 NOTES_FILE = "NOTES.md"
-GPU_COMMAND = "bash benchmarks/gpu_run.sh   # on the device machine; see the script for WHEELS and timings"
+GPU_COMMAND = "OUT=gpu_out bash benchmarks/gpu_run.sh   # on a CUDA machine; see the script for WHEELS and timings"
 
 
 def _fmt_ms(seconds: float) -> str:
@@ -236,6 +237,39 @@ def device_label(device_str: str) -> str:
     return device_str
 
 
+def gpu_unmeasured_lines() -> list[str]:
+    """The RESULTS.md section of a run without GPU rows: what the GPU groups measure and how."""
+    return [
+        "## GPU figures still unmeasured",
+        "",
+        "This run had no GPU. What the GPU groups measure, with their targets (H100):",
+        "",
+        *[f"- {t}" for t in GPU_TARGETS],
+        "",
+        "Floors and predictions to compare the GPU numbers with:",
+        "",
+        *[f"- {t}" for t in GPU_FLOORS],
+        "",
+        "Measure on a CUDA machine with one script (GPU tests, then the benchmarks; each step under",
+        "`timeout`, logs and the GPU RESULTS.md under `$OUT`):",
+        "",
+        "```",
+        GPU_COMMAND,
+        "```",
+        "",
+    ]
+
+
+def load_note() -> str:
+    """The machine's load average, and whether it was too busy for CPU timings to mean much."""
+    load = os.getloadavg()
+    text = f"load average at the end (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in load)}"
+    if max(load) > 0.5 * (os.cpu_count() or 1):
+        text += (" -- the machine was busy with other processes: CPU times and ratios of this run are not "
+                 "representative; rerun on an idle machine")
+    return text
+
+
 # Rows whose median the other rows of a group are compared with: role -> column heading.
 REFERENCE_ROLES = {"reference": "speed-up", "reference-bf16": "vs bf16 ref"}
 
@@ -259,8 +293,7 @@ def write_results(path: Path, benchmarks, config) -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- command: `{cmd}`",
         f"- torch {torch.__version__}, triton {triton_v}, python {platform.python_version()}",
-        f"- load average at the end (1, 5, 15 min): {', '.join(f'{v:.1f}' for v in os.getloadavg())}"
-        " (other processes share the machine: CPU ratios are noisy)",
+        f"- {load_note()}",
         "- time: median over the rounds; speed-up: reference median / median, same run (`vs bf16 ref`:",
         "  over the plain bf16 PyTorch version, `reference-bf16`, where the group has one);",
         "  peak memory: temporaries of one call, inputs excluded "
@@ -300,25 +333,7 @@ def write_results(path: Path, benchmarks, config) -> None:
             )
         lines.append("")
     if not gpu_run:
-        lines += [
-            "## GPU figures still unmeasured",
-            "",
-            "This run had no GPU. The issue's targets on the lent H100 remain to be measured:",
-            "",
-            *[f"- {t}" for t in GPU_TARGETS],
-            "",
-            "Floors and predictions to compare the GPU numbers with:",
-            "",
-            *[f"- {t}" for t in GPU_FLOORS],
-            "",
-            "Measure on the H100 with one script (GPU tests, then the benchmarks; each step under",
-            "`timeout`, logs and the GPU RESULTS.md under `$OUT`):",
-            "",
-            "```",
-            GPU_COMMAND,
-            "```",
-            "",
-        ]
+        lines += gpu_unmeasured_lines()
     notes = _HERE / NOTES_FILE
     if notes.is_file():  # hand-written sections (CPU profiles, what is left): kept across rewrites
         lines += ["", notes.read_text().rstrip(), ""]

@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# One run on the lent GPU machine (H100 / H200, 15 minutes of device time per session, 10 per command):
-# environment facts, kornia from local wheels, the GPU tests, then the benchmarks; about 6 minutes.
+# The GPU tests and the benchmarks in one timed script for a CUDA machine (measured on an H100 / H200:
+# about 6 minutes): environment facts, kornia from local wheels, the GPU tests, then the benchmarks.
 #
-# Run through the device tool from the repository root:
-#   run(command="bash benchmarks/gpu_run.sh", carry=["wheels"], timeout_s=560)
-# Prepare the wheels here first (the machine has no network; `wheels/` is git-ignored):
+# Run from the repository root:
+#   OUT=gpu_out bash benchmarks/gpu_run.sh
+# On a machine without network, download the wheels beforehand on one with it (`wheels/` is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d wheels kornia kornia_rs
-# (kornia needs kornia_rs, packaging and torch; the last two are there.)
+# (kornia needs kornia_rs, packaging and torch; the last two are usually installed.)
 #
-# Environment: WHEELS (default wheels/), OUT (default ./gpu_out; the device tool sets it and brings back
-# at most 8 files), PYTHON (default python3), TEST_FILES, BENCH_FILES (to run a subset),
-# T_TESTS / T_BENCH (seconds per step). Each step runs under `timeout`; the benchmark step gets SIGINT
-# first, so pytest still writes RESULTS.md with the rows it finished. Files under $OUT: summary.txt,
-# env.log, install.log, import.log, tests.log, bench.log, RESULTS.md, bench.json (8 files: the most the
-# device tool brings back).
+# Environment: WHEELS (default wheels/), OUT (default ./gpu_out), PYTHON (default python3), TEST_FILES,
+# BENCH_FILES (to run a subset), T_TESTS / T_BENCH (seconds per step). Each step runs under `timeout`;
+# the benchmark step gets SIGINT first, so pytest still writes RESULTS.md with the rows it finished.
+# Files under $OUT: summary.txt, env.log, install.log, import.log, tests.log, bench.log, RESULTS.md,
+# bench.json.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -61,7 +60,7 @@ step import 60 "$PY" -c "import kornia, fewshot_priors, fewshot_priors.ops.fused
 # shellcheck disable=SC2086
 step tests "$T_TESTS" "$PY" -m pytest $TEST_FILES -q -s -rA -p no:cacheprovider
 
-# Benchmarks, the issue's region maps first: if the step runs out of time the later files are the ones lost
+# Benchmarks, the region maps first: if the step runs out of time the later files are the ones lost
 # shellcheck disable=SC2086
 step bench "$T_BENCH" "$PY" -m pytest $BENCH_FILES -q -p no:cacheprovider \
     --results-md "$OUT/RESULTS.md" --benchmark-json "$OUT/bench.json" --benchmark-columns=median,rounds

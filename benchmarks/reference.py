@@ -48,7 +48,7 @@ def pfenet_guided_map(query_feat: torch.Tensor, supp_feats: torch.Tensor, masks:
 def bf16_prior(query_feat: torch.Tensor, supp_feat: torch.Tensor) -> torch.Tensor:
     """What a user would write with bf16 tensor cores: normalise in fp32, cast, ``bmm``, ``amax``.
 
-    The second reference next to :func:`pfenet_prior` (the issue's five lines): unit vectors
+    The second reference next to :func:`pfenet_prior` (five lines of plain PyTorch): unit vectors
     (``F.normalize``, fp32) cast to bfloat16, one batched matmul writing the ``B, M, N`` bf16
     similarity matrix, max over the support, min-max in fp32. ``B, C, H, W`` and ``B, C, h, w``
     (already masked) -> ``B, 1, H, W``.

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_benchmark
 
-BATCH = 4  # PASCAL-5i batch size (REFERENCE.md section 4)
+BATCH = 4  # PFENet's PASCAL-5i batch size
 
 
 @pytest.fixture(scope="module")

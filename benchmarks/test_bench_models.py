@@ -4,7 +4,7 @@ On CUDA: ResNet-50 at 473, batch 8; the library configuration is bf16 autocast,
 channels_last and the fused region maps, against the same model in fp32 with the
 PFENet-style ``"reference"`` region maps. On CPU the same comparison runs with a
 ResNet-18 at 241 and batch 1 (the region maps are a small part of a CPU step,
-so expect ratios near 1 there: the GPU numbers are the ones the issue targets).
+so expect ratios near 1 there: the GPU numbers are the ones the targets are about).
 """
 
 from __future__ import annotations

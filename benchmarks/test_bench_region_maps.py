@@ -1,6 +1,6 @@
 """Region maps: the library (fused Triton kernel on CUDA, chunked on CPU) vs PFENet's code.
 
-Sizes: on CUDA the issue's (batch 8, C = 2048, 60x60, 1- and 5-shot; C = 256; the
+Sizes: on CUDA the paper's (batch 8, C = 2048, 60x60, 1- and 5-shot; C = 256; the
 COCO size batch 32 at 81x81); on CPU scaled down to fit a small machine.
 """
 
@@ -171,7 +171,7 @@ def test_region_map_training(benchmark, device, impl):
 
 
 # ----------------------------------------------------------------------------- sizes and alignment
-# The issue's sizes for the guided map against both references: 60x60 (N = 3600, rows 16-byte
+# The paper-scale sizes for the guided map against both references: 60x60 (N = 3600, rows 16-byte
 # aligned), 61x61 and 81x81 (N odd: the direct kernel's channel stride is not 16-aligned, the
 # COCO-size cliff), 119x119 (the largest feature map); batch 8, plus batch 32 at 81x81 (COCO).
 # case -> (batch, channels, feature side) per device type; each runs 1-shot and 5-shot.
@@ -221,7 +221,7 @@ def _size_inputs(case: str, shots: int, device: torch.device):
 @pytest.mark.parametrize("shots", [1, 5])
 @pytest.mark.parametrize("case", list(SIZE_CASES))
 def test_guided_map_sizes(benchmark, device, case, shots, impl):
-    """Guided map at the issue's sizes: PFENet fp32, the plain bf16 version, the library paths."""
+    """Guided map at the paper-scale sizes: PFENet fp32, the plain bf16 version, the library paths."""
     gpu = on_gpu(device)
     if impl.startswith("fused") and not (gpu and fused.is_available()):
         pytest.skip("needs CUDA and Triton")

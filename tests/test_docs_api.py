@@ -80,3 +80,52 @@ def test_the_api_pages_render_no_private_module(package):
             obj = package[target.removeprefix("fewshot_priors.")] if target != "fewshot_priors" else package
             assert not (obj.is_module and obj.name.startswith("_")), f"{page.name}: ::: {target} is a private module"
     assert "fewshot_priors.ops.set_checks" in targets  # the public name, not fewshot_priors.ops._checks
+
+
+def _documented_entries(package):
+    for obj in _public_objects(package, set()):
+        if obj.docstring is None:
+            continue
+        for section in obj.docstring.parsed:
+            if section.kind.value in ("parameters", "other parameters", "attributes"):
+                for entry in section.value:
+                    yield obj, section.kind.value, entry
+
+
+def test_every_documented_name_is_one_identifier(package):
+    """``mean, std: ...`` is one row per name, each with the signature's type and default.
+
+    Read as one entry it renders as a row named ``mean, std`` marked *required* (or, under
+    Attributes, a row named ``mean,`` of type ``std``): a table that contradicts the signature.
+    """
+    entries = list(_documented_entries(package))
+    assert len(entries) >= 200  # the check really ran over the package
+    bad = [f"{obj.path}: {kind} {entry.name!r}" for obj, kind, entry in entries
+           if not re.fullmatch(r"\*{0,2}\w+", entry.name)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("path", "names"), [
+    ("models.qgnet.QGNet", ("mean", "std", "prior_mean", "prior_std")),
+    ("ops.region_maps.guided_region_map", ("backend", "max_chunk_bytes")),
+])
+def test_multi_name_entries_take_the_signature_defaults(package, path, names):
+    obj = package[path]
+    params = {p.name: p for s in obj.docstring.parsed if s.kind.value == "parameters" for p in s.value}
+    for name in names:
+        assert name in params, f"{path}: {name} has no row"
+        assert params[name].default is not None and str(params[name].default) != "", (
+            f"{path}: {name} renders as required although the signature has a default")
+
+
+def test_the_split_keeps_continuation_lines_and_other_sections():
+    from importlib import util
+
+    spec = util.spec_from_file_location("griffe_docstrings", ROOT / "docs" / "_hooks" / "griffe_docstrings.py")
+    hook = util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    text = ("Intro: a, b: not an entry.\n\nArgs:\n    x: one.\n    a, b (int): shared,\n        continued.\n"
+            "    y: two.\n\nReturns:\n    a, b: a tuple.\n")
+    assert hook.split_multi_name_entries(text) == (
+        "Intro: a, b: not an entry.\n\nArgs:\n    x: one.\n    a (int): shared,\n        continued.\n"
+        "    b (int): shared,\n        continued.\n    y: two.\n\nReturns:\n    a, b: a tuple.\n")

@@ -25,7 +25,7 @@ from fewshot_priors.ops.region_maps import guided_region_map, prior_region_map  
 from fewshot_priors.ops.similarity import max_cosine_similarity, minmax_normalize  # noqa: E402
 
 EPS = 1e-7
-# max abs error of the min-max normalised map vs float64, per operand precision (issue 5)
+# max abs error of the min-max normalised map vs float64, per operand precision
 MAP_TOL = {"bf16": 1e-2, "tf32": 1e-3, "fp32": 1e-5}
 # reference top-1 minus top-2 above which the argmax must agree exactly (>> the raw cosine error)
 ARGMAX_GAP = {"bf16": 1e-2, "tf32": 1e-3, "fp32": 1e-5}
@@ -112,7 +112,7 @@ def test_matches_float64_reference(fused, precision, relu):
     assert torch.equal(index[clear], sim.argmax(dim=2)[clear])
 
 
-@pytest.mark.skipif(not fused_module.interpreting(), reason="the GPU rounds tf32 operands in hardware")
+@pytest.mark.skipif(not fused_module.interpreting(), reason="checks the tf32 rounding of Triton's CPU interpreter (TRITON_INTERPRET=1), which is not active")
 def test_tf32_rounds_operands(fused):
     # 1 + 2^-12 is not representable in tf32 (10 mantissa bits): the products must see 1.0, while the
     # norms (float32, computed beforehand) keep it. cos = x0 y0 / (|x| |y|) with y = (1, 0).
@@ -316,7 +316,7 @@ def cosine_error_bound(precision: str, channels: int, abs_cos: torch.Tensor) -> 
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
 @pytest.mark.parametrize("shape", [(8, 2048, 3600, 3600), (8, 256, 3600, 3600), (2, 2048, 6561, 6561)])
 def test_real_sizes_on_gpu(precision, shape):
-    """The issue's sizes on the GPU, against float64 on the GPU with a derived error bound.
+    """The paper-scale sizes on the GPU, against float64 on the GPU with a derived error bound.
 
     Per position the max similarity may move by at most E_n = max_m bound_nm
     (:func:`cosine_error_bound`); the min-max map ``(s - lo) / (hi - lo)`` then by at most

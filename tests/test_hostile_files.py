@@ -1,4 +1,4 @@
-"""Hostile files (issue 20): images and masks in every PIL mode, corrupt / renamed / code-running
+"""Hostile files: images and masks in every PIL mode, corrupt / renamed / code-running
 weights files, hand-edited ``config.json`` of a saved model. Each is read right, or refused with an
 error naming the file (and the key); never a silently wrong result, never code run."""
 

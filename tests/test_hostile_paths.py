@@ -1,4 +1,4 @@
-"""Wrong paths and impossible downloads are found first (issue 20): one ``error: ...`` line naming
+"""Wrong paths and impossible downloads are found first: one ``error: ...`` line naming
 the config key and the flag to use, exit status 2, before a dataset is scanned, a model is built
 or anything is downloaded (docs/how-to/failures.md)."""
 
@@ -60,7 +60,7 @@ def test_an_offline_pretrained_download_is_one_error_naming_the_flags(tmp_path, 
     t0 = time.perf_counter()
     rc, err = _train(tmp_path, capsys, f"data.root={tmp_path / 'data'}", "model.pretrained=true")
     assert time.perf_counter() - t0 < 10
-    _one_error_line(rc, err, "--set model.weights=PATH model.pretrained=false", "HF_HUB_OFFLINE")
+    _one_error_line(rc, err, "--set model.weights=PATH --set model.pretrained=false", "HF_HUB_OFFLINE")
 
 
 def test_create_backbone_offline_fails_at_once_without_calling_timm(monkeypatch):

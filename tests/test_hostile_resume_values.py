@@ -1,4 +1,4 @@
-"""Hostile resumes and values (issue 20): a resume under changed settings, numbers spelled in any
+"""Hostile resumes and values: a resume under changed settings, numbers spelled in any
 usual way, the step a non-finite loss is reported at. Each case is refused with an error naming
 the problem, or handled; the record of a run (its checkpoints, config.yaml) never becomes false."""
 

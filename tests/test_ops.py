@@ -317,7 +317,7 @@ def test_auto_backend_uses_chunked_on_cpu(monkeypatch, gen):
     assert called == {"chunked": True}
 
 
-# ----------------------------------------------------------------------------- hostile values (issue 13)
+# ----------------------------------------------------------------------------- hostile values
 def _nan_inputs(gen):
     """Batch of 3: image 0 has a NaN prior position, image 1 an inf bridge position, image 2 is clean."""
     bridge = torch.randn(3, 6, 5, 7, generator=gen)

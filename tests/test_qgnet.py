@@ -387,7 +387,7 @@ def test_other_timm_families(name):
     assert all(p.grad is None for p in bb.parameters())
 
 
-# --------------------------------------------------------------------------- hostile input (issue 13)
+# --------------------------------------------------------------------------- hostile input
 
 
 def test_empty_batch_gives_empty_outputs_of_the_right_shape(tiny):
@@ -443,7 +443,7 @@ def test_value_checks_can_be_switched_off_and_are_the_only_syncs(tiny, monkeypat
         tiny(raw, s, sm)
 
 
-# --------------------------------------------------------------------------- composition (issue 10)
+# --------------------------------------------------------------------------- composition
 STATE_PREFIXES = {"backbone", "prior_extractor", "down_bridge", "down_prior", "query_head", "support_head", "decoder"}
 
 

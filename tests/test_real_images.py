@@ -159,6 +159,7 @@ def test_end_to_end_quick_run(tmp_path, monkeypatch):
     assert m["prior_extractor"]["shared_across_folds"] and m["settings"] == real_images_config("quick")
     text = (out / "results.md").read_text()
     assert "| 1-shot | qgnet |" in text and "| qgnet | 1-shot | guided_map |" in text
+    assert "these numbers are meaningless" in text  # the quick preset says so
     assert "gain over baseline_all_foreground" in text and set(m["gains"]) == {"baseline_guided_map_0.5",
                                                                                 "baseline_all_foreground"}
     assert m["gains"]["baseline_all_foreground"]["1-shot"]["qgnet"]["units"] == 1

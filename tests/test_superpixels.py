@@ -238,7 +238,7 @@ def test_segmentation_does_not_depend_on_processing_order(backend):
     assert np.array_equal(SuperpixelPatchSampler("slic", backend, n_segments=16).segment(b), first)
 
 
-# --------------------------------------------------------------------------- hostile input (issue 13)
+# --------------------------------------------------------------------------- hostile input
 _TINY_IMAGES_SCRIPT = r"""
 import numpy as np
 from fewshot_priors.ssl.superpixels import SuperpixelPatchSampler

@@ -142,7 +142,28 @@ def test_fig5_maps_have_colour_bars_over_0_1_and_show_their_range():
     assert len(bars) == 2
     guided = _panel_axes(fig)[2]
     assert guided.images[0].get_clim() == (0, 1)
-    assert guided.get_title() == "guided region map\n[0.00, 0.56]"
+    assert guided.get_title() == "guided region map\nmin 0.00, max 0.56"
+    plt.close(fig)
+
+
+def test_fig5_says_how_to_read_it():
+    """A colour key on the prediction and ground-truth panels, and a caption explaining the maps."""
+    import matplotlib.pyplot as plt
+
+    from fewshot_priors.viz import FIG5_CAPTION
+
+    row = _row()
+    row["prediction"] = torch.zeros(16, 16, dtype=torch.long)
+    row["prediction"][2:9, 3:10] = 1
+    fig = episode_figure(row)
+    pred, truth = _panel_axes(fig)[4:6]
+    assert [t.get_text() for t in pred.get_legend().get_texts()] == ["prediction"]
+    assert [t.get_text() for t in truth.get_legend().get_texts()] == ["ground truth"]
+    assert pred.collections, "the prediction is outlined (visible on an object of its own colour)"
+    assert FIG5_CAPTION in [t.get_text() for t in fig.texts] and "low on objects" in FIG5_CAPTION
+    plt.close(fig)
+    fig = episode_figure(_row(with_maps=False))
+    assert not fig.texts  # no maps, nothing to explain
     plt.close(fig)
 
 
@@ -179,3 +200,33 @@ def test_loss_curves_say_what_they_show(tmp_path):
     assert seen[str(tmp_path / "a.png")] == ("QGNet training loss", "training step", "cross-entropy loss (main + aux)")
     assert seen[str(tmp_path / "b.png")] == ("GlobalLocalMoCo pretraining loss", "training step", "InfoNCE loss")
     assert seen[str(tmp_path / "c.png")][0::2] == ("mine", "L")
+
+
+def _drawn_points(ax):
+    return [(line.get_xdata(), line.get_marker()) for line in ax.get_lines()]
+
+
+def test_a_curve_with_one_logged_point_is_not_an_empty_frame():
+    """`demo --quick` logs one point per tag: it shows as a marker on an axis from 0, with a note."""
+    import matplotlib.pyplot as plt
+
+    from fewshot_priors.viz import PRETRAIN_NOTE, loss_curve_figure
+
+    fig = loss_curve_figure({"train/loss": [(4, 0.7)]})
+    ax = fig.axes[0]
+    (xs, marker), = _drawn_points(ax)
+    assert list(xs) == [4] and marker not in (None, "None", "", " ")  # a line of one point draws nothing
+    left, right = ax.get_xlim()
+    assert left == 0 and right > 4
+    texts = [t.get_text() for t in ax.texts]
+    assert any("only 1 point(s) logged" in t for t in texts)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training loss (main + aux)"]  # not the raw tag
+    plt.close(fig)
+    fig = loss_curve_figure({}, tags=("pretrain/loss",), val_tags=())
+    assert any("nothing was logged" in t.get_text() for t in fig.axes[0].texts)
+    assert PRETRAIN_NOTE in [t.get_text() for t in fig.texts]  # the pretraining curve says why it may rise
+    plt.close(fig)
+    fig = loss_curve_figure({"train/loss": [(s, 1.0 / s) for s in range(1, 60)]})
+    (xs, marker), = _drawn_points(fig.axes[0])
+    assert len(xs) == 59 and marker in (None, "None", "") and not fig.axes[0].texts  # a long run: a plain line
+    plt.close(fig)

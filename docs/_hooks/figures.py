@@ -1,4 +1,4 @@
-"""MkDocs hook: draw the Concepts page's figures with the library itself at build time.
+"""MkDocs hook: draw the Home and Concepts pages' figures at build time (Concepts': with the library).
 
 The figures are added to the site as generated files (never written into ``docs/``),
 so they always reflect the current code. Each figure is a function returning PNG
@@ -153,7 +153,64 @@ def two_views_and_patches() -> bytes:
     return _png(fig)
 
 
+def model_diagram() -> bytes:
+    """QGNet at a glance (paper Fig. 2): the two frozen encoders, the two region maps, the FEM decoder.
+
+    Boxes and arrows only; the names are the library's (``create_backbone``, ``GuidedRegionMap``,
+    ``PriorRegionMap``, ``masked_average_pool``, ``FEMDecoder``).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 46)
+    ax.axis("off")
+    colors = {"input": "#e3f2fd", "frozen": "#eeeeee", "ssl": "#fff3e0", "map": "#e8f5e9", "learned": "#fce4ec"}
+
+    def box(x, y, w, h, text, kind):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.4", fc=colors[kind], ec="#555555", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+        return x, y, w, h
+
+    def arrow(a, b, text=None, start="right", end="left", at=0.5):
+        (ax0, ay0, aw, ah), (bx0, by0, bw, bh) = a, b
+        p0 = {"right": (ax0 + aw + 0.4, ay0 + ah / 2), "top": (ax0 + aw / 2, ay0 + ah + 0.4),
+              "bottom": (ax0 + aw / 2, ay0 - 0.4)}[start]
+        p1 = {"left": (bx0 - 0.4, by0 + bh / 2), "bottom": (bx0 + bw / 2, by0 - 0.4),
+              "top": (bx0 + bw / 2, by0 + bh + 0.4)}[end]
+        ax.annotate("", xy=p1, xytext=p0, arrowprops={"arrowstyle": "->", "color": "#333333", "lw": 1})
+        if text:
+            x, y = p0[0] + at * (p1[0] - p0[0]), p0[1] + at * (p1[1] - p0[1])
+            ax.text(x, y + 0.6, text, ha="center", va="bottom", fontsize=7, color="#333333",
+                    bbox={"fc": "white", "ec": "none", "pad": 0.5})
+
+    support = box(1, 36, 13, 7, "support image\n+ its mask", "input")
+    query = box(1, 18, 13, 7, "query image", "input")
+    backbone = box(22, 27, 17, 7, "frozen supervised\nbackbone (ImageNet)", "frozen")
+    prior_ex = box(22, 4, 17, 7, "frozen prior extractor\n(GlobalLocalMoCo)", "ssl")
+    proto = box(49, 38, 17, 5.5, "prototype\n(masked average pool)", "map")
+    guided = box(49, 27, 17, 6.5, "guided region map\n(high on the class)", "map")
+    prior = box(49, 13, 17, 6.5, "prior region map\n(low on objects)", "map")
+    fem = box(76, 22, 15, 11, "FEM decoder\n(trained)", "learned")
+    pred = box(93.5, 25, 5, 5, "mask", "input")
+    arrow(support, backbone, start="right")
+    arrow(query, backbone, start="right")
+    arrow(query, prior_ex, start="bottom", end="left")
+    arrow(backbone, proto, "support mid", at=0.45)
+    arrow(backbone, guided, "high")
+    arrow(backbone, prior, "query high (bridge)", at=0.55)
+    arrow(prior_ex, prior, "query prior features", at=0.45)
+    for src in (proto, guided, prior):
+        arrow(src, fem)
+    arrow(fem, pred)
+    ax.text(1, 0.5, "Grey and orange: frozen; green: training-free maps and prototype; pink: the only trained part. "
+            "The query's mid features also enter the decoder.", fontsize=7.5, color="#444444")
+    return _png(fig)
+
+
 FIGURES = {
+    "figures/model.png": model_diagram,
     "figures/opposite_region_maps.png": opposite_region_maps,
     "figures/two_views_and_patches.png": two_views_and_patches,
 }

@@ -1,11 +1,14 @@
 """Griffe extension: read the package's reST-flavoured docstrings as mkdocstrings Markdown.
 
-Two conventions of the package's docstrings are not Google-style Markdown:
+Four conventions of the package's docstrings are not Google-style Markdown:
 
 * a singular ``Example:`` heading: griffe parses only ``Examples:`` as a doctest
   section; otherwise ``x[[1, 0]]`` in the example would read as a Markdown link;
-* reST literal-block markers (``text::``): the indented block already renders as
-  code in Markdown, so ``::`` becomes ``:``;
+* reST literal-block markers (``text::``, or ``::`` alone on a line): the indented block
+  already renders as code in Markdown, so ``::`` becomes ``:`` (a lone ``::`` is dropped);
+* one entry for several parameters or attributes (``mean, std: the statistics ...``):
+  griffe would read it as one row named ``mean, std`` with no type and no default, so it
+  becomes one entry per name, each with the shared description;
 * Sphinx roles (``:func:`~fewshot_priors.ops.max_cosine_similarity```): they become
   optional cross-references to the object's canonical path (resolved by importing
   it), rendered as links when the object is documented and as code otherwise.
@@ -20,7 +23,53 @@ import griffe
 
 _SINGULAR = re.compile(r"^(\s*)Example:[ \t]*$", re.MULTILINE)
 _LITERAL = re.compile(r"(\S)::[ \t]*$", re.MULTILINE)  # reST "text::" before a code block
+_LONE_LITERAL = re.compile(r"^[ \t]*::[ \t]*\n", re.MULTILINE)  # reST "::" alone on its line
+#: section headings whose entries are ``name (type): description`` (griffe's Google parser)
+_NAMED_SECTIONS = re.compile(r"^\s*(Args|Arguments|Params|Parameters|Keyword Args|Keyword Arguments|"
+                             r"Other Parameters|Attributes):\s*$")
+_MULTI_NAME = re.compile(r"^(\s*)(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)+)((?:\s*\([^)]*\))?:(?:\s.*)?)$")
 _ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|const):`([^`]+)`")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def split_multi_name_entries(text: str) -> str:
+    """``a, b: description`` entries of Args / Attributes sections -> one entry per name.
+
+    The entry's continuation lines (indented deeper) go with every copy.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    section_indent = item_indent = None  # of the current named section's heading and entries
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _NAMED_SECTIONS.match(line):
+            section_indent, item_indent = _indent(line), None
+        elif line.strip() and section_indent is not None and _indent(line) <= section_indent:
+            section_indent = None  # the next heading or paragraph ends the section
+        elif line.strip() and section_indent is not None and item_indent is None:
+            item_indent = _indent(line)
+        entry = section_indent is not None and line.strip() and _indent(line) == item_indent
+        match = _MULTI_NAME.match(line) if entry else None
+        if match is None:
+            out.append(line)
+            i += 1
+            continue
+        lead, names, rest = match.groups()
+        body = []
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(lead)):
+            body.append(lines[i])
+            i += 1
+        while body and not body[-1].strip():  # blank lines after the entry stay after all copies
+            i -= 1
+            body.pop()
+        for name in re.split(r"\s*,\s*", names):
+            out += [f"{lead}{name}{rest}", *body]
+    return "\n".join(out)
 
 
 def _runtime_path(dotted: str) -> str | None:
@@ -72,7 +121,7 @@ def _role_to_autoref(match: re.Match, obj: griffe.Object) -> str:
 
 
 class DocstringCompat(griffe.Extension):
-    """Rewrite ``Example:`` headings and Sphinx roles before the docstrings are parsed."""
+    """Rewrite ``Example:`` headings, ``::``, multi-name entries and Sphinx roles before parsing."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:  # noqa: D102
         doc = obj.docstring
@@ -82,7 +131,9 @@ class DocstringCompat(griffe.Extension):
         if "Example:" in value:
             value = _SINGULAR.sub(r"\1Examples:", value)
         if "::" in value:
-            value = _LITERAL.sub(r"\1:", value)
+            value = _LONE_LITERAL.sub("", _LITERAL.sub(r"\1:", value))
+        if "," in value:
+            value = split_multi_name_entries(value)
         if ":`" in value:
             value = _ROLE.sub(lambda m: _role_to_autoref(m, obj), value)
         doc.value = value

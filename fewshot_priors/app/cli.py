@@ -34,14 +34,19 @@ a run, unwritable output paths, a non-finite loss) are printed as one ``error: .
 line on stderr, also with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the
 traceback instead. Output paths are checked before the work starts; if writing results
 still fails afterwards, the results are printed to stdout first so nothing computed is lost.
+An unknown command is refused with the closest known one. Warnings are printed as one
+``warning: ...`` line each on stderr. When the reader of stdout goes away
+(``fewshot-priors configs | head``) the command stops quietly with status 141, as a Unix
+tool killed by SIGPIPE does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -152,17 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _add_subparser(sub, "demo",
-                       help="run the whole paper pipeline on a generated dataset (< 10 min on 2 CPU cores)",
+                       help="run the whole paper pipeline on a generated dataset (minutes on a CPU)",
                        description="Generate a small PASCAL-layout dataset, pretrain the prior extractor "
                                    "(global + local MoCo), train QGNet, evaluate 1-shot and 5-shot on held-out "
                                    "classes against baselines, and write metrics.json + figures. Config: demo/full "
                                    "(demo/quick with --quick).")
     p.add_argument("--output-dir", metavar="DIR", default="demo_output", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny preset (about a minute; a smoke test of the pipeline: its numbers are meaningless)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny preset (30 s to 2 min on 2 CPU cores; a smoke test of the pipeline: its numbers are "
+                        "meaningless)")
     p.add_argument("--ablation", action="store_true",
                    help="also train QGNet with a random-init prior extractor and without the prior region map, "
-                        "and score the Table-7 recall of the region maps (3x training; see "
-                        "docs/how-to/prior-ablation.md) (default: the config's study.ablation)")
+                        "and score the Table-7 recall of the region maps (3x training; see the documentation's page "
+                        "'Pretrained vs random prior extractor (Table 7)') (default: the config's study.ablation)")
     p.add_argument("--seed", type=int, help=f"seed of everything {_config_default('experiment.seed')}")
     _add_run_args(p, "train.epochs=6")
 
@@ -353,11 +360,9 @@ def _run_overrides(args, flags: dict | None = None) -> dict:
 def _cmd_demo(args) -> int:
     from fewshot_priors.app.demo import run_demo
 
-    metrics = run_demo(args.output_dir, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
-                       device=args.device, progress=not args.no_progress, overrides=args.overrides)
-    print(json.dumps(metrics.get("summary", metrics), indent=2))
-    if metrics.get("note"):
-        print(f"note: {metrics['note']}")
+    # the demo prints its status lines and results itself; metrics.json holds them as JSON
+    run_demo(args.output_dir, quick=args.quick, ablation=args.ablation or None, seed=args.seed,
+             device=args.device, progress=not args.no_progress, overrides=args.overrides)
     return 0
 
 
@@ -547,20 +552,68 @@ _COMMANDS = {
 }
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An unknown command is refused with the closest known one (argparse itself suggests nothing)."""
+    import difflib
+
+    commands = _subcommands(parser)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in commands:
+        close = difflib.get_close_matches(first, list(commands), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (choose from {', '.join(commands)})"
+        parser.error(f"unknown command {first!r}{hint}")
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """A warning as one line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
+@contextlib.contextmanager
+def _cli_warnings():
+    """Warnings are shown as one ``warning: ...`` line each, without the source line Python echoes."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file, flush=True)
+
+    saved = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = saved
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``fewshot-priors configs | head``): stop quietly, as a Unix
+    tool killed by SIGPIPE does (status 141), instead of an error about the broken pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fewshot-priors`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    _check_command(parser, argv)
+    args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse would report them under the top-level usage: show the subcommand's
-        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        subparsers.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        _subcommands(parser).get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 1
     from fewshot_priors.engine.checkpoint import CheckpointError
 
     try:
-        return _COMMANDS[args.command](args)
+        with _cli_warnings():
+            return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        return _stdout_closed()
     except (*USER_ERRORS, CheckpointError) as exc:
         if os.environ.get("FEWSHOT_PRIORS_TRACEBACK"):
             raise

@@ -173,7 +173,7 @@ def run_demo(
 
     Args:
         output: output folder (created; the generated dataset is reused if present).
-        quick: use the tiny ``quick`` preset (about a minute; numbers are meaningless).
+        quick: use the tiny ``quick`` preset (30 s to 2 min on 2 CPU cores; numbers are meaningless).
         ablation: also train and score QGNet with a random-init prior extractor and
             without the prior region map, with Table-7 recall of the region maps
             (triples the training time; default: ``study.ablation`` of the config, off).

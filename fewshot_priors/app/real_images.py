@@ -461,7 +461,8 @@ def run_real_images(
             f"the {preset!r} preset is the recipe with ImageNet features, but the frozen supervised backbone "
             f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
             f"starts from {start}, "
-            "and on real photos such features leave QGNet at the background plateau (docs/how-to/real-images.md). "
+            "and on real photos such features leave QGNet at the background plateau (the documentation's page "
+            "'QGNet on your own photos (cross-validated)'). "
             "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
             "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
             UserWarning, stacklevel=2)
@@ -637,7 +638,9 @@ def run_real_images(
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
-              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n")
+              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n"
+              + ("\n**The quick preset is a smoke test of the pipeline (a few steps at a tiny size): these numbers "
+                 "are meaningless; run without --quick for results.**\n" if preset == "quick" else ""))
     (out / "results.md").write_text(results_markdown(summary, header) + gains_markdown(gains)
                                     + _maps_markdown(map_auc, recall) + _plateau_markdown(plateaus),
                                     encoding="utf-8")

@@ -35,6 +35,7 @@ from .io import IGNORE_INDEX, AmbiguousMaskWarning, BadDataError, DataLayoutErro
 
 _ORDER_TAG = 104729  # separates the query-order stream from the per-episode streams
 _MAX_READ_RETRIES = 5
+_LISTED = 8  # classes named in a warning; the rest are counted
 
 
 #: How query (image, class) pairs are drawn: ``"pairs"`` uniformly over the eligible
@@ -306,10 +307,12 @@ class EpisodicDataset(Dataset):
                 f"{too_few}); check the data, `min_pixels` or `shots`"
             )
         if too_few:
-            names = ", ".join(self._class_name(c) for c in too_few)
+            listed = [f"{self._class_name(c)} ({n})" for c, n in sorted(too_few.items(), key=lambda cn: cn[1])]
+            more = f" and {len(listed) - _LISTED} more" if len(listed) > _LISTED else ""
             warnings.warn(
-                f"{type(self).__name__}: classes with fewer than {shots + 1} eligible images "
-                f"are left out of the episodes (class id -> eligible images): {too_few} ({names})",
+                f"{type(self).__name__}: {len(too_few)} of {len(self.fold_class_ids)} classes have fewer than "
+                f"{shots + 1} eligible images (>= {self.min_pixels} foreground px) and are left out of the "
+                f"episodes; class (eligible images): {', '.join(listed[:_LISTED])}{more}",
                 stacklevel=3,
             )
         usable, self.val_class_ids = self._hold_out_validation(usable)

@@ -249,12 +249,21 @@ def class_image_counts(root: str | Path) -> dict[str, int]:
     """``{class folder: number of image/mask pairs}`` of a folder dataset.
 
     Raises:
-        FileNotFoundError: ``root`` is not a folder.
+        FileNotFoundError: ``root`` is not a folder, or none of its class folders holds an
+            image with its mask (the message shows the expected layout and, when ``root`` is one
+            level too high, the sub-folder to pass instead).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"`root` {root} is not a folder")
-    return {d.name: sum(m.is_file() for _, m in image_mask_pairs(d)) for d in class_folders(root)}
+    counts = {d.name: sum(m.is_file() for _, m in image_mask_pairs(d)) for d in class_folders(root)}
+    if not any(counts.values()):
+        deeper = [d for d in class_folders(root)
+                  if any(m.is_file() for sub in class_folders(d) for _, m in image_mask_pairs(sub))]
+        hint = f"; its sub-folder {deeper[0]} is laid out so: pass that as the root" if deeper else ""
+        raise FileNotFoundError(f"`root` {root}: none of its {len(counts)} sub-folders holds an image with its "
+                                f"mask; expected <root>/<class>/<stem>.jpg with the mask <stem>.png{hint}")
+    return counts
 
 
 def list_unique_images(root: str | Path) -> list[str]:

@@ -66,7 +66,8 @@ def check_paths(cfg: Mapping, kind: str = "train", *, resume: bool | str | os.Pa
     """
     if kind in ("train", "eval"):
         _check_folder("data.root", cfg["data"]["root"],
-                      "; set --set data.root=PATH (the dataset folder, see docs/how-to/reproduce.md)")
+                      "; set --set data.root=PATH (the dataset folder, laid out as the documentation's page 'Reproduce "
+                      "PASCAL-5i and COCO-20i' shows; docs/how-to/reproduce.md in the source)")
         m = cfg["model"]
         if kind == "train":  # eval reads the weights from its checkpoint
             _check_file("model.weights", m.get("weights"))

@@ -86,6 +86,6 @@ def check_timm_download(name: str) -> None:
     why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE else \
         "the Hugging Face Hub cannot be reached"
     raise OSError(f"pretrained weights (model.pretrained=true) need timm's ImageNet weights for {name!r}, which "
-                  f"are not in the local cache, and {why}: pass a local copy with --set model.weights=PATH "
+                  f"are not in the local cache, and {why}: pass a local copy with --set model.weights=PATH --set "
                   "model.pretrained=false (in Python: weights=PATH, pretrained=False; a timm .safetensors/.pth "
                   "state dict)")

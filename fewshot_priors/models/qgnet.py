@@ -597,7 +597,16 @@ class QGNet(PretrainedMixin, nn.Module):
     ) -> torch.Tensor:
         """``B, H, W`` long predictions (0 background, 1 foreground), computed in eval mode.
 
-        The module's train/eval mode is restored afterwards. ``check_inputs``: as :meth:`forward`.
+        The module's train/eval mode is restored afterwards.
+
+        Args:
+            query_image: ``B, 3, H, W`` RGB in ``[0, 1]``.
+            support_images: ``B, K, 3, H', W'`` RGB in ``[0, 1]``.
+            support_masks: ``B, K, H', W'`` with 0 / 1 (255 = ignore).
+            check_inputs: as :meth:`forward`.
+
+        Returns:
+            ``B, H, W`` long: the argmax of the logits.
         """
         was_training = self.training
         self.eval()

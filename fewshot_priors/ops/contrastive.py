@@ -61,6 +61,16 @@ def info_nce(
     Returns:
         The loss (``float32`` or the input dtype), or :class:`InfoNCEResult`.
         With zero queries the mean loss is ``0`` (still attached to the graph).
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import info_nce
+        >>> q = torch.tensor([[1.0, 0.0]])
+        >>> negatives = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])  # K=2 shared negatives
+        >>> easy = info_nce(q, q, negatives, temperature=0.2)  # the positive is the query itself
+        >>> hard = info_nce(q, -q, negatives, temperature=0.2)  # the positive points away
+        >>> bool(easy < 0.01), bool(hard > 5)  # about log(1 + e^-5) and 5 + log(1 + 2 e^-5)
+        (True, True)
     """
     check_float("query", query)
     check_float("positive_key", positive_key)
@@ -118,6 +128,15 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
         target: the momentum (key) module with the same parameter names/shapes.
         m: momentum in ``[0, 1]``; ``m = 1`` leaves ``target`` unchanged, ``m = 0``
             copies ``online``.
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import momentum_update
+        >>> online, target = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+        >>> _ = online.weight.data.fill_(1.0), target.weight.data.fill_(0.0)
+        >>> momentum_update(online, target, m=0.9)  # t = 0.9 * 0 + 0.1 * 1
+        >>> round(target.weight.item(), 6)
+        0.1
     """
     if not isinstance(online, nn.Module) or not isinstance(target, nn.Module):
         raise TypeError("`online` and `target` must be torch.nn.Module instances")

@@ -54,6 +54,14 @@ def masked_average_pool(
     Raises:
         ValueError: bad shapes, an empty spatial size, mask values outside ``[0, 1]``
             other than 255 (value check, see :func:`~fewshot_priors.ops.set_checks`).
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import masked_average_pool
+        >>> features = torch.arange(4.0).view(1, 1, 2, 2)  # B=1, C=1: [[0, 1], [2, 3]]
+        >>> mask = torch.tensor([[[1, 0], [0, 1]]])  # B, h, w: the diagonal
+        >>> masked_average_pool(features, mask).round(decimals=4)  # (0 + 3) / (2 + 5e-4)
+        tensor([[1.4996]])
     """
     if check:
         check_float("features", features)

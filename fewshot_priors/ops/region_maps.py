@@ -77,6 +77,14 @@ def prior_region_map(
     Returns:
         ``B, 1, H, W`` map with values in ``[0, 1]`` (all NaN for an image whose
         features hold NaN / inf, see the module docstring).
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import prior_region_map
+        >>> bridge, prior = torch.randn(2, 64, 30, 30), torch.randn(2, 64, 15, 15)
+        >>> m = prior_region_map(bridge, prior)  # the prior features may be coarser
+        >>> m.shape, float(m.amin()), round(float(m.amax()), 4)
+        (torch.Size([2, 1, 30, 30]), 0.0, 1.0)
     """
     if check:
         check_float("bridge", bridge)
@@ -171,6 +179,20 @@ def guided_region_map(
         ValueError: bad shapes, ``K = 0`` shots, an empty spatial size, mask values
             outside ``[0, 1]`` other than 255 (value check, see
             :func:`~fewshot_priors.ops.set_checks`).
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import guided_region_map
+        >>> query = torch.randn(2, 64, 30, 30)
+        >>> support = torch.randn(2, 5, 64, 30, 30)  # B, K, C, h, w: 5 shots
+        >>> masks = torch.zeros(2, 5, 120, 120)  # B, K, H, W at any resolution
+        >>> masks[..., 30:90, 30:90] = 1
+        >>> guided_region_map(query, support, masks).shape
+        torch.Size([2, 1, 30, 30])
+        >>> same = support[:, 0].flatten(2).mean(-1)[..., None, None].expand(-1, -1, 30, 30)
+        >>> one_shot = guided_region_map(same, support[:, 0], masks[:, 0])  # a query equal everywhere
+        >>> bool((one_shot == 0).all())  # a constant map normalises to 0
+        True
     """
     masks = support_mask
     if check:

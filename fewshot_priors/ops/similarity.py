@@ -177,6 +177,15 @@ def max_cosine_similarity(
         TypeError: ``x`` / ``y`` not floating point tensors.
         ValueError: bad shapes, no positions (``N`` or ``M`` = 0), ``eps <= 0``, unknown
             ``backend``, a ``max_chunk_bytes`` that is not a positive int.
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import max_cosine_similarity
+        >>> x = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # B=1, C=2, N=2: unit vectors e0, e1
+        >>> y = torch.tensor([[[2.0], [0.0]]])  # B=1, C=2, M=1: a multiple of e0
+        >>> s, index = max_cosine_similarity(x, y, return_index=True)
+        >>> s.round(decimals=4), index
+        (tensor([[1., 0.]]), tensor([[0, 0]]))
     """
     if check:
         check_float("x", x)

@@ -71,6 +71,15 @@ def superpixel_pool(
             undefined behaviour.
 
     Memory: ``B * P * h * w`` weights in the feature dtype.
+
+    Examples:
+        >>> import torch
+        >>> from fewshot_priors.ops import superpixel_pool
+        >>> features = torch.arange(4.0).view(1, 1, 2, 2)  # B=1, C=1: [[0, 1], [2, 3]]
+        >>> labels = torch.tensor([[[0, 0], [1, -1]]])  # B, H, W: two patches, one ignored pixel
+        >>> pooled, valid = superpixel_pool(features, labels, num_segments=3)
+        >>> pooled[..., 0], valid  # patch 0 = mean(0, 1), patch 1 = 2, slot 2 unused
+        (tensor([[0.5000, 2.0000, 0.0000]]), tensor([[ True,  True, False]]))
     """
     check_float("features", features)
     check_rank("features", features, (4,), "B, C, h, w")
