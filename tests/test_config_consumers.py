@@ -46,7 +46,7 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("data", "dataset"): ["fewshot_priors.data.registry:create_dataset"],
     ("data", "split_style"): ["fewshot_priors.data.registry",
                               "options:fewshot_priors.data:CocoFewShot"],
-    ("data", "val_episodes"): ["fewshot_priors.app.cli:_cmd_train"],
+    ("data", "val_episodes"): ["fewshot_priors.engine.build:build_validation_set"],
     ("data", "num_workers"): ["fewshot_priors.engine.train:train", "fewshot_priors.app.cli:_cmd_eval"],
     ("data", "num_classes"): ["options:fewshot_priors.data:PascalFewShot"],
     # a generated dataset's dataset.json folds take precedence over num_folds, so no effect check here

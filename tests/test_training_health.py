@@ -339,3 +339,25 @@ def test_min_steps_adds_whole_epochs(tmp_path):
     res = train(_cfg(tmp_path, epochs=1, min_steps=5), model=ConstantModel(foreground=True), train_set=Episodes(),
                 collate_fn=collate_eval, progress=False)
     assert res["step"] == 6 and res["epoch"] == 3  # 2 steps per epoch: 3 epochs reach 5 steps
+
+
+def test_train_command_validates_on_classes_held_back_from_training(tmp_path, capsys):
+    """`train --set train.val_split=train_classes`: the validation never sees a test class, logs the
+    foreground shares, keeps the best checkpoint, and the run warns when it sits on the plateau."""
+    import csv
+
+    from fewshot_priors.app.cli import main
+    from fewshot_priors.data import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(tmp_path / "data", num_classes=8, images_per_class=8, image_size=48,
+                                      min_pixels=64, progress=False)
+    sets = [f"data.root={root}", "data.num_classes=8", "data.image_size=48", "model.bins=[8, 4]", "model.channels=16",
+            "train.batch_size=2", "train.epochs=1", "train.log_every=1", "model.use_prior=false",
+            "data.num_workers=0", "data.min_pixels=64", "data.val_episodes=4", "data.val_class_ratio=0.34",
+            "train.val_split=train_classes", f"experiment.output_dir={tmp_path / 'run'}"]
+    args = ["train", "--config", "demo", "--no-progress"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    with open(tmp_path / "run" / "scalars.csv") as f:
+        tags = {row["tag"] for row in csv.DictReader(f)}
+    assert {"val/miou", "val/fg_pred", "val/fg_true", "train/fg_pred", "train/fg_true"} <= tags

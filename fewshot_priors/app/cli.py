@@ -402,7 +402,7 @@ def _load_model_for_eval(cfg, checkpoint):
 def _cmd_train(args) -> int:
     from fewshot_priors.config import load_config
     from fewshot_priors.distributed import cleanup_distributed, init_distributed
-    from fewshot_priors.engine.build import build_dataset, build_model
+    from fewshot_priors.engine.build import build_dataset, build_model, build_validation_set
     from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.preflight import check_run_inputs
     from fewshot_priors.engine.runtime import Runtime, seed_everything
@@ -419,8 +419,8 @@ def _cmd_train(args) -> int:
         model = build_model(cfg).to(rt.device)
         ddp = rt.wrap_ddp(model)
         train_set = build_dataset(cfg, "train", progress=not args.no_progress)
-        val_set = build_dataset(cfg, "val", episodes=cfg["data"]["val_episodes"], seed=cfg["eval"]["seed"],
-                                progress=not args.no_progress)
+        # train.val_split: the test classes (the paper's protocol) or classes held back from training
+        val_set = build_validation_set(cfg, train_set, progress=not args.no_progress)
 
         def val_fn(m):
             return evaluate(m, val_set, seed=cfg["eval"]["seed"], batch_size=cfg["eval"]["batch_size"],
