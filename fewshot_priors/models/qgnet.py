@@ -132,21 +132,21 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
         a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k].to(a[k].device)) for k in a)
 
 
-def _mid_head(in_channels: int, channels: int) -> nn.Sequential:
-    """concat(low, mid) -> 1x1 conv (no bias) -> ReLU -> Dropout2d(0.5)."""
+def _mid_head(in_channels: int, channels: int, dropout: float = 0.5) -> nn.Sequential:
+    """concat(low, mid) -> 1x1 conv (no bias) -> ReLU -> Dropout2d(``dropout``, the paper's 0.5)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
         nn.ReLU(inplace=True),
-        nn.Dropout2d(p=0.5),
+        nn.Dropout2d(p=dropout),
     )
 
 
-def _down(in_channels: int, channels: int) -> nn.Sequential:
-    """High-level projection before the prior map: 3x3 conv -> ReLU -> Dropout2d(0.5)."""
+def _down(in_channels: int, channels: int, dropout: float = 0.5) -> nn.Sequential:
+    """High-level projection before the prior map: 3x3 conv -> ReLU -> Dropout2d(``dropout``)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, kernel_size=3, padding=1, bias=False),
         nn.ReLU(inplace=True),
-        nn.Dropout2d(p=0.5),
+        nn.Dropout2d(p=dropout),
     )
 
 
@@ -183,6 +183,8 @@ class QGNet(PretrainedMixin, nn.Module):
         dice_weight: weight of a soft Dice loss on the main prediction's foreground
             probability, added to the CE (0 = the paper's loss): it scores the overlap with
             the object whatever its size, so a small foreground cannot be ignored.
+        dropout: Dropout2d probability after the query / support heads and the two prior
+            projections (the paper's 0.5; less on tiny data lets the decoder learn faster).
         mean, std: the per-channel RGB statistics the supervised backbone normalises its
             ``[0, 1]`` input with (default: its weights file's, else its timm
             ``pretrained_cfg``; see :func:`~fewshot_priors.models.backbone.input_normalisation`).
@@ -227,6 +229,7 @@ class QGNet(PretrainedMixin, nn.Module):
         aux_weight: float = 1.0,
         fg_weight: float = 1.0,
         dice_weight: float = 0.0,
+        dropout: float = 0.5,
         region_map_backend: str = "auto",
         output_stride: int = 8,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
@@ -250,6 +253,9 @@ class QGNet(PretrainedMixin, nn.Module):
         if isinstance(dice_weight, bool) or not float(dice_weight) >= 0 or not math.isfinite(float(dice_weight)):
             raise ValueError(f"`dice_weight` must be a finite number >= 0, got {dice_weight!r}")
         self.dice_weight = float(dice_weight)
+        if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         for name, part in (("guided_map", guided_map), ("prior_map", prior_map), ("decoder", decoder)):
             if part is not None and not isinstance(part, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
@@ -282,14 +288,14 @@ class QGNet(PretrainedMixin, nn.Module):
             self.prior_extractor = self._build_prior(prior_backbone, prior_weights, output_stride,
                                                      prior_mean, prior_std)
             prior_c = self._prior_channels()
-            self.down_bridge = _down(high_c, channels)
-            self.down_prior = _down(prior_c, channels)
+            self.down_bridge = _down(high_c, channels, self.dropout)
+            self.down_prior = _down(prior_c, channels, self.dropout)
         elif any(v is not None for v in (prior_backbone, prior_weights, prior_mean, prior_std)):
             raise ValueError("`prior_backbone` / `prior_weights` / `prior_mean` / `prior_std` given with "
                              "use_prior=False (the ablation has no prior extractor)")
 
-        self.query_head = _mid_head(low_c + mid_c, channels)
-        self.support_head = _mid_head(low_c + mid_c, channels)
+        self.query_head = _mid_head(low_c + mid_c, channels, self.dropout)
+        self.support_head = _mid_head(low_c + mid_c, channels, self.dropout)
         self.decoder = (
             FEMDecoder(channels=channels, n_maps=2 if self.use_prior else 1, bins=bins, num_classes=2)
             if decoder is None
@@ -345,6 +351,7 @@ class QGNet(PretrainedMixin, nn.Module):
             "aux_weight": self.aux_weight,
             "fg_weight": self.fg_weight,
             "dice_weight": self.dice_weight,
+            "dropout": self.dropout,
             "output_stride": int(output_stride),
             "region_map_backend": g.backend,
             "max_chunk_bytes": g.max_chunk_bytes,

@@ -35,6 +35,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "aux_weight": 1.0,
     "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
     "dice_weight": 0.0,  # weight of a soft Dice loss on the main prediction (0 = the paper's loss)
+    "dropout": 0.5,  # Dropout2d after the heads and the prior projections (the paper's 0.5)
     "output_stride": 8,
     "region_map_backend": "auto",
     "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,  # region-map ops: memory bound of one similarity tile
@@ -49,7 +50,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
 
 #: Keys of the config ``model`` section, each an argument of :class:`QGNet`.
 MODEL_KEYS = ("backbone", "prior_backbone", "pretrained", "weights", "prior_weights", "use_prior", "bins",
-              "channels", "aux_weight", "fg_weight", "dice_weight", "output_stride", "region_map_backend", "max_chunk_bytes",
+              "channels", "aux_weight", "fg_weight", "dice_weight", "dropout", "output_stride", "region_map_backend", "max_chunk_bytes",
               "eps", "mean", "std", "prior_mean", "prior_std")
 
 #: Keys that configure the prior extractor: ignored (None) when ``use_prior`` is false, so one
@@ -132,7 +133,7 @@ def qgnet_kwargs(model_cfg: Mapping | None = None, **overrides: Any) -> dict[str
     kwargs: dict[str, Any] = {k: m[k] for k in (*MODEL_KEYS, *PART_KEYS) if k in m}
     # the casts the engine's build_model always made (config values may come as e.g. YAML ints for floats)
     for key, cast in (("pretrained", bool), ("use_prior", bool), ("bins", tuple), ("channels", int),
-                      ("aux_weight", float), ("fg_weight", float), ("dice_weight", float), ("output_stride", int)):
+                      ("aux_weight", float), ("fg_weight", float), ("dice_weight", float), ("dropout", float), ("output_stride", int)):
         if key in kwargs:
             kwargs[key] = cast(kwargs[key])
     if not kwargs.get("use_prior", True):
