@@ -5,6 +5,7 @@ Not a test: run it by hand and paste the tables into ``benchmarks/RESULTS.md``::
     OMP_NUM_THREADS=1 python3 benchmarks/profile_cpu.py loader --episodes 16
     OMP_NUM_THREADS=1 python3 benchmarks/profile_cpu.py pretrain --steps 4
     OMP_NUM_THREADS=1 python3 benchmarks/profile_cpu.py workers --episodes 32
+    OMP_NUM_THREADS=1 python3 benchmarks/profile_cpu.py step --steps 2
 
 ``loader``: cProfile of ``PascalFewShot`` train episodes (synthetic data in the PASCAL
 layout, the paper's 473 train transform) and their collation, in the main process;
@@ -12,7 +13,9 @@ the time is split into stages by the cumulative time of the functions that own t
 ``pretrain``: cProfile of a tiny ``pretrain()`` run (``resnet10t``, 320 px images, 96 px views, batch 4,
 ``num_workers=0``, the old ``PretrainConfig`` default): data (superpixels, two-view augment),
 model forward / backward. ``workers``: wall time of the train loader at 0, 1, 2, ...
-workers (up to the machine's cores).
+workers (up to the machine's cores). ``step``: torch.profiler of the real-images preset's training
+step (``test_bench_real_images.py``'s model, 224 px, stride 16, batch 8), the plain model beside the
+library's (channels_last, the prior sharing the backbone's features): the operators by self CPU time.
 """
 
 from __future__ import annotations
@@ -163,9 +166,43 @@ def profile_pretrain(steps: int) -> None:
     print("\n".join(_top(stats)))
 
 
+def profile_step(steps: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from fewshot_priors.data import collate_episodes
+    from test_bench_real_images import BATCH, SIZE, STRIDE, real_images_episodes, real_images_model
+
+    batch = collate_episodes(real_images_episodes(BATCH, BATCH))
+    for name, fast in (("plain", False), ("library", True)):
+        model = real_images_model(fast).train()
+        opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            loss = model(batch["query_image"], batch["support_images"], batch["support_masks"],
+                         query_mask=batch["query_mask"])["loss"]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # warm-up
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        wall = (time.perf_counter() - t0) / steps
+        print(f"### real-images training step, {name}: Lite0, {SIZE} px, stride {STRIDE}, batch {BATCH}, "
+              f"{wall:.2f} s per step (profiled), torch threads {torch.get_num_threads()}\n")
+        rows = ["| operator | self CPU s per step | share |", "|---|---:|---:|"]
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        for e in events:
+            rows.append(f"| `{e.key}` | {e.self_cpu_time_total / 1e6 / steps:.3f} | {e.self_cpu_time_total / total:.0%} |")
+        print("\n".join(rows) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["loader", "workers", "pretrain"])
+    parser.add_argument("what", choices=["loader", "workers", "pretrain", "step"])
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args(argv)
@@ -174,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_loader(args.episodes)
     elif args.what == "workers":
         profile_workers(args.episodes)
+    elif args.what == "step":
+        profile_step(args.steps)
     else:
         profile_pretrain(args.steps)
     return 0

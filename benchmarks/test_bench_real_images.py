@@ -21,7 +21,7 @@ from conftest import run_benchmark
 SIZE, BATCH, STRIDE = 224, 8, 16
 
 
-def _model(fast: bool):
+def real_images_model(fast: bool):
     qg = pytest.importorskip("fewshot_priors.models.qgnet")
     bb = pytest.importorskip("fewshot_priors.models.backbone")
     torch.manual_seed(0)
@@ -35,7 +35,7 @@ def _model(fast: bool):
     return model
 
 
-def _episodes(n_photos: int, n_episodes: int):
+def real_images_episodes(n_photos: int, n_episodes: int):
     g = torch.Generator().manual_seed(0)
     photos = torch.rand(n_photos, 3, SIZE, SIZE, generator=g)
     masks = (torch.rand(n_photos, SIZE, SIZE, generator=g) > 0.7).long()
@@ -48,10 +48,10 @@ def _episodes(n_photos: int, n_episodes: int):
 def test_real_images_train_step(benchmark, device, impl):
     if device.type != "cpu":
         pytest.skip("the CPU preset's step; test_bench_models.py times the GPU one")
-    model = _model(fast=impl == "library").train()
+    model = real_images_model(fast=impl == "library").train()
     from fewshot_priors.data import collate_episodes
 
-    batch = collate_episodes(_episodes(BATCH, BATCH))
+    batch = collate_episodes(real_images_episodes(BATCH, BATCH))
     opt = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
 
     def step():
@@ -74,8 +74,8 @@ def test_real_images_evaluation(benchmark, device, impl):
         pytest.skip("the CPU preset's evaluation")
     from fewshot_priors.engine.evaluate import evaluate
 
-    model = _model(fast=impl == "library").eval()
-    episodes = _episodes(10, 40)
+    model = real_images_model(fast=impl == "library").eval()
+    episodes = real_images_episodes(10, 40)
 
     def run():
         return evaluate(model, episodes, class_ids=[1], batch_size=BATCH, progress=False,
