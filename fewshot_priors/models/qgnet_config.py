@@ -44,12 +44,15 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "std": None,
     "prior_mean": None,
     "prior_std": None,
+    # the region maps in the decoder's order: registered names or {"type", "name", "kwargs"} entries
+    # (fewshot_priors.models.region_maps); null: the paper's ["guided", "prior"] (["guided"] without the prior)
+    "region_maps": None,
 }
 
 #: Keys of the config ``model`` section, each an argument of :class:`QGNet`.
 MODEL_KEYS = ("backbone", "prior_backbone", "pretrained", "weights", "prior_weights", "use_prior", "bins",
               "channels", "aux_weight", "fg_weight", "output_stride", "region_map_backend", "max_chunk_bytes",
-              "eps", "mean", "std", "prior_mean", "prior_std")
+              "eps", "mean", "std", "prior_mean", "prior_std", "region_maps")
 
 #: Keys that configure the prior extractor: ignored (None) when ``use_prior`` is false, so one
 #: config serves the model with and without the prior.
@@ -93,8 +96,25 @@ def check_model_values(model_cfg: Mapping, where: str = "") -> None:
             error = f"{name} must be an integer >= 1 (bytes), got {value!r}"
         elif key in ("mean", "std", "prior_mean", "prior_std"):
             error = stats_error(name, value)
+        elif key == "region_maps":
+            error = _region_maps_error(name, value)
         if error is not None:
             raise ValueError(where + error)
+
+
+def _region_maps_error(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be ``model.region_maps`` (null, or a non-empty list of registered names
+    or ``{"type": name, "name": key, "kwargs": {...}}`` entries), or None. The names are checked
+    against the registry when the model is built."""
+    def entry_ok(e: Any) -> bool:
+        if isinstance(e, str):
+            return True
+        return (isinstance(e, Mapping) and isinstance(e.get("type"), str) and set(e) <= {"type", "name", "kwargs"}
+                and isinstance(e.get("name", ""), str) and isinstance(e.get("kwargs", {}), Mapping))
+    if value is None or (isinstance(value, (list, tuple)) and value and all(entry_ok(e) for e in value)):
+        return None
+    return (f"{name} must be null (the paper's guided + prior maps) or a non-empty list of region map names "
+            f"or {{type, name, kwargs}} entries, like ['guided', 'prior']; got {value!r}")
 
 
 def _section(model_cfg: Mapping | None) -> dict[str, Any]:
