@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import nn
 
-from fewshot_priors.ops._checks import (
+from fewshot_priors.ops.checks import (
     IGNORE_INDEX,
     check_float,
     check_same,
@@ -85,7 +85,7 @@ def check_dtype_device(model: nn.Module, name: str, images: torch.Tensor) -> Non
 def warn_ignore_only_masks(masks: torch.Tensor) -> None:
     """Warn about support masks with no foreground but some 255: most likely a 0/255
     binary image, whose 255 means "ignore" here (so the shot would be silently empty).
-    The ops' one check, :func:`fewshot_priors.ops._checks.warn_ignore_only`, under the name
+    The ops' one check, :func:`fewshot_priors.ops.checks.warn_ignore_only`, under the name
     ``support_masks``; :func:`check_inputs` runs it through ``clean_mask``."""
     warn_ignore_only("support_masks", masks)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_eps
+from .checks import check_eps
 from .contrastive import REDUCTIONS, InfoNCEResult, check_temperature, info_nce
 from .pooling import masked_average_pool
 from .region_maps import guided_region_map, prior_region_map
