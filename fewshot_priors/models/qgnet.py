@@ -53,6 +53,7 @@ from fewshot_priors.models.protocols import PriorEncoderSource
 from fewshot_priors.models.qgnet_config import check_model_values, qgnet_kwargs
 from fewshot_priors.models.region_maps import (
     PRIOR_INPUTS,
+    SHIPPED,
     build_region_maps,
     check_region_map,
     region_map_entry,
@@ -96,11 +97,6 @@ class FrozenModule(nn.Module):
                 f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}"
             )
         return out
-
-
-#: The declaration of a module passed as ``guided_map=`` / ``prior_map=`` without one: the
-#: shipped map's call signature and one channel.
-SLOT_INPUTS = {"guided": (("query", "support", "support_mask"), 1), "prior": (("bridge", "prior"), 1)}
 
 
 def _timm_architecture(module: nn.Module) -> str | None:
@@ -292,9 +288,10 @@ class QGNet(PretrainedMixin, nn.Module):
             region_maps = ["guided", "prior"] if self.use_prior else ["guided"]
             region_maps = {name: name if slots[name] is None else slots[name] for name in region_maps}
         maps = build_region_maps(region_maps, self._map_options)
+        # a guided_map= / prior_map= module without a declaration is called as the shipped map it replaces
         self._map_io = {
             key: check_region_map(key, m, self.use_prior,
-                                  SLOT_INPUTS[key] if m is slots.get(key) else None)
+                                  (SHIPPED[key].consumes, SHIPPED[key].out_channels) if m is slots.get(key) else None)
             for key, m in maps.items()
         }
         if self.use_prior and not any(PRIOR_INPUTS & set(consumes) for consumes, _ in self._map_io.values()):

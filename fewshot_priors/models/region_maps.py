@@ -127,7 +127,7 @@ def create_region_map(name: str, **kwargs: Any) -> nn.Module:
     return cls(**kwargs)
 
 
-def map_config(module: nn.Module) -> dict[str, Any] | str:
+def _map_config(module: nn.Module) -> dict[str, Any] | str:
     """The constructor arguments that rebuild ``module`` (a registered map), or why there are none."""
     get_config = getattr(module, "get_config", None)
     if callable(get_config):
@@ -236,7 +236,7 @@ def region_map_entry(key: str, module: nn.Module, options: Mapping[str, Any]) ->
     if kind in SHIPPED:
         kwargs = {k: v for k, v in module.get_config().items() if options.get(k) != v}
     else:
-        kwargs = map_config(module)
+        kwargs = _map_config(module)
         if isinstance(kwargs, str):
             raise ValueError(f"the region map {key!r} cannot be rebuilt from a config: {kwargs}")
     if key == kind and not kwargs:
