@@ -1,8 +1,8 @@
 """Input validation of a QGNet call (shapes, dtypes, devices, and optional value checks).
 
 Shape / dtype / device checks read only metadata and always run. Value checks read
-tensor values (a host-device synchronisation on GPU): they run unless turned off,
-globally with :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled`
+tensor values (a host-device synchronisation on GPU): they run unless turned off, in the
+current thread or task with :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled`
 or per call with ``QGNet.forward(..., check_inputs=False)``.
 """
 
@@ -31,12 +31,12 @@ UNIT_RANGE_TOL = 1e-3
 
 
 def resolve_check_inputs(check_inputs: bool | None) -> bool:
-    """Per-call switch of the value checks: ``None`` -> the global flag
+    """Per-call switch of the value checks: ``None`` -> the context's switch
     (:func:`~fewshot_priors.ops.checks_enabled`), else the bool given."""
     if check_inputs is None:
         return checks_enabled()
     if not isinstance(check_inputs, bool):
-        raise TypeError(f"`check_inputs` must be True, False or None (the global flag), got {check_inputs!r}")
+        raise TypeError(f"`check_inputs` must be True, False or None (the context's switch), got {check_inputs!r}")
     return check_inputs
 
 

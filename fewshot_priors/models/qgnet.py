@@ -469,8 +469,8 @@ class QGNet(PretrainedMixin, nn.Module):
         ``ValueError`` naming the argument otherwise), except under ``torch.autocast``. The
         value checks (image range, mask values, 0/255 warnings) read tensor values, i.e.
         synchronise with the GPU; ``check_inputs=False`` turns them off for this call,
-        :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled` globally
-        (``check_inputs=None``, the default, follows the global flag; ``True`` forces them
+        :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled` in the current
+        thread or task (``check_inputs=None``, the default, follows that switch; ``True`` forces them
         on). Shape / dtype / device checks always run. An empty batch (``B = 0``)
         gives empty outputs of the shapes below (and a zero ``loss``).
 
