@@ -43,9 +43,6 @@ from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
 __all__ = ["REGION_MAP_INPUTS", "build_region_maps", "check_region_map", "create_region_map", "list_region_maps",
            "region_map_entry", "region_map_name", "register_region_map"]
 
-#: The tensors a region map may consume (``consumes``), with their shapes. ``C`` is the
-#: backbone's high-level width, ``channels`` QGNet's width (256); the maps run in float32
-#: (or the features' dtype if wider), outside autocast.
 REGION_MAP_INPUTS: dict[str, str] = {
     "query": "B, C, h, w: the query's high-level backbone features",
     "support": "B, K, C, hs, ws: the supports' high-level backbone features (of the masked mid level)",
@@ -55,6 +52,9 @@ REGION_MAP_INPUTS: dict[str, str] = {
     "query_feat": "B, channels, h, w: the query's mid-level feature (the decoder's input)",
     "prototype": "B, channels: the support prototype (the category guider)",
 }
+"""The tensors a region map may consume (its ``consumes``), with their shapes. ``C`` is the
+backbone's high-level width, ``channels`` QGNet's width (256); the maps run in float32 (or the
+features' dtype if wider), outside autocast."""
 
 #: The inputs that exist only with ``use_prior=True``.
 PRIOR_INPUTS = frozenset({"bridge", "prior"})
