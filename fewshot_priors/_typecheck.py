@@ -66,10 +66,10 @@ class ConfigKey:
             error = type_error(name, value, self.default)
             if error is not None:
                 return error
-        if self.min is not None and not (value is None and self.default is None):
-            if not is_int(value) or value < self.min:
-                null = " or null" if self.default is None else ""
-                return f"{name} must be an integer >= {self.min}{null}, got {value!r}"
+        optional = value is None and self.default is None
+        if self.min is not None and not optional and (not is_int(value) or value < self.min):
+            null = " or null" if self.default is None else ""
+            return f"{name} must be an integer >= {self.min}{null}, got {value!r}"
         if self.path and value is not None and not isinstance(value, (str, os.PathLike)):
             return f"{name} must be a file path or null, got {value!r} ({type(value).__name__})"
         return None if self.rule is None else self.rule(name, value)

@@ -24,7 +24,7 @@ from fewshot_priors.models import (
 )
 from fewshot_priors.ops import GuidedRegionMap, PriorRegionMap
 
-TINY = dict(backbone="test_resnet", bins=(6, 3, 2, 1), channels=16)
+TINY = {"backbone": "test_resnet", "bins": (6, 3, 2, 1), "channels": 16}
 
 
 def _episode(b=2, k=2, h=33, w=33, seed=0):
@@ -141,7 +141,12 @@ def test_prototype_cosine_map_trains_on_the_synthetic_data(tmp_path):
     weights for the new channel move."""
     from torch.utils.data import DataLoader
 
-    from fewshot_priors.data import PascalFewShot, PascalOptions, collate_episodes, generate_synthetic_dataset
+    from fewshot_priors.data import (
+        PascalFewShot,
+        PascalOptions,
+        collate_episodes,
+        generate_synthetic_dataset,
+    )
 
     root = generate_synthetic_dataset(tmp_path, num_classes=4, images_per_class=8, image_size=48,
                                       min_pixels=100, progress=False)

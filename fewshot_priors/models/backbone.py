@@ -44,8 +44,8 @@ from torch import nn
 from .._progress import import_timm
 from .._typecheck import type_error
 from .._validate import is_int
-from .download import check_timm_download
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
+from .download import check_timm_download
 from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
 timm = import_timm()  # ``import timm`` minus tqdm's notebook warning (see fewshot_priors._progress)

@@ -46,8 +46,8 @@ from torch import nn
 from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
-from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
+from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.fem import FEMDecoder
 from fewshot_priors.models.protocols import PriorEncoderSource
 from fewshot_priors.models.qgnet_config import check_model_values, qgnet_kwargs
@@ -302,12 +302,12 @@ class QGNet(PretrainedMixin, nn.Module):
     @property
     def guided_map(self) -> nn.Module | None:
         """The ``"guided"`` region map (``None`` without one)."""
-        return self.region_maps["guided"] if "guided" in self.region_maps else None
+        return self.region_maps["guided"] if "guided" in self.region_maps else None  # noqa: SIM401 (a ModuleDict)
 
     @property
     def prior_map(self) -> nn.Module | None:
         """The ``"prior"`` region map (``None`` without one, e.g. with ``use_prior=False``)."""
-        return self.region_maps["prior"] if "prior" in self.region_maps else None
+        return self.region_maps["prior"] if "prior" in self.region_maps else None  # noqa: SIM401 (a ModuleDict)
 
     @property
     def region_map_backend(self) -> str | None:

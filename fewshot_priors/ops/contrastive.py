@@ -10,7 +10,6 @@ from torch import nn
 
 from .checks import check_float, check_rank, check_same
 
-
 #: The ``reduction`` values of :func:`info_nce`.
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -25,7 +25,6 @@ from .contrastive import REDUCTIONS, InfoNCEResult, check_temperature, info_nce
 from .pooling import masked_average_pool
 from .region_maps import guided_region_map, prior_region_map
 from .similarity import DEFAULT_MAX_CHUNK_BYTES, check_backend, check_max_chunk_bytes
-
 from .superpixel_pool import POOL_MODES, check_num_segments, superpixel_pool
 
 __all__ = ["GuidedRegionMap", "InfoNCELoss", "MaskedAveragePool", "PriorRegionMap", "SuperpixelPool"]
