@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ._validate import is_int
 
-__all__ = ["ConfigKey", "stats_error", "type_error"]
+__all__ = ["ConfigKey", "positive_error", "stats_error", "type_error"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,11 @@ def type_error(name: str, value: Any, default: Any) -> str | None:
     if ok:
         return None
     return f"{name} must be a {type(default).__name__} (like {default!r}), got {value!r} ({type(value).__name__})"
+
+
+def positive_error(name: str, value: Any) -> str | None:
+    """Why the number ``value`` cannot be the value of a key that must be > 0, or None."""
+    return None if value > 0 else f"{name} must be > 0, got {value!r}"
 
 
 def stats_error(name: str, value: Any) -> str | None:

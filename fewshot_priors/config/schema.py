@@ -14,11 +14,12 @@ what a resumed run may do with it (``resume``). :data:`DEFAULTS`, :func:`validat
 (:func:`resume_changes`), the ``config.json`` check of ``save_pretrained`` folders (the
 ``model`` section) and ``fewshot-priors configs --keys`` all read these declarations.
 
-To add a key, add one line to its section below, e.g.::
+To add a key, add one line to its section of :data:`SCHEMA` (``K`` is ``ConfigKey``), e.g.::
 
-    "warmup_steps": ConfigKey(0, "linear LR warm-up steps", min=0),
-    "optimizer": ConfigKey("sgd", "the optimiser", choices=("sgd", "adamw")),
-    "val_root": ConfigKey(None, "a separate validation dataset", path=True, resume="warn"),
+    "warmup_steps": K(0, "linear LR warm-up steps", min=0),
+    "optimizer": K("sgd", "the optimiser", choices=("sgd", "adamw")),
+    "val_root": K(None, "a separate validation dataset", path=True, resume="warn"),
+    "log_images": K(False, "log sample predictions", resume=FREE),
 
 (a non-``None`` default fixes the type; a ``None`` default accepts null), then read it where it
 takes effect and add that consumer to ``tests/test_config_consumers.py``. The shipped presets
@@ -33,7 +34,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._typecheck import ConfigKey, stats_error
+from .._typecheck import ConfigKey, positive_error, stats_error
 from .._validate import is_int
 from ..data.coco import SPLIT_STYLES
 from ..data.workers import resolve_num_workers
@@ -68,10 +69,6 @@ def _workers_error(name: str, value: Any) -> str | None:
     except (TypeError, ValueError) as err:
         return f"{name}: {err}"
     return None
-
-
-def _positive(name: str, value: Any) -> str | None:
-    return None if value > 0 else f"{name} must be > 0, got {value!r}"
 
 
 def _non_negative_or_null(name: str, value: Any) -> str | None:
@@ -122,7 +119,7 @@ SCHEMA: dict[str, dict[str, ConfigKey]] = {
         "epochs": K(200, "training epochs", min=1),
         "max_steps": K(None, "stop early (the LR schedule still spans `epochs`)", min=1, resume=FREE),
         "batch_size": K(4, "episodes per step", min=1),
-        "lr": K(0.025, "effective learning rate (PFENet: base 0.0025 x 10)", rule=_positive),
+        "lr": K(0.025, "effective learning rate (PFENet: base 0.0025 x 10)", rule=positive_error),
         "momentum": K(0.9, "SGD momentum"),
         "weight_decay": K(1e-4, "SGD weight decay"),
         "poly_power": K(0.9, "power of the poly LR schedule"),

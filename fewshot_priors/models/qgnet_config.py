@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from .._typecheck import ConfigKey, stats_error
+from .._typecheck import ConfigKey, positive_error, stats_error
 from ..constants import DEFAULT_MAX_CHUNK_BYTES
 from ..ops.similarity import BACKENDS
 
@@ -33,10 +33,6 @@ def _name_error(name: str, value: Any) -> str | None:
     if isinstance(value, (bool, int, float, list, tuple, Mapping)):
         return f"{name} must be a timm model name or null, got {value!r} ({type(value).__name__})"
     return None
-
-
-def _positive_error(name: str, value: Any) -> str | None:
-    return None if value > 0 else f"{name} must be > 0, got {value!r}"
 
 
 def _region_maps_error(name: str, value: Any) -> str | None:
@@ -77,7 +73,7 @@ MODEL_SPEC: dict[str, ConfigKey] = {
     "region_map_backend": ConfigKey("auto", "backend of the region-map ops", choices=tuple(BACKENDS)),
     "max_chunk_bytes": ConfigKey(DEFAULT_MAX_CHUNK_BYTES, "region-map ops: memory bound of one similarity tile "
                                  "(bytes)", min=1),
-    "eps": ConfigKey(1e-7, "region-map ops: cosine-similarity and min-max epsilon", rule=_positive_error),
+    "eps": ConfigKey(1e-7, "region-map ops: cosine-similarity and min-max epsilon", rule=positive_error),
     "mean": ConfigKey(None, "supervised backbone: " + _NORMALISATION, rule=stats_error),
     "std": ConfigKey(None, "supervised backbone: " + _NORMALISATION, rule=stats_error),
     "prior_mean": ConfigKey(None, "prior extractor: " + _NORMALISATION, rule=stats_error),
