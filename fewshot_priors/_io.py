@@ -5,7 +5,8 @@ Each file is written to ``.<name>.<writer pid>-<random>.tmp`` next to it, flushe
 then moved into place with ``os.replace``. Several files are written together: every
 temporary file first, then the renames in order. Used by the checkpoints
 (:mod:`fewshot_priors.engine.checkpoint`, which also cleans up the temporary files of
-killed writers), ``save_pretrained`` and the prior-extractor export.
+killed writers), ``save_pretrained``, the prior-extractor export, the dataset index cache
+and the superpixel-cache manifest: the one atomic write of the package.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import IGNORE_INDEX
-from .ops._checks import check_float, check_rank
+from .ops.checks import check_float, check_rank
 
 __all__ = ["TABLE7_THRESHOLDS", "RecallMeter", "recall_counts", "region_map_recall"]
 

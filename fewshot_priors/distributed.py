@@ -41,7 +41,6 @@ __all__ = [
     "concat_all_gather",
     "dist_info",
     "init_distributed",
-    "is_main_process",
     "shard_indices",
     "world_size",
 ]
@@ -69,11 +68,6 @@ def dist_info() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
-
-
-def is_main_process() -> bool:
-    """True on rank 0 (and in a single process)."""
-    return dist_info().is_main
 
 
 def world_size() -> int:

@@ -399,10 +399,10 @@ def test_shared_constants_are_defined_once():
     assert not stale, f"CONSTANT_COPIES_PENDING lists modules that no longer copy a constant: {stale}"
     from fewshot_priors import constants
     from fewshot_priors.data import transforms
-    from fewshot_priors.ops import _checks
+    from fewshot_priors.ops import checks
 
     assert transforms.PFENET_PAD_COLOUR is constants.IMAGENET_MEAN == (0.485, 0.456, 0.406)
-    assert _checks.IGNORE_INDEX == constants.IGNORE_INDEX == 255
+    assert checks.IGNORE_INDEX == constants.IGNORE_INDEX == 255
 
 
 # ----------------------------------------------------------------------------- the checker catches violations

@@ -53,6 +53,10 @@ def test_resolve_shots_is_the_one_rule():
     ("data.shots=0", "data.shots must be an integer >= 1"),
     ("model.max_chunk_bytes=0", "model.max_chunk_bytes must be an integer >= 1"),
     ("study.figure_episodes=-1", "study.figure_episodes"),
+    ("experiment.output_dir=[1, 2]", "experiment.output_dir must be a file path or null"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("train.batch_size=0", "train.batch_size must be an integer >= 1"),
+    ("data.num_workers=-1", "data.num_workers"),
 ])
 def test_schema_rejects_bad_values_naming_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -110,3 +114,34 @@ def test_python_m_config_lists_and_the_zoo_module_is_importable():
     from fewshot_priors.config import zoo
 
     assert zoo.fraction_bins(96) == [12, 6, 3, 1] and zoo.zoo_bins(473) == [60, 30, 15, 8]
+
+
+def test_every_key_is_one_declaration_that_every_reader_uses():
+    """SCHEMA declares each key once; DEFAULTS, the resume sets, choices and the key listing derive from it."""
+    import inspect
+
+    from fewshot_priors.config import SCHEMA, choices, describe_keys, schema
+    from fewshot_priors.models.qgnet_config import MODEL_DEFAULTS, MODEL_SPEC
+
+    assert SCHEMA["model"] is MODEL_SPEC and DEFAULTS["model"] == MODEL_DEFAULTS
+    assert {s: set(v) for s, v in SCHEMA.items()} == {s: set(v) for s, v in DEFAULTS.items()}
+    assert all(spec.help for keys in SCHEMA.values() for spec in keys.values())
+    assert len(describe_keys()) == sum(map(len, SCHEMA.values()))
+    assert ("data", "root") in schema.RESUME_PATH_KEYS and ("train", "log_every") in schema.RESUME_FREE_KEYS
+    assert all((s, k) in schema.RESUME_FREE_KEYS for s in ("eval", "study") for k in SCHEMA[s])
+    assert choices("data", "split_style") == ("interleaved", "contiguous") and choices("train", "lr") is None
+    assert "importlib" not in inspect.getsource(schema)
+    # a resume refuses a declared key that changes what is trained, warns for a moved path, ignores the free ones
+    old = load_config()
+    new = load_config(None, {"train.lr": 0.5, "data.root": "elsewhere", "train.log_every": 3, "eval.seed": 1})
+    assert schema.resume_changes(old, new) == (["train.lr: 0.025 -> 0.5"], ["data.root: 'data' -> 'elsewhere'"])
+
+
+def test_cli_lists_the_declared_keys():
+    r = subprocess.run([sys.executable, "-m", "fewshot_priors", "configs", "--keys"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == sum(map(len, DEFAULTS.values()))
+    assert "train.lr = 0.025  effective learning rate (PFENet: base 0.0025 x 10)" in lines
+    assert any(line.startswith("model.region_map_backend = 'auto'") and "one of auto, chunked" in line for line in lines)

@@ -169,6 +169,7 @@ MODEL_EFFECTS = {
     "std": lambda: _model(std=[0.5, 0.5, 0.5]).backbone.std == (0.5, 0.5, 0.5),
     "prior_mean": lambda: _model(prior_mean=[0.5, 0.5, 0.5]).prior_extractor.mean == (0.5, 0.5, 0.5),
     "prior_std": lambda: _model(prior_std=[0.5, 0.5, 0.5]).prior_extractor.std == (0.5, 0.5, 0.5),
+    "region_maps": lambda: list(_model(region_maps=["prior", "guided"]).region_maps) == ["prior", "guided"],
 }
 
 # ----------------------------------------------------------------------------- data: real effects

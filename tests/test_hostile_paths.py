@@ -13,7 +13,7 @@ import fewshot_priors.engine.build as build_mod
 from fewshot_priors.app.cli import main
 from fewshot_priors.config import load_config
 from fewshot_priors.engine.preflight import check_run_inputs
-from fewshot_priors.models._download import check_timm_download, network_available
+from fewshot_priors.models.download import check_timm_download, network_available
 
 
 @pytest.fixture

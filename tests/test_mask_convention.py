@@ -2,7 +2,7 @@
 
 255 means "ignore" in this library, so a 0/255 binary image is an all-ignore mask: the map
 is all zeros and the prototype zero. Every public op and module that takes a mask warns
-(one shared check, ``fewshot_priors.ops._checks.warn_ignore_only``), naming the argument
+(one shared check, ``fewshot_priors.ops.checks.warn_ignore_only``), naming the argument
 and the convention, unless the value checks are off.
 """
 

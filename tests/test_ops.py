@@ -536,7 +536,7 @@ def test_region_map_modules_name_bad_arguments_at_construction(cls, kwargs, matc
 def test_clean_mask_value_check_per_call_wins_over_the_global_flag():
     """check_values=True/False decides for this call only; None follows fewshot_priors.set_checks."""
     from fewshot_priors.ops import checks_disabled, checks_enabled
-    from fewshot_priors.ops._checks import clean_mask
+    from fewshot_priors.ops.checks import clean_mask
 
     bad = torch.tensor([[0.0, 3.0]])
     assert torch.equal(clean_mask("m", bad, check_values=False), bad)
@@ -607,3 +607,26 @@ def test_max_chunk_bytes_is_checked_where_it_enters():
 
     assert DEFAULTS["model"]["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES
     assert fp.QGNet.__init__.__kwdefaults__["max_chunk_bytes"] == fp.ops.DEFAULT_MAX_CHUNK_BYTES
+
+
+def test_the_value_check_switch_is_context_local():
+    """``set_checks`` / ``checks_disabled`` set a ContextVar: another thread keeps its own setting,
+    a copied context keeps the value it was copied with, and the block restores the previous one."""
+    import contextvars
+    import threading
+
+    import fewshot_priors as fp
+
+    seen = {}
+    with fp.checks_disabled():
+        worker = threading.Thread(target=lambda: seen.update(thread=fp.checks_enabled()))
+        worker.start()
+        worker.join()
+        seen["block"] = fp.checks_enabled()
+        copied = contextvars.copy_context()
+    assert seen == {"thread": True, "block": False} and fp.checks_enabled()
+    assert copied.run(fp.checks_enabled) is False
+    copied.run(fp.set_checks, True)
+    assert copied.run(fp.checks_enabled) is True
+    with pytest.raises(TypeError, match="enabled"):
+        fp.set_checks("off")

@@ -588,13 +588,14 @@ def test_per_call_check_inputs_switch(tiny):
 
 def test_support_mask_is_cleaned_once(tiny, monkeypatch):
     from fewshot_priors.models import checks
-    from fewshot_priors.ops import _checks, pooling, region_maps
+    from fewshot_priors.ops import checks as op_checks
+    from fewshot_priors.ops import pooling, region_maps
 
     seen = []
 
     def counting(name, mask, **kwargs):
         seen.append(name)
-        return _checks.clean_mask(name, mask, **kwargs)
+        return op_checks.clean_mask(name, mask, **kwargs)
 
     for module in (checks, pooling, region_maps):
         monkeypatch.setattr(module, "clean_mask", counting)

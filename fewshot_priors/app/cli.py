@@ -130,7 +130,7 @@ def _add_config_arg(p: argparse.ArgumentParser, required: bool = True,
 
 def _add_set_arg(p: argparse.ArgumentParser, example: str = "train.lr=0.01") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help=f"override one config value (any key of the files `fewshot-priors configs` lists; "
+                   help=f"override one config value (any key `fewshot-priors configs --keys` lists; "
                         f"repeat for more), e.g. --set {example}")
 
 
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rows (<dataset>/<backbone>_<size>_fold<k>), the demo presets (demo/full, "
                                    "demo/quick) and the real-images presets. An alias is listed with the config it "
                                    "names (`demo -> demo/full`).")
+    p.add_argument("--keys", action="store_true",
+                   help="list every config key instead: its default, what it does, its choices or range")
 
     p = _add_subparser(sub, "train", help="train QGNet from a config",
                        description="Episodic training (SGD, poly LR, the paper's augmentation) with TensorBoard + "
@@ -331,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_configs(args) -> int:
     import yaml
 
-    from fewshot_priors.config import available_configs, resolve_config_path
+    from fewshot_priors.config import available_configs, describe_keys, resolve_config_path
+
+    if args.keys:
+        print("\n".join(describe_keys()))
+        return 0
 
     for name in available_configs():
         content = yaml.safe_load(resolve_config_path(name).read_text(encoding="utf-8")) or {}

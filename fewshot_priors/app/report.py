@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
+
 __all__ = ["MapAUC", "MapRecall", "ablation_markdown", "episode_rows", "figure_episodes", "gains_markdown",
            "paired_gains", "pct", "predictors", "results_markdown", "spread", "summarize"]
 
@@ -72,7 +74,7 @@ class MapAUC:
         if out.get("prior_map") is not None:
             maps["prior_map (1-p)"] = 1 - upsample_map(out["prior_map"], label.shape[-2:]).cpu()
         for i in range(label.shape[0]):
-            valid = label[i] != 255
+            valid = label[i] != IGNORE_INDEX
             if bool(valid.any()):
                 self.fg_share.append(float((label[i][valid] == 1).double().mean()))
             for name, m in maps.items():

@@ -6,8 +6,8 @@ every key and its default). Config files only need the keys they change; they ar
 merged over the defaults. Unknown keys and wrongly typed values are rejected with an
 error naming the key.
 
-* :mod:`~fewshot_priors.config.schema`: :data:`DEFAULTS`, choices, :func:`validate`,
-  :func:`resolve_shots`.
+* :mod:`~fewshot_priors.config.schema`: :data:`SCHEMA` (one declaration per key: default,
+  help, choices or range, path, resume), :data:`DEFAULTS`, :func:`validate`, :func:`resolve_shots`.
 * :mod:`~fewshot_priors.config.loading`: YAML files with ``_base_``, shipped names,
   ``section.key=value`` overrides, :func:`load_config`, :func:`save_config`.
 * :mod:`~fewshot_priors.config.zoo`: the paper's table rows (``python -m fewshot_priors.config --generate``).
@@ -31,9 +31,11 @@ from .loading import (
 )
 from .schema import (
     DEFAULTS,
+    SCHEMA,
     ConfigError,
     check_data_keys,
     choices,
+    describe_keys,
     merge,
     resolve_shots,
     validate,
@@ -53,6 +55,7 @@ from .zoo import (
 __all__ = [
     "CONFIG_DIR",
     "DEFAULTS",
+    "SCHEMA",
     "ZOO_BACKBONES",
     "ZOO_DATASETS",
     "ZOO_PRIOR_BACKBONE",
@@ -62,6 +65,7 @@ __all__ = [
     "available_configs",
     "check_data_keys",
     "choices",
+    "describe_keys",
     "fraction_bins",
     "generate_zoo",
     "load_config",

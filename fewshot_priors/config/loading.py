@@ -21,6 +21,7 @@ import yaml
 
 from .schema import (
     DEFAULTS,
+    SCHEMA,
     ConfigError,
     _unknown,
     merge,
@@ -72,10 +73,11 @@ def _parse_value(text: str) -> Any:
 def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``["train.lr=0.01"]`` or ``{"train.lr": 0.01}`` -> ``{"train": {"lr": 0.01}}`` (values parsed as YAML).
 
-    Deprecated keys are moved (with a warning); unknown sections and keys are refused.
+    Unknown sections and keys (not in :data:`~fewshot_priors.config.schema.SCHEMA`) are refused,
+    naming the close matches; the values are checked by :func:`~fewshot_priors.config.schema.validate`.
 
     Raises:
-        ConfigError: a malformed override, an unknown key, or an old and a new key that disagree.
+        ConfigError: a malformed override or an unknown section or key.
     """
     if not overrides:
         return {}
@@ -94,10 +96,10 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> dict
         if len(parts) != 2:
             raise ConfigError(f"override key {dotted!r} must be section.key (e.g. train.lr)")
         section, key = parts
-        if section not in DEFAULTS:
-            raise _unknown(section, DEFAULTS, "section ")
-        if key not in DEFAULTS[section]:
-            raise _unknown(key, DEFAULTS[section], f"{section}.")
+        if section not in SCHEMA:
+            raise _unknown(section, SCHEMA, "section ")
+        if key not in SCHEMA[section]:
+            raise _unknown(key, SCHEMA[section], f"{section}.")
         tree.setdefault(section, {})[key] = value
     return tree
 

@@ -1,10 +1,29 @@
-"""The config schema: every section and key with its default, the allowed choices and ranges,
-and :func:`validate` -- the one place where a config tree is checked.
+"""The config schema: every section and key declared once, and :func:`validate` -- the one
+place where a config tree is checked.
 
 Sections: ``experiment`` (name, output folder, seed, device), ``data`` (dataset, folds, K),
-``model`` (QGNet, read by :func:`fewshot_priors.models.factory.create_qgnet`), ``train``,
-``eval``, ``pretrain`` (self-supervised prior extractor, :func:`fewshot_priors.engine.pretrain.pretrain`)
-and ``study`` (settings only the demo and the real-images study read).
+``model`` (QGNet, declared in :mod:`fewshot_priors.models.qgnet_config`, read by
+:func:`fewshot_priors.models.factory.create_qgnet`), ``train``, ``eval``, ``pretrain``
+(self-supervised prior extractor, :func:`fewshot_priors.engine.pretrain.pretrain`) and
+``study`` (settings only the demo and the real-images study read).
+
+Each key is one :class:`~fewshot_priors._typecheck.ConfigKey` in :data:`SCHEMA`: its default,
+help text, choices or lower bound (``min``), an extra ``rule``, whether it is a ``path`` and
+what a resumed run may do with it (``resume``). :data:`DEFAULTS`, :func:`validate`, the
+``--set`` parser (:func:`~fewshot_priors.config.loading.parse_overrides`), the resume check
+(:func:`resume_changes`), the ``config.json`` check of ``save_pretrained`` folders (the
+``model`` section) and ``fewshot-priors configs --keys`` all read these declarations.
+
+To add a key, add one line to its section of :data:`SCHEMA` (``K`` is ``ConfigKey``), e.g.::
+
+    "warmup_steps": K(0, "linear LR warm-up steps", min=0),
+    "optimizer": K("sgd", "the optimiser", choices=("sgd", "adamw")),
+    "val_root": K(None, "a separate validation dataset", path=True, resume="warn"),
+    "log_images": K(False, "log sample predictions", resume=FREE),
+
+(a non-``None`` default fixes the type; a ``None`` default accepts null), then read it where it
+takes effect and add that consumer to ``tests/test_config_consumers.py``. The shipped presets
+(``configs/demo/*.yaml``, ``configs/real_images/*.yaml``) list every key, so add it there too.
 """
 
 from __future__ import annotations
@@ -15,15 +34,25 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._typecheck import stats_error, type_error
+from .._typecheck import ConfigKey, positive_error, stats_error
 from .._validate import is_int
-from ..models.qgnet_config import MODEL_DEFAULTS, check_model_values
+from ..constants import OPTIMIZERS, VAL_SPLITS
+from ..data.coco import SPLIT_STYLES
+from ..data.workers import resolve_num_workers
+from ..models.qgnet_config import MODEL_SPEC
+from ..models.weights import MOCO_ENCODERS
+from ..ops.superpixel_pool import POOL_MODES
+from ..ssl.moco import HEAD_NORMS, SHUFFLE_BN_MODES
+from ..ssl.queue import QUEUE_INITS
+from ..ssl.superpixels import METHODS as SUPERPIXEL_METHODS
 
 __all__ = [
     "DEFAULTS",
+    "SCHEMA",
     "ConfigError",
     "check_data_keys",
     "choices",
+    "describe_keys",
     "merge",
     "resolve_shots",
     "resume_changes",
@@ -35,199 +64,198 @@ class ConfigError(ValueError):
     """A config file, name, key or value is invalid (the message says which)."""
 
 
-#: Every accepted key with its default. ``None`` defaults accept any value of the
-#: documented type; other defaults fix the type (ints are accepted for floats).
-DEFAULTS: dict[str, dict[str, Any]] = {
+def _workers_error(name: str, value: Any) -> str | None:
+    try:
+        resolve_num_workers(value)
+    except (TypeError, ValueError) as err:
+        return f"{name}: {err}"
+    return None
+
+
+def _non_negative_or_null(name: str, value: Any) -> str | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        return f"{name} must be a number >= 0 or null, got {value!r}"
+    return None
+
+
+K = ConfigKey
+FREE = "free"  # a resumed run may change the key (it does not change what is trained)
+
+#: Every section and key, declared once. Sections ``eval`` and ``study`` never change what a run
+#: trains, so a resume may change all their keys.
+SCHEMA: dict[str, dict[str, ConfigKey]] = {
     "experiment": {
-        "name": "qgnet",
-        "output_dir": None,  # default: runs/<name>
-        "seed": 321,
-        "device": "auto",  # auto | cpu | cuda | cuda:N (train, eval and pretrain)
-        # QGNet in channels_last memory format (engine.build_model): on a CPU the frozen backbones'
-        # depthwise and dilated convolutions run ~1.3-1.7x faster; results move in the last digits
-        "channels_last": False,
+        "name": K("qgnet", "run name (default output folder: runs/<name>)", resume=FREE),
+        "output_dir": K(None, "output folder (null: runs/<name>)", path=True, resume=FREE),
+        "seed": K(321, "seed of everything"),
+        "device": K("auto", "auto | cpu | cuda | cuda:N (train, eval and pretrain)", resume=FREE),
+        "channels_last": K(False, "QGNet in channels_last memory format (engine.build_model): on a CPU the frozen "
+                           "backbones' depthwise and dilated convolutions run faster; results move in the last "
+                           "digits", resume=FREE),
     },
     "data": {
-        "dataset": "pascal",  # pascal | coco | folder
-        "root": "data",  # pascal: folder holding VOC2012/; coco: the COCO 2014 root; folder: class folders
-        "fold": 0,
-        "shots": 1,  # K support images per training / validation episode
-        "image_size": 473,
-        "split_style": "interleaved",  # coco only: interleaved | contiguous
-        "train_episodes": None,  # None: one episode per eligible (image, class) pair
-        "val_episodes": 1000,  # periodic validation subset (fixed seed)
-        # share of the training classes held back from training as validation classes
-        # (train.val_split: train_classes); 0 = every training class trains
-        "val_class_ratio": 0.0,
-        "test_episodes": 5000,  # PASCAL 5000, COCO 20000
-        "scale_range": [0.9, 1.1],
-        # training crops: resize the longer side to image_size first (TrainTransform.resize_long);
-        # null = on for `folder` (photos of any size), off for pascal/coco (PFENet's recipe)
-        "train_resize_long": None,
-        "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
-        "num_workers": "auto",  # int >= 0, or "auto" = min(CPU cores, 8)
-        "num_classes": None,  # pascal layout only (e.g. the synthetic data): number of foreground classes
-        "fold_classes": None,  # held-out classes: ids 1..N (pascal, coco); folder names or ids (folder)
-        "num_folds": None,  # pascal: folds of num_classes (default 4); folder: seeded folds over classes
-        "test_ratio": None,  # folder: share of classes held out per seeded fold (default 0.2)
-        "min_class_images": None,  # folder: seeded folds only over classes with >= N images
-        "split_seed": None,  # folder: seed of the class split (default experiment.seed)
-        "min_model_pixels": None,  # folder: foreground px a pair keeps at image_size (default 1)
+        "dataset": K("pascal", "pascal | coco | folder (or a registered dataset)"),
+        "root": K("data", "pascal: folder holding VOC2012/; coco: the COCO 2014 root; folder: class folders",
+                  path=True, resume="warn"),
+        "fold": K(0, "held-out fold"),
+        "shots": K(1, "K support images per training / validation episode", min=1),
+        "image_size": K(473, "training / evaluation image size", min=1),
+        "split_style": K("interleaved", "coco only: the class split of the folds", choices=SPLIT_STYLES),
+        "train_episodes": K(None, "null: one episode per eligible (image, class) pair", min=1),
+        "val_episodes": K(1000, "periodic validation subset (fixed seed)", min=1),
+        "val_class_ratio": K(0.0, "share of the training classes held back from training as validation classes "
+                             "(train.val_split: train_classes); 0 = every training class trains"),
+        "test_episodes": K(5000, "evaluation episodes (PASCAL 5000, COCO 20000)", min=1, resume=FREE),
+        "scale_range": K([0.9, 1.1], "random scale range of the training augmentation"),
+        "train_resize_long": K(None, "training crops: resize the longer side to image_size first (null: on for "
+                               "folder, off for pascal / coco, PFENet's recipe)"),
+        "min_pixels": K(2048, "an (image, class) pair is eligible if the class covers >= this many pixels"),
+        "num_workers": K("auto", "data-loader workers: int >= 0, or auto = min(CPU cores, 8)",
+                         typed=False, rule=_workers_error, resume=FREE),
+        "num_classes": K(None, "pascal layout only (e.g. the synthetic data): number of foreground classes"),
+        "fold_classes": K(None, "held-out classes: ids 1..N (pascal, coco); folder names or ids (folder)"),
+        "num_folds": K(None, "pascal: folds of num_classes (default 4); folder: seeded folds over classes"),
+        "test_ratio": K(None, "folder: share of classes held out per seeded fold (default 0.2)"),
+        "min_class_images": K(None, "folder: seeded folds only over classes with >= N images"),
+        "split_seed": K(None, "folder: seed of the class split (default experiment.seed)"),
+        "min_model_pixels": K(None, "folder: foreground pixels a pair keeps at image_size (default 1)"),
     },
-    "model": dict(MODEL_DEFAULTS),  # QGNet's settings: defined (and checked) in models/qgnet_config.py
+    "model": MODEL_SPEC,
     "train": {
-        "epochs": 200,
-        "max_steps": None,  # stop early (the LR schedule still spans `epochs`)
-        "min_steps": 0,  # at least this many optimiser steps: more whole epochs on tiny data
-        "batch_size": 4,
-        "lr": 0.025,  # effective LR (PFENet: base 0.0025 x 10)
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "poly_power": 0.9,
-        "optimizer": "sgd",  # sgd (PFENet: SGD with momentum) | adamw (lr ~1e-3, weight_decay ~1e-2)
-        "warmup_steps": 0,  # linear warm-up of the LR over the first steps, then the poly schedule
-        "grad_clip": None,  # max gradient norm, None = off
-        "amp": True,  # bf16 autocast on CUDA (ignored on CPU)
-        "val_every": 1,  # epochs between validations (0 = never)
-        # what validates (and selects the `best` checkpoint): test = the held-out test classes (the
-        # PFENet lineage's protocol: it selects on the test split); train_classes = the classes
-        # data.val_class_ratio holds back from training (never a test class)
-        "val_split": "test",
-        "ckpt_every_steps": None,  # extra `last` checkpoints inside an epoch
-        "log_every": 10,
-        # value checks of the model's inputs inside the training step (they synchronise with the
-        # GPU; fewshot_priors.set_checks); the datasets' items are valid, so off by default
-        "check_inputs": False,
+        "epochs": K(200, "training epochs", min=1),
+        "max_steps": K(None, "stop early (the LR schedule still spans `epochs`)", min=1, resume=FREE),
+        "min_steps": K(0, "at least this many optimiser steps: more whole epochs on tiny data", min=0),
+        "batch_size": K(4, "episodes per step", min=1),
+        "lr": K(0.025, "effective learning rate (PFENet: base 0.0025 x 10)", rule=positive_error),
+        "momentum": K(0.9, "SGD momentum"),
+        "weight_decay": K(1e-4, "SGD weight decay"),
+        "poly_power": K(0.9, "power of the poly LR schedule"),
+        "optimizer": K("sgd", "sgd (PFENet: SGD with momentum) | adamw (lr ~1e-3, weight_decay ~1e-2)",
+                       choices=OPTIMIZERS),
+        "warmup_steps": K(0, "linear warm-up of the LR over the first steps, then the poly schedule", min=0),
+        "grad_clip": K(None, "max gradient norm (null: off)"),
+        "amp": K(True, "bf16 autocast on CUDA (ignored on CPU)"),
+        "val_every": K(1, "epochs between validations (0 = never)", min=0),
+        "val_split": K("test", "what validates and selects the `best` checkpoint: test = the held-out test classes "
+                       "(the PFENet lineage's protocol: it selects on the test split); train_classes = the classes "
+                       "data.val_class_ratio holds back from training (never a test class)", choices=VAL_SPLITS),
+        "ckpt_every_steps": K(None, "extra `last` checkpoints inside an epoch", min=1, resume=FREE),
+        "log_every": K(10, "steps between log lines", min=1, resume=FREE),
+        "check_inputs": K(False, "value checks of the model's inputs inside the training step (they synchronise "
+                          "with the GPU; the datasets' items are valid, so off by default)", resume=FREE),
     },
     "eval": {
-        "shots": None,  # None: data.shots
-        "episodes": None,  # None: data.test_episodes
-        "seed": 321,
-        "batch_size": 1,
+        "shots": K(None, "K of the evaluation episodes (null: data.shots)", min=1, resume=FREE),
+        "episodes": K(None, "evaluation episodes (null: data.test_episodes)", min=1, resume=FREE),
+        "seed": K(321, "seed of the evaluation episodes", resume=FREE),
+        "batch_size": K(1, "episodes per evaluation batch", min=1, resume=FREE),
     },
     "pretrain": {
         # self-supervised GlobalLocalMoCo pretraining of the prior extractor (engine/pretrain.py);
         # output folder, seed and device come from `experiment`
-        "images": None,  # a folder of images, a .txt list of paths, or a list of paths
+        "images": K(None, "a folder of images, a .txt list of paths, or a list of paths", resume="warn"),
         # model
-        "backbone": "resnet50",
-        "backbone_kwargs": {},  # e.g. {"output_stride": 8}
-        "weights": None,  # initial encoder weights (a local file, e.g. ImageNet); null: random init
-        "mean": None,  # input normalisation of the encoder (null: the weights file's, else timm's cfg)
-        "std": None,
-        "dim": 128,
-        "queue_size": 65536,
-        "local_queue_size": 65536,
-        "queue_init": "random",  # random (MoCo) | empty (only real keys are negatives)
-        "cap_queues": False,  # shorten queues longer than one epoch of keys
-        "moco_momentum": 0.999,
-        "temperature": 0.2,
-        "global_weight": 1.0,
-        "local_weight": 1.0,
-        "mlp_hidden": None,
-        "head_norm": "none",
-        "max_patches": 32,
-        "pool_mode": "area",
-        "shuffle_bn": "auto",
-        "bn_splits": 2,
+        "backbone": K("resnet50", "timm name of the encoder"),
+        "backbone_kwargs": K({}, "timm keyword arguments of the encoder, e.g. {output_stride: 8}"),
+        "weights": K(None, "initial encoder weights (a local file, e.g. ImageNet); null: random init", path=True),
+        "mean": K(None, "input normalisation of the encoder (null: the weights file's, else timm's cfg)",
+                  rule=stats_error),
+        "std": K(None, "input normalisation of the encoder (null: the weights file's, else timm's cfg)",
+                 rule=stats_error),
+        "dim": K(128, "embedding dimension of the projection heads", min=1),
+        "queue_size": K(65536, "global negatives queue length", min=1),
+        "local_queue_size": K(65536, "local (superpixel) negatives queue length", min=1),
+        "queue_init": K("random", "random (MoCo) | empty (only real keys are negatives)", choices=QUEUE_INITS),
+        "cap_queues": K(False, "shorten queues longer than one epoch of keys"),
+        "moco_momentum": K(0.999, "momentum of the key encoder"),
+        "temperature": K(0.2, "InfoNCE temperature"),
+        "global_weight": K(1.0, "weight of the global contrastive loss"),
+        "local_weight": K(1.0, "weight of the local (superpixel) contrastive loss"),
+        "mlp_hidden": K(None, "hidden width of the projection heads (null: the encoder's width)", min=1),
+        "head_norm": K("none", "normalisation inside the projection heads", choices=HEAD_NORMS),
+        "max_patches": K(32, "superpixel patches per image", min=1),
+        "pool_mode": K("area", "how features are pooled per superpixel", choices=POOL_MODES),
+        "shuffle_bn": K("auto", "shuffle BN of the key encoder", choices=SHUFFLE_BN_MODES),
+        "bn_splits": K(2, "BN splits of the split shuffle", min=1),
         # superpixels + views
-        "superpixel_method": "slic",  # slic | felzenszwalb
-        "superpixel_backend": "auto",
-        "n_segments": 64,
-        "compactness": 10.0,
-        "scale": 100.0,
-        "sigma": 0.8,
-        "min_size": 50,
-        "min_area": 0,
-        "view_min_area": 4,
-        "size": 224,
-        "cache_dir": None,
-        "build_cache": False,
-        "cache_workers": 0,
+        "superpixel_method": K("slic", "slic | felzenszwalb", choices=SUPERPIXEL_METHODS),
+        "superpixel_backend": K("auto", "superpixel implementation (auto: the fastest available)"),
+        "n_segments": K(64, "slic: number of segments", min=1),
+        "compactness": K(10.0, "slic: compactness"),
+        "scale": K(100.0, "felzenszwalb: scale"),
+        "sigma": K(0.8, "smoothing before segmentation"),
+        "min_size": K(50, "felzenszwalb: minimum segment size", min=0),
+        "min_area": K(0, "minimum superpixel area in pixels", min=0),
+        "view_min_area": K(4, "minimum superpixel area kept in a view", min=0),
+        "size": K(224, "side of the training views", min=1),
+        "cache_dir": K(None, "superpixel cache folder", path=True, resume="warn"),
+        "build_cache": K(False, "build the superpixel cache before training", resume=FREE),
+        "cache_workers": K(0, "processes that build the superpixel cache", min=0, resume=FREE),
         # optimisation
-        "batch_size": 256,
-        "epochs": 200,
-        "max_steps": None,
-        "lr": None,  # None: 0.03 * batch_size / 256 (0: the encoder stays at its init, a control run)
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "warmup_steps": 0,
-        "amp": True,
-        "num_workers": "auto",  # superpixels + views are made in the workers
-        "log_every": 10,
+        "batch_size": K(256, "images per step", min=1),
+        "epochs": K(200, "pretraining epochs", min=1),
+        "max_steps": K(None, "stop early (the LR schedule still spans `epochs`)", min=1, resume=FREE),
+        "lr": K(None, "null: 0.03 * batch_size / 256 (0: the encoder stays at its init, a control run)",
+                rule=_non_negative_or_null),
+        "momentum": K(0.9, "SGD momentum"),
+        "weight_decay": K(1e-4, "SGD weight decay"),
+        "warmup_steps": K(0, "linear LR warm-up steps", min=0),
+        "amp": K(True, "bf16 autocast on CUDA (ignored on CPU)"),
+        "num_workers": K("auto", "data-loader workers (they make the superpixels and views): int >= 0 or auto",
+                         typed=False, rule=_workers_error, resume=FREE),
+        "log_every": K(10, "steps between log lines", min=1, resume=FREE),
         # collapse diagnostics (ssl diagnostics), logged under diag/ and probe/
-        "diag_every": 0,
-        "probe_root": None,
-        "probe_every": 0,
-        "probe_size": None,
-        "probe_k": 20,
-        "probe_train_fraction": 0.5,
-        "probe_max_images": None,
-        "ckpt_every_steps": None,
-        "export_path": None,
-        "export_encoder": "key",  # key (momentum encoder, as the official QGNet) | query
+        "diag_every": K(0, "steps between collapse diagnostics (0 = never)", min=0, resume=FREE),
+        "probe_root": K(None, "labelled folder dataset of the kNN probe", path=True, resume="warn"),
+        "probe_every": K(0, "steps between kNN probes (0 = before and after only)", min=0, resume=FREE),
+        "probe_size": K(None, "image side of the probe (null: size)", min=1, resume=FREE),
+        "probe_k": K(20, "k of the kNN probe", min=1, resume=FREE),
+        "probe_train_fraction": K(0.5, "share of the probe images that are kNN training images", resume=FREE),
+        "probe_max_images": K(None, "at most this many probe images", min=1, resume=FREE),
+        "ckpt_every_steps": K(None, "extra `last` checkpoints inside an epoch", min=1, resume=FREE),
+        "export_path": K(None, "where the prior extractor is exported (null: in the output folder)", path=True,
+                         resume=FREE),
+        "export_encoder": K("key", "key (momentum encoder, as the official QGNet) | query",
+                            choices=tuple(MOCO_ENCODERS)),
     },
     "study": {
         # read only by the demo (fewshot_priors/app/demo.py) and the real-images study
         # (fewshot_priors/app/real_images.py); train / eval / pretrain ignore this section
-        "num_classes": 12,  # demo: classes of the generated dataset
-        "images_per_class": 40,  # demo: images per class of the generated dataset
-        "ablation": False,  # demo: also train the random-prior and no-prior models (Table 7 recall)
-        "figure_episodes": 4,  # Fig. 5 rows per K
-        "train_min_pixels": None,  # real-images: eligibility of training pairs (None: data.min_pixels)
-        # real-images: the compared models (fewshot_priors.app.real_images.VARIANTS); the ImageNet-prior
-        # variants need pretrain.weights and are left out without it
-        "variants": ["qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
-                     "qgnet_without_prior"],
+        "num_classes": K(12, "demo: classes of the generated dataset", min=1, resume=FREE),
+        "images_per_class": K(40, "demo: images per class of the generated dataset", min=1, resume=FREE),
+        "ablation": K(False, "demo: also train the random-prior and no-prior models (Table 7 recall)", resume=FREE),
+        "figure_episodes": K(4, "Fig. 5 rows per K", min=0, resume=FREE),
+        "train_min_pixels": K(None, "real-images: eligibility of training pairs (null: data.min_pixels)", min=1,
+                              resume=FREE),
+        "variants": K(["qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
+                       "qgnet_without_prior"], "real-images: the compared models (the ImageNet-prior variants "
+                      "need pretrain.weights and are left out without it)", resume=FREE),
     },
 }
 
-#: Keys whose value may be any of several types (beyond None defaults).
-_FREE_KEYS = {
-    ("data", "fold_classes"), ("data", "num_classes"), ("data", "train_episodes"), ("model", "prior_backbone"),
-    ("data", "train_resize_long"), ("pretrain", "num_workers"),
-    ("model", "weights"), ("model", "prior_weights"), ("data", "num_workers"), ("train", "max_steps"), ("train", "grad_clip"),
-    ("train", "ckpt_every_steps"), ("experiment", "output_dir"), ("eval", "shots"), ("eval", "episodes"),
-    ("pretrain", "images"), ("pretrain", "mlp_hidden"), ("pretrain", "lr"),
-    ("pretrain", "max_steps"), ("pretrain", "cache_dir"), ("pretrain", "probe_root"), ("pretrain", "probe_size"),
-    ("pretrain", "probe_max_images"), ("pretrain", "ckpt_every_steps"), ("pretrain", "export_path"),
-    ("study", "train_min_pixels"), ("pretrain", "weights"),
+#: Every accepted key with its default (read from :data:`SCHEMA`).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    section: {key: copy.deepcopy(spec.default) for key, spec in keys.items()} for section, keys in SCHEMA.items()
 }
 
-#: Per-channel RGB statistics of the input normalisation: null or three numbers (std > 0).
-#: (the model's are checked by models.qgnet_config.check_model_values, with the same rule)
-_STATS_KEYS = ("pretrain.mean", "pretrain.std")
-
-#: Fixed choices of string keys.
-_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("data", "split_style"): ("interleaved", "contiguous"),
-    ("pretrain", "superpixel_method"): ("slic", "felzenszwalb"),
-    ("pretrain", "queue_init"): ("random", "empty"),
-    ("train", "optimizer"): ("sgd", "adamw"),
-    ("train", "val_split"): ("test", "train_classes"),
-}
-
-#: Choices defined by the layer that uses them: (module, attribute). Imported only when a
-#: value differs from its default (the modules load torch; the default is always valid).
-_IMPORTED_CHOICES: dict[tuple[str, str], tuple[str, str]] = {
-    ("model", "region_map_backend"): ("fewshot_priors.ops.similarity", "BACKENDS"),
-    ("pretrain", "pool_mode"): ("fewshot_priors.ops.superpixel_pool", "POOL_MODES"),
-    ("pretrain", "shuffle_bn"): ("fewshot_priors.ssl.moco", "SHUFFLE_BN_MODES"),
-    ("pretrain", "head_norm"): ("fewshot_priors.ssl.moco", "HEAD_NORMS"),
-    ("pretrain", "export_encoder"): ("fewshot_priors.models.weights", "MOCO_ENCODERS"),
-}
+#: Keys a resumed run may change without a word (``resume="free"``): they do not change what is
+#: trained (where the run is written, how often it logs or checkpoints, where this call stops,
+#: workers, evaluation-only and monitoring settings).
+RESUME_FREE_KEYS = frozenset((s, k) for s, keys in SCHEMA.items() for k, spec in keys.items() if spec.resume == FREE)
+#: Path keys a resumed run may change, with a warning (``resume="warn"``): the files may have moved
+#: (what they hold is the user's responsibility; the schedule check still catches another number of items).
+RESUME_PATH_KEYS = frozenset((s, k) for s, keys in SCHEMA.items() for k, spec in keys.items() if spec.resume == "warn")
 
 
 def choices(section: str, key: str) -> tuple[str, ...] | None:
     """The allowed values of ``section.key``, or None if it is not a choice key."""
-    if (section, key) in _CHOICES:
-        return _CHOICES[(section, key)]
-    if (section, key) in _IMPORTED_CHOICES:
-        import importlib
+    spec = SCHEMA.get(section, {}).get(key)
+    return None if spec is None else spec.choices
 
-        module, attr = _IMPORTED_CHOICES[(section, key)]
-        return tuple(getattr(importlib.import_module(module), attr))
-    return None
+
+def describe_keys() -> list[str]:
+    """One line per key, ``section.key = default  help [notes]`` (``fewshot-priors configs --keys``)."""
+    return [spec.describe(f"{section}.{key}") for section, keys in SCHEMA.items() for key, spec in keys.items()]
 
 
 # --------------------------------------------------------------------------- merging / validation
@@ -251,29 +279,6 @@ def _unknown(key: str, valid: Iterable[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where}{key!r}.{hint} Valid keys here: {', '.join(valid)}")
 
 
-#: Keys a resumed run may change without a word: they do not change what is trained (where
-#: the run is written, how often it logs or checkpoints, where this call stops, workers,
-#: evaluation-only and monitoring settings).
-RESUME_FREE_KEYS = frozenset({
-    ("experiment", "name"), ("experiment", "output_dir"), ("experiment", "device"), ("experiment", "channels_last"),
-    ("data", "num_workers"), ("data", "test_episodes"),
-    ("train", "max_steps"), ("train", "log_every"), ("train", "ckpt_every_steps"), ("train", "check_inputs"),
-    ("pretrain", "max_steps"), ("pretrain", "log_every"), ("pretrain", "ckpt_every_steps"),
-    ("pretrain", "num_workers"), ("pretrain", "export_path"), ("pretrain", "build_cache"),
-    ("pretrain", "cache_workers"), ("pretrain", "diag_every"), ("pretrain", "probe_every"),
-    ("pretrain", "probe_size"), ("pretrain", "probe_k"), ("pretrain", "probe_train_fraction"),
-    ("pretrain", "probe_max_images"),
-})
-#: Path keys a resumed run may change, with a warning: the files may have moved (what they hold
-#: is the user's responsibility; the schedule check still catches another number of items).
-RESUME_PATH_KEYS = frozenset({
-    ("data", "root"), ("model", "weights"), ("model", "prior_weights"), ("pretrain", "images"),
-    ("pretrain", "probe_root"), ("pretrain", "cache_dir"),
-})
-#: Sections no run reads for its training (eval settings, the demo / study presets).
-_RESUME_FREE_SECTIONS = frozenset({"eval", "study"})
-
-
 def _comparable(value: Any) -> Any:
     """``value`` as the JSON sidecar of a checkpoint holds it (tuples are lists, paths strings)."""
     if isinstance(value, Mapping):
@@ -292,21 +297,22 @@ def resume_changes(old: Mapping, new: Mapping) -> tuple[list[str], list[str]]:
 
     Returns:
         ``(refused, moved)``: ``"section.key: old -> new"`` lines of the keys that change what
-        is trained (a resume must be refused), and of the path keys of
-        :data:`RESUME_PATH_KEYS` that differ (allowed, to be reported).
+        is trained (a resume must be refused), and of the keys declared ``resume="warn"``
+        (:data:`RESUME_PATH_KEYS`) that differ (allowed, to be reported).
     """
     refused, moved = [], []
     for section, values in new.items():
         old_values = old.get(section)
-        if section in _RESUME_FREE_SECTIONS or not isinstance(values, Mapping) or not isinstance(old_values, Mapping):
+        if section not in SCHEMA or not isinstance(values, Mapping) or not isinstance(old_values, Mapping):
             continue
         for key, value in values.items():
-            if key not in old_values or (section, key) in RESUME_FREE_KEYS:
+            spec = SCHEMA[section].get(key)
+            if key not in old_values or spec is None or spec.resume == FREE:
                 continue
             a, b = _comparable(old_values[key]), _comparable(value)
             if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
                 continue
-            (moved if (section, key) in RESUME_PATH_KEYS else refused).append(f"{section}.{key}: {a!r} -> {b!r}")
+            (moved if spec.resume == "warn" else refused).append(f"{section}.{key}: {a!r} -> {b!r}")
     return refused, moved
 
 
@@ -335,74 +341,30 @@ def resolve_shots(cfg: Mapping, purpose: str = "train", shots: int | None = None
 
 
 def validate(cfg: Mapping) -> dict:
-    """Check every key and value type of a full config.
+    """Check every key and value of a full config against :data:`SCHEMA`, then the ``data``
+    section against its dataset (:func:`check_data_keys`).
 
     Raises:
-        ConfigError: unknown section/key, wrong type, or a value outside its choices.
+        ConfigError: unknown section/key, wrong type, or a value outside its choices or range.
     """
     for section, values in cfg.items():
-        if section not in DEFAULTS:
-            raise _unknown(section, DEFAULTS, "section ")
+        if section not in SCHEMA:
+            raise _unknown(section, SCHEMA, "section ")
         if not isinstance(values, Mapping):
             raise ConfigError(f"config section {section!r} must be a mapping, got {type(values).__name__}")
         for key, value in values.items():
-            if key not in DEFAULTS[section]:
-                raise _unknown(key, DEFAULTS[section], f"{section}.")
-            default = DEFAULTS[section][key]
-            name = f"{section}.{key}"
-            if value != default:
-                allowed = choices(section, key)
-                if allowed is not None and value not in allowed:
-                    close = difflib.get_close_matches(str(value), allowed, n=1)
-                    hint = f" Did you mean {close[0]!r}?" if close else ""
-                    raise ConfigError(f"{name} must be one of {allowed}, got {value!r}.{hint}")
-            if default is None or (section, key) in _FREE_KEYS:
-                continue
-            error = type_error(name, value, default)
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                raise _unknown(key, SCHEMA[section], f"{section}.")
+            error = spec.error(f"{section}.{key}", value)
             if error is not None:
                 raise ConfigError(error)
-    try:
-        check_model_values(cfg.get("model", {}))  # the model rules beyond types (shared with config.json)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    c = cfg
-    check_data_keys(c["data"])
-    if c["train"]["batch_size"] < 1:
-        raise ConfigError(f"train.batch_size must be >= 1, got {c['train']['batch_size']}")
-    if c["train"]["lr"] <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {c['train']['lr']}")
-    if c["train"]["val_split"] == "train_classes" and c["train"]["val_every"] and not c["data"]["val_class_ratio"]:
+    check_data_keys(cfg["data"])
+    t = cfg["train"]
+    if t["val_split"] == "train_classes" and t["val_every"] and not cfg["data"]["val_class_ratio"]:
         raise ConfigError("train.val_split=train_classes validates on the training classes that data.val_class_ratio "
                           "holds back; set data.val_class_ratio (e.g. 0.2), or train.val_split=test")
-    from fewshot_priors.data.workers import (
-        resolve_num_workers,  # here: importing fewshot_priors.data loads torch
-    )
-
-    for name in ("data.num_workers", "pretrain.num_workers"):
-        section, key = name.split(".")
-        try:
-            resolve_num_workers(c[section][key])
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name}: {err}") from None
-    for name in ("pretrain.lr",):  # 0 is allowed: a frozen-encoder control run (tests/test_pretrain.py)
-        section, key = name.split(".")
-        v = c[section][key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-            raise ConfigError(f"{name} must be a number >= 0 or null, got {v!r}")
-    for name in _STATS_KEYS:
-        section, key = name.split(".")
-        error = stats_error(name, c[section][key])
-        if error is not None:
-            raise ConfigError(error)
-    for name, low, optional in _INT_RANGES:
-        section, key = name.split(".")
-        value = c[section][key]
-        if optional and value is None:
-            continue
-        if not is_int(value) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}{' or null' if optional else ''}, got {value!r}")
     return dict(cfg)
-
 
 
 def check_data_keys(data: Mapping) -> None:
@@ -418,27 +380,3 @@ def check_data_keys(data: Mapping) -> None:
     )
 
     check(data, error=ConfigError)
-
-
-#: Integer keys with a lower bound: (key, minimum, None allowed). A run of 0 epochs or
-#: steps would only write an untrained checkpoint; 0 shots or episodes score nothing.
-_INT_RANGES = (
-    ("train.epochs", 1, False), ("train.max_steps", 1, True), ("train.log_every", 1, False),
-    ("train.val_every", 0, False), ("train.ckpt_every_steps", 1, True), ("train.warmup_steps", 0, False), ("train.min_steps", 0, False),
-    ("data.image_size", 1, False), ("data.val_episodes", 1, False),
-    ("data.test_episodes", 1, False), ("data.train_episodes", 1, True),
-    ("eval.shots", 1, True), ("eval.episodes", 1, True), ("eval.batch_size", 1, False),
-    ("data.shots", 1, False), ("model.max_chunk_bytes", 1, False),
-    ("pretrain.dim", 1, False), ("pretrain.queue_size", 1, False), ("pretrain.local_queue_size", 1, False),
-    ("pretrain.mlp_hidden", 1, True), ("pretrain.max_patches", 1, False), ("pretrain.bn_splits", 1, False),
-    ("pretrain.n_segments", 1, False), ("pretrain.min_size", 0, False), ("pretrain.min_area", 0, False),
-    ("pretrain.view_min_area", 0, False), ("pretrain.size", 1, False), ("pretrain.cache_workers", 0, False),
-    ("pretrain.batch_size", 1, False), ("pretrain.epochs", 1, False), ("pretrain.max_steps", 1, True),
-    ("pretrain.warmup_steps", 0, False), ("pretrain.log_every", 1, False), ("pretrain.diag_every", 0, False),
-    ("pretrain.probe_every", 0, False), ("pretrain.probe_size", 1, True), ("pretrain.probe_k", 1, False),
-    ("pretrain.probe_max_images", 1, True), ("pretrain.ckpt_every_steps", 1, True),
-    ("study.num_classes", 1, False), ("study.images_per_class", 1, False), ("study.figure_episodes", 0, False),
-    ("study.train_min_pixels", 1, True),
-)
-
-

@@ -13,7 +13,7 @@ import numpy as np
 from .._validate import is_int
 from .episodes import DatasetOptions, EpisodicDataset
 from .index import Entry, ScanResult, scan_entries
-from .io import IGNORE_INDEX, DataLayoutError, read_binary_mask
+from .io import IGNORE_INDEX, IMAGE_EXTENSIONS, DataLayoutError, read_binary_mask
 from .registry import register_dataset
 
 FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
@@ -23,9 +23,6 @@ FOLDER_LAYOUT = """expected layout under root (FSS-1000 style):
   ... one folder per class; image and mask share the file stem"""
 
 _SPLIT_TAG = 99991  # separates the class-split stream from the episode streams
-
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,9 @@ class FolderOptions(DatasetOptions):
             when the episode seed changes so that train and val see the same split.
         min_model_pixels: minimum foreground pixels of an eligible pair after the
             resize to ``image_size`` (default 1: the object must not vanish).
-        image_ext: image file extension(s) to look for.
+        image_ext: image file extension(s) to look for (default: every format the readers
+            open, :data:`~fewshot_priors.data.io.IMAGE_EXTENSIONS`; a ``.png`` is an image
+            only when its mask has another extension).
         mask_ext: mask file extension.
     """
 
@@ -59,7 +58,7 @@ class FolderOptions(DatasetOptions):
     min_class_images: int | None = None
     split_seed: int | None = None
     min_model_pixels: int = 1
-    image_ext: str | tuple[str, ...] = IMAGE_EXTS
+    image_ext: str | tuple[str, ...] = IMAGE_EXTENSIONS
     mask_ext: str = ".png"
 
     _fold_classes_by_name: ClassVar[bool] = True
@@ -231,7 +230,7 @@ def class_folders(root: str | Path) -> list[Path]:
 
 
 def image_mask_pairs(
-    folder: str | Path, image_ext: str | Sequence[str] = IMAGE_EXTS, mask_ext: str = ".png"
+    folder: str | Path, image_ext: str | Sequence[str] = IMAGE_EXTENSIONS, mask_ext: str = ".png"
 ) -> list[tuple[Path, Path]]:
     """``(image, mask)`` candidates of a class folder, sorted by file name: every file with an
     ``image_ext`` extension (any case) and its ``<stem><mask_ext>``, which may not exist; a

@@ -17,6 +17,8 @@ from PIL import Image
 from .._images import DECODE_ERRORS, open_image, to_rgb8
 from ..constants import IGNORE_INDEX
 
+#: The image file extensions the readers open (lower case): the one list of the package (the
+#: folder datasets' default ``image_ext``, the unlabelled pretraining images, the probe folders).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from .io import IMAGE_EXTENSIONS
 
 
 def list_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..models._download import check_timm_download, network_available
+from ..models.download import check_timm_download, network_available
 
 __all__ = ["check_download", "check_paths", "check_run_inputs", "network_available"]
 
@@ -89,7 +89,7 @@ def check_paths(cfg: Mapping, kind: str = "train", *, resume: bool | str | os.Pa
 
 def check_download(cfg: Mapping) -> None:
     """Refuse ``model.pretrained=true`` at once when timm's weights are neither cached nor downloadable
-    (:func:`fewshot_priors.models._download.check_timm_download`).
+    (:func:`fewshot_priors.models.download.check_timm_download`).
 
     Raises:
         OSError: naming the model and the flags to use instead (a local weights file).

@@ -57,9 +57,9 @@ from ..ssl import (
     embedding_std,
     uniformity,
 )
+from ..ssl.probe import load_probe_set, probe_encoder
 from .loop import StepLoop, check_finite_loss, check_resume_config, check_schedule, resume_meta
 from .preflight import check_paths
-from .probe import load_probe_set, probe_encoder
 from .rundir import check_run_dir, prepare_run_dir
 from .runtime import Runtime, config_device, derive_seed
 

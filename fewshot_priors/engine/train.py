@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._validate import is_int
-from ..constants import IGNORE_INDEX
+from ..constants import IGNORE_INDEX, OPTIMIZERS
 from ..distributed import DistInfo, dist_info
 from ..ops import checks_disabled
 from .checkpoint import load_checkpoint
@@ -33,10 +33,6 @@ __all__ = ["OPTIMIZERS", "PLATEAU_RATIO", "BackgroundPlateauWarning", "check_pla
            "make_optimizer", "make_poly_scheduler", "plateau_message", "train"]
 
 # --------------------------------------------------------------------------- optimisation
-
-
-#: ``train.optimizer`` values.
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def make_optimizer(params, cfg_train: Mapping) -> torch.optim.Optimizer:

@@ -45,8 +45,8 @@ from torch import nn
 from .._progress import import_timm
 from .._typecheck import type_error
 from .._validate import is_int
-from ._download import check_timm_download
 from ._pretrained import BACKBONE_FORMAT, PretrainedMixin
+from .download import check_timm_download
 from .feature_cache import FeatureMemo
 from .weights import _check_moco_encoder, _norm_key, load_backbone_state_dict
 
@@ -551,7 +551,7 @@ def create_backbone(
             or weights that do not match the model.
         FileNotFoundError: ``weights`` does not exist.
         OSError: ``pretrained=True`` offline with the weights not in the local cache
-            (decided in seconds, :func:`fewshot_priors.models._download.check_timm_download`).
+            (decided in seconds, :func:`fewshot_priors.models.download.check_timm_download`).
         RuntimeError: ``pretrained=True`` could not download the weights.
     """
     name = _check_name(name)

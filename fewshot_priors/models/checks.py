@@ -1,8 +1,8 @@
 """Input validation of a QGNet call (shapes, dtypes, devices, and optional value checks).
 
 Shape / dtype / device checks read only metadata and always run. Value checks read
-tensor values (a host-device synchronisation on GPU): they run unless turned off,
-globally with :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled`
+tensor values (a host-device synchronisation on GPU): they run unless turned off, in the
+current thread or task with :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled`
 or per call with ``QGNet.forward(..., check_inputs=False)``.
 """
 
@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import nn
 
-from fewshot_priors.ops._checks import (
+from fewshot_priors.ops.checks import (
     IGNORE_INDEX,
     check_float,
     check_same,
@@ -31,12 +31,12 @@ UNIT_RANGE_TOL = 1e-3
 
 
 def resolve_check_inputs(check_inputs: bool | None) -> bool:
-    """Per-call switch of the value checks: ``None`` -> the global flag
+    """Per-call switch of the value checks: ``None`` -> the context's switch
     (:func:`~fewshot_priors.ops.checks_enabled`), else the bool given."""
     if check_inputs is None:
         return checks_enabled()
     if not isinstance(check_inputs, bool):
-        raise TypeError(f"`check_inputs` must be True, False or None (the global flag), got {check_inputs!r}")
+        raise TypeError(f"`check_inputs` must be True, False or None (the context's switch), got {check_inputs!r}")
     return check_inputs
 
 
@@ -85,7 +85,7 @@ def check_dtype_device(model: nn.Module, name: str, images: torch.Tensor) -> Non
 def warn_ignore_only_masks(masks: torch.Tensor) -> None:
     """Warn about support masks with no foreground but some 255: most likely a 0/255
     binary image, whose 255 means "ignore" here (so the shot would be silently empty).
-    The ops' one check, :func:`fewshot_priors.ops._checks.warn_ignore_only`, under the name
+    The ops' one check, :func:`fewshot_priors.ops.checks.warn_ignore_only`, under the name
     ``support_masks``; :func:`check_inputs` runs it through ``clean_mask``."""
     warn_ignore_only("support_masks", masks)
 

@@ -466,6 +466,10 @@ def to_official_state_dict(
         raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}")
     if (kind == "qgnet") != source.use_prior:
         raise ValueError(f"kind {kind!r} needs a QGNet with use_prior={kind == 'qgnet'}")
+    paper_maps = ["guided", "prior"] if source.use_prior else ["guided"]
+    if list(source.region_maps) != paper_maps or source.decoder.n_maps != len(paper_maps):
+        raise ValueError(f"the official naming holds the paper's region maps only ({paper_maps}), "
+                         f"this QGNet has {list(source.region_maps)}")
     prior = source.prior_extractor
     if prior is not None and not isinstance(prior, FrozenBackbone):
         raise ValueError("the prior extractor must be a timm FrozenBackbone to be written in the official naming")

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._validate import is_int
+
 __all__ = ["FeatureMemo"]
 
 
@@ -45,7 +47,7 @@ class FeatureMemo:
     """
 
     def __init__(self, max_items: int = 4096):
-        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+        if not is_int(max_items) or max_items < 1:
             raise ValueError(f"`max_items` must be an int >= 1, got {max_items!r}")
         self.max_items = max_items
         self.store: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()

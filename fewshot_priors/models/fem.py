@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
-from fewshot_priors.ops._checks import check_float, check_rank, check_same
+from fewshot_priors.ops.checks import check_float, check_rank, check_same
 
 from .._validate import is_int
 

@@ -22,11 +22,12 @@ Images enter the model as RGB in ``[0, 1]``; each backbone normalises them with 
 ``mean`` / ``std`` (from its weights or its timm ``pretrained_cfg``), so the supervised
 backbone and the prior extractor may expect different statistics.
 
-The model is composed from parts: ``backbone``, ``prior_extractor``, the region-map
-modules ``guided_map`` (:class:`~fewshot_priors.ops.GuidedRegionMap`) and ``prior_map``
-(:class:`~fewshot_priors.ops.PriorRegionMap`), and ``decoder`` (:class:`FEMDecoder`).
-Any of the last three can be replaced by a module with the same call signature (see
-:class:`QGNet`) without subclassing. :func:`~fewshot_priors.models.create_qgnet` builds
+The model is composed from parts: ``backbone``, ``prior_extractor``, the region maps
+(``region_maps``: by default ``"guided"``, :class:`~fewshot_priors.ops.GuidedRegionMap`, and
+``"prior"``, :class:`~fewshot_priors.ops.PriorRegionMap`) and ``decoder``
+(:class:`FEMDecoder`). The region maps are a list of modules that each declare what they
+consume and how many channels they give (:mod:`fewshot_priors.models.region_maps`); add a
+map, or replace one or the decoder, without subclassing. :func:`~fewshot_priors.models.create_qgnet` builds
 a QGNet from the config's ``model`` section; :meth:`QGNet.save_pretrained` /
 :meth:`QGNet.from_pretrained` share a trained model with its configuration.
 """
@@ -36,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +47,19 @@ from torch import nn
 from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
-from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.checks import check_inputs as validate_inputs
+from fewshot_priors.models.checks import resolve_check_inputs
 from fewshot_priors.models.fem import FEMDecoder
+from fewshot_priors.models.protocols import PriorEncoderSource
 from fewshot_priors.models.qgnet_config import check_model_values, qgnet_kwargs
-from fewshot_priors.ops.modules import GuidedRegionMap, PriorRegionMap
+from fewshot_priors.models.region_maps import (
+    PRIOR_INPUTS,
+    SHIPPED,
+    build_region_maps,
+    check_region_map,
+    region_map_entry,
+)
+from fewshot_priors.ops.modules import GuidedRegionMap
 from fewshot_priors.ops.pooling import masked_average_pool, resize_mask
 
 __all__ = ["FrozenModule", "QGNet", "soft_dice_loss"]
@@ -92,11 +101,7 @@ class FrozenModule(nn.Module):
 
 
 def _timm_architecture(module: nn.Module) -> str | None:
-    """timm name of a timm model, or of the ``encoder`` of a GlobalLocalMoCo-like wrapper."""
-    module = getattr(module, "module", module)  # DDP
-    name = getattr(module, "backbone_name", None)
-    if isinstance(name, str) and isinstance(getattr(module, "encoder", None), nn.Module):
-        return name
+    """timm name of a timm model (timm's ``pretrained_cfg`` and ``forward_features``)."""
     cfg = getattr(module, "pretrained_cfg", None)
     if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str) and hasattr(module, "forward_features"):
         return cfg["architecture"]
@@ -198,20 +203,28 @@ class QGNet(PretrainedMixin, nn.Module):
         max_chunk_bytes: memory budget of one similarity tile of the region-map ops
             (a positive int, default :data:`~fewshot_priors.ops.DEFAULT_MAX_CHUNK_BYTES`).
         eps: epsilon of the region maps' cosine and min-max normalisation.
-        guided_map: replaces the default ``GuidedRegionMap(region_map_backend,
-            max_chunk_bytes, eps)``. Called as ``guided_map(query, support, support_mask)``
-            with ``query`` ``B, C, h, w`` (the query's high-level backbone features),
-            ``support`` ``B, K, C, hs, ws`` (the supports' masked high-level features) and
-            ``support_mask`` a float ``B, K, H', W'`` mask in [0, 1] at the support image
-            size (255 already mapped to 0); returns ``B, 1, h, w``.
-        prior_map: replaces the default ``PriorRegionMap(...)`` (only with
-            ``use_prior=True``). Called as ``prior_map(bridge, prior)`` with ``bridge``
-            ``B, channels, h, w`` and ``prior`` ``B, channels, h', w'`` (the two 3x3
-            projections); returns ``B, 1, h, w``.
-        decoder: replaces the default ``FEMDecoder(channels, n_maps, bins)``. Called as
+        region_maps: the region maps, in the order the decoder sees them: a list of
+            modules, registered names (``"guided"``, ``"prior"``, yours) or
+            ``{"type": name, "name": key, "kwargs": {...}}`` entries, or a mapping key ->
+            one of those (see :func:`~fewshot_priors.models.region_maps.build_region_maps`).
+            Each module declares ``consumes`` (names of
+            :data:`~fewshot_priors.models.region_maps.REGION_MAP_INPUTS`, passed to its
+            ``forward`` in that order) and ``out_channels``; the shipped maps named here get
+            ``region_map_backend`` / ``max_chunk_bytes`` / ``eps``. Default (``None``): the
+            paper's ``["guided", "prior"]``, ``["guided"]`` with ``use_prior=False``. The
+            maps consuming ``bridge`` / ``prior`` need ``use_prior=True``, and
+            ``use_prior=True`` needs one of them.
+        guided_map: replaces the default ``"guided"`` map of the default pair (not with
+            ``region_maps``); without a ``consumes`` declaration it is called as
+            ``guided_map(query, support, support_mask)`` and gives one channel.
+        prior_map: replaces the default ``"prior"`` map (only with ``use_prior=True``, not
+            with ``region_maps``); called as ``prior_map(bridge, prior)`` unless it declares
+            otherwise.
+        decoder: replaces the default ``FEMDecoder(channels, n_maps, bins)`` (``n_maps``:
+            the sum of the maps' ``out_channels``). Called as
             ``decoder(query_feat, prototype, region_maps, size=(H, W))`` with
             ``query_feat`` ``B, channels, h, w``, ``prototype`` ``B, channels`` and
-            ``region_maps`` ``B, n_maps, h, w`` (guided, then prior); returns
+            ``region_maps`` ``B, n_maps, h, w`` (the maps' channels in order); returns
             ``(logits, aux_logits)``: ``B, 2, H, W`` and a list of ``B, 2, H, W``.
     """
 
@@ -238,6 +251,7 @@ class QGNet(PretrainedMixin, nn.Module):
         std: Sequence[float] | None = None,
         prior_mean: Sequence[float] | None = None,
         prior_std: Sequence[float] | None = None,
+        region_maps: Sequence | Mapping | None = None,
         guided_map: nn.Module | None = None,
         prior_map: nn.Module | None = None,
         decoder: nn.Module | None = None,
@@ -261,15 +275,15 @@ class QGNet(PretrainedMixin, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
         if prior_map is not None and not self.use_prior:
             raise ValueError("`prior_map` given with use_prior=False (the ablation has no prior map)")
-        # the default region-map modules first, always: they check the options once (even when
-        # custom parts leave them unused), and have no parameters, so building them draws no
-        # random numbers before the backbone's init. Their input checks are off: forward
-        # validates and cleans the inputs once (models/checks.py) and passes them in canonical form.
-        try:
-            default_guided = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps, check_inputs=False)
+        # the region maps first: the options are checked once (even when custom parts leave them
+        # unused), and the shipped maps have no parameters, so building them draws no random numbers
+        # before the backbone's init. The shipped maps' input checks are off: forward validates and
+        # cleans the inputs once (models/checks.py) and passes them in canonical form.
+        try:  # the checked options of the shipped maps
+            self._map_options = GuidedRegionMap(region_map_backend, max_chunk_bytes, eps).get_config()
         except ValueError as exc:  # name QGNet's argument
             raise ValueError(str(exc).replace("`backend`", "`region_map_backend`")) from None
-        default_prior = PriorRegionMap(region_map_backend, max_chunk_bytes, eps, check_inputs=False)
+        maps = self._region_map_parts(region_maps, guided_map, prior_map)
 
         if isinstance(backbone, FrozenBackbone):
             if pretrained or weights is not None or mean is not None or std is not None:
@@ -296,13 +310,11 @@ class QGNet(PretrainedMixin, nn.Module):
 
         self.query_head = _mid_head(low_c + mid_c, channels, self.dropout)
         self.support_head = _mid_head(low_c + mid_c, channels, self.dropout)
+        n_maps = sum(channels_out for _, channels_out in self._map_io.values())
         self.decoder = (
-            FEMDecoder(channels=channels, n_maps=2 if self.use_prior else 1, bins=bins, num_classes=2)
-            if decoder is None
-            else decoder
+            FEMDecoder(channels=channels, n_maps=n_maps, bins=bins, num_classes=2) if decoder is None else decoder
         )
-        self.guided_map = default_guided if guided_map is None else guided_map
-        self.prior_map: nn.Module | None = (default_prior if prior_map is None else prior_map) if self.use_prior else None
+        self.region_maps = nn.ModuleDict(maps)
         self._prior_shares_backbone: bool | None = None  # decided at the first forward, see prior_shares_backbone
         for part in (self.backbone, self.prior_extractor):
             if part is not None:
@@ -313,17 +325,52 @@ class QGNet(PretrainedMixin, nn.Module):
             output_stride=output_stride,
         )
 
+    def _region_map_parts(self, region_maps, guided_map, prior_map) -> dict[str, nn.Module]:
+        """``{key: module}`` of the region maps, with their declarations in ``self._map_io``."""
+        slots = {"guided": guided_map, "prior": prior_map}
+        if region_maps is not None and any(v is not None for v in slots.values()):
+            raise ValueError("`guided_map` / `prior_map` replace a map of the default pair; with `region_maps` "
+                             "put the modules in that list instead")
+        if region_maps is None:
+            region_maps = ["guided", "prior"] if self.use_prior else ["guided"]
+            region_maps = {name: name if slots[name] is None else slots[name] for name in region_maps}
+        maps = build_region_maps(region_maps, self._map_options)
+        # a guided_map= / prior_map= module without a declaration is called as the shipped map it replaces
+        self._map_io = {
+            key: check_region_map(key, m, self.use_prior,
+                                  (SHIPPED[key].consumes, SHIPPED[key].out_channels) if m is slots.get(key) else None)
+            for key, m in maps.items()
+        }
+        if self.use_prior and not any(PRIOR_INPUTS & set(consumes) for consumes, _ in self._map_io.values()):
+            raise ValueError("use_prior=True but no region map consumes 'bridge' / 'prior' (the prior "
+                             "extractor would be unused): add the 'prior' map or pass use_prior=False")
+        return maps
+
+    @property
+    def guided_map(self) -> nn.Module | None:
+        """The ``"guided"`` region map (``None`` without one)."""
+        return self.region_maps["guided"] if "guided" in self.region_maps else None  # noqa: SIM401 (a ModuleDict)
+
+    @property
+    def prior_map(self) -> nn.Module | None:
+        """The ``"prior"`` region map (``None`` without one, e.g. with ``use_prior=False``)."""
+        return self.region_maps["prior"] if "prior" in self.region_maps else None  # noqa: SIM401 (a ModuleDict)
+
     @property
     def region_map_backend(self) -> str | None:
-        """Backend of the default guided region map (``None`` for a custom one)."""
+        """Backend of the guided region map (``None`` for a custom one)."""
         return getattr(self.guided_map, "backend", None)
 
     def _describe(self, *, backbone, prior_backbone, pretrained, weights, prior_weights, bins, channels,
                   output_stride) -> dict | None:
         """The config ``model`` section that rebuilds this architecture, or ``None`` when a
-        part is a custom module that a config cannot name (then :meth:`save_pretrained` refuses)."""
-        maps = [self.guided_map] + ([self.prior_map] if self.use_prior else [])
-        if any(type(m) not in (GuidedRegionMap, PriorRegionMap) for m in maps):
+        part is a custom module that a config cannot name (then :meth:`save_pretrained` refuses,
+        saying why: ``self._config_problem``)."""
+        self._config_problem = None
+        try:
+            entries = [region_map_entry(key, m, self._map_options) for key, m in self.region_maps.items()]
+        except ValueError as exc:
+            self._config_problem = str(exc)
             return None
         if type(self.decoder) is not FEMDecoder:
             return None
@@ -335,7 +382,6 @@ class QGNet(PretrainedMixin, nn.Module):
                 return None
         if self.backbone.output_stride != output_stride:
             output_stride = self.backbone.output_stride  # a FrozenBackbone passed in sets the stride
-        g = self.guided_map
         prior = self.prior_extractor  # a FrozenBackbone here (any other module returned None above)
         prior_norm = {"prior_mean": list(prior.mean), "prior_std": list(prior.std)} if self.use_prior else {}
         return {
@@ -353,9 +399,10 @@ class QGNet(PretrainedMixin, nn.Module):
             "dice_weight": self.dice_weight,
             "dropout": self.dropout,
             "output_stride": int(output_stride),
-            "region_map_backend": g.backend,
-            "max_chunk_bytes": g.max_chunk_bytes,
-            "eps": g.eps,
+            "region_map_backend": self._map_options["backend"],
+            "max_chunk_bytes": self._map_options["max_chunk_bytes"],
+            "eps": self._map_options["eps"],
+            "region_maps": None if entries == (["guided", "prior"] if self.use_prior else ["guided"]) else entries,
             "mean": list(self.backbone.mean),
             "std": list(self.backbone.std),
             **prior_norm,
@@ -365,10 +412,13 @@ class QGNet(PretrainedMixin, nn.Module):
 
     def _pretrained_config(self) -> dict:
         if self.config is None:
+            if self._config_problem is not None:
+                raise ValueError("this QGNet cannot be saved with save_pretrained: it has a custom guided_map / "
+                                 f"prior_map / region map a config cannot name: {self._config_problem}")
             raise ValueError(
-                "this QGNet has a part a config cannot name (a custom guided_map / prior_map / decoder or "
-                "an arbitrary prior-extractor module), so it cannot be saved with save_pretrained; save "
-                "its state_dict() and rebuild it in code, or use the default parts"
+                "this QGNet has a part a config cannot name (a custom decoder or an arbitrary prior-extractor "
+                "module), so it cannot be saved with save_pretrained; save its state_dict() and rebuild it in "
+                "code, or use the default parts"
             )
         return dict(self.config)
 
@@ -387,21 +437,21 @@ class QGNet(PretrainedMixin, nn.Module):
             return create_backbone(name, weights=prior_weights, output_stride=output_stride, mean=mean, std=std)
         if prior_weights is not None:
             raise ValueError("`prior_weights` applies to a prior extractor given by name; load it into the module")
-        if (mean is not None or std is not None) and not _timm_architecture(prior_backbone):
+        source = getattr(prior_backbone, "module", prior_backbone)  # DDP
+        arch = _timm_architecture(prior_backbone)
+        if (mean is not None or std is not None) and not (arch or isinstance(source, PriorEncoderSource)):
             raise ValueError("`prior_mean` / `prior_std` apply to a prior extractor given by name or as a timm / "
                              "GlobalLocalMoCo encoder; a module normalises its input itself")
         if isinstance(prior_backbone, FrozenBackbone):
             return prior_backbone
+        if isinstance(source, PriorEncoderSource):  # e.g. a GlobalLocalMoCo: its momentum encoder
+            spec = source.prior_encoder_spec()
+            arch, prior_backbone = spec.architecture, spec.encoder
+            mean = mean if mean is not None else spec.mean
+            std = std if std is not None else spec.std
         if isinstance(prior_backbone, nn.Module):
-            arch = _timm_architecture(prior_backbone)
             if arch is not None:  # a (self-supervised) timm encoder: a frozen, dilated copy of it
-                wrapped = getattr(prior_backbone, "module", prior_backbone)
-                picker = getattr(wrapped, "prior_encoder", None)  # GlobalLocalMoCo: the momentum encoder
-                encoder = picker() if callable(picker) else getattr(wrapped, "encoder", prior_backbone)
-                # the encoder's input statistics: a GlobalLocalMoCo's own, else the timm model's
-                mean = mean if mean is not None else getattr(wrapped, "mean", None)
-                std = std if std is not None else getattr(wrapped, "std", None)
-                return create_backbone(arch, weights=encoder.state_dict(), output_stride=output_stride,
+                return create_backbone(arch, weights=prior_backbone.state_dict(), output_stride=output_stride,
                                        mean=mean, std=std)
             return FrozenModule(prior_backbone)
         raise TypeError(
@@ -505,16 +555,17 @@ class QGNet(PretrainedMixin, nn.Module):
         ``ValueError`` naming the argument otherwise), except under ``torch.autocast``. The
         value checks (image range, mask values, 0/255 warnings) read tensor values, i.e.
         synchronise with the GPU; ``check_inputs=False`` turns them off for this call,
-        :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled` globally
-        (``check_inputs=None``, the default, follows the global flag; ``True`` forces them
+        :func:`fewshot_priors.set_checks` / :func:`fewshot_priors.checks_disabled` in the current
+        thread or task (``check_inputs=None``, the default, follows that switch; ``True`` forces them
         on). Shape / dtype / device checks always run. An empty batch (``B = 0``)
         gives empty outputs of the shapes below (and a zero ``loss``).
 
         Returns:
             dict with ``logits`` (``B, 2, H, W``, bilinear to the input size),
             ``aux_logits`` (list of ``B, 2, H, W``, one per FEM scale),
-            ``guided_map`` and ``prior_map`` (``B, 1, h, w`` at the mid-level feature
-            size; ``prior_map`` is ``None`` when ``use_prior=False``) and, with
+            ``<key>_map`` for every region map (``B, M, h, w`` at the mid-level feature
+            size): ``guided_map`` and ``prior_map`` by default (each ``None`` without
+            that map, e.g. ``prior_map`` with ``use_prior=False``) and, with
             ``query_mask``, ``loss`` = CE(logits) + aux_weight * mean_i CE(aux_i)
             (ignore index 255).
         """
@@ -546,24 +597,43 @@ class QGNet(PretrainedMixin, nn.Module):
 
         with self._region_maps_context(query_image.device):
             region_dtype = torch.float32 if q_high.dtype == torch.float16 else q_high.dtype
-            s_high_k = rearrange(s_high, "(b k) c h w -> b k c h w", b=b, k=k).to(region_dtype)
-            guided = self.guided_map(q_high.to(region_dtype), s_high_k, masks)
-            guided = F.interpolate(guided, size=feat_size, mode="bilinear", align_corners=True)
-            maps = [guided]
-            prior = None
-            if self.use_prior:
-                prior = self.prior_map(bridge.to(region_dtype), prior_feat.to(region_dtype))
-                prior = F.interpolate(prior, size=feat_size, mode="bilinear", align_corners=True)
-                maps.append(prior)
-            region_maps = torch.cat(maps, dim=1)
+            inputs = {  # REGION_MAP_INPUTS, made when a map consumes them
+                "query": lambda: q_high.to(region_dtype),
+                "support": lambda: rearrange(s_high, "(b k) c h w -> b k c h w", b=b, k=k).to(region_dtype),
+                "support_mask": lambda: masks,
+                "bridge": lambda: bridge.to(region_dtype),
+                "prior": lambda: prior_feat.to(region_dtype),
+                "query_feat": lambda: query_feat.to(region_dtype),
+                "prototype": lambda: prototype.to(region_dtype),
+            }
+            maps = self._run_region_maps(inputs, b, feat_size)
+            region_maps = torch.cat(list(maps.values()), dim=1)
 
         logits, aux = self.decoder(
             query_feat, prototype.to(query_feat.dtype), region_maps.to(query_feat.dtype), size=size
         )
-        out = {"logits": logits, "aux_logits": aux, "guided_map": guided, "prior_map": prior}
+        out = {"logits": logits, "aux_logits": aux, "guided_map": None, "prior_map": None,
+               **{f"{key}_map": m for key, m in maps.items()}}
         if query_mask is not None:
             out["loss"] = self.loss(logits, aux, query_mask)
         return out
+
+    def _run_region_maps(self, inputs: dict, batch: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Every region map on the inputs it consumes, resized to ``size``: ``{key: B, M, h, w}``."""
+        made: dict[str, torch.Tensor] = {}
+        maps = {}
+        for key, module in self.region_maps.items():
+            consumes, channels = self._map_io[key]
+            for name in consumes:
+                if name not in made:
+                    made[name] = inputs[name]()
+            out = module(*(made[name] for name in consumes))
+            if not isinstance(out, torch.Tensor) or out.dim() != 4 or tuple(out.shape[:2]) != (batch, channels):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"region map {key!r} must return a B, {channels}, h, w tensor (B = {batch}, "
+                                 f"its out_channels), got {got}")
+            maps[key] = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+        return maps
 
     def loss(self, logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], query_mask: torch.Tensor) -> torch.Tensor:
         """CE(logits) + aux_weight * mean_i CE(aux_i), ignore index 255 (0 if all pixels are ignored),

@@ -2,7 +2,7 @@
 
 The one place where config keys become QGNet keyword arguments, used by
 :func:`~fewshot_priors.models.create_qgnet` and by ``QGNet.from_pretrained``; and the one
-place the section's keys, defaults and value rules are defined (:data:`MODEL_DEFAULTS`,
+place the section's keys, defaults and value rules are declared (:data:`MODEL_SPEC`, read by
 :func:`check_model_values`): the config tree's ``model`` section
 (:mod:`fewshot_priors.config.schema`) and a ``save_pretrained`` folder's ``config.json`` are
 checked by the same rules.
@@ -14,44 +14,83 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from .._typecheck import stats_error, type_error
+from .._typecheck import ConfigKey, positive_error, stats_error
 from ..constants import DEFAULT_MAX_CHUNK_BYTES
+from ..ops.similarity import BACKENDS
 
-__all__ = ["MODEL_DEFAULTS", "MODEL_KEYS", "check_model_values", "qgnet_kwargs"]
+__all__ = ["MODEL_DEFAULTS", "MODEL_KEYS", "MODEL_SPEC", "check_model_values", "qgnet_kwargs"]
 
-#: Every key of the config ``model`` section with its default (the config tree's
-#: ``DEFAULTS["model"]``). A default fixes the type of the key's values (ints are accepted
-#: for floats; :func:`fewshot_priors._typecheck.type_error`); ``None`` defaults are checked
-#: by :func:`check_model_values`.
-MODEL_DEFAULTS: dict[str, Any] = {
-    "backbone": "resnet50",
-    "prior_backbone": None,  # default: same as backbone
-    "pretrained": False,  # timm download of ImageNet weights (needs internet)
-    "weights": None,  # local supervised-backbone weights file
-    "prior_weights": None,  # self-supervised prior extractor (engine/pretrain.py export)
-    "use_prior": True,
-    "bins": [60, 30, 15, 8],
-    "channels": 256,
-    "aux_weight": 1.0,
-    "fg_weight": 1.0,  # foreground weight of the CE losses (1 = the paper's unweighted CE)
-    "dice_weight": 0.0,  # weight of a soft Dice loss on the main prediction (0 = the paper's loss)
-    "dropout": 0.5,  # Dropout2d after the heads and the prior projections (the paper's 0.5)
-    "output_stride": 8,
-    "region_map_backend": "auto",
-    "max_chunk_bytes": DEFAULT_MAX_CHUNK_BYTES,  # region-map ops: memory bound of one similarity tile
-    "eps": 1e-7,  # region-map ops: cosine-similarity and min-max epsilon
-    # input normalisation of the [0, 1] RGB images, per backbone (null: from the weights file,
-    # else the timm pretrained_cfg of the model: ImageNet mean/std, 0.5/0.5 for EfficientNet-Lite)
-    "mean": None,
-    "std": None,
-    "prior_mean": None,
-    "prior_std": None,
+
+def _bins_error(name: str, value: Any) -> str | None:
+    bad = [b for b in value if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0]
+    if bad or not value:
+        return (f"{name} must be a non-empty list of positive numbers (sizes, or fractions <= 1), "
+                f"like {MODEL_SPEC['bins'].default!r}; got {value!r}")
+    return None
+
+
+def _name_error(name: str, value: Any) -> str | None:
+    if isinstance(value, (bool, int, float, list, tuple, Mapping)):
+        return f"{name} must be a timm model name or null, got {value!r} ({type(value).__name__})"
+    return None
+
+
+def _region_maps_error(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be ``model.region_maps`` (null, or a non-empty list of registered names
+    or ``{"type": name, "name": key, "kwargs": {...}}`` entries), or None. The names are checked
+    against the registry when the model is built."""
+    def entry_ok(e: Any) -> bool:
+        if isinstance(e, str):
+            return True
+        return (isinstance(e, Mapping) and isinstance(e.get("type"), str) and set(e) <= {"type", "name", "kwargs"}
+                and isinstance(e.get("name", ""), str) and isinstance(e.get("kwargs", {}), Mapping))
+    if value is None or (isinstance(value, (list, tuple)) and value and all(entry_ok(e) for e in value)):
+        return None
+    return (f"{name} must be null (the paper's guided + prior maps) or a non-empty list of region map names "
+            f"or {{type, name, kwargs}} entries, like ['guided', 'prior']; got {value!r}")
+
+
+_NORMALISATION = ("input normalisation of the [0, 1] RGB images, per channel (null: from the weights file, "
+                  "else the model's timm pretrained_cfg: ImageNet mean/std, 0.5/0.5 for EfficientNet-Lite)")
+
+#: Every key of the config ``model`` section, declared once (:class:`~fewshot_priors._typecheck.ConfigKey`):
+#: the config tree's ``model`` section and a ``save_pretrained`` folder's ``config.json`` are checked by it.
+MODEL_SPEC: dict[str, ConfigKey] = {
+    "backbone": ConfigKey("resnet50", "timm name of the frozen supervised backbone"),
+    "prior_backbone": ConfigKey(None, "timm name of the frozen prior extractor (null: the same as backbone)",
+                                rule=_name_error),
+    "pretrained": ConfigKey(False, "timm download of the backbone's ImageNet weights (needs internet)"),
+    "weights": ConfigKey(None, "local weights file of the supervised backbone", path=True, resume="warn"),
+    "prior_weights": ConfigKey(None, "the self-supervised prior extractor's weights (the pretrain export)",
+                               path=True, resume="warn"),
+    "use_prior": ConfigKey(True, "false: the PFENet ablation (no prior extractor, no prior map)"),
+    "bins": ConfigKey([60, 30, 15, 8], "FEM pyramid sizes (ints) or fractions of the feature size (floats)",
+                      rule=_bins_error),
+    "channels": ConfigKey(256, "width of the decoder and the heads", min=1),
+    "aux_weight": ConfigKey(1.0, "weight of the mean auxiliary (per-scale) loss"),
+    "fg_weight": ConfigKey(1.0, "foreground weight of the CE losses (1 = the paper's unweighted CE)"),
+    "dice_weight": ConfigKey(0.0, "weight of a soft Dice loss on the main prediction, added to the CE (0 = the "
+                             "paper's loss)"),
+    "dropout": ConfigKey(0.5, "Dropout2d after the query / support heads and the prior projections (the paper's "
+                         "0.5)"),
+    "output_stride": ConfigKey(8, "backbone output stride (dilated)", min=1),
+    "region_map_backend": ConfigKey("auto", "backend of the region-map ops", choices=tuple(BACKENDS)),
+    "max_chunk_bytes": ConfigKey(DEFAULT_MAX_CHUNK_BYTES, "region-map ops: memory bound of one similarity tile "
+                                 "(bytes)", min=1),
+    "eps": ConfigKey(1e-7, "region-map ops: cosine-similarity and min-max epsilon", rule=positive_error),
+    "mean": ConfigKey(None, "supervised backbone: " + _NORMALISATION, rule=stats_error),
+    "std": ConfigKey(None, "supervised backbone: " + _NORMALISATION, rule=stats_error),
+    "prior_mean": ConfigKey(None, "prior extractor: " + _NORMALISATION, rule=stats_error),
+    "prior_std": ConfigKey(None, "prior extractor: " + _NORMALISATION, rule=stats_error),
+    "region_maps": ConfigKey(None, "the region maps in the decoder's order: registered names or {type, name, "
+                             "kwargs} entries (null: the paper's guided + prior maps)", rule=_region_maps_error),
 }
 
+#: Every key of the config ``model`` section with its default (the config tree's ``DEFAULTS["model"]``).
+MODEL_DEFAULTS: dict[str, Any] = {key: spec.default for key, spec in MODEL_SPEC.items()}
+
 #: Keys of the config ``model`` section, each an argument of :class:`QGNet`.
-MODEL_KEYS = ("backbone", "prior_backbone", "pretrained", "weights", "prior_weights", "use_prior", "bins",
-              "channels", "aux_weight", "fg_weight", "dice_weight", "dropout", "output_stride", "region_map_backend", "max_chunk_bytes",
-              "eps", "mean", "std", "prior_mean", "prior_std")
+MODEL_KEYS = tuple(MODEL_SPEC)
 
 #: Keys that configure the prior extractor: ignored (None) when ``use_prior`` is false, so one
 #: config serves the model with and without the prior.
@@ -62,9 +101,8 @@ PART_KEYS = ("guided_map", "prior_map", "decoder")
 
 
 def check_model_values(model_cfg: Mapping, where: str = "") -> None:
-    """Check the values of a ``model`` section (keys of :data:`MODEL_DEFAULTS` only; others are
-    the caller's to refuse): types, ``bins`` entries, sizes, the keys without a typed default
-    (``region_map_backend`` is checked by the region-map modules, naming the close match).
+    """Check the values of a ``model`` section against :data:`MODEL_SPEC` (keys of it only; others
+    are the caller's to refuse).
 
     Args:
         model_cfg: the section.
@@ -74,27 +112,8 @@ def check_model_values(model_cfg: Mapping, where: str = "") -> None:
         ValueError: naming the key (``model.<key>``) and what it must be.
     """
     for key, value in model_cfg.items():
-        if key not in MODEL_DEFAULTS:
-            continue
-        name, default = f"model.{key}", MODEL_DEFAULTS[key]
-        error = type_error(name, value, default)
-        if error is None and key == "bins":
-            bad = [b for b in value if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0]
-            if bad or not value:
-                error = (f"{name} must be a non-empty list of positive numbers (sizes, or fractions <= 1), "
-                         f"like {default!r}; got {value!r}")
-        elif error is None and key in ("channels", "output_stride") and value < 1:
-            error = f"{name} must be an integer >= 1, got {value!r}"
-        elif error is None and key == "eps" and not value > 0:
-            error = f"{name} must be > 0, got {value!r}"
-        elif key in ("prior_backbone", "weights", "prior_weights") and isinstance(
-                value, (bool, int, float, list, tuple, Mapping)):
-            error = f"{name} must be {'a timm model name' if key == 'prior_backbone' else 'a file path'} or null, " \
-                    f"got {value!r} ({type(value).__name__})"
-        elif error is None and key == "max_chunk_bytes" and value < 1:
-            error = f"{name} must be an integer >= 1 (bytes), got {value!r}"
-        elif key in ("mean", "std", "prior_mean", "prior_std"):
-            error = stats_error(name, value)
+        spec = MODEL_SPEC.get(key)
+        error = None if spec is None else spec.error(f"model.{key}", value)
         if error is not None:
             raise ValueError(where + error)
 
@@ -133,7 +152,8 @@ def qgnet_kwargs(model_cfg: Mapping | None = None, **overrides: Any) -> dict[str
     kwargs: dict[str, Any] = {k: m[k] for k in (*MODEL_KEYS, *PART_KEYS) if k in m}
     # the casts the engine's build_model always made (config values may come as e.g. YAML ints for floats)
     for key, cast in (("pretrained", bool), ("use_prior", bool), ("bins", tuple), ("channels", int),
-                      ("aux_weight", float), ("fg_weight", float), ("dice_weight", float), ("dropout", float), ("output_stride", int)):
+                      ("aux_weight", float), ("fg_weight", float), ("dice_weight", float), ("dropout", float),
+                      ("output_stride", int)):
         if key in kwargs:
             kwargs[key] = cast(kwargs[key])
     if not kwargs.get("use_prior", True):

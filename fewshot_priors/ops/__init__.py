@@ -4,7 +4,7 @@ These are the building blocks a user can call on the features of their own
 few-shot model; :mod:`fewshot_priors.models` composes them.
 """
 
-from ._checks import checks_disabled, checks_enabled, set_checks
+from .checks import checks_disabled, checks_enabled, set_checks
 from .contrastive import info_nce, momentum_update
 from .modules import GuidedRegionMap, InfoNCELoss, MaskedAveragePool, PriorRegionMap, SuperpixelPool
 from .pooling import masked_average_pool, resize_mask

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_float, check_rank, check_same
-
+from .checks import check_float, check_rank, check_same
 
 #: The ``reduction`` values of :func:`info_nce`.
 REDUCTIONS = ("mean", "sum", "none")

@@ -10,8 +10,9 @@ a ``state_dict``. The result is exactly the functional op's::
     MaskedAveragePool()(features, mask) == masked_average_pool(features, mask)
     SuperpixelPool(64)(features, labels) == superpixel_pool(features, labels, 64)
 
-:class:`~fewshot_priors.models.qgnet.QGNet` holds one of each (``guided_map`` and
-``prior_map``); pass your own module with the same call signature to swap a part.
+:class:`~fewshot_priors.models.qgnet.QGNet` holds one of each region map (``"guided"`` and
+``"prior"``); the class attributes ``consumes`` / ``out_channels`` declare what QGNet passes
+them and how many channels they give (:mod:`fewshot_priors.models.region_maps`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_eps
+from .checks import check_eps
 from .contrastive import REDUCTIONS, InfoNCEResult, check_temperature, info_nce
 from .pooling import masked_average_pool
 from .region_maps import guided_region_map, prior_region_map
 from .similarity import DEFAULT_MAX_CHUNK_BYTES, check_backend, check_max_chunk_bytes
-
 from .superpixel_pool import POOL_MODES, check_num_segments, superpixel_pool
 
 __all__ = ["GuidedRegionMap", "InfoNCELoss", "MaskedAveragePool", "PriorRegionMap", "SuperpixelPool"]
@@ -40,6 +40,10 @@ class _RegionMapBase(nn.Module):
         if not isinstance(check_inputs, bool):
             raise TypeError(f"`check_inputs` must be a bool, got {type(check_inputs).__name__}")
         self.check_inputs = check_inputs
+
+    def get_config(self) -> dict:
+        """The options that rebuild this module (``backend``, ``max_chunk_bytes``, ``eps``)."""
+        return {"backend": self.backend, "max_chunk_bytes": self.max_chunk_bytes, "eps": self.eps}
 
     def extra_repr(self) -> str:
         extra = "" if self.check_inputs else ", check_inputs=False"
@@ -67,11 +71,18 @@ class GuidedRegionMap(_RegionMapBase):
           values in [0, 1] (255 = ignore, counted as 0).
         - output: ``B, 1, H, W`` map in [0, 1] (mean of the K per-shot maps).
 
+    ``consumes`` / ``out_channels`` declare the module as a QGNet region map (see
+    :mod:`fewshot_priors.models.region_maps`): QGNet calls it with its ``query``, ``support``
+    and ``support_mask`` tensors.
+
     Raises:
         ValueError: at construction, a bad ``backend`` / ``max_chunk_bytes`` / ``eps``
             (named, with a suggestion for a misspelt backend); at call time, what
             :func:`~fewshot_priors.ops.guided_region_map` raises.
     """
+
+    consumes = ("query", "support", "support_mask")
+    out_channels = 1
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, support_mask: torch.Tensor) -> torch.Tensor:
         return guided_region_map(query, support, support_mask, self.eps, backend=self.backend,
@@ -88,7 +99,12 @@ class PriorRegionMap(_RegionMapBase):
         - bridge: ``B, C, H, W`` query features of the supervised backbone.
         - prior: ``B, C, H', W'`` query features of the prior extractor.
         - output: ``B, 1, H, W`` map in [0, 1] (typically *low* on objects).
+
+    As a QGNet region map it consumes QGNet's ``bridge`` and ``prior`` (the two 3x3 projections).
     """
+
+    consumes = ("bridge", "prior")
+    out_channels = 1
 
     def forward(self, bridge: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         return prior_region_map(bridge, prior, self.eps, backend=self.backend, max_chunk_bytes=self.max_chunk_bytes,

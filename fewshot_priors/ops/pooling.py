@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_float, check_nonempty, check_rank, check_same, clean_mask
+from .checks import check_float, check_nonempty, check_rank, check_same, clean_mask
 
 #: Added to the mask area in the denominator, as in PFENet's ``Weighted_GAP``.
 AREA_EPS = 5e-4

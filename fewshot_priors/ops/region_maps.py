@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from ._checks import (
+from .checks import (
     check_eps,
     check_float,
     check_nonempty,

@@ -29,7 +29,7 @@ import torch
 from .._validate import is_int
 from ..constants import DEFAULT_MAX_CHUNK_BYTES
 from ._backward import MaxCosineFunction
-from ._checks import check_eps, check_float, check_nonempty, check_rank, check_same
+from .checks import check_eps, check_float, check_nonempty, check_rank, check_same
 
 #: Live temporaries per similarity element in a tile: dot products, denominators, ratios.
 _TEMPS_PER_ELEMENT = 3

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validate import is_int
-from ._checks import (
+from .checks import (
     check_float,
     check_nonempty,
     check_rank,

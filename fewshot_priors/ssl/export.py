@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write
+from ..models.protocols import PriorEncoderSource
 from ..models.weights import MOCO_ENCODERS, PRIOR_EXTRACTOR_FORMAT
 
 __all__ = ["export_prior_extractor", "load_prior_extractor"]
@@ -46,7 +47,7 @@ def export_prior_extractor(
             ``backbone``).
         path: output ``.safetensors`` file (parent folders are created; written
             atomically).
-        backbone: timm name (default: ``model.backbone_name``).
+        backbone: timm name (default: the GlobalLocalMoCo's ``prior_encoder_spec().architecture``).
         encoder: which encoder of a :class:`~fewshot_priors.ssl.moco.GlobalLocalMoCo` is written: ``"key"``
             (the momentum encoder, default; the official QGNet release uses MoCo's
             ``encoder_k``) or ``"query"``. Ignored for a bare encoder.
@@ -63,15 +64,17 @@ def export_prior_extractor(
     if encoder not in MOCO_ENCODERS:
         raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
     model = getattr(model, "module", model)
-    # a GlobalLocalMoCo (duck-typed: this module must not import ssl.moco, which imports it)
-    module = model.prior_encoder(encoder) if callable(getattr(model, "prior_encoder", None)) else model
-    name = backbone or getattr(model, "backbone_name", None)
+    spec = None
+    if isinstance(model, PriorEncoderSource):  # a GlobalLocalMoCo: the encoder picked by `encoder`
+        spec = model.prior_encoder_spec(encoder)  # type: ignore[call-arg]
+    module = model if spec is None else spec.encoder
+    name = backbone or (spec.architecture if spec is not None else None)
     if not name:
         raise ValueError("`backbone` (timm model name) is required when exporting a bare encoder")
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     metadata = {"format": PRIOR_EXTRACTOR_FORMAT, "backbone": str(name)}
     for key, value in (("mean", mean), ("std", std)):
-        value = value if value is not None else getattr(model, key, None)
+        value = value if value is not None else getattr(spec, key, None)
         if value is not None:
             metadata[key] = json.dumps([float(v) for v in value])
     path = os.fspath(path)

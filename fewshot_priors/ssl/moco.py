@@ -41,6 +41,7 @@ from ..distributed import (
     world_size,
 )
 from ..models.backbone import input_normalisation, pfenet_dilation
+from ..models.protocols import PriorEncoderSpec
 from ..models.weights import MOCO_ENCODERS, load_backbone_state_dict
 from ..ops.contrastive import info_nce, momentum_update
 from ..ops.superpixel_pool import POOL_MODES, superpixel_pool
@@ -411,4 +412,10 @@ class GlobalLocalMoCo(nn.Module):
         if encoder not in MOCO_ENCODERS:
             raise ValueError(f"`encoder` must be one of {tuple(MOCO_ENCODERS)}, got {encoder!r}")
         return self.key_encoder if encoder == "key" else self.encoder
+
+    def prior_encoder_spec(self, encoder: str = "key") -> PriorEncoderSpec:
+        """The prior extractor QGNet builds from this model
+        (:class:`~fewshot_priors.models.protocols.PriorEncoderSource`): the ``encoder``
+        picked by :meth:`prior_encoder`, its timm name and this model's input statistics."""
+        return PriorEncoderSpec(self.backbone_name, self.prior_encoder(encoder), self.mean, self.std)
 

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import atomic_write
+
 log = logging.getLogger(__name__)
 
 METHODS = ("slic", "felzenszwalb")
@@ -487,9 +489,7 @@ def build_superpixel_cache(
         "seconds": round(time.perf_counter() - t0, 3),
         "items": [items[p] for p in paths],
     }
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, manifest_path)
+    atomic_write((manifest_path, json.dumps(manifest, indent=1).encode()))
     return manifest_path
 
 

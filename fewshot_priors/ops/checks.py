@@ -1,18 +1,28 @@
-"""Input validation shared by the functional ops.
+"""Input checks: short, public helpers that raise an error naming the argument.
 
-Every public op validates its arguments up front and raises a ``TypeError`` or
-``ValueError`` that names the argument and the expected form, so that a wrong
-call fails early and loudly instead of returning a silently wrong answer.
+Every public op validates its arguments up front with these helpers (as kornia's
+``KORNIA_CHECK_*``) and raises a ``TypeError`` or ``ValueError`` that names the argument
+and the expected form, so that a wrong call fails early and loudly instead of returning a
+silently wrong answer. They are public so that the models, the analysis helpers and your
+own modules check their inputs the same way::
+
+    from fewshot_priors.ops.checks import check_float, check_rank, check_same
+
+    def my_op(query, support):
+        check_float("query", query)
+        check_rank("query", query, (4,), "B, C, H, W")
+        check_same("channel count", "query", query.shape[1], "support", support.shape[1])
 
 Two kinds of checks:
 
 * shape / dtype / device checks read only metadata: they are always on;
 * *value* checks (mask values in [0, 1] or 255, label ids in range, images that
   look normalised, ...) read tensor values, which on a GPU makes the host wait
-  for the device (a synchronisation). They are on by default and can be turned
-  off globally with :func:`set_checks` or, for a block, :func:`checks_disabled`
-  once a pipeline is known to be correct. With value checks off, a bad value
-  gives an unspecified result instead of an error.
+  for the device (a synchronisation). They are on by default; :func:`set_checks`
+  turns them off in the current context (thread or asyncio task, a
+  :class:`contextvars.ContextVar`) and :func:`checks_disabled` for a block, once a
+  pipeline is known to be correct. With value checks off, a bad value gives an
+  unspecified result instead of an error.
 """
 
 from __future__ import annotations
@@ -22,28 +32,36 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
 from ..constants import IGNORE_INDEX
 
-_value_checks = True
+__all__ = ["check_eps", "check_float", "check_nonempty", "check_rank", "check_same", "check_tensor", "checks_disabled",
+           "checks_enabled", "clean_mask", "set_checks", "warn_ignore_only"]
+
+#: Whether the value checks run, per context (a new thread starts with the default, on).
+_VALUE_CHECKS: ContextVar[bool] = ContextVar("fewshot_priors_value_checks", default=True)
 
 
 def set_checks(enabled: bool) -> None:
-    """Turn the value checks that synchronise with the GPU on (default) or off, globally.
+    """Turn the value checks that synchronise with the GPU on (default) or off in the current
+    context (this thread or asyncio task, and the tasks it starts afterwards).
 
     Shape and dtype checks stay on either way. See also :func:`checks_disabled`.
+
+    Example:
+        >>> fewshot_priors.set_checks(False)   # a validated pipeline: no host-device syncs for checks
     """
-    global _value_checks
     if not isinstance(enabled, bool):
         raise TypeError(f"`enabled` must be a bool, got {type(enabled).__name__}")
-    _value_checks = enabled
+    _VALUE_CHECKS.set(enabled)
 
 
 def checks_enabled() -> bool:
-    """Whether the value checks (those that read tensor values) are on."""
-    return _value_checks
+    """Whether the value checks (those that read tensor values) are on in the current context."""
+    return _VALUE_CHECKS.get()
 
 
 @contextmanager
@@ -54,23 +72,32 @@ def checks_disabled() -> Iterator[None]:
         >>> with fewshot_priors.checks_disabled():
         ...     out = model(query, support, masks)   # no host-device sync for input checks
     """
-    global _value_checks
-    previous = _value_checks
-    _value_checks = False
+    token = _VALUE_CHECKS.set(False)
     try:
         yield
     finally:
-        _value_checks = previous
+        _VALUE_CHECKS.reset(token)
 
 
 def check_tensor(name: str, value: object) -> torch.Tensor:
+    """Require a ``torch.Tensor`` (``TypeError`` naming ``name`` otherwise); return it.
+
+    Example:
+        >>> check_tensor("mask", [[0, 1]])
+        Traceback (most recent call last):
+        TypeError: `mask` must be a torch.Tensor, got list
+    """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
     return value
 
 
 def check_float(name: str, value: object) -> torch.Tensor:
-    """Require a floating point tensor (features must not be integer images)."""
+    """Require a floating point tensor (features must not be integer images); return it.
+
+    Example:
+        >>> feats = check_float("query", torch.zeros(1, 8, 4, 4))
+    """
     t = check_tensor(name, value)
     if not t.is_floating_point():
         raise TypeError(
@@ -81,6 +108,13 @@ def check_float(name: str, value: object) -> torch.Tensor:
 
 
 def check_rank(name: str, t: torch.Tensor, ranks: Sequence[int], form: str) -> torch.Tensor:
+    """Require ``t.dim()`` in ``ranks`` (``form`` names the expected shape in the message); return ``t``.
+
+    Example:
+        >>> check_rank("query", torch.zeros(8, 4, 4), (4,), "B, C, H, W")
+        Traceback (most recent call last):
+        ValueError: `query` must have shape B, C, H, W, got shape (8, 4, 4)
+    """
     if t.dim() not in tuple(ranks):
         raise ValueError(f"`{name}` must have shape {form}, got shape {tuple(t.shape)}")
     return t
@@ -89,6 +123,13 @@ def check_rank(name: str, t: torch.Tensor, ranks: Sequence[int], form: str) -> t
 def check_same(
     what: str, name_a: str, value_a: int, name_b: str, value_b: int
 ) -> None:
+    """Require two sizes to agree (``what``: e.g. "batch size"), naming both arguments.
+
+    Example:
+        >>> check_same("batch size", "query", 2, "support", 3)
+        Traceback (most recent call last):
+        ValueError: batch size mismatch: `query` has 2 but `support` has 3
+    """
     if value_a != value_b:
         raise ValueError(
             f"{what} mismatch: `{name_a}` has {value_a} but `{name_b}` has {value_b}"
@@ -96,14 +137,23 @@ def check_same(
 
 
 def check_nonempty(name: str, t: torch.Tensor, dims: Sequence[int], what: str, form: str) -> torch.Tensor:
-    """Require the sizes of ``dims`` of ``t`` to be > 0 (``what``: e.g. "spatial size")."""
+    """Require the sizes of ``dims`` of ``t`` to be > 0 (``what``: e.g. "spatial size"); return ``t``.
+
+    Example:
+        >>> x = check_nonempty("query", torch.zeros(1, 8, 4, 4), (2, 3), "spatial size", "H, W >= 1")
+    """
     if any(t.shape[d] == 0 for d in dims):
         raise ValueError(f"`{name}` must have a non-zero {what} ({form}), got shape {tuple(t.shape)}")
     return t
 
 
 def check_eps(eps: object) -> float:
-    """``eps`` must be a finite number > 0 (zero vectors then give cosine 0, never 0 / 0)."""
+    """``eps`` must be a finite number > 0 (zero vectors then give cosine 0, never 0 / 0); return it as float.
+
+    Example:
+        >>> check_eps(1e-7)
+        1e-07
+    """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) < float("inf"):
         raise ValueError(f"`eps` must be a finite number > 0, got {eps!r}")
     return float(eps)
@@ -125,7 +175,7 @@ def clean_mask(name: str, mask: torch.Tensor, check_values: bool | None = None) 
         raise TypeError(f"`{name}` must be a real-valued mask, got dtype {mask.dtype}")
     m = mask if mask.is_floating_point() else mask.float()
     ignore = m == IGNORE_INDEX
-    if _value_checks if check_values is None else check_values:
+    if _VALUE_CHECKS.get() if check_values is None else check_values:
         valid = ((m >= 0) & (m <= 1)) | ignore
         if not bool(valid.all()):
             bad = m[~valid]

@@ -1,7 +1,8 @@
 """Labelled probe of a prior extractor during pretraining: global and local kNN accuracy.
 
 A probe folder has the FSS-1000 / ``FolderFewShot`` layout: one sub-folder per class
-holding ``<stem>.jpg`` images and ``<stem>.png`` binary masks (> 127 = the class).
+holding ``<stem>.jpg`` images (any of :data:`~fewshot_priors.data.io.IMAGE_EXTENSIONS`) and
+``<stem>.png`` binary masks (> 127 = the class), read as :class:`~fewshot_priors.data.FolderFewShot` pairs.
 An image may appear in several class folders (COCO: several classes per image); it is
 loaded once. Labels:
 
@@ -27,17 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.folder import class_folders, image_mask_pairs
 from ..data.io import read_binary_mask, read_image
 from ..data.transforms import image_to_tensor
 from ..ops.superpixel_pool import superpixel_pool
-from ..ssl.diagnostics import knn_accuracy
-from ..ssl.moco import dense_features
-from ..ssl.superpixels import SuperpixelPatchSampler, filter_segments
+from .diagnostics import knn_accuracy
+from .moco import dense_features
+from .superpixels import SuperpixelPatchSampler, filter_segments
 
 __all__ = ["ProbeSet", "load_probe_set", "probe_encoder"]
-
-_IMAGE_EXTS = (".jpg", ".jpeg")
-
 
 @dataclass
 class ProbeSet:
@@ -70,11 +69,11 @@ class ProbeSet:
 def _scan(root: Path) -> tuple[list[str], dict[str, tuple[str, list[tuple[int, str]]]]]:
     if not root.is_dir():
         raise FileNotFoundError(f"`probe_root` is not a folder: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in class_folders(root)]
     images: dict[str, tuple[str, list[tuple[int, str]]]] = {}
     for cid, name in enumerate(classes, start=1):
-        for img in sorted((root / name).iterdir()):
-            if img.suffix.lower() not in _IMAGE_EXTS or not (mask := img.with_suffix(".png")).is_file():
+        for img, mask in image_mask_pairs(root / name):  # the folder dataset's pairs: <stem>.<image> + <stem>.png
+            if not mask.is_file():
                 continue
             entry = images.setdefault(img.stem, (str(img), []))
             entry[1].append((cid, str(mask)))
