@@ -361,3 +361,26 @@ def test_train_command_validates_on_classes_held_back_from_training(tmp_path, ca
     with open(tmp_path / "run" / "scalars.csv") as f:
         tags = {row["tag"] for row in csv.DictReader(f)}
     assert {"val/miou", "val/fg_pred", "val/fg_true", "train/fg_pred", "train/fg_true"} <= tags
+
+
+def test_fg_balance_sets_the_weight_from_the_training_foreground_share(tmp_path):
+    """Episodes with a 50 % foreground: balanced weight 1, times the balance factor; the draws of the
+    run are unchanged (the sampling restores the RNG states)."""
+    from fewshot_priors.engine.train import balanced_fg_weight, foreground_share
+
+    class Weighted(ConstantModel):
+        fg_weight = 1.0
+
+    ds = Episodes()
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    assert foreground_share(ds) == pytest.approx(0.5)
+    assert torch.equal(torch.rand(1), before)
+    assert balanced_fg_weight(ds, 0.8) == pytest.approx((0.8, 0.5))
+    model = Weighted(foreground=True)
+    res = train(_cfg(tmp_path, fg_balance=2.0), model=model, train_set=ds, collate_fn=collate_eval, progress=False)
+    assert model.fg_weight == pytest.approx(2.0) and res["fg_weight"] == pytest.approx(2.0)
+    assert res["train_fg_share"] == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="train.fg_balance"):
+        load_config(None, {"train.fg_balance": 0})

@@ -78,6 +78,13 @@ def _non_negative_or_null(name: str, value: Any) -> str | None:
     return None
 
 
+def _positive_or_null(name: str, value: Any) -> str | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value <= 0):
+        return f"{name} must be a number > 0 or null, got {value!r}"
+    return None
+
+
 K = ConfigKey
 FREE = "free"  # a resumed run may change the key (it does not change what is trained)
 
@@ -133,6 +140,9 @@ SCHEMA: dict[str, dict[str, ConfigKey]] = {
         "optimizer": K("sgd", "sgd (PFENet: SGD with momentum) | adamw (lr ~1e-3, weight_decay ~1e-2)",
                        choices=OPTIMIZERS),
         "warmup_steps": K(0, "linear warm-up of the LR over the first steps, then the poly schedule", min=0),
+        "fg_balance": K(None, "null: model.fg_weight as set; a number c: model.fg_weight = c (1 - p) / p with p the "
+                        "training queries' foreground share (1 = balanced classes: no constant answer is favoured)",
+                        rule=_positive_or_null),
         "grad_clip": K(None, "max gradient norm (null: off)"),
         "amp": K(True, "bf16 autocast on CUDA (ignored on CPU)"),
         "val_every": K(1, "epochs between validations (0 = never)", min=0),
