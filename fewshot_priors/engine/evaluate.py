@@ -111,8 +111,9 @@ def evaluate(
         dist: rank info (default: current process group).
 
     Returns:
-        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed"}``; with a dict-valued
-        ``predict_fn``, ``{name: that dict}``.
+        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed", "protocol"}`` (``protocol``: the
+        name of the :mod:`~fewshot_priors.engine.protocols` protocol these episodes and seed
+        are, else ``"custom"``); with a dict-valued ``predict_fn``, ``{name: that dict}``.
     """
     from fewshot_priors.metrics import FewShotSegMeter
 
@@ -162,10 +163,21 @@ def evaluate(
         res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
         res["episodes"] = n
         res["seed"] = seed
+        res["protocol"] = _protocol_of(dataset, n, seed)
         results[name] = res
     if model is not None and was_training:
         model.train()
     return results["model"] if single else results
+
+
+def _protocol_of(dataset: Dataset, episodes: int, seed: int) -> str:
+    """The protocol name of an evaluation of ``episodes`` episodes of ``dataset`` with ``seed``."""
+    from .protocols import protocol_name
+
+    episode_seed = getattr(dataset, "seed", seed)  # the episodes are a function of the dataset's seed
+    if episode_seed != seed:
+        return "custom"
+    return protocol_name(getattr(dataset, "dataset_name", None), episodes, [seed])
 
 
 def format_results(results: Mapping[str, Any], title: str = "evaluation",
@@ -182,9 +194,17 @@ def format_results(results: Mapping[str, Any], title: str = "evaluation",
     rows = [(f"{names[str(cid)]} ({cid})" if str(cid) in names else f"class {cid}", iou)
             for cid, iou in results.get("per_class_iou", {}).items()]
     width = max([10, *(len(label) + 2 for label, _ in rows)])
-    lines = [f"{title}: {results.get('episodes', '?')} episodes, seed {results.get('seed', '?')}"]
-    lines.append(f"  {'mIoU':<{width}}{100 * results['miou']:7.2f}")
-    lines.append(f"  {'FB-IoU':<{width}}{100 * results['fbiou']:7.2f}")
+    episodes = results.get("episodes", "?")
+    if "seeds" in results:  # several seeds (engine.protocols): the mean and std over them
+        seeds = results["seeds"]
+        head = f"{len(seeds)} x {episodes} episodes, seeds {', '.join(map(str, seeds))}"
+    else:
+        head = f"{episodes} episodes, seed {results.get('seed', '?')}"
+    protocol = f" (protocol {results['protocol']})" if results.get("protocol") else ""
+    lines = [f"{title}: {head}{protocol}"]
+    for label, key in (("mIoU", "miou"), ("FB-IoU", "fbiou")):
+        std = f" +- {100 * results[key + '_std']:.2f}" if key + "_std" in results else ""
+        lines.append(f"  {label:<{width}}{100 * results[key]:7.2f}{std}")
     for label, iou in rows:
         lines.append(f"  {label:<{width}}{100 * iou:7.2f}")
     return "\n".join(lines)

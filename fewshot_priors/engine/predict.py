@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from ..data import TestTransform, restore_prediction
 from ..data.io import binary_mask, rgb_image
 from ..models.hub import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
 from .checkpoint import checkpoint_paths, load_checkpoint
-from .runtime import resolve_device
+from .runtime import config_device, resolve_device
 
 __all__ = ["Prediction", "Predictor", "load_trained_model", "model_from_checkpoint"]
 
@@ -97,7 +97,8 @@ def load_trained_model(source: str | os.PathLike, *, config: str | os.PathLike |
             ``config.yaml`` of its folder).
         config: the config (shipped name or YAML file) of a checkpoint or run folder.
         overrides: config overrides (``["model.region_map_backend=chunked"]``).
-        device: where the model goes (``"auto"``, ``"cpu"``, ``"cuda:N"``; default CPU).
+        device: where the model goes (``"auto"``, ``"cpu"``, ``"cuda:N"``; default: the config's
+            ``experiment.device``, ``"auto"`` for a ``save_pretrained`` folder).
 
     Returns:
         ``(model in eval mode, full config)``; the config is ``None`` for a
@@ -115,7 +116,7 @@ def load_trained_model(source: str | os.PathLike, *, config: str | os.PathLike |
             raise ValueError(f"{src} is a save_pretrained folder: it carries its own configuration, so "
                              "--config / --set do not apply to it")
         model = from_pretrained(src)
-        return model.to(resolve_device("cpu" if device is None else str(device))).eval(), None
+        return model.to(resolve_device("auto" if device is None else str(device))).eval(), None
     if src.is_dir():
         stems = [src / name for name in ("best", "last") if checkpoint_paths(src / name)[0].is_file()]
         if not stems:
@@ -133,7 +134,7 @@ def load_trained_model(source: str | os.PathLike, *, config: str | os.PathLike |
         raise FileNotFoundError(f"no config for checkpoint {stem}: neither {stem.name}.yaml nor config.yaml "
                                 "beside it; pass the config it was trained with (--config)")
     cfg = load_config(cfg_path, overrides)
-    return model_from_checkpoint(cfg, stem, device), cfg
+    return model_from_checkpoint(cfg, stem, config_device(cfg) if device is None else device), cfg
 
 
 def _to_original(x: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
@@ -222,20 +223,24 @@ class Predictor:
             masks.append(m)
         return torch.stack(images)[None], torch.stack(masks)[None]
 
-    @torch.no_grad()
     def __call__(self, query: ImageLike, supports: Sequence[tuple[ImageLike, ImageLike]], *,
                  class_id: int | None = None) -> Prediction:
         """Segment ``query`` given ``supports`` (``(image, mask)`` pairs); ``class_id``: the class
         of the support masks when they are label maps."""
-        return self.predict([query], supports, class_id=class_id)[0]
+        return next(self.predict([query], supports, class_id=class_id))
+
+    def predict(self, queries: Iterable[ImageLike], supports: Sequence[tuple[ImageLike, ImageLike]], *,
+                class_id: int | None = None) -> Iterator[Prediction]:
+        """:meth:`__call__` for several queries with the same supports, read once; yields one
+        :class:`Prediction` per query, in order, reading each query when it is its turn.
+
+        Raises:
+            ValueError / BadDataError: a bad support, before the first query is read.
+        """
+        s_img, s_mask = self._supports(supports, class_id)  # checked now, not at the first next()
+        return (self._one(rgb_image(q), s_img, s_mask) for q in queries)
 
     @torch.no_grad()
-    def predict(self, queries: Sequence[ImageLike], supports: Sequence[tuple[ImageLike, ImageLike]], *,
-                class_id: int | None = None) -> list[Prediction]:
-        """:meth:`__call__` for several queries with the same supports (read once)."""
-        s_img, s_mask = self._supports(supports, class_id)
-        return [self._one(rgb_image(q), s_img, s_mask) for q in queries]
-
     def _one(self, image: np.ndarray, s_img: torch.Tensor, s_mask: torch.Tensor) -> Prediction:
         x, _, hw = self._canvas(image)
         orig = image.shape[:2]
