@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._validate import is_int
+
 __all__ = ["EXPORT_FORMATS", "InferenceGraph", "example_inputs", "export_model", "run_exported"]
 
 #: The export formats: ``--format`` of ``fewshot-priors export``.
@@ -130,7 +132,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str = "onnx"
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"`fmt` must be one of {EXPORT_FORMATS}, got {fmt!r}")
     for name, value, low in (("image_size", image_size, 8), ("shots", shots, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

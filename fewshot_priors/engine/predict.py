@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .._validate import is_int
 from ..data import TestTransform, restore_prediction
 from ..data.io import binary_mask, rgb_image
 from ..models.hub import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
@@ -177,7 +178,7 @@ class Predictor:
                  device: torch.device | str | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a trained QGNet (nn.Module), got {type(model).__name__}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        if not is_int(image_size) or image_size < 8:
             raise ValueError(f"`image_size` must be an int >= 8 (the model's input size), got {image_size!r}")
         self.device = resolve_device(str(device)) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
