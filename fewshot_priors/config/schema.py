@@ -59,6 +59,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # null = on for `folder` (photos of any size), off for pascal/coco (PFENet's recipe)
         "train_resize_long": None,
         "min_pixels": 2048,  # an (image, class) pair is eligible if the class covers >= 2 x 32 x 32 px
+        # training images holding a held-out class: false keeps them, their pixels as background
+        # (PFENet); true drops them (BAM's filter)
+        "exclude_novel_images": False,
         "num_workers": "auto",  # int >= 0, or "auto" = min(CPU cores, 8)
         "num_classes": None,  # pascal layout only (e.g. the synthetic data): number of foreground classes
         "fold_classes": None,  # held-out classes: ids 1..N (pascal, coco); folder names or ids (folder)
