@@ -53,6 +53,7 @@ class InferenceGraph(nn.Module):
         for part in (getattr(self.model, "guided_map", None), getattr(self.model, "prior_map", None)):
             if part is not None and hasattr(part, "backend"):
                 part.backend = "reference"
+        self.eval()  # the wrapper too: the exporters trace the mode they find (dropout would be kept)
 
     def forward(self, query_image: torch.Tensor, support_images: torch.Tensor,
                 support_masks: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,9 @@ def run_exported(path: str | os.PathLike, query_image: torch.Tensor, support_ima
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = {name: t.detach().cpu().float().numpy() for name, t in zip(_INPUTS, inputs)}
         return torch.from_numpy(session.run(["logits"], feed)[0])
-    module = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():  # TorchScript's deprecation notice: the format is what was asked for
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(*(t.detach().cpu().float() for t in inputs))
 
