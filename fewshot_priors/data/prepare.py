@@ -25,7 +25,7 @@ from .._progress import progress_bar
 from ..constants import IGNORE_INDEX
 from .io import BadDataError, DataLayoutError, read_label
 
-__all__ = ["SBD_LAYOUT", "VOC_LAYOUT", "prepare_coco", "prepare_pascal", "write_label_png"]
+__all__ = ["SBD_LAYOUT", "VOC_LAYOUT", "prepare_coco", "prepare_pascal", "read_sbd_label", "write_label_png"]
 
 VOC_LAYOUT = """expected the VOC 2012 download (VOCtrainval_11-May-2012.tar) as it unpacks:
   [VOCdevkit/]VOC2012/JPEGImages/<id>.jpg
@@ -201,11 +201,10 @@ def prepare_coco(root: str | os.PathLike, *, splits: Sequence[str] = ("train", "
         out = root / "annotations" / f"{split}2014"
         out.mkdir(parents=True, exist_ok=True)
         written = 0
-        for name, key in progress_bar(labels.items(), desc=f"{split}2014 masks", disable=not progress,
-                                      total=len(labels)):
+        for name, _, image_id in progress_bar(labels.images, desc=f"{split}2014 masks", disable=not progress):
             target = out / f"{name}.png"
             if not target.is_file():
-                write_label_png(target, labels.read(key))
+                write_label_png(target, labels.read(image_id))
                 written += 1
         summary[split] = {"labels": len(labels), "written": written, "kept": len(labels) - written}
     return summary
