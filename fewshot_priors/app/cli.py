@@ -465,15 +465,11 @@ def _cmd_real_images(args) -> int:
 
 
 def _load_model_for_eval(cfg, checkpoint):
-    from fewshot_priors.engine.build import build_model
-    from fewshot_priors.engine.checkpoint import load_checkpoint
+    from fewshot_priors.engine.predict import model_from_checkpoint
     from fewshot_priors.engine.runtime import Runtime
 
-    # the weights come from the checkpoint: do not try to download / read backbone files
-    device = Runtime.from_config(cfg).device  # experiment.device (cuda:<local_rank> under DDP)
-    model = build_model(cfg, pretrained=False, weights=None, prior_weights=None)
-    load_checkpoint(checkpoint, model=model)
-    return model.to(device)
+    # the weights come from the checkpoint: no backbone file is read, nothing is downloaded
+    return model_from_checkpoint(cfg, checkpoint, Runtime.from_config(cfg).device)  # cuda:<local_rank> under DDP
 
 
 def _cmd_train(args) -> int:

@@ -154,7 +154,8 @@ class Predictor:
         model: a trained :class:`~fewshot_priors.models.QGNet` (or a module with its call
             signature returning ``logits``, ``guided_map`` and ``prior_map``).
         image_size: the model's input size (its config's ``data.image_size``).
-        device: where to run (default: the model's device).
+        device: where to run (default: the model's device); the model is moved there and put in
+            eval mode.
 
     Call it with a query and ``supports``, a sequence of ``(image, mask)`` pairs (K shots).
     Images are files, PIL images or ``H, W, 3`` arrays (uint8, or float in [0, 1]); masks
