@@ -337,7 +337,7 @@ class EpisodicDataset(Dataset):
         if novel is None:
             raise ValueError(f"exclude_novel_images: {type(self).__name__} does not name its held-out classes "
                              "(set `test_class_ids` in its _index)")
-        novel = set(int(c) for c in novel)
+        novel = {int(c) for c in novel}
         kept = [e for e in entries if not any(n > 0 and c in novel for c, n in scan.counts[e.name].items())]
         self.excluded_novel_images = len(entries) - len(kept)
         return kept
