@@ -143,3 +143,26 @@ def test_exclude_novel_images_drops_exactly_the_training_images_holding_a_held_o
         pytest.fail("no training episode with a held-out class in its query image")
     val = build_dataset(_cfg(root, "data.exclude_novel_images=true"), "val", episodes=4, progress=False)
     assert val.excluded_novel_images == 0  # the held-out split is never filtered
+
+
+def test_exclude_novel_images_on_a_folder_dataset_goes_by_the_photo(tmp_path):
+    """A folder mask holds one class: a training photo shows a held-out class when that class's
+    folder holds the same photo (as the COCO sample stores a photo once per class in it)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = {"ant": ["a", "b", "c"], "bee": ["b", "d", "e"], "cat": ["c", "f", "g", "h"]}
+    for cls, stems in photos.items():
+        (tmp_path / cls).mkdir()
+        for stem in stems:
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / cls / f"{stem}.jpg")
+            mask = np.zeros((40, 40), np.uint8)
+            mask[5:35, 5:35] = 255
+            Image.fromarray(mask).save(tmp_path / cls / f"{stem}.png")
+    over = [f"data.root={tmp_path}", "data.dataset=folder", "data.image_size=32", "data.min_pixels=10",
+            "data.fold_classes=[ant]"]
+    keep = build_dataset(load_config(None, over), "train", progress=False)
+    drop = build_dataset(load_config(None, [*over, "data.exclude_novel_images=true"]), "train", progress=False)
+    assert sorted(e.name for e in keep.entries) == ["bee/b", "bee/d", "bee/e", "cat/c", "cat/f", "cat/g", "cat/h"]
+    assert sorted(e.name for e in drop.entries) == ["bee/d", "bee/e", "cat/f", "cat/g", "cat/h"]  # b, c show ants
+    assert drop.excluded_novel_images == 2

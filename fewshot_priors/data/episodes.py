@@ -338,9 +338,13 @@ class EpisodicDataset(Dataset):
             raise ValueError(f"exclude_novel_images: {type(self).__name__} does not name its held-out classes "
                              "(set `test_class_ids` in its _index)")
         novel = {int(c) for c in novel}
-        kept = [e for e in entries if not any(n > 0 and c in novel for c, n in scan.counts[e.name].items())]
+        kept = [e for e in entries if not self._holds_novel(e, scan, novel)]
         self.excluded_novel_images = len(entries) - len(kept)
         return kept
+
+    def _holds_novel(self, entry: Entry, scan: ScanResult, novel: set[int]) -> bool:
+        """Whether ``entry``'s image shows a held-out class (``novel``): a pixel of it in its label."""
+        return any(n > 0 and c in novel for c, n in scan.counts[entry.name].items())
 
     # ------------------------------------------------------------------ API
     def read_label(self, entry: Entry) -> np.ndarray:

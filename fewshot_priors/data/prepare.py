@@ -98,12 +98,13 @@ def _pascal_label(vid: str, voc: Path, sbd: Path) -> np.ndarray:
 
 
 def _link_images(voc: Path, out_voc: Path) -> None:
-    """``out_voc/JPEGImages`` -> the download's ``JPEGImages`` (a symbolic link)."""
+    """``out_voc/JPEGImages`` -> the download's ``JPEGImages`` (a symbolic link), unless it is a
+    folder already (the download's own, a link made before, or a copy of the images)."""
     link = out_voc / "JPEGImages"
-    if link.resolve() == (voc / "JPEGImages").resolve():
+    if link.is_dir():
         return
     if link.exists() or link.is_symlink():
-        raise FileExistsError(f"{link} exists and is not the download's JPEGImages ({voc / 'JPEGImages'}); "
+        raise FileExistsError(f"{link} exists and is not a folder of images (a file or a broken link); "
                               "remove it or choose another --output-dir")
     link.symlink_to((voc / "JPEGImages").resolve(), target_is_directory=True)
 
