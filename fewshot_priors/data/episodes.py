@@ -104,8 +104,9 @@ class DatasetOptions:
         cache: write/read the index cache (``.fewshot_index_*.json`` beside the data, or
             the user cache folder when that is read-only).
         exclude_novel_images: ``"train"`` split only: drop every training image that contains
-            a pixel of a held-out class (BAM's filter). ``False`` (PFENet's protocol, the
-            default) keeps them, with the held-out classes' pixels as background.
+            a pixel of a held-out class (BAM's filter; folder datasets: every photo that a
+            held-out class's folder also holds). ``False`` (PFENet's protocol, the default)
+            keeps them, with the held-out classes' pixels as background.
     """
 
     min_pixels: int = 2048
