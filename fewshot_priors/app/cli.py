@@ -17,9 +17,9 @@ Subcommands::
     fewshot-priors export --model runs/x --format onnx|torchscript --output qgnet.onnx [--shots 1]
 
 One convention for outputs: ``--output-dir DIR`` for a command that writes a folder
-(``demo``, ``real-images``, ``train``, ``pretrain``), ``--output FILE`` for one that
-writes one file (``eval``'s JSON, ``visualize``'s PNG, ``convert``'s checkpoint, whose
-``.json`` sidecar and ``.yaml`` config go beside it).
+(``demo``, ``real-images``, ``train``, ``pretrain``, ``predict``, ``prepare pascal``), ``--output FILE``
+for one that writes one file (``eval``'s JSON, ``visualize``'s PNG, ``convert``'s checkpoint, whose
+``.json`` sidecar and ``.yaml`` config go beside it, ``export``'s ONNX / TorchScript file).
 
 Every command that runs a model takes ``--device``, ``--no-progress`` (hides the
 progress bars and lines only; status lines and results are still printed) and
