@@ -170,8 +170,9 @@ def test_predict_command_on_real_photos(run_dir, tmp_path, capsys):
     photos = sorted((REAL / "dog").glob("*.jpg"))
     assert len(photos) >= 4
     (tmp_path / "queries").mkdir()
-    for p in photos[2:4]:
+    for p in photos[2:4]:  # with their masks beside them, as in the dataset: those are not queries
         (tmp_path / "queries" / p.name).symlink_to(p)
+        (tmp_path / "queries" / p.with_suffix(".png").name).symlink_to(p.with_suffix(".png"))
     support = [arg for p in photos[:2] for arg in ("--support", str(p), str(p.with_suffix(".png")))]
     out = tmp_path / "out"
     assert main(["predict", "--model", str(run_dir), *support, "--query", str(tmp_path / "queries"),

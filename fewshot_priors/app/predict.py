@@ -27,7 +27,9 @@ __all__ = ["query_files", "run_predict"]
 
 
 def query_files(queries: Sequence[str | os.PathLike]) -> list[Path]:
-    """The query images: each file as given, each folder's images (sorted, not recursive).
+    """The query images: each file as given, each folder's images (sorted, not recursive). In a
+    folder, ``<stem>.png`` beside an image ``<stem>.jpg`` (or any other extension) is that image's
+    mask, as in a folder dataset, and is not a query.
 
     Raises:
         FileNotFoundError: a path that does not exist, or a folder without images.
@@ -38,7 +40,9 @@ def query_files(queries: Sequence[str | os.PathLike]) -> list[Path]:
     for q in queries:
         p = Path(q)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            images = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+            photos = {f.stem for f in images if f.suffix.lower() != ".png"}
+            found = sorted(f for f in images if not (f.suffix.lower() == ".png" and f.stem in photos))
             if not found:
                 raise FileNotFoundError(f"--query folder {p} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend(found)
