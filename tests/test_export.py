@@ -33,9 +33,15 @@ def _real_photos() -> Path | None:
 REAL = _real_photos()
 
 
-def _model(use_prior: bool) -> QGNet:
+def _model(backbone: str = "resnet18", use_prior: bool = True, bins=(4, 2)) -> QGNet:
     torch.manual_seed(0)
-    return QGNet("resnet18", use_prior=use_prior, bins=(4, 2), channels=16).eval()
+    return QGNet(backbone, use_prior=use_prior, bins=bins, channels=16).eval()
+
+
+#: the real-photo recipe's architecture (EfficientNet-Lite0: timm's "same" padding; bins as fractions of
+#: the feature size), and a ResNet without prior map taking 2 shots
+MODELS = {"lite0_prior_1shot": (dict(backbone="tf_efficientnet_lite0", bins=(1.0, 0.5)), 1),
+          "resnet18_no_prior_2shot": (dict(use_prior=False), 2)}
 
 
 def _random_inputs(shots: int, seed: int):
@@ -59,11 +65,13 @@ def _real_inputs(shots: int):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("use_prior, shots", [(True, 1), (False, 2)])
-def test_exported_logits_equal_the_model(fmt, use_prior, shots, tmp_path):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_exported_logits_equal_the_model(fmt, name, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime")
-    model = _model(use_prior)
+        pytest.importorskip("onnxscript")
+    kwargs, shots = MODELS[name]
+    model = _model(**kwargs)
     path = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
     res = export_model(model, path, fmt=fmt, image_size=SIZE, shots=shots)
     assert res["max_abs_diff"] is not None and res["max_abs_diff"] < ATOL and path.is_file()
@@ -81,7 +89,7 @@ def test_exported_logits_equal_the_model(fmt, use_prior, shots, tmp_path):
 
 
 def test_inference_graph_and_inputs():
-    model = _model(True)
+    model = _model()
     graph = InferenceGraph(model)
     assert graph.model is not model and graph.model.guided_map.backend == "reference"
     q, s, m = example_inputs(SIZE, shots=3)
@@ -96,6 +104,7 @@ def test_inference_graph_and_inputs():
 
 def test_export_command(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
     cfg = load_config("demo/quick", ["data.image_size=64", "model.bins=[4, 2]", "model.channels=16",
                                      "experiment.device=cpu"])
     torch.manual_seed(0)

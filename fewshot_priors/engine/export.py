@@ -17,7 +17,10 @@ when it is installed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
+import io
 import os
 import warnings
 from pathlib import Path
@@ -32,7 +35,7 @@ __all__ = ["EXPORT_FORMATS", "InferenceGraph", "example_inputs", "export_model",
 #: The export formats: ``--format`` of ``fewshot-priors export``.
 EXPORT_FORMATS = ("onnx", "torchscript")
 #: ONNX opset of the exported graphs.
-ONNX_OPSET = 17
+ONNX_OPSET = 18
 _INPUTS = ("query_image", "support_images", "support_masks")
 
 
@@ -80,13 +83,16 @@ def example_inputs(image_size: int, shots: int = 1, *, seed: int = 0,
 
 
 def _write(graph: InferenceGraph, inputs: tuple[torch.Tensor, ...], path: Path, fmt: str) -> None:
-    with warnings.catch_warnings():  # the tracer's notes on the constant shapes and the deprecations
+    """Trace ``graph`` on ``inputs`` into ``path``: TorchScript, or ONNX with the ``torch.export``
+    based exporter (the TorchScript-based one loses the static sizes behind timm's "same" padding
+    and cannot export the decoder's adaptive pooling then)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporters' notes
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
             torch.jit.save(torch.jit.trace(graph, inputs, check_trace=False), str(path))
         else:
             torch.onnx.export(graph, inputs, str(path), input_names=list(_INPUTS), output_names=["logits"],
-                              opset_version=ONNX_OPSET, dynamo=False)
+                              opset_version=ONNX_OPSET, dynamo=True, verbose=False)
 
 
 def run_exported(path: str | os.PathLike, query_image: torch.Tensor, support_images: torch.Tensor,
@@ -131,12 +137,16 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: str = "onnx"
 
     Raises:
         ValueError: an unknown ``fmt`` or a bad size / shot count.
+        ImportError: ONNX without onnxscript (torch's ONNX exporter needs it) installed.
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"`fmt` must be one of {EXPORT_FORMATS}, got {fmt!r}")
     for name, value, low in (("image_size", image_size, 8), ("shots", shots, 1)):
         if not is_int(value) or value < low:
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+    if fmt == "onnx" and importlib.util.find_spec("onnxscript") is None:
+        raise ImportError("ONNX export needs onnx and onnxscript (torch's exporter): pip install onnx onnxscript, "
+                          "and onnxruntime to check the file")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = InferenceGraph(model).cpu().float()  # a copy: the model stays where it is
