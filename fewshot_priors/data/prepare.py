@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -144,33 +144,45 @@ def prepare_pascal(voc: str | os.PathLike, sbd: str | os.PathLike, output_dir: s
                          "ImageSets/Segmentation/val.txt"), "VOC 2012", VOC_LAYOUT)
     sbd_dir = _find_dir(Path(sbd), ("", "dataset", "benchmark_RELEASE/dataset"),
                         ("cls", "train.txt", "val.txt"), "SBD", SBD_LAYOUT)
-    lists = voc_dir / "ImageSets" / "Segmentation"
-    voc_train, voc_val = _read_ids(lists / "train.txt"), _read_ids(lists / "val.txt")
-    sbd_ids = _read_ids(sbd_dir / "train.txt") + _read_ids(sbd_dir / "val.txt")
-    val_set = set(voc_val)
-    train_aug = sorted(set(sbd_ids + voc_train) - val_set)
-    every = sorted(set(train_aug) | val_set)
-    missing = [i for i in every if not (voc_dir / "JPEGImages" / f"{i}.jpg").is_file()]
-    if missing:
-        raise DataLayoutError(f"{len(missing)} image(s) of the split lists are missing from "
-                              f"{voc_dir / 'JPEGImages'}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-
+    train_aug, val = _pascal_lists(voc_dir, sbd_dir)
+    every = sorted(set(train_aug) | set(val))
     out_voc = Path(output_dir) / "VOC2012"
-    label_dir = out_voc / "SegmentationClassAug"
-    label_dir.mkdir(parents=True, exist_ok=True)
+    written = _write_labels(every, out_voc / "SegmentationClassAug", lambda vid: _pascal_label(vid, voc_dir, sbd_dir),
+                            "SegmentationClassAug", progress)
     _link_images(voc_dir, out_voc)
-    written = 0
-    for vid in progress_bar(every, desc="SegmentationClassAug", disable=not progress):
-        target = label_dir / f"{vid}.png"
-        if not target.is_file():
-            write_label_png(target, _pascal_label(vid, voc_dir, sbd_dir))
-            written += 1
     out_lists = out_voc / "ImageSets" / "Segmentation"
     out_lists.mkdir(parents=True, exist_ok=True)
     atomic_write((out_lists / "train_aug.txt", "".join(f"{i}\n" for i in train_aug).encode()),
-                 (out_lists / "val.txt", "".join(f"{i}\n" for i in voc_val).encode()))
+                 (out_lists / "val.txt", "".join(f"{i}\n" for i in val).encode()))
     return {"root": str(Path(output_dir)), "labels": len(every), "written": written, "kept": len(every) - written,
-            "train_aug": len(train_aug), "val": len(voc_val)}
+            "train_aug": len(train_aug), "val": len(val)}
+
+
+def _pascal_lists(voc_dir: Path, sbd_dir: Path) -> tuple[list[str], list[str]]:
+    """``(train_aug ids, val ids)``: SBD train + val + VOC train minus VOC val (sorted), and VOC val;
+    every image of both must be in VOC's ``JPEGImages``."""
+    lists = voc_dir / "ImageSets" / "Segmentation"
+    voc_train, val = _read_ids(lists / "train.txt"), _read_ids(lists / "val.txt")
+    sbd_ids = _read_ids(sbd_dir / "train.txt") + _read_ids(sbd_dir / "val.txt")
+    train_aug = sorted(set(sbd_ids + voc_train) - set(val))
+    missing = sorted(i for i in set(train_aug) | set(val) if not (voc_dir / "JPEGImages" / f"{i}.jpg").is_file())
+    if missing:
+        raise DataLayoutError(f"{len(missing)} image(s) of the split lists are missing from "
+                              f"{voc_dir / 'JPEGImages'}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return train_aug, val
+
+
+def _write_labels(names: Sequence[str], folder: Path, read: Callable[[str], np.ndarray], desc: str,
+                  progress: bool) -> int:
+    """Write ``folder/<name>.png`` = ``read(name)`` for each name whose file is not there yet; the count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name in progress_bar(names, desc=desc, disable=not progress):
+        target = folder / f"{name}.png"
+        if not target.is_file():
+            write_label_png(target, read(name))
+            written += 1
+    return written
 
 
 def prepare_coco(root: str | os.PathLike, *, splits: Sequence[str] = ("train", "val"), crowd: str = "ignore",
@@ -191,21 +203,17 @@ def prepare_coco(root: str | os.PathLike, *, splits: Sequence[str] = ("train", "
     Returns:
         ``{split: {"labels", "written", "kept"}}``.
     """
+    bad = [s for s in splits if s not in ("train", "val")]
+    if bad:
+        raise ValueError(f"`splits` must hold 'train' / 'val', got {bad[0]!r}")
+    return {split: _coco_split(Path(root), split, crowd, progress) for split in splits}
+
+
+def _coco_split(root: Path, split: str, crowd: str, progress: bool) -> dict:
     from .coco import CocoInstanceLabels
 
-    root = Path(root)
-    summary = {}
-    for split in splits:
-        if split not in ("train", "val"):
-            raise ValueError(f"`splits` must hold 'train' / 'val', got {split!r}")
-        labels = CocoInstanceLabels(root / "annotations" / f"instances_{split}2014.json", crowd=crowd)
-        out = root / "annotations" / f"{split}2014"
-        out.mkdir(parents=True, exist_ok=True)
-        written = 0
-        for name, _, image_id in progress_bar(labels.images, desc=f"{split}2014 masks", disable=not progress):
-            target = out / f"{name}.png"
-            if not target.is_file():
-                write_label_png(target, labels.read(image_id))
-                written += 1
-        summary[split] = {"labels": len(labels), "written": written, "kept": len(labels) - written}
-    return summary
+    labels = CocoInstanceLabels(root / "annotations" / f"instances_{split}2014.json", crowd=crowd)
+    ids = {name: image_id for name, _, image_id in labels.images}
+    written = _write_labels(list(ids), root / "annotations" / f"{split}2014", lambda name: labels.read(ids[name]),
+                            f"{split}2014 masks", progress)
+    return {"labels": len(ids), "written": written, "kept": len(ids) - written}
