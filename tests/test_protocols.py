@@ -120,7 +120,7 @@ def test_eval_command_with_a_protocol(root, tmp_path, capsys, monkeypatch):
 
 
 def test_exclude_novel_images_drops_exactly_the_training_images_holding_a_held_out_class(root):
-    keep = build_dataset(_cfg(root), "train", progress=False)
+    keep = build_dataset(_cfg(root, "data.exclude_novel_images=false"), "train", progress=False)
     drop = build_dataset(_cfg(root, "data.exclude_novel_images=true"), "train", progress=False)
     novel = set(keep.test_class_ids)
 
