@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from fewshot_priors.app.cli import main
 from fewshot_priors.config import load_config, save_config
 from fewshot_priors.data import BadDataError, generate_synthetic_dataset, restore_prediction
-from fewshot_priors.data.io import binary_mask, write_palette_png
+from fewshot_priors.data.io import AmbiguousMaskWarning, binary_mask, write_palette_png
 from fewshot_priors.engine.build import build_dataset, build_model
 from fewshot_priors.engine.checkpoint import save_checkpoint
 from fewshot_priors.engine.predict import Predictor, load_trained_model
@@ -212,3 +216,32 @@ def test_predict_command_reports_bad_input_in_one_line(run_dir, tmp_path, capsys
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
     assert main([*base, "--support", str(tmp_path / "s.png"), str(tmp_path / "label.png"), "--class-id", "15"]) == 0
     assert Image.open(tmp_path / "out" / "s_mask.png").size == (56, 40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12))), st.integers(1, 254))
+def test_binary_mask_of_any_array(values, class_id):
+    """Any uint8 array is a mask of its own shape holding 0 / 1 / 255; with a class, exactly its pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmbiguousMaskWarning)
+        m = binary_mask(values)
+    assert m.shape == values.shape and set(np.unique(m).tolist()) <= {0, 1, 255}
+    if set(np.unique(values).tolist()) <= {0, 255}:  # a 0/255 mask: 255 is the object
+        np.testing.assert_array_equal(m, (values == 255).astype(np.uint8))
+    if (values == class_id).any():
+        m = binary_mask(values, class_id=class_id)
+        np.testing.assert_array_equal(m == 1, values == class_id)
+        np.testing.assert_array_equal(m == 255, values == 255)
+    else:
+        with pytest.raises(BadDataError, match=f"no pixel of class id {class_id}"):
+            binary_mask(values, class_id=class_id)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(1, 90), st.integers(1, 90), st.integers(0, 2**16))
+def test_a_query_of_any_size_gets_a_mask_of_its_size(predictor, h, w, seed):
+    image, mask = _photo()
+    query = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = predictor(query, [(image, mask)])
+    assert out.mask.shape == out.foreground.shape == out.guided_map.shape == (h, w)
+    assert np.isfinite(out.foreground).all() and np.isfinite(out.guided_map).all()
