@@ -18,7 +18,8 @@ layer  modules (``fewshot_priors.`` + name or package)                   may imp
        layers 1 and 2)
 3      ``config``, ``engine``                                           0 - 3
 4      the app subpackage ``app`` (``app.cli``, ``app.demo``,           0 - 4
-       ``app.real_images``, ``app.study``, ``app.report``) and
+       ``app.real_images``, ``app.study``, ``app.report``,
+       ``app.predict``) and
        ``__main__`` (``python -m fewshot_priors``)
 =====  ===============================================================  ====================
 
@@ -75,6 +76,7 @@ LAYERS: dict[str, int] = {
     "app.real_images": 4,
     "app.report": 4,  # the tables and recall meter shared by demo and real_images
     "app.study": 4,  # run config + train one variant + score it 1-/5-shot, shared by demo and real_images
+    "app.predict": 4,  # `fewshot-priors predict`: query files -> mask / overlay / map PNGs
     "__main__": 4,  # `python -m fewshot_priors`: calls app.cli.main
 }
 
@@ -324,7 +326,7 @@ def test_no_library_module_imports_the_app(graph):
     assert [a for a, bs in graph.items() if f"{PACKAGE}.__main__" in bs] == []
     # the app modules all live under app/ (no module left at the old top-level paths)
     assert {m for m in graph if layer_of(m, PACKAGE, LAYERS) == 4} == {
-        f"{PACKAGE}.{m}" for m in ("app", "app.cli", "app.demo", "app.real_images", "app.report", "app.study",
+        f"{PACKAGE}.{m}" for m in ("app", "app.cli", "app.demo", "app.real_images", "app.report", "app.study", "app.predict",
                                    "__main__")}
 
 

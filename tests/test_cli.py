@@ -114,7 +114,8 @@ def test_python_m_entry_point():
 def test_help_and_version_do_not_import_torch():
     """--help must be instant: neither the package root nor cli.py imports torch to build the parser."""
     code = ("import sys\nfrom fewshot_priors.app.cli import main\n"
-            "for argv in (['--help'], ['train', '--help'], ['eval', '--help'], ['--version']):\n"
+            "for argv in (['--help'], ['train', '--help'], ['eval', '--help'], ['predict', '--help'],\n"
+            "             ['prepare', 'pascal', '--help'], ['export', '--help'], ['--version']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
@@ -143,7 +144,8 @@ def test_argument_errors_show_the_subcommand_usage_and_abbreviations_are_refused
 #: The flags every command that runs a model takes, and the one output convention.
 RUN_COMMANDS = {"train": ["--config", "demo"], "eval": ["--config", "demo", "--checkpoint", "x"],
                 "visualize": ["--config", "demo", "--checkpoint", "x"], "pretrain": [], "demo": [],
-                "real-images": ["--root", "r"]}
+                "real-images": ["--root", "r"], "predict": ["--model", "m", "--support", "s", "m", "--query", "q"],
+                "export": ["--model", "m", "--output", "m.onnx"]}
 
 
 def test_every_command_that_runs_a_model_takes_the_common_flags():
@@ -165,9 +167,9 @@ def test_one_output_convention_across_commands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
     flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in sub.items()}
-    for name in ("demo", "real-images", "train", "pretrain"):
+    for name in ("demo", "real-images", "train", "pretrain", "predict"):
         assert "--output-dir" in flags[name] and "--output" not in flags[name], name
-    for name in ("eval", "visualize", "convert"):
+    for name in ("eval", "visualize", "convert", "export"):
         assert "--output" in flags[name] and "--output-dir" not in flags[name], name
     for name, parser_ in sub.items():
         for action in parser_._actions:

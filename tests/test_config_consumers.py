@@ -202,6 +202,7 @@ DATA_EFFECTS = {
     "train_resize_long": lambda r: _dataset(r, "train", train_resize_long=True).transform.resize_long == 32,
     "min_pixels": lambda r: _dataset(r, "val", min_pixels=150).min_pixels == 150,
     "fold_classes": lambda r: _dataset(r, "val", fold_classes=[3]).test_class_ids == [3],
+    "exclude_novel_images": lambda r: _dataset(r, "train", exclude_novel_images=True).excluded_novel_images > 0,
 }
 
 # ----------------------------------------------------------------------------- the tests

@@ -163,3 +163,28 @@ def test_missing_layout(tmp_path):
         CocoFewShot(tmp_path, split="train")
     with pytest.raises(ValueError, match="annotation_format"):
         CocoFewShot(tmp_path, split="val", options=CocoOptions(annotation_format="xml"))
+
+
+def test_prepare_coco_writes_what_the_json_reader_rasterises(coco_root, capsys):
+    """`prepare coco`: the PNG layout holds the JSON reader's labels, so both formats give the same episodes."""
+    from fewshot_priors.app.cli import main
+    from fewshot_priors.data.io import read_label
+    from fewshot_priors.data.prepare import prepare_coco
+
+    res = prepare_coco(coco_root, splits=["val"], progress=False)
+    assert res == {"val": {"labels": 8, "written": 8, "kept": 0}}
+    from_json = CocoFewShot(coco_root, split="val", episodes=6, image_size=64, options=CocoOptions(fold_classes=[2]))
+    from_png = CocoFewShot(coco_root, split="val", episodes=6, image_size=64,
+                           options=CocoOptions(fold_classes=[2], annotation_format="png"))
+    for e in from_json.entries:
+        np.testing.assert_array_equal(read_label(coco_root / "annotations" / "val2014" / f"{e.name}.png"),
+                                      from_json.read_label(e))
+    assert [e.name for e in from_png.entries] == [e.name for e in from_json.entries]
+    for i in range(6):
+        a, b = from_json[i], from_png[i]
+        assert a["query_name"] == b["query_name"] and torch.equal(a["query_mask_orig"], b["query_mask_orig"])
+    assert main(["prepare", "coco", "--root", str(coco_root), "--no-progress"]) == 0  # val kept, train written
+    out = capsys.readouterr().out
+    assert "train2014: 8 masks (8 written, 0 already there)" in out and "val2014: 8 masks (0 written, 8" in out
+    assert main(["prepare", "coco", "--root", str(coco_root / "nope"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("error: annotation file")

@@ -11,11 +11,15 @@ Subcommands::
     fewshot-priors visualize --config ... --checkpoint runs/x/best [--output fig5.png] [--episodes 4]
     fewshot-priors pretrain --images DIR [--output-dir runs/pretrain] [--config ...]
     fewshot-priors convert PFENet.pth --kind pfenet|qgnet|pfenet-backbone --output converted/x.safetensors
+    fewshot-priors prepare pascal --voc VOCdevkit --sbd benchmark_RELEASE --output-dir data/pascal
+    fewshot-priors prepare coco --root data/coco
+    fewshot-priors predict --model runs/x --support s.jpg s.png [--support ...] --query photos/ [--output-dir DIR]
+    fewshot-priors export --model runs/x --format onnx|torchscript --output qgnet.onnx [--shots 1]
 
 One convention for outputs: ``--output-dir DIR`` for a command that writes a folder
-(``demo``, ``real-images``, ``train``, ``pretrain``), ``--output FILE`` for one that
-writes one file (``eval``'s JSON, ``visualize``'s PNG, ``convert``'s checkpoint, whose
-``.json`` sidecar and ``.yaml`` config go beside it).
+(``demo``, ``real-images``, ``train``, ``pretrain``, ``predict``, ``prepare pascal``), ``--output FILE``
+for one that writes one file (``eval``'s JSON, ``visualize``'s PNG, ``convert``'s checkpoint, whose
+``.json`` sidecar and ``.yaml`` config go beside it, ``export``'s ONNX / TorchScript file).
 
 Every command that runs a model takes ``--device``, ``--no-progress`` (hides the
 progress bars and lines only; status lines and results are still printed) and
@@ -64,6 +68,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPoi
 REAL_IMAGES_PRESETS = ("full", "long", "scratch", "quick")
 REAL_IMAGES_VARIANTS = ("qgnet", "qgnet_imagenet_moco_prior", "qgnet_imagenet_prior", "qgnet_random_prior",
                         "qgnet_without_prior")
+#: ``fewshot_priors.engine.protocols.PROTOCOLS`` (written out for the same reason; a test keeps them equal).
+EVAL_PROTOCOLS = ("pfenet", "hsnet", "multi-seed")
 
 
 def _int_at_least(low: int):
@@ -255,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_positive_int,
                    help="number of test episodes (default: the config's eval.episodes, else data.test_episodes)")
     p.add_argument("--seed", type=int, help=f"episode seed {_config_default('eval.seed')}")
+    p.add_argument("--protocol", choices=EVAL_PROTOCOLS,
+                   help="a published protocol instead of --episodes / --seed: pfenet (5000 PASCAL / 20000 COCO "
+                        "episodes, seed 321), hsnet (1000 episodes, seed 0), multi-seed (1000 episodes x seeds "
+                        "321-325, mean and std); every result records the protocol it matches (custom otherwise)")
     p.add_argument("--num-workers", type=_nonnegative_int, help=f"data loader workers "
                                                                  f"{_config_default('data.num_workers')}")
     p.add_argument("--output", metavar="FILE", help="also write the results as JSON to FILE (checked before the "
@@ -324,7 +334,79 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p, required=False, help="base config for the data / train / eval sections (shipped name or "
                                             "YAML file) (default: the package defaults)")
     _add_set_arg(p, "data.fold=2")
+    _add_deployment_parsers(sub)
     return parser
+
+
+def _add_model_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="PATH",
+                   help="the trained model: a `train` run folder (config.yaml + best / last checkpoint), a "
+                        "save_pretrained folder (config.json + model.safetensors) or a checkpoint "
+                        "(X.safetensors + X.json, its config X.yaml or the folder's config.yaml)")
+    _add_config_arg(p, required=False, help="the config of a checkpoint without X.yaml or config.yaml beside it "
+                                            "(shipped name or YAML file)")
+    p.add_argument("--image-size", type=_int_at_least(8),
+                   help=f"the model's input size {_config_default('data.image_size')}; 473 for a "
+                        "save_pretrained folder")
+
+
+def _add_deployment_parsers(sub) -> None:
+    """``prepare``, ``predict`` and ``export``: from the downloads to a model on your own photos."""
+    p = _add_subparser(sub, "prepare", help="build PASCAL-5i / COCO-20i from the official downloads",
+                       description="pascal: SegmentationClassAug (grey PNGs 0-20, 255 boundary) and the standard "
+                                   "train_aug.txt (SBD train + val + VOC train, minus VOC val) / val.txt from the "
+                                   "VOC 2012 and SBD downloads, under --output-dir/VOC2012 (data.root = "
+                                   "--output-dir). coco: the 80-class masks rasterised once from the instance "
+                                   "JSON into annotations/{train,val}2014/*.png (data.annotation_format=png). "
+                                   "Idempotent and resumable: labels already written are kept.")
+    prep = p.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    q = prep.add_parser("pascal", formatter_class=_HelpFormatter, allow_abbrev=False,
+                        help="SegmentationClassAug + train_aug.txt / val.txt from VOC 2012 and SBD",
+                        description="Write --output-dir/VOC2012/SegmentationClassAug/*.png, "
+                                    "ImageSets/Segmentation/train_aug.txt and val.txt, and link JPEGImages.")
+    q.add_argument("--voc", required=True, metavar="DIR", help="the VOC 2012 download (VOCdevkit/VOC2012)")
+    q.add_argument("--sbd", required=True, metavar="DIR", help="the SBD download (benchmark_RELEASE/dataset)")
+    q.add_argument("--output-dir", metavar="DIR", required=True,
+                   help="the dataset root to write (use it as data.root); may be the folder holding the VOC "
+                        "download's VOC2012")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    q = prep.add_parser("coco", formatter_class=_HelpFormatter, allow_abbrev=False,
+                        help="annotations/{train,val}2014/*.png from the instance JSON",
+                        description="Rasterise annotations/instances_{train,val}2014.json once (needs "
+                                    "pycocotools) into the PNG masks CocoFewShot reads with "
+                                    "data.annotation_format=png.")
+    q.add_argument("--root", required=True, metavar="DIR", help="the COCO 2014 root (train2014/, val2014/, "
+                                                                 "annotations/)")
+    q.add_argument("--splits", nargs="+", choices=["train", "val"], default=["train", "val"], help="splits")
+    q.add_argument("--crowd", choices=["ignore", "include", "background"], default="ignore",
+                   help="crowd regions: 255, their class, or background (data.crowd)")
+    q.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = _add_subparser(sub, "predict", help="segment your own images with a trained model and K annotated supports",
+                       description="For each query image: a mask PNG (0/255) at its original size, an overlay PNG "
+                                   "and, with --maps, the guided and prior region maps; predictions.json lists "
+                                   "them. Support masks: 0/1 or 0/255 images, or label maps (palette PNGs) with "
+                                   "--class-id.")
+    _add_model_source_args(p)
+    p.add_argument("--support", nargs=2, action="append", required=True, metavar=("IMAGE", "MASK"),
+                   help="a support image and its mask; repeat for K shots")
+    p.add_argument("--query", nargs="+", action="extend", required=True, metavar="PATH",
+                   help="query images, or folders of them")
+    p.add_argument("--class-id", type=_int_at_least(1), help="the class of the support masks when they are label "
+                                                             "maps (e.g. 15 for a VOC person)")
+    p.add_argument("--maps", action="store_true", help="also write the guided and prior region maps")
+    p.add_argument("--output-dir", metavar="DIR", default="predictions", help="output folder")
+    _add_run_args(p, "model.region_map_backend=chunked", progress="progress bar")
+
+    p = _add_subparser(sub, "export", help="export a trained model to ONNX or TorchScript for inference",
+                       description="The inference path with fixed shapes (query 1x3xSxS, supports 1xKx3xSxS, "
+                                   "masks 1xKxSxS -> logits 1x2xSxS), checked against the PyTorch model on "
+                                   "random inputs (ONNX with onnxruntime, when installed).")
+    _add_model_source_args(p)
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format")
+    p.add_argument("--shots", type=_positive_int, default=1, help="K, the supports the graph takes")
+    p.add_argument("--output", metavar="FILE", required=True, help="the file to write, e.g. qgnet.onnx")
+    _add_run_args(p, "model.eps=1e-6", progress="status lines")
 
 
 # --------------------------------------------------------------------------- commands
@@ -394,15 +476,11 @@ def _cmd_real_images(args) -> int:
 
 
 def _load_model_for_eval(cfg, checkpoint):
-    from fewshot_priors.engine.build import build_model
-    from fewshot_priors.engine.checkpoint import load_checkpoint
+    from fewshot_priors.engine.predict import model_from_checkpoint
     from fewshot_priors.engine.runtime import Runtime
 
-    # the weights come from the checkpoint: do not try to download / read backbone files
-    device = Runtime.from_config(cfg).device  # experiment.device (cuda:<local_rank> under DDP)
-    model = build_model(cfg, pretrained=False, weights=None, prior_weights=None)
-    load_checkpoint(checkpoint, model=model)
-    return model.to(device)
+    # the weights come from the checkpoint: no backbone file is read, nothing is downloaded
+    return model_from_checkpoint(cfg, checkpoint, Runtime.from_config(cfg).device)  # cuda:<local_rank> under DDP
 
 
 def _cmd_train(args) -> int:
@@ -454,8 +532,11 @@ def _cmd_eval(args) -> int:
     from fewshot_priors.distributed import cleanup_distributed, init_distributed
     from fewshot_priors.engine.build import build_dataset
     from fewshot_priors.engine.evaluate import evaluate, format_results, results_json, write_results
+    from fewshot_priors.engine.protocols import evaluate_protocol
 
     cfg = load_config(args.config, _run_overrides(args, {"data.num_workers": args.num_workers}))
+    if args.protocol is not None and (args.episodes is not None or args.seed is not None):
+        raise ValueError(f"--protocol {args.protocol} sets the episodes and seeds: drop --episodes / --seed")
     if args.output:
         _check_output_file(args.output, "--output")
     info = init_distributed()
@@ -465,12 +546,18 @@ def _cmd_eval(args) -> int:
             cfg["eval"]["episodes"] if cfg["eval"]["episodes"] is not None else cfg["data"]["test_episodes"])
         seed = cfg["eval"]["seed"] if args.seed is None else args.seed
         model = _load_model_for_eval(cfg, args.checkpoint)
-        dataset = build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed,
-                                progress=not args.no_progress)
-        res = evaluate(model, dataset, seed=seed, batch_size=cfg["eval"]["batch_size"],
-                       num_workers=cfg["data"]["num_workers"], progress=not args.no_progress, dist=info)
+        datasets = []
+
+        def run(episodes: int, seed: int) -> dict:
+            datasets.append(build_dataset(cfg, "val", shots=shots, episodes=episodes, seed=seed,
+                                          progress=not args.no_progress))
+            return evaluate(model, datasets[-1], seed=seed, batch_size=cfg["eval"]["batch_size"],
+                            num_workers=cfg["data"]["num_workers"], progress=not args.no_progress, dist=info)
+
+        res = (run(episodes, seed) if args.protocol is None
+               else evaluate_protocol(args.protocol, cfg["data"]["dataset"], run))
         res["shots"] = shots
-        names = {c: n for c, n in _class_names(dataset).items() if c in res.get("per_class_iou", {})}
+        names = {c: n for c, n in _class_names(datasets[0]).items() if c in res.get("per_class_iou", {})}
         if info.is_main:
             print(format_results(res, f"{args.config} {shots}-shot", class_names=names))
             if args.output:
@@ -546,7 +633,52 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    if args.dataset == "pascal":
+        from fewshot_priors.data.prepare import prepare_pascal
+
+        res = prepare_pascal(args.voc, args.sbd, args.output_dir, progress=not args.no_progress)
+        print(f"{res['labels']} labels in {Path(res['root']) / 'VOC2012' / 'SegmentationClassAug'} "
+              f"({res['written']} written, {res['kept']} already there); train_aug.txt {res['train_aug']} ids, "
+              f"val.txt {res['val']} ids; use --set data.root={res['root']}")
+    else:
+        from fewshot_priors.data.prepare import prepare_coco
+
+        res = prepare_coco(args.root, splits=args.splits, crowd=args.crowd, progress=not args.no_progress)
+        for split, r in res.items():
+            print(f"{split}2014: {r['labels']} masks ({r['written']} written, {r['kept']} already there)")
+        print("use --set data.annotation_format=png")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from fewshot_priors.app.predict import run_predict
+
+    res = run_predict(args.model, [tuple(s) for s in args.support], args.query, args.output_dir,
+                      class_id=args.class_id, config=args.config, overrides=args.overrides,
+                      image_size=args.image_size, device=args.device, maps=args.maps, progress=not args.no_progress)
+    print(f"wrote {len(res['queries'])} mask(s) and overlay(s) to {args.output_dir} (predictions.json lists them)")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from fewshot_priors.engine.export import export_model
+    from fewshot_priors.engine.predict import DEFAULT_IMAGE_SIZE, load_trained_model
+
+    _check_output_file(args.output, "--output")
+    model, cfg = load_trained_model(args.model, config=args.config, overrides=args.overrides, device=args.device)
+    size = args.image_size or (int(cfg["data"]["image_size"]) if cfg is not None else DEFAULT_IMAGE_SIZE)
+    res = export_model(model, args.output, fmt=args.format, image_size=size, shots=args.shots)
+    check = ("not checked (install onnxruntime)" if res["max_abs_diff"] is None
+             else f"largest logit difference to PyTorch {res['max_abs_diff']:.2e}")
+    print(f"wrote {res['path']} ({args.format}, {args.shots} shot(s), {size} x {size}); {check}")
+    return 0
+
+
 _COMMANDS = {
+    "prepare": _cmd_prepare,
+    "predict": _cmd_predict,
+    "export": _cmd_export,
     "configs": _cmd_configs,
     "demo": _cmd_demo,
     "real-images": _cmd_real_images,

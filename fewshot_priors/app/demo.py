@@ -53,7 +53,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .report import ablation_markdown, episode_rows
@@ -105,25 +104,6 @@ def _reuse_stamp(settings: Mapping[str, Any], device: str) -> dict[str, Any]:
     return {"settings": settings, "package": fewshot_priors.__version__, "source_sha256": digest.hexdigest(),
             "libraries": versions, "superpixel_backends": available_backends("slic"),
             "torch_threads": torch.get_num_threads(), "device": str(resolve_device(device))}
-
-
-def _write_training_list(voc: Path, train_names: list[str], held_out: list[int]) -> int:
-    """Write ``train_aug.txt`` (preferred by the loader) with the training images free of held-out classes.
-
-    In the generated images every object is a class, so a held-out class often
-    appears as a distractor in training images, where the protocol labels it
-    background. A first version of the demo trained on all of them and learned to
-    suppress exactly those held-out objects (their IoU fell far below the
-    guided-map baseline's), so the demo uses the strict variant of the protocol
-    that never shows a held-out class during training.
-    """
-    from fewshot_priors.data.io import read_label
-
-    held = set(int(c) for c in held_out)
-    keep = [n for n in train_names
-            if not held & set(int(v) for v in np.unique(read_label(voc / "SegmentationClassAug" / f"{n}.png")))]
-    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(keep) + "\n")
-    return len(keep)
 
 
 #: The ablation's models: key -> (description, prior weights: "pretrained" / None (random init), use_prior).
@@ -257,12 +237,19 @@ def run_demo(
     cfg = run_config(preset_cfg, output_dir=out / "qgnet", root=root, weights=prior_path, prior_weights=prior_path)
     train_classes = [c for c in range(1, meta["num_classes"] + 1) if c not in meta["folds"][cfg["data"]["fold"]]]
     say(f"training QGNet on classes {train_classes}; held-out classes {meta['folds'][cfg['data']['fold']]}")
-    kept = _write_training_list(voc, train_names, meta["folds"][cfg["data"]["fold"]])
-    say(f"training list: {kept} of {len(train_names)} training images contain no held-out class")
+    # In the generated images every object is a class, so a held-out class often appears as a
+    # distractor in training images, where PFENet's protocol labels it background. A first version
+    # of the demo trained on all of them and learned to suppress exactly those held-out objects (their
+    # IoU fell far below the guided-map baseline's), so the presets set data.exclude_novel_images:
+    # QGNet never sees a held-out class during training. The loader prefers a train_aug.txt list,
+    # which older versions of the demo wrote for their fold: it is removed.
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").unlink(missing_ok=True)
     prepared = t()
     # 5. evaluation on the held-out classes, with the baselines -------------------------------------
     # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
     run = train_and_score(cfg, recall=True, overwrite=True, progress=progress, say=say)
+    kept = len(run.train_set.entries)
+    say(f"trained on the {kept} of {len(train_names)} training images without a held-out class")
     model, train_res, results, datasets, main_recall = run.model, run.train, run.results, run.datasets, run.recall
     timings["train_qgnet"] = round(prepared + run.timings_s["train"], 2)
     timings["evaluate"] = run.timings_s["evaluate"]
@@ -319,7 +306,7 @@ def run_demo(
             "test_classes": meta["folds"][cfg["data"]["fold"]],
             "train_images": len(train_images),
             "train_images_without_held_out_classes": kept,
-            "protocol": "strict: QGNet trains only on images with no held-out class (train_aug.txt); "
+            "protocol": "strict: QGNet trains only on images with no held-out class (data.exclude_novel_images); "
                         "the prior extractor pretrains on all training images without labels",
             "image_size": d["image_size"],
             "test_episodes": cfg["eval"]["episodes"],

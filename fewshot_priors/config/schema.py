@@ -117,6 +117,8 @@ SCHEMA: dict[str, dict[str, ConfigKey]] = {
         "train_resize_long": K(None, "training crops: resize the longer side to image_size first (null: on for "
                                "folder, off for pascal / coco, PFENet's recipe)"),
         "min_pixels": K(2048, "an (image, class) pair is eligible if the class covers >= this many pixels"),
+        "exclude_novel_images": K(False, "training images holding a held-out class: false keeps them, their pixels "
+                                  "as background (PFENet); true drops them (BAM's filter)"),
         "num_workers": K("auto", "data-loader workers: int >= 0, or auto = min(CPU cores, 8)",
                          typed=False, rule=_workers_error, resume=FREE),
         "num_classes": K(None, "pascal layout only (e.g. the synthetic data): number of foreground classes"),

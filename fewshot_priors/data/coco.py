@@ -154,6 +154,39 @@ class CocoFewShot(EpisodicDataset):
         return entries, scan, self.train_class_ids if split == "train" else test
 
     def _load_json(self, ann_file: Path, image_dir: Path) -> tuple[list[Entry], int]:
+        self._labels = labels = CocoInstanceLabels(ann_file, crowd=self.crowd)
+        self.category_ids = labels.category_ids
+        entries = [Entry(name, image_dir / file_name, iid) for name, file_name, iid in labels.images]
+        return entries, len(labels.category_ids)
+
+    def read_label(self, entry: Entry) -> np.ndarray:
+        if self.annotation_format == "png":
+            return read_label(entry.label)
+        return self._labels.read(entry.label)
+
+
+class CocoInstanceLabels:
+    """The class maps of COCO images rasterised from an instance-annotation JSON file.
+
+    The 80 categories get contiguous ids 1..80 in increasing COCO category id order;
+    instances are painted largest first so that smaller objects stay visible (crowd regions
+    first); crowd regions (``iscrowd=1``) are 255 with ``crowd="ignore"``, their class with
+    ``"include"``, background with ``"background"``. Needs pycocotools.
+
+    Args:
+        ann_file: ``annotations/instances_<split>2014.json``.
+        crowd: one of :data:`CROWD_MODES`.
+
+    Attributes:
+        category_ids: the COCO category ids, sorted (class id ``i`` is ``category_ids[i - 1]``).
+        images: ``(name, file name, image id)`` per image, sorted by file name.
+
+    Raises:
+        DataLayoutError: a missing or unparsable file.
+        ImportError: pycocotools is not installed.
+    """
+
+    def __init__(self, ann_file: str | Path, *, crowd: str = "ignore") -> None:
         try:
             from pycocotools import mask as _  # noqa: F401
         except ImportError as err:  # pragma: no cover - optional dependency
@@ -161,6 +194,11 @@ class CocoFewShot(EpisodicDataset):
                 "CocoFewShot(annotation_format='json') needs pycocotools: "
                 "pip install 'fewshot_priors[coco]'"
             ) from err
+        if crowd not in CROWD_MODES:
+            raise ValueError(f"`crowd` must be one of {CROWD_MODES}, got {crowd!r}")
+        ann_file = Path(ann_file)
+        if not ann_file.is_file():
+            raise DataLayoutError(f"annotation file {ann_file} not found\n{COCO_LAYOUT}")
         try:
             data = json.loads(ann_file.read_text())
             cats = sorted(int(c["id"]) for c in data["categories"])
@@ -168,6 +206,7 @@ class CocoFewShot(EpisodicDataset):
             anns = data["annotations"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataLayoutError(f"cannot parse COCO annotations {ann_file}: {err}") from err
+        self.crowd = crowd
         self.category_ids = cats
         contiguous = {cid: i + 1 for i, cid in enumerate(cats)}
         per_image: dict[int, list[tuple[int, object, int, float]]] = {}
@@ -178,22 +217,27 @@ class CocoFewShot(EpisodicDataset):
             per_image.setdefault(int(a["image_id"]), []).append(
                 (cid, a["segmentation"], int(a.get("iscrowd", 0)), float(a.get("area", 0.0)))
             )
-        self._anns = {}
-        entries = []
+        self._anns: dict[int, tuple[int, int, list]] = {}
+        self.images: list[tuple[str, str, int]] = []
         for im in sorted(images, key=lambda d: d["file_name"]):
             iid = int(im["id"])
             # painting order: crowd first (so instances stay on top), then largest first
             objs = sorted(per_image.get(iid, []), key=lambda o: (-o[2], -o[3]))
             self._anns[iid] = (int(im["height"]), int(im["width"]), objs)
-            entries.append(Entry(Path(im["file_name"]).stem, image_dir / im["file_name"], iid))
-        return entries, len(cats)
+            self.images.append((Path(im["file_name"]).stem, im["file_name"], iid))
 
-    def read_label(self, entry: Entry) -> np.ndarray:
-        if self.annotation_format == "png":
-            return read_label(entry.label)
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, image_id: int) -> np.ndarray:
+        """The ``H, W`` uint8 class map of image ``image_id``.
+
+        Raises:
+            BadDataError: a segmentation that cannot be decoded or has another size.
+        """
         from pycocotools import mask as mask_utils
 
-        h, w, objs = self._anns[entry.label]
+        h, w, objs = self._anns[image_id]
         label = np.zeros((h, w), dtype=np.uint8)
         for cid, seg, crowd, _ in objs:
             if crowd and self.crowd == "background":
@@ -209,12 +253,10 @@ class CocoFewShot(EpisodicDataset):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     m = mask_utils.decode(rle).astype(bool)
             except (TypeError, ValueError, AttributeError, KeyError) as err:
-                raise BadDataError(
-                    f"bad segmentation in COCO image {entry.name} (id {entry.label}): {err}"
-                ) from err
+                raise BadDataError(f"bad segmentation in COCO image id {image_id}: {err}") from err
             if m.shape != (h, w):
                 raise BadDataError(
-                    f"segmentation of COCO image {entry.name} is {m.shape}, expected {(h, w)}"
+                    f"segmentation of COCO image id {image_id} is {m.shape}, expected {(h, w)}"
                 )
             label[m] = IGNORE_INDEX if (crowd and self.crowd == "ignore") else cid
         return label

@@ -109,6 +109,10 @@ class DatasetOptions:
             instead of skipping them with a warning.
         cache: write/read the index cache (``.fewshot_index_*.json`` beside the data, or
             the user cache folder when that is read-only).
+        exclude_novel_images: ``"train"`` split only: drop every training image that contains
+            a pixel of a held-out class (BAM's filter; folder datasets: every photo that a
+            held-out class's folder also holds). ``False`` (PFENet's protocol, the default)
+            keeps them, with the held-out classes' pixels as background.
     """
 
     min_pixels: int = 2048
@@ -117,6 +121,7 @@ class DatasetOptions:
     query_sampling: str = "pairs"
     strict: bool = False
     cache: bool = True
+    exclude_novel_images: bool = False
 
     #: ``fold_classes`` may hold class names (folder names) as well as ids
     _fold_classes_by_name: ClassVar[bool] = False
@@ -140,7 +145,7 @@ class DatasetOptions:
             if not isinstance(fc, Sequence) or not fc or not all(map(ok, fc)):
                 raise ValueError(f"`fold_classes` must be a non-empty list of {want}, got {fc!r}")
             object.__setattr__(self, "fold_classes", tuple(fc))
-        for name in ("strict", "cache"):
+        for name in ("strict", "cache", "exclude_novel_images"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
 
@@ -282,7 +287,7 @@ class EpisodicDataset(Dataset):
             episodes = self.default_episodes
         self.min_model_pixels = int(getattr(self.options, "min_model_pixels", 1))
         self._report_bad(scan.bad)
-        self.entries = [e for e in entries if e.name in scan.counts]
+        self.entries = self._without_novel([e for e in entries if e.name in scan.counts], scan)
         self.fold_class_ids = [int(c) for c in class_ids]
         self._report_notes({e.name: scan.notes[e.name] for e in self.entries if e.name in scan.notes})
 
@@ -335,6 +340,25 @@ class EpisodicDataset(Dataset):
             self._queries = self.pairs
         self._length = episodes if episodes is not None else len(self._queries)
         self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _without_novel(self, entries: list[Entry], scan: ScanResult) -> list[Entry]:
+        """``entries`` less the training images holding a held-out class (``exclude_novel_images``);
+        ``excluded_novel_images`` counts them."""
+        self.excluded_novel_images = 0
+        if self.split != "train" or not getattr(self.options, "exclude_novel_images", False):
+            return entries
+        novel = getattr(self, "test_class_ids", None)
+        if novel is None:
+            raise ValueError(f"exclude_novel_images: {type(self).__name__} does not name its held-out classes "
+                             "(set `test_class_ids` in its _index)")
+        novel = {int(c) for c in novel}
+        kept = [e for e in entries if not self._holds_novel(e, scan, novel)]
+        self.excluded_novel_images = len(entries) - len(kept)
+        return kept
+
+    def _holds_novel(self, entry: Entry, scan: ScanResult, novel: set[int]) -> bool:
+        """Whether ``entry``'s image shows a held-out class (``novel``): a pixel of it in its label."""
+        return any(n > 0 and c in novel for c, n in scan.counts[entry.name].items())
 
     # ------------------------------------------------------------------ API
     def read_label(self, entry: Entry) -> np.ndarray:

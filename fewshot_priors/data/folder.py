@@ -156,6 +156,8 @@ class FolderFewShot(EpisodicDataset):
             test = _seeded_fold(cands, self.fold, opts.num_folds, opts.test_ratio, split_seed, opts.min_class_images)
         self.test_class_ids = test
         self.train_class_ids = [c for c in self.class_names if c not in test]
+        # a photo with several classes sits in each of their folders: the held-out ones are known by name
+        self._novel_images = {img.stem for c in test for img, _ in pairs[c]}
         if not self.train_class_ids:
             raise ValueError(f"every class of {root} is held out; leave some classes for training")
         use = test if split == "val" else self.train_class_ids
@@ -180,6 +182,11 @@ class FolderFewShot(EpisodicDataset):
             model_size=size,
         )
         return entries, scan, use
+
+    def _holds_novel(self, entry: Entry, scan: ScanResult, novel: set[int]) -> bool:
+        """A mask holds one class only: a photo shows a held-out class when a held-out class
+        folder holds the same photo (the same file stem)."""
+        return Path(entry.image).stem in self._novel_images
 
     def read_label(self, entry: Entry) -> np.ndarray:
         """Binary mask -> class map: the entry's class id, 0 elsewhere, 255 ignored."""

@@ -8,6 +8,7 @@ colour-coded RGB labels in the VOC colour map are converted back to ids.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,41 @@ def read_image(path: str | Path) -> np.ndarray:
         raise BadDataError(f"cannot read image {path}: {err}") from err
 
 
+def rgb_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+    """An image given as a file, a PIL image or an array, as an ``H, W, 3`` uint8 RGB array.
+
+    Files and PIL images follow the rules of :func:`read_image`; arrays are ``H, W, 3`` or
+    ``H, W`` (grey), uint8 0..255 or float in ``[0, 1]``.
+
+    Example:
+        >>> rgb_image(np.zeros((4, 5), dtype=np.uint8)).shape
+        (4, 5, 3)
+
+    Raises:
+        BadDataError: an unreadable file or image.
+        ValueError / TypeError: an array of another shape, dtype or value range.
+    """
+    if isinstance(image, Image.Image):
+        try:
+            return to_rgb8(image)
+        except DECODE_ERRORS as err:
+            raise BadDataError(f"cannot convert the {image.mode} image: {err}") from err
+    if isinstance(image, str | os.PathLike):
+        return read_image(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"`image` must be a path, a PIL image or a numpy array, got {type(image).__name__}")
+    arr = image[..., None].repeat(3, axis=-1) if image.ndim == 2 else image
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"an image array must be H, W, 3 (RGB) or H, W (grey), got shape {image.shape}")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr.size and (arr.min() < 0.0 or arr.max() > 1.0)):
+            raise ValueError("a float image array must hold finite values in [0, 1] (uint8 arrays hold 0..255)")
+        return np.rint(arr * 255.0).astype(np.uint8)
+    raise TypeError(f"an image array must be uint8 (0..255) or float ([0, 1]), got dtype {arr.dtype}")
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(H, W)`` of an image from its header (cheap, no full decode)."""
     try:
@@ -94,33 +130,37 @@ def read_label(path: str | Path) -> np.ndarray:
     """
     try:
         with open_image(path) as im:
-            mode = im.mode
-            if mode in ("P", "L"):
-                return np.asarray(im, dtype=np.uint8).copy()
-            if mode in ("PA", "LA", "La"):  # the index / grey channel holds the ids; alpha is not a label
-                return np.asarray(im, dtype=np.uint8)[..., 0].copy()
-            if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                arr = np.asarray(im)
-                if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                    raise BadDataError(f"label {path} has non-finite values (mode {mode}); store class ids")
-                if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
-                    raise BadDataError(
-                        f"label {path} has values outside 0..255 (mode {mode}); "
-                        "store class ids 0..254 and 255 = ignore"
-                    )
-                if arr.dtype.kind == "f" and not np.array_equal(arr, np.rint(arr)):
-                    raise BadDataError(f"label {path} has fractional values (mode {mode}); "
-                                       "store whole class ids 0..254 and 255 = ignore")
-                return arr.astype(np.uint8)
-            if mode == "1":
-                raise BadDataError(f"label {path} is a 1-bit image: a label map holds class ids; "
-                                   "store it as a palette or grey PNG")
-            rgb = to_rgb8(im)
+            return _label_ids(im, path)
     except BadDataError:
         raise
     except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read label {path}: {err}") from err
-    return _rgb_to_ids(rgb, path)
+
+
+def _label_ids(im: Image.Image, path: str | Path) -> np.ndarray:
+    """The class ids of an opened label image (rules: :func:`read_label`)."""
+    mode = im.mode
+    if mode in ("P", "L"):
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("PA", "LA", "La"):  # the index / grey channel holds the ids; alpha is not a label
+        return np.asarray(im, dtype=np.uint8)[..., 0].copy()
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadDataError(f"label {path} has non-finite values (mode {mode}); store class ids")
+        if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
+            raise BadDataError(
+                f"label {path} has values outside 0..255 (mode {mode}); "
+                "store class ids 0..254 and 255 = ignore"
+            )
+        if arr.dtype.kind == "f" and not np.array_equal(arr, np.rint(arr)):
+            raise BadDataError(f"label {path} has fractional values (mode {mode}); "
+                               "store whole class ids 0..254 and 255 = ignore")
+        return arr.astype(np.uint8)
+    if mode == "1":
+        raise BadDataError(f"label {path} is a 1-bit image: a label map holds class ids; "
+                           "store it as a palette or grey PNG")
+    return _rgb_to_ids(to_rgb8(im), path)
 
 
 def _rgb_to_ids(rgb: np.ndarray, path: str | Path) -> np.ndarray:
@@ -226,6 +266,11 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
             v = _single_channel(im)
     except DECODE_ERRORS as err:
         raise BadDataError(f"cannot read mask {path}: {err}") from err
+    return _binary_from_values(v, f"mask {path}", strict)
+
+
+def _binary_from_values(v: np.ndarray, what: str, strict: bool) -> np.ndarray:
+    """Rules 2-4 of :func:`read_binary_mask` on one value per pixel; ``what`` names the mask."""
     out = np.zeros(v.shape, dtype=np.uint8)
     is0, is1, is255 = v == 0, v == 1, v == IGNORE_INDEX
     n_binary = int(is0.sum() + is1.sum() + is255.sum())
@@ -240,7 +285,7 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
         stray = ~(is0 | is1 | is255)
         values = np.unique(v[stray]).tolist()
         msg = (
-            f"mask {path} is a 0/1 mask ({n_binary / v.size:.2%} of its pixels are 0/1/255) with "
+            f"{what} is a 0/1 mask ({n_binary / v.size:.2%} of its pixels are 0/1/255) with "
             f"{int(stray.sum())} pixel(s) of other values {values[:5]}{'...' if len(values) > 5 else ''}: "
             "they are treated as ignore (255)"
         )
@@ -252,7 +297,7 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
     if not fg.any() and (v > 0).any():
         values = np.unique(v[v > 0]).tolist()
         msg = (
-            f"mask {path} has no value > 127 but non-zero values {values[:5]}"
+            f"{what} has no value > 127 but non-zero values {values[:5]}"
             f"{'...' if len(values) > 5 else ''} (not a 0/1 or 0/255 mask): every non-zero pixel "
             "is read as foreground"
         )
@@ -260,6 +305,91 @@ def read_binary_mask(path: str | Path, *, strict: bool = False) -> np.ndarray:
         fg = v > 0
     out[fg] = 1
     return out
+
+
+def _array_values(arr: np.ndarray) -> np.ndarray:
+    """One value per pixel of a mask given as an ``H, W`` array (bool, integers, floats in [0, 1])."""
+    if arr.ndim != 2:
+        raise ValueError(f"a mask array must be H, W, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError("a mask array has non-finite values")
+        if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0 and not np.isin(arr, (0.0, 1.0)).all():
+            arr = arr * 255.0  # a soft mask in [0, 1]: threshold at 0.5
+        arr = np.rint(arr)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"a mask array must hold numbers, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"a mask array must hold values in 0..255, got {arr.min()}..{arr.max()}")
+    return arr.astype(np.int64)
+
+
+def _class_mask(label: np.ndarray, class_id: int, what: str) -> np.ndarray:
+    """``label == class_id`` as a 0/1 mask with the label's 255 kept as ignore."""
+    out = (label == class_id).astype(np.uint8)
+    if not out.any():
+        present = [int(c) for c in np.unique(label) if c not in (0, IGNORE_INDEX)]
+        raise BadDataError(f"{what} has no pixel of class id {class_id}; the class ids in it: {present}")
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
+def binary_mask(mask: str | os.PathLike | Image.Image | np.ndarray, *, class_id: int | None = None,
+                strict: bool = False) -> np.ndarray:
+    """A foreground mask of any form as an ``H, W`` uint8 array of 0 / 1 / 255 (255 = ignore).
+
+    Without ``class_id`` the rules of :func:`read_binary_mask` apply (0/1 and 0/255
+    masks, anti-aliased, colour or cut-out masks), to a file, a PIL image or an ``H, W``
+    array (bool, integers 0..255, floats in [0, 1]). A palette image holding other values
+    than 0, 1 and 255 is a label map (e.g. a VOC ``SegmentationClass`` PNG): it needs
+    ``class_id``, and the error lists the ids it holds. With ``class_id`` the mask is
+    ``label == class_id`` (a label file read as :func:`read_label`), its 255 kept as ignore.
+
+    Example:
+        >>> binary_mask(np.array([[0, 255], [255, 0]], dtype=np.uint8)).tolist()
+        [[0, 1], [1, 0]]
+        >>> binary_mask(np.array([[0, 15], [255, 3]], dtype=np.uint8), class_id=15).tolist()
+        [[0, 1], [255, 0]]
+
+    Raises:
+        BadDataError: an unreadable file, a label map without ``class_id``, a ``class_id``
+            absent from the mask, or an ambiguous mask with ``strict=True``.
+        ValueError / TypeError: an array of another shape or value range.
+    """
+    if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int | np.integer)
+                                 or not 0 < int(class_id) < IGNORE_INDEX):
+        raise ValueError(f"`class_id` must be an int in 1..254, got {class_id!r}")
+    if isinstance(mask, np.ndarray):
+        v = _array_values(mask)
+        if class_id is not None:
+            return _class_mask(v, int(class_id), "the mask array")
+        return _binary_from_values(v, "the mask array", strict)
+    if isinstance(mask, Image.Image):
+        return _binary_mask_of_image(mask, class_id, "the mask image", strict)
+    if not isinstance(mask, str | os.PathLike):
+        raise TypeError(f"`mask` must be a path, a PIL image or a numpy array, got {type(mask).__name__}")
+    try:
+        with open_image(mask) as im:
+            return _binary_mask_of_image(im, class_id, f"mask {mask}", strict)
+    except BadDataError:
+        raise
+    except DECODE_ERRORS as err:
+        raise BadDataError(f"cannot read mask {mask}: {err}") from err
+
+
+def _binary_mask_of_image(im: Image.Image, class_id: int | None, what: str, strict: bool) -> np.ndarray:
+    if class_id is not None:
+        return _class_mask(_label_ids(im, what), int(class_id), what)
+    v = _single_channel(im)
+    if im.mode == "P":  # a palette image holds indices: class ids unless they are 0 / 1 / 255
+        ids = sorted(int(c) for c in np.unique(v) if c not in (0, 1, IGNORE_INDEX))
+        if ids:
+            raise BadDataError(f"{what} is a palette label map holding class ids {ids[:10]}"
+                               f"{'...' if len(ids) > 10 else ''}: give the class to segment (class_id, "
+                               "--class-id)")
+    return _binary_from_values(v, what, strict)
 
 
 def write_palette_png(path: str | Path, label: np.ndarray) -> None:

@@ -67,7 +67,7 @@ DATASET_OPTIONS: tuple[str, ...] = (
 )
 _NULL_DEFAULT_OPTIONS = DATASET_OPTIONS[:-1]  # the config keys whose null means "unset"
 #: ``data`` keys every options class has (fields of DatasetOptions)
-_COMMON_OPTIONS = ("min_pixels", "fold_classes", "val_class_ratio")
+_COMMON_OPTIONS = ("min_pixels", "fold_classes", "val_class_ratio", "exclude_novel_images")
 
 
 def _fields(cls: type) -> tuple[str, ...]:

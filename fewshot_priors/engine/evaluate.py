@@ -120,9 +120,10 @@ def evaluate(
             dominates and the digests are cheap.
 
     Returns:
-        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed", "predicted_foreground_share",
-        "true_foreground_share"}`` (the shares of the scored, non-ignored pixels that the
-        prediction and the label call foreground); with a dict-valued
+        ``{"miou", "fbiou", "per_class_iou", "episodes", "seed", "protocol", "predicted_foreground_share",
+        "true_foreground_share"}`` (``protocol``: the name of the :mod:`~fewshot_priors.engine.protocols`
+        protocol these episodes and seed are, else ``"custom"``; the shares: of the scored, non-ignored
+        pixels that the prediction and the label call foreground); with a dict-valued
         ``predict_fn``, ``{name: that dict}``.
     """
     dist = dist or dist_info()
@@ -165,6 +166,7 @@ def evaluate(
         res["miou"], res["fbiou"] = float(res["miou"]), float(res["fbiou"])
         res["episodes"] = n
         res["seed"] = seed
+        res["protocol"] = _protocol_of(dataset, n, seed)
         results[name] = res
     if model is not None and was_training:
         model.train()
@@ -197,6 +199,16 @@ def _score_batches(batches, predict_fn, meters: dict[str, Any], class_ids, devic
     return single
 
 
+def _protocol_of(dataset: Dataset, episodes: int, seed: int) -> str:
+    """The protocol name of an evaluation of ``episodes`` episodes of ``dataset`` with ``seed``."""
+    from .protocols import protocol_name
+
+    episode_seed = getattr(dataset, "seed", seed)  # the episodes are a function of the dataset's seed
+    if episode_seed != seed:
+        return "custom"
+    return protocol_name(getattr(dataset, "dataset_name", None), episodes, [seed])
+
+
 def format_results(results: Mapping[str, Any], title: str = "evaluation",
                    class_names: Mapping[Any, str] | None = None) -> str:
     """Plain-text table of mIoU, FB-IoU and per-class IoU (percent).
@@ -211,9 +223,17 @@ def format_results(results: Mapping[str, Any], title: str = "evaluation",
     rows = [(f"{names[str(cid)]} ({cid})" if str(cid) in names else f"class {cid}", iou)
             for cid, iou in results.get("per_class_iou", {}).items()]
     width = max([10, *(len(label) + 2 for label, _ in rows)])
-    lines = [f"{title}: {results.get('episodes', '?')} episodes, seed {results.get('seed', '?')}"]
-    lines.append(f"  {'mIoU':<{width}}{100 * results['miou']:7.2f}")
-    lines.append(f"  {'FB-IoU':<{width}}{100 * results['fbiou']:7.2f}")
+    episodes = results.get("episodes", "?")
+    if "seeds" in results:  # several seeds (engine.protocols): the mean and std over them
+        seeds = results["seeds"]
+        head = f"{len(seeds)} x {episodes} episodes, seeds {', '.join(map(str, seeds))}"
+    else:
+        head = f"{episodes} episodes, seed {results.get('seed', '?')}"
+    protocol = f" (protocol {results['protocol']})" if results.get("protocol") else ""
+    lines = [f"{title}: {head}{protocol}"]
+    for label, key in (("mIoU", "miou"), ("FB-IoU", "fbiou")):
+        std = f" +- {100 * results[key + '_std']:.2f}" if key + "_std" in results else ""
+        lines.append(f"  {label:<{width}}{100 * results[key]:7.2f}{std}")
     for label, iou in rows:
         lines.append(f"  {label:<{width}}{100 * iou:7.2f}")
     return "\n".join(lines)

@@ -68,6 +68,8 @@ def _check_bins(bins: object) -> tuple[Bin, ...]:
 
 
 def _check_size(size: object) -> tuple[int, int]:
+    if torch.jit.is_tracing() and isinstance(size, Sequence):  # a traced shape holds 0-dim tensors
+        size = tuple(int(v) if isinstance(v, torch.Tensor) and v.dim() == 0 else v for v in size)
     if (isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2
             or not all(is_int(v) and v >= 1 for v in size)):
         raise ValueError(f"`size` must be a pair of positive ints (H, W), got {size!r}")
