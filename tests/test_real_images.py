@@ -273,9 +273,9 @@ def test_fg_weight_reweights_the_cross_entropy():
     logits = torch.randn(2, 2, 8, 8, generator=g)
     mask = (torch.rand(2, 8, 8, generator=g) < 0.1).long()
     mask[0, 0, 0] = 255
-    plain = types.SimpleNamespace(fg_weight=1.0, aux_weight=0.0)
+    plain = types.SimpleNamespace(fg_weight=1.0, aux_weight=0.0, dice_weight=0.0)
     assert QGNet.loss(plain, logits, [], mask) == pytest.approx(float(F.cross_entropy(logits, mask, ignore_index=255)))
-    heavy = types.SimpleNamespace(fg_weight=4.0, aux_weight=0.0)
+    heavy = types.SimpleNamespace(fg_weight=4.0, aux_weight=0.0, dice_weight=0.0)
     ce = F.cross_entropy(logits, mask, ignore_index=255, reduction="none")
     valid = mask != 255
     w = torch.where(mask == 1, 4.0, 1.0)[valid]
@@ -311,7 +311,8 @@ def test_cli_real_images_flags_reach_the_run(monkeypatch, tmp_path):
                  "--image-size", "80", "--train-epochs", "2", "--fg-weight", "3", "--folds", "1"]) == 0
     assert seen["seeds"] == [3, 4] and seen["folds"] == [1] and seen["root"] == "data"
     # no model.bins: the presets' fractional bins follow the size at the backbone's real stride
-    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "train.epochs": 2, "model.fg_weight": 3.0}
+    assert seen["overrides"] == {"data.image_size": 80, "pretrain.size": 80, "train.epochs": 2, "model.fg_weight": 3.0,
+                                 "train.fg_balance": None}  # a fixed weight replaces the one from the data
     assert seen["preset"] == "full" and seen["variants"] is None
     assert main(["real-images", "--root", "data", "--output-dir", str(tmp_path), "--preset", "long",
                  "--backbone", "mobilenetv2_100", "--backbone-weights", "a.safetensors", "--prior-backbone",
@@ -363,7 +364,9 @@ def test_preset_bins_resolve_at_the_real_feature_size(quick, size, former):
 
     from fewshot_priors.models.factory import create_qgnet
 
-    cfg = real_images_config("quick" if quick else "full", overrides={"data.image_size": size})
+    # at stride 8 (the full preset runs at 16: test_fractional_bins_follow_a_stride_16_backbone)
+    cfg = real_images_config("quick" if quick else "full",
+                             overrides={"data.image_size": size, "model.output_stride": 8})
     model = create_qgnet(cfg["model"])
     with torch.no_grad():
         feat = model.backbone(torch.zeros(1, 3, size, size))[-1]

@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"prior-extractor pretraining epochs {_config_default('pretrain.epochs')}")
     p.add_argument("--episodes", type=_positive_int,
                    help=f"test episodes per fold and K {_config_default('eval.episodes')}")
-    p.add_argument("--fg-weight", type=float, help=f"foreground weight of the CE loss {_config_default('model.fg_weight')}")
+    p.add_argument("--fg-weight", type=float, help="a fixed foreground weight of the CE loss (model.fg_weight; it "
+                   "replaces the weight the full / long presets set from the data, train.fg_balance)")
     p.add_argument("--backbone", help="timm name of the frozen supervised backbone (model.backbone) "
                                      "(default: the config's)")
     p.add_argument("--backbone-weights",
@@ -466,10 +467,13 @@ def _cmd_real_images(args) -> int:
              "pretrain.weights": args.prior_weights}
     if args.quick and args.preset not in ("full", "quick"):
         raise ValueError(f"--quick and --preset {args.preset} disagree: pass one of them")
+    over = _run_overrides(args, flags)
+    if args.fg_weight is not None and "train.fg_balance" not in over:
+        over["train.fg_balance"] = None  # a fixed weight replaces the presets' weight from the data
     metrics = run_real_images(args.root, args.output_dir, seeds=args.seeds, folds=args.folds, num_folds=args.num_folds,
                               min_images=args.min_images, fold_seed=args.fold_seed,
                               preset="quick" if args.quick else args.preset,
-                              overrides=_run_overrides(args, flags), variants=args.models,
+                              overrides=over, variants=args.models,
                               progress=not args.no_progress)
     print((Path(args.output_dir) / "results.md").read_text(encoding="utf-8"))
     return 0 if metrics["summary"] else 1
