@@ -197,10 +197,18 @@ def save_episode_figures(rows: Sequence[Mapping] | Mapping, path: str | os.PathL
 TAG_LABELS = {
     "train/loss": "training loss (main + aux)",
     "val/miou": "validation mIoU",
+    "train/fg_pred": "predicted (training batches)",
+    "train/fg_true": "labels (training batches)",
+    "val/fg_pred": "predicted (validation)",
+    "val/fg_true": "labels (validation)",
     "pretrain/loss": "total (global + local)",
     "pretrain/loss_global": "global InfoNCE",
     "pretrain/loss_local": "local (superpixel) InfoNCE",
 }
+
+#: the foreground-share series drawn under a training loss curve when they were logged (engine.train)
+FG_TAGS = (("train/fg_pred", {"color": "tab:red"}), ("train/fg_true", {"color": "tab:red", "ls": ":"}),
+           ("val/fg_pred", {"color": "tab:purple", "ls": "--"}), ("val/fg_true", {"color": "tab:purple", "ls": ":"}))
 
 #: the caption of a pretraining loss curve
 PRETRAIN_NOTE = ("The InfoNCE loss first rises while the momentum queues fill with real keys (more, harder "
@@ -225,6 +233,8 @@ def loss_curve_figure(source, tags: Sequence[str] = ("train/loss",), val_tags: S
     Returns:
         The matplotlib figure: the step axis starts at 0, a series of few points is drawn
         with markers, and a run that logged fewer than 3 points (or none) says so on the plot.
+        When the foreground shares of :data:`FG_TAGS` were logged, a second panel shows the
+        predicted share against the labels' (a prediction at 0 is the background plateau).
     """
     pretraining = bool(tags) and all(t.startswith("pretrain/") for t in tags)
     if title is None:
@@ -235,9 +245,21 @@ def loss_curve_figure(source, tags: Sequence[str] = ("train/loss",), val_tags: S
         note = PRETRAIN_NOTE
     if isinstance(source, (str, os.PathLike)):
         source = read_scalars(source)
-    fig, ax = plt.subplots(figsize=(6, 3.8 if note else 3.5))
+    fg = [(t, style) for t, style in FG_TAGS if source.get(t)]
+    fig, axes = plt.subplots(2 if fg else 1, 1, figsize=(6, (3.8 if note else 3.5) + (2.4 if fg else 0)),
+                             sharex=True, squeeze=False, height_ratios=[3, 2] if fg else [1])
+    ax = axes[0][0]
     drawn = _draw_series(ax, source, tags)
-    ax.set_xlabel("training step")
+    if fg:
+        axf = axes[1][0]
+        for tag, style in fg:
+            _draw_series(axf, source, [tag], **style)
+        axf.set_ylabel("foreground share")
+        axf.set_title("share of pixels called foreground: predicted vs labels", fontsize=9)
+        axf.legend(loc="upper right", fontsize=7, ncol=2)
+        axf.set_xlabel("training step")
+    else:
+        ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
     vals = [t for t in val_tags if source.get(t)]
     if vals:

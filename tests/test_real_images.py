@@ -389,11 +389,17 @@ def test_fractional_bins_follow_a_stride_16_backbone():
     assert fraction_bins(161)[0] == 21  # what the CLI used to set, for stride 8
 
 
+#: 0.2.0's real-photo recipe: 128 px at stride 8, a fixed foreground weight (the full preset now runs 224 px at
+#: stride 16 in channels_last with the weight from the data)
+RECIPE_128 = {"data.image_size": 128, "model.output_stride": 8, "experiment.channels_last": False,
+              "train.fg_balance": None}
+
+
 @pytest.mark.slow  # two trainings at 128 px (~1.5 min each on 2 cores)
 @needs_data
 @needs_weights
 def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau(tmp_path):
-    """The recipe of docs/how-to/real-images.md on its validation classes (the classes with 2-4 images,
+    """0.2.0's recipe of docs/how-to/real-images.md on its validation classes (the classes with 2-4 images,
     never held out): with ImageNet EfficientNet-Lite0 features (normalised with their own 0.5 / 0.5),
     128 px and fg_weight 4, QGNet predicts an input-dependent foreground and beats both baselines (measured
     22.5 / 21.8 against all-foreground 16.4 / 15.8 in seeds 0 / 1: asserted with half that margin); with the
@@ -405,7 +411,8 @@ def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau
     val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
     out = {}
     for fg in (4.0, 1.0):
-        cfg = real_images_config("full", {"model.weights": lite0, "model.fg_weight": fg, "eval.episodes": 60})
+        cfg = real_images_config("full", {"model.weights": lite0, "model.fg_weight": fg, "eval.episodes": 60,
+                                          **RECIPE_128})
         r = train_and_evaluate(DATA / "fss_layout", val, tmp_path / f"fg{fg}", cfg, seed=0, priors={},
                                variant="qgnet_without_prior", shots=(1,))
         out[fg] = r["results"]["1-shot"]

@@ -384,3 +384,13 @@ def test_fg_balance_sets_the_weight_from_the_training_foreground_share(tmp_path)
     assert res["train_fg_share"] == pytest.approx(0.5)
     with pytest.raises(ConfigError, match="train.fg_balance"):
         load_config(None, {"train.fg_balance": 0})
+
+
+def test_results_md_quotes_each_plateau_finding():
+    from fewshot_priors.app.real_images import _plateau_markdown
+
+    msg = plateau_message(0.007, 0.089, "the last training batches")
+    table = _plateau_markdown([{"seed": 1, "fold": 2, "model": "qgnet_without_prior", "warning": msg}])
+    assert ("| 1 | 2 | qgnet_without_prior | on the last training batches the model predicts 0.7 % of the pixels "
+            "as foreground where the labels have 8.9 %. |") in table
+    assert _plateau_markdown([]) == ""

@@ -230,3 +230,16 @@ def test_a_curve_with_one_logged_point_is_not_an_empty_frame():
     (xs, marker), = _drawn_points(fig.axes[0])
     assert len(xs) == 59 and marker in (None, "None", "") and not fig.axes[0].texts  # a long run: a plain line
     plt.close(fig)
+
+
+def test_the_loss_curve_gets_a_foreground_share_panel_when_the_shares_were_logged(tmp_path):
+    from fewshot_priors.viz import loss_curve_figure
+
+    plain = {"train/loss": [(1, 1.0), (2, 0.9), (3, 0.8)]}
+    shares = {**plain, "train/fg_pred": [(1, 0.0), (2, 0.1), (3, 0.2)], "train/fg_true": [(1, 0.2), (2, 0.2), (3, 0.2)]}
+    assert len(loss_curve_figure(plain).axes) == 1
+    fig = loss_curve_figure(shares)
+    panel = fig.axes[1]
+    assert panel.get_ylabel() == "foreground share"
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == ["predicted (training batches)",
+                                                                      "labels (training batches)"]

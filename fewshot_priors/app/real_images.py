@@ -51,12 +51,12 @@ __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_fold
 
 #: The shipped configs of the presets (``fewshot_priors/configs/real_images/<preset>.yaml``), exactly what
 #: runs: ``full`` (the default), the recipe of ``docs/how-to/real-images.md`` (ImageNet tf_efficientnet_lite0
-#: backbones from ``model.weights`` / ``pretrain.weights``, 128 px, ``fg_weight`` 4) with the two models that
-#: need no pretraining (about 52 min for 3 seeds x 4 folds on 2 idle CPU cores); ``long``, the same settings
+#: backbones from ``model.weights`` / ``pretrain.weights``, 224 px at stride 16, the foreground weight from the
+#: data) with the two models that need no pretraining (time: see the how-to); ``long``, the same settings
 #: with every variant of the prior extractor (hours on a CPU, minutes on a GPU; it shares the two models'
 #: results with ``full`` in one output folder); ``scratch``, no ImageNet weights at all (every backbone from
 #: the seed's GlobalLocalMoCo run: on real photos it collapses to background); ``quick``, everything end to
-#: end in a minute or two (tests; the numbers are meaningless).
+#: end in about a minute (tests; the numbers are meaningless).
 PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "scratch": "real_images/scratch",
                   "quick": "real_images/quick"}
 #: The presets whose recipe assumes ImageNet weights for the frozen supervised backbone (a warning without).
@@ -222,7 +222,9 @@ def train_and_evaluate(
                   "final_loss": res["history"][-1]["loss"] if res["history"] else None,
                   "train_classes": len(run.train_set.class_ids),
                   "validation_classes": [run.train_set.class_names[c] for c in run.train_set.val_class_ids],
-                  "validation": res["val"], "selected": res["selected"], "plateau": res["plateau"]},
+                  "validation": res["val"], "selected": res["selected"], "plateau": res["plateau"],
+                  "fg_weight": res.get("fg_weight", cfg["model"]["fg_weight"]),
+                  "train_fg_share": res.get("train_fg_share")},
         "timings_s": run.timings_s,
         "figures": figures,
         "skipped": run.skipped,
@@ -365,13 +367,16 @@ def _selection_text(cfg: Mapping) -> str:
 
 def _plateau_markdown(plateaus: Sequence[Mapping[str, Any]]) -> str:
     """The results.md section listing the models that ended on the background plateau (empty if none)."""
+    from fewshot_priors.engine.train import PLATEAU_ADVICE, PLATEAU_FINDING
+
     if not plateaus:
         return ""
-    rows = [f"| {p['seed']} | {p['fold']} | {p['model']} | {p['warning'].split(':', 1)[1].split('.')[0].strip()} |"
+    rows = [f"| {p['seed']} | {p['fold']} | {p['model']} | "
+            f"{p['warning'].removeprefix(PLATEAU_FINDING + ': ').removesuffix(' ' + PLATEAU_ADVICE)} |"
             for p in plateaus]
-    return "\n".join(["", "Models that ended on the background plateau (they predict almost no foreground; see "
-                       "'When training collapses' in the real-images how-to):", "",
-                       "| seed | fold | model | what the validation saw |", "|---|---|---|---|", *rows]) + "\n"
+    intro = ("Models that ended on the background plateau (they predict almost no foreground; see "
+             "'When training collapses' in the real-images how-to):")
+    return "\n".join(["", intro, "", "| seed | fold | model | finding |", "|---|---|---|---|", *rows]) + "\n"
 
 
 def run_real_images(

@@ -31,7 +31,7 @@ from .loop import StepLoop, check_finite_loss
 from .rundir import prepare_run_dir
 from .runtime import Runtime
 
-__all__ = ["PLATEAU_RATIO", "BackgroundPlateauWarning", "balanced_fg_weight", "check_plateau", "foreground_share",
+__all__ = ["PLATEAU_ADVICE", "PLATEAU_FINDING", "PLATEAU_RATIO", "BackgroundPlateauWarning", "balanced_fg_weight", "check_plateau", "foreground_share",
            "foreground_shares",
            "make_optimizer", "make_poly_scheduler", "plateau_message", "train"]
 
@@ -96,15 +96,22 @@ def foreground_shares(logits: torch.Tensor | None, query_mask: torch.Tensor) -> 
         return {"fg_pred": float(pred), "fg_true": float(true)}
 
 
+#: The plateau warning's first words and its advice (:func:`plateau_message`), for reports that quote
+#: only the finding between them.
+PLATEAU_FINDING = "training did not leave the background plateau"
+PLATEAU_ADVICE = ("Train longer (train.epochs, train.min_steps), set the foreground weight from the data "
+                  "(train.fg_balance) or raise the input size (data.image_size); see 'When training collapses' "
+                  "in the real-images how-to")
+
+
 def plateau_message(predicted: float, true: float, where: str) -> str | None:
     """The one-line warning for a model whose ``predicted`` foreground share is below
-    :data:`PLATEAU_RATIO` x the ``true`` share (measured on ``where``), else None."""
+    :data:`PLATEAU_RATIO` x the ``true`` share (measured on ``where``), else None:
+    ``"<PLATEAU_FINDING>: on <where> ... <true> %. <PLATEAU_ADVICE>"``."""
     if not (true > 0 and predicted < PLATEAU_RATIO * true):
         return None
-    return (f"training did not leave the background plateau: on {where} the model predicts {100 * predicted:.1f} % "
-            f"of the pixels as foreground where the labels have {100 * true:.1f} %. Train longer (train.epochs), "
-            "raise model.fg_weight or the input size (data.image_size); see 'When training collapses' in the "
-            "real-images how-to")
+    return (f"{PLATEAU_FINDING}: on {where} the model predicts {100 * predicted:.1f} % of the pixels as foreground "
+            f"where the labels have {100 * true:.1f} %. {PLATEAU_ADVICE}")
 
 
 def check_plateau(val_history: list[dict], history: list[dict], *, selected: str, best: float) -> str | None:
