@@ -205,6 +205,8 @@ def test_feature_memo_computes_each_distinct_sample_once():
     assert calls == [3, 1]  # a duplicate inside the first batch is computed there; x[1] is remembered
     assert torch.equal(a[0], x[[0, 1, 0]] + 1) and torch.equal(b[1], x[[1, 2]].sum(1))
     assert len(memo.store) <= 3
+    half = x.bfloat16()  # keyed by its bytes, whatever the dtype
+    assert torch.equal(memo("k", half, fn)[0], half + 1)
     with pytest.raises(ValueError, match="max_items"):
         FeatureMemo(0)
 

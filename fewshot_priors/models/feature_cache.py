@@ -25,7 +25,7 @@ __all__ = ["FeatureMemo"]
 
 
 def _digest(sample: torch.Tensor) -> tuple:
-    data = sample.detach().contiguous().cpu().numpy().tobytes()
+    data = sample.detach().contiguous().cpu().flatten().view(torch.uint8).numpy().tobytes()  # any dtype, bf16 too
     return str(sample.dtype), tuple(sample.shape), hashlib.blake2b(data, digest_size=16).digest()
 
 
