@@ -433,7 +433,9 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     weight set from the training photos.
 
     Measured (docs/how-to/real-images.md, "The default preset on held-out classes"), mIoU in %, seeds
-    0 / 1 / 2: MEASURED_CI. One training fits in CI."""
+    0 / 1 / 2: 1-shot 12.4 / 12.3 / 13.0 against all-foreground 10.9 (each seed) and the guided map 9.8 / 9.2
+    / 9.4; 5-shot 15.1 / 15.6 / 15.5 against 12.6 / 12.7 / 11.9 and 10.3 / 11.6 / 11.1 (smallest margins: 1.4,
+    2.6, 2.5 and 4.0 points). One training fits in CI."""
     from fewshot_priors.app.real_images import train_and_evaluate
 
     lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
@@ -445,10 +447,10 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     assert r["train"]["plateau"] is None and 3 < r["train"]["fg_weight"] < 8, r["train"]  # p ~ 0.17: ~5
     one, five = r["results"]["1-shot"], r["results"]["5-shot"]
     q1, q5 = one["qgnet_without_prior"]["miou"], five["qgnet_without_prior"]["miou"]
-    assert q1 > one["baseline_all_foreground"]["miou"] + MARGIN_1_FG, one
-    assert q1 > one["baseline_guided_map_0.5"]["miou"] + MARGIN_1_GUIDED, one
-    assert q5 > five["baseline_all_foreground"]["miou"] + MARGIN_5_FG, five
-    assert q5 > five["baseline_guided_map_0.5"]["miou"] + MARGIN_5_GUIDED, five
+    assert q1 > one["baseline_all_foreground"]["miou"] + 0.007, one  # smallest measured: +1.4 points
+    assert q1 > one["baseline_guided_map_0.5"]["miou"] + 0.013, one  # +2.6
+    assert q5 > five["baseline_all_foreground"]["miou"] + 0.012, five  # +2.5
+    assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.02, five  # +4.0
     assert 0.05 < one["qgnet_without_prior"]["predicted_foreground_share"] < 0.8  # neither constant answer
 
 
