@@ -315,10 +315,12 @@ class QGNet(PretrainedMixin, nn.Module):
             FEMDecoder(channels=channels, n_maps=n_maps, bins=bins, num_classes=2) if decoder is None else decoder
         )
         self.region_maps = nn.ModuleDict(maps)
-        self._prior_shares_backbone: bool | None = None  # decided at the first forward, see prior_shares_backbone
-        for part in (self.backbone, self.prior_extractor):
+        # decided now and after every weight load (never inside forward: a traced or exported forward
+        # must not depend on the weights' values), see prior_shares_backbone
+        self._prior_shares_backbone = self._same_frozen_weights()
+        for part in (self, self.backbone, self.prior_extractor):
             if part is not None:
-                part.register_load_state_dict_post_hook(self._forget_sharing)
+                part.register_load_state_dict_post_hook(self._refresh_sharing)
         self.config = self._describe(
             backbone=self.backbone.name, prior_backbone=prior_backbone, pretrained=bool(pretrained),
             weights=weights, prior_weights=prior_weights, bins=bins, channels=int(channels),
@@ -467,22 +469,24 @@ class QGNet(PretrainedMixin, nn.Module):
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         return int(self.prior_extractor(torch.zeros(1, 3, 64, 64, device=device, dtype=dtype)).shape[1])
 
-    def _forget_sharing(self, module: nn.Module, incompatible_keys) -> None:
-        self._prior_shares_backbone = None
+    def _same_frozen_weights(self) -> bool:
+        a, b = self.backbone, self.prior_extractor
+        return bool(
+            isinstance(b, FrozenBackbone) and a.frozen and b.frozen
+            and (a.name, a.output_stride, a.mean, a.std, a.levels) == (b.name, b.output_stride, b.mean, b.std, b.levels)
+            and _same_tensors(a.state_dict(), b.state_dict()))
+
+    def _refresh_sharing(self, module: nn.Module, incompatible_keys) -> None:
+        self._prior_shares_backbone = self._same_frozen_weights()
 
     @property
     def prior_shares_backbone(self) -> bool:
         """Whether the prior extractor is the supervised backbone again (the same architecture,
         output stride, input statistics and weights, e.g. both from one ImageNet file): then the
         query's high-level features serve both, and the prior extractor never runs (the same
-        numbers, one backbone pass fewer per step). Decided at the first forward and again after
-        weights are loaded into either part with ``load_state_dict``."""
-        if self._prior_shares_backbone is None:
-            a, b = self.backbone, self.prior_extractor
-            self._prior_shares_backbone = bool(
-                isinstance(b, FrozenBackbone) and a.frozen and b.frozen
-                and (a.name, a.output_stride, a.mean, a.std, a.levels) == (b.name, b.output_stride, b.mean, b.std, b.levels)
-                and _same_tensors(a.state_dict(), b.state_dict()))
+        numbers, one backbone pass fewer per step). Decided when the model is built and again after
+        weights are loaded into it or either part with ``load_state_dict`` (weights changed in place
+        otherwise are not seen)."""
         return self._prior_shares_backbone
 
     @contextlib.contextmanager
