@@ -56,7 +56,7 @@ __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_fold
 #: with every variant of the prior extractor (hours on a CPU, minutes on a GPU; it shares the two models'
 #: results with ``full`` in one output folder); ``scratch``, no ImageNet weights at all (every backbone from
 #: the seed's GlobalLocalMoCo run: on real photos it collapses to background); ``quick``, everything end to
-#: end in about a minute (tests; the numbers are meaningless).
+#: end in a minute or two (tests; the numbers are meaningless).
 PRESET_CONFIGS = {"full": "real_images/full", "long": "real_images/long", "scratch": "real_images/scratch",
                   "quick": "real_images/quick"}
 #: The presets whose recipe assumes ImageNet weights for the frozen supervised backbone (a warning without).
