@@ -129,7 +129,7 @@ def test_rasterised_labels_order_crowd_and_eligibility(coco_root):
 def test_episodes_binary_masks_and_defaults(coco_root):
     va = CocoFewShot(coco_root, split="val", shots=1, image_size=64, options=CocoOptions(fold_classes=[2, 3]))
     assert len(va) == 20000 and va.class_ids == [2, 3]
-    with pytest.warns(UserWarning, match=r"\{3: 2\}"):  # f's class-3 object is mostly hidden
+    with pytest.warns(UserWarning, match=r"class \(eligible images\): 3 \(2\)"):  # f's class-3 object is mostly hidden
         CocoFewShot(coco_root, split="val", shots=2, options=CocoOptions(fold_classes=[2, 3]))
     tr = CocoFewShot(coco_root, split="train", shots=1, image_size=64,
                      options=CocoOptions(fold_classes=[2, 3]))
