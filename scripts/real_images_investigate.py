@@ -7,21 +7,27 @@ class; scored 1-shot on the validation classes. One line of JSON per run is appe
 to ``OUT/results.jsonl``::
 
     python scripts/real_images_investigate.py --root DATA/fss_layout --out DIR --name NAME \
-        [--prior prior_extractor.safetensors] [--preset full] [key=value ...]
+        [--prior prior_extractor.safetensors] [--preset full] [--fg-logit-shifts A ...] [key=value ...]
 
 keys: any config key as section.key=value (JSON values), the shortcuts lr, epochs, max_steps,
 batch_size, pretrain_epochs, image_size (data.image_size and pretrain.size), and variant (a key of
 fewshot_priors.app.real_images.VARIANTS).
+
+--fg-logit-shifts A ... also scores, on the same forward passes, the decision with the foreground
+logit lowered by A x log(fg_weight) (A = 1 undoes the class weight: the decision of an unweighted
+model if the logits were calibrated), reported as ``qgnet_shift<A>``.
 """
 
 import argparse
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
 from fewshot_priors.data.folder import class_image_counts, list_unique_images
 from fewshot_priors.engine.pretrain import pretrain
+from fewshot_priors.app import report
 from fewshot_priors.app.real_images import VARIANTS, real_images_config, train_and_evaluate
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,6 +38,8 @@ ap.add_argument("--seed", type=int, default=0)
 ap.add_argument("--prior", default=None, help="reuse this exported GlobalLocalMoCo prior extractor instead of "
                 "pretraining one (from random init)")
 ap.add_argument("--preset", default="full", help="real-images preset (full, long, quick)")
+ap.add_argument("--fg-logit-shifts", type=float, nargs="+", default=[], metavar="A",
+                help="also score the decision with the foreground logit lowered by A x log(fg_weight)")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
 kv = dict(x.split("=", 1) for x in a.kv)
@@ -51,6 +59,25 @@ for k, v in kv.items():
 if variant not in VARIANTS:
     raise SystemExit(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
 cfg = real_images_config(a.preset, over)
+if a.fg_logit_shifts:  # the study scores report.predictors(model, ...): add the shifted decisions to it
+    plain_predictors = report.predictors
+
+    def shifted_predictors(model, **kwargs):
+        predict = plain_predictors(model, **kwargs)
+
+        def with_shifts(batch):
+            out = predict(batch)
+            if not isinstance(out, dict):  # the model alone (no baselines)
+                return out
+            for shift in a.fg_logit_shifts:
+                logits = out["qgnet"].clone()
+                logits[:, 1] -= shift * math.log(model.fg_weight)
+                out[f"qgnet_shift{shift:g}"] = logits
+            return out
+
+        return with_shifts
+
+    report.predictors = shifted_predictors
 counts = class_image_counts(a.root)
 val = sorted(c for c, n in counts.items() if 2 <= n <= 4)
 out = Path(a.out)
@@ -79,6 +106,8 @@ line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"][
         **{f"{n} mIoU": round(100 * v["miou"], 2) for n, v in res.items()},
         **{f"{n} FB-IoU": round(100 * v["fbiou"], 2) for n, v in res.items()},
         "pred_fg_share": round(res[variant]["predicted_foreground_share"], 4),
+        "fg_shares": {n: round(v["predicted_foreground_share"], 4) for n, v in res.items()},
+        "true_fg_share": round(res[variant]["true_foreground_share"], 4), "fg_weight": r["train"]["fg_weight"],
         "map_auc": r["map_auc"].get("1-shot", {})}
 print(json.dumps(line), flush=True)
 with open(out / "results.jsonl", "a") as f:
