@@ -253,11 +253,11 @@ _LOADED = re.compile(r"<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)=\"([^\"
 _STDERR_OUTPUT = re.compile(r'<div[^>]*data-mime-type="application/vnd\.jupyter\.stderr"')
 
 
-def _mathjax_hook():
-    """The docs hook ``docs/_hooks/mathjax.py``, loaded by path (``mathjax`` is also the PyPI package's name)."""
+def _docs_hook(name: str = "mathjax"):
+    """The docs hook ``docs/_hooks/<name>.py``, loaded by path (``mathjax`` is also the PyPI package's name)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_docs_hook_mathjax", DOCS / "_hooks" / "mathjax.py")
+    spec = importlib.util.spec_from_file_location(f"_docs_hook_{name}", DOCS / "_hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -265,7 +265,7 @@ def _mathjax_hook():
 
 def _assert_site_works_offline(site: Path) -> None:
     """Every page loads only files of the site (MathJax included); notebooks show no stderr boxes."""
-    hook = _mathjax_hook()
+    hook = _docs_hook()
     SITE_DIR, SCRIPT = hook.SITE_DIR, hook.SCRIPT  # noqa: N806
     assert (site / SITE_DIR / SCRIPT).stat().st_size > 500_000
     assert list((site / SITE_DIR / "output" / "chtml" / "fonts" / "woff-v2").glob("MathJax_Main-Regular.woff"))
@@ -285,7 +285,7 @@ def _assert_site_works_offline(site: Path) -> None:
 def test_mathjax_hook_finds_the_local_mathjax():
     """The docs extra's MathJax 3 is installed and the hook copies its script, fonts and LICENSE."""
     pytest.importorskip("mkdocs")
-    hook = _mathjax_hook()
+    hook = _docs_hook()
     files = hook.mathjax_files()
     assert files[f"{hook.SITE_DIR}/{hook.SCRIPT}"].read_text(encoding="utf-8").find("MathJax") >= 0
     assert f"{hook.SITE_DIR}/LICENSE" in files
@@ -298,6 +298,22 @@ def test_mathjax_hook_finds_the_local_mathjax():
 
 # ----------------------------------------------------------------------------- README
 README = ROOT / "README.md"
+
+
+def test_inline_code_hook_keeps_short_tokens_on_one_line():
+    """Short inline code tokens get the no-wrap class; commands with spaces, long tokens and code blocks do not."""
+    mark = _docs_hook("inline_code").nowrap_inline_code
+    assert mark("<p><code>--version</code>, <code>a&lt;b&gt;.png</code></p>") == (
+        '<p><code class="nowrap">--version</code>, <code class="nowrap">a&lt;b&gt;.png</code></p>')
+    long_token = "x" * 41
+    unchanged = [
+        "<p><code>make demo --seed 7</code></p>",                                   # wraps at its spaces
+        f"<p><code>{long_token}</code></p>",                                      # too long for one line
+        '<pre><span></span><code><span class="n">x</span>\n</code></pre>',       # a code block
+        '<p><code class="highlight">x</code></p>',                                # already has a class
+    ]
+    for html in unchanged:
+        assert mark(html) == html
 
 
 def test_readme_code_blocks_run(tmp_path, monkeypatch):
