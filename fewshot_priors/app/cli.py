@@ -38,8 +38,9 @@ a run, unwritable output paths, a non-finite loss) are printed as one ``error: .
 line on stderr, also with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the
 traceback instead. Output paths are checked before the work starts; if writing results
 still fails afterwards, the results are printed to stdout first so nothing computed is lost.
-An unknown command is refused with the closest known one. Warnings are printed as one
-``warning: ...`` line each on stderr. When the reader of stdout goes away
+An unknown command is refused with the closest known one. Warnings, and the library's
+messages logged at level WARNING or above (``logging``, loggers under ``fewshot_priors``), are
+printed as one ``warning: ...`` line each on stderr. When the reader of stdout goes away
 (``fewshot-priors configs | head``) the command stops quietly with status 141, as a Unix
 tool killed by SIGPIPE does.
 """
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -717,18 +719,32 @@ def _one_line(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
+class _WarningLines(logging.Handler):
+    """The library's log records of level WARNING and above as ``warning: ...`` lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {_one_line(record.getMessage())}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _cli_warnings():
-    """Warnings are shown as one ``warning: ...`` line each, without the source line Python echoes."""
+    """Warnings are shown as one ``warning: ...`` line each, without the source line Python echoes;
+    so are the library's logged warnings (logger ``fewshot_priors``)."""
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file, flush=True)
 
     saved = warnings.showwarning
     warnings.showwarning = show
+    handler, logger = _WarningLines(), logging.getLogger("fewshot_priors")
+    logger.addHandler(handler)
     try:
         yield
     finally:
         warnings.showwarning = saved
+        logger.removeHandler(handler)
 
 
 def _stdout_closed() -> int:

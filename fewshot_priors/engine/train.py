@@ -11,6 +11,7 @@ step loop, logging, checkpoints and exact resume from :class:`~.loop.StepLoop`
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import warnings
@@ -34,6 +35,8 @@ from .runtime import Runtime
 __all__ = ["PLATEAU_ADVICE", "PLATEAU_FINDING", "PLATEAU_RATIO", "BackgroundPlateauWarning", "balanced_fg_weight", "check_plateau", "foreground_share",
            "foreground_shares",
            "make_optimizer", "make_poly_scheduler", "plateau_message", "train"]
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- optimisation
 
@@ -345,7 +348,7 @@ def train(
 
             plot_loss_curve(out / "scalars.csv", out / "loss_curve.png")
         except Exception as exc:  # pragma: no cover - plotting must never kill a finished run
-            print(f"warning: could not draw the loss curve: {exc}")
+            log.warning("could not draw the loss curve: %s", exc)
     selected = "last"
     if select_best and math.isfinite(best):
         load_checkpoint(out / "best", model=model, map_location=rt.device)
