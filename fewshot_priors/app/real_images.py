@@ -31,7 +31,8 @@ import copy
 import json
 import platform
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from .study import (
     BASELINES,
     GroupResult,
     PriorCache,
+    ScoredVariant,
     Unit,
     UnitGroup,
     run_config,
@@ -177,9 +179,6 @@ def train_and_evaluate(
         "timings_s": ..., "figures": ..., "skipped": {"5-shot": why}}``: a K is skipped when no
         held-out class has K+1 eligible images.
     """
-    from fewshot_priors.app.report import episode_rows
-    from fewshot_priors.app.report import figure_episodes as pick_figure_episodes
-
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
     root, out = Path(root), Path(out)
@@ -202,7 +201,28 @@ def train_and_evaluate(
 
         for path in (*checkpoint_paths(out / "last"), *checkpoint_paths(out / "best")):
             Path(path).unlink(missing_ok=True)
-    results, figures = {}, {}
+    figures = _draw_figures(run, out, f"{variant} on real photos, held-out {', '.join(sorted(test_classes))}",
+                            figure_episodes) if figure_episodes else {}
+    return _model_record(run, variant, cfg, figures)
+
+
+def _draw_figures(run: ScoredVariant, out: Path, title: str, n: int) -> dict[str, str]:
+    """``{"1-shot": png}``: Fig. 5 panels of ``n`` held-out episodes per K, in ``out``."""
+    from fewshot_priors.app.report import episode_rows
+    from fewshot_priors.app.report import figure_episodes as pick_figure_episodes
+    from fewshot_priors.viz import save_episode_figures
+
+    figures = {}
+    for k, ds in run.datasets.items():
+        rows = episode_rows(run.model, ds, pick_figure_episodes(ds, n))
+        figures[f"{k}-shot"] = str(save_episode_figures(rows, out / f"fig5_{k}shot.png", title=f"{title}, {k}-shot"))
+    return figures
+
+
+def _model_record(run: ScoredVariant, variant: str, cfg: Mapping, figures: dict[str, str]) -> dict[str, Any]:
+    """What :func:`train_and_evaluate` returns: the scores (the model's under ``variant``, with the
+    held-out classes scored), the map diagnostics and the training summary."""
+    results = {}
     for name, r in run.results.items():
         r[variant] = r.pop("qgnet")
         r[variant]["predicted_foreground_share"] = run.foreground_share[name]
@@ -210,14 +230,6 @@ def train_and_evaluate(
         for v in r.values():
             v["test_classes"] = [ds.class_names[c] for c in ds.class_ids]
         results[name] = r
-    if figure_episodes:
-        from fewshot_priors.viz import save_episode_figures
-
-        for k, ds in run.datasets.items():
-            rows = episode_rows(run.model, ds, pick_figure_episodes(ds, figure_episodes))
-            figures[f"{k}-shot"] = str(save_episode_figures(
-                rows, out / f"fig5_{k}shot.png",
-                title=f"{variant} on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
     res = run.train
     return {
         "results": results,
@@ -514,6 +526,102 @@ def _write_reports(out: Path, metrics: Mapping[str, Any], fold_ids: Sequence[int
                                     + _plateau_markdown(metrics["plateau"]), encoding="utf-8")
 
 
+def _figures(groups: Sequence[GroupResult]) -> dict[str, dict[str, Any]]:
+    """``{"fold<F>": {variant: {"1-shot": png}}}``: the Fig. 5 panels drawn (first seed)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for g in groups:
+        for unit in g.group.units:
+            if unit.figures and g.results[unit.variant]["figures"]:
+                figures.setdefault(f"fold{g.group.fold}", {})[unit.variant] = g.results[unit.variant]["figures"]
+    return figures
+
+
+@dataclass
+class _Study:
+    """One run of the study: its settings, data and folds; it plans the (seed, fold, variant) units,
+    trains one when the runner asks, and assembles ``metrics.json``."""
+
+    root: Path
+    out: Path
+    cfg: dict[str, Any]
+    preset: str
+    seeds: list[int]
+    fold_ids: list[int]
+    variants: list[str]
+    counts: dict[str, int]
+    all_folds: list[list[str]]
+    images: list[str]
+    progress: bool
+    say: Callable[[str], None]
+    pretrained: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {"pretrain": 0.0, "units": 0.0, "models": 0.0})
+
+    def priors(self, seed: int) -> dict[str, str]:
+        """``{prior kind: exported file}`` of the seed's pretraining runs."""
+        return {k: pre["prior_extractor"] for k, pre in self.pretrained[seed].items()}
+
+    def plan(self) -> Iterator[UnitGroup]:
+        """Per seed: its prior extractors (pretrained or reused), then its (seed, fold) groups."""
+        cfg, kinds = self.cfg, _needed_pretraining(self.cfg, self.variants)
+        for seed in self.seeds:
+            t = _timer()
+            self.pretrained[seed] = _seed_priors(cfg, kinds, seed, self.images, self.out, self.progress, self.say)
+            self.timings["pretrain"] += t()
+            priors = self.priors(seed)
+            for f in self.fold_ids:
+                draw = seed == self.seeds[0] and cfg["study"]["figure_episodes"] > 0  # Fig. 5 panels: the first seed
+                held = self.all_folds[f]
+                # what a finished model's saved result.json depends on: rerunning the same command after an
+                # interruption, or with more seeds, folds or variants, reuses it instead of training again
+                base = _unit_stamp(cfg, held, seed, supervised_weights(cfg, priors))
+                fold_dir = self.out / f"seed{seed}" / f"fold{f}"
+                units = [Unit(seed, f, v, fold_dir / v, {**base, **_variant_stamp(v, priors)}, draw)
+                         for v in self.variants]
+                yield UnitGroup(seed, f, units, base, f" on {len(self.counts) - len(held)} classes, held out {held}")
+
+    def train_unit(self, unit: Unit, with_baselines: bool, datasets: dict) -> dict[str, Any]:
+        """Train and score one unit (:func:`train_and_evaluate`)."""
+        return train_and_evaluate(self.root, self.all_folds[unit.fold], unit.folder, self.cfg, seed=unit.seed,
+                                  priors=self.priors(unit.seed), variant=unit.variant, progress=False,
+                                  with_baselines=with_baselines,
+                                  figure_episodes=self.cfg["study"]["figure_episodes"] if unit.figures else 0,
+                                  dataset_cache=datasets, overwrite=True)
+
+    def metrics(self, groups: Sequence[GroupResult], protocol: str) -> dict[str, Any]:
+        """The content of ``metrics.json``: settings, every run, the summaries and the timings."""
+        cfg, runs = self.cfg, [_unit_record(g, self.all_folds[g.group.fold]) for g in groups]
+        per_seed = {seed: {kind: {"export": pre["prior_extractor"], "steps": pre["step"],
+                                  "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
+                           for kind, pre in kinds.items()}
+                    for seed, kinds in self.pretrained.items() if kinds}
+        return {
+            "root": str(self.root),
+            "preset": self.preset,
+            "settings": cfg,
+            "preset_config": PRESET_CONFIGS[self.preset],
+            "seeds": self.seeds,
+            "protocol": protocol,
+            "folds": {f"fold{i}": c for i, c in enumerate(self.all_folds)},
+            "folds_run": self.fold_ids,
+            "methods": {**{k: VARIANTS[k][0] for k in self.variants}, **BASELINES},
+            "summary": summarize(runs),
+            "gains": {b: paired_gains(runs, b) for b in BASELINES},
+            "map_auc": _mean_over(runs, "map_auc"),
+            "recall": _mean_over(runs, "recall"),
+            "runs": runs,
+            "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
+                                "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
+                                "shared_across_folds": True, "per_seed": per_seed},
+            "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {_supervised_source(cfg)}",
+            "figures": _figures(groups),
+            "plateau": [{"seed": u["seed"], "fold": u["fold"], "model": v, "warning": t["plateau"]}
+                        for u in runs for v, t in u["train"].items() if t.get("plateau")],
+            "timings_s": self.timings,
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+        }
+
+
 def run_real_images(
     root: str | Path,
     output: str | Path = "real_images_output",
@@ -574,92 +682,19 @@ def run_real_images(
         if progress:
             print(f"[real-images {total():7.0f}s] {msg}", flush=True)
 
-    kinds = _needed_pretraining(cfg, variants)
     say(f"{len(counts)} classes, {len(images)} unique images; {num_folds} folds over the "
         f"{sum(len(f) for f in all_folds)} classes with >= {min_images} images (fold seed {fold_seed}); "
         f"seeds {seeds}; preset {preset}; backbone {cfg['model']['backbone']} "
         f"({cfg['model']['weights'] or 'no weights file'}), prior extractor {cfg['pretrain']['backbone']}; "
         f"models {variants}")
-    pretrained: dict[int, dict[str, dict[str, Any]]] = {}
-    timings: dict[str, float] = {"pretrain": 0.0, "units": 0.0, "models": 0.0}
-
-    def plan():  # per seed: its prior extractors, then its (seed, fold) groups
-        for seed in seeds:
-            t = _timer()
-            pretrained[seed] = _seed_priors(cfg, kinds, seed, images, out, progress, say)
-            timings["pretrain"] += t()
-            priors = {k: pre["prior_extractor"] for k, pre in pretrained[seed].items()}
-            for f in fold_ids:
-                draw = seed == seeds[0] and cfg["study"]["figure_episodes"] > 0  # Fig. 5 panels: the first seed
-                base = _unit_stamp(cfg, all_folds[f], seed, supervised_weights(cfg, priors))
-                fold_dir = out / f"seed{seed}" / f"fold{f}"
-                units = [Unit(seed, f, v, fold_dir / v, {**base, **_variant_stamp(v, priors)}, draw) for v in variants]
-                yield UnitGroup(seed, f, units, base, f" on {len(counts) - len(all_folds[f])} classes, held out "
-                                                      f"{all_folds[f]}")
-
-    def train_unit(unit: Unit, with_baselines: bool, datasets: dict) -> dict[str, Any]:
-        priors = {k: pre["prior_extractor"] for k, pre in pretrained[unit.seed].items()}
-        return train_and_evaluate(root, all_folds[unit.fold], unit.folder, cfg, seed=unit.seed, priors=priors,
-                                  variant=unit.variant, progress=False, with_baselines=with_baselines,
-                                  figure_episodes=cfg["study"]["figure_episodes"] if unit.figures else 0,
-                                  dataset_cache=datasets, overwrite=True)
-
-    groups = run_study(plan(), train_unit, groups=len(seeds) * len(fold_ids), say=say)
-    timings["units"] = sum(g.seconds for g in groups)
-    timings["models"] = sum(g.train_seconds for g in groups)
-    timings["total"] = total()
-    metrics = _metrics(root, cfg, preset, seeds, fold_ids, variants, all_folds,
-                       [_unit_record(g, all_folds[g.group.fold]) for g in groups], _figures(groups), pretrained,
-                       timings, protocol=_protocol(cfg, all_folds, num_folds, min_images, fold_seed))
+    study = _Study(root, out, cfg, preset, seeds, fold_ids, variants, counts, all_folds, images, progress, say)
+    groups = run_study(study.plan(), study.train_unit, groups=len(seeds) * len(fold_ids), say=say)
+    study.timings.update(units=sum(g.seconds for g in groups), models=sum(g.train_seconds for g in groups),
+                         total=total())
+    metrics = study.metrics(groups, _protocol(cfg, all_folds, num_folds, min_images, fold_seed))
     _write_reports(out, metrics, fold_ids)
     if metrics["plateau"]:
         say(f"{len(metrics['plateau'])} of {sum(len(u['train']) for u in metrics['runs'])} models ended on the "
             f"background plateau (they predict almost no foreground): listed in {out / 'results.md'}")
-    say(f"done in {timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
+    say(f"done in {study.timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
     return metrics
-
-
-def _figures(groups: Sequence[GroupResult]) -> dict[str, dict[str, Any]]:
-    """``{"fold<F>": {variant: {"1-shot": png}}}``: the Fig. 5 panels drawn (first seed)."""
-    figures: dict[str, dict[str, Any]] = {}
-    for g in groups:
-        for unit in g.group.units:
-            if unit.figures and g.results[unit.variant]["figures"]:
-                figures.setdefault(f"fold{g.group.fold}", {})[unit.variant] = g.results[unit.variant]["figures"]
-    return figures
-
-
-def _metrics(root: Path, cfg: Mapping, preset: str, seeds: Sequence[int], fold_ids: Sequence[int],
-             variants: Sequence[str], all_folds: Sequence[Sequence[str]], runs: list[dict[str, Any]],
-             figures: Mapping[str, Any], pretrained: Mapping[int, Mapping[str, Mapping[str, Any]]],
-             timings: Mapping[str, float], *, protocol: str) -> dict[str, Any]:
-    """The content of ``metrics.json``: settings, every run, the summaries and the timings."""
-    per_seed = {seed: {kind: {"export": pre["prior_extractor"], "steps": pre["step"],
-                              "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
-                       for kind, pre in kinds.items()}
-                for seed, kinds in pretrained.items() if kinds}
-    return {
-        "root": str(root),
-        "preset": preset,
-        "settings": cfg,
-        "preset_config": PRESET_CONFIGS[preset],
-        "seeds": list(seeds),
-        "protocol": protocol,
-        "folds": {f"fold{i}": c for i, c in enumerate(all_folds)},
-        "folds_run": list(fold_ids),
-        "methods": {**{k: VARIANTS[k][0] for k in variants}, **BASELINES},
-        "summary": summarize(runs),
-        "gains": {b: paired_gains(runs, b) for b in BASELINES},
-        "map_auc": _mean_over(runs, "map_auc"),
-        "recall": _mean_over(runs, "recall"),
-        "runs": runs,
-        "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
-                            "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
-                            "shared_across_folds": True, "per_seed": per_seed},
-        "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {_supervised_source(cfg)}",
-        "figures": dict(figures),
-        "plateau": [{"seed": u["seed"], "fold": u["fold"], "model": v, "warning": t["plateau"]}
-                    for u in runs for v, t in u["train"].items() if t.get("plateau")],
-        "timings_s": dict(timings),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-    }

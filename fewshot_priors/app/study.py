@@ -246,27 +246,15 @@ def train_and_score(
         label: the progress bars' label (``"<label> <K>-shot"``).
         say: called with a line before each evaluation.
     """
-    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
     from fewshot_priors.engine.build import build_model
-    from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
 
     kw = dataset_kwargs or {}
-    seed = cfg["experiment"]["seed"]
     # the held-out episodes first: a K without eligible images (or any data error) fails before training
-    val_sets: dict[int, Any] = {}
-    skipped: dict[str, str] = {}
-    for k in shots:
-        try:
-            val_sets[k] = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"],
-                                         seed=seed, progress=progress, **kw.get("val", {}))
-        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
-            if not skip_ineligible or "eligible images" not in str(exc):
-                raise
-            skipped[f"{k}-shot"] = str(exc)
+    val_sets, skipped = _held_out_sets(cfg, shots, dataset_cache, progress, kw.get("val", {}), skip_ineligible)
     t = timer()
-    seed_everything(seed)
+    seed_everything(cfg["experiment"]["seed"])
     model = build_model(cfg).to(Runtime.from_config(cfg).device)
     train_set = cached_dataset(cfg, "train", dataset_cache, progress=progress, **kw.get("train", {}))
     res = train(cfg, model=model, train_set=train_set, val_fn=_validation(cfg, train_set, kw.get("val", {})),
@@ -277,23 +265,50 @@ def train_and_score(
     run.skipped.update(skipped)
     t = timer()
     for k, ds in val_sets.items():
-        name = f"{k}-shot"
         if say is not None:
             say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
-        meter = MapRecall() if recall else None
-        auc_meter = MapAUC() if map_auc else None
-        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"],
-                     predict_fn=predictors(model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
-                     progress=progress, desc=f"{label} {name}")
-        run.results[name] = r if with_baselines else {"qgnet": r}
-        run.datasets[k] = ds
-        run.foreground_share[name] = run.results[name]["qgnet"]["predicted_foreground_share"]
-        if meter is not None:
-            run.recall[name] = meter.compute()
-        if auc_meter is not None:
-            run.map_auc[name] = auc_meter.compute()
+        _score(run, k, ds, with_baselines=with_baselines, recall=recall, map_auc=map_auc, progress=progress,
+               desc=f"{label} {k}-shot")
     run.timings_s["evaluate"] = t()
     return run
+
+
+def _held_out_sets(cfg: Mapping, shots: Sequence[int], dataset_cache: dict | None, progress: bool,
+                   kwargs: Mapping[str, Any], skip_ineligible: bool) -> tuple[dict[int, Any], dict[str, str]]:
+    """``({K: held-out episodes}, {"5-shot": why not})`` (see :func:`train_and_score`)."""
+    val_sets: dict[int, Any] = {}
+    skipped: dict[str, str] = {}
+    for k in shots:
+        try:
+            val_sets[k] = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"],
+                                         seed=cfg["experiment"]["seed"], progress=progress, **kwargs)
+        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
+            if not skip_ineligible or "eligible images" not in str(exc):
+                raise
+            skipped[f"{k}-shot"] = str(exc)
+    return val_sets, skipped
+
+
+def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall: bool, map_auc: bool,
+           progress: bool, desc: str) -> None:
+    """Score ``run.model`` K-shot on the episodes ``ds`` (with the baselines and map meters asked for)
+    into ``run``."""
+    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
+    from fewshot_priors.engine.evaluate import evaluate
+
+    cfg, name = run.config, f"{k}-shot"
+    meter = MapRecall() if recall else None
+    auc_meter = MapAUC() if map_auc else None
+    r = evaluate(run.model, ds, seed=cfg["experiment"]["seed"], batch_size=cfg["eval"]["batch_size"],
+                 predict_fn=predictors(run.model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
+                 progress=progress, desc=desc)
+    run.results[name] = r if with_baselines else {"qgnet": r}
+    run.datasets[k] = ds
+    run.foreground_share[name] = run.results[name]["qgnet"]["predicted_foreground_share"]
+    if meter is not None:
+        run.recall[name] = meter.compute()
+    if auc_meter is not None:
+        run.map_auc[name] = auc_meter.compute()
 
 
 
