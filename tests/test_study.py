@@ -102,3 +102,79 @@ def test_a_stamp_whose_export_is_gone_or_damaged_is_not_reused(tmp_path, monkeyp
     else:
         save_file({"w": torch.ones(2)}, str(path), metadata={"format": "something else"})
     assert cache.load() is None
+
+
+# ----------------------------------------------------------------------------- the study runner
+
+BASE = {"settings": {"lr": 0.1}, "seed": 0}
+
+
+def _group(tmp_path, variants, base=BASE):
+    from fewshot_priors.app.study import Unit, UnitGroup
+
+    units = [Unit(0, 1, v, tmp_path / "seed0" / "fold1" / v, {**base, "variant": v}) for v in variants]
+    return UnitGroup(0, 1, units, dict(base))
+
+
+def _trainer(calls, fail_on=None):
+    """A stand-in for training: scores the model by its name, the baselines only when asked."""
+
+    def train(unit, with_baselines, datasets):
+        if unit.variant == fail_on:
+            raise KeyboardInterrupt
+        calls.append((unit.variant, with_baselines))
+        datasets.setdefault("built", []).append(unit.variant)  # one dict per group
+        res = {unit.variant: {"miou": 0.5 if unit.variant == "a" else 0.25}}
+        if with_baselines:
+            res.update({"baseline_all_foreground": {"miou": 0.125}, "baseline_guided_map_0.5": {"miou": 0.0625}})
+        return {"results": {"1-shot": res}, "shared": sorted(datasets["built"])}
+
+    return train
+
+
+def test_the_runner_scores_the_baselines_once_per_group_and_reuses_finished_units(tmp_path):
+    from fewshot_priors.app.study import BASELINES, RESULT_FILE, run_study
+
+    calls, lines = [], []
+    (g,) = run_study([_group(tmp_path, ["a", "b"])], _trainer(calls), groups=1, say=lines.append)
+    assert calls == [("a", True), ("b", False)]  # the baselines with the first model only
+    assert g.results["b"]["shared"] == ["a", "b"] and g.trained == 2
+    assert g.scores() == {"1-shot": {"a": {"miou": 0.5}, "b": {"miou": 0.25}, **{
+        b: g.baselines["results"]["1-shot"][b] for b in BASELINES}}}
+    assert "training a" in lines[0] and "done in" in lines[-1] and "min left" not in lines[-1]
+    saved = json.loads((tmp_path / "seed0" / "fold1" / "b" / RESULT_FILE).read_text())
+    assert saved["stamp"] == {**BASE, "variant": "b"} and saved["result"] == g.results["b"]
+
+    calls.clear()
+    (again,) = run_study([_group(tmp_path, ["a", "b"])], _trainer(calls), groups=1, say=lines.append)
+    assert calls == [] and again.results == g.results and again.scores() == g.scores()
+    # a subset without the model that scored the baselines takes them from its saved result
+    (sub,) = run_study([_group(tmp_path, ["b"])], _trainer(calls), groups=1, say=lines.append)
+    assert calls == [] and sub.scores()["1-shot"]["baseline_all_foreground"] == {"miou": 0.125}
+    # other settings: trained again
+    (other,) = run_study([_group(tmp_path, ["a", "b"], {**BASE, "seed": 1})], _trainer(calls), groups=1,
+                         say=lines.append)
+    assert calls == [("a", True), ("b", False)] and other.trained == 2
+
+
+def test_an_interrupted_study_resumes_with_the_units_it_had_finished(tmp_path):
+    from fewshot_priors.app.study import run_study
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        run_study([_group(tmp_path, ["a", "b", "c"])], _trainer(calls, fail_on="b"), groups=1, say=lambda m: None)
+    assert calls == [("a", True)]
+    calls.clear()
+    (g,) = run_study([_group(tmp_path, ["a", "b", "c"])], _trainer(calls), groups=1, say=lambda m: None)
+    assert calls == [("b", False), ("c", False)]  # a (and its baselines) reused
+    assert set(g.scores()["1-shot"]) == {"a", "b", "c", "baseline_all_foreground", "baseline_guided_map_0.5"}
+
+
+def test_units_without_a_stamp_are_always_trained_and_never_saved(tmp_path):
+    from fewshot_priors.app.study import Unit, UnitGroup, run_study
+
+    calls, lines = [], []
+    plan = [UnitGroup(3, 0, [Unit(3, 0, v, tmp_path / v) for v in ("a", "b")]) for _ in range(2)]
+    run_study(plan, _trainer(calls), groups=2, say=lines.append)
+    assert calls == [("a", True), ("b", False)] * 2 and not list(tmp_path.rglob("*.json"))
+    assert "(2/2): training a" in lines[3] and "min left" in lines[2] and "min left" not in lines[-1]

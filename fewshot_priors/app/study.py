@@ -451,6 +451,7 @@ def _train_unit(unit: Unit, train: TrainUnit, with_baselines: bool, datasets: di
     r = {**train(unit, with_baselines, datasets), "with_baselines": with_baselines}
     if unit.stamp is not None:  # a fresh result reads like a reused one
         r = as_json(r)
+        unit.folder.mkdir(parents=True, exist_ok=True)
         atomic_write((unit.folder / RESULT_FILE, json.dumps({"stamp": as_json(unit.stamp), "result": r},
                                                             indent=1).encode()))
     return r
@@ -501,15 +502,17 @@ def run_study(plan: Iterable[UnitGroup], train: TrainUnit, *, groups: int, say: 
         trained, model_s = trained + new, model_s + group_model_s
         res = GroupResult(group, results, baselines, new, t(), group_model_s)
         done.append(res)
-        say(_group_line(res, (groups - len(done)) * len(group.units) * (model_s / trained if trained else 0.0)))
+        left = groups - len(done)
+        say(_group_line(res, left, left * len(group.units) * (model_s / trained if trained else 0.0)))
     return done
 
 
-def _group_line(res: GroupResult, left_s: float) -> str:
-    """The status line of a finished group: its time, models trained, scores and the time left."""
+def _group_line(res: GroupResult, groups_left: int, left_s: float) -> str:
+    """The status line of a finished group: its time, models trained, scores and (while groups are
+    left) an estimate of the time left."""
     from fewshot_priors.app.report import pct
 
     line = "; ".join(f"{shot}: " + ", ".join(f"{n} {pct(m['miou'])}" for n, m in ms.items())
                      for shot, ms in res.scores().items())
     return (f"seed {res.group.seed} fold {res.group.fold} done in {res.seconds:.0f}s, {res.trained} model(s) trained "
-            f"(mIoU %: {line}); at most about {left_s / 60:.1f} min left")
+            f"(mIoU %: {line})" + (f"; at most about {left_s / 60:.1f} min left" if groups_left else ""))
