@@ -161,8 +161,6 @@ def _prior_extractor(cfg: Mapping, out: Path, train_images: list[str], progress:
     """``(pretrain() result, reused)``: the GlobalLocalMoCo prior extractor pretrained on the training
     images without labels, or the one of a previous run with the same settings and code (:func:`_reuse_stamp`)."""
     p, d, study = cfg["pretrain"], cfg["data"], cfg["study"]
-    say(f"pretraining the prior extractor (GlobalLocalMoCo, {p['backbone']}) on {len(train_images)} "
-        "unlabelled images")
     pre_dir = out / "prior_extractor"
     cache = PriorCache(pre_dir, {
         **_reuse_stamp(p, cfg["experiment"]["device"]), "seed": cfg["experiment"]["seed"], "images": len(train_images),
@@ -172,6 +170,8 @@ def _prior_extractor(cfg: Mapping, out: Path, train_images: list[str], progress:
     if pre is not None:
         say("reusing the prior extractor pretrained by a previous run with the same settings")
         return pre, True
+    say(f"pretraining the prior extractor (GlobalLocalMoCo, {p['backbone']}) on {len(train_images)} "
+        "unlabelled images")
     pcfg = copy.deepcopy(dict(cfg))
     pcfg["pretrain"]["images"] = train_images
     pcfg["experiment"]["output_dir"] = str(pre_dir)
