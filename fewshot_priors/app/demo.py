@@ -121,8 +121,13 @@ ABLATION_VARIANTS: dict[str, tuple[str, str | None, bool]] = {
     "random_prior": ("QGNet, random-init frozen prior extractor", None, True),
     "no_prior": ("QGNet without the prior region map (PFENet-style)", None, False),
 }
-#: The name of each model of :data:`ABLATION_VARIANTS` in the results (its run folder: ``<output>/<name>``).
+#: The name of each model of :data:`ABLATION_VARIANTS` in the results.
 RESULT_NAMES = {"pretrained_prior": "qgnet", "random_prior": "qgnet_random_prior", "no_prior": "qgnet_without_prior"}
+
+
+def _run_folder(out: Path, variant: str) -> Path:
+    """The run folder of a model of :data:`ABLATION_VARIANTS`: ``qgnet``, ``qgnet_random_prior``, ``qgnet_no_prior``."""
+    return out / ("qgnet" if variant == "pretrained_prior" else f"qgnet_{variant}")
 
 
 def _config(quick: bool, ablation: bool | None, seed: int | None, device: str | None,
@@ -190,9 +195,10 @@ def _train_models(cfg: Mapping, out: Path, data: Mapping[str, Any], prior_path: 
         cfg_v = run_config(cfg, output_dir=unit.folder, root=data["root"], weights=prior_path,
                            prior_weights=prior_path if prior else None, use_prior=use_prior)
         # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
+        main = unit.variant == "pretrained_prior"
         run = scored[unit.variant] = train_and_score(cfg_v, with_baselines=with_baselines, recall=True,
-                                                     overwrite=True, progress=progress, say=say)
-        if unit.variant == "pretrained_prior":
+                                                     overwrite=True, progress=progress, say=say if main else None)
+        if main:
             say(f"trained on the {len(run.train_set.entries)} of {len(data['train_names'])} training images "
                 "without a held-out class")
         name = RESULT_NAMES[unit.variant]
@@ -201,7 +207,7 @@ def _train_models(cfg: Mapping, out: Path, data: Mapping[str, Any], prior_path: 
 
     seed, fold = cfg["experiment"]["seed"], cfg["data"]["fold"]
     variants = list(ABLATION_VARIANTS) if cfg["study"]["ablation"] else ["pretrained_prior"]
-    units = [Unit(seed, fold, v, out / RESULT_NAMES[v]) for v in variants]
+    units = [Unit(seed, fold, v, _run_folder(out, v)) for v in variants]
     (group,) = run_study([UnitGroup(seed, fold, units)], train_unit, groups=1, say=say)
     return group, scored
 
@@ -337,7 +343,9 @@ def run_demo(
     figures = _draw(out, main, preset_cfg["study"]["figure_episodes"])
     timings["figures"] = t()
     timings["total"] = total()
-    results = group.scores()
+    # the demo's model and the baselines first, then the ablation's models
+    results = {k: dict(sorted(res.items(), key=lambda kv: kv[0] not in ("qgnet", *BASELINES)))
+               for k, res in group.scores().items()}
     metrics = _metrics(preset_cfg, quick, data, train_classes, pre, reused, main, results, ablation_res, figures,
                        timings)
     path = out / "metrics.json"
