@@ -55,6 +55,26 @@ def test_warnings_are_one_line_in_the_cli_voice(monkeypatch, capsys):
     assert cli._one_line("x " * 1000, limit=50).endswith("\u2026") and len(cli._one_line("x " * 1000, limit=50)) == 50
 
 
+def test_the_librarys_logged_warnings_are_warning_lines_in_the_cli(monkeypatch, capsys):
+    """A library message logged at WARNING (e.g. engine.train's loss curve that could not be drawn) is one
+    ``warning:`` line on stderr in the CLI; INFO stays quiet, and the handler leaves with the command."""
+    import logging
+
+    def noisy(args):
+        logging.getLogger("fewshot_priors.engine.train").warning("could not draw the loss curve: %s", "no\ndisplay")
+        logging.getLogger("fewshot_priors.ssl.superpixels").info("SuperpixelPatchSampler: method=slic")
+        print("result")
+        return 0
+
+    monkeypatch.setitem(cli._COMMANDS, "configs", noisy)
+    handlers = list(logging.getLogger("fewshot_priors").handlers)
+    assert cli.main(["configs"]) == 0
+    assert logging.getLogger("fewshot_priors").handlers == handlers
+    out, err = capsys.readouterr()
+    assert out == "result\n"
+    assert err == "warning: could not draw the loss curve: no display\n"
+
+
 def test_every_set_advice_parses():
     """`--set a=1 b=2` is not one override per --set: advice in messages and docs must repeat the flag."""
     import re

@@ -67,10 +67,10 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     # the pretraining loop, or the ssl builders it calls (ssl.factory: the section -> model, sampler, dataset)
     **{("pretrain", k): ["fewshot_priors.ssl.factory" if k in _SSL_FACTORY_KEYS else "fewshot_priors.engine.pretrain"]
        for k in DEFAULTS["pretrain"]},
-    ("study", "num_classes"): ["fewshot_priors.app.demo:run_demo"],
-    ("study", "images_per_class"): ["fewshot_priors.app.demo:run_demo"],
+    ("study", "num_classes"): ["fewshot_priors.app.demo:_make_data"],
+    ("study", "images_per_class"): ["fewshot_priors.app.demo:_make_data"],
     ("study", "ablation"): ["fewshot_priors.app.demo:run_demo"],
-    ("study", "figure_episodes"): ["fewshot_priors.app.demo:run_demo", "fewshot_priors.app.real_images:run_real_images"],
+    ("study", "figure_episodes"): ["fewshot_priors.app.demo:run_demo", "fewshot_priors.app.real_images:_Study"],
     ("study", "train_min_pixels"): ["fewshot_priors.app.real_images:train_and_evaluate"],
     ("study", "variants"): ["fewshot_priors.app.real_images:run_real_images"],
 }

@@ -459,7 +459,8 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
 def test_a_damaged_or_foreign_result_file_is_not_reused(tmp_path, content):
     """The study trains again rather than trusting a result.json that is damaged, not a dict, or stamped with
     other settings; the matching one is reused."""
-    from fewshot_priors.app.real_images import _reusable, _saved_baselines
+    from fewshot_priors.app.study import reusable_result as _reusable
+    from fewshot_priors.app.study import saved_baselines as _saved_baselines
 
     path = tmp_path / "v" / "result.json"
     path.parent.mkdir()

@@ -38,8 +38,9 @@ a run, unwritable output paths, a non-finite loss) are printed as one ``error: .
 line on stderr, also with status 2; set ``FEWSHOT_PRIORS_TRACEBACK=1`` to see the
 traceback instead. Output paths are checked before the work starts; if writing results
 still fails afterwards, the results are printed to stdout first so nothing computed is lost.
-An unknown command is refused with the closest known one. Warnings are printed as one
-``warning: ...`` line each on stderr. When the reader of stdout goes away
+An unknown command is refused with the closest known one. Warnings, and the library's
+messages logged at level WARNING or above (``logging``, loggers under ``fewshot_priors``), are
+printed as one ``warning: ...`` line each on stderr. When the reader of stdout goes away
 (``fewshot-priors configs | head``) the command stops quietly with status 141, as a Unix
 tool killed by SIGPIPE does.
 """
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -162,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_demo_parser(sub)
+    _add_real_images_parser(sub)
+    _add_configs_parser(sub)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_visualize_parser(sub)
+    _add_pretrain_parser(sub)
+    _add_convert_parser(sub)
+    _add_deployment_parsers(sub)
+    return parser
+
+
+def _add_demo_parser(sub) -> None:
+    """The ``demo`` command's arguments."""
     p = _add_subparser(sub, "demo",
                        help="run the whole paper pipeline on a generated dataset (minutes on a CPU)",
                        description="Generate a small PASCAL-layout dataset, pretrain the prior extractor "
@@ -179,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"seed of everything {_config_default('experiment.seed')}")
     _add_run_args(p, "train.epochs=6")
 
+
+def _add_real_images_parser(sub) -> None:
+    """The ``real-images`` command's arguments."""
     p = _add_subparser(sub, "real-images", help="cross-validate QGNet and baselines on your own folder dataset",
                        description="On a folder dataset (<class>/<stem>.jpg + <stem>.png masks): pretrain the prior "
                                    "extractor on all images without labels (once per seed, shared by the folds), "
@@ -229,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ones when there are no --prior-weights)")
     _add_run_args(p, "train.lr=0.02", progress="progress lines (one per unit, with the time left)")
 
+
+def _add_configs_parser(sub) -> None:
+    """The ``configs`` command's arguments."""
     p = _add_subparser(sub, "configs", help="list the shipped configs (the paper's table rows and the presets)",
                        description="List the shipped configs, one name per line, for --config: the paper's table "
                                    "rows (<dataset>/<backbone>_<size>_fold<k>), the demo presets (demo/full, "
@@ -237,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true",
                    help="list every config key instead: its default, what it does, its choices or range")
 
+
+def _add_train_parser(sub) -> None:
+    """The ``train`` command's arguments."""
     p = _add_subparser(sub, "train", help="train QGNet from a config",
                        description="Episodic training (SGD, poly LR, the paper's augmentation) with TensorBoard + "
                                    "CSV logs, periodic validation and best/last checkpoints in --output-dir.")
@@ -252,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                            f"{_config_default('train.max_steps')}")
     _add_run_args(p, "data.root=/data/VOCdevkit")
 
+
+def _add_eval_parser(sub) -> None:
+    """The ``eval`` command's arguments."""
     p = _add_subparser(sub, "eval", help="evaluate a checkpoint on the held-out classes",
                        description="Fixed-seed few-shot evaluation scored at the original label resolution; "
                                    "prints and (with --output) writes mIoU, FB-IoU, per-class IoU with the class "
@@ -273,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "evaluation)")
     _add_run_args(p, "data.root=/data/VOCdevkit")
 
+
+def _add_visualize_parser(sub) -> None:
+    """The ``visualize`` command's arguments."""
     p = _add_subparser(sub, "visualize", help="draw Fig. 5-style panels for test episodes",
                        description="Query, support with mask, guided region map, prior region map, prediction "
                                    "and ground truth for a few test episodes, as one PNG.")
@@ -284,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help=f"episode seed {_config_default('eval.seed')}")
     _add_run_args(p, "data.root=/data/VOCdevkit")
 
+
+def _add_pretrain_parser(sub) -> None:
+    """The ``pretrain`` command's arguments."""
     p = _add_subparser(sub, "pretrain", help="self-supervised prior-extractor pretraining (global + local MoCo)",
                        description="Pretrain GlobalLocalMoCo (global + superpixel-local InfoNCE) on unlabelled "
                                    "images and export the encoder as <output-dir>/prior_extractor.safetensors "
@@ -316,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     _add_run_args(p, "pretrain.queue_size=16384")
 
+
+def _add_convert_parser(sub) -> None:
+    """The ``convert`` command's arguments."""
     p = _add_subparser(sub, "convert",
                        help="convert an official PFENet / QGNet checkpoint (or PFENet's backbone file)",
                        description="Rename an official PFENet or QGNet checkpoint (torch .pth with 'state_dict', "
@@ -336,8 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arg(p, required=False, help="base config for the data / train / eval sections (shipped name or "
                                             "YAML file) (default: the package defaults)")
     _add_set_arg(p, "data.fold=2")
-    _add_deployment_parsers(sub)
-    return parser
 
 
 def _add_model_source_args(p: argparse.ArgumentParser) -> None:
@@ -717,18 +752,32 @@ def _one_line(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
+class _WarningLines(logging.Handler):
+    """The library's log records of level WARNING and above as ``warning: ...`` lines on stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {_one_line(record.getMessage())}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def _cli_warnings():
-    """Warnings are shown as one ``warning: ...`` line each, without the source line Python echoes."""
+    """Warnings are shown as one ``warning: ...`` line each, without the source line Python echoes;
+    so are the library's logged warnings (logger ``fewshot_priors``)."""
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file, flush=True)
 
     saved = warnings.showwarning
     warnings.showwarning = show
+    handler, logger = _WarningLines(), logging.getLogger("fewshot_priors")
+    logger.addHandler(handler)
     try:
         yield
     finally:
         warnings.showwarning = saved
+        logger.removeHandler(handler)
 
 
 def _stdout_closed() -> int:

@@ -57,7 +57,16 @@ import torch
 
 from .report import ablation_markdown, episode_rows
 from .report import figure_episodes as _figure_episodes
-from .study import run_config, train_and_score
+from .study import (
+    BASELINES,
+    GroupResult,
+    PriorCache,
+    Unit,
+    UnitGroup,
+    run_config,
+    run_study,
+    train_and_score,
+)
 from .study import timer as _timer
 
 __all__ = ["ABLATION_VARIANTS", "ablation_markdown", "demo_config", "episode_rows", "run_demo"]
@@ -112,22 +121,104 @@ ABLATION_VARIANTS: dict[str, tuple[str, str | None, bool]] = {
     "random_prior": ("QGNet, random-init frozen prior extractor", None, True),
     "no_prior": ("QGNet without the prior region map (PFENet-style)", None, False),
 }
+#: The name of each model of :data:`ABLATION_VARIANTS` in the results.
+RESULT_NAMES = {"pretrained_prior": "qgnet", "random_prior": "qgnet_random_prior", "no_prior": "qgnet_without_prior"}
 
 
-def _run_ablation(cfg: Mapping, root: Path, out: Path, prior_path: str, main: Mapping[str, Any], progress: bool,
-                  say) -> dict[str, Any]:
-    """Train and score the random-init-prior and no-prior variants; ``main`` holds the demo model's scores."""
-    variants: dict[str, Any] = {"pretrained_prior": {"description": ABLATION_VARIANTS["pretrained_prior"][0],
-                                                     **main}}
-    for key in ("random_prior", "no_prior"):
-        desc, _, use_prior = ABLATION_VARIANTS[key]
-        say(f"ablation: training {desc}")
-        # random_prior: a random-init (seeded) prior extractor, frozen like the pretrained one
-        cfg_v = run_config(cfg, output_dir=out / f"qgnet_{key}", root=root, weights=prior_path, prior_weights=None,
-                           use_prior=use_prior)
-        run = train_and_score(cfg_v, with_baselines=False, recall=True, overwrite=True, progress=progress)
-        variants[key] = {"description": desc, "results": {k: r["qgnet"] for k, r in run.results.items()},
-                         "recall": run.recall}
+def _run_folder(out: Path, variant: str) -> Path:
+    """The run folder of a model of :data:`ABLATION_VARIANTS`: ``qgnet``, ``qgnet_random_prior``, ``qgnet_no_prior``."""
+    return out / ("qgnet" if variant == "pretrained_prior" else f"qgnet_{variant}")
+
+
+def _config(quick: bool, ablation: bool | None, seed: int | None, device: str | None,
+            overrides: Iterable[str] | Mapping[str, Any] | None) -> dict:
+    """The preset's config with the overrides and the explicit arguments."""
+    from fewshot_priors.config import parse_overrides
+
+    over = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
+    if seed is not None:
+        over["experiment.seed"] = seed
+    if device is not None:
+        over["experiment.device"] = device
+    if ablation is not None:
+        over["study.ablation"] = bool(ablation)
+    return demo_config(quick, over)
+
+
+def _make_data(cfg: Mapping, out: Path, progress: bool, say) -> dict[str, Any]:
+    """Generate the dataset (reused if present): ``{"root", "meta", "voc", "train_names", "train_images"}``."""
+    from fewshot_priors.data import generate_synthetic_dataset
+
+    d, study = cfg["data"], cfg["study"]
+    say(f"generating the dataset ({study['num_classes']} classes x {study['images_per_class']} images) "
+        f"in {out / 'data'}")
+    root = generate_synthetic_dataset(out / "data", num_classes=study["num_classes"],
+                                      images_per_class=study["images_per_class"], image_size=d["image_size"],
+                                      seed=cfg["experiment"]["seed"], min_pixels=int(d["min_pixels"]),
+                                      progress=progress)
+    voc = Path(root) / "VOC2012"
+    train_names = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    return {"root": root, "meta": json.loads((Path(root) / "dataset.json").read_text()), "voc": voc,
+            "train_names": train_names, "train_images": [str(voc / "JPEGImages" / f"{n}.jpg") for n in train_names]}
+
+
+def _prior_extractor(cfg: Mapping, out: Path, train_images: list[str], progress: bool, say) -> tuple[dict, bool]:
+    """``(pretrain() result, reused)``: the GlobalLocalMoCo prior extractor pretrained on the training
+    images without labels, or the one of a previous run with the same settings and code (:func:`_reuse_stamp`)."""
+    p, d, study = cfg["pretrain"], cfg["data"], cfg["study"]
+    pre_dir = out / "prior_extractor"
+    cache = PriorCache(pre_dir, {
+        **_reuse_stamp(p, cfg["experiment"]["device"]), "seed": cfg["experiment"]["seed"], "images": len(train_images),
+        "data": {"image_size": d["image_size"], "min_pixels": d["min_pixels"], "num_classes": study["num_classes"],
+                 "images_per_class": study["images_per_class"]}})
+    pre = cache.load()
+    if pre is not None:
+        say("reusing the prior extractor pretrained by a previous run with the same settings")
+        return pre, True
+    say(f"pretraining the prior extractor (GlobalLocalMoCo, {p['backbone']}) on {len(train_images)} "
+        "unlabelled images")
+    pcfg = copy.deepcopy(dict(cfg))
+    pcfg["pretrain"]["images"] = train_images
+    pcfg["experiment"]["output_dir"] = str(pre_dir)
+    return cache.pretrain(pcfg, progress=progress), False
+
+
+def _train_models(cfg: Mapping, out: Path, data: Mapping[str, Any], prior_path: str, progress: bool,
+                  say) -> tuple[GroupResult, dict[str, Any]]:
+    """Train and score the demo's model (and, with ``study.ablation``, the random-prior and no-prior
+    models) through the study runner: ``(group result, {variant: ScoredVariant})``. The demo trains
+    every model on every run (its figures need the trained model): nothing is reused."""
+    scored: dict[str, Any] = {}
+
+    def train_unit(unit: Unit, with_baselines: bool, datasets: dict) -> dict[str, Any]:
+        _, prior, use_prior = ABLATION_VARIANTS[unit.variant]
+        cfg_v = run_config(cfg, output_dir=unit.folder, root=data["root"], weights=prior_path,
+                           prior_weights=prior_path if prior else None, use_prior=use_prior)
+        # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
+        main = unit.variant == "pretrained_prior"
+        run = scored[unit.variant] = train_and_score(cfg_v, with_baselines=with_baselines, recall=True,
+                                                     overwrite=True, progress=progress, say=say if main else None)
+        if main:
+            say(f"trained on the {len(run.train_set.entries)} of {len(data['train_names'])} training images "
+                "without a held-out class")
+        name = RESULT_NAMES[unit.variant]
+        return {"results": {k: {(name if m == "qgnet" else m): r for m, r in res.items()}
+                            for k, res in run.results.items()}, "recall": run.recall}
+
+    seed, fold = cfg["experiment"]["seed"], cfg["data"]["fold"]
+    variants = list(ABLATION_VARIANTS) if cfg["study"]["ablation"] else ["pretrained_prior"]
+    units = [Unit(seed, fold, v, _run_folder(out, v)) for v in variants]
+    (group,) = run_study([UnitGroup(seed, fold, units)], train_unit, groups=1, say=say)
+    return group, scored
+
+
+def _ablation(group: GroupResult) -> dict[str, Any]:
+    """The ``ablation`` record of ``metrics.json``: each model's scores and region-map recall."""
+    variants = {}
+    for key, r in group.results.items():
+        name = RESULT_NAMES[key]
+        variants[key] = {"description": ABLATION_VARIANTS[key][0],
+                         "results": {k: res[name] for k, res in r["results"].items()}, "recall": r["recall"]}
     return {
         "variants": variants,
         "recall_definition": "Recall = |R ∩ R_GT| / |R_GT| (paper Table 7); R = {map >= alpha} for the guided map, "
@@ -137,6 +228,50 @@ def _run_ablation(cfg: Mapping, root: Path, out: Path, prior_path: str, main: Ma
                              "'mean' = mean of per-episode recalls; 'area' = |R| / scored pixels",
         "same_for_all": "dataset, seed, backbone init, training schedule and test episodes",
     }
+
+
+def _draw(out: Path, run: Any, n_fig: int) -> dict[str, str]:
+    """Fig. 5 panels of the demo model (``run``: its ScoredVariant) and the loss curves."""
+    from fewshot_priors.viz import plot_loss_curve, save_episode_figures
+
+    figures = {}
+    for shots, ds in run.datasets.items():
+        rows = episode_rows(run.model, ds, _figure_episodes(ds, n_fig))
+        figures[f"fig5_{shots}shot"] = str(save_episode_figures(
+            rows, out / f"fig5_{shots}shot.png", title=f"QGNet demo, held-out classes, {shots}-shot"))
+    figures["loss_curve"] = str(plot_loss_curve(out / "qgnet" / "scalars.csv", out / "loss_curve.png",
+                                                title="QGNet training loss"))
+    figures["pretrain_curve"] = str(plot_loss_curve(
+        out / "prior_extractor" / "scalars.csv", out / "pretrain_curve.png",
+        tags=("pretrain/loss", "pretrain/loss_global", "pretrain/loss_local"), val_tags=(),
+        title="GlobalLocalMoCo pretraining loss"))
+    return figures
+
+
+def _summary(results: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, float], bool]:
+    """``({"1-shot qgnet mIoU": %, ...}, whether QGNet beats every baseline at every K)``."""
+    summary: dict[str, Any] = {}
+    beats = True
+    for k, res in results.items():
+        for name, r in res.items():
+            summary[f"{k} {name} mIoU"] = round(100 * r["miou"], 2)
+            summary[f"{k} {name} FB-IoU"] = round(100 * r["fbiou"], 2)
+        q = res["qgnet"]["miou"]
+        beats &= all(q > res[b]["miou"] for b in res if b in BASELINES)
+    return summary, bool(beats)
+
+
+def _print_results(results: Mapping[str, Mapping[str, Any]], beats: bool, quick: bool, say) -> None:
+    """The closing status lines: the mIoU of every model per K, and what they mean."""
+    for k, res in results.items():
+        line = ", ".join(f"{n} {100 * r['miou']:.1f}" for n, r in res.items())
+        say(f"{k} mIoU (%): {line}" + (" (meaningless: --quick)" if quick else ""))
+    if quick:
+        say(f"NOTE: {QUICK_NOTE}")
+    if not beats and not quick:
+        say("WARNING: QGNet did not beat both baselines on the held-out classes")
+    if any(not math.isfinite(r["miou"]) for res in results.values() for r in res.values()):
+        say("WARNING: non-finite metric")
 
 
 def run_demo(
@@ -167,154 +302,91 @@ def run_demo(
     Returns:
         The content of ``metrics.json``.
     """
-    from fewshot_priors.config import parse_overrides
-    from fewshot_priors.data import generate_synthetic_dataset
-    from fewshot_priors.engine.pretrain import pretrain
-    from fewshot_priors.viz import plot_loss_curve, save_episode_figures
-
-    preset_name = "quick" if quick else "full"
-    over = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
-    if seed is not None:
-        over["experiment.seed"] = seed
-    if device is not None:
-        over["experiment.device"] = device
-    if ablation is not None:
-        over["study.ablation"] = bool(ablation)
-    cfg = demo_config(quick, over)
-    seed, device = cfg["experiment"]["seed"], cfg["experiment"]["device"]
+    preset_cfg = _config(quick, ablation, seed, device, overrides)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     total = _timer()
     timings: dict[str, float] = {}
-    d, study = cfg["data"], cfg["study"]
 
     def say(msg: str) -> None:  # status lines and the summary: printed with or without progress bars
         print(f"[demo] {msg}", flush=True)
 
-    # 1. data ------------------------------------------------------------------------------
     t = _timer()
-    say(f"generating the dataset ({study['num_classes']} classes x {study['images_per_class']} images) "
-        f"in {out / 'data'}")
-    root = generate_synthetic_dataset(out / "data", num_classes=study["num_classes"],
-                                      images_per_class=study["images_per_class"], image_size=d["image_size"],
-                                      seed=seed, min_pixels=int(d["min_pixels"]), progress=progress)
-    meta = json.loads((Path(root) / "dataset.json").read_text())
-    voc = Path(root) / "VOC2012"
-    train_names = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
-    train_images = [str(voc / "JPEGImages" / f"{n}.jpg") for n in train_names]
+    data = _make_data(preset_cfg, out, progress, say)
     timings["data"] = t()
-
-    # 2. self-supervised prior extractor ---------------------------------------------------
     t = _timer()
-    p = cfg["pretrain"]
-    say(f"pretraining the prior extractor (GlobalLocalMoCo, {p['backbone']}) on {len(train_images)} "
-        "unlabelled images")
-    pre_dir = out / "prior_extractor"
-    stamp = {**_reuse_stamp(p, device), "seed": seed, "images": len(train_images),
-             "data": {"image_size": d["image_size"], "min_pixels": d["min_pixels"], "num_classes": study["num_classes"],
-                      "images_per_class": study["images_per_class"]}}
-    stamp_path = pre_dir / "demo_settings.json"
-    reused = False
-    if (stamp_path.is_file() and (pre_dir / "prior_extractor.safetensors").is_file()
-            and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp))):
-        say("reusing the prior extractor pretrained by a previous run with the same settings")
-        pre = json.loads((pre_dir / "demo_result.json").read_text())
-        reused = True
-    else:
-        stamp_path.unlink(missing_ok=True)  # a crash below must not leave a stamp vouching for old files
-        pcfg = copy.deepcopy(cfg)
-        pcfg["pretrain"]["images"] = train_images
-        pcfg["experiment"]["output_dir"] = str(pre_dir)
-        pre = pretrain(pcfg, overwrite=True, progress=progress)
-        (pre_dir / "demo_result.json").write_text(json.dumps(pre, default=str))
-        stamp_path.write_text(json.dumps(stamp))
-    prior_path = pre["prior_extractor"]
+    pre, reused = _prior_extractor(preset_cfg, out, data["train_images"], progress, say)
     timings["pretrain"] = t()
-
-    # 3-4. QGNet -------------------------------------------------------------------------
     t = _timer()
-    preset_cfg = cfg
-    cfg = run_config(preset_cfg, output_dir=out / "qgnet", root=root, weights=prior_path, prior_weights=prior_path)
-    train_classes = [c for c in range(1, meta["num_classes"] + 1) if c not in meta["folds"][cfg["data"]["fold"]]]
-    say(f"training QGNet on classes {train_classes}; held-out classes {meta['folds'][cfg['data']['fold']]}")
+    meta, fold = data["meta"], preset_cfg["data"]["fold"]
+    train_classes = [c for c in range(1, meta["num_classes"] + 1) if c not in meta["folds"][fold]]
+    say(f"training QGNet on classes {train_classes}; held-out classes {meta['folds'][fold]}")
     # In the generated images every object is a class, so a held-out class often appears as a
     # distractor in training images, where PFENet's protocol labels it background. A first version
     # of the demo trained on all of them and learned to suppress exactly those held-out objects (their
     # IoU fell far below the guided-map baseline's), so the presets set data.exclude_novel_images:
     # QGNet never sees a held-out class during training. The loader prefers a train_aug.txt list,
     # which older versions of the demo wrote for their fold: it is removed.
-    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").unlink(missing_ok=True)
+    (data["voc"] / "ImageSets" / "Segmentation" / "train_aug.txt").unlink(missing_ok=True)
     prepared = t()
-    # 5. evaluation on the held-out classes, with the baselines -------------------------------------
-    # the demo owns its run folders: a rerun replaces the previous run's checkpoints and logs
-    run = train_and_score(cfg, recall=True, overwrite=True, progress=progress, say=say)
-    kept = len(run.train_set.entries)
-    say(f"trained on the {kept} of {len(train_names)} training images without a held-out class")
-    model, train_res, results, datasets, main_recall = run.model, run.train, run.results, run.datasets, run.recall
-    timings["train_qgnet"] = round(prepared + run.timings_s["train"], 2)
-    timings["evaluate"] = run.timings_s["evaluate"]
-
+    group, scored = _train_models(preset_cfg, out, data, pre["prior_extractor"], progress, say)
+    main = scored["pretrained_prior"]
+    timings["train_qgnet"] = round(prepared + main.timings_s["train"], 2)
+    timings["evaluate"] = main.timings_s["evaluate"]
     ablation_res = None
-    if study["ablation"]:
-        t = _timer()
-        main = {"results": {k: results[k]["qgnet"] for k in results}, "recall": main_recall}
-        ablation_res = _run_ablation(preset_cfg, Path(root), out, prior_path, main, progress, say)
-        for key, name in (("random_prior", "qgnet_random_prior"), ("no_prior", "qgnet_without_prior")):
-            for k, r in ablation_res["variants"][key]["results"].items():
-                results[k][name] = r
+    if preset_cfg["study"]["ablation"]:
+        ablation_res = _ablation(group)
         (out / "ablation.md").write_text(ablation_markdown(ablation_res), encoding="utf-8")
-        timings["ablation"] = t()
-
-    # 6. figures + metrics ------------------------------------------------------------------
+        timings["ablation"] = round(sum(r.timings_s["train"] + r.timings_s["evaluate"]
+                                        for v, r in scored.items() if v != "pretrained_prior"), 2)
     t = _timer()
-    figures = {}
-    n_fig = study["figure_episodes"]
-    for shots, ds in datasets.items():
-        rows = episode_rows(model, ds, _figure_episodes(ds, n_fig))
-        figures[f"fig5_{shots}shot"] = str(save_episode_figures(
-            rows, out / f"fig5_{shots}shot.png", title=f"QGNet demo, held-out classes, {shots}-shot"))
-    figures["loss_curve"] = str(plot_loss_curve(out / "qgnet" / "scalars.csv", out / "loss_curve.png",
-                                                title="QGNet training loss"))
-    figures["pretrain_curve"] = str(plot_loss_curve(
-        out / "prior_extractor" / "scalars.csv", out / "pretrain_curve.png",
-        tags=("pretrain/loss", "pretrain/loss_global", "pretrain/loss_local"), val_tags=(),
-        title="GlobalLocalMoCo pretraining loss"))
+    figures = _draw(out, main, preset_cfg["study"]["figure_episodes"])
     timings["figures"] = t()
     timings["total"] = total()
+    # the demo's model and the baselines first, then the ablation's models
+    results = {k: dict(sorted(res.items(), key=lambda kv: kv[0] not in ("qgnet", *BASELINES)))
+               for k, res in group.scores().items()}
+    metrics = _metrics(preset_cfg, quick, data, train_classes, pre, reused, main, results, ablation_res, figures,
+                       timings)
+    path = out / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2, default=str, allow_nan=True), encoding="utf-8")
+    say(f"done in {timings['total']:.0f}s; wrote {path}")
+    _print_results(results, metrics["beats_baselines"], quick, say)
+    return metrics
 
-    summary: dict[str, Any] = {}
-    beats = True
-    for k, res in results.items():
-        for name, r in res.items():
-            summary[f"{k} {name} mIoU"] = round(100 * r["miou"], 2)
-            summary[f"{k} {name} FB-IoU"] = round(100 * r["fbiou"], 2)
-        q = res["qgnet"]["miou"]
-        beats &= all(q > res[b]["miou"] for b in res if b.startswith("baseline"))
-    metrics = {
+
+def _metrics(preset_cfg: Mapping, quick: bool, data: Mapping[str, Any], train_classes: list[int], pre: Mapping,
+             reused: bool, main: Any, results: Mapping[str, Any], ablation_res: Mapping | None,
+             figures: Mapping[str, str], timings: Mapping[str, float]) -> dict[str, Any]:
+    """The content of ``metrics.json`` (``main``: the demo model's ScoredVariant)."""
+    preset_name = "quick" if quick else "full"
+    cfg, train_res, p, d = main.config, main.train, preset_cfg["pretrain"], preset_cfg["data"]
+    summary, beats = _summary(results)
+    return {
         "preset": preset_name,
         "note": QUICK_NOTE if quick else None,
-        "seed": seed,
+        "seed": preset_cfg["experiment"]["seed"],
         "summary": summary,
-        "beats_baselines": bool(beats),
+        "beats_baselines": beats,
         "results": results,
         "dataset": {
-            "root": str(root),
+            "root": str(data["root"]),
             "layout": "PASCAL VOC (JPEGImages, SegmentationClassAug, ImageSets/Segmentation), read by PascalFewShot",
-            "classes": meta.get("class_names"),
-            "fold": cfg["data"]["fold"],
+            "classes": data["meta"].get("class_names"),
+            "fold": d["fold"],
             "train_classes": train_classes,
-            "test_classes": meta["folds"][cfg["data"]["fold"]],
-            "train_images": len(train_images),
-            "train_images_without_held_out_classes": kept,
+            "test_classes": data["meta"]["folds"][d["fold"]],
+            "train_images": len(data["train_images"]),
+            "train_images_without_held_out_classes": len(main.train_set.entries),
             "protocol": "strict: QGNet trains only on images with no held-out class (data.exclude_novel_images); "
                         "the prior extractor pretrains on all training images without labels",
             "image_size": d["image_size"],
-            "test_episodes": cfg["eval"]["episodes"],
+            "test_episodes": preset_cfg["eval"]["episodes"],
         },
         "prior_extractor": {
             "method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised, no labels",
             "backbone": p["backbone"],
-            "export": prior_path,
+            "export": pre["prior_extractor"],
             "steps": pre["step"],
             "reused_from_previous_run": reused,
             "final_loss": pre["history"][-1]["loss"] if pre["history"] else None,
@@ -331,23 +403,10 @@ def run_demo(
             "config": {k: cfg[k] for k in ("model", "train")},
             "preset_config": PRESET_CONFIGS[preset_name],
         },
-        "region_map_recall": main_recall,
+        "region_map_recall": main.recall,
         "ablation": ablation_res,
-        "figures": figures,
-        "timings_s": timings,
+        "figures": dict(figures),
+        "timings_s": dict(timings),
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": str(next(model.parameters()).device)},
+                    "threads": torch.get_num_threads(), "device": str(next(main.model.parameters()).device)},
     }
-    path = out / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2, default=str, allow_nan=True), encoding="utf-8")
-    say(f"done in {timings['total']:.0f}s; wrote {path}")
-    for k, res in results.items():
-        line = ", ".join(f"{n} {100 * r['miou']:.1f}" for n, r in res.items())
-        say(f"{k} mIoU (%): {line}" + (" (meaningless: --quick)" if quick else ""))
-    if quick:
-        say(f"NOTE: {QUICK_NOTE}")
-    if not beats and not quick:
-        say("WARNING: QGNet did not beat both baselines on the held-out classes")
-    if any(not math.isfinite(r["miou"]) for res in results.values() for r in res.values()):
-        say("WARNING: non-finite metric")
-    return metrics

@@ -31,19 +31,29 @@ import copy
 import json
 import platform
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._io import atomic_write
 from .._validate import is_int
 from ..data.folder import class_image_counts, list_unique_images
-from .report import pct as _pct
 from .report import gains_markdown, paired_gains, results_markdown, summarize
-from .study import run_config, train_and_score
+from .report import pct as _pct
+from .study import (
+    BASELINES,
+    GroupResult,
+    PriorCache,
+    ScoredVariant,
+    Unit,
+    UnitGroup,
+    run_config,
+    run_study,
+    train_and_score,
+)
 from .study import timer as _timer
 
 __all__ = ["BASELINES", "PRESET_CONFIGS", "PRIOR_KINDS", "VARIANTS", "class_folds", "real_images_config",
@@ -91,9 +101,6 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "qgnet_random_prior": ("QGNet, random-init frozen prior extractor", "random"),
     "qgnet_without_prior": ("QGNet without the prior region map (PFENet-style, use_prior=False)", None),
 }
-BASELINES = {"baseline_guided_map_0.5": "guided region map thresholded at 0.5 (it depends only on the frozen "
-                                        "supervised backbone, the same in every variant)",
-             "baseline_all_foreground": "every pixel foreground"}
 _NEEDS_INIT = ("imagenet_moco", "imagenet")  # prior kinds that need pretrain.weights
 
 
@@ -172,9 +179,6 @@ def train_and_evaluate(
         "timings_s": ..., "figures": ..., "skipped": {"5-shot": why}}``: a K is skipped when no
         held-out class has K+1 eligible images.
     """
-    from fewshot_priors.app.report import episode_rows
-    from fewshot_priors.app.report import figure_episodes as pick_figure_episodes
-
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {sorted(VARIANTS)}, got {variant!r}")
     root, out = Path(root), Path(out)
@@ -197,7 +201,28 @@ def train_and_evaluate(
 
         for path in (*checkpoint_paths(out / "last"), *checkpoint_paths(out / "best")):
             Path(path).unlink(missing_ok=True)
-    results, figures = {}, {}
+    figures = _draw_figures(run, out, f"{variant} on real photos, held-out {', '.join(sorted(test_classes))}",
+                            figure_episodes) if figure_episodes else {}
+    return _model_record(run, variant, cfg, figures)
+
+
+def _draw_figures(run: ScoredVariant, out: Path, title: str, n: int) -> dict[str, str]:
+    """``{"1-shot": png}``: Fig. 5 panels of ``n`` held-out episodes per K, in ``out``."""
+    from fewshot_priors.app.report import episode_rows
+    from fewshot_priors.app.report import figure_episodes as pick_figure_episodes
+    from fewshot_priors.viz import save_episode_figures
+
+    figures = {}
+    for k, ds in run.datasets.items():
+        rows = episode_rows(run.model, ds, pick_figure_episodes(ds, n))
+        figures[f"{k}-shot"] = str(save_episode_figures(rows, out / f"fig5_{k}shot.png", title=f"{title}, {k}-shot"))
+    return figures
+
+
+def _model_record(run: ScoredVariant, variant: str, cfg: Mapping, figures: dict[str, str]) -> dict[str, Any]:
+    """What :func:`train_and_evaluate` returns: the scores (the model's under ``variant``, with the
+    held-out classes scored), the map diagnostics and the training summary."""
+    results = {}
     for name, r in run.results.items():
         r[variant] = r.pop("qgnet")
         r[variant]["predicted_foreground_share"] = run.foreground_share[name]
@@ -205,14 +230,6 @@ def train_and_evaluate(
         for v in r.values():
             v["test_classes"] = [ds.class_names[c] for c in ds.class_ids]
         results[name] = r
-    if figure_episodes:
-        from fewshot_priors.viz import save_episode_figures
-
-        for k, ds in run.datasets.items():
-            rows = episode_rows(run.model, ds, pick_figure_episodes(ds, figure_episodes))
-            figures[f"{k}-shot"] = str(save_episode_figures(
-                rows, out / f"fig5_{k}shot.png",
-                title=f"{variant} on real photos, held-out {', '.join(sorted(test_classes))}, {k}-shot"))
     res = run.train
     return {
         "results": results,
@@ -258,38 +275,6 @@ def _unit_stamp(cfg: Mapping, test_classes: Sequence[str], seed: int, weights: s
 def _variant_stamp(variant: str, priors: Mapping[str, str]) -> dict[str, Any]:
     kind = VARIANTS[variant][1]
     return {"variant": variant, "prior_extractor": priors.get(kind) if kind else None}
-
-
-def _read_result(path: Path) -> tuple[dict, dict] | None:
-    """``(stamp, result)`` of a saved model's ``result.json``; None when missing, damaged or not ours."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(saved, dict) or not isinstance(saved.get("stamp"), dict) or not isinstance(
-            saved.get("result"), dict):
-        return None
-    return saved["stamp"], saved["result"]
-
-
-def _reusable(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any] | None:
-    """A saved model result with this stamp (and its Fig. 5 panels when ``draw``), else None (trained again)."""
-    saved = _read_result(path)
-    if saved is None or saved[0] != stamp:
-        return None
-    r = saved[1]
-    if draw and not (r.get("figures") and all(Path(p).is_file() for p in r["figures"].values())):
-        return None
-    return r
-
-
-def _saved_baselines(fold_dir: Path, base: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A saved model result of this unit (any variant) that scored the baselines."""
-    for path in sorted(fold_dir.glob("*/result.json")):
-        saved = _read_result(path)
-        if saved is not None and saved[1].get("with_baselines") and {k: saved[0].get(k) for k in base} == dict(base):
-            return saved[1]
-    return None
 
 
 def _needed_pretraining(cfg: Mapping, variants: Sequence[str]) -> list[str]:
@@ -379,6 +364,264 @@ def _plateau_markdown(plateaus: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(["", intro, "", "| seed | fold | model | finding |", "|---|---|---|---|", *rows]) + "\n"
 
 
+def _study_config(preset: str, device: str | None, overrides: Iterable[str] | Mapping[str, Any] | None) -> dict:
+    """The study's config with ``device``; refuses the keys the study sets itself, before any work."""
+    from fewshot_priors.config import ConfigError, parse_overrides
+
+    over: dict[str, Any] = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
+    if device is not None:
+        over["experiment.device"] = device
+    cfg = real_images_config(preset, over)
+    # the study sets data.fold_classes per fold itself: keys that shape other folds would only fail
+    # when the first dataset is built, after pretraining -- refuse them now
+    clash = [k for k in ("fold_classes", "num_folds", "test_ratio", "min_class_images") if cfg["data"].get(k) is not None]
+    if clash:
+        raise ConfigError(f"data.{clash[0]} cannot be set for the real-images study: it holds out each of its own "
+                          "class folds in turn (use --num-folds / --min-images / --fold-seed / --folds instead)")
+    if cfg["model"]["prior_backbone"] is not None:
+        raise ConfigError("model.prior_backbone cannot be set for the real-images study: the prior extractor is "
+                          "pretrain.backbone (set that; pretrain.weights for its ImageNet initialisation)")
+    return cfg
+
+
+def _check_variants(cfg: Mapping, variants: Sequence[str] | None) -> list[str]:
+    """The models to train: ``variants`` (default ``study.variants`` less those needing a missing
+    ``pretrain.weights``), checked."""
+    from fewshot_priors.config import ConfigError
+
+    if variants is None:
+        variants = [v for v in cfg["study"]["variants"]
+                    if cfg["pretrain"]["weights"] is not None or VARIANTS[v][1] not in _NEEDS_INIT]
+    variants = list(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), VARIANTS, n=1) if unknown else []
+        raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {variants}"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"`variants` must be distinct, got {variants}")
+    missing_init = [v for v in variants if VARIANTS[v][1] in _NEEDS_INIT]
+    if missing_init and cfg["pretrain"]["weights"] is None:
+        raise ConfigError(f"{missing_init} need pretrain.weights (the prior extractor's initial weights, e.g. a local "
+                          "ImageNet file); set it or leave these variants out")
+    return variants
+
+
+def _check_weights(cfg: Mapping, preset: str) -> None:
+    """The weights files exist; the ImageNet presets without ImageNet weights get a warning (at the
+    caller of :func:`run_real_images`)."""
+    from fewshot_priors.config import ConfigError
+
+    for key in ("model.weights", "pretrain.weights"):
+        sec, k = key.split(".")
+        if cfg[sec][k] is not None and not Path(cfg[sec][k]).is_file():
+            raise ConfigError(f"{key}: no such file {cfg[sec][k]!r}")
+    if preset in _IMAGENET_PRESETS and cfg["model"]["weights"] is None and not cfg["model"]["pretrained"]:
+        import warnings
+
+        start = "the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg) else "random init"
+        warnings.warn(
+            f"the {preset!r} preset is the recipe with ImageNet features, but the frozen supervised backbone "
+            f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
+            f"starts from {start}, "
+            "and on real photos such features leave QGNet at the background plateau (the documentation's page "
+            "'QGNet on your own photos (cross-validated)'). "
+            "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
+            "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
+            UserWarning, stacklevel=3)
+
+
+def _check_folds(seeds: Sequence[int], folds: Sequence[int] | None, num_folds: int) -> tuple[list[int], list[int]]:
+    """``(seeds, fold ids)`` as ints, checked (default: every fold)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"`seeds` must be distinct ints, got {seeds}")
+    fold_ids = list(range(num_folds)) if folds is None else [int(f) for f in folds]
+    bad = [f for f in fold_ids if not 0 <= f < num_folds]
+    if bad:
+        raise ValueError(f"`folds` must be in 0..{num_folds - 1}, got {bad}")
+    return seeds, fold_ids
+
+
+def _seed_priors(cfg: Mapping, kinds: Sequence[str], seed: int, images: Sequence[str], out: Path, progress: bool,
+                 say) -> dict[str, dict[str, Any]]:
+    """``{kind: pretrain() result}``: the seed's GlobalLocalMoCo prior extractors, each pretrained on all
+    ``images`` or reused from a previous run with the same settings (:class:`~fewshot_priors.app.study.PriorCache`)."""
+    done = {}
+    for kind in kinds:
+        pre_dir = out / f"seed{seed}" / f"prior_{kind}"
+        pcfg = copy.deepcopy(dict(cfg))
+        if kind == "moco":
+            pcfg["pretrain"]["weights"] = None  # from random init
+        cache = PriorCache(pre_dir, {"settings": copy.deepcopy(pcfg["pretrain"]), "seed": seed, "images": len(images)})
+        pre = cache.load()
+        if pre is not None:
+            say(f"seed {seed}: reusing the {kind!r} prior extractor pretrained by a previous run with the same "
+                "settings")
+        else:
+            init = pcfg["pretrain"]["weights"] or "random init"
+            say(f"seed {seed}: pretraining the {kind!r} prior extractor (GlobalLocalMoCo, "
+                f"{cfg['pretrain']['backbone']} from {init}) on all {len(images)} unlabelled images (shared by "
+                "the folds of this seed)")
+            pcfg["pretrain"]["images"] = list(images)
+            pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
+            pre = cache.pretrain(pcfg, progress=progress)  # replaces an interrupted or outdated run
+        done[kind] = pre
+    return done
+
+
+def _unit_record(res: GroupResult, test_classes: Sequence[str]) -> dict[str, Any]:
+    """The ``runs`` entry of ``metrics.json`` of a (seed, fold) group: every model's and the baselines' scores."""
+    unit: dict[str, Any] = {"seed": res.group.seed, "fold": res.group.fold, "test_classes": list(test_classes),
+                            "results": res.scores(), "train": {}, "recall": {}, "map_auc": {}, "timings_s": {}}
+    for v, r in res.results.items():
+        unit["train"][v] = r["train"]
+        unit["recall"][v] = r["recall"]
+        unit["map_auc"][v] = r["map_auc"]
+        unit["skipped"] = r["skipped"]
+        unit["timings_s"][v] = r["timings_s"]
+    return unit
+
+
+def _protocol(cfg: Mapping, all_folds: Sequence[Sequence[str]], num_folds: int, min_images: int,
+              fold_seed: int) -> str:
+    """The protocol paragraph of ``metrics.json`` and ``results.md``."""
+    protocol = (
+        f"{num_folds}-fold cross-validation over the {sum(len(f) for f in all_folds)} classes with >= {min_images} "
+        f"images (class split seeded by fold_seed={fold_seed}, the same for every seed); each fold's classes are "
+        "held out in turn and QGNet trains on all other classes (classes with fewer images are always training "
+        "classes; a held-out class's objects in training photos are background, as in COCO-20i). "
+        f"Frozen supervised backbone: {cfg['model']['backbone']} from {_supervised_source(cfg)}. Prior extractor: "
+        f"{cfg['pretrain']['backbone']}, per variant (see methods); the GlobalLocalMoCo runs are pretrained "
+        "self-supervised (no labels) on all unique images of the folder, once per seed, and shared by that seed's "
+        "folds (the paper pretrains on all PASCAL train images). "
+        f"K-shot episodes need K+1 images with >= {cfg['data']['min_pixels']} px of the class (original resolution): "
+        "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
+        "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
+        "evaluated classes of the class IoU accumulated over its episodes; each seed's number is the mean over "
+        "folds; spread = over seeds."
+    )
+    return protocol + _selection_text(cfg)
+
+
+def _supervised_source(cfg: Mapping) -> str:
+    """Where the frozen supervised backbone's weights come from, in words."""
+    return cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg)
+                                       else "random init")
+
+
+def _write_reports(out: Path, metrics: Mapping[str, Any], fold_ids: Sequence[int]) -> None:
+    """Write ``metrics.json`` and ``results.md``."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    header = (f"# QGNet on {metrics['root']}\n\n{metrics['protocol']}\n\nMethods: "
+              + "; ".join(f"`{k}`: {v}" for k, v in metrics["methods"].items())
+              + f"\n\nPreset `{metrics['preset']}`, seeds {metrics['seeds']}, folds {list(fold_ids)}, "
+                f"{metrics['timings_s']['total'] / 60:.1f} min.\n"
+              + ("\n**The quick preset is a smoke test of the pipeline (a few steps at a tiny size): these numbers "
+                 "are meaningless; run without --quick for results.**\n" if metrics["preset"] == "quick" else ""))
+    (out / "results.md").write_text(results_markdown(metrics["summary"], header) + gains_markdown(metrics["gains"])
+                                    + _maps_markdown(metrics["map_auc"], metrics["recall"])
+                                    + _plateau_markdown(metrics["plateau"]), encoding="utf-8")
+
+
+def _figures(groups: Sequence[GroupResult]) -> dict[str, dict[str, Any]]:
+    """``{"fold<F>": {variant: {"1-shot": png}}}``: the Fig. 5 panels drawn (first seed)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for g in groups:
+        for unit in g.group.units:
+            if unit.figures and g.results[unit.variant]["figures"]:
+                figures.setdefault(f"fold{g.group.fold}", {})[unit.variant] = g.results[unit.variant]["figures"]
+    return figures
+
+
+@dataclass
+class _Study:
+    """One run of the study: its settings, data and folds; it plans the (seed, fold, variant) units,
+    trains one when the runner asks, and assembles ``metrics.json``."""
+
+    root: Path
+    out: Path
+    cfg: dict[str, Any]
+    preset: str
+    seeds: list[int]
+    fold_ids: list[int]
+    variants: list[str]
+    counts: dict[str, int]
+    all_folds: list[list[str]]
+    images: list[str]
+    progress: bool
+    say: Callable[[str], None]
+    pretrained: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: {"pretrain": 0.0, "units": 0.0, "models": 0.0})
+
+    def priors(self, seed: int) -> dict[str, str]:
+        """``{prior kind: exported file}`` of the seed's pretraining runs."""
+        return {k: pre["prior_extractor"] for k, pre in self.pretrained[seed].items()}
+
+    def plan(self) -> Iterator[UnitGroup]:
+        """Per seed: its prior extractors (pretrained or reused), then its (seed, fold) groups."""
+        cfg, kinds = self.cfg, _needed_pretraining(self.cfg, self.variants)
+        for seed in self.seeds:
+            t = _timer()
+            self.pretrained[seed] = _seed_priors(cfg, kinds, seed, self.images, self.out, self.progress, self.say)
+            self.timings["pretrain"] += t()
+            priors = self.priors(seed)
+            for f in self.fold_ids:
+                draw = seed == self.seeds[0] and cfg["study"]["figure_episodes"] > 0  # Fig. 5 panels: the first seed
+                held = self.all_folds[f]
+                # what a finished model's saved result.json depends on: rerunning the same command after an
+                # interruption, or with more seeds, folds or variants, reuses it instead of training again
+                base = _unit_stamp(cfg, held, seed, supervised_weights(cfg, priors))
+                fold_dir = self.out / f"seed{seed}" / f"fold{f}"
+                units = [Unit(seed, f, v, fold_dir / v, {**base, **_variant_stamp(v, priors)}, draw)
+                         for v in self.variants]
+                yield UnitGroup(seed, f, units, base, f" on {len(self.counts) - len(held)} classes, held out {held}")
+
+    def train_unit(self, unit: Unit, with_baselines: bool, datasets: dict) -> dict[str, Any]:
+        """Train and score one unit (:func:`train_and_evaluate`)."""
+        return train_and_evaluate(self.root, self.all_folds[unit.fold], unit.folder, self.cfg, seed=unit.seed,
+                                  priors=self.priors(unit.seed), variant=unit.variant, progress=False,
+                                  with_baselines=with_baselines,
+                                  figure_episodes=self.cfg["study"]["figure_episodes"] if unit.figures else 0,
+                                  dataset_cache=datasets, overwrite=True)
+
+    def metrics(self, groups: Sequence[GroupResult], protocol: str) -> dict[str, Any]:
+        """The content of ``metrics.json``: settings, every run, the summaries and the timings."""
+        cfg, runs = self.cfg, [_unit_record(g, self.all_folds[g.group.fold]) for g in groups]
+        per_seed = {seed: {kind: {"export": pre["prior_extractor"], "steps": pre["step"],
+                                  "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
+                           for kind, pre in kinds.items()}
+                    for seed, kinds in self.pretrained.items() if kinds}
+        return {
+            "root": str(self.root),
+            "preset": self.preset,
+            "settings": cfg,
+            "preset_config": PRESET_CONFIGS[self.preset],
+            "seeds": self.seeds,
+            "protocol": protocol,
+            "folds": {f"fold{i}": c for i, c in enumerate(self.all_folds)},
+            "folds_run": self.fold_ids,
+            "methods": {**{k: VARIANTS[k][0] for k in self.variants}, **BASELINES},
+            "summary": summarize(runs),
+            "gains": {b: paired_gains(runs, b) for b in BASELINES},
+            "map_auc": _mean_over(runs, "map_auc"),
+            "recall": _mean_over(runs, "recall"),
+            "runs": runs,
+            "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
+                                "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
+                                "shared_across_folds": True, "per_seed": per_seed},
+            "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {_supervised_source(cfg)}",
+            "figures": _figures(groups),
+            "plateau": [{"seed": u["seed"], "fold": u["fold"], "model": v, "warning": t["plateau"]}
+                        for u in runs for v, t in u["train"].items() if t.get("plateau")],
+            "timings_s": self.timings,
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+        }
+
+
 def run_real_images(
     root: str | Path,
     output: str | Path = "real_images_output",
@@ -396,6 +639,10 @@ def run_real_images(
 ) -> dict[str, Any]:
     """Pretrain, train and cross-validate QGNet on a folder dataset; write ``metrics.json``,
     ``results.md`` and Fig. 5 panels under ``output``.
+
+    The study is a plan of units (seed, fold, variant) run by :func:`~fewshot_priors.app.study.run_study`:
+    each seed's prior extractors are pretrained first (or reused), then each fold's models are trained
+    (or reused) and scored.
 
     Args:
         root: folder dataset (``<class>/<stem>.jpg`` + ``<stem>.png`` masks).
@@ -420,237 +667,34 @@ def run_real_images(
     Returns:
         The content of ``metrics.json``.
     """
-    from fewshot_priors.config import ConfigError, parse_overrides
-    from fewshot_priors.engine.pretrain import pretrain
-
     root, out = Path(root), Path(output)
-    over: dict[str, Any] = {f"{sec}.{k}": v for sec, kv in parse_overrides(overrides).items() for k, v in kv.items()}
-    if device is not None:
-        over["experiment.device"] = device
-    cfg = real_images_config(preset, over)
-    # the study sets data.fold_classes per fold itself: keys that shape other folds would only fail
-    # when the first dataset is built, after pretraining -- refuse them now
-    clash = [k for k in ("fold_classes", "num_folds", "test_ratio", "min_class_images") if cfg["data"].get(k) is not None]
-    if clash:
-        raise ConfigError(f"data.{clash[0]} cannot be set for the real-images study: it holds out each of its own "
-                          "class folds in turn (use --num-folds / --min-images / --fold-seed / --folds instead)")
-    if cfg["model"]["prior_backbone"] is not None:
-        raise ConfigError("model.prior_backbone cannot be set for the real-images study: the prior extractor is "
-                          "pretrain.backbone (set that; pretrain.weights for its ImageNet initialisation)")
-    if variants is None:
-        variants = [v for v in cfg["study"]["variants"]
-                    if cfg["pretrain"]["weights"] is not None or VARIANTS[v][1] not in _NEEDS_INIT]
-    variants = list(variants)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        import difflib
-
-        close = difflib.get_close_matches(str(unknown[0]), VARIANTS, n=1) if unknown else []
-        raise ValueError(f"`variants` must be a non-empty subset of {sorted(VARIANTS)}, got {variants}"
-                         + (f"; did you mean {close[0]!r}?" if close else ""))
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"`variants` must be distinct, got {variants}")
-    missing_init = [v for v in variants if VARIANTS[v][1] in _NEEDS_INIT]
-    if missing_init and cfg["pretrain"]["weights"] is None:
-        raise ConfigError(f"{missing_init} need pretrain.weights (the prior extractor's initial weights, e.g. a local "
-                          "ImageNet file); set it or leave these variants out")
-    for key in ("model.weights", "pretrain.weights"):
-        sec, k = key.split(".")
-        if cfg[sec][k] is not None and not Path(cfg[sec][k]).is_file():
-            raise ConfigError(f"{key}: no such file {cfg[sec][k]!r}")
-    if preset in _IMAGENET_PRESETS and cfg["model"]["weights"] is None and not cfg["model"]["pretrained"]:
-        import warnings
-
-        start = "the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg) else "random init"
-        warnings.warn(
-            f"the {preset!r} preset is the recipe with ImageNet features, but the frozen supervised backbone "
-            f"{cfg['model']['backbone']} gets no ImageNet weights (model.weights is null, model.pretrained false): it "
-            f"starts from {start}, "
-            "and on real photos such features leave QGNet at the background plateau (the documentation's page "
-            "'QGNet on your own photos (cross-validated)'). "
-            "Pass --backbone-weights FILE (and --prior-weights FILE for the ImageNet prior), or --set "
-            "model.pretrained=true to download timm's; --preset scratch is this setting on purpose.",
-            UserWarning, stacklevel=2)
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"`seeds` must be distinct ints, got {seeds}")
+    cfg = _study_config(preset, device, overrides)
+    variants = _check_variants(cfg, variants)
+    _check_weights(cfg, preset)
+    seeds, fold_ids = _check_folds(seeds, folds, num_folds)
     counts = class_image_counts(root)
     all_folds = class_folds(counts, num_folds=num_folds, min_images=min_images, seed=fold_seed)
-    fold_ids = list(range(num_folds)) if folds is None else [int(f) for f in folds]
-    bad = [f for f in fold_ids if not 0 <= f < num_folds]
-    if bad:
-        raise ValueError(f"`folds` must be in 0..{num_folds - 1}, got {bad}")
     images = list_unique_images(root)
     out.mkdir(parents=True, exist_ok=True)
     total = _timer()
-    units_total = len(seeds) * len(fold_ids)
-    done = trained = 0  # units done, models trained by this call
 
     def say(msg: str) -> None:
         if progress:
             print(f"[real-images {total():7.0f}s] {msg}", flush=True)
 
-    kinds = _needed_pretraining(cfg, variants)
     say(f"{len(counts)} classes, {len(images)} unique images; {num_folds} folds over the "
         f"{sum(len(f) for f in all_folds)} classes with >= {min_images} images (fold seed {fold_seed}); "
         f"seeds {seeds}; preset {preset}; backbone {cfg['model']['backbone']} "
         f"({cfg['model']['weights'] or 'no weights file'}), prior extractor {cfg['pretrain']['backbone']}; "
         f"models {variants}")
-    runs, pretrain_info, figures = [], {}, {}
-    timings: dict[str, float] = {"pretrain": 0.0, "units": 0.0, "models": 0.0}
-    for seed in seeds:
-        priors: dict[str, str] = {}
-        for kind in kinds:
-            t = _timer()
-            pre_dir = out / f"seed{seed}" / f"prior_{kind}"
-            pcfg = copy.deepcopy(cfg)
-            if kind == "moco":
-                pcfg["pretrain"]["weights"] = None  # from random init
-            stamp = {"settings": copy.deepcopy(pcfg["pretrain"]), "seed": seed, "images": len(images)}
-            stamp_path = pre_dir / "settings.json"
-            if (stamp_path.is_file() and (pre_dir / "result.json").is_file()
-                    and json.loads(stamp_path.read_text()) == json.loads(json.dumps(stamp, default=str))):
-                say(f"seed {seed}: reusing the {kind!r} prior extractor pretrained by a previous run with the same "
-                    "settings")
-                pre = json.loads((pre_dir / "result.json").read_text())
-            else:
-                init = pcfg["pretrain"]["weights"] or "random init"
-                say(f"seed {seed}: pretraining the {kind!r} prior extractor (GlobalLocalMoCo, "
-                    f"{cfg['pretrain']['backbone']} from {init}) on all {len(images)} unlabelled images (shared by "
-                    "the folds of this seed)")
-                pcfg["pretrain"]["images"] = images
-                pcfg["experiment"].update(seed=seed, output_dir=str(pre_dir))
-                pre = pretrain(pcfg, progress=progress, overwrite=True)  # an interrupted or outdated run
-                pre_dir.mkdir(parents=True, exist_ok=True)
-                (pre_dir / "result.json").write_text(json.dumps(pre, default=str))
-                stamp_path.write_text(json.dumps(stamp, default=str))
-            priors[kind] = pre["prior_extractor"]
-            pretrain_info.setdefault(seed, {})[kind] = {
-                "export": pre["prior_extractor"], "steps": pre["step"],
-                "final_loss": pre["history"][-1]["loss"] if pre["history"] else None}
-            timings["pretrain"] += t()
-        for f in fold_ids:
-            t = _timer()
-            held = all_folds[f]
-            draw = seed == seeds[0] and cfg["study"]["figure_episodes"] > 0  # Fig. 5 panels: the first seed
-            fold_dir = out / f"seed{seed}" / f"fold{f}"
-            # each finished model is kept on disk with what produced it (result.json): rerunning the same command
-            # after an interruption, or with more seeds, folds or variants, reuses it instead of training again
-            base = _unit_stamp(cfg, held, seed, supervised_weights(cfg, priors))
-            saved = {v: _reusable(fold_dir / v / "result.json", {**base, **_variant_stamp(v, priors)}, draw)
-                     for v in variants}
-            # the baselines depend only on the frozen supervised backbone and the episodes: scored once per unit,
-            # with the first model trained, or taken from a saved model of this unit
-            baselines = next((r for r in saved.values() if r is not None and r["with_baselines"]), None)
-            if baselines is None and all(r is not None for r in saved.values()):
-                baselines = _saved_baselines(fold_dir, base)
-                if baselines is None:  # train the first model again, this time with the baselines
-                    saved[variants[0]] = None
-            unit: dict[str, Any] = {"seed": seed, "fold": f, "test_classes": held, "results": {}, "train": {},
-                                    "recall": {}, "map_auc": {}, "timings_s": {}}
-            datasets: dict = {}
-            new_models = 0
-            for v in variants:
-                r = saved[v]
-                if r is None:
-                    say(f"seed {seed} fold {f} ({done + 1}/{units_total}): training {v} on "
-                        f"{len(counts) - len(held)} classes, held out {held}")
-                    tv = _timer()
-                    r = train_and_evaluate(root, held, fold_dir / v, cfg, seed=seed, priors=priors, variant=v,
-                                           progress=False, with_baselines=baselines is None,
-                                           figure_episodes=cfg["study"]["figure_episodes"] if draw else 0,
-                                           dataset_cache=datasets, overwrite=True)
-                    r = json.loads(json.dumps({**r, "with_baselines": baselines is None}, default=str))
-                    atomic_write((fold_dir / v / "result.json", json.dumps(
-                        {"stamp": {**base, **_variant_stamp(v, priors)}, "result": r}, indent=1).encode()))
-                    timings["models"] += tv()
-                    trained += 1
-                    new_models += 1
-                    if baselines is None:
-                        baselines = r
-                else:
-                    say(f"seed {seed} fold {f} ({done + 1}/{units_total}): reusing {v} from a previous run with the "
-                        f"same settings ({fold_dir / v / 'result.json'})")
-                for shot, methods in r["results"].items():
-                    unit["results"].setdefault(shot, {}).update(
-                        {k: m for k, m in methods.items() if k not in BASELINES})
-                unit["train"][v] = r["train"]
-                unit["recall"][v] = r["recall"]
-                unit["map_auc"][v] = r["map_auc"]
-                unit["skipped"] = r["skipped"]
-                unit["timings_s"][v] = r["timings_s"]
-                if draw and r["figures"]:
-                    figures.setdefault(f"fold{f}", {})[v] = r["figures"]
-            for shot, methods in baselines["results"].items():
-                unit["results"].setdefault(shot, {}).update({k: m for k, m in methods.items() if k in BASELINES})
-            runs.append(unit)
-            done += 1
-            sec = t()
-            timings["units"] += sec
-            per_model = timings["models"] / trained if trained else 0.0
-            left = (units_total - done) * len(variants) * per_model
-            line = "; ".join(f"{shot}: " + ", ".join(f"{n} {_pct(m['miou'])}" for n, m in ms.items())
-                             for shot, ms in unit["results"].items())
-            say(f"seed {seed} fold {f} done in {sec:.0f}s, {new_models} model(s) trained (mIoU %: {line}); "
-                f"at most about {left / 60:.1f} min left")
-    timings["total"] = total()
-    summary = summarize(runs)
-    map_auc, recall = _mean_over(runs, "map_auc"), _mean_over(runs, "recall")
-    gains = {b: paired_gains(runs, b) for b in BASELINES}
-    methods = {**{k: VARIANTS[k][0] for k in variants}, **BASELINES}
-    sup = cfg["model"]["weights"] or ("the seed's GlobalLocalMoCo encoder" if _backbone_from_moco(cfg)
-                                      else "random init")
-    protocol = (
-        f"{num_folds}-fold cross-validation over the {sum(len(f) for f in all_folds)} classes with >= {min_images} "
-        f"images (class split seeded by fold_seed={fold_seed}, the same for every seed); each fold's classes are "
-        "held out in turn and QGNet trains on all other classes (classes with fewer images are always training "
-        "classes; a held-out class's objects in training photos are background, as in COCO-20i). "
-        f"Frozen supervised backbone: {cfg['model']['backbone']} from {sup}. Prior extractor: "
-        f"{cfg['pretrain']['backbone']}, per variant (see methods); the GlobalLocalMoCo runs are pretrained "
-        "self-supervised (no labels) on all unique images of the folder, once per seed, and shared by that seed's "
-        "folds (the paper pretrains on all PASCAL train images). "
-        f"K-shot episodes need K+1 images with >= {cfg['data']['min_pixels']} px of the class (original resolution): "
-        "classes with fewer are left out of that K (see test_classes per run), and a fold with no such class "
-        "is not scored for that K (see skipped per run; folds_per_seed in the summary). mIoU = mean over the fold's "
-        "evaluated classes of the class IoU accumulated over its episodes; each seed's number is the mean over "
-        "folds; spread = over seeds." + _selection_text(cfg)
-    )
-    plateaus = [{"seed": u["seed"], "fold": u["fold"], "model": v, "warning": t["plateau"]}
-                for u in runs for v, t in u["train"].items() if t.get("plateau")]
-    metrics = {
-        "root": str(root),
-        "preset": preset,
-        "settings": cfg,
-        "preset_config": PRESET_CONFIGS[preset],
-        "seeds": seeds,
-        "protocol": protocol,
-        "folds": {f"fold{i}": c for i, c in enumerate(all_folds)},
-        "folds_run": fold_ids,
-        "methods": methods,
-        "summary": summary,
-        "gains": gains,
-        "map_auc": map_auc,
-        "recall": recall,
-        "runs": runs,
-        "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
-                            "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
-                            "shared_across_folds": True, "per_seed": pretrain_info},
-        "backbone_init": f"frozen supervised backbone {cfg['model']['backbone']} from {sup}",
-        "figures": figures,
-        "plateau": plateaus,
-        "timings_s": timings,
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-    header = (f"# QGNet on {root}\n\n{protocol}\n\nMethods: " + "; ".join(f"`{k}`: {v}" for k, v in methods.items())
-              + f"\n\nPreset `{preset}`, seeds {seeds}, folds {fold_ids}, {timings['total'] / 60:.1f} min.\n"
-              + ("\n**The quick preset is a smoke test of the pipeline (a few steps at a tiny size): these numbers "
-                 "are meaningless; run without --quick for results.**\n" if preset == "quick" else ""))
-    (out / "results.md").write_text(results_markdown(summary, header) + gains_markdown(gains)
-                                    + _maps_markdown(map_auc, recall) + _plateau_markdown(plateaus),
-                                    encoding="utf-8")
-    if plateaus:
-        say(f"{len(plateaus)} of {sum(len(u['train']) for u in runs)} models ended on the background plateau "
-            f"(they predict almost no foreground): listed in {out / 'results.md'}")
-    say(f"done in {timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
+    study = _Study(root, out, cfg, preset, seeds, fold_ids, variants, counts, all_folds, images, progress, say)
+    groups = run_study(study.plan(), study.train_unit, groups=len(seeds) * len(fold_ids), say=say)
+    study.timings.update(units=sum(g.seconds for g in groups), models=sum(g.train_seconds for g in groups),
+                         total=total())
+    metrics = study.metrics(groups, _protocol(cfg, all_folds, num_folds, min_images, fold_seed))
+    _write_reports(out, metrics, fold_ids)
+    if metrics["plateau"]:
+        say(f"{len(metrics['plateau'])} of {sum(len(u['train']) for u in metrics['runs'])} models ended on the "
+            f"background plateau (they predict almost no foreground): listed in {out / 'results.md'}")
+    say(f"done in {study.timings['total'] / 60:.1f} min; wrote {out / 'metrics.json'} and {out / 'results.md'}")
     return metrics

@@ -1,9 +1,11 @@
-"""The one path the demo and the real-images study share: a run config from a preset tree, then
-train one QGNet variant and score it 1-/5-shot on the held-out classes, with the baselines.
+"""What the demo and the real-images study share: a run config from a preset tree, the reuse of a
+pretrained prior extractor (:class:`PriorCache`), training one QGNet variant and scoring it
+1-/5-shot on the held-out classes with the baselines (:func:`train_and_score`), and the runner of a
+study's plan of models (:func:`run_study`), which reuses the finished ones.
 
 :mod:`fewshot_priors.app.demo` and :mod:`fewshot_priors.app.real_images` only orchestrate: they make
-their data and prior extractor, then call :func:`run_config` and :func:`train_and_score` once per
-model; :mod:`fewshot_priors.app.report` turns the scores into tables.
+their data, plan their models and hand them to :func:`run_study`;
+:mod:`fewshot_priors.app.report` turns the scores into tables.
 """
 
 from __future__ import annotations
@@ -11,20 +13,96 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ScoredVariant", "cached_dataset", "run_config", "timer", "train_and_score"]
+from .._io import atomic_write
+
+__all__ = ["BASELINES", "RESULT_FILE", "GroupResult", "PriorCache", "ScoredVariant", "TrainUnit", "Unit", "UnitGroup",
+           "as_json", "cached_dataset", "read_result", "reusable_result", "run_config", "run_study", "saved_baselines",
+           "timer", "train_and_score"]
 
 
 def timer() -> Callable[[], float]:
     """A stopwatch: ``t = timer(); ...; t()`` -> seconds since ``timer()``, rounded to 0.01 s."""
     start = time.perf_counter()
     return lambda: round(time.perf_counter() - start, 2)
+
+
+def _read_json(path: Path) -> Any:
+    """The content of a JSON file; None when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, paths strings): the form in which
+    stamps and results are compared with saved ones."""
+    return json.loads(json.dumps(value, default=str))
+
+
+class PriorCache:
+    """A pretrained prior extractor kept in its run folder with what produced it, reused by a later
+    run with the same settings.
+
+    The folder holds :func:`~fewshot_priors.engine.pretrain.pretrain`'s run, its returned dict
+    (``result.json``) and the settings stamp (``settings.json``). The stamp is written last, once
+    the export exists, and removed before pretraining again; as ``pretrain(overwrite=True)``
+    deletes the old export first, an interrupted pretraining leaves no stamp vouching for a file
+    that is gone. :meth:`load` reuses a run only if the stamp matches, the result is readable and
+    its export exists and loads as a prior extractor.
+
+    Args:
+        folder: the pretraining run folder.
+        stamp: everything the pretrained extractor depends on (JSON-able; compared as JSON).
+
+    Example:
+        >>> cache = PriorCache("out/prior_extractor", {"settings": cfg["pretrain"], "seed": 0})  # doctest: +SKIP
+        >>> result = cache.load() or cache.pretrain(cfg)  # doctest: +SKIP
+    """
+
+    STAMP_FILE = "settings.json"
+    RESULT_FILE = "result.json"
+
+    def __init__(self, folder: str | Path, stamp: Mapping[str, Any]):
+        self.folder = Path(folder)
+        self.stamp = as_json(stamp)
+
+    def load(self) -> dict[str, Any] | None:
+        """The result of an earlier pretraining with this stamp whose export loads, else None."""
+        from fewshot_priors.ssl.export import load_prior_extractor
+
+        if _read_json(self.folder / self.STAMP_FILE) != self.stamp:
+            return None
+        result = _read_json(self.folder / self.RESULT_FILE)
+        if not isinstance(result, dict) or not result.get("prior_extractor"):
+            return None
+        try:
+            load_prior_extractor(result["prior_extractor"])
+        except (OSError, ValueError):  # missing, truncated or foreign: pretrain again
+            return None
+        return result
+
+    def pretrain(self, cfg: Mapping[str, Any], *, progress: bool = False) -> dict[str, Any]:
+        """Pretrain afresh in the folder (``pretrain(cfg, overwrite=True)``; ``cfg``'s
+        ``experiment.output_dir`` must be the folder), then save the result and the stamp."""
+        from fewshot_priors.engine.pretrain import pretrain
+
+        if Path(cfg["experiment"]["output_dir"]) != self.folder:
+            raise ValueError(f"experiment.output_dir must be the cache's folder {self.folder}, got "
+                             f"{cfg['experiment']['output_dir']!r}")
+        (self.folder / self.STAMP_FILE).unlink(missing_ok=True)  # before pretrain() deletes the export
+        result = pretrain(cfg, overwrite=True, progress=progress)
+        if result["prior_extractor"] and Path(result["prior_extractor"]).is_file():
+            atomic_write((self.folder / self.RESULT_FILE, json.dumps(result, default=str).encode()))
+            atomic_write((self.folder / self.STAMP_FILE, json.dumps(self.stamp).encode()))
+        return result
 
 
 def run_config(
@@ -111,6 +189,7 @@ class ScoredVariant:
         foreground_share: ``{"1-shot": share of the query pixels the model predicts foreground}``.
         skipped: ``{"5-shot": why}``: K not scored (``skip_ineligible``).
         timings_s: ``{"train": s, "evaluate": s}``.
+        config: the run config it was trained with.
     """
 
     model: torch.nn.Module
@@ -123,6 +202,7 @@ class ScoredVariant:
     foreground_share: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def train_and_score(
@@ -166,52 +246,273 @@ def train_and_score(
         label: the progress bars' label (``"<label> <K>-shot"``).
         say: called with a line before each evaluation.
     """
-    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
     from fewshot_priors.engine.build import build_model
-    from fewshot_priors.engine.evaluate import evaluate
     from fewshot_priors.engine.runtime import Runtime, seed_everything
     from fewshot_priors.engine.train import train
 
     kw = dataset_kwargs or {}
-    seed = cfg["experiment"]["seed"]
     # the held-out episodes first: a K without eligible images (or any data error) fails before training
-    val_sets: dict[int, Any] = {}
-    skipped: dict[str, str] = {}
-    for k in shots:
-        try:
-            val_sets[k] = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"],
-                                         seed=seed, progress=progress, **kw.get("val", {}))
-        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
-            if not skip_ineligible or "eligible images" not in str(exc):
-                raise
-            skipped[f"{k}-shot"] = str(exc)
+    val_sets, skipped = _held_out_sets(cfg, shots, dataset_cache, progress, kw.get("val", {}), skip_ineligible)
     t = timer()
-    seed_everything(seed)
+    seed_everything(cfg["experiment"]["seed"])
     model = build_model(cfg).to(Runtime.from_config(cfg).device)
     train_set = cached_dataset(cfg, "train", dataset_cache, progress=progress, **kw.get("train", {}))
     res = train(cfg, model=model, train_set=train_set, val_fn=_validation(cfg, train_set, kw.get("val", {})),
                 progress=progress, overwrite=overwrite, select_best=True)
     res["episodes_per_epoch"] = len(train_set)
-    run = ScoredVariant(model=model, train=res, train_set=train_set)
+    run = ScoredVariant(model=model, train=res, train_set=train_set, config=dict(cfg))
     run.timings_s["train"] = t()
     run.skipped.update(skipped)
     t = timer()
     for k, ds in val_sets.items():
-        name = f"{k}-shot"
         if say is not None:
             say(f"evaluating {k}-shot on {len(ds)} held-out episodes" + (" (+ baselines)" if with_baselines else ""))
-        meter = MapRecall() if recall else None
-        auc_meter = MapAUC() if map_auc else None
-        r = evaluate(model, ds, seed=seed, batch_size=cfg["eval"]["batch_size"],
-                     predict_fn=predictors(model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
-                     progress=progress, desc=f"{label} {name}")
-        run.results[name] = r if with_baselines else {"qgnet": r}
-        run.datasets[k] = ds
-        run.foreground_share[name] = run.results[name]["qgnet"]["predicted_foreground_share"]
-        if meter is not None:
-            run.recall[name] = meter.compute()
-        if auc_meter is not None:
-            run.map_auc[name] = auc_meter.compute()
+        _score(run, k, ds, with_baselines=with_baselines, recall=recall, map_auc=map_auc, progress=progress,
+               desc=f"{label} {k}-shot")
     run.timings_s["evaluate"] = t()
     return run
 
+
+def _held_out_sets(cfg: Mapping, shots: Sequence[int], dataset_cache: dict | None, progress: bool,
+                   kwargs: Mapping[str, Any], skip_ineligible: bool) -> tuple[dict[int, Any], dict[str, str]]:
+    """``({K: held-out episodes}, {"5-shot": why not})`` (see :func:`train_and_score`)."""
+    val_sets: dict[int, Any] = {}
+    skipped: dict[str, str] = {}
+    for k in shots:
+        try:
+            val_sets[k] = cached_dataset(cfg, "val", dataset_cache, shots=k, episodes=cfg["eval"]["episodes"],
+                                         seed=cfg["experiment"]["seed"], progress=progress, **kwargs)
+        except ValueError as exc:  # no held-out class has the K+1 eligible images a K-shot episode needs
+            if not skip_ineligible or "eligible images" not in str(exc):
+                raise
+            skipped[f"{k}-shot"] = str(exc)
+    return val_sets, skipped
+
+
+def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall: bool, map_auc: bool,
+           progress: bool, desc: str) -> None:
+    """Score ``run.model`` K-shot on the episodes ``ds`` (with the baselines and map meters asked for)
+    into ``run``."""
+    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
+    from fewshot_priors.engine.evaluate import evaluate
+
+    cfg, name = run.config, f"{k}-shot"
+    meter = MapRecall() if recall else None
+    auc_meter = MapAUC() if map_auc else None
+    r = evaluate(run.model, ds, seed=cfg["experiment"]["seed"], batch_size=cfg["eval"]["batch_size"],
+                 predict_fn=predictors(run.model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
+                 progress=progress, desc=desc)
+    run.results[name] = r if with_baselines else {"qgnet": r}
+    run.datasets[k] = ds
+    run.foreground_share[name] = run.results[name]["qgnet"]["predicted_foreground_share"]
+    if meter is not None:
+        run.recall[name] = meter.compute()
+    if auc_meter is not None:
+        run.map_auc[name] = auc_meter.compute()
+
+
+
+# --------------------------------------------------------------------------- the plan of a study and its runner
+
+#: The baselines scored beside each model (:func:`fewshot_priors.app.report.predictors`): name -> what it is.
+BASELINES = {"baseline_guided_map_0.5": "guided region map thresholded at 0.5 (it depends only on the frozen "
+                                        "supervised backbone, the same in every variant)",
+             "baseline_all_foreground": "every pixel foreground"}
+#: The file in a unit's folder holding its result and the stamp of what produced it.
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class Unit:
+    """One model of a study's plan: ``variant`` trained with ``seed`` while ``fold`` is held out.
+
+    Attributes:
+        seed: the training seed.
+        fold: the held-out class fold.
+        variant: which model.
+        folder: its run folder; a finished unit's result is saved there (:data:`RESULT_FILE`).
+        stamp: everything its result depends on (JSON-able); None: never reused nor saved.
+        figures: its result must list Fig. 5 panels that exist (a saved one without is trained again).
+    """
+
+    seed: int
+    fold: int
+    variant: str
+    folder: Path
+    stamp: dict[str, Any] | None = None
+    figures: bool = False
+
+
+@dataclass
+class UnitGroup:
+    """The units of one (seed, fold): they share their held-out episodes, so the baselines are
+    scored once per group, with its first model trained.
+
+    Attributes:
+        seed: the training seed.
+        fold: the held-out class fold.
+        units: the group's models, in training order.
+        base: the part of the stamps its units share (a saved result of any model of the group
+            with this base holds valid baselines); None: nothing is reused.
+        about: said after ``training <variant>`` in the status line.
+    """
+
+    seed: int
+    fold: int
+    units: list[Unit]
+    base: dict[str, Any] | None = None
+    about: str = ""
+
+
+@dataclass
+class GroupResult:
+    """What :func:`run_study` returns per group.
+
+    Attributes:
+        group: the group.
+        results: ``{variant: result}``: what the training function returned (as JSON reads it back
+            for a stamped unit), with ``with_baselines``.
+        baselines: the result holding the baselines' scores.
+        trained: how many models this run trained (the others were reused).
+        seconds: the group's time.
+        train_seconds: the time of the models it trained (training and scoring).
+    """
+
+    group: UnitGroup
+    results: dict[str, dict[str, Any]]
+    baselines: dict[str, Any]
+    trained: int
+    seconds: float
+    train_seconds: float
+
+    def scores(self) -> dict[str, dict[str, Any]]:
+        """``{"1-shot": {name: metrics}}``: every model's scores and the baselines'."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.results.values():
+            for shot, methods in r["results"].items():
+                out.setdefault(shot, {}).update({k: m for k, m in methods.items() if k not in BASELINES})
+        for shot, methods in self.baselines["results"].items():
+            out.setdefault(shot, {}).update({k: m for k, m in methods.items() if k in BASELINES})
+        return out
+
+
+def read_result(path: Path) -> tuple[dict, dict] | None:
+    """``(stamp, result)`` of a saved unit's :data:`RESULT_FILE`; None when missing, damaged or not ours."""
+    saved = _read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("stamp"), dict) or not isinstance(
+            saved.get("result"), dict):
+        return None
+    return saved["stamp"], saved["result"]
+
+
+def reusable_result(path: Path, stamp: Mapping[str, Any], draw: bool) -> dict[str, Any] | None:
+    """A saved unit result with this stamp (and its Fig. 5 panels when ``draw``), else None (trained again)."""
+    saved = read_result(path)
+    if saved is None or saved[0] != stamp:
+        return None
+    r = saved[1]
+    if draw and not (r.get("figures") and all(Path(p).is_file() for p in r["figures"].values())):
+        return None
+    return r
+
+
+def saved_baselines(group_dir: Path, base: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A saved result of a unit under ``group_dir`` (any variant) with the stamp ``base`` that scored
+    the baselines."""
+    for path in sorted(group_dir.glob(f"*/{RESULT_FILE}")):
+        saved = read_result(path)
+        if saved is not None and saved[1].get("with_baselines") and {k: saved[0].get(k) for k in base} == dict(base):
+            return saved[1]
+    return None
+
+
+def _saved_units(group: UnitGroup) -> tuple[dict[str, dict | None], dict | None]:
+    """``({variant: saved result or None}, the saved result holding the baselines or None)``; when every
+    model is saved but none scored the baselines, the first is trained again to score them."""
+    saved = {u.variant: None if u.stamp is None else reusable_result(u.folder / RESULT_FILE, as_json(u.stamp),
+                                                                     u.figures)
+             for u in group.units}
+    baselines = next((r for r in saved.values() if r is not None and r["with_baselines"]), None)
+    if baselines is None and group.base is not None and all(r is not None for r in saved.values()):
+        folders = {u.folder.parent for u in group.units}
+        baselines = next((b for d in sorted(folders) if (b := saved_baselines(d, as_json(group.base)))), None)
+        if baselines is None:
+            saved[group.units[0].variant] = None
+    return saved, baselines
+
+
+#: ``(unit, with_baselines, dataset_cache) -> result``: trains and scores one unit; the result holds
+#: ``results`` (``{"1-shot": {name: metrics}}``) and anything JSON-able (saved for a stamped unit).
+TrainUnit = Callable[[Unit, bool, dict], Mapping[str, Any]]
+
+
+def _train_unit(unit: Unit, train: TrainUnit, with_baselines: bool, datasets: dict) -> dict[str, Any]:
+    """Train ``unit`` and save its result with its stamp (when it has one)."""
+    r = {**train(unit, with_baselines, datasets), "with_baselines": with_baselines}
+    if unit.stamp is not None:  # a fresh result reads like a reused one
+        r = as_json(r)
+        unit.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write((unit.folder / RESULT_FILE, json.dumps({"stamp": as_json(unit.stamp), "result": r},
+                                                            indent=1).encode()))
+    return r
+
+
+def run_study(plan: Iterable[UnitGroup], train: TrainUnit, *, groups: int, say: Callable[[str], None]
+              ) -> list[GroupResult]:
+    """Run a study's plan: each group's units in turn, reusing the finished ones.
+
+    A unit whose folder holds a result saved with the same stamp (and its Fig. 5 panels, when it
+    draws them) is reused; any other is trained by ``train``, which gets the unit, whether to score
+    the baselines (for the group's first model trained, unless a saved result of the group holds
+    them) and a dict shared by the group's calls (for :func:`cached_dataset`). A stamped unit's
+    result is saved at once, so a run interrupted later resumes where it stopped.
+
+    Args:
+        plan: the groups, in order (a generator may do each seed's shared work, e.g. pretraining,
+            before yielding its groups).
+        train: trains and scores one unit (:data:`TrainUnit`).
+        groups: how many groups the plan has (for the status lines).
+        say: called with each status line (which unit is trained or reused, each group's scores
+            and an estimate of the time left).
+
+    Returns:
+        One :class:`GroupResult` per group.
+    """
+    done: list[GroupResult] = []
+    model_s, trained = 0.0, 0
+    for i, group in enumerate(plan):
+        t = timer()
+        where = f"seed {group.seed} fold {group.fold} ({i + 1}/{groups})"
+        saved, baselines = _saved_units(group)
+        results, datasets, new, group_model_s = {}, {}, 0, 0.0
+        for unit in group.units:
+            r = saved[unit.variant]
+            if r is None:
+                say(f"{where}: training {unit.variant}{group.about}")
+                tv = timer()
+                r = _train_unit(unit, train, baselines is None, datasets)
+                group_model_s += tv()
+                new += 1
+                if baselines is None:
+                    baselines = r
+            else:
+                say(f"{where}: reusing {unit.variant} from a previous run with the same settings "
+                    f"({unit.folder / RESULT_FILE})")
+            results[unit.variant] = r
+        trained, model_s = trained + new, model_s + group_model_s
+        res = GroupResult(group, results, baselines, new, t(), group_model_s)
+        done.append(res)
+        left = groups - len(done)
+        say(_group_line(res, left, left * len(group.units) * (model_s / trained if trained else 0.0)))
+    return done
+
+
+def _group_line(res: GroupResult, groups_left: int, left_s: float) -> str:
+    """The status line of a finished group: its time, models trained, scores and (while groups are
+    left) an estimate of the time left."""
+    from fewshot_priors.app.report import pct
+
+    line = "; ".join(f"{shot}: " + ", ".join(f"{n} {pct(m['miou'])}" for n, m in ms.items())
+                     for shot, ms in res.scores().items())
+    return (f"seed {res.group.seed} fold {res.group.fold} done in {res.seconds:.0f}s, {res.trained} model(s) trained "
+            f"(mIoU %: {line})" + (f"; at most about {left_s / 60:.1f} min left" if groups_left else ""))

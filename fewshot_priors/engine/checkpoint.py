@@ -295,6 +295,24 @@ def _fsync_dir(path: Path) -> None:
 # --------------------------------------------------------------------------- save / load
 
 
+def _optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The sidecar entry of ``optimizer``'s state; its tensors go to ``tensors`` (``optim/...``)."""
+    sd = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, pstate in sd["state"].items():
+        scalars[str(idx)] = {}
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/state/{idx}/{key}"] = value.detach().cpu().contiguous().clone()
+            else:
+                scalars[str(idx)][key] = _encode(value, f"optim/state/{idx}/{key}", tensors)
+    return {
+        "class": type(optimizer).__name__,
+        "state": scalars,
+        "param_groups": _encode(sd["param_groups"], "optim/param_groups", tensors),
+    }
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -340,20 +358,7 @@ def save_checkpoint(
         "torch": torch.__version__,
     }
     if optimizer is not None:
-        sd = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for idx, pstate in sd["state"].items():
-            scalars[str(idx)] = {}
-            for key, value in pstate.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim/state/{idx}/{key}"] = value.detach().cpu().contiguous().clone()
-                else:
-                    scalars[str(idx)][key] = _encode(value, f"optim/state/{idx}/{key}", tensors)
-        sidecar["optimizer"] = {
-            "class": type(optimizer).__name__,
-            "state": scalars,
-            "param_groups": _encode(sd["param_groups"], "optim/param_groups", tensors),
-        }
+        sidecar["optimizer"] = _optimizer_state(optimizer, tensors)
     if scheduler is not None:
         sidecar["scheduler"] = {
             "class": type(scheduler).__name__,

@@ -299,6 +299,41 @@ class _Monitor:
         return d
 
 
+def _schedule(p: Mapping[str, Any], n: int) -> tuple[int, int, int]:
+    """``(steps per epoch, total steps, stop step)`` of ``pretrain.epochs`` over ``n`` images
+    (stopping early at ``pretrain.max_steps`` when set)."""
+    steps_per_epoch = n // p["batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n} images are fewer than pretrain.batch_size={p['batch_size']}")
+    total_steps = steps_per_epoch * p["epochs"]
+    stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
+    return steps_per_epoch, total_steps, stop
+
+
+#: The per-step values of the pretraining history.
+_TAGS = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "num_patches")
+
+
+def _step_fn(rt: Runtime, runner: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             last: dict[str, Any]):
+    """One contrastive step (forward of both views, loss check, backward, SGD and LR steps); the
+    forward's outputs are left in ``last["res"]`` for the diagnostics."""
+
+    def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
+        with rt.autocast():
+            res = runner(batch["view_a"], batch["view_b"], batch["labels_a"], batch["labels_b"])
+        loss = res["loss"].float()
+        check_finite_loss(loss, "pretraining loss", step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        last["res"] = res
+        return {t: float(res[t].detach().float()) for t in _TAGS}
+
+    return step_fn
+
+
 def pretrain(
     cfg: Mapping[str, Any],
     *,
@@ -347,11 +382,7 @@ def pretrain(
     # the schedule (and a resume's fit to it) from the image list, before the superpixel cache is built
     paths = list_images(p["images"])
     n, batch_size = len(paths), p["batch_size"]
-    steps_per_epoch = n // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{n} images are fewer than pretrain.batch_size={batch_size}")
-    total_steps = steps_per_epoch * p["epochs"]
-    stop = total_steps if p["max_steps"] is None else min(total_steps, int(p["max_steps"]))
+    steps_per_epoch, total_steps, stop = _schedule(p, n)
     saved_cfg = {"experiment": tree["experiment"], "pretrain": p}
     if resume:
         ck_path, ck_meta = resume_meta(out, resume)
@@ -388,21 +419,8 @@ def pretrain(
     if loop.step == 0:
         monitor.run_probe(0)  # the random-init encoder: the baseline every later probe is compared with
 
-    tags = ("loss", "loss_global", "loss_local", "acc_global", "acc_local", "num_patches")
     last: dict[str, Any] = {}  # the latest forward's outputs, for the diagnostics
-
-    def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
-        with rt.autocast():
-            res = runner(batch["view_a"], batch["view_b"], batch["labels_a"], batch["labels_b"])
-        loss = res["loss"].float()
-        check_finite_loss(loss, "pretraining loss", step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        last["res"] = res
-        return {t: float(res[t].detach().float()) for t in tags}
-
+    step_fn = _step_fn(rt, runner, optimizer, scheduler, last)
     history = loop.run(loader, step_fn, after_step=lambda step: monitor.after_step(step, last.pop("res")),
                        postfix=monitor.postfix, on_end=lambda step: monitor.run_probe(step) if step == stop else None)
     export = None

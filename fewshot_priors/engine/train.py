@@ -11,6 +11,7 @@ step loop, logging, checkpoints and exact resume from :class:`~.loop.StepLoop`
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import warnings
@@ -34,6 +35,8 @@ from .runtime import Runtime
 __all__ = ["PLATEAU_ADVICE", "PLATEAU_FINDING", "PLATEAU_RATIO", "BackgroundPlateauWarning", "balanced_fg_weight", "check_plateau", "foreground_share",
            "foreground_shares",
            "make_optimizer", "make_poly_scheduler", "plateau_message", "train"]
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- optimisation
 
@@ -269,37 +272,55 @@ def train(
     fg = _set_balanced_fg_weight(model, train_set, tcfg.get("fg_balance"))
     params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else model.parameters()
     optimizer = make_optimizer(params, tcfg)
-    n = len(train_set)  # type: ignore[arg-type]
-    steps_per_epoch = n // tcfg["batch_size"]
-    if steps_per_epoch == 0:
-        raise ValueError(f"the training set has {n} episodes, fewer than train.batch_size={tcfg['batch_size']}")
-    # on tiny data a few epochs are too few optimiser steps: train.min_steps adds whole epochs
-    epochs = max(int(tcfg["epochs"]), math.ceil(int(tcfg.get("min_steps") or 0) / steps_per_epoch))
-    total_steps = steps_per_epoch * epochs
+    steps_per_epoch, total_steps, stop = _schedule(tcfg, len(train_set), max_steps)  # type: ignore[arg-type]
     scheduler = make_poly_scheduler(optimizer, total_steps, tcfg["poly_power"], tcfg.get("warmup_steps", 0))
-    stop = total_steps if max_steps is None and tcfg.get("max_steps") is None else min(
-        total_steps, int(max_steps if max_steps is not None else tcfg["max_steps"]))
-
-    best, val_history = -math.inf, []
+    val = _Validation(val_fn, model, int(tcfg["val_every"] or 0), total_steps)
     loop = StepLoop(rt, out, model=model, optimizer=optimizer, scheduler=scheduler, total_steps=total_steps,
                     steps_per_epoch=steps_per_epoch, stop=stop, config=cfg, prefix="train",
                     log_every=tcfg["log_every"], ckpt_every=tcfg.get("ckpt_every_steps"), progress=progress,
-                    meta=lambda: {"best_miou": best, "val": val_history},
-                    changed="epochs/batch size/dataset changed")
-    meta = loop.start(resume)
-    if meta is not None:
-        best = float(meta.get("best_miou", -math.inf))
-        val_history = list(meta.get("val", []))
+                    meta=val.meta, changed="epochs/batch size/dataset changed")
+    val.start(loop, loop.start(resume))
     if dist.is_main:
         from fewshot_priors.config import save_config
 
         save_config(cfg, out / "config.yaml")
     loader = rt.loader(train_set, batch_size=tcfg["batch_size"], start_step=loop.step, end_step=stop,
                        collate_fn=collate_fn, num_workers=cfg["data"].get("num_workers", 0))
-    runner = ddp_model if ddp_model is not None else model
-    clip = float(tcfg["grad_clip"]) if tcfg.get("grad_clip") else None
-    val_every = int(tcfg["val_every"] or 0)
-    check_inputs = bool(tcfg.get("check_inputs", False))  # value checks sync with the GPU: off in the hot loop
+    step_fn = _step_fn(rt, ddp_model if ddp_model is not None else model, optimizer, scheduler,
+                       float(tcfg["grad_clip"]) if tcfg.get("grad_clip") else None,
+                       bool(tcfg.get("check_inputs", False)))  # value checks sync with the GPU: off in the hot loop
+    history = loop.run(loader, step_fn, on_epoch_end=val.on_epoch_end, on_end=val.on_end,
+                       history_keys=("loss", "lr", "fg_pred", "fg_true"), postfix=_postfix)
+    if dist.is_main and (out / "scalars.csv").exists():
+        _draw_loss_curve(out)
+    selected = "last"
+    if select_best and math.isfinite(val.best):
+        load_checkpoint(out / "best", model=model, map_location=rt.device)
+        selected = "best"
+    plateau = check_plateau(val.history, history, selected=selected, best=val.best)
+    return {"step": loop.step, "epoch": loop.epoch, "best_miou": val.best, "history": history, "val": val.history,
+            "output_dir": str(out), "last": loop.last_path, "selected": selected, "plateau": plateau, **fg}
+
+
+def _schedule(tcfg: Mapping, n: int, max_steps: int | None) -> tuple[int, int, int]:
+    """``(steps per epoch, total steps, stop step)`` of a run on ``n`` episodes: ``train.epochs``
+    epochs, or more whole epochs when that gives fewer than ``train.min_steps`` steps; it stops
+    early at ``max_steps`` (else ``train.max_steps``) when set."""
+    steps_per_epoch = n // tcfg["batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training set has {n} episodes, fewer than train.batch_size={tcfg['batch_size']}")
+    # on tiny data a few epochs are too few optimiser steps: train.min_steps adds whole epochs
+    epochs = max(int(tcfg["epochs"]), math.ceil(int(tcfg.get("min_steps") or 0) / steps_per_epoch))
+    total_steps = steps_per_epoch * epochs
+    stop = total_steps if max_steps is None and tcfg.get("max_steps") is None else min(
+        total_steps, int(max_steps if max_steps is not None else tcfg["max_steps"]))
+    return steps_per_epoch, total_steps, stop
+
+
+def _step_fn(rt: Runtime, runner: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             clip: float | None, check_inputs: bool) -> Callable[[dict[str, Any], int], dict[str, float]]:
+    """One supervised step: forward (``runner``), loss check, backward, optional gradient clipping,
+    SGD and LR steps; returns the loss and the foreground shares."""
 
     def step_fn(batch: dict[str, Any], step: int) -> dict[str, float]:
         with rt.autocast(), contextlib.nullcontext() if check_inputs else checks_disabled():
@@ -315,41 +336,61 @@ def train(
         scheduler.step()
         return {"loss": loss.item(), **foreground_shares(outputs.get("logits"), batch["query_mask"])}
 
-    def validate(epoch: int) -> None:
-        nonlocal best
-        if val_fn is None:
+    return step_fn
+
+
+class _Validation:
+    """The validation hook of :func:`train`: ``val_fn`` every ``val_every`` epochs and at the end,
+    logged, with the best ``miou`` kept as the ``best`` checkpoint (state resumed from the checkpoint's meta)."""
+
+    def __init__(self, val_fn: Callable[[torch.nn.Module], Mapping[str, float]] | None, model: torch.nn.Module,
+                 val_every: int, total_steps: int):
+        self.val_fn, self.model, self.val_every, self.total_steps = val_fn, model, val_every, total_steps
+        self.best, self.history = -math.inf, []
+        self.loop: StepLoop | None = None
+
+    def meta(self) -> dict[str, Any]:
+        """What each checkpoint records of the validation."""
+        return {"best_miou": self.best, "val": self.history}
+
+    def start(self, loop: StepLoop, meta: Mapping[str, Any] | None) -> None:
+        """Attach to the started ``loop``; a resumed run takes back its best mIoU and validation history."""
+        self.loop = loop
+        if meta is not None:
+            self.best = float(meta.get("best_miou", -math.inf))
+            self.history = list(meta.get("val", []))
+
+    def validate(self, epoch: int) -> None:
+        loop = self.loop
+        if self.val_fn is None or loop is None:
             return
-        res = dict(val_fn(model))
+        res = dict(self.val_fn(self.model))
         res.update(step=loop.step, epoch=epoch)
-        val_history.append({k: v for k, v in res.items() if k != "per_class_iou"})
+        self.history.append({k: v for k, v in res.items() if k != "per_class_iou"})
         loop.log(loop.step, {f"val/{VAL_TAGS[k]}": v for k, v in res.items() if k in VAL_TAGS})
-        if res.get("miou", -math.inf) > best:
-            best = float(res["miou"])
+        if res.get("miou", -math.inf) > self.best:
+            self.best = float(res["miou"])
             loop.save("best")
-        model.train()
+        self.model.train()
 
-    def on_epoch_end(epoch: int) -> None:
-        if val_every and epoch % val_every == 0:
-            validate(epoch)
+    def on_epoch_end(self, epoch: int) -> None:
+        if self.val_every and epoch % self.val_every == 0:
+            self.validate(epoch)
 
-    def on_end(step: int) -> None:  # the final validation, unless the last epoch end just ran it
-        if step == total_steps and val_fn is not None and not (val_every and loop.epoch % val_every == 0):
-            validate(loop.epoch)
+    def on_end(self, step: int) -> None:
+        """The final validation, unless the last epoch end just ran it."""
+        loop = self.loop
+        if (loop is not None and step == self.total_steps and self.val_fn is not None
+                and not (self.val_every and loop.epoch % self.val_every == 0)):
+            self.validate(loop.epoch)
             loop.save("last")  # its meta then holds this validation too
 
-    history = loop.run(loader, step_fn, on_epoch_end=on_epoch_end, on_end=on_end,
-                       history_keys=("loss", "lr", "fg_pred", "fg_true"), postfix=_postfix)
-    if dist.is_main and (out / "scalars.csv").exists():
-        try:
-            from fewshot_priors.viz import plot_loss_curve
 
-            plot_loss_curve(out / "scalars.csv", out / "loss_curve.png")
-        except Exception as exc:  # pragma: no cover - plotting must never kill a finished run
-            print(f"warning: could not draw the loss curve: {exc}")
-    selected = "last"
-    if select_best and math.isfinite(best):
-        load_checkpoint(out / "best", model=model, map_location=rt.device)
-        selected = "best"
-    plateau = check_plateau(val_history, history, selected=selected, best=best)
-    return {"step": loop.step, "epoch": loop.epoch, "best_miou": best, "history": history, "val": val_history,
-            "output_dir": str(out), "last": loop.last_path, "selected": selected, "plateau": plateau, **fg}
+def _draw_loss_curve(out: Path) -> None:
+    """``loss_curve.png`` of the run's ``scalars.csv``; a failure is logged, never raised."""
+    try:
+        from fewshot_priors.viz import plot_loss_curve
+
+        plot_loss_curve(out / "scalars.csv", out / "loss_curve.png")
+    except Exception as exc:  # pragma: no cover - plotting must never kill a finished run
+        log.warning("could not draw the loss curve: %s", exc)
