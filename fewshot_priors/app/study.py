@@ -47,6 +47,10 @@ def as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+#: The file in a run folder holding its result (a study unit's: with the stamp of what produced it).
+RESULT_FILE = "result.json"
+
+
 class PriorCache:
     """A pretrained prior extractor kept in its run folder with what produced it, reused by a later
     run with the same settings.
@@ -68,7 +72,6 @@ class PriorCache:
     """
 
     STAMP_FILE = "settings.json"
-    RESULT_FILE = "result.json"
 
     def __init__(self, folder: str | Path, stamp: Mapping[str, Any]):
         self.folder = Path(folder)
@@ -80,7 +83,7 @@ class PriorCache:
 
         if _read_json(self.folder / self.STAMP_FILE) != self.stamp:
             return None
-        result = _read_json(self.folder / self.RESULT_FILE)
+        result = _read_json(self.folder / RESULT_FILE)
         if not isinstance(result, dict) or not result.get("prior_extractor"):
             return None
         try:
@@ -100,7 +103,7 @@ class PriorCache:
         (self.folder / self.STAMP_FILE).unlink(missing_ok=True)  # before pretrain() deletes the export
         result = pretrain(cfg, overwrite=True, progress=progress)
         if result["prior_extractor"] and Path(result["prior_extractor"]).is_file():
-            atomic_write((self.folder / self.RESULT_FILE, json.dumps(result, default=str).encode()))
+            atomic_write((self.folder / RESULT_FILE, json.dumps(result, default=str).encode()))
             atomic_write((self.folder / self.STAMP_FILE, json.dumps(self.stamp).encode()))
         return result
 
@@ -318,8 +321,6 @@ def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall:
 BASELINES = {"baseline_guided_map_0.5": "guided region map thresholded at 0.5 (it depends only on the frozen "
                                         "supervised backbone, the same in every variant)",
              "baseline_all_foreground": "every pixel foreground"}
-#: The file in a unit's folder holding its result and the stamp of what produced it.
-RESULT_FILE = "result.json"
 
 
 @dataclass
