@@ -3,11 +3,13 @@
 Validation classes = the classes with 2-4 images: the cross-validation of
 ``fewshot-priors real-images`` holds out only classes with >= 5 images, so these are
 never test classes and tuning on them never sees one. QGNet trains on every other
-class; scored 1-shot on the validation classes. One line of JSON per run is appended
+class; scored 1-shot on the validation classes (``--shots 1 3`` adds 3-shot on the nine of them
+with four images). One line of JSON per run is appended
 to ``OUT/results.jsonl``::
 
     python scripts/real_images_investigate.py --root DATA/fss_layout --out DIR --name NAME \
-        [--prior prior_extractor.safetensors] [--preset full] [--fg-logit-shifts A ...] [key=value ...]
+        [--prior prior_extractor.safetensors] [--preset full] [--shots K ...] [--fg-logit-shifts A ...] \
+        [key=value ...]
 
 keys: any config key as section.key=value (JSON values), the shortcuts lr, epochs, max_steps,
 batch_size, pretrain_epochs, image_size (data.image_size and pretrain.size), and variant (a key of
@@ -40,6 +42,8 @@ ap.add_argument("--prior", default=None, help="reuse this exported GlobalLocalMo
 ap.add_argument("--preset", default="full", help="real-images preset (full, long, quick)")
 ap.add_argument("--fg-logit-shifts", type=float, nargs="+", default=[], metavar="A",
                 help="also score the decision with the foreground logit lowered by A x log(fg_weight)")
+ap.add_argument("--shots", type=int, nargs="+", default=[1], metavar="K",
+                help="the K of the evaluations (default 1; a K is scored on the validation classes with K+1 images)")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
 kv = dict(x.split("=", 1) for x in a.kv)
@@ -97,7 +101,7 @@ if prior is None and needs_moco:
           round(time.process_time() - c0, 1), "s cpu; last log", pre["history"][-1], flush=True)
 t1, c1 = time.perf_counter(), time.process_time()
 r = train_and_evaluate(a.root, val, out / a.name, cfg, seed=a.seed, priors={"moco": prior} if prior else {},
-                       shots=(1,), variant=variant)
+                       shots=tuple(a.shots), variant=variant)
 res = r["results"]["1-shot"]
 line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"]["steps"],
         "final_loss": r["train"]["final_loss"], "timings": r["timings_s"],
@@ -108,7 +112,11 @@ line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"][
         "pred_fg_share": round(res[variant]["predicted_foreground_share"], 4),
         "fg_shares": {n: round(v["predicted_foreground_share"], 4) for n, v in res.items()},
         "true_fg_share": round(res[variant]["true_foreground_share"], 4), "fg_weight": r["train"]["fg_weight"],
-        "map_auc": r["map_auc"].get("1-shot", {})}
+        "map_auc": r["map_auc"].get("1-shot", {}),
+        **{f"{k}-shot": {n: {"miou": round(100 * v["miou"], 2), "share": round(v["predicted_foreground_share"], 4),
+                            "true": round(v["true_foreground_share"], 4), "episodes": v["episodes"]}
+                        for n, v in r["results"][f"{k}-shot"].items()}
+           for k in a.shots if k != 1 and f"{k}-shot" in r["results"]}}
 print(json.dumps(line), flush=True)
 with open(out / "results.jsonl", "a") as f:
     f.write(json.dumps(line) + "\n")
