@@ -33,6 +33,10 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert (out / "qgnet" / "last.safetensors").is_file()
     assert (out / "data" / "VOC2012" / "SegmentationClassAug").is_dir()
     assert metrics["preset"] == "quick"
+    # the foreground weight set from the data (train.fg_balance 1) is the one recorded, not the placeholder
+    tr = metrics["training"]
+    assert 0.0 < tr["train_fg_share"] < 1.0
+    assert tr["fg_weight"] == pytest.approx((1 - tr["train_fg_share"]) / tr["train_fg_share"])
     for shots in ("1-shot", "5-shot"):
         res = metrics["results"][shots]
         assert set(res) >= {"qgnet", "baseline_guided_map_0.5", "baseline_all_foreground"}
