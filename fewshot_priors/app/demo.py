@@ -66,6 +66,7 @@ from .study import (
     run_config,
     run_study,
     train_and_score,
+    training_record,
 )
 from .study import timer as _timer
 
@@ -397,13 +398,7 @@ def _metrics(preset_cfg: Mapping, quick: bool, data: Mapping[str, Any], train_cl
             "weights are available offline; a frozen random backbone gives nearly uninformative features)"
         ),
         "training": {
-            "steps": train_res["step"],
-            "episodes_per_epoch": train_res["episodes_per_epoch"],
-            "final_loss": train_res["history"][-1]["loss"] if train_res["history"] else None,
-            # the CE's foreground weight trained with: train.fg_balance sets it from the training queries'
-            # foreground share (config's model.fg_weight is then only the placeholder)
-            "fg_weight": train_res.get("fg_weight", cfg["model"]["fg_weight"]),
-            "train_fg_share": train_res.get("train_fg_share"),
+            **training_record(train_res, cfg),
             "config": {k: cfg[k] for k in ("model", "train")},
             "preset_config": PRESET_CONFIGS[preset_name],
         },

@@ -53,6 +53,7 @@ from .study import (
     run_config,
     run_study,
     train_and_score,
+    training_record,
 )
 from .study import timer as _timer
 
@@ -235,13 +236,10 @@ def _model_record(run: ScoredVariant, variant: str, cfg: Mapping, figures: dict[
         "results": results,
         "recall": run.recall,
         "map_auc": run.map_auc,
-        "train": {"steps": res["step"], "episodes_per_epoch": res["episodes_per_epoch"],
-                  "final_loss": res["history"][-1]["loss"] if res["history"] else None,
+        "train": {**training_record(res, cfg),
                   "train_classes": len(run.train_set.class_ids),
                   "validation_classes": [run.train_set.class_names[c] for c in run.train_set.val_class_ids],
-                  "validation": res["val"], "selected": res["selected"], "plateau": res["plateau"],
-                  "fg_weight": res.get("fg_weight", cfg["model"]["fg_weight"]),
-                  "train_fg_share": res.get("train_fg_share")},
+                  "validation": res["val"], "selected": res["selected"], "plateau": res["plateau"]},
         "timings_s": run.timings_s,
         "figures": figures,
         "skipped": run.skipped,

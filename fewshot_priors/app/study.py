@@ -24,13 +24,24 @@ from .._io import atomic_write
 
 __all__ = ["BASELINES", "RESULT_FILE", "GroupResult", "PriorCache", "ScoredVariant", "TrainUnit", "Unit", "UnitGroup",
            "as_json", "cached_dataset", "read_result", "reusable_result", "run_config", "run_study", "saved_baselines",
-           "timer", "train_and_score"]
+           "timer", "train_and_score", "training_record"]
 
 
 def timer() -> Callable[[], float]:
     """A stopwatch: ``t = timer(); ...; t()`` -> seconds since ``timer()``, rounded to 0.01 s."""
     start = time.perf_counter()
     return lambda: round(time.perf_counter() - start, 2)
+
+
+def training_record(train_res: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What a study records of one :func:`~fewshot_priors.engine.train.train` run: its steps, episodes
+    per epoch, last logged loss, and the CE's foreground weight it trained with (``train.fg_balance``
+    sets it from the training queries' foreground share ``train_fg_share``; otherwise it is the
+    config's ``model.fg_weight`` and ``train_fg_share`` is ``None``)."""
+    return {"steps": train_res["step"], "episodes_per_epoch": train_res["episodes_per_epoch"],
+            "final_loss": train_res["history"][-1]["loss"] if train_res["history"] else None,
+            "fg_weight": train_res.get("fg_weight", cfg["model"]["fg_weight"]),
+            "train_fg_share": train_res.get("train_fg_share")}
 
 
 def _read_json(path: Path) -> Any:
