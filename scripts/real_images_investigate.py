@@ -3,7 +3,7 @@
 Validation classes = the classes with 2-4 images: the cross-validation of
 ``fewshot-priors real-images`` holds out only classes with >= 5 images, so these are
 never test classes and tuning on them never sees one. QGNet trains on every other
-class; scored 1-shot on the validation classes (``--shots 1 3`` adds 3-shot on the nine of them
+class; scored 1-shot on the validation classes (``--shots 3`` adds 3-shot on the nine of them
 with four images). One line of JSON per run is appended
 to ``OUT/results.jsonl``::
 
@@ -43,7 +43,7 @@ ap.add_argument("--preset", default="full", help="real-images preset (full, long
 ap.add_argument("--fg-logit-shifts", type=float, nargs="+", default=[], metavar="A",
                 help="also score the decision with the foreground logit lowered by A x log(fg_weight)")
 ap.add_argument("--shots", type=int, nargs="+", default=[1], metavar="K",
-                help="the K of the evaluations (default 1; a K is scored on the validation classes with K+1 images)")
+                help="score these K besides 1-shot (a K on the validation classes with K+1 images)")
 ap.add_argument("kv", nargs="*")
 a = ap.parse_args()
 kv = dict(x.split("=", 1) for x in a.kv)
@@ -101,7 +101,7 @@ if prior is None and needs_moco:
           round(time.process_time() - c0, 1), "s cpu; last log", pre["history"][-1], flush=True)
 t1, c1 = time.perf_counter(), time.process_time()
 r = train_and_evaluate(a.root, val, out / a.name, cfg, seed=a.seed, priors={"moco": prior} if prior else {},
-                       shots=tuple(a.shots), variant=variant)
+                       shots=tuple(sorted({1, *a.shots})), variant=variant)
 res = r["results"]["1-shot"]
 line = {"name": a.name, "kv": kv, "variant": variant, "train_steps": r["train"]["steps"],
         "final_loss": r["train"]["final_loss"], "timings": r["timings_s"],
