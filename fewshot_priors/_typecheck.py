@@ -114,6 +114,11 @@ def positive_error(name: str, value: Any) -> str | None:
     return None if value > 0 else f"{name} must be > 0, got {value!r}"
 
 
+def nonnegative_error(name: str, value: Any) -> str | None:
+    """Why the number ``value`` cannot be the value of a key that must be >= 0, or None."""
+    return None if value >= 0 else f"{name} must be >= 0, got {value!r}"
+
+
 def stats_error(name: str, value: Any) -> str | None:
     """Why ``value`` cannot be the per-channel RGB statistic ``name`` (a ``...mean`` / ``...std`` key of
     the input normalisation: null or three finite numbers, each std > 0), or None."""

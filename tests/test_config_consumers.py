@@ -160,6 +160,7 @@ MODEL_EFFECTS = {
     "fg_weight": lambda: _model(fg_weight=3.0).fg_weight == 3.0,
     "dice_weight": lambda: _model(dice_weight=0.5).dice_weight == 0.5,
     "dropout": lambda: _model(dropout=0.1).query_head[2].p == 0.1,
+    "map_skip": lambda: _model(map_skip=2.0).decoder.map_gain.item() == 2.0,
     "region_map_backend": lambda: _holds(_model(region_map_backend="reference"), "region_map_backend", "reference")
     or _holds(_model(region_map_backend="reference"), "backend", "reference"),
     "output_stride": _check_output_stride,

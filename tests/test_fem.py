@@ -172,3 +172,39 @@ def test_bad_arguments():
         fem(q, torch.randn(2, 8, 2, 2), m)
     with pytest.raises(TypeError, match="query_feat"):
         fem(q.long(), p, m)
+
+
+def test_map_skip_adds_the_first_maps_answer_to_the_foreground_logits():
+    """Known answer: the same weights without the skip, plus gain * (map - 0.5) on the foreground
+    logit of the main and every auxiliary output (the map resized to the output size)."""
+    torch.manual_seed(0)
+    plain = FEMDecoder(channels=8, n_maps=2, bins=(4, 2), dropout=0.0).double().eval()
+    skip = FEMDecoder(channels=8, n_maps=2, bins=(4, 2), dropout=0.0, map_skip=3.0).double().eval()
+    missing = skip.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["map_gain"]
+    q, p, maps = torch.randn(2, 8, 6, 6).double(), torch.randn(2, 8).double(), torch.rand(2, 2, 6, 6).double()
+    (lp, ap), (ls, as_) = plain(q, p, maps, size=(11, 13)), skip(q, p, maps, size=(11, 13))
+    shift = 3.0 * (F.interpolate(maps[:, :1], size=(11, 13), mode="bilinear", align_corners=True) - 0.5)
+    for a, b in ((lp, ls), *zip(ap, as_, strict=True)):
+        torch.testing.assert_close(b[:, :1], a[:, :1])
+        torch.testing.assert_close(b[:, 1:], a[:, 1:] + shift)
+
+
+def test_map_skip_gain_learns_and_zero_means_no_parameter():
+    fem = FEMDecoder(channels=8, n_maps=1, bins=(4, 2), map_skip=4.0)
+    logits, aux = fem(torch.randn(2, 8, 6, 6), torch.randn(2, 8), torch.rand(2, 1, 6, 6))
+    (logits[:, 1].mean() + sum(a[:, 1].mean() for a in aux)).backward()
+    assert fem.map_gain.grad is not None and fem.map_gain.grad.abs() > 0
+    assert "map_skip=4.0" in repr(fem)
+    assert "map_gain" not in dict(FEMDecoder(channels=8, n_maps=1, bins=(4, 2)).named_parameters())
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True])
+def test_map_skip_bad_values_are_refused(bad):
+    with pytest.raises(ValueError, match="map_skip"):
+        FEMDecoder(channels=8, bins=(2, 1), map_skip=bad)
+
+
+def test_map_skip_needs_two_classes():
+    with pytest.raises(ValueError, match="num_classes=2"):
+        FEMDecoder(channels=8, bins=(2, 1), num_classes=3, map_skip=1.0)

@@ -28,7 +28,8 @@ def _episode(seed=0):
 def trained(tmp_path_factory):
     """A QGNet whose trainable weights differ from any random init, saved once."""
     torch.manual_seed(0)
-    model = QGNet(region_map_backend="chunked", max_chunk_bytes=4096, eps=1e-6, fg_weight=2.0, **TINY)
+    model = QGNet(region_map_backend="chunked", max_chunk_bytes=4096, eps=1e-6, fg_weight=2.0, map_skip=1.5,
+                  **TINY)
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -47,6 +48,7 @@ def test_qgnet_round_trip_gives_identical_outputs(trained):
     loaded = QGNet.from_pretrained(folder)
     assert torch.equal(torch.get_rng_state(), rng)  # the discarded random init ran on a forked RNG
     assert not loaded.training and loaded.fg_weight == 2.0
+    assert config["model"]["map_skip"] == 1.5 and torch.equal(loaded.decoder.map_gain, model.decoder.map_gain)
     assert (loaded.guided_map.backend, loaded.guided_map.max_chunk_bytes, loaded.prior_map.eps) == (
         "chunked", 4096, 1e-6)
     q, s, sm = _episode()

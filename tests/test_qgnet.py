@@ -530,6 +530,8 @@ def test_swap_region_maps_and_decoder_without_subclassing(tiny):
     assert model.config is None  # custom parts: not describable by a config
     with pytest.raises(TypeError, match="decoder"):
         QGNet(decoder=lambda *a: a, **TINY)
+    with pytest.raises(ValueError, match="map_skip.*custom `decoder`"):
+        QGNet(decoder=Decoder(), map_skip=1.0, **TINY)
     with pytest.raises(ValueError, match="prior_map.*use_prior=False"):
         QGNet(use_prior=False, prior_map=ZeroPrior(), **TINY)
 

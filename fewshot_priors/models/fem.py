@@ -13,10 +13,17 @@ one region map (``n_maps=1``), four bins and two classes the module has exactly
 10,030,602 parameters: PFENet's ``init_merge``, ``alpha_conv``, ``beta_conv``,
 ``inner_cls``, ``res1``, ``res2`` and ``cls`` (its ``down_query`` / ``down_supp``
 1x1 convs are *not* part of the decoder; QGNet's mid-level heads play that role).
+
+``map_skip > 0`` (not in the paper; 0 by default) adds a learnable skip from the first
+region map to the foreground logits (main and auxiliary): ``fg += g * (map - 0.5)``, ``g``
+initialised at ``map_skip``. The decoder then starts from the map's answer (foreground where
+the min-max normalised map is above 0.5) and learns a correction to it, instead of starting
+from a constant answer it leaves only once its random convs have learned to read the map.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -92,6 +99,15 @@ class FEMDecoder(nn.Module):
             ``ppm_scales``).
         num_classes: output classes (2: background / foreground).
         dropout: Dropout2d probability inside the classifiers (0.1).
+        map_skip: initial gain of a learnable skip from the first region map (QGNet's guided
+            map) to the foreground logits, ``fg += gain * (map - 0.5)`` (0: no skip, the
+            paper; > 0 adds the parameter ``map_gain``; needs ``num_classes=2``).
+
+    Example:
+        >>> fem = FEMDecoder(channels=8, n_maps=2, bins=(4, 2), map_skip=4.0)
+        >>> logits, aux = fem(torch.rand(1, 8, 6, 6), torch.rand(1, 8), torch.rand(1, 2, 6, 6))
+        >>> tuple(logits.shape), len(aux), fem.map_gain.item()
+        ((1, 2, 6, 6), 2, 4.0)
     """
 
     def __init__(
@@ -101,6 +117,7 @@ class FEMDecoder(nn.Module):
         bins: Sequence[Bin] = (60, 30, 15, 8),
         num_classes: int = 2,
         dropout: float = 0.1,
+        map_skip: float = 0.0,
     ):
         super().__init__()
         for arg, value in (("channels", channels), ("n_maps", n_maps), ("num_classes", num_classes)):
@@ -108,6 +125,10 @@ class FEMDecoder(nn.Module):
                 raise ValueError(f"`{arg}` must be a positive int, got {value!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        if isinstance(map_skip, bool) or not float(map_skip) >= 0 or not math.isfinite(float(map_skip)):
+            raise ValueError(f"`map_skip` must be a finite number >= 0 (0: no skip), got {map_skip!r}")
+        if map_skip and num_classes != 2:
+            raise ValueError(f"`map_skip` adds to the foreground logit: it needs num_classes=2, got {num_classes}")
         self.channels = channels
         self.n_maps = n_maps
         self.bins = _check_bins(bins)
@@ -127,9 +148,14 @@ class FEMDecoder(nn.Module):
         self.res1 = nn.Sequential(nn.Conv2d(n * c, c, kernel_size=1, bias=False), nn.ReLU(inplace=True))
         self.res2 = _refine(c)
         self.cls = _classifier(c, num_classes, dropout)
+        self.map_skip = float(map_skip)
+        if self.map_skip:
+            self.map_gain = nn.Parameter(torch.tensor(self.map_skip))
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, n_maps={self.n_maps}, bins={self.bins}, num_classes={self.num_classes}"
+        skip = f", map_skip={self.map_skip}" if self.map_skip else ""
+        return (f"channels={self.channels}, n_maps={self.n_maps}, bins={self.bins}, "
+                f"num_classes={self.num_classes}{skip}")
 
     def bin_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """The pooled size of every scale for a ``height x width`` feature map."""
@@ -210,4 +236,14 @@ class FEMDecoder(nn.Module):
         logits = self.cls(x)
         if out_size != feat_size:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+        if self.map_skip:
+            first = region_maps[:, :1]
+            logits, aux = self._skip(logits, first), [self._skip(a, first) for a in aux]
         return logits, aux
+
+    def _skip(self, logits: torch.Tensor, region_map: torch.Tensor) -> torch.Tensor:
+        """``logits`` (``B, 2, H, W``) with ``map_gain * (region_map - 0.5)`` added to the foreground
+        logit (``region_map``: ``B, 1, h, w``, resized bilinearly to ``H, W``)."""
+        resized = F.interpolate(region_map, size=logits.shape[-2:], mode="bilinear", align_corners=True)
+        shift = (self.map_gain * (resized - 0.5)).to(logits.dtype)
+        return torch.cat([logits[:, :1], logits[:, 1:] + shift], dim=1)

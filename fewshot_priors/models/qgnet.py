@@ -190,6 +190,9 @@ class QGNet(PretrainedMixin, nn.Module):
             the object whatever its size, so a small foreground cannot be ignored.
         dropout: Dropout2d probability after the query / support heads and the two prior
             projections (the paper's 0.5; less on tiny data lets the decoder learn faster).
+        map_skip: initial gain of the default decoder's learnable skip from the first region map
+            (the guided map) to the foreground logits (0: none, the paper; see
+            :class:`~fewshot_priors.models.fem.FEMDecoder`). Not with a custom ``decoder``.
         mean, std: the per-channel RGB statistics the supervised backbone normalises its
             ``[0, 1]`` input with (default: its weights file's, else its timm
             ``pretrained_cfg``; see :func:`~fewshot_priors.models.backbone.input_normalisation`).
@@ -243,6 +246,7 @@ class QGNet(PretrainedMixin, nn.Module):
         fg_weight: float = 1.0,
         dice_weight: float = 0.0,
         dropout: float = 0.5,
+        map_skip: float = 0.0,
         region_map_backend: str = "auto",
         output_stride: int = 8,
         max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
@@ -273,6 +277,8 @@ class QGNet(PretrainedMixin, nn.Module):
         for name, part in (("guided_map", guided_map), ("prior_map", prior_map), ("decoder", decoder)):
             if part is not None and not isinstance(part, nn.Module):
                 raise TypeError(f"`{name}` must be an nn.Module (or None for the default), got {type(part).__name__}")
+        if decoder is not None and map_skip:
+            raise ValueError("`map_skip` configures the default FEMDecoder; a custom `decoder` adds its own skip")
         if prior_map is not None and not self.use_prior:
             raise ValueError("`prior_map` given with use_prior=False (the ablation has no prior map)")
         # the region maps first: the options are checked once (even when custom parts leave them
@@ -312,7 +318,8 @@ class QGNet(PretrainedMixin, nn.Module):
         self.support_head = _mid_head(low_c + mid_c, channels, self.dropout)
         n_maps = sum(channels_out for _, channels_out in self._map_io.values())
         self.decoder = (
-            FEMDecoder(channels=channels, n_maps=n_maps, bins=bins, num_classes=2) if decoder is None else decoder
+            FEMDecoder(channels=channels, n_maps=n_maps, bins=bins, num_classes=2, map_skip=map_skip)
+            if decoder is None else decoder
         )
         self.region_maps = nn.ModuleDict(maps)
         # decided now and after every weight load (never inside forward: a traced or exported forward
@@ -400,6 +407,7 @@ class QGNet(PretrainedMixin, nn.Module):
             "fg_weight": self.fg_weight,
             "dice_weight": self.dice_weight,
             "dropout": self.dropout,
+            "map_skip": self.decoder.map_skip,
             "output_stride": int(output_stride),
             "region_map_backend": self._map_options["backend"],
             "max_chunk_bytes": self._map_options["max_chunk_bytes"],

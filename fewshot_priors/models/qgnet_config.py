@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from .._typecheck import ConfigKey, positive_error, stats_error
+from .._typecheck import ConfigKey, nonnegative_error, positive_error, stats_error
 from ..constants import DEFAULT_MAX_CHUNK_BYTES
 from ..ops.similarity import BACKENDS
 
@@ -73,6 +73,8 @@ MODEL_SPEC: dict[str, ConfigKey] = {
                              "paper's loss)"),
     "dropout": ConfigKey(0.5, "Dropout2d after the query / support heads and the prior projections (the paper's "
                          "0.5)"),
+    "map_skip": ConfigKey(0.0, "initial gain of a learnable skip from the guided map to the foreground logits (0 = "
+                          "none: the paper)", rule=nonnegative_error),
     "output_stride": ConfigKey(8, "backbone output stride (dilated)", min=1),
     "region_map_backend": ConfigKey("auto", "backend of the region-map ops", choices=tuple(BACKENDS)),
     "max_chunk_bytes": ConfigKey(DEFAULT_MAX_CHUNK_BYTES, "region-map ops: memory bound of one similarity tile "
@@ -153,7 +155,7 @@ def qgnet_kwargs(model_cfg: Mapping | None = None, **overrides: Any) -> dict[str
     # the casts the engine's build_model always made (config values may come as e.g. YAML ints for floats)
     for key, cast in (("pretrained", bool), ("use_prior", bool), ("bins", tuple), ("channels", int),
                       ("aux_weight", float), ("fg_weight", float), ("dice_weight", float), ("dropout", float),
-                      ("output_stride", int)):
+                      ("map_skip", float), ("output_stride", int)):
         if key in kwargs:
             kwargs[key] = cast(kwargs[key])
     if not kwargs.get("use_prior", True):
