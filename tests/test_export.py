@@ -33,14 +33,14 @@ def _real_photos() -> Path | None:
 REAL = _real_photos()
 
 
-def _model(backbone: str = "resnet18", use_prior: bool = True, bins=(4, 2)) -> QGNet:
+def _model(backbone: str = "resnet18", use_prior: bool = True, bins=(4, 2), map_skip: float = 0.0) -> QGNet:
     torch.manual_seed(0)
-    return QGNet(backbone, use_prior=use_prior, bins=bins, channels=16).eval()
+    return QGNet(backbone, use_prior=use_prior, bins=bins, channels=16, map_skip=map_skip).eval()
 
 
 #: the real-photo recipe's architecture (EfficientNet-Lite0: timm's "same" padding; bins as fractions of
-#: the feature size), and a ResNet without prior map taking 2 shots
-MODELS = {"lite0_prior_1shot": (dict(backbone="tf_efficientnet_lite0", bins=(1.0, 0.5)), 1),
+#: the feature size; the guided map's skip to the logits), and a ResNet without prior map taking 2 shots
+MODELS = {"lite0_prior_1shot": (dict(backbone="tf_efficientnet_lite0", bins=(1.0, 0.5), map_skip=4.0), 1),
           "resnet18_no_prior_2shot": (dict(use_prior=False), 2)}
 
 
