@@ -236,14 +236,13 @@ class FEMDecoder(nn.Module):
         logits = self.cls(x)
         if out_size != feat_size:
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
-        if self.map_skip:
-            first = region_maps[:, :1]
-            logits, aux = self._skip(logits, first), [self._skip(a, first) for a in aux]
+        if self.map_skip:  # every output is at out_size: one resized map, one shift for all
+            first = F.interpolate(region_maps[:, :1], size=out_size, mode="bilinear", align_corners=True)
+            shift = (self.map_gain * (first - 0.5)).to(logits.dtype)
+            logits, aux = _add_to_foreground(logits, shift), [_add_to_foreground(a, shift) for a in aux]
         return logits, aux
 
-    def _skip(self, logits: torch.Tensor, region_map: torch.Tensor) -> torch.Tensor:
-        """``logits`` (``B, 2, H, W``) with ``map_gain * (region_map - 0.5)`` added to the foreground
-        logit (``region_map``: ``B, 1, h, w``, resized bilinearly to ``H, W``)."""
-        resized = F.interpolate(region_map, size=logits.shape[-2:], mode="bilinear", align_corners=True)
-        shift = (self.map_gain * (resized - 0.5)).to(logits.dtype)
-        return torch.cat([logits[:, :1], logits[:, 1:] + shift], dim=1)
+
+def _add_to_foreground(logits: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``logits`` (``B, 2, H, W``) with ``shift`` (``B, 1, H, W``) added to the foreground logit."""
+    return torch.cat([logits[:, :1], logits[:, 1:] + shift], dim=1)
