@@ -23,7 +23,6 @@ from a constant answer it leaves only once its random convs have learned to read
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 
 from fewshot_priors.ops.checks import check_float, check_rank, check_same
 
-from .._validate import is_int
+from .._validate import finite_number, is_int
 
 __all__ = ["FEMDecoder"]
 
@@ -125,8 +124,7 @@ class FEMDecoder(nn.Module):
                 raise ValueError(f"`{arg}` must be a positive int, got {value!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
-        if isinstance(map_skip, bool) or not float(map_skip) >= 0 or not math.isfinite(float(map_skip)):
-            raise ValueError(f"`map_skip` must be a finite number >= 0 (0: no skip), got {map_skip!r}")
+        map_skip = finite_number("map_skip", map_skip, note=" (0: no skip)")
         if map_skip and num_classes != 2:
             raise ValueError(f"`map_skip` adds to the foreground logit: it needs num_classes=2, got {num_classes}")
         self.channels = channels
@@ -148,7 +146,7 @@ class FEMDecoder(nn.Module):
         self.res1 = nn.Sequential(nn.Conv2d(n * c, c, kernel_size=1, bias=False), nn.ReLU(inplace=True))
         self.res2 = _refine(c)
         self.cls = _classifier(c, num_classes, dropout)
-        self.map_skip = float(map_skip)
+        self.map_skip = map_skip
         if self.map_skip:
             self.map_gain = nn.Parameter(torch.tensor(self.map_skip))
 

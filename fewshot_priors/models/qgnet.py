@@ -35,7 +35,6 @@ a QGNet from the config's ``model`` section; :meth:`QGNet.save_pretrained` /
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fewshot_priors._validate import finite_number
 from fewshot_priors.constants import DEFAULT_MAX_CHUNK_BYTES, IGNORE_INDEX
 from fewshot_priors.models._pretrained import QGNET_FORMAT, PretrainedMixin
 from fewshot_priors.models.backbone import FrozenBackbone, create_backbone
@@ -265,12 +265,8 @@ class QGNet(PretrainedMixin, nn.Module):
             raise ValueError(f"`aux_weight` must be >= 0, got {aux_weight!r}")
         self.use_prior = bool(use_prior)
         self.aux_weight = float(aux_weight)
-        if isinstance(fg_weight, bool) or not float(fg_weight) > 0 or not math.isfinite(float(fg_weight)):
-            raise ValueError(f"`fg_weight` must be a finite number > 0, got {fg_weight!r}")
-        self.fg_weight = float(fg_weight)
-        if isinstance(dice_weight, bool) or not float(dice_weight) >= 0 or not math.isfinite(float(dice_weight)):
-            raise ValueError(f"`dice_weight` must be a finite number >= 0, got {dice_weight!r}")
-        self.dice_weight = float(dice_weight)
+        self.fg_weight = finite_number("fg_weight", fg_weight, positive=True)
+        self.dice_weight = finite_number("dice_weight", dice_weight)
         if isinstance(dropout, bool) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
