@@ -24,7 +24,7 @@ import torch
 from .constants import IGNORE_INDEX
 from .distributed import all_reduce_sum, world_size
 
-__all__ = ["FewShotSegMeter", "pixel_average_precision", "pixel_roc_auc"]
+__all__ = ["FewShotSegMeter", "foreground_iou", "pixel_average_precision", "pixel_roc_auc"]
 
 _EPS = 1e-10
 
@@ -94,6 +94,65 @@ def pixel_average_precision(scores: torch.Tensor, target: torch.Tensor, ignore_i
     return float((tp_at / n_pos * (tp / seen)).sum())
 
 
+def _binary_pair(pred: torch.Tensor, target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a binary prediction and its label (``B, H, W`` or ``H, W``); both as int64 ``B, H, W`` on the CPU."""
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise TypeError("`pred` and `target` must be torch.Tensors")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"`pred` {tuple(pred.shape)} and `target` {tuple(target.shape)} must have the "
+            "same shape (resize the prediction to the label first)"
+        )
+    if pred.dim() == 2:
+        pred, target = pred[None], target[None]
+    if pred.dim() != 3:
+        raise ValueError(f"`pred` must have shape B, H, W or H, W, got {tuple(pred.shape)}")
+    if pred.is_floating_point():
+        raise TypeError("`pred` must be a binary label map (bool/int), not scores")
+    pred = pred.detach().cpu().long()
+    target = target.detach().cpu().long()
+    if bool((~((pred == 0) | (pred == 1))).any()):
+        raise ValueError("`pred` must contain only 0 and 1")
+    valid = target != ignore_index
+    if bool((valid & ~((target == 0) | (target == 1))).any()):
+        raise ValueError(f"`target` must contain only 0, 1 and {ignore_index}")
+    return pred, target
+
+
+def _intersection_union(pred: torch.Tensor, target: torch.Tensor, value: int,
+                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (float64 ``B``): the intersection and union of ``pred == value`` and ``target == value``
+    over the pixels not labelled ``ignore_index`` (arguments checked by :func:`_binary_pair`)."""
+    valid = target != ignore_index
+    p, t = (pred == value) & valid, (target == value) & valid
+    return (p & t).flatten(1).sum(1).double(), (p | t).flatten(1).sum(1).double()
+
+
+def foreground_iou(pred: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The foreground IoU of each sample (not accumulated over episodes as :class:`FewShotSegMeter` does).
+
+    Args:
+        pred: binary prediction ``B, H, W`` or ``H, W`` (0 / 1, bool or int).
+        target: label of the same shape with 0 / 1 / ``ignore_index`` (excluded).
+
+    Returns:
+        float64 ``B`` (``1`` for an ``H, W`` pair) in [0, 1]; a sample with no foreground in either
+        (empty union) scores 1: nothing to find, nothing found.
+
+    Raises:
+        TypeError / ValueError: as :meth:`FewShotSegMeter.update` (shapes, values).
+
+    Example:
+        >>> pred = torch.tensor([[1, 1, 0, 0]])
+        >>> target = torch.tensor([[1, 0, 0, 255]])
+        >>> foreground_iou(pred, target)  # 1 px in both / 2 px in either
+        tensor([0.5000], dtype=torch.float64)
+    """
+    pred, target = _binary_pair(pred, target, ignore_index)
+    inter, union = _intersection_union(pred, target, 1, ignore_index)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
 class FewShotSegMeter:
     """Accumulates per-class and foreground/background intersection and union.
 
@@ -139,19 +198,7 @@ class FewShotSegMeter:
             target: label ``B, H, W`` or ``H, W`` with 0 / 1 / ``ignore_index``.
             class_id: the episode's class, an int or one per sample (sequence / tensor).
         """
-        if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-            raise TypeError("`pred` and `target` must be torch.Tensors")
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"`pred` {tuple(pred.shape)} and `target` {tuple(target.shape)} must have the "
-                "same shape (resize the prediction to the label first)"
-            )
-        if pred.dim() == 2:
-            pred, target = pred[None], target[None]
-        if pred.dim() != 3:
-            raise ValueError(f"`pred` must have shape B, H, W or H, W, got {tuple(pred.shape)}")
-        if pred.is_floating_point():
-            raise TypeError("`pred` must be a binary label map (bool/int), not scores")
+        pred, target = _binary_pair(pred, target, self.ignore_index)
         b = pred.shape[0]
         if isinstance(class_id, torch.Tensor):
             class_id = class_id.flatten().tolist()
@@ -161,23 +208,8 @@ class FewShotSegMeter:
         unknown = sorted({c for c in ids if c not in self._pos})
         if unknown:
             raise ValueError(f"`class_id` {unknown} not in the meter's class_ids {self.class_ids}")
-        pred = pred.detach().cpu().long()
-        target = target.detach().cpu().long()
-        bad_pred = ~((pred == 0) | (pred == 1))
-        if bool(bad_pred.any()):
-            raise ValueError("`pred` must contain only 0 and 1")
-        valid = target != self.ignore_index
-        bad_t = valid & ~((target == 0) | (target == 1))
-        if bool(bad_t.any()):
-            raise ValueError(f"`target` must contain only 0, 1 and {self.ignore_index}")
-        p = (pred == 1) & valid
-        t = (target == 1) & valid
-        inter = (p & t).flatten(1).sum(1).double()
-        union = (p | t).flatten(1).sum(1).double()
-        pb = (pred == 0) & valid
-        tb = (target == 0) & valid
-        inter_b = (pb & tb).flatten(1).sum(1).double()
-        union_b = (pb | tb).flatten(1).sum(1).double()
+        inter, union = _intersection_union(pred, target, 1, self.ignore_index)
+        inter_b, union_b = _intersection_union(pred, target, 0, self.ignore_index)
         idx = torch.tensor([self._pos[c] for c in ids], dtype=torch.long)
         self.intersection.index_add_(0, idx, inter)
         self.union.index_add_(0, idx, union)
