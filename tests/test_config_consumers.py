@@ -64,6 +64,7 @@ CONSUMERS: dict[tuple[str, str], list[str]] = {
     ("eval", "episodes"): ["fewshot_priors.app.cli:_cmd_eval", "fewshot_priors.app.study:train_and_score"],
     ("eval", "seed"): ["fewshot_priors.app.cli:_cmd_eval", "fewshot_priors.app.cli:_cmd_train"],
     ("eval", "batch_size"): ["fewshot_priors.app.cli:_cmd_eval", "fewshot_priors.app.study:train_and_score"],
+    ("eval", "support_check"): ["fewshot_priors.app.cli:_cmd_eval", "fewshot_priors.app.study:_score"],
     # the pretraining loop, or the ssl builders it calls (ssl.factory: the section -> model, sampler, dataset)
     **{("pretrain", k): ["fewshot_priors.ssl.factory" if k in _SSL_FACTORY_KEYS else "fewshot_priors.engine.pretrain"]
        for k in DEFAULTS["pretrain"]},

@@ -22,6 +22,7 @@ from fewshot_priors.data.io import AmbiguousMaskWarning, binary_mask, write_pale
 from fewshot_priors.engine.build import build_dataset, build_model
 from fewshot_priors.engine.checkpoint import save_checkpoint
 from fewshot_priors.engine.predict import Predictor, load_trained_model
+from fewshot_priors.engine.support_check import SupportCheck
 
 SIZE = 64
 OVERRIDES = ["data.image_size=64", "model.bins=[4, 2]", "model.channels=16", "experiment.device=cpu"]
@@ -92,6 +93,32 @@ def test_predictor_gives_the_evaluation_protocols_prediction(predictor, syntheti
         np.testing.assert_array_equal(out.mask, (out.foreground > 0.5).astype(np.uint8))
         shares.append(out.mask.mean())
     assert 0.0 < min(shares) and max(shares) < 1.0  # neither empty nor full: the comparison means something
+
+
+def test_the_support_check_answers_as_in_the_evaluation(run_dir, synthetic, predictor):
+    """With ``eval.support_check`` the predictor answers as :class:`SupportCheck` does in the evaluation
+    (the model, or its guided map where the map did better on the supports) and says which answered."""
+    checked = Predictor.from_trained(run_dir, device="cpu", overrides=["eval.support_check=true"])
+    assert checked.support_check and not predictor.support_check  # the key of the model's config
+    cfg = load_config(run_dir / "config.yaml", [f"data.root={synthetic}", "data.min_pixels=200"])
+    ds = build_dataset(cfg, "val", shots=3, episodes=4, seed=5, progress=False)
+    answers = []
+    for i in range(4):
+        ep = ds[i]
+        qi, c, sup = ds.episode(i)
+        out = checked(ds.entries[qi].image, [(ds.entries[s].image, ds.entries[s].label) for s in sup], class_id=c)
+        with torch.no_grad():
+            ref = SupportCheck(checked.model)(ep["query_image"][None], ep["support_images"][None],
+                                              ep["support_masks"][None])
+        expected = restore_prediction(ref["logits"][0], ep["query_valid_hw"], ep["query_mask_orig"].shape)
+        np.testing.assert_array_equal(out.mask, expected.numpy())
+        assert out.support_check["model_iou"] == pytest.approx(float(ref["support_check"]["model"][0]))
+        assert out.support_check["guided_map_iou"] == pytest.approx(float(ref["support_check"]["guided_map"][0]))
+        answers.append(out.support_check["answer"])
+        assert answers[-1] == ("guided_map" if bool(ref["support_check"]["use_map"][0]) else "model")
+    assert "guided_map" in answers  # the map's path is exercised (the model has random weights)
+    one_shot = checked(ds.entries[qi].image, [(ds.entries[sup[0]].image, ds.entries[sup[0]].label)], class_id=c)
+    assert one_shot.support_check is None  # one support: nothing to check it on
 
 
 def test_every_input_form_gives_the_same_mask(predictor, tmp_path):
@@ -196,6 +223,13 @@ def test_predict_command_on_real_photos(run_dir, tmp_path, capsys):
     # the API gives the same mask for the same files
     pred = Predictor.from_trained(run_dir, device="cpu")(photos[2], [(p, p.with_suffix(".png")) for p in photos[:2]])
     np.testing.assert_array_equal(pred.mask * 255, np.asarray(Image.open(out / summary["queries"][0]["mask"])))
+    assert summary["support_check"] is None  # eval.support_check is off in the model's config
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run_dir), *support, "--query", str(photos[2]), "--output-dir",
+                 str(out), "--no-progress", "--device", "cpu", "--set", "eval.support_check=true"]) == 0
+    check = json.loads((out / "predictions.json").read_text())["support_check"]
+    assert set(check) == {"model_iou", "guided_map_iou", "answer"}
+    assert f"model IoU {100 * check['model_iou']:.1f} %" in capsys.readouterr().out
 
 
 def test_predict_command_reports_bad_input_in_one_line(run_dir, tmp_path, capsys):

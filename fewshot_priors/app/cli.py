@@ -586,6 +586,10 @@ def _cmd_eval(args) -> int:
             cfg["eval"]["episodes"] if cfg["eval"]["episodes"] is not None else cfg["data"]["test_episodes"])
         seed = cfg["eval"]["seed"] if args.seed is None else args.seed
         model = _load_model_for_eval(cfg, args.checkpoint)
+        if cfg["eval"]["support_check"]:  # K >= 2: the guided map answers where it did better on the supports
+            from fewshot_priors.engine.support_check import SupportCheck
+
+            model = SupportCheck(model)
         datasets = []
 
         def run(episodes: int, seed: int) -> dict:
@@ -697,6 +701,11 @@ def _cmd_predict(args) -> int:
     res = run_predict(args.model, [tuple(s) for s in args.support], args.query, args.output_dir,
                       class_id=args.class_id, config=args.config, overrides=args.overrides,
                       image_size=args.image_size, device=args.device, maps=args.maps, progress=not args.no_progress)
+    check = res["support_check"]
+    if check is not None:
+        answer = "the guided map answers" if check["answer"] == "guided_map" else "the model answers"
+        print(f"support check (each support segmented from the others): model IoU {100 * check['model_iou']:.1f} %, "
+              f"guided map >= 0.5 {100 * check['guided_map_iou']:.1f} %: {answer}")
     print(f"wrote {len(res['queries'])} mask(s) and overlay(s) to {args.output_dir} (predictions.json lists them)")
     return 0
 

@@ -6,7 +6,9 @@ For every query image (files, or every image of a folder) it writes into the out
 * ``<stem>_overlay.png``: the query with the mask blended in red,
 * with ``maps=True``, ``<stem>_guided.png`` and ``<stem>_prior.png``: the guided and prior
   region maps at the query's size, in the viridis colour map (no prior map for a model without prior),
-* ``predictions.json``: the model, the supports, and per query its files and foreground share.
+* ``predictions.json``: the model, the supports, the support check (with ``eval.support_check`` and
+  two or more supports: how the model and its guided map did on the supports, and which answered)
+  and per query its files and foreground share.
 
 The work is :class:`~fewshot_priors.engine.predict.Predictor`'s; this module finds the files,
 checks them before the model is loaded, and writes the images.
@@ -128,14 +130,15 @@ def run_predict(model: str | os.PathLike, supports: Sequence[tuple[str | os.Path
                                        device=device)
     shots = [(str(i), str(m)) for i, m in supports]
     preds = predictor.predict(files, shots, class_id=class_id)
-    rows = []
+    rows, check = [], None
     for path, stem, pred in progress_bar(zip(files, _output_stems(files), preds), total=len(files),
                                          desc="predict", disable=not progress):
         rgb = rgb_image(path)  # read again for the overlay (the predictor keeps no copy)
         written = _write_one(out, stem, rgb, pred, maps)
         rows.append({"query": str(path), "height": rgb.shape[0], "width": rgb.shape[1],
                      "foreground": float(pred.mask.mean()), **written})
+        check = pred.support_check  # the same for every query: it depends on the supports only
     summary = {"model": str(model), "supports": [{"image": i, "mask": m} for i, m in shots],
-               "class_id": class_id, "image_size": predictor.image_size, "queries": rows}
+               "class_id": class_id, "image_size": predictor.image_size, "support_check": check, "queries": rows}
     (out / "predictions.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -236,6 +236,7 @@ def _model_record(run: ScoredVariant, variant: str, cfg: Mapping, figures: dict[
         "results": results,
         "recall": run.recall,
         "map_auc": run.map_auc,
+        "support_check": run.support_check,
         "train": {**training_record(res, cfg),
                   "train_classes": len(run.train_set.class_ids),
                   "validation_classes": [run.train_set.class_names[c] for c in run.train_set.val_class_ids],

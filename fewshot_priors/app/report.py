@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
 
-__all__ = ["MapAUC", "MapRecall", "ablation_markdown", "episode_rows", "figure_episodes", "gains_markdown",
+__all__ = ["MapAUC", "MapRecall", "SupportCheckTally", "ablation_markdown", "episode_rows", "figure_episodes", "gains_markdown",
            "paired_gains", "pct", "predictors", "results_markdown", "spread", "summarize"]
 
 
@@ -95,18 +95,53 @@ class MapAUC:
         return out
 
 
+class SupportCheckTally:
+    """What the support check (:class:`~fewshot_priors.engine.support_check.SupportCheck`) did over
+    the evaluated episodes: how many it checked (K >= 2), in how many the guided map answered, and
+    the mean support IoU of the model and of the map."""
+
+    def __init__(self) -> None:
+        self.model_iou: list[float] = []
+        self.map_iou: list[float] = []
+        self.map_answers = 0
+
+    def update(self, out: Mapping[str, Any]) -> None:
+        check = out.get("support_check")
+        if check is None:  # a 1-shot batch: not checked
+            return
+        self.model_iou.extend(check["model"].tolist())
+        self.map_iou.extend(check["guided_map"].tolist())
+        self.map_answers += int(check["use_map"].sum())
+
+    def compute(self) -> dict[str, Any]:
+        """``{"episodes", "map_answers", "model_iou", "guided_map_iou"}`` (IoUs as fractions); ``{}``
+        when no episode was checked."""
+        if not self.model_iou:
+            return {}
+        return {"episodes": len(self.model_iou), "map_answers": self.map_answers,
+                "model_iou": statistics.fmean(self.model_iou), "guided_map_iou": statistics.fmean(self.map_iou)}
+
+
 def predictors(model: torch.nn.Module, recall: MapRecall | None = None, with_baselines: bool = True,
-               auc: MapAUC | None = None):
+               auc: MapAUC | None = None, checks: SupportCheckTally | None = None):
     """``batch -> {name: prediction}``: the model's logits and the two baselines' label maps,
     from one forward pass (logits are scored by bilinear resize then argmax, as PFENet).
 
     With ``recall``, the region maps of each batch are also scored against
     ``batch["query_mask"]`` (Table 7); with ``auc``, their threshold-free AUC / AP
-    (:class:`MapAUC`). Without baselines it returns the model's logits.
+    (:class:`MapAUC`). Without baselines it returns the model's logits. With ``checks``, the model
+    answers through the support check (:class:`~fewshot_priors.engine.support_check.SupportCheck`,
+    ``eval.support_check``), tallied in ``checks``.
     """
+    if checks is not None:
+        from fewshot_priors.engine.support_check import SupportCheck
+
+        model = SupportCheck(model)
 
     def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | torch.Tensor:
         out = model(batch["query_image"], batch["support_images"], batch["support_masks"])
+        if checks is not None:
+            checks.update(out)
         if recall is not None:
             recall.update(out, batch["query_mask"])
         if auc is not None:

@@ -200,6 +200,8 @@ class ScoredVariant:
         recall: ``{"1-shot": Table-7 recall of the region maps}`` (with ``recall=True``).
         map_auc: ``{"1-shot": threshold-free AUC / AP of the region maps}`` (with ``map_auc=True``,
             see :class:`~fewshot_priors.app.report.MapAUC`).
+        support_check: ``{"5-shot": what the support check did}`` (with ``eval.support_check``, the
+            K >= 2 scored; see :class:`~fewshot_priors.app.report.SupportCheckTally`).
         foreground_share: ``{"1-shot": share of the query pixels the model predicts foreground}``.
         skipped: ``{"5-shot": why}``: K not scored (``skip_ineligible``).
         timings_s: ``{"train": s, "evaluate": s}``.
@@ -213,6 +215,7 @@ class ScoredVariant:
     datasets: dict[int, Any] = field(default_factory=dict)
     recall: dict[str, Any] = field(default_factory=dict)
     map_auc: dict[str, Any] = field(default_factory=dict)
+    support_check: dict[str, Any] = field(default_factory=dict)
     foreground_share: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -307,14 +310,16 @@ def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall:
            progress: bool, desc: str) -> None:
     """Score ``run.model`` K-shot on the episodes ``ds`` (with the baselines and map meters asked for)
     into ``run``."""
-    from fewshot_priors.app.report import MapAUC, MapRecall, predictors
+    from fewshot_priors.app.report import MapAUC, MapRecall, SupportCheckTally, predictors
     from fewshot_priors.engine.evaluate import evaluate
 
     cfg, name = run.config, f"{k}-shot"
     meter = MapRecall() if recall else None
     auc_meter = MapAUC() if map_auc else None
+    checks = SupportCheckTally() if cfg["eval"]["support_check"] else None
     r = evaluate(run.model, ds, seed=cfg["experiment"]["seed"], batch_size=cfg["eval"]["batch_size"],
-                 predict_fn=predictors(run.model, recall=meter, with_baselines=with_baselines, auc=auc_meter),
+                 predict_fn=predictors(run.model, recall=meter, with_baselines=with_baselines, auc=auc_meter,
+                                       checks=checks),
                  progress=progress, desc=desc)
     run.results[name] = r if with_baselines else {"qgnet": r}
     run.datasets[k] = ds
@@ -323,6 +328,8 @@ def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall:
         run.recall[name] = meter.compute()
     if auc_meter is not None:
         run.map_auc[name] = auc_meter.compute()
+    if checks is not None and checks.compute():
+        run.support_check[name] = checks.compute()
 
 
 

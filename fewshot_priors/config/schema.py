@@ -161,6 +161,9 @@ SCHEMA: dict[str, dict[str, ConfigKey]] = {
         "episodes": K(None, "evaluation episodes (null: data.test_episodes)", min=1, resume=FREE),
         "seed": K(321, "seed of the evaluation episodes", resume=FREE),
         "batch_size": K(1, "episodes per evaluation batch", min=1, resume=FREE),
+        "support_check": K(False, "K >= 2 shots: segment each support from the others and answer with the guided "
+                           "map >= 0.5 in the episodes where it scored higher on them than the model "
+                           "(engine.support_check; not in the paper)", resume=FREE),
     },
     "pretrain": {
         # self-supervised GlobalLocalMoCo pretraining of the prior extractor (engine/pretrain.py);

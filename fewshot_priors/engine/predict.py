@@ -34,6 +34,7 @@ from ..data.io import binary_mask, rgb_image
 from ..models.hub import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
 from .checkpoint import checkpoint_paths, load_checkpoint
 from .runtime import config_device, resolve_device
+from .support_check import leave_one_out_iou, map_answers, map_logits
 
 __all__ = ["Prediction", "Predictor", "load_trained_model", "model_from_checkpoint"]
 
@@ -54,12 +55,18 @@ class Prediction:
         foreground: float32 foreground probability (softmax of the resized logits).
         guided_map: float32 guided region map (PFENet's prior, in [0, 1]) resized to ``H0, W0``.
         prior_map: float32 prior region map (eqs. 9-12), ``None`` for a model without prior.
+        support_check: with the support check and K >= 2 supports (:class:`Predictor`),
+            ``{"model_iou", "guided_map_iou", "answer"}``: the mean IoU of the model and of the
+            guided map >= 0.5 on the supports, each segmented from the others, and which of the two
+            answered (``"model"`` or ``"guided_map"``; then ``mask`` and ``foreground`` are the
+            map's); else ``None``.
     """
 
     mask: np.ndarray
     foreground: np.ndarray
     guided_map: np.ndarray
     prior_map: np.ndarray | None
+    support_check: dict[str, Any] | None = None
 
 
 def model_from_checkpoint(cfg: Mapping, checkpoint: str | os.PathLike,
@@ -156,6 +163,10 @@ class Predictor:
         image_size: the model's input size (its config's ``data.image_size``).
         device: where to run (default: the model's device); the model is moved there and put in
             eval mode.
+        support_check: with K >= 2 supports, segment each support from the others first and
+            answer with the guided map >= 0.5 if it did better on them than the model
+            (:mod:`~fewshot_priors.engine.support_check`; ``eval.support_check`` of the model's config
+            with :meth:`from_trained`).
 
     Call it with a query and ``supports``, a sequence of ``(image, mask)`` pairs (K shots).
     Images are files, PIL images or ``H, W, 3`` arrays (uint8, or float in [0, 1]); masks
@@ -176,15 +187,18 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, *, image_size: int = DEFAULT_IMAGE_SIZE,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, support_check: bool = False) -> None:
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"`model` must be a trained QGNet (nn.Module), got {type(model).__name__}")
         if not is_int(image_size) or image_size < 8:
             raise ValueError(f"`image_size` must be an int >= 8 (the model's input size), got {image_size!r}")
         self.device = resolve_device(str(device)) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
+        if not isinstance(support_check, bool):
+            raise TypeError(f"`support_check` must be True or False, got {support_check!r}")
         self.image_size = image_size
         self.transform = TestTransform(image_size)
+        self.support_check = support_check
 
     @classmethod
     def from_trained(cls, source: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -196,7 +210,7 @@ class Predictor:
         model, cfg = load_trained_model(source, config=config, overrides=overrides, device=device)
         if image_size is None:
             image_size = int(cfg["data"]["image_size"]) if cfg is not None else DEFAULT_IMAGE_SIZE
-        return cls(model, image_size=image_size)
+        return cls(model, image_size=image_size, support_check=bool(cfg is not None and cfg["eval"].get("support_check", False)))
 
     def _canvas(self, image: np.ndarray, mask: np.ndarray | None = None):
         """``(3, S, S) image, (S, S) mask, (h, w) content`` on the model's device and dtype."""
@@ -240,14 +254,28 @@ class Predictor:
             ValueError / BadDataError: a bad support, before the first query is read.
         """
         s_img, s_mask = self._supports(supports, class_id)  # checked now, not at the first next()
-        return (self._one(rgb_image(q), s_img, s_mask) for q in queries)
+        check = self._support_check(s_img, s_mask)  # once: it depends on the supports only
+        return (self._one(rgb_image(q), s_img, s_mask, check) for q in queries)
 
     @torch.no_grad()
-    def _one(self, image: np.ndarray, s_img: torch.Tensor, s_mask: torch.Tensor) -> Prediction:
+    def _support_check(self, s_img: torch.Tensor, s_mask: torch.Tensor) -> dict[str, Any] | None:
+        if not self.support_check or s_img.shape[1] < 2:
+            return None
+        scores = leave_one_out_iou(self.model, s_img, s_mask)
+        answer = "guided_map" if bool(map_answers(scores)[0]) else "model"
+        return {"model_iou": float(scores["model"][0]), "guided_map_iou": float(scores["guided_map"][0]),
+                "answer": answer}
+
+    @torch.no_grad()
+    def _one(self, image: np.ndarray, s_img: torch.Tensor, s_mask: torch.Tensor,
+             check: dict[str, Any] | None) -> Prediction:
         x, _, hw = self._canvas(image)
         orig = image.shape[:2]
         out = self.model(x[None], s_img, s_mask)
-        logits = out["logits"][0].float()
+        if check is not None and check["answer"] == "guided_map":
+            logits = map_logits(out["guided_map"], tuple(x.shape[-2:]))[0]
+        else:
+            logits = out["logits"][0].float()
         mask = restore_prediction(logits, hw, orig)
         fg = _to_original(logits, orig).softmax(0)[1]
 
@@ -258,4 +286,5 @@ class Predictor:
             return _to_original(full, orig)[0].cpu().numpy()
 
         return Prediction(mask=mask.to(torch.uint8).cpu().numpy(), foreground=fg.cpu().numpy(),
-                          guided_map=region(out["guided_map"]), prior_map=region(out.get("prior_map")))
+                          guided_map=region(out["guided_map"]), prior_map=region(out.get("prior_map")),
+                          support_check=check)
