@@ -89,6 +89,20 @@ def test_paired_gains_difference_each_unit_then_spread_over_seeds():
 
 
 @needs_data
+def test_support_check_totals_weigh_each_unit_by_its_episodes():
+    from fewshot_priors.app.real_images import _support_check_markdown, _support_check_totals
+
+    def unit(episodes, answers, model, guided):
+        return {"support_check": {"qgnet": {"5-shot": {"episodes": episodes, "map_answers": answers,
+                                                       "model_iou": model, "guided_map_iou": guided}}}}
+
+    totals = _support_check_totals([unit(10, 2, 0.5, 0.2), unit(30, 15, 0.1, 0.6), {"support_check": {}}])
+    assert totals["qgnet"]["5-shot"] == pytest.approx({"episodes": 40, "map_answers": 17,
+                                                       "model_iou": 0.2, "guided_map_iou": 0.5})
+    assert "| qgnet | 5-shot | 40 | 17 | 20.0 | 50.0 |" in _support_check_markdown(totals)
+    assert _support_check_totals([{"support_check": {"qgnet": {}}}]) == {} and _support_check_markdown({}) == ""
+
+
 def test_unique_images_and_counts_match_the_index():
     index = json.loads((DATA / "index.json").read_text())
     counts = class_image_counts(DATA / "fss_layout")
@@ -163,6 +177,7 @@ def test_end_to_end_quick_run(tmp_path, monkeypatch):
     assert "gain over baseline_all_foreground" in text and set(m["gains"]) == {"baseline_guided_map_0.5",
                                                                                 "baseline_all_foreground"}
     assert m["gains"]["baseline_all_foreground"]["1-shot"]["qgnet"]["units"] == 1
+    assert m["support_check"] == {} and "Support check" not in text  # eval.support_check is off in quick
     assert all(Path(p).is_file() for figs in m["figures"][f"fold{f}"].values() for p in figs.values())
 
     # each finished model is reused by a run with the same settings (an interrupted run resumes; a subset of

@@ -349,6 +349,39 @@ def _selection_text(cfg: Mapping) -> str:
             f"episodes every {t['val_every']} epoch(s), and the checkpoint with the best validation mIoU is scored.")
 
 
+def _support_check_totals(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{variant: {"5-shot": {"episodes", "map_answers", "model_iou", "guided_map_iou"}}}``: what the support
+    check did, summed over the (seed, fold) units (IoUs: means over the checked episodes)."""
+    acc: dict[str, Any] = {}
+    for u in units:
+        for variant, shots in u.get("support_check", {}).items():
+            for shot, c in shots.items():
+                cell = acc.setdefault(variant, {}).setdefault(shot, {"episodes": 0, "map_answers": 0, "model_iou": 0.0,
+                                                                      "guided_map_iou": 0.0})
+                cell["episodes"] += c["episodes"]
+                cell["map_answers"] += c["map_answers"]
+                for key in ("model_iou", "guided_map_iou"):
+                    cell[key] += c[key] * c["episodes"]
+    for shots in acc.values():
+        for cell in shots.values():
+            for key in ("model_iou", "guided_map_iou"):
+                cell[key] /= cell["episodes"]
+    return acc
+
+
+def _support_check_markdown(totals: Mapping[str, Any]) -> str:
+    """The results.md section of the support check (``eval.support_check``; empty without it)."""
+    rows = [f"| {variant} | {shot} | {c['episodes']} | {c['map_answers']} | {_pct(c['model_iou'])} | "
+            f"{_pct(c['guided_map_iou'])} |" for variant, shots in totals.items() for shot, c in shots.items()]
+    if not rows:
+        return ""
+    intro = ("Support check (`eval.support_check`): in each K >= 2 episode every support was segmented from the "
+             "others; where the guided map >= 0.5 scored a higher IoU on them than the model, the map answered the "
+             "query (the model's scores above include this):")
+    return "\n".join(["", intro, "", "| model | K | episodes | the map answered | model's support IoU | "
+                                      "map's support IoU |", "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
 def _plateau_markdown(plateaus: Sequence[Mapping[str, Any]]) -> str:
     """The results.md section listing the models that ended on the background plateau (empty if none)."""
     from fewshot_priors.engine.train import PLATEAU_ADVICE, PLATEAU_FINDING
@@ -474,11 +507,13 @@ def _seed_priors(cfg: Mapping, kinds: Sequence[str], seed: int, images: Sequence
 def _unit_record(res: GroupResult, test_classes: Sequence[str]) -> dict[str, Any]:
     """The ``runs`` entry of ``metrics.json`` of a (seed, fold) group: every model's and the baselines' scores."""
     unit: dict[str, Any] = {"seed": res.group.seed, "fold": res.group.fold, "test_classes": list(test_classes),
-                            "results": res.scores(), "train": {}, "recall": {}, "map_auc": {}, "timings_s": {}}
+                            "results": res.scores(), "train": {}, "recall": {}, "map_auc": {}, "support_check": {},
+                            "timings_s": {}}
     for v, r in res.results.items():
         unit["train"][v] = r["train"]
         unit["recall"][v] = r["recall"]
         unit["map_auc"][v] = r["map_auc"]
+        unit["support_check"][v] = r.get("support_check", {})  # results saved before the check have none
         unit["skipped"] = r["skipped"]
         unit["timings_s"][v] = r["timings_s"]
     return unit
@@ -522,6 +557,7 @@ def _write_reports(out: Path, metrics: Mapping[str, Any], fold_ids: Sequence[int
                  "are meaningless; run without --quick for results.**\n" if metrics["preset"] == "quick" else ""))
     (out / "results.md").write_text(results_markdown(metrics["summary"], header) + gains_markdown(metrics["gains"])
                                     + _maps_markdown(metrics["map_auc"], metrics["recall"])
+                                    + _support_check_markdown(metrics["support_check"])
                                     + _plateau_markdown(metrics["plateau"]), encoding="utf-8")
 
 
@@ -607,6 +643,7 @@ class _Study:
             "gains": {b: paired_gains(runs, b) for b in BASELINES},
             "map_auc": _mean_over(runs, "map_auc"),
             "recall": _mean_over(runs, "recall"),
+            "support_check": _support_check_totals(runs),
             "runs": runs,
             "prior_extractor": {"method": "GlobalLocalMoCo (global + local superpixel InfoNCE), self-supervised",
                                 "backbone": cfg["pretrain"]["backbone"], "init_weights": cfg["pretrain"]["weights"],
