@@ -237,6 +237,21 @@ def test_train_eval_visualize_round_trip(tmp_path, capsys):
     assert res["class_names"] == {"1": name}
     out = capsys.readouterr().out
     assert "mIoU" in out and f"{name} (1)" in out and "class 1" not in out  # the class's name, not its id
+    # eval.support_check: the command scores the checked model, as the Python side does
+    from fewshot_priors.config import load_config
+    from fewshot_priors.engine import build_dataset, evaluate
+    from fewshot_priors.engine.predict import model_from_checkpoint
+    from fewshot_priors.engine.support_check import SupportCheck
+
+    checked = ["--shots", "2", "--episodes", "4", "--seed", "7", "--no-progress", *common]
+    assert main(["eval", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"), *checked,
+                 "--output", str(out_json), "--set", "eval.support_check=true"]) == 0
+    cfg = load_config("demo", common[1::2])
+    ds = build_dataset(cfg, "val", shots=2, episodes=4, seed=7, progress=False)
+    ref = evaluate(SupportCheck(model_from_checkpoint(cfg, tmp_path / "run" / "last")), ds, seed=7, progress=False)
+    plain = evaluate(model_from_checkpoint(cfg, tmp_path / "run" / "last"), ds, seed=7, progress=False)
+    assert json.loads(out_json.read_text())["miou"] == pytest.approx(ref["miou"])
+    assert ref["miou"] != pytest.approx(plain["miou"])  # the check changed answers: the key reached the command
     fig = tmp_path / "fig5.png"
     assert main(["visualize", "--config", "demo", "--checkpoint", str(tmp_path / "run" / "last"),
                  "--episodes", "2", "--output", str(fig), *common]) == 0
