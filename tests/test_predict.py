@@ -73,22 +73,30 @@ def _photo(h=40, w=56, seed=0) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def _episodes_as_files(run_dir, root, shots, n):
+    """``n`` test episodes of the generated set: ``(item, query file, [(support image, label file)], class id)``."""
+    cfg = load_config(run_dir / "config.yaml", [f"data.root={root}", "data.min_pixels=200"])
+    ds = build_dataset(cfg, "val", shots=shots, episodes=n, seed=5, progress=False)
+    for i in range(n):
+        qi, c, sup = ds.episode(i)
+        yield ds[i], ds.entries[qi].image, [(ds.entries[s].image, ds.entries[s].label) for s in sup], c
+
+
+@torch.no_grad()
+def _as_evaluated(model, ep):
+    """``(model output on the item, its logits restored as the evaluation scores them)``."""
+    out = model(ep["query_image"][None], ep["support_images"][None], ep["support_masks"][None])
+    return out, restore_prediction(out["logits"][0], ep["query_valid_hw"], ep["query_mask_orig"].shape).numpy()
+
+
 def test_predictor_gives_the_evaluation_protocols_prediction(predictor, synthetic, run_dir):
     """On a dataset episode the predictor (files in, label maps read with class_id) returns exactly
     what the evaluation scores: the model on the test canvas, restored to the original size."""
-    cfg = load_config(run_dir / "config.yaml", [f"data.root={synthetic}", "data.min_pixels=200"])
-    ds = build_dataset(cfg, "val", shots=2, episodes=3, seed=5, progress=False)
     shares = []
-    for i in range(3):
-        ep = ds[i]
-        qi, c, sup = ds.episode(i)
-        out = predictor(ds.entries[qi].image, [(ds.entries[s].image, ds.entries[s].label) for s in sup], class_id=c)
-        with torch.no_grad():
-            logits = predictor.model(ep["query_image"][None], ep["support_images"][None],
-                                     ep["support_masks"][None])["logits"][0]
-        expected = restore_prediction(logits, ep["query_valid_hw"], ep["query_mask_orig"].shape)
+    for ep, query, supports, c in _episodes_as_files(run_dir, synthetic, shots=2, n=3):
+        out = predictor(query, supports, class_id=c)
         assert out.mask.shape == tuple(ep["query_mask_orig"].shape)
-        np.testing.assert_array_equal(out.mask, expected.numpy())
+        np.testing.assert_array_equal(out.mask, _as_evaluated(predictor.model, ep)[1])
         assert out.foreground.shape == out.mask.shape and out.prior_map.shape == out.mask.shape
         np.testing.assert_array_equal(out.mask, (out.foreground > 0.5).astype(np.uint8))
         shares.append(out.mask.mean())
@@ -100,25 +108,17 @@ def test_the_support_check_answers_as_in_the_evaluation(run_dir, synthetic, pred
     (the model, or its guided map where the map did better on the supports) and says which answered."""
     checked = Predictor.from_trained(run_dir, device="cpu", overrides=["eval.support_check=true"])
     assert checked.support_check and not predictor.support_check  # the key of the model's config
-    cfg = load_config(run_dir / "config.yaml", [f"data.root={synthetic}", "data.min_pixels=200"])
-    ds = build_dataset(cfg, "val", shots=3, episodes=4, seed=5, progress=False)
     answers = []
-    for i in range(4):
-        ep = ds[i]
-        qi, c, sup = ds.episode(i)
-        out = checked(ds.entries[qi].image, [(ds.entries[s].image, ds.entries[s].label) for s in sup], class_id=c)
-        with torch.no_grad():
-            ref = SupportCheck(checked.model)(ep["query_image"][None], ep["support_images"][None],
-                                              ep["support_masks"][None])
-        expected = restore_prediction(ref["logits"][0], ep["query_valid_hw"], ep["query_mask_orig"].shape)
-        np.testing.assert_array_equal(out.mask, expected.numpy())
+    for ep, query, supports, c in _episodes_as_files(run_dir, synthetic, shots=3, n=4):
+        out = checked(query, supports, class_id=c)
+        ref, expected = _as_evaluated(SupportCheck(checked.model), ep)
+        np.testing.assert_array_equal(out.mask, expected)
         assert out.support_check["model_iou"] == pytest.approx(float(ref["support_check"]["model"][0]))
         assert out.support_check["guided_map_iou"] == pytest.approx(float(ref["support_check"]["guided_map"][0]))
         answers.append(out.support_check["answer"])
         assert answers[-1] == ("guided_map" if bool(ref["support_check"]["use_map"][0]) else "model")
     assert "guided_map" in answers  # the map's path is exercised (the model has random weights)
-    one_shot = checked(ds.entries[qi].image, [(ds.entries[sup[0]].image, ds.entries[sup[0]].label)], class_id=c)
-    assert one_shot.support_check is None  # one support: nothing to check it on
+    assert checked(query, supports[:1], class_id=c).support_check is None  # one support: nothing to check it on
 
 
 def test_every_input_form_gives_the_same_mask(predictor, tmp_path):
