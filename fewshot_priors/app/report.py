@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ..constants import IGNORE_INDEX
 
-__all__ = ["MapAUC", "MapRecall", "SupportCheckTally", "ablation_markdown", "episode_rows", "figure_episodes", "gains_markdown",
-           "paired_gains", "pct", "predictors", "results_markdown", "spread", "summarize"]
+__all__ = ["MapAUC", "MapRecall", "SupportCheckTally", "ablation_markdown", "episode_rows", "figure_episodes",
+           "gains_markdown", "paired_gains", "pct", "predictors", "results_markdown", "spread", "summarize"]
 
 
 def upsample_map(m: torch.Tensor, size) -> torch.Tensor:

@@ -328,8 +328,9 @@ def _score(run: ScoredVariant, k: int, ds: Any, *, with_baselines: bool, recall:
         run.recall[name] = meter.compute()
     if auc_meter is not None:
         run.map_auc[name] = auc_meter.compute()
-    if checks is not None and checks.compute():
-        run.support_check[name] = checks.compute()
+    checked = checks.compute() if checks is not None else {}
+    if checked:
+        run.support_check[name] = checked
 
 
 

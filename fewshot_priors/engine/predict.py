@@ -58,8 +58,8 @@ class Prediction:
         support_check: with the support check and K >= 2 supports (:class:`Predictor`),
             ``{"model_iou", "guided_map_iou", "answer"}``: the mean IoU of the model and of the
             guided map >= 0.5 on the supports, each segmented from the others, and which of the two
-            answered (``"model"`` or ``"guided_map"``; then ``mask`` and ``foreground`` are the
-            map's); else ``None``.
+            answered (``"model"``, or ``"guided_map"``: then ``mask`` is the map's answer and
+            ``foreground`` the softmax of :func:`~fewshot_priors.engine.support_check.map_logits`); else ``None``.
     """
 
     mask: np.ndarray
@@ -210,7 +210,8 @@ class Predictor:
         model, cfg = load_trained_model(source, config=config, overrides=overrides, device=device)
         if image_size is None:
             image_size = int(cfg["data"]["image_size"]) if cfg is not None else DEFAULT_IMAGE_SIZE
-        return cls(model, image_size=image_size, support_check=bool(cfg is not None and cfg["eval"].get("support_check", False)))
+        check = bool(cfg is not None and cfg["eval"].get("support_check", False))
+        return cls(model, image_size=image_size, support_check=check)
 
     def _canvas(self, image: np.ndarray, mask: np.ndarray | None = None):
         """``(3, S, S) image, (S, S) mask, (h, w) content`` on the model's device and dtype."""
