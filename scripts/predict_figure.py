@@ -38,7 +38,8 @@ def main() -> None:
     rows = [(folder, *row) for folder in args.folders for row in _rows(folder, args.rows)]
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 2.6 * len(rows)), squeeze=False)
     for ax_row, (folder, _, s_img, s_mask, row) in zip(axes, rows):
-        panels = [("support + mask", s_img),
+        k = len(json.loads((folder / "predictions.json").read_text())["supports"])
+        panels = [("support + mask" if k == 1 else f"support (1 of {k}) + mask", s_img),
                   ("query + prediction", np.asarray(Image.open(folder / row["overlay"]))),
                   ("guided map", np.asarray(Image.open(folder / row["guided"]))),
                   ("prior map", np.asarray(Image.open(folder / row["prior"])) if "prior" in row else None)]

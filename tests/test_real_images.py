@@ -467,7 +467,6 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     assert q5 > five["baseline_all_foreground"]["miou"] + 0.012, five  # +2.1
     assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.02, five  # +4.4
     assert 0.05 < one["qgnet_without_prior"]["predicted_foreground_share"] < 0.8  # neither constant answer
-    assert "1-shot" not in r["support_check"] and r["support_check"]["5-shot"]["episodes"] == 100  # the check ran
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "{not json", '{"stamp": {"a": 1}, "result": 3}', '{"stamp": {"a": 2}, '
