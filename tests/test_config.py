@@ -145,3 +145,9 @@ def test_cli_lists_the_declared_keys():
     assert len(lines) == sum(map(len, DEFAULTS.values()))
     assert "train.lr = 0.025  effective learning rate (PFENet: base 0.0025 x 10)" in lines
     assert any(line.startswith("model.region_map_backend = 'auto'") and "one of auto, chunked" in line for line in lines)
+
+
+def test_max_shots_below_data_shots_is_refused():
+    assert load_config(None, {"data.shots": 2, "train.max_shots": 5})["train"]["max_shots"] == 5
+    with pytest.raises(ConfigError, match=r"train.max_shots=1 is below data.shots=2"):
+        load_config(None, {"data.shots": 2, "train.max_shots": 1})

@@ -81,3 +81,22 @@ def test_errors(tmp_path):
     (root / "ant" / "2.png").unlink()  # image without mask
     with pytest.warns(UserWarning, match="2.png"):
         FolderFewShot(root, split="val", shots=1, options=FolderOptions(fold_classes=["ant"]))
+
+
+def test_item_shots_draws_more_supports_and_repeats_only_when_short(tmp_path):
+    root = _make(tmp_path / "fss", n=4)  # 3 other images per class
+    ds = FolderFewShot(root, split="train", image_size=32, options=FolderOptions(fold_classes=["eel"]))
+    for k in (1, 3, 5):
+        ep = ds[(0, 2, k)]
+        names = ep["support_names"]
+        assert ep["support_images"].shape == (k, 3, 32, 32) and ep["support_masks"].shape == (k, 32, 32)
+        assert ep["query_name"] not in names and {n.split("/")[0] for n in names} == {ep["query_name"].split("/")[0]}
+        assert len(set(names[:3])) == min(k, 3)  # the class's other images, each once, before any repeat
+        assert len(set(names)) == min(k, 3)
+        qi, c, sup = ds.episode(2, 0, k)
+        assert [ds.entries[i].name for i in sup] == names and ds.entries[qi].name == ep["query_name"]
+    assert ds[(0, 2)]["support_names"] == ds[(0, 2, 1)]["support_names"]  # K = dataset shots: unchanged
+    two = FolderFewShot(root, split="train", shots=2, image_size=32, options=FolderOptions(fold_classes=["eel"]))
+    for bad in (1, 0, 2.5):
+        with pytest.raises(ValueError, match="shots"):
+            two[(0, 0, bad)]

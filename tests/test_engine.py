@@ -126,6 +126,58 @@ def test_sampler_covers_each_epoch_once_and_changes_order():
     assert sorted(r0 + r1) == sorted(single)
 
 
+
+def test_sampler_draws_one_k_per_step_from_the_range():
+    from fewshot_priors.distributed import DistInfo
+
+    s = StepBatchSampler(n=12, batch_size=4, seed=3, start_step=0, end_step=60, shots=(1, 5))
+    batches = list(s)
+    per_step = [{item[3] for item in b} for b in batches]
+    assert all(len(ks) == 1 for ks in per_step)  # one K per step: the batch stacks
+    ks = [next(iter(k)) for k in per_step]
+    assert set(ks) == {1, 2, 3, 4, 5} and ks == [s.step_shots(i) for i in range(60)]
+    # the triples are those of the sampler without shots; resumed and per-rank samplers draw the same K
+    plain = StepBatchSampler(n=12, batch_size=4, seed=3, start_step=0, end_step=60)
+    assert [[it[:3] for it in b] for b in batches] == list(plain)
+    assert [b[0][3] for b in StepBatchSampler(12, 4, 3, 40, 60, shots=(1, 5))] == ks[40:]
+    r1 = StepBatchSampler(12, 4, 3, 0, 60, DistInfo(1, 2), shots=(1, 5))
+    assert [b[0][3] for b in r1] == ks
+    assert {b[0][3] for b in StepBatchSampler(12, 4, 3, 0, 20, shots=(2, 2))} == {2}
+    assert ks != [b[0][3] for b in StepBatchSampler(12, 4, 4, 0, 60, shots=(1, 5))]  # the run seed decides
+    for bad in [(0, 3), (3, 2), (1,), 5, (1.5, 3)]:
+        with pytest.raises(ValueError, match="shots"):
+            StepBatchSampler(12, 4, 3, 0, 5, shots=bad)
+    with pytest.raises(ValueError, match="no K"):
+        plain.step_shots(0)
+
+
+class _RecordShots(ToyModel):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, query_image, support_images, support_masks, query_mask=None):
+        self.seen.append(support_images.shape[1])
+        return super().forward(query_image, support_images, support_masks, query_mask)
+
+
+def test_train_max_shots_feeds_each_step_its_k(tmp_path):
+    from fewshot_priors.data import FolderFewShot, FolderOptions
+    from test_data_folder import _make
+
+    root = _make(tmp_path / "fss", n=3)  # 2 other images per class: K 3 repeats one
+    ds = FolderFewShot(root, split="train", image_size=16, options=FolderOptions(fold_classes=["eel"]))
+    cfg = _cfg(tmp_path)
+    cfg["train"].update(max_shots=3, batch_size=2, epochs=2)
+    model = _RecordShots()
+    res = train(cfg, model=model, train_set=ds, output_dir=tmp_path / "ms", progress=False)
+    sampler = StepBatchSampler(len(ds), 2, cfg["experiment"]["seed"], 0, res["step"], shots=(1, 3))
+    assert model.seen == [sampler.step_shots(s) for s in range(res["step"])] and set(model.seen) > {1}
+    with pytest.raises(ValueError, match="max_shots=3 needs an episodic"):
+        train(cfg, model=ToyModel(), train_set=ToyEpisodes(), output_dir=tmp_path / "toy", progress=False)
+    assert not (tmp_path / "toy").exists()  # refused before the run folder is made
+
+
 def test_poly_schedule_matches_formula():
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.025)

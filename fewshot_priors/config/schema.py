@@ -134,6 +134,8 @@ SCHEMA: dict[str, dict[str, ConfigKey]] = {
         "epochs": K(200, "training epochs", min=1),
         "max_steps": K(None, "stop early (the LR schedule still spans `epochs`)", min=1, resume=FREE),
         "min_steps": K(0, "at least this many optimiser steps: more whole epochs on tiny data", min=0),
+        "max_shots": K(None, "each training step draws its K uniformly from data.shots .. this (one model for "
+                       "every K; a class with fewer other images repeats them); null: every step data.shots", min=1),
         "batch_size": K(4, "episodes per step", min=1),
         "lr": K(0.025, "effective learning rate (PFENet: base 0.0025 x 10)", rule=positive_error),
         "momentum": K(0.9, "SGD momentum"),
@@ -376,6 +378,9 @@ def validate(cfg: Mapping) -> dict:
                 raise ConfigError(error)
     check_data_keys(cfg["data"])
     t = cfg["train"]
+    if t.get("max_shots") is not None and t["max_shots"] < cfg["data"]["shots"]:
+        raise ConfigError(f"train.max_shots={t['max_shots']} is below data.shots={cfg['data']['shots']}: set it "
+                          f">= data.shots (each step draws K from data.shots .. train.max_shots), or null")
     if t["val_split"] == "train_classes" and t["val_every"] and not cfg["data"]["val_class_ratio"]:
         raise ConfigError("train.val_split=train_classes validates on the training classes that data.val_class_ratio "
                           "holds back; set data.val_class_ratio (e.g. 0.2), or train.val_split=test")

@@ -382,36 +382,56 @@ class EpisodicDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def episode(self, index: int, epoch: int | None = None) -> tuple[int, int, list[int]]:
-        """The ``(query entry index, class id, support entry indices)`` of an episode."""
-        qi, c, supports, _ = self._sample(int(index), self._epoch_of(epoch))
+    def episode(self, index: int, epoch: int | None = None, shots: int | None = None) -> tuple[int, int, list[int]]:
+        """The ``(query entry index, class id, support entry indices)`` of an episode
+        (``shots``: its K, default ``self.shots``; see :meth:`__getitem__`)."""
+        qi, c, supports, _ = self._sample(int(index), self._epoch_of(epoch), self._shots_of(shots))
         return qi, c, supports
 
-    def _sample(self, index: int, epoch: int):
+    def _sample(self, index: int, epoch: int, shots: int):
         rng = np.random.default_rng([self.seed, epoch, index])
         qi, c = self._query_pair(index, epoch)
         if self.query_sampling == "images":  # c holds the image's classes
             c = int(c[rng.integers(len(c))])
         pool = self.class_images[c]
         pool = pool[pool != qi]
-        supports = rng.choice(pool, size=self.shots, replace=False).tolist()
+        if shots <= len(pool):
+            supports = rng.choice(pool, size=shots, replace=False).tolist()
+        else:  # more shots than the class has other images: each once, then again in the same order
+            supports = np.resize(rng.permutation(pool), shots).tolist()
         return qi, c, supports, rng
 
-    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        epoch = None
+    def _shots_of(self, shots: int | None) -> int:
+        if shots is None:
+            return self.shots
+        if not is_int(shots) or shots < self.shots:
+            raise ValueError(f"an item's `shots` must be an int >= the dataset's shots={self.shots}, got {shots!r}")
+        return int(shots)
+
+    def __getitem__(self, index: int | tuple[int, int] | tuple[int, int, int]) -> dict[str, Any]:
+        """The episode ``index`` as a dict of tensors (see :func:`collate_episodes`).
+
+        ``index`` may be ``(epoch, index)`` (that epoch's episode, see :meth:`set_epoch`) or
+        ``(epoch, index, shots)``: the same episode with ``shots`` >= ``self.shots`` supports,
+        as a training step that draws its K asks for (``train.max_shots``). A class with
+        fewer other images than ``shots`` repeats them, each copy augmented anew; the first
+        ``self.shots`` supports never repeat.
+        """
+        epoch = shots = None
         if isinstance(index, tuple):
-            epoch, index = index
+            epoch, index, *rest = index
+            shots = rest[0] if rest else None
         index = int(index)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"episode index {index} out of range for {len(self)} episodes")
-        epoch = self._epoch_of(epoch)
+        epoch, shots = self._epoch_of(epoch), self._shots_of(shots)
         last_err: BadDataError | None = None
         for attempt in range(_MAX_READ_RETRIES):
             i = (index + attempt * 7919) % len(self)
             try:
-                return self._make_episode(i, epoch)
+                return self._make_episode(i, epoch, shots)
             except BadDataError as err:
                 if self.strict:
                     raise
@@ -454,8 +474,8 @@ class EpisodicDataset(Dataset):
         mask[label == IGNORE_INDEX] = IGNORE_INDEX
         return image, mask
 
-    def _make_episode(self, index: int, epoch: int) -> dict[str, Any]:
-        qi, c, support_idx, rng = self._sample(index, epoch)
+    def _make_episode(self, index: int, epoch: int, shots: int) -> dict[str, Any]:
+        qi, c, support_idx, rng = self._sample(index, epoch, shots)
         q_entry = self.entries[qi]
         q_img, q_mask = self._binary(q_entry, c)
         qx, qy, q_hw = self.transform(q_img, q_mask, rng)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .._validate import is_int
 from ..distributed import DistInfo, dist_info
 
 __all__ = [
@@ -89,6 +90,10 @@ class StepBatchSampler(Sampler):
     (the last incomplete batch of an epoch is dropped). Under DDP each rank takes
     every ``world``-th element of the global batch.
 
+    With ``shots=(low, high)`` each step also draws its K uniformly from ``low .. high``
+    (seeded by ``(seed, step)``, so every rank and a resumed run draw the same) and
+    its items are ``(dataset index, item seed, epoch, K)``.
+
     Args:
         n: dataset length.
         batch_size: global batch size (all ranks together).
@@ -96,14 +101,19 @@ class StepBatchSampler(Sampler):
         start_step: first global step to yield.
         end_step: one past the last step to yield.
         dist: rank info (default: current process group).
+        shots: ``(low, high)``, ``1 <= low <= high``: the range of each step's K; None: no K.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, start_step: int, end_step: int,
-                 dist: DistInfo | None = None):
+                 dist: DistInfo | None = None, shots: tuple[int, int] | None = None):
         if n < batch_size:
             raise ValueError(f"the training set has {n} episodes, fewer than train.batch_size={batch_size}")
+        if shots is not None and not (isinstance(shots, (tuple, list)) and len(shots) == 2
+                                      and all(is_int(k) for k in shots) and 1 <= shots[0] <= shots[1]):
+            raise ValueError(f"`shots` must be (low, high) with 1 <= low <= high, got {shots!r}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start_step, self.end_step = start_step, end_step
+        self.shots = None if shots is None else (int(shots[0]), int(shots[1]))
         self.dist = dist or dist_info()
         if batch_size % self.dist.world_size:
             raise ValueError(
@@ -118,12 +128,22 @@ class StepBatchSampler(Sampler):
             self._perm = (epoch, torch.randperm(self.n, generator=g))
         return self._perm[1]
 
-    def batch(self, step: int) -> list[tuple[int, int, int]]:
-        """This rank's ``(index, item seed, epoch)`` triples of global step ``step``."""
+    def batch(self, step: int) -> list[tuple[int, ...]]:
+        """This rank's ``(index, item seed, epoch)`` triples of global step ``step``
+        (``(index, item seed, epoch, K)`` with ``shots``)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         idx = self._permutation(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
         slots = range(self.dist.rank, self.batch_size, self.dist.world_size)
-        return [(idx[j], derive_seed(self.seed, "item", step, j), epoch) for j in slots]
+        extra = () if self.shots is None else (self.step_shots(step),)
+        return [(idx[j], derive_seed(self.seed, "item", step, j), epoch, *extra) for j in slots]
+
+    def step_shots(self, step: int) -> int:
+        """The K of global step ``step`` (``shots`` set): uniform on ``low .. high``, seeded by ``(seed, step)``."""
+        if self.shots is None:
+            raise ValueError("this sampler draws no K (shots=None)")
+        low, high = self.shots
+        g = torch.Generator().manual_seed(derive_seed(self.seed, "shots", step))
+        return low + int(torch.randint(high - low + 1, (), generator=g))
 
     def __iter__(self):
         for step in range(self.start_step, self.end_step):
@@ -149,11 +169,15 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int, int]):
-        index, seed, epoch = key
+    def __getitem__(self, key: tuple[int, ...]):
+        """``key``: ``(index, seed, epoch)``, or ``(index, seed, epoch, K)`` for an episodic
+        dataset, which is then indexed ``(epoch, index, K)`` (the step's number of shots)."""
+        index, seed, epoch, *shots = key
         seed_everything(seed)
         if hasattr(self.dataset, "set_epoch"):
-            return self.dataset[(epoch, index)]
+            return self.dataset[(epoch, index, *shots)]
+        if shots:
+            raise TypeError(f"a K per step needs an episodic dataset (with set_epoch); got {type(self.dataset).__name__}")
         return self.dataset[index]
 
 
@@ -230,7 +254,8 @@ class Runtime:
                 for k, v in batch.items()}
 
     def loader(self, dataset: Dataset, *, batch_size: int, start_step: int, end_step: int,
-               collate_fn: Callable, num_workers: int | str = 0, seeded_items: bool = True) -> DataLoader:
+               collate_fn: Callable, num_workers: int | str = 0, seeded_items: bool = True,
+               shots: tuple[int, int] | None = None) -> DataLoader:
         """The loader of global steps ``start_step .. end_step - 1`` (a :class:`StepBatchSampler`).
 
         Args:
@@ -243,11 +268,13 @@ class Runtime:
             num_workers: data workers (``"auto"``: see
                 :func:`~fewshot_priors.data.workers.resolve_num_workers`).
             seeded_items: wrap ``dataset`` in :class:`SeededItems`.
+            shots: ``(low, high)``: each step draws its K from this range (an episodic
+                ``dataset``; see :class:`StepBatchSampler`); None: the dataset's own K.
         """
         from fewshot_priors.data.workers import resolve_num_workers
 
         sampler = StepBatchSampler(len(dataset), batch_size, self.seed, start_step, end_step,  # type: ignore[arg-type]
-                                   self.dist)
+                                   self.dist, shots=shots)
         return DataLoader(SeededItems(dataset) if seeded_items else dataset, batch_sampler=sampler,
                           collate_fn=collate_fn, num_workers=resolve_num_workers(num_workers),
                           pin_memory=self.device.type == "cuda", persistent_workers=False)

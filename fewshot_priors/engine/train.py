@@ -217,7 +217,8 @@ def train(
     Args:
         cfg: full config (see :mod:`fewshot_priors.config`); uses ``experiment.seed``,
             ``train.*`` and ``data.num_workers``. The schedule spans ``train.epochs`` epochs,
-            or more whole epochs when that gives fewer than ``train.min_steps`` steps.
+            or more whole epochs when that gives fewer than ``train.min_steps`` steps. With
+            ``train.max_shots`` each step draws its K from ``train_set.shots .. train.max_shots``.
         model: the model (already on its device). Its ``trainable_parameters()`` are
             optimised if it has that method, else every parameter with ``requires_grad``.
         train_set: dataset of training episodes (dict items, see ``collate_fn``).
@@ -253,7 +254,8 @@ def train(
 
     Raises:
         ValueError: ``train.epochs`` < 1 or a ``max_steps`` < 1, fewer episodes than a batch,
-            or a resume checkpoint trained with another number of total steps.
+            a ``train.max_shots`` below ``train_set.shots`` or with a dataset that is not
+            episodic, or a resume checkpoint trained with another number of total steps.
         RunFolderError: ``output_dir`` holds a run and neither ``resume`` nor ``overwrite``.
     """
     tcfg = cfg["train"]
@@ -262,6 +264,7 @@ def train(
         _check_positive("max_steps", max_steps)
     elif tcfg.get("max_steps") is not None:
         _check_positive("train.max_steps", tcfg["max_steps"])
+    shots = _shot_range(tcfg, train_set)
     dist = dist or dist_info()
     out = prepare_run_dir(output_dir or cfg["experiment"]["output_dir"], resume=bool(resume), overwrite=overwrite,
                           kind="train", dist=dist)
@@ -285,7 +288,7 @@ def train(
 
         save_config(cfg, out / "config.yaml")
     loader = rt.loader(train_set, batch_size=tcfg["batch_size"], start_step=loop.step, end_step=stop,
-                       collate_fn=collate_fn, num_workers=cfg["data"].get("num_workers", 0))
+                       collate_fn=collate_fn, num_workers=cfg["data"].get("num_workers", 0), shots=shots)
     step_fn = _step_fn(rt, ddp_model if ddp_model is not None else model, optimizer, scheduler,
                        float(tcfg["grad_clip"]) if tcfg.get("grad_clip") else None,
                        bool(tcfg.get("check_inputs", False)))  # value checks sync with the GPU: off in the hot loop
@@ -315,6 +318,20 @@ def _schedule(tcfg: Mapping, n: int, max_steps: int | None) -> tuple[int, int, i
     stop = total_steps if max_steps is None and tcfg.get("max_steps") is None else min(
         total_steps, int(max_steps if max_steps is not None else tcfg["max_steps"]))
     return steps_per_epoch, total_steps, stop
+
+
+def _shot_range(tcfg: Mapping, train_set: Dataset) -> tuple[int, int] | None:
+    """``(data.shots, train.max_shots)``: the K range the steps draw from; None without ``train.max_shots``."""
+    high = tcfg.get("max_shots")
+    if high is None:
+        return None
+    low = getattr(train_set, "shots", None)
+    if low is None or not hasattr(train_set, "set_epoch"):
+        raise ValueError(f"train.max_shots={high} needs an episodic training set with `shots` and `set_epoch`, "
+                         f"got {type(train_set).__name__}")
+    if high < low:
+        raise ValueError(f"train.max_shots={high} is below the training set's shots={low}")
+    return int(low), int(high)
 
 
 def _step_fn(rt: Runtime, runner: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
