@@ -357,6 +357,15 @@ def test_presets_are_the_shipped_yaml():
     assert scratch["model"]["weights"] is None and scratch["model"]["backbone"] == scratch["pretrain"]["backbone"]
 
 
+@pytest.mark.parametrize("exclude", [False, True])
+def test_protocol_says_what_the_training_photos_of_held_out_classes_are(exclude):
+    from fewshot_priors.app.real_images import _protocol
+
+    cfg = real_images_config("quick", {"data.exclude_novel_images": exclude})
+    text = _protocol(cfg, [["cat"], ["dog"]], 2, 5, 0)
+    assert ("left out of training" in text) is exclude and ("are background" in text) is not exclude
+
+
 @pytest.mark.parametrize("key", ["data.num_folds=3", "data.test_ratio=0.3", "data.min_class_images=2",
                                  "data.fold_classes=[cat]"])
 def test_fold_shaping_keys_are_refused_before_any_work(tmp_path, key):

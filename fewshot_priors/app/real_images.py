@@ -526,7 +526,7 @@ def _protocol(cfg: Mapping, all_folds: Sequence[Sequence[str]], num_folds: int, 
         f"{num_folds}-fold cross-validation over the {sum(len(f) for f in all_folds)} classes with >= {min_images} "
         f"images (class split seeded by fold_seed={fold_seed}, the same for every seed); each fold's classes are "
         "held out in turn and QGNet trains on all other classes (classes with fewer images are always training "
-        "classes; a held-out class's objects in training photos are background, as in COCO-20i). "
+        f"classes; {_novel_text(cfg)}). "
         f"Frozen supervised backbone: {cfg['model']['backbone']} from {_supervised_source(cfg)}. Prior extractor: "
         f"{cfg['pretrain']['backbone']}, per variant (see methods); the GlobalLocalMoCo runs are pretrained "
         "self-supervised (no labels) on all unique images of the folder, once per seed, and shared by that seed's "
@@ -538,6 +538,13 @@ def _protocol(cfg: Mapping, all_folds: Sequence[Sequence[str]], num_folds: int, 
         "folds; spread = over seeds."
     )
     return protocol + _selection_text(cfg)
+
+
+def _novel_text(cfg: Mapping) -> str:
+    """What the training photos that show a held-out class are, in words (``data.exclude_novel_images``)."""
+    if cfg["data"].get("exclude_novel_images"):
+        return "the photos that show a held-out class are left out of training, as in BAM (data.exclude_novel_images)"
+    return "a held-out class's objects in training photos are background, as in COCO-20i"
 
 
 def _supervised_source(cfg: Mapping) -> str:
