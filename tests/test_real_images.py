@@ -416,7 +416,8 @@ def test_fractional_bins_follow_a_stride_16_backbone():
 #: 0.2.0's real-photo recipe: 128 px at stride 8, a fixed foreground weight (the full preset now runs 224 px at
 #: stride 16 in channels_last with the weight from the data)
 RECIPE_128 = {"data.image_size": 128, "model.output_stride": 8, "experiment.channels_last": False,
-              "train.fg_balance": None, "model.map_skip": 0.0}
+              "train.fg_balance": None, "model.map_skip": 0.0, "data.exclude_novel_images": False,
+              "train.min_steps": 0}
 
 
 @pytest.mark.slow  # two trainings at 128 px (~1.5 min each on 2 cores)
@@ -453,13 +454,13 @@ def test_imagenet_lite0_with_the_foreground_weight_leaves_the_background_plateau
 def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     """The default preset's no-prior model on held-out fold 0 (book, car, chair, dining table, dog, potted
     plant, refrigerator), seed 0: 1- and 5-shot above all-foreground and the thresholded guided map, with
-    margins below the smallest measured over seeds 0-2, off the background plateau, and its foreground
-    weight set from the training photos.
+    margins about half the smallest measured over seeds 0-1, off the background plateau, and its foreground
+    weight set from the training photos (the photos that show a held-out class left out).
 
     Measured (docs/how-to/real-images.md, "Over seeds and three class partitions", partition 0), mIoU in %,
-    seeds 0 / 1 / 2: 1-shot 11.9 / 11.5 / 12.6 against all-foreground 10.9 (each seed) and the guided map 9.8 /
-    9.2 / 9.4; 5-shot 14.7 / 16.6 / 16.0 against 12.6 / 12.7 / 11.9 and 10.3 / 11.6 / 11.1 (smallest margins:
-    0.6, 2.1, 2.1 and 4.4 points). One training fits in CI."""
+    seeds 0 / 1: 1-shot 12.8 / 13.3 against all-foreground 10.9 (each seed) and the guided map 9.8 / 9.2;
+    5-shot 16.5 / 17.7 against 12.6 / 12.7 and 10.3 / 11.6 (smallest margins: 1.9, 3.0, 3.9 and 6.1 points).
+    One training fits in CI."""
     from fewshot_priors.app.real_images import train_and_evaluate
 
     lite0 = str(WEIGHTS / "tf_efficientnet_lite0.in1k.safetensors")
@@ -468,13 +469,13 @@ def test_the_recipe_beats_both_baselines_on_held_out_classes(tmp_path):
     cfg = real_images_config("full", {"model.weights": lite0})
     r = train_and_evaluate(DATA / "fss_layout", held, tmp_path / "run", cfg, seed=0, priors={},
                            variant="qgnet_without_prior")
-    assert r["train"]["plateau"] is None and 3 < r["train"]["fg_weight"] < 8, r["train"]  # p ~ 0.17: ~5
+    assert r["train"]["plateau"] is None and 2.5 < r["train"]["fg_weight"] < 8, r["train"]  # p ~ 0.23: ~3.4
     one, five = r["results"]["1-shot"], r["results"]["5-shot"]
     q1, q5 = one["qgnet_without_prior"]["miou"], five["qgnet_without_prior"]["miou"]
-    assert q1 > one["baseline_all_foreground"]["miou"] + 0.005, one  # smallest measured: +0.6 points
-    assert q1 > one["baseline_guided_map_0.5"]["miou"] + 0.013, one  # +2.1
-    assert q5 > five["baseline_all_foreground"]["miou"] + 0.012, five  # +2.1
-    assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.02, five  # +4.4
+    assert q1 > one["baseline_all_foreground"]["miou"] + 0.01, one  # smallest measured: +1.9 points
+    assert q1 > one["baseline_guided_map_0.5"]["miou"] + 0.015, one  # +3.0
+    assert q5 > five["baseline_all_foreground"]["miou"] + 0.02, five  # +3.9
+    assert q5 > five["baseline_guided_map_0.5"]["miou"] + 0.03, five  # +6.1
     assert 0.05 < one["qgnet_without_prior"]["predicted_foreground_share"] < 0.8  # neither constant answer
 
 
