@@ -217,7 +217,7 @@ def _add_real_images_parser(sub) -> None:
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the class-to-fold split")
     p.add_argument("--preset", choices=REAL_IMAGES_PRESETS, default="full",
                    help="full: the recipe with ImageNet weights (pass --backbone-weights / --prior-weights), the "
-                        "ImageNet prior against no prior at 224 px, about 42 min for 3 seeds on 2 CPU cores; "
+                        "ImageNet prior against no prior at 224 px, about 37 min for 3 seeds on 2 CPU cores; "
                         "long: the same with every "
                         "prior variant (hours on a CPU); scratch: no ImageNet weights (collapses on real photos); "
                         "quick: a minute or two, numbers meaningless")
